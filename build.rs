@@ -1,0 +1,161 @@
+//! Builds the `mito-agent` binary for every embedded target and hands its
+//! bytes to the master.
+//!
+//! Why a nested cargo: the agent is the same crate built with other features
+//! (`--no-default-features --features agent`), another target (static musl)
+//! and another profile (`agent`: size-optimised, `panic = "abort"`). It runs
+//! in its own target directory, because a nested cargo on the outer target
+//! directory waits forever for the outer cargo's lock.
+//!
+//! Output, in `OUT_DIR`: `agent-<arch>.gz` (a gzip member: what the target's
+//! `gzip -dc` understands) and `agents.rs`, constants the master includes
+//! (hash, sizes). The build prints the agent's raw and compressed size on
+//! every build and fails above [`AGENT_BUDGET_GZ`].
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// The one place where the agent's size budget lives (compressed bytes).
+/// The issue set 150 KiB as the ceiling; the goal is 64 KiB.
+const AGENT_BUDGET_GZ: usize = 150 * 1024;
+
+/// Targets embedded in the master: (rust target triple, `uname -m` name).
+const TARGETS: &[(&str, &str)] = &[("x86_64-unknown-linux-musl", "x86_64")];
+
+fn main() {
+    println!("cargo:rerun-if-changed=src");
+    println!("cargo:rerun-if-changed=Cargo.toml");
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    println!("cargo:rerun-if-env-changed=MITO_AGENT_BUILD");
+    if env::var_os("CARGO_FEATURE_MASTER").is_none() || env::var_os("MITO_AGENT_BUILD").is_some() {
+        return;
+    }
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let agent_target_dir = manifest_dir.join("target").join("agent");
+
+    let mut consts = String::from("/// Agents embedded in this master, one per architecture.\npub static AGENTS: &[EmbeddedAgent] = &[\n");
+    for (triple, arch) in TARGETS {
+        check_target_installed(triple);
+        let bin = build_agent(&manifest_dir, &agent_target_dir, triple);
+        let raw = fs::read(&bin).unwrap_or_else(|e| fail(&format!("cannot read built agent {}: {e}", bin.display())));
+        let hash = hex(&Sha256::digest(&raw));
+        let gz = gzip(&raw);
+        let gz_path = out_dir.join(format!("agent-{arch}.gz"));
+        fs::write(&gz_path, &gz).unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", gz_path.display())));
+        println!(
+            "cargo:warning=mito-agent {arch}: {} bytes stripped, {} bytes gzip ({:.1} KiB; budget {} KiB)",
+            raw.len(),
+            gz.len(),
+            gz.len() as f64 / 1024.0,
+            AGENT_BUDGET_GZ / 1024
+        );
+        if gz.len() > AGENT_BUDGET_GZ {
+            fail(&format!(
+                "mito-agent for {arch} is {} bytes compressed, over the budget of {AGENT_BUDGET_GZ} bytes (build.rs AGENT_BUDGET_GZ)",
+                gz.len()
+            ));
+        }
+        let _ = writeln!(
+            consts,
+            "    EmbeddedAgent {{ arch: {arch:?}, sha256: {hash:?}, raw_len: {}, gz: include_bytes!({:?}) }},",
+            raw.len(),
+            gz_path.display().to_string()
+        );
+    }
+    consts.push_str("];\n");
+    fs::write(out_dir.join("agents.rs"), consts).unwrap_or_else(|e| fail(&format!("cannot write agents.rs: {e}")));
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("\nerror: {msg}\n");
+    std::process::exit(1);
+}
+
+/// Without the target's std the nested build says "can't find crate for
+/// `core`"; say instead which command fixes it.
+fn check_target_installed(triple: &str) {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output();
+    let Ok(out) = sysroot else { return };
+    let root = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dir = Path::new(&root).join("lib/rustlib").join(triple);
+    if !dir.is_dir() {
+        fail(&format!(
+            "the Rust target {triple} is not installed; the agent is built for it.\n       install it with:  rustup target add {triple}"
+        ));
+    }
+}
+
+fn build_agent(manifest_dir: &Path, target_dir: &Path, triple: &str) -> PathBuf {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--locked", "--bin", "mito-agent", "--no-default-features", "--features", "agent"])
+        .args(["--target", triple, "--profile", "agent", "--manifest-path"])
+        .arg(manifest_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env("MITO_AGENT_BUILD", "1");
+    // The outer build's configuration must not leak into the inner one.
+    for (key, _) in env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_FEATURE_")
+            || k.starts_with("CARGO_CFG_")
+            || matches!(
+                &*k,
+                "RUSTFLAGS"
+                    | "CARGO_ENCODED_RUSTFLAGS"
+                    | "CARGO_TARGET_DIR"
+                    | "CARGO_BUILD_TARGET"
+                    | "RUSTC_WORKSPACE_WRAPPER"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "TARGET"
+                    | "HOST"
+                    | "OUT_DIR"
+                    | "PROFILE"
+                    | "OPT_LEVEL"
+                    | "DEBUG"
+            )
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    let status = cmd.status().unwrap_or_else(|e| fail(&format!("cannot run the nested cargo build of mito-agent: {e}")));
+    if !status.success() {
+        fail(&format!("the nested build of mito-agent for {triple} failed ({status}); see the messages above"));
+    }
+    target_dir.join(triple).join("agent").join("mito-agent")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// A gzip member (RFC 1952) around miniz_oxide's raw deflate: 10-byte header,
+/// deflate data, CRC-32 and length trailer.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3];
+    out.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 10));
+    out.extend_from_slice(&crc32(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}

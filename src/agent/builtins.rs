@@ -1,0 +1,184 @@
+//! Built-in functions that finish at once: ping, info, read_file,
+//! write_file, stat, remove. (`exec` runs in the loop: see
+//! [`super::external_context`].)
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use rustix::fd::AsFd;
+use rustix::fs::{self, Mode, OFlags, CWD};
+use serde_bytes::ByteBuf;
+
+use super::util::{os_error, push_decimal};
+use crate::proto::functions::{FileKind, InfoReply, PathArgs, StatArgs, StatReply, WriteFileArgs};
+use crate::proto::{ErrorKind, RemoteError};
+
+/// Facts the agent knows from its start.
+#[derive(Debug)]
+pub struct Identity {
+    /// Hash passed in by stage0.
+    pub hash: String,
+    /// `/proc/self/exe`.
+    pub exe: String,
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `info`.
+pub fn info(id: &Identity) -> InfoReply {
+    use rustix::process;
+    let u = rustix::system::uname();
+    let euid = process::geteuid().as_raw();
+    InfoReply {
+        pid: process::getpid().as_raw_nonzero().get() as u32,
+        ppid: process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32),
+        uid: process::getuid().as_raw(),
+        gid: process::getgid().as_raw(),
+        euid,
+        egid: process::getegid().as_raw(),
+        user: user_name(euid),
+        hostname: lossy(u.nodename().to_bytes()),
+        arch: lossy(u.machine().to_bytes()),
+        kernel: lossy(u.release().to_bytes()),
+        agent_version: String::from(env!("CARGO_PKG_VERSION")),
+        agent_hash: id.hash.clone(),
+        exe: id.exe.clone(),
+        cwd: fs::readlink("/proc/self/cwd", Vec::new()).map(|c| lossy(c.to_bytes())).unwrap_or_default(),
+    }
+}
+
+/// The name of `uid` from /etc/passwd (no NSS in a static binary), else `$USER`.
+fn user_name(uid: u32) -> String {
+    let mut want = Vec::new();
+    push_decimal(&mut want, u64::from(uid));
+    if let Ok(passwd) = read_all(b"/etc/passwd", usize::MAX) {
+        for line in passwd.split(|&c| c == b'\n') {
+            let mut f = line.split(|&c| c == b':');
+            let (name, _, id) = (f.next(), f.next(), f.next());
+            if let (Some(name), Some(id)) = (name, id) {
+                if id == &want[..] {
+                    return lossy(name);
+                }
+            }
+        }
+    }
+    env_var(b"USER").map(|v| lossy(&v)).unwrap_or_default()
+}
+
+/// Looks up an environment variable of the agent.
+pub fn env_var(name: &[u8]) -> Option<Vec<u8>> {
+    extern "C" {
+        static environ: *const *const libc::c_char;
+    }
+    // SAFETY: walking the NULL-terminated environ array of this single-threaded process.
+    unsafe {
+        let mut p = environ;
+        while !p.is_null() && !(*p).is_null() {
+            let entry = core::ffi::CStr::from_ptr(*p).to_bytes();
+            if entry.len() > name.len() && entry.starts_with(name) && entry[name.len()] == b'=' {
+                return Some(entry[name.len() + 1..].to_vec());
+            }
+            p = p.add(1);
+        }
+    }
+    None
+}
+
+/// Reads a whole file, refusing files above `max` bytes.
+pub fn read_all(path: &[u8], max: usize) -> Result<Vec<u8>, RemoteError> {
+    let fd = fs::openat(CWD, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| os_error(e, "open", path))?;
+    let st = fs::fstat(&fd).map_err(|e| os_error(e, "stat", path))?;
+    if st.st_size as u64 > max as u64 {
+        return Err(RemoteError::new(ErrorKind::TooLarge, super::util::op_path("read", path)));
+    }
+    let mut out = Vec::with_capacity(st.st_size.max(0) as usize);
+    let mut chunk = alloc::vec![0u8; 64 * 1024];
+    loop {
+        match rustix::io::read(&fd, &mut chunk[..]) {
+            Ok(0) => return Ok(out),
+            Ok(n) => {
+                if out.len() + n > max {
+                    return Err(RemoteError::new(ErrorKind::TooLarge, super::util::op_path("read", path)));
+                }
+                out.extend_from_slice(&chunk[..n]);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(os_error(e, "read", path)),
+        }
+    }
+}
+
+/// `read_file`.
+pub fn read_file(a: PathArgs, max: usize) -> Result<ByteBuf, RemoteError> {
+    read_all(&a.path, max).map(ByteBuf::from)
+}
+
+/// `write_file`: a temp file beside the destination, then rename, so a
+/// reader never sees half a file and a failure leaves the old one.
+pub fn write_file(a: WriteFileArgs, serial: u64) -> Result<(), RemoteError> {
+    let path = &a.path[..];
+    let dir_end = path.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
+    let mut tmp = path[..dir_end].to_vec();
+    tmp.extend_from_slice(b".mito-tmp.");
+    push_decimal(&mut tmp, u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32));
+    tmp.push(b'.');
+    push_decimal(&mut tmp, serial);
+    let existing = fs::statat(CWD, path, fs::AtFlags::empty()).ok().map(|s| s.st_mode & 0o7777);
+    let mode = a.mode.or(existing).unwrap_or(0o644);
+    let fd = fs::openat(
+        CWD,
+        &tmp[..],
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| os_error(e, "create", &tmp))?;
+    let result = (|| {
+        let mut data = &a.data[..];
+        while !data.is_empty() {
+            match rustix::io::write(&fd, data) {
+                Ok(n) => data = &data[n..],
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(os_error(e, "write", &tmp)),
+            }
+        }
+        fs::fchmod(fd.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| os_error(e, "chmod", &tmp))?;
+        fs::renameat(CWD, &tmp[..], CWD, path).map_err(|e| os_error(e, "rename", path))
+    })();
+    if result.is_err() {
+        let _ = fs::unlinkat(CWD, &tmp[..], fs::AtFlags::empty());
+    }
+    result
+}
+
+/// `stat`.
+pub fn stat(a: StatArgs) -> Result<StatReply, RemoteError> {
+    let flags = if a.follow { fs::AtFlags::empty() } else { fs::AtFlags::SYMLINK_NOFOLLOW };
+    let st = fs::statat(CWD, &a.path[..], flags).map_err(|e| os_error(e, "stat", &a.path))?;
+    let kind = match fs::FileType::from_raw_mode(st.st_mode) {
+        fs::FileType::RegularFile => FileKind::File,
+        fs::FileType::Directory => FileKind::Dir,
+        fs::FileType::Symlink => FileKind::Symlink,
+        _ => FileKind::Other,
+    };
+    Ok(StatReply {
+        kind,
+        mode: st.st_mode & 0o7777,
+        size: st.st_size as u64,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec as u32,
+    })
+}
+
+/// `remove`: a file or symlink, or an empty directory.
+pub fn remove(a: PathArgs) -> Result<(), RemoteError> {
+    match fs::unlinkat(CWD, &a.path[..], fs::AtFlags::empty()) {
+        Err(rustix::io::Errno::ISDIR) => {
+            fs::unlinkat(CWD, &a.path[..], fs::AtFlags::REMOVEDIR).map_err(|e| os_error(e, "rmdir", &a.path))
+        }
+        r => r.map_err(|e| os_error(e, "unlink", &a.path)),
+    }
+}

@@ -1,0 +1,592 @@
+//! [`ExternalContext`]: the agent's main loop.
+//!
+//! One thread, one epoll loop over: the parent stream (read side and, when
+//! output is queued, write side), the two IoLogger pipes, and for every
+//! running command its stdin/stdout/stderr pipes and its pidfd. Nothing
+//! blocks: a long command or a slow parent is a state the loop returns to.
+//!
+//! **Architecture invariant:** the agent exits when its parent stream
+//! closes, and takes its commands' process groups with it (SIGTERM). So no
+//! agent outlives its master.
+//!
+//! Tokens: `T_PARENT_RX`, `T_PARENT_TX`, `T_LOG` + fd, and for process slot
+//! `s`: `T_PROC + 4*s + {0 stdin, 1 stdout, 2 stderr, 3 pidfd}`.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use serde::Serialize;
+use serde_bytes::ByteBuf;
+
+use super::builtins::{self, Identity};
+use super::iologger::IoLogger;
+use super::spawn::{self, Child};
+use super::util::cstring;
+use crate::core::poller::{Event, Interest, Poller};
+use crate::core::side::{self, Io};
+use crate::core::stream::{Decoder, TxBuffer};
+use crate::proto::functions::{self as f, ExecArgs, ExecOutput, ExecReply, Function, Stdio};
+use crate::proto::message::{decode_call, Hello, LogRecord, LogSource};
+use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
+
+const T_PARENT_RX: u64 = 0;
+const T_PARENT_TX: u64 = 1;
+const T_LOG: u64 = 2; // + 0 for fd 1, + 1 for fd 2
+const T_PROC: u64 = 16;
+
+/// Above this many queued bytes towards the parent, stop reading command
+/// output (back-pressure instead of memory growth); resume below the low mark.
+const TX_HIGH: usize = 4 << 20;
+const TX_LOW: usize = 1 << 20;
+
+/// Exit codes of the agent, for the master's diagnostics.
+pub mod exit {
+    /// Parent closed the stream (normal).
+    pub const OK: i32 = 0;
+    /// Bad command line from stage0.
+    pub const USAGE: i32 = 64;
+    /// Setting up fds or epoll failed.
+    pub const SETUP: i32 = 71;
+    /// The parent sent a malformed frame.
+    pub const PROTOCOL: i32 = 76;
+}
+
+struct Proc {
+    child: Child,
+    stdin_data: Vec<u8>,
+    stdin_pos: usize,
+    out: Vec<u8>,
+    err: Vec<u8>,
+    status: Option<(Option<i32>, Option<i32>)>,
+    caller: u32,
+    reply_to: u32,
+    stream_to: Option<u32>,
+    too_large: bool,
+}
+
+/// The agent's state.
+pub struct ExternalContext {
+    poller: Poller,
+    id: u32,
+    rx: OwnedFd,
+    tx_fd: OwnedFd,
+    decoder: Decoder,
+    tx: TxBuffer,
+    tx_watched: bool,
+    paused: bool,
+    loggers: [Option<IoLogger>; 2],
+    procs: Vec<Option<Proc>>,
+    ident: Identity,
+    serial: u64,
+    max: u32,
+    closing: bool,
+}
+
+/// Moves the protocol off fds 0/1, points 1 and 2 at IoLogger pipes, and
+/// returns (rx, tx, logger read ends).
+fn take_over_stdio() -> Result<(OwnedFd, OwnedFd, [OwnedFd; 2]), rustix::io::Errno> {
+    use rustix::io::fcntl_dupfd_cloexec;
+    use rustix::pipe::{pipe_with, PipeFlags};
+    // SAFETY: fds 0..2 are open for the agent's whole life (stage0 passed them).
+    let (fd0, fd1) = unsafe { (BorrowedFd::borrow_raw(0), BorrowedFd::borrow_raw(1)) };
+    let rx = fcntl_dupfd_cloexec(fd0, 3)?;
+    let tx = fcntl_dupfd_cloexec(fd1, 3)?;
+    let null = rustix::fs::open("/dev/null", rustix::fs::OFlags::RDWR, rustix::fs::Mode::empty())?;
+    rustix::stdio::dup2_stdin(&null)?;
+    let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    rustix::stdio::dup2_stdout(&out_w)?;
+    rustix::stdio::dup2_stderr(&err_w)?;
+    side::set_nonblocking(out_r.as_fd(), true)?;
+    side::set_nonblocking(err_r.as_fd(), true)?;
+    Ok((rx, tx, [out_r, err_r]))
+}
+
+/// The agent's entry point: `mito-agent HASH CONTEXT_ID`. Returns the exit code.
+pub fn main(args: &[&[u8]]) -> i32 {
+    // SAFETY: ignoring SIGPIPE so a dead peer is an EPIPE, not a silent death;
+    // children get the default back (spawn::spawn resets it).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let (Some(hash), Some(id)) = (args.get(1), args.get(2).and_then(|s| super::util::parse_decimal(s))) else {
+        let _ = rustix::io::write(unsafe { BorrowedFd::borrow_raw(2) }, b"usage: mito-agent HASH CONTEXT_ID\n");
+        return exit::USAGE;
+    };
+    let Ok((rx, tx_fd, [out_r, err_r])) = take_over_stdio() else { return exit::SETUP };
+    let exe = rustix::fs::readlink("/proc/self/exe", Vec::new())
+        .map(|p| String::from_utf8_lossy(p.to_bytes()).into_owned())
+        .unwrap_or_default();
+    let Ok(poller) = Poller::new() else { return exit::SETUP };
+    let mut cx = ExternalContext {
+        poller,
+        id: id as u32,
+        rx,
+        tx_fd,
+        decoder: Decoder::new(crate::proto::MAX_MESSAGE_SIZE),
+        tx: TxBuffer::default(),
+        tx_watched: false,
+        paused: false,
+        loggers: [Some(IoLogger::new(out_r)), Some(IoLogger::new(err_r))],
+        procs: Vec::new(),
+        ident: Identity { hash: String::from_utf8_lossy(hash).into_owned(), exe },
+        serial: 0,
+        max: crate::proto::MAX_MESSAGE_SIZE,
+        closing: false,
+    };
+    if cx.setup().is_err() {
+        return exit::SETUP;
+    }
+    cx.run()
+}
+
+impl ExternalContext {
+    fn setup(&mut self) -> Result<(), rustix::io::Errno> {
+        side::set_nonblocking(self.rx.as_fd(), true)?;
+        side::set_nonblocking(self.tx_fd.as_fd(), true)?;
+        self.poller.add(self.rx.as_fd(), T_PARENT_RX, Interest::READ)?;
+        self.poller.add(self.tx_fd.as_fd(), T_PARENT_TX, Interest::NONE)?;
+        for (i, l) in self.loggers.iter().enumerate() {
+            if let Some(l) = l {
+                self.poller.add(l.fd.as_fd(), T_LOG + i as u64, Interest::READ)?;
+            }
+        }
+        // The marker ends stage0's text phase; frames follow it directly.
+        let hello = Hello {
+            protocol_version: crate::proto::PROTOCOL_VERSION,
+            arch: String::from(ARCH),
+            pid: rustix::process::getpid().as_raw_nonzero().get() as u32,
+            agent_hash: self.ident.hash.clone(),
+            exe: self.ident.exe.clone(),
+        };
+        let mut first = Vec::from(&b"\nMITO2\n"[..]);
+        let data = postcard::to_allocvec(&hello).map_err(|_| rustix::io::Errno::INVAL)?;
+        let h = Header { dst: MASTER_ID, src: self.id, auth: self.id, handle: handles::HELLO, ..Header::default() };
+        first.extend_from_slice(&crate::core::stream::encode(&h, &data));
+        self.tx.push_raw(&first);
+        self.flush();
+        Ok(())
+    }
+
+    fn run(&mut self) -> i32 {
+        let mut events = Vec::with_capacity(64);
+        loop {
+            events.clear();
+            if self.poller.wait(-1, &mut events).is_err() {
+                return exit::SETUP;
+            }
+            for ev in &events {
+                if let Some(code) = self.on_event(*ev) {
+                    self.terminate_children();
+                    return code;
+                }
+            }
+            self.flush();
+            self.update_pause();
+            if self.closing {
+                self.drain_and_exit_flush();
+                self.terminate_children();
+                return exit::OK;
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) -> Option<i32> {
+        match ev.token {
+            T_PARENT_RX => return self.read_parent(),
+            T_PARENT_TX => self.flush(),
+            t if t == T_LOG || t == T_LOG + 1 => self.pump_logger((t - T_LOG) as usize),
+            t if t >= T_PROC => {
+                let slot = ((t - T_PROC) / 4) as usize;
+                match (t - T_PROC) % 4 {
+                    0 => self.proc_stdin(slot),
+                    1 | 2 => self.proc_output(slot, ((t - T_PROC) % 4) as u8, false),
+                    _ => self.proc_exited(slot),
+                }
+                self.proc_maybe_done(slot);
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn read_parent(&mut self) -> Option<i32> {
+        // A bounded number of reads per wake-up keeps the loop fair.
+        for _ in 0..16 {
+            let rx = self.rx.as_fd();
+            let r = self.decoder.read_with(|b| side::read(rx, b));
+            match r {
+                Ok(Io::Done(n)) => {
+                    self.decoder.filled(n);
+                    loop {
+                        match self.decoder.next() {
+                            Ok(Some(m)) => self.on_message(m),
+                            Ok(None) => break,
+                            Err(_) => {
+                                self.log(1, LogSource::Agent, b"malformed frame from parent; closing");
+                                self.drain_and_exit_flush();
+                                return Some(exit::PROTOCOL);
+                            }
+                        }
+                    }
+                    if self.closing {
+                        return None;
+                    }
+                }
+                Ok(Io::WouldBlock) => return None,
+                Ok(Io::Closed) | Err(_) => return Some(exit::OK),
+            }
+        }
+        None
+    }
+
+    fn on_message(&mut self, m: Message) {
+        let h = m.header;
+        if h.dst != self.id {
+            // No children yet (multi-hop lands later): nothing is reachable below us.
+            return self.reply_error(&h, RemoteError::new(ErrorKind::DeadRoute, "no route to context"));
+        }
+        match h.handle {
+            handles::CALL_FUNCTION => self.on_call(m),
+            handles::SHUTDOWN => self.closing = true,
+            _ => self.reply_error(&h, RemoteError::new(ErrorKind::DeadRoute, "no such handle")),
+        }
+    }
+
+    fn reply_error(&mut self, h: &Header, e: RemoteError) {
+        if h.reply_to != 0 {
+            self.send(h.src, h.reply_to, FLAG_ERROR, &e);
+        }
+    }
+
+    fn reply<T: Serialize>(&mut self, h: &Header, r: Result<T, RemoteError>) {
+        if h.reply_to == 0 {
+            return;
+        }
+        match r {
+            Ok(v) => self.send(h.src, h.reply_to, 0, &v),
+            Err(e) => self.send(h.src, h.reply_to, FLAG_ERROR, &e),
+        }
+    }
+
+    fn send<T: Serialize>(&mut self, dst: u32, handle: u32, flags: u16, value: &T) {
+        let h = Header { flags, dst, src: self.id, auth: self.id, handle, ..Header::default() };
+        match postcard::to_allocvec(value) {
+            Ok(data) if data.len() <= self.max as usize => self.tx.push(&h, &data),
+            _ => {
+                let e = RemoteError::new(ErrorKind::TooLarge, "reply exceeds the maximum message size");
+                if let Ok(data) = postcard::to_allocvec(&e) {
+                    self.tx.push(&Header { flags: FLAG_ERROR, ..h }, &data);
+                }
+            }
+        }
+    }
+
+    fn log(&mut self, level: u8, source: LogSource, line: &[u8]) {
+        let rec = LogRecord { level, source, line: ByteBuf::from(line) };
+        self.send(MASTER_ID, handles::FORWARD_LOG, 0, &rec);
+    }
+
+    fn on_call(&mut self, m: Message) {
+        let h = m.header;
+        if h.auth != MASTER_ID {
+            return self.reply_error(&h, RemoteError::new(ErrorKind::NotPermitted, "calls are accepted from the parent only"));
+        }
+        let Some(payload) = m.payload(self.max as usize) else {
+            return self.reply_error(&h, RemoteError::new(ErrorKind::Protocol, "payload does not decompress"));
+        };
+        let Ok((name, args)) = decode_call(&payload) else {
+            return self.reply_error(&h, RemoteError::new(ErrorKind::Protocol, "malformed call"));
+        };
+        fn decode<F: Function>(args: &[u8]) -> Result<F::Args, RemoteError> {
+            postcard::from_bytes(args).map_err(|_| RemoteError::new(ErrorKind::BadArgs, F::NAME))
+        }
+        let max = self.max as usize - 64;
+        match name {
+            f::Ping::NAME => {
+                let r = decode::<f::Ping>(args);
+                self.reply(&h, r)
+            }
+            f::Info::NAME => {
+                let r = decode::<f::Info>(args).map(|()| builtins::info(&self.ident));
+                self.reply(&h, r)
+            }
+            f::ReadFile::NAME => {
+                let r = decode::<f::ReadFile>(args).and_then(|a| builtins::read_file(a, max));
+                self.reply(&h, r)
+            }
+            f::WriteFile::NAME => {
+                self.serial += 1;
+                let serial = self.serial;
+                let r = decode::<f::WriteFile>(args).and_then(|a| builtins::write_file(a, serial));
+                self.reply(&h, r)
+            }
+            f::Stat::NAME => {
+                let r = decode::<f::Stat>(args).and_then(builtins::stat);
+                self.reply(&h, r)
+            }
+            f::Remove::NAME => {
+                let r = decode::<f::Remove>(args).and_then(builtins::remove);
+                self.reply(&h, r)
+            }
+            f::Exec::NAME => match decode::<f::Exec>(args).and_then(|a| self.start_exec(a, &h)) {
+                Ok(()) => {}
+                Err(e) => self.reply_error(&h, e),
+            },
+            _ => self.reply_error(&h, RemoteError::new(ErrorKind::UnknownFunction, name)),
+        }
+    }
+
+    // ---- exec -------------------------------------------------------------
+
+    fn start_exec(&mut self, a: ExecArgs, h: &Header) -> Result<(), RemoteError> {
+        let argv = a.argv.iter().map(|s| cstring(s)).collect::<Result<Vec<_>, _>>()?;
+        if argv.is_empty() {
+            return Err(RemoteError::new(ErrorKind::BadArgs, "exec: empty argv"));
+        }
+        let env = if a.env_clear || !a.env.is_empty() { Some(build_env(&a)?) } else { None };
+        let cwd = a.cwd.as_ref().map(|c| cstring(c)).transpose()?;
+        let cmd = spawn::Command { argv: &argv, env: env.as_deref(), cwd: cwd.as_ref(), capture: a.stdio == Stdio::Capture };
+        let child = spawn::spawn(&cmd).map_err(|e| super::util::os_error(e, "exec", &a.argv[0]))?;
+        let slot = match self.procs.iter().position(Option::is_none) {
+            Some(s) => s,
+            None => {
+                self.procs.push(None);
+                self.procs.len() - 1
+            }
+        };
+        let base = T_PROC + 4 * slot as u64;
+        if let Some(fd) = &child.stdin {
+            let _ = side::set_nonblocking(fd.as_fd(), true);
+            let _ = self.poller.add(fd.as_fd(), base, Interest::WRITE);
+        }
+        let read = if self.paused { Interest::NONE } else { Interest::READ };
+        if let Some(fd) = &child.stdout {
+            let _ = side::set_nonblocking(fd.as_fd(), true);
+            let _ = self.poller.add(fd.as_fd(), base + 1, read);
+        }
+        if let Some(fd) = &child.stderr {
+            let _ = side::set_nonblocking(fd.as_fd(), true);
+            let _ = self.poller.add(fd.as_fd(), base + 2, read);
+        }
+        let _ = self.poller.add(child.pidfd.as_fd(), base + 3, Interest::READ);
+        self.procs[slot] = Some(Proc {
+            child,
+            stdin_data: a.stdin.into_vec(),
+            stdin_pos: 0,
+            out: Vec::new(),
+            err: Vec::new(),
+            status: None,
+            caller: h.src,
+            reply_to: h.reply_to,
+            stream_to: a.stream_to,
+            too_large: false,
+        });
+        Ok(())
+    }
+
+    fn proc_stdin(&mut self, slot: usize) {
+        let Some(Some(p)) = self.procs.get_mut(slot) else { return };
+        let Some(fd) = &p.child.stdin else { return };
+        while p.stdin_pos < p.stdin_data.len() {
+            match side::write(fd.as_fd(), &p.stdin_data[p.stdin_pos..]) {
+                Ok(Io::Done(n)) => p.stdin_pos += n,
+                Ok(Io::WouldBlock) => return,
+                Ok(Io::Closed) | Err(_) => break,
+            }
+        }
+        // All written (or the child closed its stdin): closing sends EOF.
+        p.stdin_data = Vec::new();
+        if let Some(fd) = p.child.stdin.take() {
+            self.poller.delete(fd.as_fd());
+        }
+    }
+
+    fn proc_output(&mut self, slot: usize, which: u8, drain: bool) {
+        let mut buf = alloc::vec![0u8; 64 * 1024];
+        let max = self.max as usize - 256;
+        for _ in 0..if drain { usize::MAX } else { 4 } {
+            let Some(Some(p)) = self.procs.get_mut(slot) else { return };
+            let fd = if which == 1 { &p.child.stdout } else { &p.child.stderr };
+            let Some(fd) = fd else { return };
+            match side::read(fd.as_fd(), &mut buf) {
+                Ok(Io::Done(n)) => {
+                    if let Some(handle) = p.stream_to {
+                        let caller = p.caller;
+                        let chunk = ExecOutput { fd: which, data: ByteBuf::from(&buf[..n]) };
+                        self.send(caller, handle, 0, &chunk);
+                    } else {
+                        if p.out.len() + p.err.len() + n > max {
+                            p.too_large = true;
+                        } else if which == 1 {
+                            p.out.extend_from_slice(&buf[..n]);
+                        } else {
+                            p.err.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                }
+                Ok(Io::WouldBlock) => return,
+                Ok(Io::Closed) | Err(_) => {
+                    let fd = if which == 1 { p.child.stdout.take() } else { p.child.stderr.take() };
+                    if let Some(fd) = fd {
+                        self.poller.delete(fd.as_fd());
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn proc_exited(&mut self, slot: usize) {
+        let Some(Some(p)) = self.procs.get_mut(slot) else { return };
+        if p.status.is_some() {
+            return;
+        }
+        let Some(st) = spawn::reap(&p.child.pidfd) else { return };
+        p.status = Some(st);
+        self.poller.delete(p.child.pidfd.as_fd());
+        // What the child wrote before exiting is in the pipes now; take it and
+        // do not wait for EOF (a background grandchild may hold them open).
+        self.proc_output(slot, 1, true);
+        self.proc_output(slot, 2, true);
+    }
+
+    fn proc_maybe_done(&mut self, slot: usize) {
+        let Some(Some(p)) = self.procs.get(slot) else { return };
+        let Some((code, signal)) = p.status else { return };
+        let Some(p) = self.procs[slot].take() else { return };
+        for fd in [&p.child.stdout, &p.child.stderr].into_iter().flatten() {
+            self.poller.delete(fd.as_fd());
+        }
+        if let Some(fd) = &p.child.stdin {
+            self.poller.delete(fd.as_fd());
+        }
+        let h = Header { src: p.caller, reply_to: p.reply_to, ..Header::default() };
+        if p.too_large {
+            let e = RemoteError::new(ErrorKind::TooLarge, "exec: output exceeds the maximum message size; stream it");
+            return self.reply_error(&h, e);
+        }
+        let reply = ExecReply { code, signal, stdout: ByteBuf::from(p.out), stderr: ByteBuf::from(p.err) };
+        self.reply(&h, Ok(reply));
+    }
+
+    fn terminate_children(&mut self) {
+        for p in self.procs.iter().flatten() {
+            if p.status.is_none() {
+                spawn::kill_group(p.child.pid, libc::SIGTERM);
+            }
+        }
+    }
+
+    // ---- IoLogger ---------------------------------------------------------
+
+    fn pump_logger(&mut self, i: usize) {
+        let Some(mut l) = self.loggers[i].take() else { return };
+        let source = if i == 0 { LogSource::Stdout } else { LogSource::Stderr };
+        let level = if i == 0 { 3 } else { 2 };
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let open = l.pump(&mut |line| lines.push(line.to_vec()));
+        for line in lines {
+            self.log(level, source, &line);
+        }
+        if open {
+            self.loggers[i] = Some(l);
+        } else {
+            self.poller.delete(l.fd.as_fd());
+        }
+    }
+
+    // ---- output -----------------------------------------------------------
+
+    fn flush(&mut self) {
+        while !self.tx.is_empty() {
+            match side::write(self.tx_fd.as_fd(), self.tx.pending()) {
+                Ok(Io::Done(n)) => self.tx.consume(n),
+                Ok(Io::WouldBlock) => break,
+                Ok(Io::Closed) | Err(_) => {
+                    // The parent is gone; the read side will see it too.
+                    self.tx = TxBuffer::default();
+                    break;
+                }
+            }
+        }
+        let want = !self.tx.is_empty();
+        if want != self.tx_watched {
+            let i = if want { Interest::WRITE } else { Interest::NONE };
+            let _ = self.poller.modify(self.tx_fd.as_fd(), T_PARENT_TX, i);
+            self.tx_watched = want;
+        }
+    }
+
+    /// Best effort to send what is queued before exiting, for at most 1 s.
+    fn drain_and_exit_flush(&mut self) {
+        use rustix::event::{poll, PollFd, PollFlags};
+        for _ in 0..100 {
+            self.flush();
+            if self.tx.is_empty() {
+                return;
+            }
+            let mut fds = [PollFd::new(&self.tx_fd, PollFlags::OUT)];
+            let ts = rustix::event::Timespec { tv_sec: 0, tv_nsec: 10_000_000 };
+            let _ = poll(&mut fds, Some(&ts));
+        }
+    }
+
+    fn update_pause(&mut self) {
+        let pause = if self.paused { self.tx.len() > TX_LOW } else { self.tx.len() > TX_HIGH };
+        if pause == self.paused {
+            return;
+        }
+        self.paused = pause;
+        let i = if pause { Interest::NONE } else { Interest::READ };
+        for (slot, p) in self.procs.iter().enumerate() {
+            let Some(p) = p else { continue };
+            let base = T_PROC + 4 * slot as u64;
+            if let Some(fd) = &p.child.stdout {
+                let _ = self.poller.modify(fd.as_fd(), base + 1, i);
+            }
+            if let Some(fd) = &p.child.stderr {
+                let _ = self.poller.modify(fd.as_fd(), base + 2, i);
+            }
+        }
+    }
+}
+
+/// The child's environment: the agent's (unless cleared) with overrides.
+fn build_env(a: &ExecArgs) -> Result<Vec<alloc::ffi::CString>, RemoteError> {
+    let mut vars: Vec<Vec<u8>> = Vec::new();
+    if !a.env_clear {
+        extern "C" {
+            static environ: *const *const libc::c_char;
+        }
+        // SAFETY: walking the NULL-terminated environ array (single-threaded agent).
+        unsafe {
+            let mut p = environ;
+            while !p.is_null() && !(*p).is_null() {
+                vars.push(core::ffi::CStr::from_ptr(*p).to_bytes().to_vec());
+                p = p.add(1);
+            }
+        }
+    }
+    for (k, v) in &a.env {
+        if k.is_empty() || k.contains(&b'=') {
+            return Err(RemoteError::new(ErrorKind::BadArgs, "exec: bad environment variable name"));
+        }
+        vars.retain(|e| !(e.len() > k.len() && e.starts_with(k) && e[k.len()] == b'='));
+        let mut e = k.to_vec();
+        e.push(b'=');
+        e.extend_from_slice(v);
+        vars.push(e);
+    }
+    vars.iter().map(|v| cstring(v)).collect()
+}
+
+/// The architecture this agent was compiled for, in `uname -m` spelling.
+pub const ARCH: &str = if cfg!(target_arch = "x86_64") {
+    "x86_64"
+} else if cfg!(target_arch = "aarch64") {
+    "aarch64"
+} else {
+    "unknown"
+};

@@ -1,0 +1,27 @@
+//! The message plumbing of every context.
+//!
+//! Map:
+//! - [`side`]: [`Side`](side::Side), one non-blocking fd with mitogen's `io_op` rules.
+//! - [`stream`]: framing ([`Decoder`](stream::Decoder), [`TxBuffer`](stream::TxBuffer)).
+//! - [`poller`]: epoll, shared by the master's Broker and the agent's loop.
+//! - [`waker`]: eventfd that wakes a poller from another thread.
+//! - master only (`std`): [`broker`] (the I/O thread), [`router`] (delivery
+//!   by context id and handle), [`latch`] (blocking waits with deadlines).
+//!
+//! The agent is single-threaded and has no Broker thread: its loop in
+//! `agent::external_context` drives the same Side/Stream/Poller pieces.
+//!
+//! **Architecture invariant:** nothing in `side`, `stream`, `poller` or
+//! `waker` uses std; they build into the agent.
+
+pub mod poller;
+pub mod side;
+pub mod stream;
+pub mod waker;
+
+#[cfg(feature = "master")]
+pub mod broker;
+#[cfg(feature = "master")]
+pub mod latch;
+#[cfg(feature = "master")]
+pub mod router;

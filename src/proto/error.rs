@@ -1,0 +1,97 @@
+//! [`RemoteError`]: what a failed call sends back, typed.
+//!
+//! The agent fills in a kind and an errno and, where cheap, a static
+//! message; the master adds the context name and turns errno into text, so
+//! the agent carries no formatting machinery.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+/// What kind of failure a [`RemoteError`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u16)]
+pub enum ErrorKind {
+    /// No function of that name in the context.
+    UnknownFunction = 1,
+    /// The arguments did not decode as the function's argument type.
+    BadArgs = 2,
+    /// A system call failed; `errno` says which error.
+    Os = 3,
+    /// A message or result would exceed the maximum message size.
+    TooLarge = 4,
+    /// No route to the destination context (it died or never existed).
+    DeadRoute = 5,
+    /// The sender has no authority to do this.
+    NotPermitted = 6,
+    /// The context is shutting down.
+    ShuttingDown = 7,
+    /// A malformed message or payload arrived.
+    Protocol = 8,
+    /// A bug in the agent: it should not happen.
+    Internal = 9,
+}
+
+/// The error a context sends back instead of a reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteError {
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// The OS error number for [`ErrorKind::Os`], else 0.
+    pub errno: i32,
+    /// Detail: the function name, the path, the operation.
+    pub message: String,
+    /// Name of the context where it happened (filled in by the master).
+    pub context: String,
+    /// Causes, outermost first (for errors relayed across hops).
+    pub causes: Vec<String>,
+}
+
+impl RemoteError {
+    /// An error without errno.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        RemoteError { kind, errno: 0, message: message.into(), context: String::new(), causes: Vec::new() }
+    }
+
+    /// An OS error: `op` names what was attempted (e.g. "open /etc/x").
+    pub fn os(errno: i32, op: impl Into<String>) -> Self {
+        RemoteError { errno, ..RemoteError::new(ErrorKind::Os, op) }
+    }
+}
+
+impl core::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let what = match self.kind {
+            ErrorKind::UnknownFunction => "unknown function",
+            ErrorKind::BadArgs => "bad arguments",
+            ErrorKind::Os => "system error",
+            ErrorKind::TooLarge => "too large",
+            ErrorKind::DeadRoute => "no route to context",
+            ErrorKind::NotPermitted => "not permitted",
+            ErrorKind::ShuttingDown => "context is shutting down",
+            ErrorKind::Protocol => "protocol error",
+            ErrorKind::Internal => "internal error in agent",
+        };
+        if !self.context.is_empty() {
+            write!(f, "on {}: ", self.context)?;
+        }
+        write!(f, "{what}")?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        #[cfg(feature = "std")]
+        if self.errno != 0 {
+            write!(f, ": {}", std::io::Error::from_raw_os_error(self.errno))?;
+        }
+        #[cfg(not(feature = "std"))]
+        if self.errno != 0 {
+            write!(f, ": errno {}", self.errno)?;
+        }
+        for c in &self.causes {
+            write!(f, ": {c}")?;
+        }
+        Ok(())
+    }
+}
+
+impl core::error::Error for RemoteError {}

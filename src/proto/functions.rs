@@ -1,0 +1,211 @@
+//! Built-in functions: one type per function, naming it and fixing its
+//! argument and reply types for both halves.
+//!
+//! The master calls them through `Context::call::<F>` (or the typed helpers
+//! on `Context`); the agent's dispatcher matches [`Function::NAME`].
+//! Paths and command lines are bytes: Unix paths need not be UTF-8.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// A function a context can run.
+pub trait Function {
+    /// Name on the wire.
+    const NAME: &'static str;
+    /// Argument type, postcard-encoded after the name.
+    type Args: Serialize + DeserializeOwned;
+    /// Reply type.
+    type Reply: Serialize + DeserializeOwned;
+}
+
+macro_rules! function {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $args:ty, $reply:ty) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug)]
+        pub struct $ty;
+        impl Function for $ty {
+            const NAME: &'static str = $name;
+            type Args = $args;
+            type Reply = $reply;
+        }
+    };
+}
+
+function!(
+    /// Does nothing and replies: a round trip.
+    Ping, "ping", (), ()
+);
+function!(
+    /// Who and where the agent is.
+    Info, "info", (), InfoReply
+);
+function!(
+    /// Runs a command to completion (output captured, or streamed when
+    /// `stream_to` is set).
+    Exec, "exec", ExecArgs, ExecReply
+);
+function!(
+    /// Reads a whole file (bounded by the maximum message size).
+    ReadFile, "read_file", PathArgs, ByteBuf
+);
+function!(
+    /// Writes a whole file atomically (temp file + rename).
+    WriteFile, "write_file", WriteFileArgs, ()
+);
+function!(
+    /// `lstat`/`stat` of a path.
+    Stat, "stat", StatArgs, StatReply
+);
+function!(
+    /// Removes a file, symlink or empty directory.
+    Remove, "remove", PathArgs, ()
+);
+
+/// Reply of [`Info`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoReply {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    pub ppid: u32,
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// Effective user id.
+    pub euid: u32,
+    /// Effective group id.
+    pub egid: u32,
+    /// User name of the effective uid (from /etc/passwd, else `$USER`, else empty).
+    pub user: String,
+    /// Host name (uname nodename).
+    pub hostname: String,
+    /// Machine architecture (uname machine).
+    pub arch: String,
+    /// Kernel release (uname release).
+    pub kernel: String,
+    /// Version of the mito crate the agent was built from.
+    pub agent_version: String,
+    /// The agent's hash (hex sha256) as verified by stage0.
+    pub agent_hash: String,
+    /// Where the agent runs from (`/proc/self/exe`).
+    pub exe: String,
+    /// The agent's current directory.
+    pub cwd: String,
+}
+
+/// What happens to a child's stdout and stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stdio {
+    /// Collected and returned in the reply (or streamed, see `stream_to`).
+    #[default]
+    Capture,
+    /// The child writes to the agent's own fd 1/2, whose lines reach the
+    /// master as log records (mitogen's IoLogger behaviour for `os.system`).
+    Log,
+}
+
+/// Arguments of [`Exec`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecArgs {
+    /// Program and arguments; `argv[0]` is looked up in `PATH` when it has no `/`.
+    pub argv: Vec<ByteBuf>,
+    /// Variables to set (after `env_clear`).
+    pub env: Vec<(ByteBuf, ByteBuf)>,
+    /// Start from an empty environment instead of the agent's.
+    pub env_clear: bool,
+    /// Working directory; the agent's when `None`.
+    pub cwd: Option<ByteBuf>,
+    /// Bytes written to the child's stdin, which is then closed.
+    pub stdin: ByteBuf,
+    /// Where output goes.
+    pub stdio: Stdio,
+    /// When set, output chunks go as [`ExecOutput`] messages to this handle
+    /// in the caller as they arrive, instead of into the reply.
+    pub stream_to: Option<u32>,
+}
+
+/// One chunk of streamed output of [`Exec`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutput {
+    /// 1 for stdout, 2 for stderr.
+    pub fd: u8,
+    /// The bytes, as read.
+    pub data: ByteBuf,
+}
+
+/// Reply of [`Exec`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecReply {
+    /// Exit code, if the child exited.
+    pub code: Option<i32>,
+    /// Signal number, if a signal killed it.
+    pub signal: Option<i32>,
+    /// Captured stdout (empty when streamed or logged).
+    pub stdout: ByteBuf,
+    /// Captured stderr (empty when streamed or logged).
+    pub stderr: ByteBuf,
+}
+
+/// A single path argument.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathArgs {
+    /// The path (bytes).
+    pub path: ByteBuf,
+}
+
+/// Arguments of [`WriteFile`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteFileArgs {
+    /// Destination path.
+    pub path: ByteBuf,
+    /// Whole content.
+    pub data: ByteBuf,
+    /// Permission bits; 0o644 (minus umask) when `None`, or the existing
+    /// file's mode when it exists.
+    pub mode: Option<u32>,
+}
+
+/// Arguments of [`Stat`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatArgs {
+    /// The path.
+    pub path: ByteBuf,
+    /// Follow a final symlink (`stat`) or not (`lstat`).
+    pub follow: bool,
+}
+
+/// Type of a file system object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Anything else (device, fifo, socket).
+    Other,
+}
+
+/// Reply of [`Stat`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatReply {
+    /// Object type.
+    pub kind: FileKind,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Nanoseconds part of the modification time.
+    pub mtime_nsec: u32,
+}

@@ -1,0 +1,21 @@
+//! Well-known handles: mailboxes that exist in every context.
+//!
+//! Handles below [`FIRST_DYNAMIC`] are fixed by the protocol; the others are
+//! allocated per context for replies and streams.
+
+/// A function call for the context's dispatcher (payload: name + args).
+pub const CALL_FUNCTION: u32 = 1;
+/// A log record travelling towards the master.
+pub const FORWARD_LOG: u32 = 2;
+/// A context became reachable (multi-hop; reserved).
+pub const ADD_ROUTE: u32 = 3;
+/// A context became unreachable (multi-hop; reserved).
+pub const DEL_ROUTE: u32 = 4;
+/// A request for a named resource from the parent (importer; reserved).
+pub const GET_RESOURCE: u32 = 5;
+/// Asks the context to shut down (no payload).
+pub const SHUTDOWN: u32 = 6;
+/// The agent's first message: version, arch, pid, hash.
+pub const HELLO: u32 = 7;
+/// First handle number allocated at run time.
+pub const FIRST_DYNAMIC: u32 = 1000;

@@ -1,0 +1,85 @@
+//! A routed message and the payload types that are not function-specific.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::header::{Header, FLAG_COMPRESSED};
+
+/// One message: routing header plus (possibly compressed) payload bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Routing information; `header.len` equals `data.len()` on the wire.
+    pub header: Header,
+    /// The payload as sent (still compressed if the flag says so).
+    pub data: Vec<u8>,
+}
+
+impl Message {
+    /// A message with the given routing and payload.
+    pub fn new(dst: u32, src: u32, handle: u32, reply_to: u32, data: Vec<u8>) -> Self {
+        let header = Header { flags: 0, dst, src, auth: src, handle, reply_to, len: data.len() as u32 };
+        Message { header, data }
+    }
+
+    /// The payload, inflated if it was compressed; `None` if it does not
+    /// inflate within `max` bytes.
+    pub fn payload(&self, max: usize) -> Option<alloc::borrow::Cow<'_, [u8]>> {
+        if self.header.flags & FLAG_COMPRESSED != 0 {
+            super::compress::decompress(&self.data, max).map(alloc::borrow::Cow::Owned)
+        } else {
+            Some(alloc::borrow::Cow::Borrowed(&self.data))
+        }
+    }
+}
+
+/// The agent's first message, on handle [`super::handles::HELLO`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`super::PROTOCOL_VERSION`] of the agent.
+    pub protocol_version: u16,
+    /// The agent's `uname -m` architecture as compiled in.
+    pub arch: String,
+    /// The agent's process id.
+    pub pid: u32,
+    /// The hash stage0 verified before exec (hex sha256), as passed in argv.
+    pub agent_hash: String,
+    /// Where the agent runs from (`/proc/self/exe`), to tell cache from memfd.
+    pub exe: String,
+}
+
+/// Where a forwarded log line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogSource {
+    /// The agent's own diagnostics.
+    Agent,
+    /// A line written to the agent's fd 1 (by it or a child that inherited it).
+    Stdout,
+    /// A line written to the agent's fd 2.
+    Stderr,
+}
+
+/// A log line forwarded to the master on [`super::handles::FORWARD_LOG`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Severity: 1 error, 2 warn, 3 info, 4 debug, 5 trace (as `log::Level`).
+    pub level: u8,
+    /// Which pipe or subsystem produced it.
+    pub source: LogSource,
+    /// The line without its newline; bytes, because programs print anything.
+    pub line: ByteBuf,
+}
+
+/// Encodes a call's payload: the function name, then its arguments, both
+/// postcard; the agent reads the name first and decodes the rest by type.
+pub fn encode_call<A: Serialize>(name: &str, args: &A) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = postcard::to_allocvec(name)?;
+    out.extend_from_slice(&postcard::to_allocvec(args)?);
+    Ok(out)
+}
+
+/// Splits a call payload into the function name and the encoded arguments.
+pub fn decode_call(data: &[u8]) -> Result<(&str, &[u8]), postcard::Error> {
+    postcard::take_from_bytes::<&str>(data)
+}

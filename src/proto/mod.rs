@@ -1,0 +1,33 @@
+//! The wire format, shared by master and agent (`no_std`).
+//!
+//! Map:
+//! - [`header`]: the fixed 28-byte little-endian frame header and its flags.
+//!   **Architecture invariant:** the router reads only this; a hop that
+//!   forwards a message never decodes its payload.
+//! - [`handles`]: well-known handle numbers (mailboxes) every context has.
+//! - [`message`]: payload types (hello, calls, logs) encoded with postcard.
+//! - [`functions`]: the built-in functions' names and argument/reply types,
+//!   one [`functions::Function`] impl each, so both halves agree on types.
+//! - [`error`]: [`RemoteError`], the typed error that travels instead of text.
+//! - [`compress`]: optional deflate of large payloads (flag bit).
+
+pub mod compress;
+pub mod error;
+pub mod functions;
+pub mod handles;
+pub mod header;
+pub mod message;
+
+pub use error::{ErrorKind, RemoteError};
+pub use header::{Header, FLAG_COMPRESSED, FLAG_ERROR, HEADER_LEN, MAGIC};
+pub use message::Message;
+
+/// Protocol version announced in the agent's hello; the master refuses any
+/// other number with an error naming both.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest payload a stream accepts by default (checked before allocating).
+pub const MAX_MESSAGE_SIZE: u32 = 128 * 1024 * 1024;
+
+/// Context id of the master (the root of every tree).
+pub const MASTER_ID: u32 = 0;
