@@ -171,9 +171,10 @@ impl ExternalContext {
 
     fn run(&mut self) -> i32 {
         let mut events = Vec::with_capacity(64);
+        let mut buf = crate::core::poller::Events::with_capacity(64);
         loop {
             events.clear();
-            if self.poller.wait(-1, &mut events).is_err() {
+            if self.poller.wait(-1, &mut buf, &mut events).is_err() {
                 return exit::SETUP;
             }
             for ev in &events {

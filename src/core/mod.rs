@@ -14,6 +14,7 @@
 //! **Architecture invariant:** nothing in `side`, `stream`, `poller` or
 //! `waker` uses std; they build into the agent.
 
+pub mod num;
 pub mod poller;
 pub mod side;
 pub mod stream;

@@ -51,22 +51,32 @@ pub struct Event {
     pub writable: bool,
 }
 
-/// An epoll instance.
+/// An epoll instance. Registration works from any thread; one thread waits.
+#[derive(Debug)]
 pub struct Poller {
     epfd: OwnedFd,
-    events: Vec<epoll::Event>,
 }
 
-impl core::fmt::Debug for Poller {
+/// Buffer for the raw events of one [`Poller::wait`].
+pub struct Events(Vec<epoll::Event>);
+
+impl core::fmt::Debug for Events {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Poller").field("epfd", &self.epfd).finish()
+        f.write_str("Events")
+    }
+}
+
+impl Events {
+    /// Room for `n` events per wait.
+    pub fn with_capacity(n: usize) -> Events {
+        Events(Vec::with_capacity(n))
     }
 }
 
 impl Poller {
     /// A new epoll instance (close-on-exec).
     pub fn new() -> Result<Poller, Errno> {
-        Ok(Poller { epfd: epoll::create(epoll::CreateFlags::CLOEXEC)?, events: Vec::with_capacity(64) })
+        Ok(Poller { epfd: epoll::create(epoll::CreateFlags::CLOEXEC)? })
     }
 
     /// Starts watching `fd`.
@@ -85,8 +95,8 @@ impl Poller {
     }
 
     /// Waits up to `timeout_ms` (-1: forever) and appends events to `out`.
-    pub fn wait(&mut self, timeout_ms: i32, out: &mut Vec<Event>) -> Result<(), Errno> {
-        self.events.clear();
+    pub fn wait(&self, timeout_ms: i32, buf: &mut Events, out: &mut Vec<Event>) -> Result<(), Errno> {
+        buf.0.clear();
         let ts;
         let timeout = if timeout_ms < 0 {
             None
@@ -97,11 +107,11 @@ impl Poller {
             };
             Some(&ts)
         };
-        match epoll::wait(&self.epfd, rustix::buffer::spare_capacity(&mut self.events), timeout) {
+        match epoll::wait(&self.epfd, rustix::buffer::spare_capacity(&mut buf.0), timeout) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(e),
         }
-        for e in &self.events {
+        for e in &buf.0 {
             let flags = e.flags;
             let err = flags.intersects(epoll::EventFlags::ERR | epoll::EventFlags::HUP);
             out.push(Event {

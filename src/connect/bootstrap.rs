@@ -1,0 +1,311 @@
+//! The master's side of stage0's text phase, up to the agent's hello.
+//!
+//! Reads stage0's marker lines (ignoring, but keeping for errors, any other
+//! text a login script may print), uploads the agent when asked, then waits
+//! for `MITO2` and the hello frame. Runs on the connecting thread with
+//! blocking `poll` and one deadline for the whole phase; only after the
+//! hello does the stream go to the Broker, with the decoder that already
+//! holds any bytes read past the hello.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::{poll, PollFd, PollFlags};
+
+use super::error::{format_output, ConnectError};
+use super::stage0;
+use crate::core::side::{self, Io};
+use crate::core::stream::Decoder;
+use crate::master::embedded::{self, EmbeddedAgent};
+use crate::proto::message::Hello;
+use crate::proto::{handles, PROTOCOL_VERSION};
+
+/// How the agent got to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upload {
+    /// A cached copy was executed; nothing was sent.
+    Cached,
+    /// The agent was sent (gzip or raw) and stored in this directory.
+    Stored {
+        /// Directory stage0 chose.
+        dir: String,
+        /// Sent gzip-compressed.
+        gzip: bool,
+    },
+    /// The agent was sent raw and run from a memfd (no usable directory).
+    Memfd,
+}
+
+/// What a successful bootstrap hands on.
+#[derive(Debug)]
+pub struct Bootstrapped {
+    /// The agent's hello.
+    pub hello: Hello,
+    /// Decoder with the bytes read after the hello.
+    pub decoder: Decoder,
+    /// How the agent got there.
+    pub upload: Upload,
+    /// Agent bytes the master wrote (0 on a cached start).
+    pub agent_bytes_sent: usize,
+    /// Time from start of bootstrap to hello.
+    pub elapsed: Duration,
+}
+
+/// Streams of the spawned process during bootstrap.
+#[derive(Debug)]
+pub struct Pipes<'a> {
+    /// Where stage0 and then the agent write (the stream's rx).
+    pub rx: BorrowedFd<'a>,
+    /// The agent's stdin (the stream's tx).
+    pub tx: BorrowedFd<'a>,
+    /// The process's stderr, if separate.
+    pub stderr: Option<BorrowedFd<'a>>,
+}
+
+const MAX_TEXT: usize = 1 << 20;
+const STDERR_TAIL: usize = 8192;
+
+struct Phase<'a> {
+    context: &'a str,
+    pipes: &'a Pipes<'a>,
+    deadline: Instant,
+    timeout: Duration,
+    stderr: Vec<u8>,
+    stderr_open: bool,
+    noise: Vec<u8>,
+}
+
+impl Phase<'_> {
+    fn output(&self) -> String {
+        format_output(&self.stderr, &self.noise)
+    }
+
+    fn timeout(&self, phase: &'static str) -> ConnectError {
+        ConnectError::Timeout { context: self.context.into(), phase, timeout: self.timeout, output: self.output() }
+    }
+
+    fn fail(&self, reason: impl Into<String>) -> ConnectError {
+        ConnectError::Bootstrap { context: self.context.into(), reason: reason.into(), output: self.output() }
+    }
+
+    /// Waits until rx is readable (or, with `write`, tx is writable), while
+    /// collecting stderr. Returns false on timeout.
+    fn wait(&mut self, write: bool) -> bool {
+        loop {
+            let now = Instant::now();
+            if now >= self.deadline {
+                return false;
+            }
+            let ms = (self.deadline - now).as_millis().min(i32::MAX as u128) as i32;
+            let ts = rustix::event::Timespec { tv_sec: i64::from(ms / 1000), tv_nsec: i64::from(ms % 1000) * 1_000_000 };
+            let main = if write { PollFd::new(&self.pipes.tx, PollFlags::OUT) } else { PollFd::new(&self.pipes.rx, PollFlags::IN) };
+            let mut fds = vec![main];
+            if let (Some(e), true) = (&self.pipes.stderr, self.stderr_open) {
+                fds.push(PollFd::new(e, PollFlags::IN));
+            }
+            match poll(&mut fds, Some(&ts)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return true,
+            }
+            let main_ready = !fds[0].revents().is_empty();
+            let err_ready = fds.get(1).is_some_and(|f| !f.revents().is_empty());
+            drop(fds);
+            if err_ready {
+                self.read_stderr();
+            }
+            if main_ready {
+                return true;
+            }
+        }
+    }
+
+    fn read_stderr(&mut self) {
+        let Some(fd) = self.pipes.stderr else { return };
+        let mut b = [0u8; 4096];
+        loop {
+            match side::read(fd, &mut b) {
+                Ok(Io::Done(n)) => {
+                    self.stderr.extend_from_slice(&b[..n]);
+                    if self.stderr.len() > STDERR_TAIL {
+                        let cut = self.stderr.len() - STDERR_TAIL;
+                        self.stderr.drain(..cut);
+                    }
+                }
+                Ok(Io::WouldBlock) => return,
+                _ => {
+                    self.stderr_open = false;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn write_all(&mut self, mut data: &[u8]) -> Result<(), ConnectError> {
+        while !data.is_empty() {
+            match side::write(self.pipes.tx, data) {
+                Ok(Io::Done(n)) => data = &data[n..],
+                Ok(Io::WouldBlock) => {
+                    if !self.wait(true) {
+                        return Err(self.timeout("sending the agent"));
+                    }
+                }
+                Ok(Io::Closed) | Err(_) => {
+                    self.drain_stderr_briefly();
+                    return Err(self.fail("the target closed its input while the agent was being sent"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failure, give stderr a moment to deliver the target's reason.
+    fn drain_stderr_briefly(&mut self) {
+        let until = Instant::now() + Duration::from_millis(200);
+        let saved = self.deadline;
+        self.deadline = until.min(saved);
+        while self.stderr_open && Instant::now() < self.deadline {
+            let Some(fd) = self.pipes.stderr else { break };
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+            let _ = poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 20_000_000 }));
+            self.read_stderr();
+        }
+        self.deadline = saved;
+    }
+}
+
+/// Runs the text phase and returns once the agent said hello.
+pub fn run(context: &str, pipes: &Pipes<'_>, timeout: Duration, max_message_size: u32) -> Result<Bootstrapped, ConnectError> {
+    let start = Instant::now();
+    let mut ph = Phase {
+        context,
+        pipes,
+        deadline: start + timeout,
+        timeout,
+        stderr: Vec::new(),
+        stderr_open: pipes.stderr.is_some(),
+        noise: Vec::new(),
+    };
+    if let Some(e) = pipes.stderr {
+        let _ = side::set_nonblocking(e, true);
+    }
+    let mut upload = Upload::Cached;
+    let mut agent_bytes_sent = 0;
+    let mut text: Vec<u8> = Vec::new();
+    let mut seen = 0usize;
+    let mut buf = vec![0u8; 65536];
+
+    // Text phase: lines until READY.
+    let leftover = 'text: loop {
+        while let Some(i) = text.iter().position(|&c| c == b'\n') {
+            let line: Vec<u8> = text.drain(..=i).collect();
+            let line = String::from_utf8_lossy(&line[..i]).trim_end_matches('\r').to_string();
+            if line == stage0::READY {
+                break 'text std::mem::take(&mut text);
+            }
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some(stage0::NEED) => {
+                    let _need = words.next();
+                    let arch = words.next().unwrap_or("");
+                    let how = words.next().unwrap_or("");
+                    let dir = words.next().unwrap_or("");
+                    let agent = find_agent(context, arch)?;
+                    let gzip = how == "gz";
+                    let bytes = if gzip { agent.gz.to_vec() } else { agent.raw() };
+                    upload = if dir == "memfd" { Upload::Memfd } else { Upload::Stored { dir: dir.to_string(), gzip } };
+                    log::debug!("[{context}] stage0 wants the {arch} agent ({how}) for {dir}: sending {} bytes", bytes.len());
+                    ph.write_all(&bytes)?;
+                    agent_bytes_sent += bytes.len();
+                }
+                Some(stage0::ERR) => {
+                    let what = words.next().unwrap_or("");
+                    let arg = words.next().unwrap_or("").to_string();
+                    ph.drain_stderr_briefly();
+                    return Err(match what {
+                        "arch" => ConnectError::UnsupportedArch { context: context.into(), arch: arg, have: embedded_archs() },
+                        "noexec" => ConnectError::NoExecDir { context: context.into() },
+                        "write" => ConnectError::WriteFailed { context: context.into(), dir: arg },
+                        "verify" => ConnectError::VerifyFailed { context: context.into(), dir: arg },
+                        _ => ph.fail(format!("stage0 reported: {line}")),
+                    });
+                }
+                _ => {
+                    if !line.is_empty() {
+                        log::debug!("[{context}] bootstrap noise: {line}");
+                        ph.noise.extend_from_slice(line.as_bytes());
+                        ph.noise.push(b'\n');
+                    }
+                }
+            }
+        }
+        if seen > MAX_TEXT {
+            return Err(ph.fail("more than 1 MiB of text before the agent started"));
+        }
+        match side::read(pipes.rx, &mut buf) {
+            Ok(Io::Done(n)) => {
+                seen += n;
+                text.extend_from_slice(&buf[..n]);
+            }
+            Ok(Io::WouldBlock) => {
+                if !ph.wait(false) {
+                    return Err(ph.timeout(if upload == Upload::Cached { "waiting for stage0" } else { "waiting for the uploaded agent to start" }));
+                }
+            }
+            Ok(Io::Closed) | Err(_) => {
+                ph.drain_stderr_briefly();
+                ph.noise.extend_from_slice(&text);
+                return Err(ph.fail("the target closed the connection before the agent started"));
+            }
+        }
+    };
+
+    // Frame phase: the hello is the first frame.
+    let mut decoder = Decoder::new(max_message_size);
+    let n = decoder.read_with(|b| {
+        let n = leftover.len().min(b.len());
+        b[..n].copy_from_slice(&leftover[..n]);
+        n
+    });
+    decoder.filled(n);
+    if n < leftover.len() {
+        return Err(ph.fail("hello frame larger than expected"));
+    }
+    let hello_msg = loop {
+        match decoder.next() {
+            Ok(Some(m)) => break m,
+            Ok(None) => {}
+            Err(e) => return Err(ph.fail(format!("malformed first frame from the agent ({e:?})"))),
+        }
+        let r = decoder.read_with(|b| side::read(pipes.rx, b));
+        match r {
+            Ok(Io::Done(n)) => decoder.filled(n),
+            Ok(Io::WouldBlock) => {
+                if !ph.wait(false) {
+                    return Err(ph.timeout("waiting for the agent's hello"));
+                }
+            }
+            Ok(Io::Closed) | Err(_) => return Err(ph.fail("the agent closed the connection before its hello")),
+        }
+    };
+    if hello_msg.header.handle != handles::HELLO {
+        return Err(ph.fail(format!("first frame went to handle {}, not HELLO", hello_msg.header.handle)));
+    }
+    let hello: Hello = postcard::from_bytes(&hello_msg.data).map_err(|e| ph.fail(format!("malformed hello: {e}")))?;
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(ConnectError::Version { context: context.into(), got: hello.protocol_version, want: PROTOCOL_VERSION });
+    }
+    Ok(Bootstrapped { hello, decoder, upload, agent_bytes_sent, elapsed: start.elapsed() })
+}
+
+fn find_agent(context: &str, arch: &str) -> Result<&'static EmbeddedAgent, ConnectError> {
+    embedded::for_arch(arch).ok_or_else(|| ConnectError::UnsupportedArch { context: context.into(), arch: arch.into(), have: embedded_archs() })
+}
+
+fn embedded_archs() -> String {
+    embedded::AGENTS.iter().map(|a| a.arch).collect::<Vec<_>>().join(", ")
+}
+
+/// Borrowed view helper for callers holding owned fds.
+pub fn borrow<T: AsFd>(fd: &T) -> BorrowedFd<'_> {
+    fd.as_fd()
+}

@@ -1,0 +1,130 @@
+//! stage0: the few lines of POSIX sh that every method runs on the target
+//! (`sh -c '<stage0>'`) to get the agent running.
+//!
+//! What it does, in order (the README's "Bootstrap" section says the same):
+//! 1. **Warm:** if `$XDG_CACHE_HOME/mito/agent-<sha256>` (else
+//!    `~/.cache/mito/…`) is executable and its sha256 matches, exec it. One
+//!    `sh`, one `sha256sum`, no `uname`, zero bytes of agent sent.
+//! 2. **Cold:** `uname -m` picks the agent; look for a cached copy in the
+//!    fallback directories (`$XDG_RUNTIME_DIR/mito`, `/dev/shm/mito-<uid>`,
+//!    `/var/tmp/mito-<uid>`, `/tmp/mito-<uid>`), and pick the first of all
+//!    these directories that is ours, writable and not mounted noexec (an
+//!    empty +x probe file and `test -x`, which checks the mount flag).
+//! 3. Print `MITO0 need <arch> <gz|raw> <dir>`; the master sends exactly the
+//!    agent's bytes (gzip when the target has `gzip`), stage0 stores exactly
+//!    that many with `head -c` into a temp file, inflates, verifies the
+//!    sha256, renames it into place and execs it.
+//! 4. No usable directory: `perl` (Essential on Debian/Ubuntu) copies the
+//!    raw agent into a memfd and execs it from there (`MITO0 need … memfd`).
+//! 5. Otherwise `MITOERR noexec`: the master reports which hop and why.
+//!
+//! A corrupted or truncated cached file fails the sha256 check and is
+//! replaced, never executed. Where `sha256sum` is missing, the size is
+//! checked instead (weaker; said in the README).
+//!
+//! The master writes nothing after the agent bytes until the agent's hello,
+//! so readers that over-read a pipe (busybox `head -c`) lose nothing.
+//!
+//! Written against `alloc` only, so an agent can later bootstrap the next hop.
+
+use alloc::string::String;
+
+/// What stage0 needs to know about one embedded agent.
+#[derive(Clone, Copy, Debug)]
+pub struct AgentSpec<'a> {
+    /// `uname -m` name.
+    pub arch: &'a str,
+    /// Hex sha256 of the raw binary.
+    pub sha256: &'a str,
+    /// Raw size in bytes.
+    pub raw_len: usize,
+    /// Gzip size in bytes.
+    pub gz_len: usize,
+}
+
+/// Marker printed before the master must send the agent.
+pub const NEED: &str = "MITO0";
+/// Marker printed by stage0 when it gives up.
+pub const ERR: &str = "MITOERR";
+/// Marker the agent prints right before its first frame.
+pub const READY: &str = "MITO2";
+
+/// `memfd_create` system call number per architecture (for the perl loader).
+fn memfd_syscall(arch: &str) -> &'static str {
+    match arch {
+        "aarch64" | "riscv64" => "279",
+        "armv7l" | "armv6l" => "385",
+        "i686" | "i386" => "356",
+        _ => "319",
+    }
+}
+
+/// Perl loader: copy exactly N bytes of stdin into a memfd (MFD_EXEC where
+/// the kernel knows it, for `vm.memfd_noexec`), then exec it. `sysread`
+/// never reads past what it is asked for.
+const PERL_LOADER: &str = concat!(
+    r#"($n,$s)=splice(@ARGV,0,2);$nm="mito-agent";$fd=syscall($s,$nm,17);$fd=syscall($s,$nm,1) if $fd<0;"#,
+    r#"die "memfd_create: $!" if $fd<0;open($m,">&=",$fd) or die "fdopen: $!";binmode $m;"#,
+    r#"while($n>0){$r=sysread(STDIN,$b,$n<65536?$n:65536);die "short read" if !$r;syswrite($m,$b)==$r or die "write: $!";$n-=$r}"#,
+    r#"exec {"/proc/self/fd/$fd"} "mito-agent",@ARGV or die "exec: $!""#
+);
+
+fn push_num(s: &mut String, n: usize) {
+    let mut v = alloc::vec::Vec::new();
+    crate::core::num::push_decimal(&mut v, n as u64);
+    s.push_str(core::str::from_utf8(&v).unwrap_or("0"));
+}
+
+/// The stage0 script for context `context_id` with these agents.
+pub fn script(agents: &[AgentSpec<'_>], context_id: u32) -> String {
+    let mut s = String::with_capacity(2048);
+    s.push_str("umask 077;I=");
+    push_num(&mut s, context_id as usize);
+    s.push_str(
+        "\nv(){ if command -v sha256sum >/dev/null 2>&1;then c=$(sha256sum \"$1\")&&[ \"${c%% *}\" = \"$H\" ];\
+         else [ \"$(wc -c <\"$1\")\" -eq \"$N\" ];fi;}\n\
+         C=\"${XDG_CACHE_HOME:-$HOME/.cache}/mito\"\n",
+    );
+    // Warm path: no uname, no id.
+    for a in agents {
+        s.push_str("H=");
+        s.push_str(a.sha256);
+        s.push_str(";N=");
+        push_num(&mut s, a.raw_len);
+        s.push_str(";f=\"$C/agent-$H\";[ -x \"$f\" ]&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\"\n");
+    }
+    s.push_str("A=$(uname -m)\ncase \"$A\" in\n");
+    for a in agents {
+        s.push_str(a.arch);
+        s.push_str(")H=");
+        s.push_str(a.sha256);
+        s.push_str(";N=");
+        push_num(&mut s, a.raw_len);
+        s.push_str(";Z=");
+        push_num(&mut s, a.gz_len);
+        s.push_str(";S=");
+        s.push_str(memfd_syscall(a.arch));
+        s.push_str(";;\n");
+    }
+    s.push_str(
+        "*)echo \"MITOERR arch $A\";exit 1;;\nesac\n\
+         u=$(id -u);D=\n\
+         for d in \"$C\" ${XDG_RUNTIME_DIR:+\"$XDG_RUNTIME_DIR/mito\"} \"/dev/shm/mito-$u\" \"/var/tmp/mito-$u\" \"/tmp/mito-$u\";do\n\
+         f=\"$d/agent-$H\";[ -x \"$f\" ]&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\"\n\
+         if [ -z \"$D\" ]&&mkdir -p \"$d\" 2>/dev/null&&[ -O \"$d\" ]&&chmod 700 \"$d\" 2>/dev/null;then\n\
+         t=\"$d/.probe.$$\";if : >\"$t\" 2>/dev/null&&chmod 700 \"$t\"&&[ -x \"$t\" ];then D=$d;fi;rm -f \"$t\"\n\
+         fi\ndone\n\
+         if [ -n \"$D\" ];then\n\
+         f=\"$D/agent-$H\";t=\"$D/.agent-$H.$$\"\n\
+         if command -v gzip >/dev/null 2>&1;then echo \"MITO0 need $A gz $D\";\
+         head -c \"$Z\" >\"$t.gz\"&&gzip -dc <\"$t.gz\" >\"$t\";e=$?;rm -f \"$t.gz\"\n\
+         else echo \"MITO0 need $A raw $D\";head -c \"$N\" >\"$t\";e=$?;fi\n\
+         [ $e = 0 ]||{ rm -f \"$t\";echo \"MITOERR write $D\";exit 1;}\n\
+         if v \"$t\"&&chmod 700 \"$t\"&&mv -f \"$t\" \"$f\";then exec \"$f\" \"$H\" \"$I\";fi\n\
+         rm -f \"$t\";echo \"MITOERR verify $D\";exit 1\nfi\n\
+         if command -v perl >/dev/null 2>&1;then echo \"MITO0 need $A raw memfd\";exec perl -e '",
+    );
+    s.push_str(PERL_LOADER);
+    s.push_str("' \"$N\" \"$S\" \"$H\" \"$I\";fi\necho \"MITOERR noexec\";exit 1\n");
+    s
+}

@@ -1,0 +1,383 @@
+//! [`Broker`]: the master's one I/O thread.
+//!
+//! It owns every stream's read side and waits on them, plus the stderr pipe
+//! and the pidfd of every spawned process, in one epoll loop. Other threads
+//! talk to it through a command queue and a [`Waker`]; they write to streams
+//! themselves ([`StreamOut`] is shared), and ask for writability by
+//! re-registering the tx fd directly (epoll_ctl is thread-safe).
+//!
+//! The loop accepts a closed set of [`Cmd`]s and [`Source`] kinds rather
+//! than callbacks: everything the broker can do is listed in this file.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::connect::process_monitor::ProcessMonitor;
+use crate::core::poller::{Event, Events, Interest, Poller};
+use crate::core::router::{ContextShared, Disconnected, RouterTable, StreamOut};
+use crate::core::side::{self, Io};
+use crate::core::stream::Decoder;
+use crate::core::waker::Waker;
+
+const T_WAKER: u64 = 0;
+
+/// How long shutdown waits for agents to exit on their own before SIGKILL.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// A new stream (and what belongs to it) for the broker to serve.
+#[derive(Debug)]
+pub struct StreamSetup {
+    /// The context it leads to.
+    pub ctx: Arc<ContextShared>,
+    /// Read side.
+    pub rx: OwnedFd,
+    /// Decoder holding any bytes already read during bootstrap.
+    pub decoder: Decoder,
+    /// Write side (already registered under `out.token`).
+    pub out: Arc<StreamOut>,
+    /// The spawned process's stderr, forwarded as log lines.
+    pub stderr: Option<OwnedFd>,
+    /// The spawned process.
+    pub process: Option<ProcessMonitor>,
+}
+
+/// Requests to the broker thread.
+#[derive(Debug)]
+pub enum Cmd {
+    /// Start serving a stream.
+    AddStream(Box<StreamSetup>),
+    /// SIGKILL the process of a context.
+    Kill(u32),
+    /// Close every stream, reap every process, and exit the thread.
+    Shutdown,
+}
+
+enum Source {
+    Rx { ctx: Arc<ContextShared>, fd: OwnedFd, decoder: Decoder, tx_token: u64 },
+    Tx { out: Arc<StreamOut> },
+    Stderr { ctx: Arc<ContextShared>, fd: OwnedFd, partial: Vec<u8> },
+    Process { ctx: Arc<ContextShared>, pm: ProcessMonitor },
+}
+
+struct Shared {
+    poller: Poller,
+    waker: Waker,
+    cmds: Mutex<Vec<Cmd>>,
+    next_token: AtomicU64,
+}
+
+/// Handle to the broker thread.
+pub struct Broker {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Broker")
+    }
+}
+
+impl Broker {
+    /// Starts the broker thread over `table`.
+    pub fn start(table: Arc<RouterTable>) -> std::io::Result<Broker> {
+        let shared = Arc::new(Shared {
+            poller: Poller::new()?,
+            waker: Waker::new()?,
+            cmds: Mutex::new(Vec::new()),
+            next_token: AtomicU64::new(1),
+        });
+        shared.poller.add(shared.waker.fd(), T_WAKER, Interest::READ)?;
+        let s2 = shared.clone();
+        let thread = std::thread::Builder::new().name("mito-broker".into()).spawn(move || Loop::new(s2, table).run())?;
+        Ok(Broker { shared, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// A fresh epoll token.
+    pub fn token(&self) -> u64 {
+        self.shared.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes the sending half of a stream over `tx` (registered silent; it
+    /// asks for writability itself when its queue is non-empty).
+    pub fn stream_out(&self, tx: OwnedFd) -> std::io::Result<Arc<StreamOut>> {
+        side::set_nonblocking(tx.as_fd(), true)?;
+        let token = self.token();
+        self.shared.poller.add(tx.as_fd(), token, Interest::NONE)?;
+        let shared = self.shared.clone();
+        Ok(Arc::new(StreamOut::new(
+            tx,
+            token,
+            Box::new(move |fd, t, on| {
+                let _ = shared.poller.modify(fd, t, if on { Interest::WRITE } else { Interest::NONE });
+            }),
+        )))
+    }
+
+    /// Queues a command and wakes the thread.
+    pub fn send(&self, cmd: Cmd) {
+        self.shared.cmds.lock().unwrap_or_else(PoisonError::into_inner).push(cmd);
+        self.shared.waker.wake();
+    }
+
+    /// Shuts the thread down and waits for it (agents get EOF, stragglers
+    /// SIGKILL after a grace period, everything is reaped).
+    pub fn shutdown(&self) {
+        self.send(Cmd::Shutdown);
+        if let Some(t) = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Loop {
+    shared: Arc<Shared>,
+    table: Arc<RouterTable>,
+    sources: HashMap<u64, Source>,
+    /// Per context: (stream open, process running); `gone` closes when both are false.
+    alive: HashMap<u32, (bool, bool)>,
+    shutdown_at: Option<Instant>,
+}
+
+impl Loop {
+    fn new(shared: Arc<Shared>, table: Arc<RouterTable>) -> Loop {
+        Loop { shared, table, sources: HashMap::new(), alive: HashMap::new(), shutdown_at: None }
+    }
+
+    fn run(mut self) {
+        let mut buf = Events::with_capacity(256);
+        let mut events = Vec::with_capacity(256);
+        loop {
+            let timeout = match self.shutdown_at {
+                Some(at) => at.saturating_duration_since(Instant::now()).as_millis().min(1000) as i32,
+                None => -1,
+            };
+            events.clear();
+            if let Err(e) = self.shared.poller.wait(timeout, &mut buf, &mut events) {
+                log::error!("broker: epoll_wait failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            for ev in &events {
+                self.on_event(*ev);
+            }
+            if let Some(at) = self.shutdown_at {
+                let procs_left = self.sources.values().any(|s| matches!(s, Source::Process { .. }));
+                if !procs_left {
+                    return;
+                }
+                if Instant::now() >= at {
+                    self.kill_and_reap_all();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        if ev.token == T_WAKER {
+            self.shared.waker.reset();
+            let cmds = std::mem::take(&mut *self.shared.cmds.lock().unwrap_or_else(PoisonError::into_inner));
+            for c in cmds {
+                self.on_cmd(c);
+            }
+            return;
+        }
+        let Some(src) = self.sources.get_mut(&ev.token) else { return };
+        match src {
+            Source::Rx { ctx, fd, decoder, .. } => {
+                let ctx = ctx.clone();
+                let mut close: Option<String> = None;
+                for _ in 0..16 {
+                    let rfd = fd.as_fd();
+                    match decoder.read_with(|b| side::read(rfd, b)) {
+                        Ok(Io::Done(n)) => {
+                            decoder.filled(n);
+                            loop {
+                                match decoder.next() {
+                                    Ok(Some(m)) => self.table.deliver(ctx.id, m),
+                                    Ok(None) => break,
+                                    Err(e) => {
+                                        log::error!("[{}] malformed frame ({e:?}); closing the stream", ctx.name);
+                                        close = Some(format!("malformed frame from agent ({e:?})"));
+                                        break;
+                                    }
+                                }
+                            }
+                            if close.is_some() {
+                                break;
+                            }
+                        }
+                        Ok(Io::WouldBlock) => break,
+                        Ok(Io::Closed) => {
+                            close = Some("the agent closed the connection".into());
+                            break;
+                        }
+                        Err(e) => {
+                            close = Some(format!("read failed: {e}"));
+                            break;
+                        }
+                    }
+                }
+                if let Some(reason) = close {
+                    self.close_stream(ev.token, reason);
+                }
+            }
+            Source::Tx { out } => {
+                // A failed write is reported by the read side, with its reason.
+                if out.on_writable().is_err() {
+                    if let Some(fd) = out.close() {
+                        self.shared.poller.delete(fd.as_fd());
+                    }
+                }
+            }
+            Source::Stderr { ctx, fd, partial } => {
+                let mut b = [0u8; 4096];
+                let open = loop {
+                    match side::read(fd.as_fd(), &mut b) {
+                        Ok(Io::Done(n)) => {
+                            partial.extend_from_slice(&b[..n]);
+                            while let Some(i) = partial.iter().position(|&c| c == b'\n') {
+                                let line: Vec<u8> = partial.drain(..=i).collect();
+                                log::warn!(target: "mito::remote", "[{}] {}", ctx.name, String::from_utf8_lossy(&line[..i]).trim_end());
+                            }
+                        }
+                        Ok(Io::WouldBlock) => break true,
+                        _ => break false,
+                    }
+                };
+                if !open {
+                    if let Some(Source::Stderr { fd, .. }) = self.sources.remove(&ev.token) {
+                        self.shared.poller.delete(fd.as_fd());
+                    }
+                }
+            }
+            Source::Process { ctx, pm } => {
+                if let Some(status) = pm.poll() {
+                    let ctx = ctx.clone();
+                    *ctx.exit.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+                    log::debug!("[{}] process {} ended: {status}", ctx.name, pm.pid());
+                    if let Some(Source::Process { pm, .. }) = self.sources.remove(&ev.token) {
+                        self.shared.poller.delete(pm.fd());
+                    }
+                    self.table.on_disconnect(ctx.id, Disconnected { reason: format!("the agent process ended ({status})") });
+                    self.mark(ctx.id, None, Some(false));
+                }
+            }
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::AddStream(s) => {
+                let s = *s;
+                let id = s.ctx.id;
+                let rx_token = self.token();
+                if let Err(e) = self.shared.poller.add(s.rx.as_fd(), rx_token, Interest::READ) {
+                    log::error!("[{}] cannot watch stream: {e}", s.ctx.name);
+                }
+                self.sources.insert(s.out.token, Source::Tx { out: s.out.clone() });
+                let has_proc = s.process.is_some();
+                if let Some(fd) = s.stderr {
+                    let t = self.token();
+                    let _ = side::set_nonblocking(fd.as_fd(), true);
+                    let _ = self.shared.poller.add(fd.as_fd(), t, Interest::READ);
+                    self.sources.insert(t, Source::Stderr { ctx: s.ctx.clone(), fd, partial: Vec::new() });
+                }
+                if let Some(pm) = s.process {
+                    let t = self.token();
+                    let _ = self.shared.poller.add(pm.fd(), t, Interest::READ);
+                    self.sources.insert(t, Source::Process { ctx: s.ctx.clone(), pm });
+                }
+                self.alive.insert(id, (true, has_proc));
+                let tx_token = s.out.token;
+                self.sources.insert(rx_token, Source::Rx { ctx: s.ctx, fd: s.rx, decoder: s.decoder, tx_token });
+                // Bytes that arrived with the hello may already hold messages.
+                self.drain_decoder(rx_token);
+                if self.shutdown_at.is_some() {
+                    self.close_stream(rx_token, "the router is shutting down".into());
+                }
+            }
+            Cmd::Kill(id) => {
+                for s in self.sources.values() {
+                    if let Source::Process { ctx, pm } = s {
+                        if ctx.id == id {
+                            pm.kill();
+                        }
+                    }
+                }
+            }
+            Cmd::Shutdown => {
+                self.table.set_shut_down();
+                let rx: Vec<u64> = self.sources.iter().filter(|(_, s)| matches!(s, Source::Rx { .. })).map(|(t, _)| *t).collect();
+                for t in rx {
+                    self.close_stream(t, "the router was shut down".into());
+                }
+                self.shutdown_at = Some(Instant::now() + SHUTDOWN_GRACE);
+            }
+        }
+    }
+
+    fn token(&self) -> u64 {
+        self.shared.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn drain_decoder(&mut self, token: u64) {
+        let Some(Source::Rx { ctx, decoder, .. }) = self.sources.get_mut(&token) else { return };
+        let ctx = ctx.clone();
+        loop {
+            match decoder.next() {
+                Ok(Some(m)) => self.table.deliver(ctx.id, m),
+                Ok(None) => return,
+                Err(e) => return self.close_stream(token, format!("malformed frame from agent ({e:?})")),
+            }
+        }
+    }
+
+    fn close_stream(&mut self, rx_token: u64, reason: String) {
+        let Some(Source::Rx { ctx, fd, tx_token, .. }) = self.sources.remove(&rx_token) else { return };
+        self.shared.poller.delete(fd.as_fd());
+        drop(fd);
+        if let Some(Source::Tx { out }) = self.sources.remove(&tx_token) {
+            if let Some(txfd) = out.close() {
+                self.shared.poller.delete(txfd.as_fd());
+            }
+        }
+        log::debug!("[{}] stream closed: {reason}", ctx.name);
+        self.table.on_disconnect(ctx.id, Disconnected { reason });
+        self.mark(ctx.id, Some(false), None);
+    }
+
+    fn mark(&mut self, id: u32, stream: Option<bool>, process: Option<bool>) {
+        let Some(state) = self.alive.get_mut(&id) else { return };
+        if let Some(s) = stream {
+            state.0 = s;
+        }
+        if let Some(p) = process {
+            state.1 = p;
+        }
+        if !state.0 && !state.1 {
+            self.alive.remove(&id);
+            if let Some(c) = self.table.context(id) {
+                c.gone.close();
+            }
+        }
+    }
+
+    fn kill_and_reap_all(&mut self) {
+        let procs: Vec<u64> = self.sources.iter().filter(|(_, s)| matches!(s, Source::Process { .. })).map(|(t, _)| *t).collect();
+        for t in procs {
+            if let Some(Source::Process { ctx, mut pm }) = self.sources.remove(&t) {
+                log::warn!("[{}] agent (pid {}) did not exit after its stream closed; killing it", ctx.name, pm.pid());
+                pm.kill();
+                if let Some(st) = pm.wait() {
+                    *ctx.exit.lock().unwrap_or_else(PoisonError::into_inner) = Some(st);
+                }
+                self.mark(ctx.id, Some(false), Some(false));
+            }
+        }
+    }
+}

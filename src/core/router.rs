@@ -1,0 +1,392 @@
+//! The master's routing table: which stream leads to which context, which
+//! handle (mailbox) waits for which reply, and what happens when a stream
+//! dies.
+//!
+//! **Architecture invariant:** the router decides on the header alone; only
+//! the mailbox owner decodes a payload. A message to a context with no route
+//! gets a typed dead-route error back, never silence; a stream that dies
+//! fails every mailbox waiting on that context at once.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use crate::connect::process_monitor::ExitStatus;
+use crate::core::latch::Latch;
+use crate::core::side::{self, Io};
+use crate::core::stream::TxBuffer;
+use crate::proto::message::{LogRecord, LogSource};
+use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
+
+/// Above this many queued bytes a sender waits (back-pressure).
+pub const TX_HIGH: usize = 8 << 20;
+
+/// Why a context can no longer be reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disconnected {
+    /// Human-readable reason ("agent exited with status 1", "stream closed", …).
+    pub reason: String,
+}
+
+/// What a mailbox receives: a message, or the news that its context is gone.
+pub type Delivery = Result<Message, Disconnected>;
+
+/// A registered mailbox.
+#[derive(Debug)]
+struct Mailbox {
+    ctx: u32,
+    latch: Arc<Latch<Delivery>>,
+    once: bool,
+}
+
+/// Per-context state shared by the Context handles, router and broker.
+#[derive(Debug)]
+pub struct ContextShared {
+    /// Context id.
+    pub id: u32,
+    /// Name used in logs and errors.
+    pub name: String,
+    /// Set once the stream is gone.
+    pub disconnected: Mutex<Option<Disconnected>>,
+    /// Exit status of the process the master spawned for it, once reaped.
+    pub exit: Mutex<Option<ExitStatus>>,
+    /// Closed once the stream is gone and the process reaped.
+    pub gone: Latch<()>,
+}
+
+impl ContextShared {
+    /// New state for context `id`.
+    pub fn new(id: u32, name: String) -> Self {
+        ContextShared { id, name, disconnected: Mutex::new(None), exit: Mutex::new(None), gone: Latch::new() }
+    }
+
+    /// The disconnect reason, if disconnected.
+    pub fn disconnected(&self) -> Option<Disconnected> {
+        self.disconnected.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+struct TxState {
+    fd: Option<OwnedFd>,
+    buf: TxBuffer,
+    watching: bool,
+}
+
+/// The sending half of a stream, shared by caller threads and the broker.
+///
+/// A caller writes straight to the fd when nothing is queued (one syscall,
+/// no thread hop); otherwise bytes queue and the broker drains them when the
+/// fd becomes writable.
+pub struct StreamOut {
+    state: Mutex<TxState>,
+    drained: Condvar,
+    /// Broker token of the tx fd.
+    pub token: u64,
+    watch: Box<dyn Fn(std::os::fd::BorrowedFd<'_>, u64, bool) + Send + Sync>,
+}
+
+impl std::fmt::Debug for StreamOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamOut").field("token", &self.token).finish()
+    }
+}
+
+/// Sending failed: the stream is closed (or the deadline passed while
+/// back-pressured).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The stream is closed.
+    Closed,
+    /// The peer did not drain the queue before the deadline.
+    Timeout,
+}
+
+impl StreamOut {
+    /// Wraps a non-blocking tx fd; `watch(token, on)` turns the broker's
+    /// wait for writability on or off (always called under the queue lock).
+    pub fn new(fd: OwnedFd, token: u64, watch: Box<dyn Fn(std::os::fd::BorrowedFd<'_>, u64, bool) + Send + Sync>) -> StreamOut {
+        StreamOut {
+            state: Mutex::new(TxState { fd: Some(fd), buf: TxBuffer::default(), watching: false }),
+            drained: Condvar::new(),
+            token,
+            watch,
+        }
+    }
+
+    /// Queues or writes one framed message.
+    pub fn send(&self, header: &Header, payload: &[u8], deadline: Option<Instant>) -> Result<(), SendError> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while st.buf.len() > TX_HIGH {
+            if st.fd.is_none() {
+                return Err(SendError::Closed);
+            }
+            st = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(SendError::Timeout);
+                    }
+                    self.drained.wait_timeout(st, d - now).unwrap_or_else(PoisonError::into_inner).0
+                }
+                None => self.drained.wait(st).unwrap_or_else(PoisonError::into_inner),
+            };
+        }
+        let Some(fd) = &st.fd else { return Err(SendError::Closed) };
+        let mut h = *header;
+        h.len = payload.len() as u32;
+        if st.buf.is_empty() {
+            let hb = h.encode();
+            let total = hb.len() + payload.len();
+            let mut done = 0;
+            while done < total {
+                let r = if done < hb.len() {
+                    let bufs = [rustix::io::IoSlice::new(&hb[done..]), rustix::io::IoSlice::new(payload)];
+                    rustix::io::writev(fd.as_fd(), &bufs)
+                } else {
+                    rustix::io::write(fd.as_fd(), &payload[done - hb.len()..])
+                };
+                match r {
+                    Ok(n) if n > 0 => done += n,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Ok(_) | Err(rustix::io::Errno::AGAIN) => break,
+                    Err(_) => return Err(SendError::Closed),
+                }
+            }
+            if done < hb.len() {
+                st.buf.push_raw(&hb[done..]);
+                st.buf.push_raw(payload);
+            } else if done < total {
+                st.buf.push_raw(&payload[done - hb.len()..]);
+            }
+        } else {
+            st.buf.push(&h, payload);
+        }
+        if !st.buf.is_empty() && !st.watching {
+            st.watching = true;
+            if let Some(fd) = &st.fd {
+                (self.watch)(fd.as_fd(), self.token, true);
+            }
+        }
+        Ok(())
+    }
+
+    /// Broker side: the fd is writable; returns true when the queue is empty.
+    pub fn on_writable(&self) -> Result<bool, SendError> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let st = &mut *st;
+        let Some(fd) = &st.fd else { return Err(SendError::Closed) };
+        while !st.buf.is_empty() {
+            match side::write(fd.as_fd(), st.buf.pending()) {
+                Ok(Io::Done(n)) => st.buf.consume(n),
+                Ok(Io::WouldBlock) => break,
+                Ok(Io::Closed) | Err(_) => return Err(SendError::Closed),
+            }
+        }
+        if st.buf.len() <= TX_HIGH {
+            self.drained.notify_all();
+        }
+        let empty = st.buf.is_empty();
+        if empty && st.watching {
+            st.watching = false;
+            (self.watch)(fd.as_fd(), self.token, false);
+        }
+        Ok(empty)
+    }
+
+    /// Closes the fd (the peer sees EOF once the read side is closed too) and
+    /// wakes any waiting sender.
+    pub fn close(&self) -> Option<OwnedFd> {
+        let fd = self.state.lock().unwrap_or_else(PoisonError::into_inner).fd.take();
+        self.drained.notify_all();
+        fd
+    }
+}
+
+/// The routing table of a master.
+#[derive(Debug)]
+pub struct RouterTable {
+    next_handle: AtomicU32,
+    next_context: AtomicU32,
+    mailboxes: Mutex<HashMap<u32, Mailbox>>,
+    routes: RwLock<HashMap<u32, Arc<StreamOut>>>,
+    contexts: RwLock<HashMap<u32, Arc<ContextShared>>>,
+    shut_down: AtomicBool,
+    /// Largest payload accepted from an agent.
+    pub max_message_size: u32,
+}
+
+impl RouterTable {
+    /// An empty table.
+    pub fn new(max_message_size: u32) -> Self {
+        RouterTable {
+            next_handle: AtomicU32::new(handles::FIRST_DYNAMIC),
+            next_context: AtomicU32::new(1),
+            mailboxes: Mutex::new(HashMap::new()),
+            routes: RwLock::new(HashMap::new()),
+            contexts: RwLock::new(HashMap::new()),
+            shut_down: AtomicBool::new(false),
+            max_message_size,
+        }
+    }
+
+    /// A fresh context id.
+    pub fn allocate_context_id(&self) -> u32 {
+        self.next_context.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a context and the stream that leads to it.
+    pub fn add_route(&self, ctx: Arc<ContextShared>, out: Arc<StreamOut>) {
+        self.routes.write().unwrap_or_else(PoisonError::into_inner).insert(ctx.id, out);
+        self.contexts.write().unwrap_or_else(PoisonError::into_inner).insert(ctx.id, ctx);
+    }
+
+    /// The shared state of context `id`, if known.
+    pub fn context(&self, id: u32) -> Option<Arc<ContextShared>> {
+        self.contexts.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
+    }
+
+    /// Ids of all contexts that still have a route.
+    pub fn live_contexts(&self) -> Vec<u32> {
+        self.routes.read().unwrap_or_else(PoisonError::into_inner).keys().copied().collect()
+    }
+
+    /// Opens a mailbox for messages from context `ctx`; `once`: removed
+    /// after the first delivery (a reply).
+    pub fn open_mailbox(&self, ctx: u32, once: bool) -> (u32, Arc<Latch<Delivery>>) {
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let latch = Arc::new(Latch::new());
+        self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).insert(handle, Mailbox { ctx, latch: latch.clone(), once });
+        (handle, latch)
+    }
+
+    /// Opens a mailbox that delivers into an existing latch (so one waiter
+    /// can watch several handles, e.g. a reply and its output stream).
+    pub fn open_mailbox_into(&self, ctx: u32, once: bool, latch: Arc<Latch<Delivery>>) -> (u32, Arc<Latch<Delivery>>) {
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).insert(handle, Mailbox { ctx, latch: latch.clone(), once });
+        (handle, latch)
+    }
+
+    /// Closes a mailbox (late messages for it are dropped).
+    pub fn close_mailbox(&self, handle: u32) {
+        if let Some(m) = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).remove(&handle) {
+            m.latch.close();
+        }
+    }
+
+    /// Sends `msg` towards its destination.
+    pub fn send(&self, msg: &Message, deadline: Option<Instant>) -> Result<(), Disconnected> {
+        let dst = msg.header.dst;
+        let out = self.routes.read().unwrap_or_else(PoisonError::into_inner).get(&dst).cloned();
+        let Some(out) = out else { return Err(self.why_unreachable(dst)) };
+        out.send(&msg.header, &msg.data, deadline).map_err(|e| match e {
+            SendError::Closed => self.why_unreachable(dst),
+            SendError::Timeout => Disconnected { reason: "timed out waiting for the stream to drain".into() },
+        })
+    }
+
+    fn why_unreachable(&self, dst: u32) -> Disconnected {
+        if self.shut_down.load(Ordering::Relaxed) {
+            return Disconnected { reason: "the router was shut down".into() };
+        }
+        self.context(dst)
+            .and_then(|c| c.disconnected())
+            .unwrap_or_else(|| Disconnected { reason: format!("no route to context {dst}") })
+    }
+
+    /// Broker side: a message arrived from context `from`.
+    pub fn deliver(&self, from: u32, msg: Message) {
+        let h = msg.header;
+        if h.dst != MASTER_ID {
+            // Contexts may not reach each other through the master
+            // (mitogen's unidirectional mode, on by default).
+            return self.reply_error(from, &h, ErrorKind::NotPermitted, "routing between contexts is not allowed");
+        }
+        match h.handle {
+            handles::FORWARD_LOG => return self.forward_log(from, &msg),
+            handles::HELLO => return,
+            _ => {}
+        }
+        let mut boxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(mb) = boxes.get(&h.handle) else {
+            drop(boxes);
+            log::debug!("dropping message from context {from} for closed handle {}", h.handle);
+            return;
+        };
+        if mb.ctx != from {
+            drop(boxes);
+            log::warn!("dropping message from context {from} for handle {} of another context", h.handle);
+            return;
+        }
+        let latch = mb.latch.clone();
+        if mb.once {
+            boxes.remove(&h.handle);
+        }
+        drop(boxes);
+        latch.put(Ok(msg));
+    }
+
+    fn reply_error(&self, to: u32, h: &Header, kind: ErrorKind, what: &str) {
+        if h.reply_to == 0 {
+            return;
+        }
+        let e = RemoteError::new(kind, what);
+        if let Ok(data) = postcard::to_allocvec(&e) {
+            let mut m = Message::new(to, MASTER_ID, h.reply_to, 0, data);
+            m.header.flags = FLAG_ERROR;
+            let _ = self.send(&m, Some(Instant::now()));
+        }
+    }
+
+    fn forward_log(&self, from: u32, msg: &Message) {
+        let Some(rec) = msg.payload(self.max_message_size as usize).and_then(|p| postcard::from_bytes::<LogRecord>(&p).ok()) else {
+            log::warn!("context {from} sent a malformed log record");
+            return;
+        };
+        let name = self.context(from).map(|c| c.name.clone()).unwrap_or_else(|| from.to_string());
+        let level = match rec.level {
+            0 | 1 => log::Level::Error,
+            2 => log::Level::Warn,
+            3 => log::Level::Info,
+            4 => log::Level::Debug,
+            _ => log::Level::Trace,
+        };
+        let src = match rec.source {
+            LogSource::Agent => "agent",
+            LogSource::Stdout => "stdout",
+            LogSource::Stderr => "stderr",
+        };
+        log::log!(target: "mito::remote", level, "[{name}] {src}: {}", String::from_utf8_lossy(&rec.line));
+    }
+
+    /// Broker side: the stream to `ctx` is gone. Every mailbox waiting on it
+    /// fails now.
+    pub fn on_disconnect(&self, ctx: u32, reason: Disconnected) {
+        let out = self.routes.write().unwrap_or_else(PoisonError::into_inner).remove(&ctx);
+        if let Some(out) = out {
+            drop(out.close());
+        }
+        if let Some(c) = self.context(ctx) {
+            let mut d = c.disconnected.lock().unwrap_or_else(PoisonError::into_inner);
+            if d.is_none() {
+                *d = Some(reason.clone());
+            }
+        }
+        let failed: Vec<Arc<Latch<Delivery>>> = {
+            let mut boxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
+            let dead: Vec<u32> = boxes.iter().filter(|(_, m)| m.ctx == ctx).map(|(h, _)| *h).collect();
+            dead.into_iter().filter_map(|h| boxes.remove(&h)).map(|m| m.latch).collect()
+        };
+        for l in failed {
+            l.put(Err(reason.clone()));
+            l.close();
+        }
+    }
+
+    /// Marks the table as shut down (later sends say so).
+    pub fn set_shut_down(&self) {
+        self.shut_down.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,294 @@
+//! [`Context`]: the master's handle to one agent, and calls into it.
+//!
+//! A call opens a one-shot mailbox (a handle) for the reply, sends
+//! CALL_FUNCTION with `reply_to` set to it, and waits on the mailbox's
+//! latch. Many calls may be in flight on one context ([`Context::call_async`]);
+//! replies are matched by handle. A dead context fails every pending call at
+//! once, and every wait has a deadline (the context's call timeout).
+
+use std::marker::PhantomData;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+
+use super::error::CallError;
+use super::Core;
+use crate::connect::bootstrap::Upload;
+use crate::connect::process_monitor::ExitStatus;
+use crate::core::broker::Cmd;
+use crate::core::latch::{Latch, WaitError};
+use crate::core::router::{ContextShared, Delivery};
+use crate::proto::functions::{self as f, ExecArgs, ExecOutput, ExecReply, Function, InfoReply, StatReply};
+use crate::proto::message::encode_call;
+use crate::proto::{handles, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
+
+/// Default limit for one call.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How the context came to be (from its bootstrap).
+#[derive(Clone, Debug)]
+pub struct ConnectInfo {
+    /// The agent's pid (on its host).
+    pub pid: u32,
+    /// The agent's architecture.
+    pub arch: String,
+    /// The agent's hash (hex sha256).
+    pub agent_hash: String,
+    /// Where the agent runs from.
+    pub exe: String,
+    /// Cached, stored after upload, or memfd.
+    pub upload: Upload,
+    /// Agent bytes the master sent during bootstrap (0 when cached).
+    pub agent_bytes_sent: usize,
+    /// Spawn to hello.
+    pub bootstrap_time: Duration,
+}
+
+/// A connected context. Cheap to clone; all clones talk to the same agent.
+#[derive(Clone, Debug)]
+pub struct Context {
+    core: Arc<Core>,
+    shared: Arc<ContextShared>,
+    info: Arc<ConnectInfo>,
+    timeout: Option<Duration>,
+}
+
+/// A reply that has not arrived yet (from [`Context::call_async`]).
+#[derive(Debug)]
+#[must_use = "a Pending reply does nothing unless waited for"]
+pub struct Pending<T> {
+    core: Arc<Core>,
+    shared: Arc<ContextShared>,
+    function: &'static str,
+    handle: u32,
+    latch: Arc<Latch<Delivery>>,
+    timeout: Option<Duration>,
+    _reply: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Pending<T> {
+    /// Waits for the reply until the context's call timeout.
+    pub fn wait(self) -> Result<T, CallError> {
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        self.wait_until(deadline)
+    }
+
+    /// Waits until `deadline` (`None`: until the reply or a disconnect).
+    pub fn wait_until(self, deadline: Option<Instant>) -> Result<T, CallError> {
+        let r = self.latch.get(deadline);
+        match r {
+            Ok(Ok(msg)) => decode_reply(&self.shared, self.function, &msg, self.core.table.max_message_size),
+            Ok(Err(d)) => Err(disconnected(&self.shared, self.function, d.reason)),
+            Err(WaitError::Timeout) => {
+                self.core.table.close_mailbox(self.handle);
+                Err(CallError::Timeout {
+                    context: self.shared.name.clone(),
+                    function: self.function.into(),
+                    timeout: self.timeout.unwrap_or_default(),
+                })
+            }
+            Err(WaitError::Closed) => {
+                let reason = self.shared.disconnected().map_or_else(|| "mailbox closed".into(), |d| d.reason);
+                Err(disconnected(&self.shared, self.function, reason))
+            }
+        }
+    }
+}
+
+fn disconnected(shared: &ContextShared, function: &str, reason: String) -> CallError {
+    let exit = *shared.exit.lock().unwrap_or_else(PoisonError::into_inner);
+    let reason = match exit {
+        Some(st) if !reason.contains("process ended") => format!("{reason}; agent {st}"),
+        _ => reason,
+    };
+    CallError::Disconnected { context: shared.name.clone(), function: function.into(), reason }
+}
+
+fn decode_reply<T: DeserializeOwned>(shared: &ContextShared, function: &str, msg: &Message, max: u32) -> Result<T, CallError> {
+    let bad = |detail: String| CallError::Decode { context: shared.name.clone(), function: function.into(), detail };
+    let payload = msg.payload(max as usize).ok_or_else(|| bad("payload does not decompress".into()))?;
+    if msg.header.flags & FLAG_ERROR != 0 {
+        let mut e: RemoteError = postcard::from_bytes(&payload).map_err(|e| bad(format!("error payload: {e}")))?;
+        e.context = shared.name.clone();
+        return Err(CallError::Remote(e));
+    }
+    postcard::from_bytes(&payload).map_err(|e| bad(e.to_string()))
+}
+
+fn path_bytes(p: &Path) -> ByteBuf {
+    ByteBuf::from(p.as_os_str().as_bytes())
+}
+
+impl Context {
+    pub(crate) fn new(core: Arc<Core>, shared: Arc<ContextShared>, info: ConnectInfo) -> Context {
+        Context { core, shared, info: Arc::new(info), timeout: Some(DEFAULT_CALL_TIMEOUT) }
+    }
+
+    /// The context id (unique in this router's tree).
+    pub fn id(&self) -> u32 {
+        self.shared.id
+    }
+
+    /// The name used in logs and errors.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Facts from the bootstrap.
+    pub fn connect_info(&self) -> &ConnectInfo {
+        &self.info
+    }
+
+    /// A handle to the same context whose calls wait at most `timeout`
+    /// (`None`: until the reply or a disconnect).
+    pub fn with_timeout(&self, timeout: Option<Duration>) -> Context {
+        Context { timeout, ..self.clone() }
+    }
+
+    /// Why the context is gone, if it is.
+    pub fn disconnect_reason(&self) -> Option<String> {
+        self.shared.disconnected().map(|d| d.reason)
+    }
+
+    fn send_call<F: Function>(&self, args: &F::Args, reply_to: u32) -> Result<(), CallError> {
+        let name = || self.shared.name.clone();
+        let payload = encode_call(F::NAME, args).map_err(|e| CallError::Encode { context: name(), function: F::NAME.into(), detail: e.to_string() })?;
+        if payload.len() > self.core.table.max_message_size as usize {
+            return Err(CallError::Encode {
+                context: name(),
+                function: F::NAME.into(),
+                detail: format!("{} bytes is above the maximum message size", payload.len()),
+            });
+        }
+        let h = Header { dst: self.shared.id, src: MASTER_ID, auth: MASTER_ID, handle: handles::CALL_FUNCTION, reply_to, ..Header::default() };
+        let msg = Message { header: h, data: payload };
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        self.core.table.send(&msg, deadline).map_err(|d| disconnected(&self.shared, F::NAME, d.reason))
+    }
+
+    /// Starts a call and returns at once; many may be in flight.
+    pub fn call_async<F: Function>(&self, args: &F::Args) -> Result<Pending<F::Reply>, CallError> {
+        let (handle, latch) = self.core.table.open_mailbox(self.shared.id, true);
+        if let Err(e) = self.send_call::<F>(args, handle) {
+            self.core.table.close_mailbox(handle);
+            return Err(e);
+        }
+        Ok(Pending {
+            core: self.core.clone(),
+            shared: self.shared.clone(),
+            function: F::NAME,
+            handle,
+            latch,
+            timeout: self.timeout,
+            _reply: PhantomData,
+        })
+    }
+
+    /// Calls `F` and waits for its reply.
+    pub fn call<F: Function>(&self, args: &F::Args) -> Result<F::Reply, CallError> {
+        self.call_async::<F>(args)?.wait()
+    }
+
+    /// Calls `F` without asking for a reply (errors are not reported).
+    pub fn call_no_reply<F: Function>(&self, args: &F::Args) -> Result<(), CallError> {
+        self.send_call::<F>(args, 0)
+    }
+
+    /// A round trip that does nothing.
+    pub fn ping(&self) -> Result<(), CallError> {
+        self.call::<f::Ping>(&())
+    }
+
+    /// Who and where the agent is.
+    pub fn info(&self) -> Result<InfoReply, CallError> {
+        self.call::<f::Info>(&())
+    }
+
+    /// Runs `argv` to completion, capturing its output.
+    pub fn exec<S: AsRef<[u8]>>(&self, argv: &[S]) -> Result<ExecReply, CallError> {
+        let args = ExecArgs { argv: argv.iter().map(|a| ByteBuf::from(a.as_ref())).collect(), ..ExecArgs::default() };
+        self.call::<f::Exec>(&args)
+    }
+
+    /// Runs a command as described by `args`, capturing its output.
+    pub fn exec_with(&self, args: &ExecArgs) -> Result<ExecReply, CallError> {
+        self.call::<f::Exec>(args)
+    }
+
+    /// Runs a command and hands each chunk of stdout (fd 1) or stderr (fd 2)
+    /// to `on_output` as it arrives. Waits for the exit without a deadline
+    /// (a dead context still ends the wait at once).
+    pub fn exec_streaming(&self, args: &ExecArgs, mut on_output: impl FnMut(u8, &[u8])) -> Result<ExecReply, CallError> {
+        let table = &self.core.table;
+        let (reply, latch) = table.open_mailbox(self.shared.id, true);
+        let (stream, _) = table.open_mailbox_into(self.shared.id, false, latch.clone());
+        let mut args = args.clone();
+        args.stream_to = Some(stream);
+        let ctx = self.with_timeout(None);
+        let result = (|| {
+            ctx.send_call::<f::Exec>(&args, reply)?;
+            loop {
+                match latch.get(None) {
+                    Ok(Ok(msg)) if msg.header.handle == stream => {
+                        let chunk: ExecOutput = decode_reply(&self.shared, f::Exec::NAME, &msg, table.max_message_size)?;
+                        on_output(chunk.fd, &chunk.data);
+                    }
+                    Ok(Ok(msg)) => return decode_reply(&self.shared, f::Exec::NAME, &msg, table.max_message_size),
+                    Ok(Err(d)) => return Err(disconnected(&self.shared, f::Exec::NAME, d.reason)),
+                    Err(_) => {
+                        let reason = self.disconnect_reason().unwrap_or_else(|| "mailbox closed".into());
+                        return Err(disconnected(&self.shared, f::Exec::NAME, reason));
+                    }
+                }
+            }
+        })();
+        table.close_mailbox(stream);
+        table.close_mailbox(reply);
+        result
+    }
+
+    /// Reads a whole file (up to the maximum message size).
+    pub fn read_file(&self, path: impl AsRef<Path>) -> Result<Vec<u8>, CallError> {
+        self.call::<f::ReadFile>(&f::PathArgs { path: path_bytes(path.as_ref()) }).map(ByteBuf::into_vec)
+    }
+
+    /// Writes a whole file atomically; `mode` defaults to the existing
+    /// file's mode, else 0o644.
+    pub fn write_file(&self, path: impl AsRef<Path>, data: &[u8], mode: Option<u32>) -> Result<(), CallError> {
+        self.call::<f::WriteFile>(&f::WriteFileArgs { path: path_bytes(path.as_ref()), data: ByteBuf::from(data), mode })
+    }
+
+    /// `stat` (follows symlinks) of a path.
+    pub fn stat(&self, path: impl AsRef<Path>) -> Result<StatReply, CallError> {
+        self.call::<f::Stat>(&f::StatArgs { path: path_bytes(path.as_ref()), follow: true })
+    }
+
+    /// `lstat` (does not follow a final symlink) of a path.
+    pub fn lstat(&self, path: impl AsRef<Path>) -> Result<StatReply, CallError> {
+        self.call::<f::Stat>(&f::StatArgs { path: path_bytes(path.as_ref()), follow: false })
+    }
+
+    /// Removes a file, symlink or empty directory.
+    pub fn remove(&self, path: impl AsRef<Path>) -> Result<(), CallError> {
+        self.call::<f::Remove>(&f::PathArgs { path: path_bytes(path.as_ref()) })
+    }
+
+    /// Asks the agent to exit and waits for it (3 s, then SIGKILL); returns
+    /// its exit status when the master spawned it.
+    pub fn shutdown(&self) -> Option<ExitStatus> {
+        if self.shared.disconnected().is_none() {
+            let msg = Message::new(self.shared.id, MASTER_ID, handles::SHUTDOWN, 0, Vec::new());
+            let _ = self.core.table.send(&msg, Some(Instant::now() + Duration::from_secs(1)));
+        }
+        if self.shared.gone.get(Some(Instant::now() + Duration::from_secs(3))) == Err(WaitError::Timeout) {
+            log::warn!("[{}] agent did not exit within 3 s of SHUTDOWN; killing it", self.shared.name);
+            self.core.broker.send(Cmd::Kill(self.shared.id));
+            let _ = self.shared.gone.get(Some(Instant::now() + Duration::from_secs(2)));
+        }
+        *self.shared.exit.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

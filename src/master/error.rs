@@ -1,0 +1,71 @@
+//! [`CallError`]: why a call did not produce a reply, naming the context.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::proto::RemoteError;
+
+/// A failed call.
+#[derive(Debug, Error)]
+pub enum CallError {
+    /// The function ran (or was looked up) and failed in the context.
+    #[error("{0}")]
+    Remote(RemoteError),
+    /// The context is gone (stream closed, agent exited), before or while
+    /// the call was pending.
+    #[error("{context}: {function}: context disconnected: {reason}")]
+    Disconnected {
+        /// Context name.
+        context: String,
+        /// Function called.
+        function: String,
+        /// Why the context is gone.
+        reason: String,
+    },
+    /// No reply before the deadline.
+    #[error("{context}: {function}: no reply within {timeout:?}")]
+    Timeout {
+        /// Context name.
+        context: String,
+        /// Function called.
+        function: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The arguments could not be encoded (or are above the maximum size).
+    #[error("{context}: {function}: cannot send the arguments: {detail}")]
+    Encode {
+        /// Context name.
+        context: String,
+        /// Function called.
+        function: String,
+        /// Why.
+        detail: String,
+    },
+    /// The reply did not decode as the function's reply type.
+    #[error("{context}: {function}: malformed reply: {detail}")]
+    Decode {
+        /// Context name.
+        context: String,
+        /// Function called.
+        function: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+impl CallError {
+    /// The remote error, if the context sent one.
+    pub fn remote(&self) -> Option<&RemoteError> {
+        match self {
+            CallError::Remote(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True if the context is gone.
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, CallError::Disconnected { .. })
+    }
+}

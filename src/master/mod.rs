@@ -1,0 +1,148 @@
+//! The master: the public API a program (or the `mito` CLI) uses.
+//!
+//! Map:
+//! - [`Router`]: owns the routing table and the Broker thread; creates
+//!   contexts (`local` today; ssh, sudo, … use the same bootstrap).
+//! - [`context`]: [`Context`](context::Context), calls and typed built-ins,
+//!   [`Pending`](context::Pending) replies.
+//! - [`embedded`]: the agent binaries build.rs embedded.
+//! - [`error`]: [`CallError`](error::CallError).
+//!
+//! **API boundary:** everything a user needs is re-exported from the crate
+//! root; the `core` and `connect` internals may change.
+
+pub mod context;
+pub mod embedded;
+pub mod error;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::connect::bootstrap::{self, Pipes};
+use crate::connect::error::ConnectError;
+use crate::connect::local::{self, LocalOptions};
+use crate::connect::process_monitor::ProcessMonitor;
+use crate::connect::stage0;
+use crate::core::broker::{Broker, Cmd, StreamSetup};
+use crate::core::router::{ContextShared, RouterTable};
+use crate::core::side;
+use context::{ConnectInfo, Context};
+
+/// Shared by the Router and every Context.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub table: Arc<RouterTable>,
+    pub broker: Broker,
+}
+
+/// Options of a [`Router`].
+#[derive(Clone, Debug)]
+pub struct RouterOptions {
+    /// Largest message accepted from an agent (bytes).
+    pub max_message_size: u32,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions { max_message_size: crate::proto::MAX_MESSAGE_SIZE }
+    }
+}
+
+/// The root of a tree of contexts. Dropping it shuts every context down:
+/// streams close, agents exit, stragglers are killed after 2 s, all reaped.
+#[derive(Debug)]
+pub struct Router {
+    core: Arc<Core>,
+}
+
+impl Router {
+    /// A router with default options (starts the broker thread).
+    pub fn new() -> std::io::Result<Router> {
+        Router::with_options(RouterOptions::default())
+    }
+
+    /// A router with the given options.
+    pub fn with_options(opts: RouterOptions) -> std::io::Result<Router> {
+        let table = Arc::new(RouterTable::new(opts.max_message_size));
+        let broker = Broker::start(table.clone())?;
+        Ok(Router { core: Arc::new(Core { table, broker }) })
+    }
+
+    /// Starts an agent on this machine through stage0 (`sh -c`).
+    pub fn local(&self, opts: LocalOptions) -> Result<Context, ConnectError> {
+        let id = self.core.table.allocate_context_id();
+        let name = opts.name.clone().unwrap_or_else(|| format!("local.{id}"));
+        let script = stage0::script(&embedded::specs(), id);
+        let spawned = local::create_child(&opts, &script)
+            .map_err(|source| ConnectError::Spawn { context: name.clone(), program: opts.sh.display().to_string(), source })?;
+        let mut pm = ProcessMonitor::new(spawned.pid).map_err(|source| ConnectError::Io { context: name.clone(), source })?;
+        let io = |source: rustix::io::Errno| ConnectError::Io { context: name.clone(), source: source.into() };
+        side::set_nonblocking(spawned.sock.as_fd(), true).map_err(io)?;
+        let pipes = Pipes { rx: spawned.sock.as_fd(), tx: spawned.sock.as_fd(), stderr: Some(spawned.stderr.as_fd()) };
+        let boot = match bootstrap::run(&name, &pipes, opts.connect_timeout, self.core.table.max_message_size) {
+            Ok(b) => b,
+            Err(e) => {
+                // A failed bootstrap leaves nothing behind.
+                pm.kill();
+                pm.wait();
+                return Err(e);
+            }
+        };
+        let tx = spawned.sock.try_clone().map_err(|source| ConnectError::Io { context: name.clone(), source })?;
+        self.attach(id, name, spawned.sock, tx, Some(spawned.stderr), Some(pm), boot)
+    }
+
+    /// Hands a bootstrapped stream to the broker and returns its Context.
+    fn attach(
+        &self,
+        id: u32,
+        name: String,
+        rx: OwnedFd,
+        tx: OwnedFd,
+        stderr: Option<OwnedFd>,
+        process: Option<ProcessMonitor>,
+        boot: bootstrap::Bootstrapped,
+    ) -> Result<Context, ConnectError> {
+        let out = self.core.broker.stream_out(tx).map_err(|source| ConnectError::Io { context: name.clone(), source })?;
+        let shared = Arc::new(ContextShared::new(id, name));
+        self.core.table.add_route(shared.clone(), out.clone());
+        let info = ConnectInfo {
+            pid: boot.hello.pid,
+            arch: boot.hello.arch.clone(),
+            agent_hash: boot.hello.agent_hash.clone(),
+            exe: boot.hello.exe.clone(),
+            upload: boot.upload.clone(),
+            agent_bytes_sent: boot.agent_bytes_sent,
+            bootstrap_time: boot.elapsed,
+        };
+        log::debug!(
+            "[{}] connected in {:?}: agent pid {} ({}), {} agent bytes sent ({:?})",
+            shared.name,
+            boot.elapsed,
+            info.pid,
+            info.exe,
+            info.agent_bytes_sent,
+            info.upload
+        );
+        self.core.broker.send(Cmd::AddStream(Box::new(StreamSetup {
+            ctx: shared.clone(),
+            rx,
+            decoder: boot.decoder,
+            out,
+            stderr,
+            process,
+        })));
+        Ok(Context::new(self.core.clone(), shared, info))
+    }
+
+    /// Ids of the contexts still connected.
+    pub fn contexts(&self) -> Vec<u32> {
+        self.core.table.live_contexts()
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.core.broker.shutdown();
+    }
+}
