@@ -1,0 +1,94 @@
+//! Helpers shared by the integration tests: temp dirs, root checks, a log
+//! capture, process probes.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!("mito-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Tests that need root say so loudly when they cannot run.
+pub fn skip_loudly(test: &str, why: &str) {
+    eprintln!("\n*** SKIPPED {test}: {why} ***\n*** (CI runs as root, where this test runs) ***\n");
+}
+
+/// Is a process with this pid still there (and not a zombie)?
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is gone; returns how long it took, or None after `limit`.
+pub fn wait_gone(pid: u32, limit: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if !alive(pid) {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// Log records captured from the `log` facade (target, level, message).
+pub static LOGS: Mutex<Vec<(String, log::Level, String)>> = Mutex::new(Vec::new());
+
+struct Capture;
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if let Ok(mut l) = LOGS.lock() {
+            l.push((r.target().to_string(), r.level(), r.args().to_string()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Installs the capturing logger once per test binary.
+pub fn capture_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = log::set_boxed_logger(Box::new(Capture));
+        log::set_max_level(log::LevelFilter::Debug);
+    });
+}
+
+/// Captured messages containing `needle`.
+pub fn logs_containing(needle: &str) -> Vec<String> {
+    LOGS.lock().map(|l| l.iter().filter(|(_, _, m)| m.contains(needle)).map(|(_, _, m)| m.clone()).collect()).unwrap_or_default()
+}
+
+/// Options for a local context with its own cache directory.
+pub fn local_in(cache: &Path) -> mito::LocalOptions {
+    mito::LocalOptions { env: vec![("XDG_CACHE_HOME".into(), cache.as_os_str().to_owned())], ..Default::default() }
+}

@@ -1,0 +1,244 @@
+//! The local method through the library API: every built-in, pipelining,
+//! the agent cache, and bad input from the caller.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{local_in, TempDir};
+use mito::connect::bootstrap::Upload;
+use mito::functions::{ExecArgs, FileKind, Function, Stdio};
+use mito::{CallError, ErrorKind, LocalOptions, Router};
+use serde_bytes::ByteBuf;
+
+fn bb(s: &str) -> ByteBuf {
+    ByteBuf::from(s.as_bytes())
+}
+
+#[test]
+fn connect_ping_info() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    ctx.ping().expect("ping");
+    let info = ctx.info().expect("info");
+    assert_ne!(info.pid, std::process::id(), "the agent is another process");
+    assert_eq!(info.pid, ctx.connect_info().pid);
+    assert_eq!(info.ppid, std::process::id(), "stage0's sh exec'd the agent, so we are its parent");
+    assert_eq!(info.uid, rustix::process::getuid().as_raw());
+    assert_eq!(info.arch, std::env::consts::ARCH);
+    assert!(!info.user.is_empty());
+    assert_eq!(info.agent_hash, ctx.connect_info().agent_hash);
+    assert_eq!(info.agent_version, env!("CARGO_PKG_VERSION"));
+    assert!(!info.kernel.is_empty() && !info.hostname.is_empty());
+    let status = ctx.shutdown().expect("we spawned it, so we have its status");
+    assert_eq!(status.code, Some(0));
+    assert!(!common::alive(info.pid), "shutdown reaped the agent: no zombie");
+}
+
+#[test]
+fn exec_captures_output_status_env_cwd_stdin() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let r = ctx.exec(&["sh", "-c", "echo out; echo err >&2; exit 3"]).expect("exec");
+    assert_eq!((r.code, r.signal), (Some(3), None));
+    assert_eq!(&r.stdout[..], b"out\n");
+    assert_eq!(&r.stderr[..], b"err\n");
+
+    let dir = TempDir::new("cwd");
+    let args = ExecArgs {
+        argv: vec![bb("sh"), bb("-c"), bb("pwd; echo $MITO_X; cat")],
+        env: vec![(bb("MITO_X"), bb("hello"))],
+        cwd: Some(ByteBuf::from(dir.path().as_os_str().as_encoded_bytes())),
+        stdin: bb("from stdin"),
+        ..ExecArgs::default()
+    };
+    let r = ctx.exec_with(&args).expect("exec");
+    let want = format!("{}\nhello\nfrom stdin", dir.path().display());
+    assert_eq!(String::from_utf8_lossy(&r.stdout), want);
+
+    let args = ExecArgs { argv: vec![bb("env")], env_clear: true, env: vec![(bb("ONLY"), bb("1"))], ..ExecArgs::default() };
+    let r = ctx.exec_with(&args).expect("exec");
+    assert_eq!(&r.stdout[..], b"ONLY=1\n");
+
+    let r = ctx.exec(&["sh", "-c", "kill -9 $$"]).expect("exec");
+    assert_eq!((r.code, r.signal), (None, Some(9)));
+
+    // A large stdin and stdout pass through the loop without deadlock.
+    let big = vec![b'x'; 3 << 20];
+    let args = ExecArgs { argv: vec![bb("cat")], stdin: ByteBuf::from(big.clone()), ..ExecArgs::default() };
+    let r = ctx.exec_with(&args).expect("exec cat");
+    assert_eq!(r.stdout.len(), big.len());
+
+    let e = ctx.exec(&["/no/such/program"]).expect_err("missing program");
+    let re = e.remote().expect("a remote error");
+    assert_eq!((re.kind, re.errno), (ErrorKind::Os, libc::ENOENT));
+    assert!(e.to_string().contains("/no/such/program"), "{e}");
+    ctx.ping().expect("the agent keeps serving");
+}
+
+#[test]
+fn exec_streams_output_as_it_arrives() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let args = ExecArgs { argv: vec![bb("sh"), bb("-c"), bb("echo one; sleep 0.5; echo two >&2; sleep 0.5; echo three")], ..ExecArgs::default() };
+    let t0 = Instant::now();
+    let mut seen: Vec<(u8, String, Duration)> = Vec::new();
+    let r = ctx.exec_streaming(&args, |fd, data| seen.push((fd, String::from_utf8_lossy(data).into_owned(), t0.elapsed()))).expect("exec");
+    assert_eq!(r.code, Some(0));
+    assert!(r.stdout.is_empty(), "streamed output is not repeated in the reply");
+    let text: Vec<(u8, &str)> = seen.iter().map(|(fd, s, _)| (*fd, s.as_str())).collect();
+    assert_eq!(text, vec![(1, "one\n"), (2, "two\n"), (1, "three\n")]);
+    assert!(seen[0].2 < Duration::from_millis(400), "first chunk arrived before the command ended: {:?}", seen[0].2);
+}
+
+#[test]
+fn files_write_read_stat_remove() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let dir = TempDir::new("files");
+    let p = dir.path().join("f.bin");
+    let data: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
+    ctx.write_file(&p, &data, Some(0o640)).expect("write");
+    assert_eq!(std::fs::read(&p).expect("local read"), data);
+    assert_eq!(ctx.read_file(&p).expect("read"), data);
+    let st = ctx.stat(&p).expect("stat");
+    assert_eq!((st.kind, st.mode, st.size), (FileKind::File, 0o640, data.len() as u64));
+    // Rewrite keeps the mode and leaves no temp file behind.
+    ctx.write_file(&p, b"short", None).expect("rewrite");
+    assert_eq!(ctx.stat(&p).expect("stat").mode, 0o640);
+    let names: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").map(|e| e.expect("entry").file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("f.bin")]);
+
+    std::os::unix::fs::symlink(&p, dir.path().join("link")).expect("symlink");
+    assert_eq!(ctx.lstat(dir.path().join("link")).expect("lstat").kind, FileKind::Symlink);
+    assert_eq!(ctx.stat(dir.path().join("link")).expect("stat").kind, FileKind::File);
+    assert_eq!(ctx.stat(dir.path()).expect("stat dir").kind, FileKind::Dir);
+
+    ctx.remove(&p).expect("remove");
+    let e = ctx.read_file(&p).expect_err("gone");
+    assert_eq!(e.remote().map(|r| (r.kind, r.errno)), Some((ErrorKind::Os, libc::ENOENT)), "{e}");
+    let e = ctx.write_file(dir.path().join("missing/dir/f"), b"x", None).expect_err("no parent dir");
+    assert_eq!(e.remote().map(|r| r.errno), Some(libc::ENOENT), "{e}");
+    assert!(e.to_string().contains("local"), "error names the context: {e}");
+    std::fs::create_dir(dir.path().join("d")).expect("mkdir");
+    ctx.remove(dir.path().join("d")).expect("rmdir");
+}
+
+/// A function the agent does not have.
+struct NoSuchFunction;
+impl Function for NoSuchFunction {
+    const NAME: &'static str = "no_such_function";
+    type Args = ();
+    type Reply = ();
+}
+
+/// `stat` called with the wrong argument type.
+struct StatWithBadArgs;
+impl Function for StatWithBadArgs {
+    const NAME: &'static str = "stat";
+    type Args = u8;
+    type Reply = ();
+}
+
+#[test]
+fn unknown_function_and_bad_args_are_typed_errors() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let e = ctx.call::<NoSuchFunction>(&()).expect_err("unknown");
+    let re = e.remote().expect("remote error");
+    assert_eq!(re.kind, ErrorKind::UnknownFunction);
+    assert_eq!(re.message, "no_such_function");
+    assert_eq!(re.context, ctx.name());
+    let e = ctx.call::<StatWithBadArgs>(&7).expect_err("bad args");
+    assert_eq!(e.remote().map(|r| r.kind), Some(ErrorKind::BadArgs), "{e}");
+    ctx.ping().expect("still serving");
+}
+
+#[test]
+fn thousand_pipelined_calls() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let dir = TempDir::new("pipe");
+    let pending: Vec<_> = (0..1000)
+        .map(|i| {
+            if i % 100 == 0 {
+                let p = dir.path().join(format!("f{i}"));
+                std::fs::write(&p, i.to_string()).expect("write");
+                (Some(i), None, Some(ctx.call_async::<mito::functions::ReadFile>(&mito::functions::PathArgs { path: ByteBuf::from(p.as_os_str().as_encoded_bytes()) }).expect("send")))
+            } else {
+                (None, Some(ctx.call_async::<mito::functions::Ping>(&()).expect("send")), None)
+            }
+        })
+        .collect();
+    let mut n = 0;
+    for (i, ping, read) in pending.into_iter().rev() {
+        if let Some(p) = ping {
+            p.wait().expect("reply");
+        }
+        if let (Some(i), Some(r)) = (i, read) {
+            assert_eq!(r.wait().expect("reply").into_vec(), i.to_string().into_bytes(), "replies matched by handle");
+        }
+        n += 1;
+    }
+    assert_eq!(n, 1000);
+    ctx.call_no_reply::<mito::functions::Ping>(&()).expect("no reply");
+    ctx.ping().expect("ping");
+}
+
+#[test]
+fn second_connect_sends_no_agent_bytes() {
+    let cache = TempDir::new("cache");
+    let router = Router::new().expect("router");
+    let first = router.local(local_in(cache.path())).expect("connect 1");
+    assert!(matches!(first.connect_info().upload, Upload::Stored { .. }), "{:?}", first.connect_info().upload);
+    assert!(first.connect_info().agent_bytes_sent > 10_000);
+    let cached = cache.path().join("mito").join(format!("agent-{}", first.connect_info().agent_hash));
+    assert_eq!(first.connect_info().exe, cached.display().to_string());
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(cache.path().join("mito")).expect("dir").permissions());
+    assert_eq!(mode & 0o777, 0o700, "cache directory is private");
+    let second = router.local(local_in(cache.path())).expect("connect 2");
+    assert_eq!(second.connect_info().upload, Upload::Cached);
+    assert_eq!(second.connect_info().agent_bytes_sent, 0);
+    second.ping().expect("ping");
+}
+
+#[test]
+fn corrupted_or_truncated_cache_is_replaced_not_executed() {
+    let cache = TempDir::new("corrupt");
+    let router = Router::new().expect("router");
+    let ctx = router.local(local_in(cache.path())).expect("connect");
+    let path = cache.path().join("mito").join(format!("agent-{}", ctx.connect_info().agent_hash));
+    let good = std::fs::read(&path).expect("cached agent");
+    ctx.shutdown();
+
+    // Truncated: half the binary.
+    std::fs::write(&path, &good[..good.len() / 2]).expect("truncate");
+    let ctx = router.local(local_in(cache.path())).expect("connect after truncation");
+    assert!(ctx.connect_info().agent_bytes_sent > 0, "re-uploaded");
+    ctx.ping().expect("works");
+    assert_eq!(std::fs::read(&path).expect("replaced"), good);
+    ctx.shutdown();
+
+    // Corrupted: one byte flipped, same size, still executable. A script
+    // that would leave a mark if it ever ran proves it is not executed.
+    let mark = cache.path().join("executed");
+    let mut evil = format!("#!/bin/sh\ntouch {}\n", mark.display()).into_bytes();
+    evil.resize(good.len(), b'#');
+    std::fs::write(&path, &evil).expect("corrupt");
+    let ctx = router.local(local_in(cache.path())).expect("connect after corruption");
+    assert!(ctx.connect_info().agent_bytes_sent > 0);
+    ctx.ping().expect("works");
+    assert!(!mark.exists(), "the corrupted file was executed");
+    assert_eq!(std::fs::read(&path).expect("replaced"), good);
+}
+
+#[test]
+fn call_timeout_is_enforced() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let t0 = Instant::now();
+    let e = ctx.with_timeout(Some(Duration::from_millis(300))).exec(&["sleep", "5"]).expect_err("times out");
+    assert!(matches!(e, CallError::Timeout { .. }), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    ctx.ping().expect("context still usable");
+}
