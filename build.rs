@@ -39,7 +39,9 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let agent_target_dir = manifest_dir.join("target").join("agent");
 
-    let mut consts = String::from("/// Agents embedded in this master, one per architecture.\npub static AGENTS: &[EmbeddedAgent] = &[\n");
+    let mut consts = String::from(
+        "/// Agents embedded in this master, one per architecture.\npub static AGENTS: &[EmbeddedAgent] = &[\n",
+    );
     for (triple, arch) in TARGETS {
         check_target_installed(triple);
         let bin = build_agent(&manifest_dir, &agent_target_dir, triple);
@@ -125,7 +127,8 @@ fn build_agent(manifest_dir: &Path, target_dir: &Path, triple: &str) -> PathBuf 
             cmd.env_remove(&key);
         }
     }
-    let status = cmd.status().unwrap_or_else(|e| fail(&format!("cannot run the nested cargo build of mito-agent: {e}")));
+    let status =
+        cmd.status().unwrap_or_else(|e| fail(&format!("cannot run the nested cargo build of mito-agent: {e}")));
     if !status.success() {
         fail(&format!("the nested build of mito-agent for {triple} failed ({status}); see the messages above"));
     }

@@ -6,7 +6,7 @@
 //! those methods land), then calls functions in them over a framed, routed
 //! message protocol.
 //!
-//! ```no_run
+//! ```
 //! use mito::{LocalOptions, Router};
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {

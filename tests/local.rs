@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{local_in, TempDir};
 use mito::connect::bootstrap::Upload;
-use mito::functions::{ExecArgs, FileKind, Function, Stdio};
+use mito::functions::{ExecArgs, FileKind, Function};
 use mito::{CallError, ErrorKind, LocalOptions, Router};
 use serde_bytes::ByteBuf;
 
@@ -56,7 +56,8 @@ fn exec_captures_output_status_env_cwd_stdin() {
     let want = format!("{}\nhello\nfrom stdin", dir.path().display());
     assert_eq!(String::from_utf8_lossy(&r.stdout), want);
 
-    let args = ExecArgs { argv: vec![bb("env")], env_clear: true, env: vec![(bb("ONLY"), bb("1"))], ..ExecArgs::default() };
+    let args =
+        ExecArgs { argv: vec![bb("env")], env_clear: true, env: vec![(bb("ONLY"), bb("1"))], ..ExecArgs::default() };
     let r = ctx.exec_with(&args).expect("exec");
     assert_eq!(&r.stdout[..], b"ONLY=1\n");
 
@@ -80,10 +81,15 @@ fn exec_captures_output_status_env_cwd_stdin() {
 fn exec_streams_output_as_it_arrives() {
     let router = Router::new().expect("router");
     let ctx = router.local(LocalOptions::default()).expect("connect");
-    let args = ExecArgs { argv: vec![bb("sh"), bb("-c"), bb("echo one; sleep 0.5; echo two >&2; sleep 0.5; echo three")], ..ExecArgs::default() };
+    let args = ExecArgs {
+        argv: vec![bb("sh"), bb("-c"), bb("echo one; sleep 0.5; echo two >&2; sleep 0.5; echo three")],
+        ..ExecArgs::default()
+    };
     let t0 = Instant::now();
     let mut seen: Vec<(u8, String, Duration)> = Vec::new();
-    let r = ctx.exec_streaming(&args, |fd, data| seen.push((fd, String::from_utf8_lossy(data).into_owned(), t0.elapsed()))).expect("exec");
+    let r = ctx
+        .exec_streaming(&args, |fd, data| seen.push((fd, String::from_utf8_lossy(data).into_owned(), t0.elapsed())))
+        .expect("exec");
     assert_eq!(r.code, Some(0));
     assert!(r.stdout.is_empty(), "streamed output is not repeated in the reply");
     let text: Vec<(u8, &str)> = seen.iter().map(|(fd, s, _)| (*fd, s.as_str())).collect();
@@ -164,7 +170,16 @@ fn thousand_pipelined_calls() {
             if i % 100 == 0 {
                 let p = dir.path().join(format!("f{i}"));
                 std::fs::write(&p, i.to_string()).expect("write");
-                (Some(i), None, Some(ctx.call_async::<mito::functions::ReadFile>(&mito::functions::PathArgs { path: ByteBuf::from(p.as_os_str().as_encoded_bytes()) }).expect("send")))
+                (
+                    Some(i),
+                    None,
+                    Some(
+                        ctx.call_async::<mito::functions::ReadFile>(&mito::functions::PathArgs {
+                            path: ByteBuf::from(p.as_os_str().as_encoded_bytes()),
+                        })
+                        .expect("send"),
+                    ),
+                )
             } else {
                 (None, Some(ctx.call_async::<mito::functions::Ping>(&()).expect("send")), None)
             }
@@ -194,7 +209,9 @@ fn second_connect_sends_no_agent_bytes() {
     assert!(first.connect_info().agent_bytes_sent > 10_000);
     let cached = cache.path().join("mito").join(format!("agent-{}", first.connect_info().agent_hash));
     assert_eq!(first.connect_info().exe, cached.display().to_string());
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(cache.path().join("mito")).expect("dir").permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(cache.path().join("mito")).expect("dir").permissions(),
+    );
     assert_eq!(mode & 0o777, 0o700, "cache directory is private");
     let second = router.local(local_in(cache.path())).expect("connect 2");
     assert_eq!(second.connect_info().upload, Upload::Cached);

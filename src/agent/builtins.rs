@@ -88,7 +88,8 @@ pub fn env_var(name: &[u8]) -> Option<Vec<u8>> {
 
 /// Reads a whole file, refusing files above `max` bytes.
 pub fn read_all(path: &[u8], max: usize) -> Result<Vec<u8>, RemoteError> {
-    let fd = fs::openat(CWD, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| os_error(e, "open", path))?;
+    let fd = fs::openat(CWD, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| os_error(e, "open", path))?;
     let st = fs::fstat(&fd).map_err(|e| os_error(e, "stat", path))?;
     if st.st_size as u64 > max as u64 {
         return Err(RemoteError::new(ErrorKind::TooLarge, super::util::op_path("read", path)));

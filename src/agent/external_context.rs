@@ -221,7 +221,7 @@ impl ExternalContext {
                 Ok(Io::Done(n)) => {
                     self.decoder.filled(n);
                     loop {
-                        match self.decoder.next() {
+                        match self.decoder.next_message() {
                             Ok(Some(m)) => self.on_message(m),
                             Ok(None) => break,
                             Err(_) => {
@@ -292,7 +292,8 @@ impl ExternalContext {
     fn on_call(&mut self, m: Message) {
         let h = m.header;
         if h.auth != MASTER_ID {
-            return self.reply_error(&h, RemoteError::new(ErrorKind::NotPermitted, "calls are accepted from the parent only"));
+            return self
+                .reply_error(&h, RemoteError::new(ErrorKind::NotPermitted, "calls are accepted from the parent only"));
         }
         let Some(payload) = m.payload(self.max as usize) else {
             return self.reply_error(&h, RemoteError::new(ErrorKind::Protocol, "payload does not decompress"));
@@ -348,7 +349,8 @@ impl ExternalContext {
         }
         let env = if a.env_clear || !a.env.is_empty() { Some(build_env(&a)?) } else { None };
         let cwd = a.cwd.as_ref().map(|c| cstring(c)).transpose()?;
-        let cmd = spawn::Command { argv: &argv, env: env.as_deref(), cwd: cwd.as_ref(), capture: a.stdio == Stdio::Capture };
+        let cmd =
+            spawn::Command { argv: &argv, env: env.as_deref(), cwd: cwd.as_ref(), capture: a.stdio == Stdio::Capture };
         let child = spawn::spawn(&cmd).map_err(|e| super::util::os_error(e, "exec", &a.argv[0]))?;
         let slot = match self.procs.iter().position(Option::is_none) {
             Some(s) => s,

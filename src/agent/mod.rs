@@ -1,12 +1,12 @@
 //! The agent: the program that runs on the target (`no_std` + `alloc`).
 //!
 //! Map:
-//! - [`external_context`]: [`ExternalContext`](external_context::ExternalContext),
+//! - [`external_context`] — [`ExternalContext`](external_context::ExternalContext),
 //!   the main loop: parent stream, dispatcher, running commands, loggers.
-//! - [`builtins`]: functions that finish at once (ping, info, files).
-//! - [`spawn`]: posix_spawn + pidfd, the agent's ProcessMonitor.
-//! - [`iologger`]: [`IoLogger`](iologger::IoLogger), fds 1/2 turned into log records.
-//! - [`util`]: number and string helpers that avoid `core::fmt`.
+//! - [`builtins`] — functions that finish at once (ping, info, files).
+//! - [`spawn`] — posix_spawn + pidfd, the agent's ProcessMonitor.
+//! - [`iologger`] — [`IoLogger`](iologger::IoLogger), fds 1/2 turned into log records.
+//! - [`util`] — number and string helpers that avoid `core::fmt`.
 //!
 //! **Architecture invariant:** nothing here links std, and nothing formats
 //! with `core::fmt` on the agent's paths (errors are kinds + errno; the

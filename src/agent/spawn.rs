@@ -76,8 +76,10 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, Errno> {
         return Err(Errno::INVAL);
     }
     let (stdin_r, stdin_w) = pipe_with(PipeFlags::CLOEXEC)?;
-    let (out_r, out_w) = if cmd.capture { pipe_with(PipeFlags::CLOEXEC).map(|(r, w)| (Some(r), Some(w)))? } else { (None, None) };
-    let (err_r, err_w) = if cmd.capture { pipe_with(PipeFlags::CLOEXEC).map(|(r, w)| (Some(r), Some(w)))? } else { (None, None) };
+    let (out_r, out_w) =
+        if cmd.capture { pipe_with(PipeFlags::CLOEXEC).map(|(r, w)| (Some(r), Some(w)))? } else { (None, None) };
+    let (err_r, err_w) =
+        if cmd.capture { pipe_with(PipeFlags::CLOEXEC).map(|(r, w)| (Some(r), Some(w)))? } else { (None, None) };
 
     let mut argv: Vec<*const libc::c_char> = cmd.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(ptr::null());

@@ -2,7 +2,6 @@
 
 use alloc::ffi::CString;
 use alloc::string::String;
-use alloc::vec::Vec;
 
 use crate::proto::{ErrorKind, RemoteError};
 

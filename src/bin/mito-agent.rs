@@ -65,7 +65,7 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
 /// C entry point called by musl's start code.
 #[cfg(not(feature = "std"))]
 #[no_mangle]
-pub extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
+extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
     let args: Vec<&[u8]> = (0..argc.max(0) as usize)
         // SAFETY: argv has argc valid C strings, alive for the whole process.
         .map(|i| unsafe { CStr::from_ptr(*argv.add(i)) }.to_bytes())

@@ -14,7 +14,11 @@ use mito::{Context, LocalOptions, Router};
 use serde_bytes::ByteBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "mito", version, about = "Run commands and code in contexts (local today; ssh, sudo, containers next) without installing anything there")]
+#[command(
+    name = "mito",
+    version,
+    about = "Run commands and code in contexts (local today; ssh, sudo, containers next) without installing anything there"
+)]
 struct Cli {
     /// More output: -v debug, -vv trace.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -78,9 +82,15 @@ fn connect(router: &Router, target: &str, timeout: Duration) -> Result<Context, 
     let (method, name) = target.split_once(':').map_or((target, None), |(m, n)| (m, Some(n.to_string())));
     match method {
         "local" => router
-            .local(LocalOptions { name: name.or_else(|| Some("local".into())), connect_timeout: timeout, ..LocalOptions::default() })
+            .local(LocalOptions {
+                name: name.or_else(|| Some("local".into())),
+                connect_timeout: timeout,
+                ..LocalOptions::default()
+            })
             .map_err(|e| e.to_string()),
-        _ => Err(format!("unknown target {target:?}: supported today: local (ssh, sudo and containers are on the way)")),
+        _ => {
+            Err(format!("unknown target {target:?}: supported today: local (ssh, sudo and containers are on the way)"))
+        }
     }
 }
 
@@ -147,7 +157,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             if !rtts.is_empty() {
                 rtts.sort();
-                println!("{} round trips: median {:.1} µs, min {:.1} µs", rtts.len(), rtts[rtts.len() / 2].as_secs_f64() * 1e6, rtts[0].as_secs_f64() * 1e6);
+                println!(
+                    "{} round trips: median {:.1} µs, min {:.1} µs",
+                    rtts.len(),
+                    rtts[rtts.len() / 2].as_secs_f64() * 1e6,
+                    rtts[0].as_secs_f64() * 1e6
+                );
             }
             let _ = ctx.shutdown();
             Ok(ExitCode::SUCCESS)
@@ -166,10 +181,18 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             } else {
                 println!("context:   {}", ctx.name());
                 println!("pid:       {} (ppid {})", info.pid, info.ppid);
-                println!("user:      {} (uid {}, gid {}, euid {}, egid {})", info.user, info.uid, info.gid, info.euid, info.egid);
+                println!(
+                    "user:      {} (uid {}, gid {}, euid {}, egid {})",
+                    info.user, info.uid, info.gid, info.euid, info.egid
+                );
                 println!("host:      {}", info.hostname);
                 println!("kernel:    {} {}", info.arch, info.kernel);
-                println!("agent:     {} {} ({})", info.agent_version, &info.agent_hash[..info.agent_hash.len().min(16)], info.exe);
+                println!(
+                    "agent:     {} {} ({})",
+                    info.agent_version,
+                    &info.agent_hash[..info.agent_hash.len().min(16)],
+                    info.exe
+                );
                 println!("cwd:       {}", info.cwd);
             }
             let _ = ctx.shutdown();

@@ -97,8 +97,13 @@ impl Phase<'_> {
                 return false;
             }
             let ms = (self.deadline - now).as_millis().min(i32::MAX as u128) as i32;
-            let ts = rustix::event::Timespec { tv_sec: i64::from(ms / 1000), tv_nsec: i64::from(ms % 1000) * 1_000_000 };
-            let main = if write { PollFd::new(&self.pipes.tx, PollFlags::OUT) } else { PollFd::new(&self.pipes.rx, PollFlags::IN) };
+            let ts =
+                rustix::event::Timespec { tv_sec: i64::from(ms / 1000), tv_nsec: i64::from(ms % 1000) * 1_000_000 };
+            let main = if write {
+                PollFd::new(&self.pipes.tx, PollFlags::OUT)
+            } else {
+                PollFd::new(&self.pipes.rx, PollFlags::IN)
+            };
             let mut fds = vec![main];
             if let (Some(e), true) = (&self.pipes.stderr, self.stderr_open) {
                 fds.push(PollFd::new(e, PollFlags::IN));
@@ -174,7 +179,12 @@ impl Phase<'_> {
 }
 
 /// Runs the text phase and returns once the agent said hello.
-pub fn run(context: &str, pipes: &Pipes<'_>, timeout: Duration, max_message_size: u32) -> Result<Bootstrapped, ConnectError> {
+pub fn run(
+    context: &str,
+    pipes: &Pipes<'_>,
+    timeout: Duration,
+    max_message_size: u32,
+) -> Result<Bootstrapped, ConnectError> {
     let start = Instant::now();
     let mut ph = Phase {
         context,
@@ -213,7 +223,10 @@ pub fn run(context: &str, pipes: &Pipes<'_>, timeout: Duration, max_message_size
                     let gzip = how == "gz";
                     let bytes = if gzip { agent.gz.to_vec() } else { agent.raw() };
                     upload = if dir == "memfd" { Upload::Memfd } else { Upload::Stored { dir: dir.to_string(), gzip } };
-                    log::debug!("[{context}] stage0 wants the {arch} agent ({how}) for {dir}: sending {} bytes", bytes.len());
+                    log::debug!(
+                        "[{context}] stage0 wants the {arch} agent ({how}) for {dir}: sending {} bytes",
+                        bytes.len()
+                    );
                     ph.write_all(&bytes)?;
                     agent_bytes_sent += bytes.len();
                 }
@@ -222,7 +235,9 @@ pub fn run(context: &str, pipes: &Pipes<'_>, timeout: Duration, max_message_size
                     let arg = words.next().unwrap_or("").to_string();
                     ph.drain_stderr_briefly();
                     return Err(match what {
-                        "arch" => ConnectError::UnsupportedArch { context: context.into(), arch: arg, have: embedded_archs() },
+                        "arch" => {
+                            ConnectError::UnsupportedArch { context: context.into(), arch: arg, have: embedded_archs() }
+                        }
                         "noexec" => ConnectError::NoExecDir { context: context.into() },
                         "write" => ConnectError::WriteFailed { context: context.into(), dir: arg },
                         "verify" => ConnectError::VerifyFailed { context: context.into(), dir: arg },
@@ -248,7 +263,11 @@ pub fn run(context: &str, pipes: &Pipes<'_>, timeout: Duration, max_message_size
             }
             Ok(Io::WouldBlock) => {
                 if !ph.wait(false) {
-                    return Err(ph.timeout(if upload == Upload::Cached { "waiting for stage0" } else { "waiting for the uploaded agent to start" }));
+                    return Err(ph.timeout(if upload == Upload::Cached {
+                        "waiting for stage0"
+                    } else {
+                        "waiting for the uploaded agent to start"
+                    }));
                 }
             }
             Ok(Io::Closed) | Err(_) => {
@@ -271,7 +290,7 @@ pub fn run(context: &str, pipes: &Pipes<'_>, timeout: Duration, max_message_size
         return Err(ph.fail("hello frame larger than expected"));
     }
     let hello_msg = loop {
-        match decoder.next() {
+        match decoder.next_message() {
             Ok(Some(m)) => break m,
             Ok(None) => {}
             Err(e) => return Err(ph.fail(format!("malformed first frame from the agent ({e:?})"))),
@@ -292,13 +311,21 @@ pub fn run(context: &str, pipes: &Pipes<'_>, timeout: Duration, max_message_size
     }
     let hello: Hello = postcard::from_bytes(&hello_msg.data).map_err(|e| ph.fail(format!("malformed hello: {e}")))?;
     if hello.protocol_version != PROTOCOL_VERSION {
-        return Err(ConnectError::Version { context: context.into(), got: hello.protocol_version, want: PROTOCOL_VERSION });
+        return Err(ConnectError::Version {
+            context: context.into(),
+            got: hello.protocol_version,
+            want: PROTOCOL_VERSION,
+        });
     }
     Ok(Bootstrapped { hello, decoder, upload, agent_bytes_sent, elapsed: start.elapsed() })
 }
 
 fn find_agent(context: &str, arch: &str) -> Result<&'static EmbeddedAgent, ConnectError> {
-    embedded::for_arch(arch).ok_or_else(|| ConnectError::UnsupportedArch { context: context.into(), arch: arch.into(), have: embedded_archs() })
+    embedded::for_arch(arch).ok_or_else(|| ConnectError::UnsupportedArch {
+        context: context.into(),
+        arch: arch.into(),
+        have: embedded_archs(),
+    })
 }
 
 fn embedded_archs() -> String {

@@ -29,7 +29,12 @@ pub struct LocalOptions {
 
 impl Default for LocalOptions {
     fn default() -> Self {
-        LocalOptions { name: None, sh: PathBuf::from("/bin/sh"), env: Vec::new(), connect_timeout: Duration::from_secs(30) }
+        LocalOptions {
+            name: None,
+            sh: PathBuf::from("/bin/sh"),
+            env: Vec::new(),
+            connect_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -50,7 +55,12 @@ pub fn create_child(opts: &LocalOptions, script: &str) -> std::io::Result<Spawne
     let theirs: OwnedFd = theirs.into();
     let theirs2 = theirs.try_clone()?;
     let mut cmd = Command::new(&opts.sh);
-    cmd.arg("-c").arg(script).stdin(Stdio::from(theirs)).stdout(Stdio::from(theirs2)).stderr(Stdio::piped()).process_group(0);
+    cmd.arg("-c")
+        .arg(script)
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::from(theirs2))
+        .stderr(Stdio::piped())
+        .process_group(0);
     for (k, v) in &opts.env {
         cmd.env(k, v);
     }

@@ -1,7 +1,7 @@
 //! Creating contexts: methods, spawning, bootstrap, process monitoring.
 //!
 //! Map:
-//! - [`stage0`]: the POSIX sh bootstrap text (alloc only: an agent will use
+//! - [`stage0`] — the POSIX sh bootstrap text (alloc only: an agent will use
 //!   it to connect onward).
 //! - master only: [`bootstrap`] drives stage0's text phase from the master
 //!   (markers, agent upload, hello) with a deadline; [`local`] is the local

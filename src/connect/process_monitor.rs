@@ -55,7 +55,9 @@ impl ProcessMonitor {
     /// Reaps the child if it has exited; returns its status from then on.
     pub fn poll(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
-            if let Ok(Some(st)) = waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
+            if let Ok(Some(st)) =
+                waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG)
+            {
                 self.status = Some(ExitStatus { code: st.exit_status(), signal: st.terminating_signal() });
             }
         }

@@ -93,7 +93,8 @@ impl Broker {
         });
         shared.poller.add(shared.waker.fd(), T_WAKER, Interest::READ)?;
         let s2 = shared.clone();
-        let thread = std::thread::Builder::new().name("mito-broker".into()).spawn(move || Loop::new(s2, table).run())?;
+        let thread =
+            std::thread::Builder::new().name("mito-broker".into()).spawn(move || Loop::new(s2, table).run())?;
         Ok(Broker { shared, thread: Mutex::new(Some(thread)) })
     }
 
@@ -197,7 +198,7 @@ impl Loop {
                         Ok(Io::Done(n)) => {
                             decoder.filled(n);
                             loop {
-                                match decoder.next() {
+                                match decoder.next_message() {
                                     Ok(Some(m)) => self.table.deliver(ctx.id, m),
                                     Ok(None) => break,
                                     Err(e) => {
@@ -263,7 +264,8 @@ impl Loop {
                     if let Some(Source::Process { pm, .. }) = self.sources.remove(&ev.token) {
                         self.shared.poller.delete(pm.fd());
                     }
-                    self.table.on_disconnect(ctx.id, Disconnected { reason: format!("the agent process ended ({status})") });
+                    self.table
+                        .on_disconnect(ctx.id, Disconnected { reason: format!("the agent process ended ({status})") });
                     self.mark(ctx.id, None, Some(false));
                 }
             }
@@ -312,7 +314,8 @@ impl Loop {
             }
             Cmd::Shutdown => {
                 self.table.set_shut_down();
-                let rx: Vec<u64> = self.sources.iter().filter(|(_, s)| matches!(s, Source::Rx { .. })).map(|(t, _)| *t).collect();
+                let rx: Vec<u64> =
+                    self.sources.iter().filter(|(_, s)| matches!(s, Source::Rx { .. })).map(|(t, _)| *t).collect();
                 for t in rx {
                     self.close_stream(t, "the router was shut down".into());
                 }
@@ -329,7 +332,7 @@ impl Loop {
         let Some(Source::Rx { ctx, decoder, .. }) = self.sources.get_mut(&token) else { return };
         let ctx = ctx.clone();
         loop {
-            match decoder.next() {
+            match decoder.next_message() {
                 Ok(Some(m)) => self.table.deliver(ctx.id, m),
                 Ok(None) => return,
                 Err(e) => return self.close_stream(token, format!("malformed frame from agent ({e:?})")),
@@ -368,7 +371,8 @@ impl Loop {
     }
 
     fn kill_and_reap_all(&mut self) {
-        let procs: Vec<u64> = self.sources.iter().filter(|(_, s)| matches!(s, Source::Process { .. })).map(|(t, _)| *t).collect();
+        let procs: Vec<u64> =
+            self.sources.iter().filter(|(_, s)| matches!(s, Source::Process { .. })).map(|(t, _)| *t).collect();
         for t in procs {
             if let Some(Source::Process { ctx, mut pm }) = self.sources.remove(&t) {
                 log::warn!("[{}] agent (pid {}) did not exit after its stream closed; killing it", ctx.name, pm.pid());

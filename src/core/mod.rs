@@ -1,10 +1,10 @@
 //! The message plumbing of every context.
 //!
 //! Map:
-//! - [`side`]: [`Side`](side::Side), one non-blocking fd with mitogen's `io_op` rules.
-//! - [`stream`]: framing ([`Decoder`](stream::Decoder), [`TxBuffer`](stream::TxBuffer)).
-//! - [`poller`]: epoll, shared by the master's Broker and the agent's loop.
-//! - [`waker`]: eventfd that wakes a poller from another thread.
+//! - [`side`] — [`Side`](side::Side), one non-blocking fd with mitogen's `io_op` rules.
+//! - [`stream`] — framing ([`Decoder`](stream::Decoder), [`TxBuffer`](stream::TxBuffer)).
+//! - [`poller`] — epoll, shared by the master's Broker and the agent's loop.
+//! - [`waker`] — eventfd that wakes a poller from another thread.
 //! - master only (`std`): [`broker`] (the I/O thread), [`router`] (delivery
 //!   by context id and handle), [`latch`] (blocking waits with deadlines).
 //!

@@ -74,6 +74,9 @@ struct TxState {
     watching: bool,
 }
 
+/// Turns the broker's wait for writability of a tx fd on or off.
+pub type WatchFn = Box<dyn Fn(std::os::fd::BorrowedFd<'_>, u64, bool) + Send + Sync>;
+
 /// The sending half of a stream, shared by caller threads and the broker.
 ///
 /// A caller writes straight to the fd when nothing is queued (one syscall,
@@ -84,7 +87,7 @@ pub struct StreamOut {
     drained: Condvar,
     /// Broker token of the tx fd.
     pub token: u64,
-    watch: Box<dyn Fn(std::os::fd::BorrowedFd<'_>, u64, bool) + Send + Sync>,
+    watch: WatchFn,
 }
 
 impl std::fmt::Debug for StreamOut {
@@ -106,7 +109,7 @@ pub enum SendError {
 impl StreamOut {
     /// Wraps a non-blocking tx fd; `watch(token, on)` turns the broker's
     /// wait for writability on or off (always called under the queue lock).
-    pub fn new(fd: OwnedFd, token: u64, watch: Box<dyn Fn(std::os::fd::BorrowedFd<'_>, u64, bool) + Send + Sync>) -> StreamOut {
+    pub fn new(fd: OwnedFd, token: u64, watch: WatchFn) -> StreamOut {
         StreamOut {
             state: Mutex::new(TxState { fd: Some(fd), buf: TxBuffer::default(), watching: false }),
             drained: Condvar::new(),
@@ -257,7 +260,10 @@ impl RouterTable {
     pub fn open_mailbox(&self, ctx: u32, once: bool) -> (u32, Arc<Latch<Delivery>>) {
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let latch = Arc::new(Latch::new());
-        self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).insert(handle, Mailbox { ctx, latch: latch.clone(), once });
+        self.mailboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(handle, Mailbox { ctx, latch: latch.clone(), once });
         (handle, latch)
     }
 
@@ -265,7 +271,10 @@ impl RouterTable {
     /// can watch several handles, e.g. a reply and its output stream).
     pub fn open_mailbox_into(&self, ctx: u32, once: bool, latch: Arc<Latch<Delivery>>) -> (u32, Arc<Latch<Delivery>>) {
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).insert(handle, Mailbox { ctx, latch: latch.clone(), once });
+        self.mailboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(handle, Mailbox { ctx, latch: latch.clone(), once });
         (handle, latch)
     }
 
@@ -341,7 +350,9 @@ impl RouterTable {
     }
 
     fn forward_log(&self, from: u32, msg: &Message) {
-        let Some(rec) = msg.payload(self.max_message_size as usize).and_then(|p| postcard::from_bytes::<LogRecord>(&p).ok()) else {
+        let Some(rec) =
+            msg.payload(self.max_message_size as usize).and_then(|p| postcard::from_bytes::<LogRecord>(&p).ok())
+        else {
             log::warn!("context {from} sent a malformed log record");
             return;
         };

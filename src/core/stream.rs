@@ -86,7 +86,7 @@ impl Decoder {
             self.filled(n);
             data = &data[n..];
             loop {
-                match self.next() {
+                match self.next_message() {
                     Ok(Some(m)) => out.push(Ok(m)),
                     Ok(None) => break,
                     Err(e) => {
@@ -100,7 +100,7 @@ impl Decoder {
     }
 
     /// The next complete message, if one is buffered.
-    pub fn next(&mut self) -> Result<Option<Message>, FrameError> {
+    pub fn next_message(&mut self) -> Result<Option<Message>, FrameError> {
         if let Some((_, body, filled)) = &mut self.body {
             let take = (body.len() - *filled).min(self.end - self.start);
             body[*filled..*filled + take].copy_from_slice(&self.buf[self.start..self.start + take]);

@@ -108,7 +108,12 @@ fn disconnected(shared: &ContextShared, function: &str, reason: String) -> CallE
     CallError::Disconnected { context: shared.name.clone(), function: function.into(), reason }
 }
 
-fn decode_reply<T: DeserializeOwned>(shared: &ContextShared, function: &str, msg: &Message, max: u32) -> Result<T, CallError> {
+fn decode_reply<T: DeserializeOwned>(
+    shared: &ContextShared,
+    function: &str,
+    msg: &Message,
+    max: u32,
+) -> Result<T, CallError> {
     let bad = |detail: String| CallError::Decode { context: shared.name.clone(), function: function.into(), detail };
     let payload = msg.payload(max as usize).ok_or_else(|| bad("payload does not decompress".into()))?;
     if msg.header.flags & FLAG_ERROR != 0 {
@@ -156,7 +161,11 @@ impl Context {
 
     fn send_call<F: Function>(&self, args: &F::Args, reply_to: u32) -> Result<(), CallError> {
         let name = || self.shared.name.clone();
-        let payload = encode_call(F::NAME, args).map_err(|e| CallError::Encode { context: name(), function: F::NAME.into(), detail: e.to_string() })?;
+        let payload = encode_call(F::NAME, args).map_err(|e| CallError::Encode {
+            context: name(),
+            function: F::NAME.into(),
+            detail: e.to_string(),
+        })?;
         if payload.len() > self.core.table.max_message_size as usize {
             return Err(CallError::Encode {
                 context: name(),
@@ -164,7 +173,14 @@ impl Context {
                 detail: format!("{} bytes is above the maximum message size", payload.len()),
             });
         }
-        let h = Header { dst: self.shared.id, src: MASTER_ID, auth: MASTER_ID, handle: handles::CALL_FUNCTION, reply_to, ..Header::default() };
+        let h = Header {
+            dst: self.shared.id,
+            src: MASTER_ID,
+            auth: MASTER_ID,
+            handle: handles::CALL_FUNCTION,
+            reply_to,
+            ..Header::default()
+        };
         let msg = Message { header: h, data: payload };
         let deadline = self.timeout.map(|t| Instant::now() + t);
         self.core.table.send(&msg, deadline).map_err(|d| disconnected(&self.shared, F::NAME, d.reason))
@@ -222,7 +238,11 @@ impl Context {
     /// Runs a command and hands each chunk of stdout (fd 1) or stderr (fd 2)
     /// to `on_output` as it arrives. Waits for the exit without a deadline
     /// (a dead context still ends the wait at once).
-    pub fn exec_streaming(&self, args: &ExecArgs, mut on_output: impl FnMut(u8, &[u8])) -> Result<ExecReply, CallError> {
+    pub fn exec_streaming(
+        &self,
+        args: &ExecArgs,
+        mut on_output: impl FnMut(u8, &[u8]),
+    ) -> Result<ExecReply, CallError> {
         let table = &self.core.table;
         let (reply, latch) = table.open_mailbox(self.shared.id, true);
         let (stream, _) = table.open_mailbox_into(self.shared.id, false, latch.clone());
@@ -234,7 +254,8 @@ impl Context {
             loop {
                 match latch.get(None) {
                     Ok(Ok(msg)) if msg.header.handle == stream => {
-                        let chunk: ExecOutput = decode_reply(&self.shared, f::Exec::NAME, &msg, table.max_message_size)?;
+                        let chunk: ExecOutput =
+                            decode_reply(&self.shared, f::Exec::NAME, &msg, table.max_message_size)?;
                         on_output(chunk.fd, &chunk.data);
                     }
                     Ok(Ok(msg)) => return decode_reply(&self.shared, f::Exec::NAME, &msg, table.max_message_size),
@@ -259,7 +280,11 @@ impl Context {
     /// Writes a whole file atomically; `mode` defaults to the existing
     /// file's mode, else 0o644.
     pub fn write_file(&self, path: impl AsRef<Path>, data: &[u8], mode: Option<u32>) -> Result<(), CallError> {
-        self.call::<f::WriteFile>(&f::WriteFileArgs { path: path_bytes(path.as_ref()), data: ByteBuf::from(data), mode })
+        self.call::<f::WriteFile>(&f::WriteFileArgs {
+            path: path_bytes(path.as_ref()),
+            data: ByteBuf::from(data),
+            mode,
+        })
     }
 
     /// `stat` (follows symlinks) of a path.

@@ -3,10 +3,10 @@
 //! Map:
 //! - [`Router`]: owns the routing table and the Broker thread; creates
 //!   contexts (`local` today; ssh, sudo, … use the same bootstrap).
-//! - [`context`]: [`Context`](context::Context), calls and typed built-ins,
-//!   [`Pending`](context::Pending) replies.
-//! - [`embedded`]: the agent binaries build.rs embedded.
-//! - [`error`]: [`CallError`](error::CallError).
+//! - [`context`] holds [`Context`](context::Context) (calls, typed built-ins)
+//!   and [`Pending`](context::Pending) replies.
+//! - [`embedded`] holds the agent binaries build.rs embedded.
+//! - [`error`] holds [`CallError`](error::CallError).
 //!
 //! **API boundary:** everything a user needs is re-exported from the crate
 //! root; the `core` and `connect` internals may change.
@@ -33,6 +33,14 @@ use context::{ConnectInfo, Context};
 pub(crate) struct Core {
     pub table: Arc<RouterTable>,
     pub broker: Broker,
+}
+
+/// The fds and process behind a bootstrapped stream.
+struct Transport {
+    rx: OwnedFd,
+    tx: OwnedFd,
+    stderr: Option<OwnedFd>,
+    process: Option<ProcessMonitor>,
 }
 
 /// Options of a [`Router`].
@@ -73,9 +81,13 @@ impl Router {
         let id = self.core.table.allocate_context_id();
         let name = opts.name.clone().unwrap_or_else(|| format!("local.{id}"));
         let script = stage0::script(&embedded::specs(), id);
-        let spawned = local::create_child(&opts, &script)
-            .map_err(|source| ConnectError::Spawn { context: name.clone(), program: opts.sh.display().to_string(), source })?;
-        let mut pm = ProcessMonitor::new(spawned.pid).map_err(|source| ConnectError::Io { context: name.clone(), source })?;
+        let spawned = local::create_child(&opts, &script).map_err(|source| ConnectError::Spawn {
+            context: name.clone(),
+            program: opts.sh.display().to_string(),
+            source,
+        })?;
+        let mut pm =
+            ProcessMonitor::new(spawned.pid).map_err(|source| ConnectError::Io { context: name.clone(), source })?;
         let io = |source: rustix::io::Errno| ConnectError::Io { context: name.clone(), source: source.into() };
         side::set_nonblocking(spawned.sock.as_fd(), true).map_err(io)?;
         let pipes = Pipes { rx: spawned.sock.as_fd(), tx: spawned.sock.as_fd(), stderr: Some(spawned.stderr.as_fd()) };
@@ -89,7 +101,8 @@ impl Router {
             }
         };
         let tx = spawned.sock.try_clone().map_err(|source| ConnectError::Io { context: name.clone(), source })?;
-        self.attach(id, name, spawned.sock, tx, Some(spawned.stderr), Some(pm), boot)
+        let t = Transport { rx: spawned.sock, tx, stderr: Some(spawned.stderr), process: Some(pm) };
+        self.attach(id, name, t, boot)
     }
 
     /// Hands a bootstrapped stream to the broker and returns its Context.
@@ -97,13 +110,12 @@ impl Router {
         &self,
         id: u32,
         name: String,
-        rx: OwnedFd,
-        tx: OwnedFd,
-        stderr: Option<OwnedFd>,
-        process: Option<ProcessMonitor>,
+        t: Transport,
         boot: bootstrap::Bootstrapped,
     ) -> Result<Context, ConnectError> {
-        let out = self.core.broker.stream_out(tx).map_err(|source| ConnectError::Io { context: name.clone(), source })?;
+        let Transport { rx, tx, stderr, process } = t;
+        let out =
+            self.core.broker.stream_out(tx).map_err(|source| ConnectError::Io { context: name.clone(), source })?;
         let shared = Arc::new(ContextShared::new(id, name));
         self.core.table.add_route(shared.clone(), out.clone());
         let info = ConnectInfo {

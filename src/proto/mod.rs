@@ -1,15 +1,15 @@
 //! The wire format, shared by master and agent (`no_std`).
 //!
 //! Map:
-//! - [`header`]: the fixed 28-byte little-endian frame header and its flags.
+//! - [`header`] — the fixed 28-byte little-endian frame header and its flags.
 //!   **Architecture invariant:** the router reads only this; a hop that
 //!   forwards a message never decodes its payload.
-//! - [`handles`]: well-known handle numbers (mailboxes) every context has.
-//! - [`message`]: payload types (hello, calls, logs) encoded with postcard.
-//! - [`functions`]: the built-in functions' names and argument/reply types,
+//! - [`handles`] — well-known handle numbers (mailboxes) every context has.
+//! - [`message`] — payload types (hello, calls, logs) encoded with postcard.
+//! - [`functions`] — the built-in functions' names and argument/reply types,
 //!   one [`functions::Function`] impl each, so both halves agree on types.
-//! - [`error`]: [`RemoteError`], the typed error that travels instead of text.
-//! - [`compress`]: optional deflate of large payloads (flag bit).
+//! - [`error`] — [`RemoteError`], the typed error that travels instead of text.
+//! - [`compress`] — optional deflate of large payloads (flag bit).
 
 pub mod compress;
 pub mod error;

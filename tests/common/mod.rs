@@ -13,7 +13,11 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!("mito-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "mito-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
@@ -85,10 +89,25 @@ pub fn capture_logs() {
 
 /// Captured messages containing `needle`.
 pub fn logs_containing(needle: &str) -> Vec<String> {
-    LOGS.lock().map(|l| l.iter().filter(|(_, _, m)| m.contains(needle)).map(|(_, _, m)| m.clone()).collect()).unwrap_or_default()
+    LOGS.lock()
+        .map(|l| l.iter().filter(|(_, _, m)| m.contains(needle)).map(|(_, _, m)| m.clone()).collect())
+        .unwrap_or_default()
 }
 
-/// Options for a local context with its own cache directory.
+/// Options for a local context with its own cache directory, and its own
+/// `XDG_RUNTIME_DIR` (`<cache>/../run`) so that the first fallback stays
+/// inside the test's directories instead of /dev/shm.
 pub fn local_in(cache: &Path) -> mito::LocalOptions {
-    mito::LocalOptions { env: vec![("XDG_CACHE_HOME".into(), cache.as_os_str().to_owned())], ..Default::default() }
+    let run = cache.parent().unwrap_or(cache).join(format!(
+        "{}-run",
+        cache.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let _ = std::fs::create_dir_all(&run);
+    mito::LocalOptions {
+        env: vec![
+            ("XDG_CACHE_HOME".into(), cache.as_os_str().to_owned()),
+            ("XDG_RUNTIME_DIR".into(), run.into_os_string()),
+        ],
+        ..Default::default()
+    }
 }
