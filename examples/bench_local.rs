@@ -10,7 +10,10 @@ use mito::{LocalOptions, Router};
 
 fn opts(cache: &PathBuf) -> LocalOptions {
     LocalOptions {
-        env: vec![("XDG_CACHE_HOME".into(), cache.clone().into_os_string()), ("XDG_RUNTIME_DIR".into(), cache.join("run").into_os_string())],
+        env: vec![
+            ("XDG_CACHE_HOME".into(), cache.clone().into_os_string()),
+            ("XDG_RUNTIME_DIR".into(), cache.join("run").into_os_string()),
+        ],
         ..LocalOptions::default()
     }
 }
@@ -94,7 +97,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rates.push(t.elapsed());
     }
     let (m, n) = stats(rates);
-    out.push(("pipelined no-op calls (calls/s, 10k in flight)".into(), 10_000.0 / m.as_secs_f64(), 10_000.0 / n.as_secs_f64(), "/s"));
+    out.push((
+        "pipelined no-op calls (calls/s, 10k in flight)".into(),
+        10_000.0 / m.as_secs_f64(),
+        10_000.0 / n.as_secs_f64(),
+        "/s",
+    ));
 
     // 5. exec `true` round trip.
     let mut ex = Vec::new();

@@ -221,7 +221,10 @@ fn readonly_or_noexec_cache_dir_falls_back() {
         ctx.ping().expect("ping");
         let exe = &ctx.connect_info().exe;
         let runtime = dir.path().join("mnt-run").join("mito");
-        assert!(exe.starts_with(&runtime.display().to_string()), "{opts}: ran from {exe}, not from $XDG_RUNTIME_DIR/mito");
+        assert!(
+            exe.starts_with(&runtime.display().to_string()),
+            "{opts}: ran from {exe}, not from $XDG_RUNTIME_DIR/mito"
+        );
         eprintln!("{opts} cache dir: agent ran from {exe} ({:?})", ctx.connect_info().upload);
     }
 }

@@ -196,6 +196,7 @@ impl Loop {
                     let rfd = fd.as_fd();
                     match decoder.read_with(|b| side::read(rfd, b)) {
                         Ok(Io::Done(n)) => {
+                            let drained = n < decoder.last_offer();
                             decoder.filled(n);
                             loop {
                                 match decoder.next_message() {
@@ -208,7 +209,7 @@ impl Loop {
                                     }
                                 }
                             }
-                            if close.is_some() {
+                            if close.is_some() || drained {
                                 break;
                             }
                         }

@@ -31,12 +31,13 @@ pub struct Decoder {
     end: usize,
     body: Option<(Header, Vec<u8>, usize)>,
     max: u32,
+    offered: usize,
 }
 
 impl Decoder {
     /// A decoder that accepts payloads up to `max` bytes.
     pub fn new(max: u32) -> Decoder {
-        Decoder { buf: vec![0; READ_CHUNK], start: 0, end: 0, body: None, max }
+        Decoder { buf: vec![0; READ_CHUNK], start: 0, end: 0, body: None, max, offered: 0 }
     }
 
     /// Reads once from `read` (which fills a slice and returns how much it
@@ -48,6 +49,7 @@ impl Decoder {
                 if body.len() - *filled >= READ_CHUNK {
                     self.start = 0;
                     self.end = 0;
+                    self.offered = body.len() - *filled;
                     return read(&mut body[*filled..]);
                 }
             }
@@ -58,7 +60,15 @@ impl Decoder {
             self.end -= self.start;
             self.start = 0;
         }
+        self.offered = self.buf.len() - self.end;
         read(&mut self.buf[self.end..])
+    }
+
+    /// Size of the slice the last `read_with` offered; a read shorter than
+    /// this drained the fd, so the caller can skip the read that would
+    /// only return EAGAIN.
+    pub fn last_offer(&self) -> usize {
+        self.offered
     }
 
     /// Records that the last `read_with` put `n` bytes in place.

@@ -98,10 +98,10 @@ pub fn logs_containing(needle: &str) -> Vec<String> {
 /// `XDG_RUNTIME_DIR` (`<cache>/../run`) so that the first fallback stays
 /// inside the test's directories instead of /dev/shm.
 pub fn local_in(cache: &Path) -> mito::LocalOptions {
-    let run = cache.parent().unwrap_or(cache).join(format!(
-        "{}-run",
-        cache.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
+    let run = cache
+        .parent()
+        .unwrap_or(cache)
+        .join(format!("{}-run", cache.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
     let _ = std::fs::create_dir_all(&run);
     mito::LocalOptions {
         env: vec![
