@@ -3,15 +3,15 @@
 //! Prints one line per workload: median, min (and a rate where it fits).
 //! Timing figures are reported, never asserted.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mito::{LocalOptions, Router};
 
-fn opts(cache: &PathBuf) -> LocalOptions {
+fn opts(cache: &Path) -> LocalOptions {
     LocalOptions {
         env: vec![
-            ("XDG_CACHE_HOME".into(), cache.clone().into_os_string()),
+            ("XDG_CACHE_HOME".into(), cache.as_os_str().to_owned()),
             ("XDG_RUNTIME_DIR".into(), cache.join("run").into_os_string()),
         ],
         ..LocalOptions::default()
