@@ -236,12 +236,15 @@ fn no_exec_dir_anywhere_uses_memfd() {
     if !is_root() {
         return skip_loudly("no_exec_dir_anywhere_uses_memfd", "a private mount namespace needs root");
     }
+    // The binary is opened before the mounts: the checkout may itself live
+    // under /tmp, which the new mounts hide.
     let script = r#"
         set -e
+        exec 3<"$0"
         for d in /tmp /var/tmp /dev/shm; do mount -t tmpfs -o noexec tmpfs "$d"; done
         mkdir -p /tmp/cache
         export XDG_CACHE_HOME=/tmp/cache; unset XDG_RUNTIME_DIR
-        exec "$0" info local --json
+        exec /proc/self/fd/3 info local --json
     "#;
     let out =
         Command::new("unshare").args(["-m", "sh", "-c", script, MITO]).stdin(Stdio::null()).output().expect("unshare");
