@@ -64,26 +64,7 @@ fn user_name(uid: u32) -> String {
             }
         }
     }
-    env_var(b"USER").map(|v| lossy(&v)).unwrap_or_default()
-}
-
-/// Looks up an environment variable of the agent.
-pub fn env_var(name: &[u8]) -> Option<Vec<u8>> {
-    extern "C" {
-        static environ: *const *const libc::c_char;
-    }
-    // SAFETY: walking the NULL-terminated environ array of this single-threaded process.
-    unsafe {
-        let mut p = environ;
-        while !p.is_null() && !(*p).is_null() {
-            let entry = core::ffi::CStr::from_ptr(*p).to_bytes();
-            if entry.len() > name.len() && entry.starts_with(name) && entry[name.len()] == b'=' {
-                return Some(entry[name.len() + 1..].to_vec());
-            }
-            p = p.add(1);
-        }
-    }
-    None
+    super::util::env_var(b"USER").map(lossy).unwrap_or_default()
 }
 
 /// Reads a whole file, refusing files above `max` bytes.

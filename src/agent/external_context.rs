@@ -583,20 +583,8 @@ fn now_ns() -> u64 {
 
 /// The child's environment: the agent's (unless cleared) with overrides.
 fn build_env(a: &ExecArgs) -> Result<Vec<alloc::ffi::CString>, RemoteError> {
-    let mut vars: Vec<Vec<u8>> = Vec::new();
-    if !a.env_clear {
-        extern "C" {
-            static environ: *const *const libc::c_char;
-        }
-        // SAFETY: walking the NULL-terminated environ array (single-threaded agent).
-        unsafe {
-            let mut p = environ;
-            while !p.is_null() && !(*p).is_null() {
-                vars.push(core::ffi::CStr::from_ptr(*p).to_bytes().to_vec());
-                p = p.add(1);
-            }
-        }
-    }
+    let mut vars: Vec<Vec<u8>> =
+        if a.env_clear { Vec::new() } else { super::util::environ().into_iter().map(<[u8]>::to_vec).collect() };
     for (k, v) in &a.env {
         if k.is_empty() || k.contains(&b'=') {
             return Err(RemoteError::new(ErrorKind::BadArgs, "exec: bad environment variable name"));
