@@ -36,6 +36,10 @@ pub enum Upload {
     Memfd,
 }
 
+/// Turns the stderr of a process whose bootstrap failed into a
+/// method-specific error (e.g. ssh's "Permission denied"), or `None`.
+pub type Classify<'a> = dyn Fn(&[u8]) -> Option<ConnectError> + 'a;
+
 /// What a successful bootstrap hands on.
 #[derive(Debug)]
 pub struct Bootstrapped {
@@ -67,6 +71,7 @@ const STDERR_TAIL: usize = 8192;
 
 struct Phase<'a> {
     context: &'a str,
+    classify: &'a Classify<'a>,
     pipes: &'a Pipes<'a>,
     deadline: Instant,
     timeout: Duration,
@@ -81,10 +86,16 @@ impl Phase<'_> {
     }
 
     fn timeout(&self, phase: &'static str) -> ConnectError {
+        if let Some(e) = (self.classify)(&self.stderr) {
+            return e;
+        }
         ConnectError::Timeout { context: self.context.into(), phase, timeout: self.timeout, output: self.output() }
     }
 
     fn fail(&self, reason: impl Into<String>) -> ConnectError {
+        if let Some(e) = (self.classify)(&self.stderr) {
+            return e;
+        }
         ConnectError::Bootstrap { context: self.context.into(), reason: reason.into(), output: self.output() }
     }
 
@@ -184,10 +195,12 @@ pub fn run(
     pipes: &Pipes<'_>,
     timeout: Duration,
     max_message_size: u32,
+    classify: &Classify<'_>,
 ) -> Result<Bootstrapped, ConnectError> {
     let start = Instant::now();
     let mut ph = Phase {
         context,
+        classify,
         pipes,
         deadline: start + timeout,
         timeout,

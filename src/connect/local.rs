@@ -1,12 +1,13 @@
-//! The `local` method: an agent on this machine, started through the same
-//! stage0 path that ssh uses (`sh -c '<stage0>'`).
+//! The `local` method, and `create_child`, the spawn path every method
+//! shares: an agent on this machine, started through the same stage0 path
+//! that ssh uses (`sh -c '<stage0>'`).
 //!
 //! `create_child` (mitogen's name): one socketpair end becomes the child's
 //! stdin and stdout, a pipe its stderr. The child gets its own process
 //! group, so a Ctrl-C at the terminal goes to the master, which then closes
 //! the stream; the agent exits on that EOF and takes its commands with it.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -29,12 +30,33 @@ pub struct LocalOptions {
 
 impl Default for LocalOptions {
     fn default() -> Self {
-        LocalOptions {
-            name: None,
-            sh: PathBuf::from("/bin/sh"),
-            env: Vec::new(),
-            connect_timeout: Duration::from_secs(30),
-        }
+        LocalOptions { name: None, sh: PathBuf::from("/bin/sh"), env: Vec::new(), connect_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// What to start for a context: a program, its arguments and environment.
+#[derive(Clone, Debug, Default)]
+pub struct ChildCommand {
+    /// Program (looked up in `PATH` when it has no `/`).
+    pub program: OsString,
+    /// Arguments.
+    pub args: Vec<OsString>,
+    /// Variables to set.
+    pub env: Vec<(OsString, OsString)>,
+    /// Variables to remove.
+    pub env_remove: Vec<OsString>,
+}
+
+impl ChildCommand {
+    /// `program` with no arguments yet.
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        ChildCommand { program: program.as_ref().to_owned(), ..ChildCommand::default() }
+    }
+
+    /// Appends an argument.
+    pub fn arg(&mut self, a: impl AsRef<OsStr>) -> &mut Self {
+        self.args.push(a.as_ref().to_owned());
+        self
     }
 }
 
@@ -49,22 +71,28 @@ pub struct Spawned {
     pub stderr: OwnedFd,
 }
 
-/// Starts `sh -c <script>` with a socketpair as stdin/stdout.
-pub fn create_child(opts: &LocalOptions, script: &str) -> std::io::Result<Spawned> {
+/// The local method's command: `sh -c <stage0>`.
+pub fn command(opts: &LocalOptions, stage0: &str) -> ChildCommand {
+    let mut c = ChildCommand::new(&opts.sh);
+    c.arg("-c").arg(stage0);
+    c.env = opts.env.clone();
+    c
+}
+
+/// Starts `cmd` with a socketpair as stdin/stdout and a pipe as stderr.
+pub fn create_child(cmd: &ChildCommand) -> std::io::Result<Spawned> {
     let (ours, theirs) = UnixStream::pair()?;
     let theirs: OwnedFd = theirs.into();
     let theirs2 = theirs.try_clone()?;
-    let mut cmd = Command::new(&opts.sh);
-    cmd.arg("-c")
-        .arg(script)
-        .stdin(Stdio::from(theirs))
-        .stdout(Stdio::from(theirs2))
-        .stderr(Stdio::piped())
-        .process_group(0);
-    for (k, v) in &opts.env {
-        cmd.env(k, v);
+    let mut c = Command::new(&cmd.program);
+    c.args(&cmd.args).stdin(Stdio::from(theirs)).stdout(Stdio::from(theirs2)).stderr(Stdio::piped()).process_group(0);
+    for k in &cmd.env_remove {
+        c.env_remove(k);
     }
-    let mut child = cmd.spawn()?;
+    for (k, v) in &cmd.env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn()?;
     let stderr = child.stderr.take().map(OwnedFd::from).ok_or_else(|| std::io::Error::other("no stderr pipe"))?;
     // The Child handle is dropped without waiting: a ProcessMonitor reaps it.
     Ok(Spawned { pid: child.id(), sock: ours.into(), stderr })

@@ -46,6 +46,9 @@ pub struct ConnectInfo {
     pub agent_bytes_sent: usize,
     /// Spawn to hello.
     pub bootstrap_time: Duration,
+    /// Pid of the local process that carries the stream (the agent itself
+    /// for `local`, the `ssh` client for ssh).
+    pub transport_pid: Option<u32>,
 }
 
 /// A connected context. Cheap to clone; all clones talk to the same agent.

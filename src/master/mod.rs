@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::connect::bootstrap::{self, Pipes};
 use crate::connect::error::ConnectError;
-use crate::connect::local::{self, LocalOptions};
+use crate::connect::local::{self, ChildCommand, LocalOptions};
 use crate::connect::process_monitor::ProcessMonitor;
 use crate::connect::stage0;
 use crate::core::broker::{Broker, Cmd, StreamSetup};
@@ -80,18 +80,31 @@ impl Router {
     pub fn local(&self, opts: LocalOptions) -> Result<Context, ConnectError> {
         let id = self.core.table.allocate_context_id();
         let name = opts.name.clone().unwrap_or_else(|| format!("local.{id}"));
-        let script = stage0::script(&embedded::specs(), id);
-        let spawned = local::create_child(&opts, &script).map_err(|source| ConnectError::Spawn {
+        let cmd = local::command(&opts, &stage0::script(&embedded::specs(), id));
+        self.connect_child(id, name, &cmd, opts.connect_timeout, &|_| None)
+    }
+
+    /// Starts `cmd` (which ends in `sh -c <stage0>` on the target), runs
+    /// the bootstrap, and returns the context. `classify` turns what the
+    /// process printed on stderr into a method-specific error.
+    pub(crate) fn connect_child(
+        &self,
+        id: u32,
+        name: String,
+        cmd: &ChildCommand,
+        timeout: std::time::Duration,
+        classify: &bootstrap::Classify<'_>,
+    ) -> Result<Context, ConnectError> {
+        let spawned = local::create_child(cmd).map_err(|source| ConnectError::Spawn {
             context: name.clone(),
-            program: opts.sh.display().to_string(),
+            program: cmd.program.to_string_lossy().into_owned(),
             source,
         })?;
-        let mut pm =
-            ProcessMonitor::new(spawned.pid).map_err(|source| ConnectError::Io { context: name.clone(), source })?;
+        let mut pm = ProcessMonitor::new(spawned.pid).map_err(|source| ConnectError::Io { context: name.clone(), source })?;
         let io = |source: rustix::io::Errno| ConnectError::Io { context: name.clone(), source: source.into() };
         side::set_nonblocking(spawned.sock.as_fd(), true).map_err(io)?;
         let pipes = Pipes { rx: spawned.sock.as_fd(), tx: spawned.sock.as_fd(), stderr: Some(spawned.stderr.as_fd()) };
-        let boot = match bootstrap::run(&name, &pipes, opts.connect_timeout, self.core.table.max_message_size) {
+        let boot = match bootstrap::run(&name, &pipes, timeout, self.core.table.max_message_size, classify) {
             Ok(b) => b,
             Err(e) => {
                 // A failed bootstrap leaves nothing behind.
@@ -101,8 +114,9 @@ impl Router {
             }
         };
         let tx = spawned.sock.try_clone().map_err(|source| ConnectError::Io { context: name.clone(), source })?;
+        let transport_pid = pm.pid();
         let t = Transport { rx: spawned.sock, tx, stderr: Some(spawned.stderr), process: Some(pm) };
-        self.attach(id, name, t, boot)
+        self.attach(id, name, t, boot, Some(transport_pid))
     }
 
     /// Hands a bootstrapped stream to the broker and returns its Context.
@@ -112,6 +126,7 @@ impl Router {
         name: String,
         t: Transport,
         boot: bootstrap::Bootstrapped,
+        transport_pid: Option<u32>,
     ) -> Result<Context, ConnectError> {
         let Transport { rx, tx, stderr, process } = t;
         let out =
@@ -126,6 +141,7 @@ impl Router {
             upload: boot.upload.clone(),
             agent_bytes_sent: boot.agent_bytes_sent,
             bootstrap_time: boot.elapsed,
+            transport_pid,
         };
         log::debug!(
             "[{}] connected in {:?}: agent pid {} ({}), {} agent bytes sent ({:?})",
