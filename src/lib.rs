@@ -45,7 +45,12 @@ pub mod agent;
 pub mod master;
 
 #[cfg(feature = "master")]
-pub use connect::{error::ConnectError, local::LocalOptions, process_monitor::ExitStatus};
+pub use connect::{
+    error::ConnectError,
+    local::LocalOptions,
+    process_monitor::ExitStatus,
+    ssh::{HostKeyPolicy, SshFailure, SshOptions},
+};
 #[cfg(feature = "master")]
 pub use master::{
     context::{ConnectInfo, Context, Pending},

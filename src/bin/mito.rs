@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use mito::functions::ExecArgs;
-use mito::{Context, LocalOptions, Router};
+use mito::{Context, HostKeyPolicy, LocalOptions, Router, SshOptions};
 use serde_bytes::ByteBuf;
 
 #[derive(Parser, Debug)]
@@ -26,15 +26,46 @@ struct Cli {
     /// Connect timeout in seconds.
     #[arg(long, default_value_t = 30.0, global = true)]
     connect_timeout: f64,
+    /// ssh: private key file (`ssh -i`).
+    #[arg(short = 'i', long, global = true, value_name = "FILE")]
+    identity: Option<std::path::PathBuf>,
+    /// ssh: extra option, as for `ssh -o` (repeatable).
+    #[arg(short = 'o', long = "ssh-option", global = true, value_name = "KEY=VALUE")]
+    ssh_options: Vec<String>,
+    /// ssh: config file (`ssh -F`).
+    #[arg(short = 'F', long, global = true, value_name = "FILE")]
+    ssh_config: Option<std::path::PathBuf>,
+    /// ssh: host key policy.
+    #[arg(long, global = true, value_enum, default_value_t = HostKeys::Enforce)]
+    check_host_keys: HostKeys,
+    /// ssh: take the login password from this environment variable.
+    #[arg(long, global = true, value_name = "VAR")]
+    password_env: Option<String>,
+    /// ssh: take the login password from the first line of this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    password_file: Option<std::path::PathBuf>,
+    /// ssh: ask for the login password on the terminal.
+    #[arg(long, global = true)]
+    ask_password: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum HostKeys {
+    /// Unknown or changed host keys fail.
+    Enforce,
+    /// Unknown keys are recorded, changed keys fail.
+    AcceptNew,
+    /// No host key checking.
+    Ignore,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a command in a context, streaming its output; exits with its code.
     Run {
-        /// Where: `local`.
+        /// Where: `local` or `ssh://[user@]host[:port]`.
         target: String,
         /// Do not forward this process's stdin to the command.
         #[arg(long)]
@@ -45,7 +76,7 @@ enum Command {
     },
     /// Connect and measure round trips.
     Ping {
-        /// Where: `local`.
+        /// Where: `local` or `ssh://[user@]host[:port]`.
         target: String,
         /// Number of round trips.
         #[arg(short, long, default_value_t = 1)]
@@ -53,7 +84,7 @@ enum Command {
     },
     /// Who and where the agent is.
     Info {
-        /// Where: `local`.
+        /// Where: `local` or `ssh://[user@]host[:port]`.
         target: String,
         /// Machine-readable output.
         #[arg(long)]
@@ -78,19 +109,64 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn connect(router: &Router, target: &str, timeout: Duration) -> Result<Context, String> {
+/// Reads the password from where the flags say; never from argv.
+fn password(cli: &Cli) -> Result<Option<String>, String> {
+    if let Some(var) = &cli.password_env {
+        return std::env::var(var).map(Some).map_err(|_| format!("--password-env: ${var} is not set"));
+    }
+    if let Some(f) = &cli.password_file {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("--password-file {}: {e}", f.display()))?;
+        return Ok(Some(text.lines().next().unwrap_or("").to_string()));
+    }
+    if cli.ask_password {
+        return read_tty_password("Password: ").map(Some);
+    }
+    Ok(None)
+}
+
+/// Prompts on /dev/tty with echo off.
+fn read_tty_password(prompt: &str) -> Result<String, String> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    let mut tty =
+        std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").map_err(|e| format!("/dev/tty: {e}"))?;
+    let saved = tcgetattr(&tty).map_err(|e| format!("/dev/tty: {e}"))?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    let _ = write!(tty, "{prompt}");
+    let _ = tty.flush();
+    tcsetattr(&tty, OptionalActions::Flush, &quiet).map_err(|e| format!("/dev/tty: {e}"))?;
+    let mut line = String::new();
+    let r = std::io::BufRead::read_line(&mut std::io::BufReader::new(&tty), &mut line);
+    let _ = tcsetattr(&tty, OptionalActions::Flush, &saved);
+    let _ = writeln!(tty);
+    r.map_err(|e| format!("/dev/tty: {e}"))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn connect(router: &Router, target: &str, cli: &Cli) -> Result<Context, String> {
+    let timeout = Duration::from_secs_f64(cli.connect_timeout.max(0.001));
+    if target.starts_with("ssh://") {
+        let mut o = SshOptions::from_url(target)?;
+        o.connect_timeout = timeout;
+        o.identity_file = cli.identity.clone();
+        o.ssh_config = cli.ssh_config.clone();
+        o.options = cli.ssh_options.clone();
+        o.password = password(cli)?;
+        o.check_host_keys = match cli.check_host_keys {
+            HostKeys::Enforce => HostKeyPolicy::Enforce,
+            HostKeys::AcceptNew => HostKeyPolicy::AcceptNew,
+            HostKeys::Ignore => HostKeyPolicy::Ignore,
+        };
+        return router.ssh(o).map_err(|e| e.to_string());
+    }
     let (method, name) = target.split_once(':').map_or((target, None), |(m, n)| (m, Some(n.to_string())));
     match method {
         "local" => router
-            .local(LocalOptions {
-                name: name.or_else(|| Some("local".into())),
-                connect_timeout: timeout,
-                ..LocalOptions::default()
-            })
+            .local(LocalOptions { name: name.or_else(|| Some("local".into())), connect_timeout: timeout, ..LocalOptions::default() })
             .map_err(|e| e.to_string()),
-        _ => {
-            Err(format!("unknown target {target:?}: supported today: local (ssh, sudo and containers are on the way)"))
-        }
+        _ => Err(format!(
+            "unknown target {target:?}: supported today: local, ssh://[user@]host[:port] (sudo and containers are on the way)"
+        )),
     }
 }
 
@@ -108,14 +184,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     let router = Router::new().map_err(|e| format!("cannot start the broker: {e}"))?;
-    let timeout = Duration::from_secs_f64(cli.connect_timeout.max(0.001));
-    match cli.command {
+    match &cli.command {
         Command::Run { target, no_stdin, argv } => {
             let mut stdin = Vec::new();
-            if !no_stdin && !std::io::stdin().is_terminal() {
+            if !*no_stdin && !std::io::stdin().is_terminal() {
                 std::io::stdin().read_to_end(&mut stdin).map_err(|e| format!("reading stdin: {e}"))?;
             }
-            let ctx = connect(&router, &target, timeout)?;
+            let ctx = connect(&router, target, &cli)?;
             let args = ExecArgs {
                 argv: argv.iter().map(|a| ByteBuf::from(a.as_bytes())).collect(),
                 stdin: ByteBuf::from(stdin),
@@ -137,7 +212,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Ping { target, count } => {
             let t0 = Instant::now();
-            let ctx = connect(&router, &target, timeout)?;
+            let ctx = connect(&router, target, &cli)?;
             let connected = t0.elapsed();
             ctx.ping().map_err(|e| e.to_string())?;
             let first = t0.elapsed();
@@ -150,7 +225,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 first.as_secs_f64() * 1e3
             );
             let mut rtts = Vec::new();
-            for _ in 1..count {
+            for _ in 1..*count {
                 let t = Instant::now();
                 ctx.ping().map_err(|e| e.to_string())?;
                 rtts.push(t.elapsed());
@@ -168,9 +243,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Info { target, json } => {
-            let ctx = connect(&router, &target, timeout)?;
+            let ctx = connect(&router, target, &cli)?;
             let info = ctx.info().map_err(|e| e.to_string())?;
-            if json {
+            if *json {
                 let mut v = serde_json::to_value(&info).map_err(|e| e.to_string())?;
                 if let Some(o) = v.as_object_mut() {
                     o.insert("context".into(), ctx.name().into());

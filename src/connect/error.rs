@@ -83,6 +83,18 @@ pub enum ConnectError {
         /// What the target printed (formatted, may be empty).
         output: String,
     },
+    /// ssh could not log in or run the bootstrap.
+    #[error("{context}: ssh{}: {failure}{output}", if context == host { String::new() } else { format!(" to {host}") })]
+    Ssh {
+        /// Context name.
+        context: String,
+        /// `[user@]host[:port]`.
+        host: String,
+        /// What went wrong.
+        failure: super::ssh::SshFailure,
+        /// What ssh printed (formatted, may be empty).
+        output: String,
+    },
     /// The broker could not take the new stream.
     #[error("{context}: {source}")]
     Io {

@@ -30,7 +30,12 @@ pub struct LocalOptions {
 
 impl Default for LocalOptions {
     fn default() -> Self {
-        LocalOptions { name: None, sh: PathBuf::from("/bin/sh"), env: Vec::new(), connect_timeout: Duration::from_secs(30) }
+        LocalOptions {
+            name: None,
+            sh: PathBuf::from("/bin/sh"),
+            env: Vec::new(),
+            connect_timeout: Duration::from_secs(30),
+        }
     }
 }
 

@@ -22,3 +22,5 @@ pub mod error;
 pub mod local;
 #[cfg(feature = "master")]
 pub mod process_monitor;
+#[cfg(feature = "master")]
+pub mod ssh;

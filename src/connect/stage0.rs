@@ -61,12 +61,13 @@ fn memfd_syscall(arch: &str) -> &'static str {
 
 /// Perl loader: copy exactly N bytes of stdin into a memfd (MFD_EXEC where
 /// the kernel knows it, for `vm.memfd_noexec`), then exec it. `sysread`
-/// never reads past what it is asked for.
+/// never reads past what it is asked for. Free of `'` (it sits inside
+/// single quotes) and of `!` (csh history expansion).
 const PERL_LOADER: &str = concat!(
     r#"($n,$s)=splice(@ARGV,0,2);$nm="mito-agent";$fd=syscall($s,$nm,17);$fd=syscall($s,$nm,1) if $fd<0;"#,
-    r#"die "memfd_create: $!" if $fd<0;open($m,">&=",$fd) or die "fdopen: $!";binmode $m;"#,
-    r#"while($n>0){$r=sysread(STDIN,$b,$n<65536?$n:65536);die "short read" if !$r;syswrite($m,$b)==$r or die "write: $!";$n-=$r}"#,
-    r#"exec {"/proc/self/fd/$fd"} "mito-agent",@ARGV or die "exec: $!""#
+    r#"die "memfd_create: $^E" if $fd<0;open($m,">&=",$fd) or die "fdopen: $^E";binmode $m;"#,
+    r#"while($n>0){$r=sysread(STDIN,$b,$n<65536?$n:65536);die "short read" unless $r;syswrite($m,$b)==$r or die "write: $^E";$n-=$r}"#,
+    r#"exec {"/proc/self/fd/$fd"} "mito-agent",@ARGV or die "exec: $^E""#
 );
 
 fn push_num(s: &mut String, n: usize) {
@@ -75,25 +76,27 @@ fn push_num(s: &mut String, n: usize) {
     s.push_str(core::str::from_utf8(&v).unwrap_or("0"));
 }
 
-/// The stage0 script for context `context_id` with these agents.
+/// The stage0 script for context `context_id` with these agents: one line,
+/// POSIX sh, no `!` (it passes through the target's login shell, which
+/// may be csh), single quotes only around the perl loader.
 pub fn script(agents: &[AgentSpec<'_>], context_id: u32) -> String {
     let mut s = String::with_capacity(2048);
     s.push_str("umask 077;I=");
     push_num(&mut s, context_id as usize);
-    s.push_str(
-        "\nv(){ if command -v sha256sum >/dev/null 2>&1;then c=$(sha256sum \"$1\")&&[ \"${c%% *}\" = \"$H\" ];\
-         else [ \"$(wc -c <\"$1\")\" -eq \"$N\" ];fi;}\n\
-         C=\"${XDG_CACHE_HOME:-$HOME/.cache}/mito\"\n",
-    );
+    s.push_str(concat!(
+        ";v(){ if command -v sha256sum >/dev/null 2>&1;then c=$(sha256sum \"$1\")&&[ \"${c%% *}\" = \"$H\" ];",
+        "else [ \"$(wc -c <\"$1\")\" -eq \"$N\" ];fi;}",
+        ";C=\"${XDG_CACHE_HOME:-$HOME/.cache}/mito\"",
+    ));
     // Warm path: no uname, no id.
     for a in agents {
-        s.push_str("H=");
+        s.push_str(";H=");
         s.push_str(a.sha256);
         s.push_str(";N=");
         push_num(&mut s, a.raw_len);
-        s.push_str(";f=\"$C/agent-$H\";[ -x \"$f\" ]&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\"\n");
+        s.push_str(";f=\"$C/agent-$H\";[ -x \"$f\" ]&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\"");
     }
-    s.push_str("A=$(uname -m)\ncase \"$A\" in\n");
+    s.push_str(";A=$(uname -m);case \"$A\" in ");
     for a in agents {
         s.push_str(a.arch);
         s.push_str(")H=");
@@ -104,27 +107,55 @@ pub fn script(agents: &[AgentSpec<'_>], context_id: u32) -> String {
         push_num(&mut s, a.gz_len);
         s.push_str(";S=");
         s.push_str(memfd_syscall(a.arch));
-        s.push_str(";;\n");
+        s.push_str(";;");
     }
-    s.push_str(
-        "*)echo \"MITOERR arch $A\";exit 1;;\nesac\n\
-         u=$(id -u);D=\n\
-         for d in \"$C\" ${XDG_RUNTIME_DIR:+\"$XDG_RUNTIME_DIR/mito\"} \"/dev/shm/mito-$u\" \"/var/tmp/mito-$u\" \"/tmp/mito-$u\";do\n\
-         f=\"$d/agent-$H\";[ -x \"$f\" ]&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\"\n\
-         if [ -z \"$D\" ]&&mkdir -p \"$d\" 2>/dev/null&&[ -O \"$d\" ]&&chmod 700 \"$d\" 2>/dev/null;then\n\
-         t=\"$d/.probe.$$\";if : >\"$t\" 2>/dev/null&&chmod 700 \"$t\"&&[ -x \"$t\" ];then D=$d;fi;rm -f \"$t\"\n\
-         fi\ndone\n\
-         if [ -n \"$D\" ];then\n\
-         f=\"$D/agent-$H\";t=\"$D/.agent-$H.$$\"\n\
-         if command -v gzip >/dev/null 2>&1;then echo \"MITO0 need $A gz $D\";\
-         head -c \"$Z\" >\"$t.gz\"&&gzip -dc <\"$t.gz\" >\"$t\";e=$?;rm -f \"$t.gz\"\n\
-         else echo \"MITO0 need $A raw $D\";head -c \"$N\" >\"$t\";e=$?;fi\n\
-         [ $e = 0 ]||{ rm -f \"$t\";echo \"MITOERR write $D\";exit 1;}\n\
-         if v \"$t\"&&chmod 700 \"$t\"&&mv -f \"$t\" \"$f\";then exec \"$f\" \"$H\" \"$I\";fi\n\
-         rm -f \"$t\";echo \"MITOERR verify $D\";exit 1\nfi\n\
-         if command -v perl >/dev/null 2>&1;then echo \"MITO0 need $A raw memfd\";exec perl -e '",
-    );
+    s.push_str(concat!(
+        "*)echo \"MITOERR arch $A\";exit 1;;esac",
+        ";u=$(id -u);D=",
+        ";for d in \"$C\" ${XDG_RUNTIME_DIR:+\"$XDG_RUNTIME_DIR/mito\"} \"/dev/shm/mito-$u\" \"/var/tmp/mito-$u\" \"/tmp/mito-$u\";do ",
+        "f=\"$d/agent-$H\";[ -x \"$f\" ]&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\"",
+        ";if [ -z \"$D\" ]&&mkdir -p \"$d\" 2>/dev/null&&[ -O \"$d\" ]&&chmod 700 \"$d\" 2>/dev/null;then ",
+        "t=\"$d/.probe.$$\";if : >\"$t\" 2>/dev/null&&chmod 700 \"$t\"&&[ -x \"$t\" ];then D=$d;fi;rm -f \"$t\"",
+        ";fi;done",
+        ";if [ -n \"$D\" ];then f=\"$D/agent-$H\";t=\"$D/.agent-$H.$$\"",
+        ";if command -v gzip >/dev/null 2>&1;then echo \"MITO0 need $A gz $D\"",
+        ";head -c \"$Z\" >\"$t.gz\"&&gzip -dc <\"$t.gz\" >\"$t\";e=$?;rm -f \"$t.gz\"",
+        ";else echo \"MITO0 need $A raw $D\";head -c \"$N\" >\"$t\";e=$?;fi",
+        ";[ $e = 0 ]||{ rm -f \"$t\";echo \"MITOERR write $D\";exit 1;}",
+        ";if v \"$t\"&&chmod 700 \"$t\"&&mv -f \"$t\" \"$f\";then exec \"$f\" \"$H\" \"$I\";fi",
+        ";rm -f \"$t\";echo \"MITOERR verify $D\";exit 1;fi",
+        ";if command -v perl >/dev/null 2>&1;then echo \"MITO0 need $A raw memfd\";exec perl -e '",
+    ));
     s.push_str(PERL_LOADER);
-    s.push_str("' \"$N\" \"$S\" \"$H\" \"$I\";fi\necho \"MITOERR noexec\";exit 1\n");
+    s.push_str("' \"$N\" \"$S\" \"$H\" \"$I\";fi;echo \"MITOERR noexec\";exit 1");
     s
+}
+
+/// Quotes `s` for a POSIX shell: `'…'`, with each `'` as `'\''`.
+pub fn sh_quote(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('\'');
+    for c in s.chars() {
+        if c == '\'' {
+            q.push_str("'\\''");
+        } else {
+            q.push(c);
+        }
+    }
+    q.push('\'');
+    q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_without_bang() {
+        let a = AgentSpec { arch: "x86_64", sha256: "ab", raw_len: 10, gz_len: 5 };
+        let s = script(&[a], 7);
+        assert!(!s.contains('\n') && !s.contains('!'), "{s}");
+        assert_eq!(s.matches('\'').count(), 2, "only the perl loader is quoted");
+        assert_eq!(sh_quote("a'b"), "'a'\\''b'");
+    }
 }

@@ -22,6 +22,7 @@ use crate::connect::bootstrap::{self, Pipes};
 use crate::connect::error::ConnectError;
 use crate::connect::local::{self, ChildCommand, LocalOptions};
 use crate::connect::process_monitor::ProcessMonitor;
+use crate::connect::ssh::{self, SshOptions};
 use crate::connect::stage0;
 use crate::core::broker::{Broker, Cmd, StreamSetup};
 use crate::core::router::{ContextShared, RouterTable};
@@ -84,6 +85,16 @@ impl Router {
         self.connect_child(id, name, &cmd, opts.connect_timeout, &|_| None)
     }
 
+    /// Starts an agent on another host through the system `ssh` client.
+    pub fn ssh(&self, opts: SshOptions) -> Result<Context, ConnectError> {
+        let id = self.core.table.allocate_context_id();
+        let name = opts.name.clone().unwrap_or_else(|| opts.display_host());
+        let prepared = ssh::prepare(&opts, &stage0::script(&embedded::specs(), id))
+            .map_err(|source| ConnectError::Io { context: name.clone(), source })?;
+        let classify = |stderr: &[u8]| prepared.classify(&name, stderr);
+        self.connect_child(id, name.clone(), &prepared.command, opts.connect_timeout, &classify)
+    }
+
     /// Starts `cmd` (which ends in `sh -c <stage0>` on the target), runs
     /// the bootstrap, and returns the context. `classify` turns what the
     /// process printed on stderr into a method-specific error.
@@ -100,7 +111,8 @@ impl Router {
             program: cmd.program.to_string_lossy().into_owned(),
             source,
         })?;
-        let mut pm = ProcessMonitor::new(spawned.pid).map_err(|source| ConnectError::Io { context: name.clone(), source })?;
+        let mut pm =
+            ProcessMonitor::new(spawned.pid).map_err(|source| ConnectError::Io { context: name.clone(), source })?;
         let io = |source: rustix::io::Errno| ConnectError::Io { context: name.clone(), source: source.into() };
         side::set_nonblocking(spawned.sock.as_fd(), true).map_err(io)?;
         let pipes = Pipes { rx: spawned.sock.as_fd(), tx: spawned.sock.as_fd(), stderr: Some(spawned.stderr.as_fd()) };

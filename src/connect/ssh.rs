@@ -1,0 +1,397 @@
+//! The `ssh` method: the system OpenSSH client runs stage0 on the target.
+//!
+//! We only add `-o` options to the user's own ssh, so `~/.ssh/config`,
+//! ssh-agent, ProxyJump and ControlMaster keep working. The remote command
+//! is `sh -c '<stage0>'`, handed to the target's login shell.
+//!
+//! Passwords go through `SSH_ASKPASS` with `SSH_ASKPASS_REQUIRE=force`
+//! (OpenSSH ≥ 8.4): a tiny script in a private 0700 directory `cat`s a FIFO,
+//! and a master thread writes the password into that FIFO once. The
+//! password is never in an argv, an environment or a file; ssh is told to
+//! ask once (`NumberOfPasswordPrompts=1`), so it is sent once.
+//!
+//! Failures are recognised from ssh's stderr (kept terse with
+//! `LogLevel=ERROR`, which also hides banners that might say "password")
+//! and become [`SshFailure`]s naming the host.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::error::ConnectError;
+use super::local::ChildCommand;
+use super::stage0::sh_quote;
+
+/// Host key policy (`StrictHostKeyChecking`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// Unknown or changed keys fail the connect (`yes`).
+    #[default]
+    Enforce,
+    /// Unknown keys are added, changed keys fail (`accept-new`).
+    AcceptNew,
+    /// No checking at all (`no`, known_hosts `/dev/null`).
+    Ignore,
+}
+
+/// Options of [`crate::Router::ssh`].
+#[derive(Clone, Default)]
+pub struct SshOptions {
+    /// Name in logs and errors (default `[user@]host[:port]`).
+    pub name: Option<String>,
+    /// Host name or alias from ssh_config.
+    pub hostname: String,
+    /// Port (`-p`); ssh's default (config or 22) when `None`.
+    pub port: Option<u16>,
+    /// Remote user (`-l`); ssh's default when `None`.
+    pub username: Option<String>,
+    /// Private key (`-i`, with `IdentitiesOnly=yes`).
+    pub identity_file: Option<PathBuf>,
+    /// ssh config file (`-F`); the user's `~/.ssh/config` when `None`.
+    pub ssh_config: Option<PathBuf>,
+    /// Extra `-o` options (`"Key=Value"`).
+    pub options: Vec<String>,
+    /// Limit for the whole bootstrap; also ssh's `ConnectTimeout`.
+    pub connect_timeout: Duration,
+    /// ssh compression (`-C`); off by default (it costs CPU on fast links).
+    pub compression: bool,
+    /// Host key policy.
+    pub check_host_keys: HostKeyPolicy,
+    /// Password for password/keyboard-interactive authentication.
+    pub password: Option<String>,
+    /// The ssh program.
+    pub ssh_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SshOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshOptions")
+            .field("hostname", &self.hostname)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("identity_file", &self.identity_file)
+            .field("options", &self.options)
+            .field("check_host_keys", &self.check_host_keys)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SshOptions {
+    /// Options for `host` with defaults (30 s timeout, enforce host keys).
+    pub fn new(hostname: impl Into<String>) -> SshOptions {
+        SshOptions { hostname: hostname.into(), connect_timeout: Duration::from_secs(30), ..SshOptions::default() }
+    }
+
+    /// Parses `ssh://[user@]host[:port]` (or `[user@]host[:port]`).
+    pub fn from_url(url: &str) -> Result<SshOptions, String> {
+        let rest = url.strip_prefix("ssh://").unwrap_or(url);
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (user, hostport) = match rest.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, rest),
+        };
+        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+            let (h, after) = h.split_once(']').ok_or_else(|| format!("bad IPv6 address in {url:?}"))?;
+            (h.to_string(), after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (hostport.to_string(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("no host in {url:?}"));
+        }
+        let port = port.map(|p| p.parse::<u16>().map_err(|_| format!("bad port {p:?} in {url:?}"))).transpose()?;
+        Ok(SshOptions { username: user, port, ..SshOptions::new(host) })
+    }
+
+    /// `[user@]host[:port]`, for names and errors.
+    pub fn display_host(&self) -> String {
+        let mut s = String::new();
+        if let Some(u) = &self.username {
+            s.push_str(u);
+            s.push('@');
+        }
+        s.push_str(&self.hostname);
+        if let Some(p) = self.port {
+            s.push_str(&format!(":{p}"));
+        }
+        s
+    }
+}
+
+/// Why ssh could not log in, recognised from its output.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SshFailure {
+    /// Host key not in known_hosts under `Enforce`.
+    #[error("host key verification failed: the host is not in known_hosts (check_host_keys=enforce; add its key, or use accept-new)")]
+    HostKeyUnknown,
+    /// The host key differs from the recorded one.
+    #[error("host key verification failed: the host key has CHANGED since it was recorded (a man-in-the-middle, or a reinstalled host)")]
+    HostKeyChanged,
+    /// The password was sent and refused.
+    #[error("permission denied: wrong password")]
+    WrongPassword,
+    /// No accepted credentials (keys refused, or a password needed but none given).
+    #[error("permission denied ({methods}){hint}")]
+    AuthFailed {
+        /// The methods the server offered.
+        methods: String,
+        /// Advice, e.g. that a password may be needed.
+        hint: String,
+    },
+    /// Nothing listens on the port.
+    #[error("connection refused")]
+    ConnectionRefused,
+    /// The host name does not resolve.
+    #[error("host name does not resolve")]
+    NameNotResolved,
+    /// No route to the host.
+    #[error("no route to host")]
+    NoRoute,
+    /// ssh's own connect timeout.
+    #[error("connection timed out")]
+    ConnectTimedOut,
+    /// The remote side has no usable POSIX `sh`.
+    #[error("the remote shell could not run the bootstrap (no POSIX sh?)")]
+    RemoteShell,
+}
+
+/// A private directory with the askpass script and its FIFO; removed on drop.
+struct Askpass {
+    dir: PathBuf,
+    asked: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Askpass {
+    fn new(password: String) -> std::io::Result<Askpass> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("mito-askpass-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        fs::create_dir(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        let fifo = dir.join("answer");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(std::io::Error::from)?;
+        let script = dir.join("askpass");
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o700).open(&script)?;
+        // Answer only password prompts; anything else (a passphrase, a
+        // yes/no question) gets no answer, so ssh fails instead of guessing.
+        writeln!(f, "#!/bin/sh\ncase \"$1\" in *[Pp]assword*) exec cat \"$(dirname \"$0\")/answer\";; esac\nexit 1")?;
+        drop(f);
+        let asked = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let (a2, d2, fifo2) = (asked.clone(), done.clone(), fifo.clone());
+        let thread = std::thread::Builder::new().name("mito-askpass".into()).spawn(move || {
+            // Blocks until askpass opens the FIFO (or Drop unblocks it).
+            if let Ok(mut w) = fs::OpenOptions::new().write(true).open(&fifo2) {
+                if !d2.load(Ordering::SeqCst) {
+                    a2.store(true, Ordering::SeqCst);
+                    let _ = w.write_all(password.as_bytes());
+                    let _ = w.write_all(b"\n");
+                }
+            }
+        })?;
+        Ok(Askpass { dir, asked, done, thread: Some(thread) })
+    }
+
+    fn script(&self) -> PathBuf {
+        self.dir.join("askpass")
+    }
+}
+
+impl Drop for Askpass {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        // Opening the read end releases a writer still waiting in open().
+        let _ = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(self.dir.join("answer"));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Everything needed to start ssh for one connect.
+pub struct Prepared {
+    /// The command to spawn.
+    pub command: ChildCommand,
+    askpass: Option<Askpass>,
+    host: String,
+}
+
+/// Builds the ssh command line for `stage0`.
+pub fn prepare(opts: &SshOptions, stage0: &str) -> std::io::Result<Prepared> {
+    let mut c = ChildCommand::new(opts.ssh_path.clone().map_or_else(|| OsString::from("ssh"), PathBuf::into_os_string));
+    if let Some(f) = &opts.ssh_config {
+        c.arg("-F").arg(f);
+    }
+    c.arg("-T");
+    if let Some(p) = opts.port {
+        c.arg("-p").arg(p.to_string());
+    }
+    if let Some(u) = &opts.username {
+        c.arg("-l").arg(u);
+    }
+    if let Some(i) = &opts.identity_file {
+        c.arg("-i").arg(i).arg("-o").arg("IdentitiesOnly=yes");
+    }
+    let secs = opts.connect_timeout.as_secs().max(1);
+    for o in [
+        "LogLevel=ERROR".to_string(),
+        format!("ConnectTimeout={secs}"),
+        format!("Compression={}", if opts.compression { "yes" } else { "no" }),
+        "ServerAliveInterval=15".into(),
+        "ServerAliveCountMax=3".into(),
+    ] {
+        c.arg("-o").arg(o);
+    }
+    match opts.check_host_keys {
+        HostKeyPolicy::Enforce => {
+            c.arg("-o").arg("StrictHostKeyChecking=yes");
+        }
+        HostKeyPolicy::AcceptNew => {
+            c.arg("-o").arg("StrictHostKeyChecking=accept-new");
+        }
+        HostKeyPolicy::Ignore => {
+            c.arg("-o").arg("StrictHostKeyChecking=no").arg("-o").arg("UserKnownHostsFile=/dev/null");
+            c.arg("-o").arg("GlobalKnownHostsFile=/dev/null");
+        }
+    }
+    let askpass = match &opts.password {
+        Some(pw) => {
+            let a = Askpass::new(pw.clone())?;
+            c.arg("-o").arg("NumberOfPasswordPrompts=1");
+            c.env.push(("SSH_ASKPASS".into(), a.script().into_os_string()));
+            c.env.push(("SSH_ASKPASS_REQUIRE".into(), "force".into()));
+            Some(a)
+        }
+        None => {
+            // No hidden prompts: without a password ssh must not ask for one.
+            c.arg("-o").arg("BatchMode=yes");
+            None
+        }
+    };
+    for o in &opts.options {
+        c.arg("-o").arg(o);
+    }
+    c.arg("--").arg(&opts.hostname).arg(format!("sh -c {}", sh_quote(stage0)));
+    Ok(Prepared { command: c, askpass, host: opts.display_host() })
+}
+
+impl Prepared {
+    /// Maps ssh's stderr to a typed error (used by the bootstrap).
+    pub fn classify(&self, context: &str, stderr: &[u8]) -> Option<ConnectError> {
+        let text = String::from_utf8_lossy(stderr);
+        let asked = self.askpass.as_ref().map(|a| a.asked.load(Ordering::SeqCst));
+        let failure = classify_text(&text, asked)?;
+        Some(ConnectError::Ssh {
+            context: context.into(),
+            host: self.host.clone(),
+            failure,
+            output: super::error::format_output(stderr, b""),
+        })
+    }
+}
+
+/// `asked`: `None` without a password; else whether ssh asked for it.
+fn classify_text(text: &str, asked: Option<bool>) -> Option<SshFailure> {
+    let lower = text.to_lowercase();
+    if lower.contains("remote host identification has changed")
+        || lower.contains("host key for") && lower.contains("has changed")
+    {
+        return Some(SshFailure::HostKeyChanged);
+    }
+    if lower.contains("host key verification failed") {
+        return Some(SshFailure::HostKeyUnknown);
+    }
+    // Line-anchored: a login script may print "Permission denied" too (mitogen #271).
+    let denied = text.lines().find_map(|l| {
+        let l = l.trim_start();
+        let l = l.split_once(": ").filter(|(who, _)| who.contains('@') && !who.contains(' ')).map_or(l, |(_, r)| r);
+        l.strip_prefix("Permission denied")
+    });
+    if let Some(rest) = denied {
+        let methods = rest.trim().trim_start_matches('(').split(')').next().unwrap_or("").to_string();
+        return Some(match asked {
+            Some(true) => SshFailure::WrongPassword,
+            Some(false) => SshFailure::AuthFailed { methods, hint: ": the server did not ask for the password".into() },
+            None if methods.contains("password") || methods.contains("keyboard-interactive") => {
+                SshFailure::AuthFailed { methods, hint: ": keys were refused; a password may be needed".into() }
+            }
+            None => SshFailure::AuthFailed { methods, hint: String::new() },
+        });
+    }
+    if lower.contains("connection refused") {
+        return Some(SshFailure::ConnectionRefused);
+    }
+    if lower.contains("could not resolve hostname") || lower.contains("name or service not known") {
+        return Some(SshFailure::NameNotResolved);
+    }
+    if lower.contains("no route to host") || lower.contains("network is unreachable") {
+        return Some(SshFailure::NoRoute);
+    }
+    if lower.contains("connection timed out") || lower.contains("operation timed out") {
+        return Some(SshFailure::ConnectTimedOut);
+    }
+    if lower.contains("sh: not found") || lower.contains("sh: command not found") || lower.contains("sh: no such file")
+    {
+        return Some(SshFailure::RemoteShell);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let o = SshOptions::from_url("ssh://bob@example.org:2222").expect("parse");
+        assert_eq!((o.username.as_deref(), o.hostname.as_str(), o.port), (Some("bob"), "example.org", Some(2222)));
+        let o = SshOptions::from_url("ssh://[::1]:22").expect("parse");
+        assert_eq!((o.hostname.as_str(), o.port), ("::1", Some(22)));
+        let o = SshOptions::from_url("host").expect("parse");
+        assert_eq!((o.username, o.port), (None, None));
+        assert!(SshOptions::from_url("ssh://h:notaport").is_err());
+        assert!(SshOptions::from_url("ssh://").is_err());
+    }
+
+    #[test]
+    fn classification() {
+        let c = |t: &str, a| classify_text(t, a);
+        assert_eq!(c("Host key verification failed.\r\n", None), Some(SshFailure::HostKeyUnknown));
+        assert_eq!(
+            c(
+                "@@@\r\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\r\nHost key verification failed.",
+                None
+            ),
+            Some(SshFailure::HostKeyChanged)
+        );
+        assert_eq!(
+            c("bob@127.0.0.1: Permission denied (publickey,password).", Some(true)),
+            Some(SshFailure::WrongPassword)
+        );
+        assert!(matches!(c("Permission denied (publickey).", None), Some(SshFailure::AuthFailed { .. })));
+        assert_eq!(c("motd: Permission denied is a fine band\n", None), None);
+        assert_eq!(
+            c("ssh: connect to host 127.0.0.1 port 1: Connection refused", None),
+            Some(SshFailure::ConnectionRefused)
+        );
+        assert_eq!(
+            c("ssh: Could not resolve hostname nope: Name or service not known", None),
+            Some(SshFailure::NameNotResolved)
+        );
+    }
+}

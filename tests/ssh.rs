@@ -1,0 +1,219 @@
+//! The ssh method against a real OpenSSH sshd on 127.0.0.1 (scripts/test-sshd).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::sshd::{Sshd, PASSWORD};
+use common::{alive, wait_gone};
+use mito::connect::bootstrap::Upload;
+use mito::functions::ExecArgs;
+use mito::{ConnectError, HostKeyPolicy, Router, SshFailure};
+use serde_bytes::ByteBuf;
+
+fn failure(r: Result<mito::Context, ConnectError>) -> (SshFailure, String) {
+    match r {
+        Err(ConnectError::Ssh { failure, host, .. }) => (failure, host),
+        Err(e) => panic!("expected an ssh failure, got: {e}"),
+        Ok(c) => panic!("expected an ssh failure, connected to {}", c.name()),
+    }
+}
+
+/// Key login for users whose login shells are sh, bash and dash; the first
+/// connect uploads the agent, the second sends no agent bytes.
+#[test]
+fn key_login_with_each_login_shell_and_cache() {
+    let Some(sshd) = Sshd::start("key_login_with_each_login_shell_and_cache") else { return };
+    let router = Router::new().expect("router");
+    for user in ["mito-sh", "mito-bash", "mito-dash"] {
+        let _ = std::fs::remove_dir_all(format!("/home/{user}/.cache/mito"));
+        let ctx = router.ssh(sshd.opts(user)).expect("connect");
+        assert!(matches!(ctx.connect_info().upload, Upload::Stored { .. }), "{user}: {:?}", ctx.connect_info().upload);
+        assert!(ctx.connect_info().agent_bytes_sent > 10_000);
+        let info = ctx.info().expect("info");
+        assert_eq!(info.user, user);
+        assert!(info.exe.starts_with(&format!("/home/{user}/.cache/mito/agent-")), "{}", info.exe);
+        let r = ctx.exec(&["sh", "-c", "echo $HOME"]).expect("exec");
+        assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), format!("/home/{user}"));
+        let again = router.ssh(sshd.opts(user)).expect("connect again");
+        assert_eq!(again.connect_info().upload, Upload::Cached, "{user}");
+        assert_eq!(again.connect_info().agent_bytes_sent, 0, "{user}: no agent bytes on a repeat connect");
+        again.ping().expect("ping");
+    }
+}
+
+#[test]
+fn password_login_never_exposes_the_password() {
+    let Some(sshd) = Sshd::start("password_login_never_exposes_the_password") else { return };
+    let router = Router::new().expect("router");
+    let ctx = router.ssh(sshd.password_opts("mito-bash", Some(PASSWORD))).expect("password login");
+    assert_eq!(ctx.info().expect("info").user, "mito-bash");
+    let ssh_pid = ctx.connect_info().transport_pid.expect("ssh pid");
+    for what in ["cmdline", "environ"] {
+        let bytes = std::fs::read(format!("/proc/{ssh_pid}/{what}")).expect("proc");
+        assert!(!String::from_utf8_lossy(&bytes).contains(PASSWORD), "password in ssh's {what}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .expect("tmp")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("mito-askpass-{}-", std::process::id())))
+        .collect();
+    assert!(leftovers.is_empty(), "askpass directory left behind: {leftovers:?}");
+    let e = format!("{:?}", sshd.password_opts("mito-bash", Some(PASSWORD)));
+    assert!(!e.contains(PASSWORD), "Debug shows the password: {e}");
+}
+
+#[test]
+fn wrong_or_missing_password_is_a_typed_error() {
+    let Some(sshd) = Sshd::start("wrong_or_missing_password_is_a_typed_error") else { return };
+    let router = Router::new().expect("router");
+    let t0 = Instant::now();
+    let (f, host) = failure(router.ssh(sshd.password_opts("mito-bash", Some("not-the-password"))));
+    assert_eq!(f, SshFailure::WrongPassword);
+    assert_eq!(host, format!("mito-bash@127.0.0.1:{}", sshd.port));
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let (f, _) = failure(router.ssh(sshd.password_opts("mito-bash", None)));
+    assert!(matches!(f, SshFailure::AuthFailed { .. }), "{f:?}");
+}
+
+#[test]
+fn host_keys_unknown_changed_accept_new() {
+    let Some(sshd) = Sshd::start("host_keys_unknown_changed_accept_new") else { return };
+    let router = Router::new().expect("router");
+    let empty = sshd.dir.path().join("empty_known_hosts");
+    std::fs::write(&empty, "").expect("write");
+    let with_kh = |kh: &std::path::Path, policy| {
+        let mut o = sshd.opts("mito-sh");
+        o.options = vec![format!("UserKnownHostsFile={}", kh.display())];
+        o.check_host_keys = policy;
+        o
+    };
+    assert_eq!(failure(router.ssh(with_kh(&empty, HostKeyPolicy::Enforce))).0, SshFailure::HostKeyUnknown);
+
+    let other = sshd.dir.path().join("other_key");
+    let st =
+        std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other).status();
+    assert!(st.is_ok_and(|s| s.success()));
+    let pubkey = std::fs::read_to_string(other.with_extension("pub")).expect("pub");
+    let wrong = sshd.dir.path().join("wrong_known_hosts");
+    let fields: Vec<&str> = pubkey.split_whitespace().take(2).collect();
+    std::fs::write(&wrong, format!("[127.0.0.1]:{} {}\n", sshd.port, fields.join(" "))).expect("write");
+    assert_eq!(failure(router.ssh(with_kh(&wrong, HostKeyPolicy::Enforce))).0, SshFailure::HostKeyChanged);
+    assert_eq!(failure(router.ssh(with_kh(&wrong, HostKeyPolicy::AcceptNew))).0, SshFailure::HostKeyChanged);
+
+    let ctx = router.ssh(with_kh(&empty, HostKeyPolicy::AcceptNew)).expect("accept-new");
+    ctx.ping().expect("ping");
+    assert!(std::fs::read_to_string(&empty).expect("read").contains(&format!("[127.0.0.1]:{}", sshd.port)));
+    router.ssh(with_kh(&wrong, HostKeyPolicy::Ignore)).expect("ignore").ping().expect("ping");
+}
+
+#[test]
+fn refused_port_is_a_typed_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let router = Router::new().expect("router");
+    let mut o = mito::SshOptions::new("127.0.0.1");
+    o.port = Some(port);
+    o.ssh_config = Some("/dev/null".into());
+    assert_eq!(failure(router.ssh(o)).0, SshFailure::ConnectionRefused);
+}
+
+#[test]
+fn twenty_parallel_contexts() {
+    let Some(sshd) = Sshd::start("twenty_parallel_contexts") else { return };
+    let router = Router::new().expect("router");
+    let ctxs: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..20).map(|_| s.spawn(|| router.ssh(sshd.opts("mito-sh")))).collect();
+        hs.into_iter().map(|h| h.join().expect("thread").expect("connect")).collect()
+    });
+    let pids: std::collections::HashSet<u32> = ctxs.iter().map(|c| c.info().expect("info").pid).collect();
+    assert_eq!(pids.len(), 20);
+    for c in &ctxs {
+        c.ping().expect("ping");
+    }
+}
+
+/// Killing the remote agent fails the pending call at once.
+#[test]
+fn remote_agent_killed() {
+    let Some(sshd) = Sshd::start("remote_agent_killed") else { return };
+    let router = Router::new().expect("router");
+    let ctx = router.ssh(sshd.opts("mito-sh")).expect("connect");
+    let sleep = ExecArgs { argv: vec![ByteBuf::from(&b"sleep"[..]), ByteBuf::from(&b"30"[..])], ..ExecArgs::default() };
+    let pending = ctx.call_async::<mito::functions::Exec>(&sleep).expect("send");
+    let agent = ctx.connect_info().pid;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(agent as i32).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill");
+    let t0 = Instant::now();
+    let e = pending.wait().expect_err("agent died");
+    assert!(e.is_disconnected(), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(ctx.ping().expect_err("dead").is_disconnected());
+}
+
+/// kill -9 of the local ssh client: calls fail at once, the remote agent
+/// exits with its session (no orphan on the target).
+#[test]
+fn local_ssh_client_killed() {
+    let Some(sshd) = Sshd::start("local_ssh_client_killed") else { return };
+    let router = Router::new().expect("router");
+    let ctx = router.ssh(sshd.opts("mito-sh")).expect("connect");
+    let agent = ctx.connect_info().pid;
+    let ssh = ctx.connect_info().transport_pid.expect("ssh pid");
+    let sleep = ExecArgs { argv: vec![ByteBuf::from(&b"sleep"[..]), ByteBuf::from(&b"30"[..])], ..ExecArgs::default() };
+    let pending = ctx.call_async::<mito::functions::Exec>(&sleep).expect("send");
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(alive(agent));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(ssh as i32).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill ssh");
+    let t0 = Instant::now();
+    let e = pending.wait().expect_err("transport died");
+    assert!(e.is_disconnected(), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert!(wait_gone(agent, Duration::from_secs(5)).is_some(), "remote agent {agent} orphaned");
+}
+
+/// 100 MB of stdout streams through ssh to the CLI without the master's
+/// memory growing with it.
+#[test]
+fn hundred_megabytes_of_stdout_stream_through() {
+    let Some(sshd) = Sshd::start("hundred_megabytes_of_stdout_stream_through") else { return };
+    let d = sshd.dir.path();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mito"))
+        .args(["-F", "/dev/null", "-i"])
+        .arg(d.join("id_ed25519"))
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", d.join("known_hosts").display()))
+        .args(["run", &format!("ssh://mito-sh@127.0.0.1:{}", sshd.port), "--", "head", "-c", "100000000", "/dev/zero"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mito");
+    let mut out = child.stdout.take().expect("stdout");
+    let pid = child.id();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let p2 = peak.clone();
+    let watcher = std::thread::spawn(move || {
+        while let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kb) =
+                s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            {
+                p2.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let n = std::io::copy(&mut out, &mut std::io::sink()).expect("read");
+    let st = child.wait().expect("wait");
+    let _ = watcher.join();
+    assert!(st.success());
+    assert_eq!(n, 100_000_000);
+    let peak_mib = peak.load(std::sync::atomic::Ordering::Relaxed) / 1024;
+    eprintln!("peak RSS of the master while streaming 100 MB: {peak_mib} MiB");
+    assert!(peak_mib < 48, "master RSS grew to {peak_mib} MiB");
+}
