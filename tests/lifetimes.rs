@@ -268,3 +268,46 @@ fn dropping_the_router_ends_its_agents() {
         assert!(!alive(p), "agent {p} outlived the router");
     }
 }
+
+/// A target whose `uname -m` names an architecture we have no agent for.
+#[test]
+fn unknown_architecture_is_a_typed_error() {
+    let dir = TempDir::new("arch");
+    let uname = dir.path().join("uname");
+    std::fs::write(&uname, "#!/bin/sh\necho sparc64\n").expect("write");
+    std::fs::set_permissions(&uname, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let cache = TempDir::new("arch-cache");
+    let mut opts = local_in(cache.path());
+    opts.env.push(("PATH".into(), path.into()));
+    let router = Router::new().expect("router");
+    match router.local(opts) {
+        Err(mito::ConnectError::UnsupportedArch { arch, .. }) => assert_eq!(arch, "sparc64"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("connected to a sparc64"),
+    }
+}
+
+/// Every directory noexec and no perl: the connect fails with a clear
+/// message instead of hanging or executing from a noexec mount.
+#[test]
+fn no_exec_dir_and_no_perl_is_a_typed_error() {
+    if !is_root() {
+        return skip_loudly("no_exec_dir_and_no_perl_is_a_typed_error", "a private mount namespace needs root");
+    }
+    let script = r#"
+        set -e
+        exec 3<"$0"
+        for d in /tmp /var/tmp /dev/shm; do mount -t tmpfs -o noexec tmpfs "$d"; done
+        : > /tmp/not-perl
+        for p in /usr/bin/perl /bin/perl; do [ -e "$p" ] && mount --bind /tmp/not-perl "$p"; done
+        mkdir -p /tmp/cache
+        export XDG_CACHE_HOME=/tmp/cache; unset XDG_RUNTIME_DIR
+        exec /proc/self/fd/3 run local -- true
+    "#;
+    let out =
+        Command::new("unshare").args(["-m", "sh", "-c", script, MITO]).stdin(Stdio::null()).output().expect("unshare");
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no directory to run the agent from"), "{err}");
+}

@@ -217,3 +217,33 @@ fn hundred_megabytes_of_stdout_stream_through() {
     eprintln!("peak RSS of the master while streaming 100 MB: {peak_mib} MiB");
     assert!(peak_mib < 48, "master RSS grew to {peak_mib} MiB");
 }
+
+/// A read-only home on the target: the agent runs from the next directory
+/// in the fallback order.
+#[test]
+fn read_only_home_falls_back() {
+    let Some(sshd) = Sshd::start("read_only_home_falls_back") else { return };
+    let home = "/home/mito-ro";
+    let st = std::process::Command::new("mount").args(["-o", "bind,ro", home, home]).status().expect("mount");
+    assert!(st.success());
+    let router = Router::new().expect("router");
+    let r = router.ssh(sshd.opts("mito-ro"));
+    let _ = std::process::Command::new("umount").args(["-l", home]).status();
+    let ctx = r.expect("connect despite a read-only home");
+    let exe = ctx.info().expect("info").exe;
+    assert!(!exe.starts_with(home), "ran from {exe}");
+    eprintln!("read-only home: agent ran from {exe}");
+}
+
+/// A login shell that cannot run commands: a typed error that shows what
+/// the target said, not a hang.
+#[test]
+fn login_shell_that_refuses_commands() {
+    let Some(sshd) = Sshd::start("login_shell_that_refuses_commands") else { return };
+    let router = Router::new().expect("router");
+    let t0 = Instant::now();
+    let e = router.ssh(sshd.opts("mito-nologin")).expect_err("nologin");
+    assert!(matches!(e, ConnectError::Bootstrap { .. }), "{e}");
+    assert!(e.to_string().contains("not available"), "shows nologin's message: {e}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+}
