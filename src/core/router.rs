@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -54,12 +54,35 @@ pub struct ContextShared {
     pub exit: Mutex<Option<ExitStatus>>,
     /// Closed once the stream is gone and the process reaped.
     pub gone: Latch<()>,
+    /// Moving average of recent call round trips (ns), to decide whether a
+    /// waiter should spin (see [`Latch::get_spinning`]).
+    pub rtt_avg_ns: AtomicU64,
 }
 
 impl ContextShared {
     /// New state for context `id`.
     pub fn new(id: u32, name: String) -> Self {
-        ContextShared { id, name, disconnected: Mutex::new(None), exit: Mutex::new(None), gone: Latch::new() }
+        ContextShared {
+            id,
+            name,
+            disconnected: Mutex::new(None),
+            exit: Mutex::new(None),
+            gone: Latch::new(),
+            rtt_avg_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a waiter for a reply from this context should spin first:
+    /// only while replies have been arriving within the spin window.
+    pub fn spin_worthwhile(&self) -> bool {
+        self.rtt_avg_ns.load(Ordering::Relaxed) < crate::core::latch::SPIN.as_nanos() as u64
+    }
+
+    /// Records one observed round trip.
+    pub fn record_rtt(&self, rtt: std::time::Duration) {
+        let ns = (rtt.as_nanos() as u64).min(1_000_000_000);
+        let old = self.rtt_avg_ns.load(Ordering::Relaxed);
+        self.rtt_avg_ns.store((old * 7 + ns) / 8, Ordering::Relaxed);
     }
 
     /// The disconnect reason, if disconnected.

@@ -70,6 +70,7 @@ pub struct Pending<T> {
     handle: u32,
     latch: Arc<Latch<Delivery>>,
     timeout: Option<Duration>,
+    sent: Instant,
     _reply: PhantomData<fn() -> T>,
 }
 
@@ -82,9 +83,12 @@ impl<T: DeserializeOwned> Pending<T> {
 
     /// Waits until `deadline` (`None`: until the reply or a disconnect).
     pub fn wait_until(self, deadline: Option<Instant>) -> Result<T, CallError> {
-        let r = self.latch.get(deadline);
+        let r = self.latch.get_spinning(deadline, self.shared.spin_worthwhile());
         match r {
-            Ok(Ok(msg)) => decode_reply(&self.shared, self.function, &msg, self.core.table.max_message_size),
+            Ok(Ok(msg)) => {
+                self.shared.record_rtt(self.sent.elapsed());
+                decode_reply(&self.shared, self.function, &msg, self.core.table.max_message_size)
+            }
             Ok(Err(d)) => Err(disconnected(&self.shared, self.function, d.reason)),
             Err(WaitError::Timeout) => {
                 self.core.table.close_mailbox(self.handle);
@@ -203,6 +207,7 @@ impl Context {
             handle,
             latch,
             timeout: self.timeout,
+            sent: Instant::now(),
             _reply: PhantomData,
         })
     }
