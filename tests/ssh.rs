@@ -247,3 +247,32 @@ fn login_shell_that_refuses_commands() {
     assert!(e.to_string().contains("not available"), "shows nologin's message: {e}");
     assert!(t0.elapsed() < Duration::from_secs(10));
 }
+
+/// Many threads calling one ssh context: callers take turns reading the
+/// stream themselves (core::stream_in) and deliver each other's replies. A
+/// lost hand-off would show as a timeout, not a hang.
+#[test]
+fn concurrent_callers_share_the_read_side() {
+    let Some(sshd) = Sshd::start("concurrent_callers_share_the_read_side") else { return };
+    let router = Router::new().expect("router");
+    let ctx = router.ssh(sshd.opts("mito-sh")).expect("connect").with_timeout(Some(Duration::from_secs(20)));
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let ctx = ctx.clone();
+            s.spawn(move || {
+                for i in 0..150 {
+                    if i % 50 == 0 {
+                        let r = ctx.exec(&["echo", &format!("{t}-{i}")]).expect("exec");
+                        assert_eq!(String::from_utf8_lossy(&r.stdout), format!("{t}-{i}\n"));
+                    } else {
+                        ctx.ping().expect("ping");
+                    }
+                }
+            });
+        }
+    });
+    let p: Vec<_> = (0..500).map(|_| ctx.call_async::<mito::functions::Ping>(&()).expect("send")).collect();
+    for x in p {
+        x.wait().expect("pipelined reply");
+    }
+}

@@ -21,6 +21,7 @@ use crate::core::poller::{Event, Events, Interest, Poller};
 use crate::core::router::{ContextShared, Disconnected, RouterTable, StreamOut};
 use crate::core::side::{self, Io};
 use crate::core::stream::Decoder;
+use crate::core::stream_in::{Pump, StreamIn};
 use crate::core::waker::Waker;
 
 const T_WAKER: u64 = 0;
@@ -33,10 +34,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub struct StreamSetup {
     /// The context it leads to.
     pub ctx: Arc<ContextShared>,
-    /// Read side.
-    pub rx: OwnedFd,
-    /// Decoder holding any bytes already read during bootstrap.
-    pub decoder: Decoder,
+    /// Read side (holding any bytes already read during bootstrap).
+    pub rx: Arc<StreamIn>,
     /// Write side (already registered under `out.token`).
     pub out: Arc<StreamOut>,
     /// The spawned process's stderr, forwarded as log lines.
@@ -57,7 +56,7 @@ pub enum Cmd {
 }
 
 enum Source {
-    Rx { ctx: Arc<ContextShared>, fd: OwnedFd, decoder: Decoder, tx_token: u64 },
+    Rx { ctx: Arc<ContextShared>, rx: Arc<StreamIn>, tx_token: u64 },
     Tx { out: Arc<StreamOut> },
     Stderr { ctx: Arc<ContextShared>, fd: OwnedFd, partial: Vec<u8> },
     Process { ctx: Arc<ContextShared>, pm: ProcessMonitor },
@@ -101,6 +100,21 @@ impl Broker {
     /// A fresh epoll token.
     pub fn token(&self) -> u64 {
         self.shared.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes the receiving half of a stream over `rx` (registered with the
+    /// poller when the stream is added).
+    pub fn stream_in(&self, rx: OwnedFd, decoder: Decoder) -> std::io::Result<Arc<StreamIn>> {
+        side::set_nonblocking(rx.as_fd(), true)?;
+        let shared = self.shared.clone();
+        Ok(Arc::new(StreamIn::new(
+            rx,
+            decoder,
+            self.token(),
+            Box::new(move |fd, t, on| {
+                let _ = shared.poller.modify(fd, t, if on { Interest::READ } else { Interest::NONE });
+            }),
+        )))
     }
 
     /// Makes the sending half of a stream over `tx` (registered silent; it
@@ -189,42 +203,17 @@ impl Loop {
         }
         let Some(src) = self.sources.get_mut(&ev.token) else { return };
         match src {
-            Source::Rx { ctx, fd, decoder, .. } => {
-                let ctx = ctx.clone();
-                let mut close: Option<String> = None;
-                for _ in 0..16 {
-                    let rfd = fd.as_fd();
-                    match decoder.read_with(|b| side::read(rfd, b)) {
-                        Ok(Io::Done(n)) => {
-                            let drained = n < decoder.last_offer();
-                            decoder.filled(n);
-                            loop {
-                                match decoder.next_message() {
-                                    Ok(Some(m)) => self.table.deliver(ctx.id, m),
-                                    Ok(None) => break,
-                                    Err(e) => {
-                                        log::error!("[{}] malformed frame ({e:?}); closing the stream", ctx.name);
-                                        close = Some(format!("malformed frame from agent ({e:?})"));
-                                        break;
-                                    }
-                                }
-                            }
-                            if close.is_some() || drained {
-                                break;
-                            }
-                        }
-                        Ok(Io::WouldBlock) => break,
-                        Ok(Io::Closed) => {
-                            close = Some("the agent closed the connection".into());
-                            break;
-                        }
-                        Err(e) => {
-                            close = Some(format!("read failed: {e}"));
-                            break;
-                        }
+            Source::Rx { ctx, rx, .. } => {
+                let (ctx, rx) = (ctx.clone(), rx.clone());
+                // A caller holding the reader role has our interest off; if
+                // this event raced with it, level-triggered epoll repeats it.
+                let outcome = match rx.broker_reader() {
+                    Some(mut g) => {
+                        g.as_mut().map_or(Pump::Drained, |r| StreamIn::pump(r, &self.table, ctx.id, &ctx.name))
                     }
-                }
-                if let Some(reason) = close {
+                    None => Pump::Drained,
+                };
+                if let Pump::Closed(reason) = outcome {
                     self.close_stream(ev.token, reason);
                 }
             }
@@ -278,8 +267,8 @@ impl Loop {
             Cmd::AddStream(s) => {
                 let s = *s;
                 let id = s.ctx.id;
-                let rx_token = self.token();
-                if let Err(e) = self.shared.poller.add(s.rx.as_fd(), rx_token, Interest::READ) {
+                let rx_token = s.rx.token;
+                if let Some(Err(e)) = s.rx.with_fd(|fd| self.shared.poller.add(fd, rx_token, Interest::READ)) {
                     log::error!("[{}] cannot watch stream: {e}", s.ctx.name);
                 }
                 self.sources.insert(s.out.token, Source::Tx { out: s.out.clone() });
@@ -297,7 +286,7 @@ impl Loop {
                 }
                 self.alive.insert(id, (true, has_proc));
                 let tx_token = s.out.token;
-                self.sources.insert(rx_token, Source::Rx { ctx: s.ctx, fd: s.rx, decoder: s.decoder, tx_token });
+                self.sources.insert(rx_token, Source::Rx { ctx: s.ctx, rx: s.rx, tx_token });
                 // Bytes that arrived with the hello may already hold messages.
                 self.drain_decoder(rx_token);
                 if self.shutdown_at.is_some() {
@@ -330,21 +319,22 @@ impl Loop {
     }
 
     fn drain_decoder(&mut self, token: u64) {
-        let Some(Source::Rx { ctx, decoder, .. }) = self.sources.get_mut(&token) else { return };
-        let ctx = ctx.clone();
-        loop {
-            match decoder.next_message() {
-                Ok(Some(m)) => self.table.deliver(ctx.id, m),
-                Ok(None) => return,
-                Err(e) => return self.close_stream(token, format!("malformed frame from agent ({e:?})")),
-            }
+        let Some(Source::Rx { ctx, rx, .. }) = self.sources.get(&token) else { return };
+        let (ctx, rx) = (ctx.clone(), rx.clone());
+        let bad = rx
+            .broker_reader()
+            .and_then(|mut g| g.as_mut().and_then(|r| StreamIn::drain(r, &self.table, ctx.id, &ctx.name)));
+        if let Some(Pump::Closed(reason)) = bad {
+            self.close_stream(token, reason);
         }
     }
 
     fn close_stream(&mut self, rx_token: u64, reason: String) {
-        let Some(Source::Rx { ctx, fd, tx_token, .. }) = self.sources.remove(&rx_token) else { return };
-        self.shared.poller.delete(fd.as_fd());
-        drop(fd);
+        let Some(Source::Rx { ctx, rx, tx_token }) = self.sources.remove(&rx_token) else { return };
+        // If a caller holds the reader role, it drops the fd when it lets go.
+        if let Some(fd) = rx.close() {
+            self.shared.poller.delete(fd.as_fd());
+        }
         if let Some(Source::Tx { out }) = self.sources.remove(&tx_token) {
             if let Some(txfd) = out.close() {
                 self.shared.poller.delete(txfd.as_fd());

@@ -82,6 +82,11 @@ impl<T> Latch<T> {
         self.cond.notify_all();
     }
 
+    /// True when an item is queued or the latch is closed (no lock taken).
+    pub fn is_ready(&self) -> bool {
+        self.signalled.load(Ordering::Acquire)
+    }
+
     /// True once closed.
     pub fn is_closed(&self) -> bool {
         self.state.lock().unwrap_or_else(PoisonError::into_inner).closed

@@ -6,7 +6,8 @@
 //! - [`poller`] — epoll, shared by the master's Broker and the agent's loop.
 //! - [`waker`] — eventfd that wakes a poller from another thread.
 //! - master only (`std`): [`broker`] (the I/O thread), [`router`] (delivery
-//!   by context id and handle), [`latch`] (blocking waits with deadlines).
+//!   by context id and handle), [`stream_in`] (the read half a waiting
+//!   caller may read itself), [`latch`] (blocking waits with deadlines).
 //!
 //! The agent is single-threaded and has no Broker thread: its loop in
 //! `agent::external_context` drives the same Side/Stream/Poller pieces.
@@ -26,3 +27,5 @@ pub mod broker;
 pub mod latch;
 #[cfg(feature = "master")]
 pub mod router;
+#[cfg(feature = "master")]
+pub mod stream_in;

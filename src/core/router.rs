@@ -57,6 +57,8 @@ pub struct ContextShared {
     /// Moving average of recent call round trips (ns), to decide whether a
     /// waiter should spin (see [`Latch::get_spinning`]).
     pub rtt_avg_ns: AtomicU64,
+    /// The stream's read half, which a waiting caller may read itself.
+    pub rx: std::sync::OnceLock<Arc<crate::core::stream_in::StreamIn>>,
 }
 
 impl ContextShared {
@@ -69,6 +71,7 @@ impl ContextShared {
             exit: Mutex::new(None),
             gone: Latch::new(),
             rtt_avg_ns: AtomicU64::new(0),
+            rx: std::sync::OnceLock::new(),
         }
     }
 

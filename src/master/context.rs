@@ -22,6 +22,7 @@ use crate::connect::process_monitor::ExitStatus;
 use crate::core::broker::Cmd;
 use crate::core::latch::{Latch, WaitError};
 use crate::core::router::{ContextShared, Delivery};
+use crate::core::stream_in::{Pump, StreamIn};
 use crate::proto::functions::{self as f, ExecArgs, ExecOutput, ExecReply, Function, InfoReply, StatReply};
 use crate::proto::message::encode_call;
 use crate::proto::{handles, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
@@ -83,7 +84,7 @@ impl<T: DeserializeOwned> Pending<T> {
 
     /// Waits until `deadline` (`None`: until the reply or a disconnect).
     pub fn wait_until(self, deadline: Option<Instant>) -> Result<T, CallError> {
-        let r = self.latch.get_spinning(deadline, self.shared.spin_worthwhile());
+        let r = self.wait_reading(deadline);
         match r {
             Ok(Ok(msg)) => {
                 self.shared.record_rtt(self.sent.elapsed());
@@ -101,6 +102,54 @@ impl<T: DeserializeOwned> Pending<T> {
             Err(WaitError::Closed) => {
                 let reason = self.shared.disconnected().map_or_else(|| "mailbox closed".into(), |d| d.reason);
                 Err(disconnected(&self.shared, self.function, reason))
+            }
+        }
+    }
+
+    /// Waits for the reply. When replies take longer than a spin, the
+    /// caller reads the stream itself if no one else is (see
+    /// [`crate::core::stream_in`]): one thread wake-up instead of two.
+    fn wait_reading(&self, deadline: Option<Instant>) -> Result<Delivery, WaitError> {
+        let spin = self.shared.spin_worthwhile();
+        if spin {
+            return self.latch.get_spinning(deadline, true);
+        }
+        let Some(rx) = self.shared.rx.get() else { return self.latch.get(deadline) };
+        loop {
+            if let Some(d) = self.latch.try_get() {
+                return Ok(d);
+            }
+            if self.latch.is_closed() {
+                return Err(WaitError::Closed);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(WaitError::Timeout);
+            }
+            let Some(mut g) = rx.take_reader() else {
+                // The broker or another caller reads: it delivers to us.
+                return self.latch.get(deadline);
+            };
+            let until = deadline.unwrap_or(now + Duration::from_secs(3600));
+            while let Some(r) = g.as_mut() {
+                match StreamIn::pump(r, &self.core.table, self.shared.id, &self.shared.name) {
+                    Pump::Progress => {}
+                    Pump::Drained => StreamIn::wait_readable(r, until),
+                    // End of file or a bad frame: the broker closes the stream.
+                    Pump::Closed(_) => break,
+                }
+                if self.latch.is_ready() || rx.is_closed() || Instant::now() >= until {
+                    break;
+                }
+            }
+            let done = g.is_none();
+            rx.release(g);
+            if done {
+                return self.latch.get(deadline);
+            }
+            if !self.latch.is_ready() && !rx.is_closed() {
+                // Let the broker see what we could not handle (EOF, errors).
+                return self.latch.get(deadline);
             }
         }
     }

@@ -141,9 +141,11 @@ impl Router {
         transport_pid: Option<u32>,
     ) -> Result<Context, ConnectError> {
         let Transport { rx, tx, stderr, process } = t;
-        let out =
-            self.core.broker.stream_out(tx).map_err(|source| ConnectError::Io { context: name.clone(), source })?;
+        let io = |source| ConnectError::Io { context: name.clone(), source };
+        let out = self.core.broker.stream_out(tx).map_err(io)?;
+        let rx = self.core.broker.stream_in(rx, boot.decoder).map_err(io)?;
         let shared = Arc::new(ContextShared::new(id, name));
+        let _ = shared.rx.set(rx.clone());
         self.core.table.add_route(shared.clone(), out.clone());
         let info = ConnectInfo {
             pid: boot.hello.pid,
@@ -164,14 +166,7 @@ impl Router {
             info.agent_bytes_sent,
             info.upload
         );
-        self.core.broker.send(Cmd::AddStream(Box::new(StreamSetup {
-            ctx: shared.clone(),
-            rx,
-            decoder: boot.decoder,
-            out,
-            stderr,
-            process,
-        })));
+        self.core.broker.send(Cmd::AddStream(Box::new(StreamSetup { ctx: shared.clone(), rx, out, stderr, process })));
         Ok(Context::new(self.core.clone(), shared, info))
     }
 

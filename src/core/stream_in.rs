@@ -1,0 +1,173 @@
+//! [`StreamIn`]: the receiving half of a stream, read by the Broker or, while
+//! a caller waits for a reply, by that caller itself.
+//!
+//! Why: a reply read by the broker reaches the caller only after a second
+//! thread wake-up (broker, then caller). Over ssh that hop was a third of the
+//! round trip. So a waiting caller may take the reader role: it polls the
+//! fd itself and delivers every message it reads (its own reply and anyone
+//! else's) through the routing table, exactly as the broker would.
+//!
+//! The handoff: the fd and decoder sit behind a mutex. A caller that takes
+//! the role turns the broker's epoll interest off while it holds the lock
+//! and back on before it lets go. The broker only `try_lock`s and skips the
+//! event when it fails; its epoll is level-triggered, so data left unread
+//! is reported again once the interest is back. Anything but data (end of
+//! file, a bad frame) is left to the broker, which owns closing the stream.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
+
+use crate::core::router::{RouterTable, WatchFn};
+use crate::core::side::{self, Io};
+use crate::core::stream::Decoder;
+
+/// What one [`StreamIn::pump`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pump {
+    /// Messages were read (and delivered); there may be more.
+    Progress,
+    /// Nothing to read now.
+    Drained,
+    /// End of file, a read error or a bad frame: the stream must close.
+    Closed(String),
+}
+
+/// The reader's state: the fd and the decoder (`None` once closed).
+#[derive(Debug)]
+pub struct Reader {
+    fd: OwnedFd,
+    decoder: Decoder,
+}
+
+/// The receiving half of a stream.
+pub struct StreamIn {
+    reader: Mutex<Option<Reader>>,
+    /// Broker token of the rx fd.
+    pub token: u64,
+    closed: AtomicBool,
+    arm: WatchFn,
+}
+
+impl std::fmt::Debug for StreamIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamIn").field("token", &self.token).finish()
+    }
+}
+
+/// The reader role, held; see [`StreamIn::take_reader`].
+pub type ReaderGuard<'a> = MutexGuard<'a, Option<Reader>>;
+
+impl StreamIn {
+    /// Wraps a non-blocking rx fd and the decoder from the bootstrap;
+    /// `arm(fd, token, on)` turns the broker's read interest on or off.
+    pub fn new(fd: OwnedFd, decoder: Decoder, token: u64, arm: WatchFn) -> StreamIn {
+        StreamIn { reader: Mutex::new(Some(Reader { fd, decoder })), token, closed: AtomicBool::new(false), arm }
+    }
+
+    fn try_lock(&self) -> Option<ReaderGuard<'_>> {
+        match self.reader.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Broker side: the reader role if nobody holds it (else skip the event).
+    pub fn broker_reader(&self) -> Option<ReaderGuard<'_>> {
+        self.try_lock()
+    }
+
+    /// Caller side: takes the reader role if nobody holds it and the stream
+    /// is open, turning the broker's interest off meanwhile.
+    pub fn take_reader(&self) -> Option<ReaderGuard<'_>> {
+        if self.is_closed() {
+            return None;
+        }
+        let g = self.try_lock()?;
+        let r = g.as_ref()?;
+        (self.arm)(r.fd.as_fd(), self.token, false);
+        Some(g)
+    }
+
+    /// Caller side: gives the role back, the broker's interest on again.
+    pub fn release(&self, mut g: ReaderGuard<'_>) {
+        if self.closed.load(Ordering::SeqCst) {
+            // The broker closed the stream while we read: the fd goes now.
+            g.take();
+        } else if let Some(r) = g.as_ref() {
+            (self.arm)(r.fd.as_fd(), self.token, true);
+        }
+    }
+
+    /// Broker side: closes the stream (now, or when the current reader lets
+    /// go). Returns the fd to deregister when closed now.
+    pub fn close(&self) -> Option<OwnedFd> {
+        self.closed.store(true, Ordering::SeqCst);
+        self.try_lock().and_then(|mut g| g.take()).map(|r| r.fd)
+    }
+
+    /// True once [`StreamIn::close`] ran.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// The fd, for registering with the broker's poller.
+    pub fn with_fd<T>(&self, f: impl FnOnce(BorrowedFd<'_>) -> T) -> Option<T> {
+        let g = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        g.as_ref().map(|r| f(r.fd.as_fd()))
+    }
+
+    /// Reads what is there (bounded) and delivers each message from `ctx`.
+    pub fn pump(r: &mut Reader, table: &RouterTable, ctx: u32, name: &str) -> Pump {
+        for _ in 0..16 {
+            let rfd = r.fd.as_fd();
+            match r.decoder.read_with(|b| side::read(rfd, b)) {
+                Ok(Io::Done(n)) => {
+                    let drained = n < r.decoder.last_offer();
+                    r.decoder.filled(n);
+                    if let Some(p) = Self::drain(r, table, ctx, name) {
+                        return p;
+                    }
+                    if drained {
+                        return Pump::Progress;
+                    }
+                }
+                Ok(Io::WouldBlock) => return Pump::Drained,
+                Ok(Io::Closed) => return Pump::Closed("the agent closed the connection".into()),
+                Err(e) => return Pump::Closed(format!("read failed: {e}")),
+            }
+        }
+        Pump::Progress
+    }
+
+    /// Delivers the messages already decoded; `Some` on a bad frame.
+    pub fn drain(r: &mut Reader, table: &RouterTable, ctx: u32, name: &str) -> Option<Pump> {
+        loop {
+            match r.decoder.next_message() {
+                Ok(Some(m)) => table.deliver(ctx, m),
+                Ok(None) => return None,
+                Err(e) => {
+                    log::error!("[{name}] malformed frame ({e:?}); closing the stream");
+                    return Some(Pump::Closed(format!("malformed frame from agent ({e:?})")));
+                }
+            }
+        }
+    }
+
+    /// Caller side: waits up to `until` for the fd to become readable.
+    pub fn wait_readable(r: &Reader, until: Instant) {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let left = until.saturating_duration_since(Instant::now()).min(Duration::from_millis(10));
+        let ts = Timespec { tv_sec: 0, tv_nsec: left.as_nanos() as i64 };
+        let mut fds = [PollFd::new(&r.fd, PollFlags::IN)];
+        let _ = poll(&mut fds, Some(&ts));
+    }
+}
+
+impl Drop for StreamIn {
+    fn drop(&mut self) {
+        let _ = self.reader.get_mut().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
