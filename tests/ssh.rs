@@ -20,7 +20,8 @@ fn failure(r: Result<mito::Context, ConnectError>) -> (SshFailure, String) {
 }
 
 /// Key login for users whose login shells are sh, bash and dash; the first
-/// connect uploads the agent, the second sends no agent bytes.
+/// connect uploads the agent, the second sends no agent bytes. Only this
+/// test uses these three users (it wipes their caches).
 #[test]
 fn key_login_with_each_login_shell_and_cache() {
     let Some(sshd) = Sshd::start("key_login_with_each_login_shell_and_cache") else { return };
@@ -46,8 +47,8 @@ fn key_login_with_each_login_shell_and_cache() {
 fn password_login_never_exposes_the_password() {
     let Some(sshd) = Sshd::start("password_login_never_exposes_the_password") else { return };
     let router = Router::new().expect("router");
-    let ctx = router.ssh(sshd.password_opts("mito-bash", Some(PASSWORD))).expect("password login");
-    assert_eq!(ctx.info().expect("info").user, "mito-bash");
+    let ctx = router.ssh(sshd.password_opts("mito-user", Some(PASSWORD))).expect("password login");
+    assert_eq!(ctx.info().expect("info").user, "mito-user");
     let ssh_pid = ctx.connect_info().transport_pid.expect("ssh pid");
     for what in ["cmdline", "environ"] {
         let bytes = std::fs::read(format!("/proc/{ssh_pid}/{what}")).expect("proc");
@@ -59,7 +60,7 @@ fn password_login_never_exposes_the_password() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("mito-askpass-{}-", std::process::id())))
         .collect();
     assert!(leftovers.is_empty(), "askpass directory left behind: {leftovers:?}");
-    let e = format!("{:?}", sshd.password_opts("mito-bash", Some(PASSWORD)));
+    let e = format!("{:?}", sshd.password_opts("mito-user", Some(PASSWORD)));
     assert!(!e.contains(PASSWORD), "Debug shows the password: {e}");
 }
 
@@ -68,11 +69,11 @@ fn wrong_or_missing_password_is_a_typed_error() {
     let Some(sshd) = Sshd::start("wrong_or_missing_password_is_a_typed_error") else { return };
     let router = Router::new().expect("router");
     let t0 = Instant::now();
-    let (f, host) = failure(router.ssh(sshd.password_opts("mito-bash", Some("not-the-password"))));
+    let (f, host) = failure(router.ssh(sshd.password_opts("mito-user", Some("not-the-password"))));
     assert_eq!(f, SshFailure::WrongPassword);
-    assert_eq!(host, format!("mito-bash@127.0.0.1:{}", sshd.port));
+    assert_eq!(host, format!("mito-user@127.0.0.1:{}", sshd.port));
     assert!(t0.elapsed() < Duration::from_secs(10));
-    let (f, _) = failure(router.ssh(sshd.password_opts("mito-bash", None)));
+    let (f, _) = failure(router.ssh(sshd.password_opts("mito-user", None)));
     assert!(matches!(f, SshFailure::AuthFailed { .. }), "{f:?}");
 }
 
@@ -83,7 +84,7 @@ fn host_keys_unknown_changed_accept_new() {
     let empty = sshd.dir.path().join("empty_known_hosts");
     std::fs::write(&empty, "").expect("write");
     let with_kh = |kh: &std::path::Path, policy| {
-        let mut o = sshd.opts("mito-sh");
+        let mut o = sshd.opts("mito-user");
         o.options = vec![format!("UserKnownHostsFile={}", kh.display())];
         o.check_host_keys = policy;
         o
@@ -122,7 +123,7 @@ fn twenty_parallel_contexts() {
     let Some(sshd) = Sshd::start("twenty_parallel_contexts") else { return };
     let router = Router::new().expect("router");
     let ctxs: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..20).map(|_| s.spawn(|| router.ssh(sshd.opts("mito-sh")))).collect();
+        let hs: Vec<_> = (0..20).map(|_| s.spawn(|| router.ssh(sshd.opts("mito-user")))).collect();
         hs.into_iter().map(|h| h.join().expect("thread").expect("connect")).collect()
     });
     let pids: std::collections::HashSet<u32> = ctxs.iter().map(|c| c.info().expect("info").pid).collect();
@@ -137,7 +138,7 @@ fn twenty_parallel_contexts() {
 fn remote_agent_killed() {
     let Some(sshd) = Sshd::start("remote_agent_killed") else { return };
     let router = Router::new().expect("router");
-    let ctx = router.ssh(sshd.opts("mito-sh")).expect("connect");
+    let ctx = router.ssh(sshd.opts("mito-user")).expect("connect");
     let sleep = ExecArgs { argv: vec![ByteBuf::from(&b"sleep"[..]), ByteBuf::from(&b"30"[..])], ..ExecArgs::default() };
     let pending = ctx.call_async::<mito::functions::Exec>(&sleep).expect("send");
     let agent = ctx.connect_info().pid;
@@ -159,7 +160,7 @@ fn remote_agent_killed() {
 fn local_ssh_client_killed() {
     let Some(sshd) = Sshd::start("local_ssh_client_killed") else { return };
     let router = Router::new().expect("router");
-    let ctx = router.ssh(sshd.opts("mito-sh")).expect("connect");
+    let ctx = router.ssh(sshd.opts("mito-user")).expect("connect");
     let agent = ctx.connect_info().pid;
     let ssh = ctx.connect_info().transport_pid.expect("ssh pid");
     let sleep = ExecArgs { argv: vec![ByteBuf::from(&b"sleep"[..]), ByteBuf::from(&b"30"[..])], ..ExecArgs::default() };
@@ -189,7 +190,15 @@ fn hundred_megabytes_of_stdout_stream_through() {
         .arg(d.join("id_ed25519"))
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", d.join("known_hosts").display()))
-        .args(["run", &format!("ssh://mito-sh@127.0.0.1:{}", sshd.port), "--", "head", "-c", "100000000", "/dev/zero"])
+        .args([
+            "run",
+            &format!("ssh://mito-user@127.0.0.1:{}", sshd.port),
+            "--",
+            "head",
+            "-c",
+            "100000000",
+            "/dev/zero",
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -255,7 +264,7 @@ fn login_shell_that_refuses_commands() {
 fn concurrent_callers_share_the_read_side() {
     let Some(sshd) = Sshd::start("concurrent_callers_share_the_read_side") else { return };
     let router = Router::new().expect("router");
-    let ctx = router.ssh(sshd.opts("mito-sh")).expect("connect").with_timeout(Some(Duration::from_secs(20)));
+    let ctx = router.ssh(sshd.opts("mito-user")).expect("connect").with_timeout(Some(Duration::from_secs(20)));
     std::thread::scope(|s| {
         for t in 0..8 {
             let ctx = ctx.clone();

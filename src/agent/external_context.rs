@@ -187,7 +187,7 @@ impl ExternalContext {
         let mut gap_avg: u64 = 0;
         loop {
             events.clear();
-            if gap_avg < POLL_WINDOW_NS {
+            if gap_avg < POLL_WINDOW_NS / 4 {
                 loop {
                     if self.poller.wait(0, &mut buf, &mut events).is_err() {
                         return exit::SETUP;

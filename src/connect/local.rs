@@ -50,6 +50,9 @@ pub struct ChildCommand {
     pub env: Vec<(OsString, OsString)>,
     /// Variables to remove.
     pub env_remove: Vec<OsString>,
+    /// Two pipes for stdin and stdout instead of one socketpair (ssh moves
+    /// small messages through pipes ~6 µs faster per round trip).
+    pub pipes: bool,
 }
 
 impl ChildCommand {
@@ -70,8 +73,10 @@ impl ChildCommand {
 pub struct Spawned {
     /// Process id.
     pub pid: u32,
-    /// Our end of the socketpair (stream rx and tx).
-    pub sock: OwnedFd,
+    /// What the child writes to its stdout (stream rx).
+    pub rx: OwnedFd,
+    /// What the child reads on its stdin (stream tx).
+    pub tx: OwnedFd,
     /// Read end of the child's stderr.
     pub stderr: OwnedFd,
 }
@@ -84,13 +89,26 @@ pub fn command(opts: &LocalOptions, stage0: &str) -> ChildCommand {
     c
 }
 
-/// Starts `cmd` with a socketpair as stdin/stdout and a pipe as stderr.
+/// Starts `cmd` with a socketpair (or two pipes) as stdin/stdout and a pipe
+/// as stderr.
 pub fn create_child(cmd: &ChildCommand) -> std::io::Result<Spawned> {
-    let (ours, theirs) = UnixStream::pair()?;
-    let theirs: OwnedFd = theirs.into();
-    let theirs2 = theirs.try_clone()?;
+    let (rx, tx, child_in, child_out): (OwnedFd, OwnedFd, OwnedFd, OwnedFd) = if cmd.pipes {
+        let flags = rustix::pipe::PipeFlags::CLOEXEC;
+        let (in_r, in_w) = rustix::pipe::pipe_with(flags)?;
+        let (out_r, out_w) = rustix::pipe::pipe_with(flags)?;
+        (out_r, in_w, in_r, out_w)
+    } else {
+        let (ours, theirs) = UnixStream::pair()?;
+        let ours: OwnedFd = ours.into();
+        let theirs: OwnedFd = theirs.into();
+        (ours.try_clone()?, ours, theirs.try_clone()?, theirs)
+    };
     let mut c = Command::new(&cmd.program);
-    c.args(&cmd.args).stdin(Stdio::from(theirs)).stdout(Stdio::from(theirs2)).stderr(Stdio::piped()).process_group(0);
+    c.args(&cmd.args)
+        .stdin(Stdio::from(child_in))
+        .stdout(Stdio::from(child_out))
+        .stderr(Stdio::piped())
+        .process_group(0);
     for k in &cmd.env_remove {
         c.env_remove(k);
     }
@@ -100,5 +118,5 @@ pub fn create_child(cmd: &ChildCommand) -> std::io::Result<Spawned> {
     let mut child = c.spawn()?;
     let stderr = child.stderr.take().map(OwnedFd::from).ok_or_else(|| std::io::Error::other("no stderr pipe"))?;
     // The Child handle is dropped without waiting: a ProcessMonitor reaps it.
-    Ok(Spawned { pid: child.id(), sock: ours.into(), stderr })
+    Ok(Spawned { pid: child.id(), rx, tx, stderr })
 }

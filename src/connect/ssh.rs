@@ -237,6 +237,7 @@ pub fn prepare(opts: &SshOptions, stage0: &str) -> std::io::Result<Prepared> {
     if let Some(f) = &opts.ssh_config {
         c.arg("-F").arg(f);
     }
+    c.pipes = true;
     c.arg("-T");
     if let Some(p) = opts.port {
         c.arg("-p").arg(p.to_string());

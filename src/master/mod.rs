@@ -114,8 +114,9 @@ impl Router {
         let mut pm =
             ProcessMonitor::new(spawned.pid).map_err(|source| ConnectError::Io { context: name.clone(), source })?;
         let io = |source: rustix::io::Errno| ConnectError::Io { context: name.clone(), source: source.into() };
-        side::set_nonblocking(spawned.sock.as_fd(), true).map_err(io)?;
-        let pipes = Pipes { rx: spawned.sock.as_fd(), tx: spawned.sock.as_fd(), stderr: Some(spawned.stderr.as_fd()) };
+        side::set_nonblocking(spawned.rx.as_fd(), true).map_err(io)?;
+        side::set_nonblocking(spawned.tx.as_fd(), true).map_err(io)?;
+        let pipes = Pipes { rx: spawned.rx.as_fd(), tx: spawned.tx.as_fd(), stderr: Some(spawned.stderr.as_fd()) };
         let boot = match bootstrap::run(&name, &pipes, timeout, self.core.table.max_message_size, classify) {
             Ok(b) => b,
             Err(e) => {
@@ -125,9 +126,8 @@ impl Router {
                 return Err(e);
             }
         };
-        let tx = spawned.sock.try_clone().map_err(|source| ConnectError::Io { context: name.clone(), source })?;
         let transport_pid = pm.pid();
-        let t = Transport { rx: spawned.sock, tx, stderr: Some(spawned.stderr), process: Some(pm) };
+        let t = Transport { rx: spawned.rx, tx: spawned.tx, stderr: Some(spawned.stderr), process: Some(pm) };
         self.attach(id, name, t, boot, Some(transport_pid))
     }
 
