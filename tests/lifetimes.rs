@@ -229,25 +229,33 @@ fn readonly_or_noexec_cache_dir_falls_back() {
     }
 }
 
-/// Every directory read-only or noexec (a private mount namespace): the
-/// agent starts from a memfd through perl.
+/// Runs `mito ARGS` in a private mount namespace where /tmp, /var/tmp and
+/// /dev/shm are noexec tmpfs, the cache is under /tmp and XDG_RUNTIME_DIR is
+/// unset; `extra` runs after the mounts. The binary is opened before the
+/// mounts: the checkout may itself live under /tmp, which they hide.
+fn mito_with_everything_noexec(extra: &str, args: &str) -> std::process::Output {
+    let script = format!(
+        r#"
+        set -e
+        exec 3<"$0"
+        for d in /tmp /var/tmp /dev/shm; do mount -t tmpfs -o noexec tmpfs "$d"; done
+        {extra}
+        mkdir -p /tmp/cache
+        export XDG_CACHE_HOME=/tmp/cache; unset XDG_RUNTIME_DIR
+        exec /proc/self/fd/3 {args}
+    "#
+    );
+    Command::new("unshare").args(["-m", "sh", "-c", &script, MITO]).stdin(Stdio::null()).output().expect("unshare")
+}
+
+/// Every directory read-only or noexec: the agent starts from a memfd
+/// through perl.
 #[test]
 fn no_exec_dir_anywhere_uses_memfd() {
     if !is_root() {
         return skip_loudly("no_exec_dir_anywhere_uses_memfd", "a private mount namespace needs root");
     }
-    // The binary is opened before the mounts: the checkout may itself live
-    // under /tmp, which the new mounts hide.
-    let script = r#"
-        set -e
-        exec 3<"$0"
-        for d in /tmp /var/tmp /dev/shm; do mount -t tmpfs -o noexec tmpfs "$d"; done
-        mkdir -p /tmp/cache
-        export XDG_CACHE_HOME=/tmp/cache; unset XDG_RUNTIME_DIR
-        exec /proc/self/fd/3 info local --json
-    "#;
-    let out =
-        Command::new("unshare").args(["-m", "sh", "-c", script, MITO]).stdin(Stdio::null()).output().expect("unshare");
+    let out = mito_with_everything_noexec("", "info local --json");
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let exe = v["exe"].as_str().unwrap_or("");
@@ -295,18 +303,8 @@ fn no_exec_dir_and_no_perl_is_a_typed_error() {
     if !is_root() {
         return skip_loudly("no_exec_dir_and_no_perl_is_a_typed_error", "a private mount namespace needs root");
     }
-    let script = r#"
-        set -e
-        exec 3<"$0"
-        for d in /tmp /var/tmp /dev/shm; do mount -t tmpfs -o noexec tmpfs "$d"; done
-        : > /tmp/not-perl
-        for p in /usr/bin/perl /bin/perl; do [ -e "$p" ] && mount --bind /tmp/not-perl "$p"; done
-        mkdir -p /tmp/cache
-        export XDG_CACHE_HOME=/tmp/cache; unset XDG_RUNTIME_DIR
-        exec /proc/self/fd/3 run local -- true
-    "#;
-    let out =
-        Command::new("unshare").args(["-m", "sh", "-c", script, MITO]).stdin(Stdio::null()).output().expect("unshare");
+    let hide_perl = r#": > /tmp/not-perl; for p in /usr/bin/perl /bin/perl; do [ -e "$p" ] && mount --bind /tmp/not-perl "$p"; done"#;
+    let out = mito_with_everything_noexec(hide_perl, "run local -- true");
     assert_eq!(out.status.code(), Some(255));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no directory to run the agent from"), "{err}");
