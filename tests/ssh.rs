@@ -285,3 +285,33 @@ fn concurrent_callers_share_the_read_side() {
         x.wait().expect("pipelined reply");
     }
 }
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// kill -9 of the sshd process that serves the session: pending calls fail
+/// at once and the agent goes with its session.
+#[test]
+fn remote_sshd_session_killed() {
+    let Some(sshd) = Sshd::start("remote_sshd_session_killed") else { return };
+    let router = Router::new().expect("router");
+    let ctx = router.ssh(sshd.opts("mito-user")).expect("connect");
+    let agent = ctx.connect_info().pid;
+    let session = parent_of(agent).expect("the agent's parent is its sshd session");
+    assert_ne!(Some(session), sshd.pid(), "a per-connection sshd, not the listener");
+    let sleep = ExecArgs { argv: vec![ByteBuf::from(&b"sleep"[..]), ByteBuf::from(&b"30"[..])], ..ExecArgs::default() };
+    let pending = ctx.call_async::<mito::functions::Exec>(&sleep).expect("send");
+    std::thread::sleep(Duration::from_millis(50));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(session as i32).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill sshd session");
+    let t0 = Instant::now();
+    let e = pending.wait().expect_err("session died");
+    assert!(e.is_disconnected(), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(wait_gone(agent, Duration::from_secs(5)).is_some(), "agent {agent} outlived its session");
+}
