@@ -7,7 +7,7 @@
 //! hello does the stream go to the Broker, with the decoder that already
 //! holds any bytes read past the hello.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags};
@@ -343,9 +343,4 @@ fn find_agent(context: &str, arch: &str) -> Result<&'static EmbeddedAgent, Conne
 
 fn embedded_archs() -> String {
     embedded::AGENTS.iter().map(|a| a.arch).collect::<Vec<_>>().join(", ")
-}
-
-/// Borrowed view helper for callers holding owned fds.
-pub fn borrow<T: AsFd>(fd: &T) -> BorrowedFd<'_> {
-    fd.as_fd()
 }
