@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, is_root, local_in, skip_loudly, wait_gone, TempDir};
+use common::{alive, is_root, local_in, parent_of, skip_loudly, wait_gone, TempDir};
 use mito::functions::{ExecArgs, Stdio as ExecStdio};
 use mito::proto::message::Hello;
 use mito::proto::{handles, Header};
@@ -37,22 +37,13 @@ fn agents_die_with_their_master() {
     let cmd_pid: u32 = String::from_utf8_lossy(&line).trim().parse().expect("command printed its pid");
     let agent_pid = parent_of(cmd_pid).expect("the command's parent is the agent");
     assert!(alive(agent_pid) && alive(cmd_pid));
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(master.id() as i32).expect("pid"),
-        rustix::process::Signal::KILL,
-    )
-    .expect("kill -9");
+    common::kill9(master.id());
     let _ = master.wait();
     let agent_gone = wait_gone(agent_pid, Duration::from_secs(2));
     let cmd_gone = wait_gone(cmd_pid, Duration::from_secs(2));
     assert!(agent_gone.is_some(), "agent {agent_pid} outlived its master");
     assert!(cmd_gone.is_some(), "the agent's command {cmd_pid} outlived the agent");
     eprintln!("agent gone {:?} after kill -9 of the master; its command {:?}", agent_gone, cmd_gone);
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The agent binary run directly: when its stdin closes, it exits (0).
@@ -101,19 +92,10 @@ fn agent_exits_on_eof_and_on_malformed_frames() {
 fn calls_to_a_dead_context_fail_at_once() {
     let router = Router::new().expect("router");
     let ctx = router.local(LocalOptions::default()).expect("connect");
-    let pending = ctx
-        .call_async::<mito::functions::Exec>(&ExecArgs {
-            argv: vec![ByteBuf::from(&b"sleep"[..]), ByteBuf::from(&b"30"[..])],
-            ..ExecArgs::default()
-        })
-        .expect("send");
+    let pending = common::pending_sleep(&ctx);
     let pid = ctx.connect_info().pid;
     std::thread::sleep(Duration::from_millis(50));
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid as i32).expect("pid"),
-        rustix::process::Signal::KILL,
-    )
-    .expect("kill agent");
+    common::kill9(pid);
     let t0 = Instant::now();
     let e = pending.wait().expect_err("agent died");
     assert!(e.is_disconnected(), "{e}");

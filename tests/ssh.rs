@@ -5,11 +5,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::sshd::{Sshd, PASSWORD};
-use common::{alive, wait_gone};
+use common::{alive, parent_of, wait_gone};
 use mito::connect::bootstrap::Upload;
-use mito::functions::ExecArgs;
 use mito::{ConnectError, HostKeyPolicy, Router, SshFailure};
-use serde_bytes::ByteBuf;
 
 fn failure(r: Result<mito::Context, ConnectError>) -> (SshFailure, String) {
     match r {
@@ -139,14 +137,9 @@ fn remote_agent_killed() {
     let Some(sshd) = Sshd::start("remote_agent_killed") else { return };
     let router = Router::new().expect("router");
     let ctx = router.ssh(sshd.opts("mito-user")).expect("connect");
-    let sleep = ExecArgs { argv: vec![ByteBuf::from(&b"sleep"[..]), ByteBuf::from(&b"30"[..])], ..ExecArgs::default() };
-    let pending = ctx.call_async::<mito::functions::Exec>(&sleep).expect("send");
+    let pending = common::pending_sleep(&ctx);
     let agent = ctx.connect_info().pid;
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(agent as i32).expect("pid"),
-        rustix::process::Signal::KILL,
-    )
-    .expect("kill");
+    common::kill9(agent);
     let t0 = Instant::now();
     let e = pending.wait().expect_err("agent died");
     assert!(e.is_disconnected(), "{e}");
@@ -163,15 +156,10 @@ fn local_ssh_client_killed() {
     let ctx = router.ssh(sshd.opts("mito-user")).expect("connect");
     let agent = ctx.connect_info().pid;
     let ssh = ctx.connect_info().transport_pid.expect("ssh pid");
-    let sleep = ExecArgs { argv: vec![ByteBuf::from(&b"sleep"[..]), ByteBuf::from(&b"30"[..])], ..ExecArgs::default() };
-    let pending = ctx.call_async::<mito::functions::Exec>(&sleep).expect("send");
+    let pending = common::pending_sleep(&ctx);
     std::thread::sleep(Duration::from_millis(50));
     assert!(alive(agent));
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(ssh as i32).expect("pid"),
-        rustix::process::Signal::KILL,
-    )
-    .expect("kill ssh");
+    common::kill9(ssh);
     let t0 = Instant::now();
     let e = pending.wait().expect_err("transport died");
     assert!(e.is_disconnected(), "{e}");
@@ -286,11 +274,6 @@ fn concurrent_callers_share_the_read_side() {
     }
 }
 
-fn parent_of(pid: u32) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// kill -9 of the sshd process that serves the session: pending calls fail
 /// at once and the agent goes with its session.
 #[test]
@@ -301,14 +284,9 @@ fn remote_sshd_session_killed() {
     let agent = ctx.connect_info().pid;
     let session = parent_of(agent).expect("the agent's parent is its sshd session");
     assert_ne!(Some(session), sshd.pid(), "a per-connection sshd, not the listener");
-    let sleep = ExecArgs { argv: vec![ByteBuf::from(&b"sleep"[..]), ByteBuf::from(&b"30"[..])], ..ExecArgs::default() };
-    let pending = ctx.call_async::<mito::functions::Exec>(&sleep).expect("send");
+    let pending = common::pending_sleep(&ctx);
     std::thread::sleep(Duration::from_millis(50));
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(session as i32).expect("pid"),
-        rustix::process::Signal::KILL,
-    )
-    .expect("kill sshd session");
+    common::kill9(session);
     let t0 = Instant::now();
     let e = pending.wait().expect_err("session died");
     assert!(e.is_disconnected(), "{e}");

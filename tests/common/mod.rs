@@ -52,6 +52,24 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// The parent pid of `pid`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `kill -9 pid`.
+pub fn kill9(pid: u32) {
+    let p = rustix::process::Pid::from_raw(pid as i32).expect("a real pid");
+    rustix::process::kill_process(p, rustix::process::Signal::KILL).expect("kill -9");
+}
+
+/// Starts `sleep 30` in `ctx` and returns the pending reply.
+pub fn pending_sleep(ctx: &mito::Context) -> mito::Pending<mito::functions::ExecReply> {
+    let argv = ["sleep", "30"].iter().map(|a| serde_bytes::ByteBuf::from(a.as_bytes())).collect();
+    ctx.call_async::<mito::functions::Exec>(&mito::functions::ExecArgs { argv, ..Default::default() }).expect("send")
+}
+
 /// Waits until `pid` is gone; returns how long it took, or None after `limit`.
 pub fn wait_gone(pid: u32, limit: Duration) -> Option<Duration> {
     let t0 = Instant::now();
