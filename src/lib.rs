@@ -46,10 +46,14 @@ pub mod master;
 
 #[cfg(feature = "master")]
 pub use connect::{
+    doas::DoasOptions,
     error::ConnectError,
     local::LocalOptions,
     process_monitor::ExitStatus,
+    prompt::BecomeFailure,
     ssh::{HostKeyPolicy, SshFailure, SshOptions},
+    su::SuOptions,
+    sudo::SudoOptions,
 };
 #[cfg(feature = "master")]
 pub use master::{

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use mito::functions::ExecArgs;
-use mito::{Context, HostKeyPolicy, LocalOptions, Router, SshOptions};
+use mito::{Context, DoasOptions, HostKeyPolicy, LocalOptions, Router, SshOptions, SuOptions, SudoOptions};
 use serde_bytes::ByteBuf;
 
 #[derive(Parser, Debug)]
@@ -47,6 +47,21 @@ struct Cli {
     /// ssh: ask for the login password on the terminal.
     #[arg(long, global = true)]
     ask_password: bool,
+    /// sudo/su/doas: take the password from this environment variable.
+    #[arg(long, global = true, value_name = "VAR")]
+    become_pass_env: Option<String>,
+    /// sudo/su/doas: take the password from the first line of this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    become_pass_file: Option<std::path::PathBuf>,
+    /// sudo/su/doas: ask for the password on the terminal.
+    #[arg(long, global = true)]
+    ask_become_pass: bool,
+    /// sudo: keep the environment (`sudo -E`).
+    #[arg(long, global = true)]
+    preserve_env: bool,
+    /// sudo/su: run through the target user's login shell (`sudo -i`, `su -l`).
+    #[arg(long, global = true)]
+    login: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,7 +80,7 @@ enum HostKeys {
 enum Command {
     /// Run a command in a context, streaming its output; exits with its code.
     Run {
-        /// Where: `local` or `ssh://[user@]host[:port]`.
+        /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`.
         target: String,
         /// Do not forward this process's stdin to the command.
         #[arg(long)]
@@ -76,7 +91,7 @@ enum Command {
     },
     /// Connect and measure round trips.
     Ping {
-        /// Where: `local` or `ssh://[user@]host[:port]`.
+        /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`.
         target: String,
         /// Number of round trips.
         #[arg(short, long, default_value_t = 1)]
@@ -84,7 +99,7 @@ enum Command {
     },
     /// Who and where the agent is.
     Info {
-        /// Where: `local` or `ssh://[user@]host[:port]`.
+        /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`.
         target: String,
         /// Machine-readable output.
         #[arg(long)]
@@ -109,17 +124,22 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-/// Reads the password from where the flags say; never from argv.
-fn password(cli: &Cli) -> Result<Option<String>, String> {
-    if let Some(var) = &cli.password_env {
-        return std::env::var(var).map(Some).map_err(|_| format!("--password-env: ${var} is not set"));
+/// Reads a password from an env var, a file or the terminal; never argv.
+fn read_secret(
+    env: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+    ask: bool,
+    what: &str,
+) -> Result<Option<String>, String> {
+    if let Some(var) = env {
+        return std::env::var(var).map(Some).map_err(|_| format!("{what}: ${var} is not set"));
     }
-    if let Some(f) = &cli.password_file {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("--password-file {}: {e}", f.display()))?;
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{what} file {}: {e}", f.display()))?;
         return Ok(Some(text.lines().next().unwrap_or("").to_string()));
     }
-    if cli.ask_password {
-        return read_tty_password("Password: ").map(Some);
+    if ask {
+        return read_tty_password(&format!("{what}: ")).map(Some);
     }
     Ok(None)
 }
@@ -151,7 +171,7 @@ fn connect(router: &Router, target: &str, cli: &Cli) -> Result<Context, String> 
         o.identity_file = cli.identity.clone();
         o.ssh_config = cli.ssh_config.clone();
         o.options = cli.ssh_options.clone();
-        o.password = password(cli)?;
+        o.password = read_secret(&cli.password_env, &cli.password_file, cli.ask_password, "ssh password")?;
         o.check_host_keys = match cli.check_host_keys {
             HostKeys::Enforce => HostKeyPolicy::Enforce,
             HostKeys::AcceptNew => HostKeyPolicy::AcceptNew,
@@ -159,13 +179,37 @@ fn connect(router: &Router, target: &str, cli: &Cli) -> Result<Context, String> 
         };
         return router.ssh(o).map_err(|e| e.to_string());
     }
-    let (method, name) = target.split_once(':').map_or((target, None), |(m, n)| (m, Some(n.to_string())));
+    let (method, arg) = target.split_once(':').map_or((target, None), |(m, n)| (m, Some(n.to_string())));
+    let become_pass =
+        || read_secret(&cli.become_pass_env, &cli.become_pass_file, cli.ask_become_pass, "become password");
+    let user = || arg.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into());
     match method {
+        "sudo" => {
+            let mut o = SudoOptions::new(user());
+            o.password = become_pass()?;
+            o.preserve_env = cli.preserve_env;
+            o.login = cli.login;
+            o.connect_timeout = timeout;
+            router.sudo(o).map_err(|e| e.to_string())
+        }
+        "su" => {
+            let mut o = SuOptions::new(user());
+            o.password = become_pass()?;
+            o.login = cli.login;
+            o.connect_timeout = timeout;
+            router.su(o).map_err(|e| e.to_string())
+        }
+        "doas" => {
+            let mut o = DoasOptions::new(user());
+            o.password = become_pass()?;
+            o.connect_timeout = timeout;
+            router.doas(o).map_err(|e| e.to_string())
+        }
         "local" => router
-            .local(LocalOptions { name: name.or_else(|| Some("local".into())), connect_timeout: timeout, ..LocalOptions::default() })
+            .local(LocalOptions { name: arg.or_else(|| Some("local".into())), connect_timeout: timeout, ..LocalOptions::default() })
             .map_err(|e| e.to_string()),
         _ => Err(format!(
-            "unknown target {target:?}: supported today: local, ssh://[user@]host[:port] (sudo and containers are on the way)"
+            "unknown target {target:?}: supported today: local, ssh://[user@]host[:port], sudo:USER, su:USER, doas:USER (containers are on the way)"
         )),
     }
 }

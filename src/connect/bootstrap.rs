@@ -36,9 +36,46 @@ pub enum Upload {
     Memfd,
 }
 
-/// Turns the stderr of a process whose bootstrap failed into a
-/// method-specific error (e.g. ssh's "Permission denied"), or `None`.
-pub type Classify<'a> = dyn Fn(&[u8]) -> Option<ConnectError> + 'a;
+/// What a method makes of new output on the process's stderr (its tty
+/// for sudo/su/doas) while bootstrapping.
+#[derive(Debug)]
+pub enum Prompt {
+    /// Nothing to do yet.
+    Wait,
+    /// Write these bytes (a password and newline), once, to the tty or to
+    /// the process's stdin.
+    Answer(Vec<u8>, AnswerTo),
+    /// Give up with this error (e.g. "Sorry, try again").
+    Fail(ConnectError),
+}
+
+/// Where a tool reads its password.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnswerTo {
+    /// The controlling terminal (sudo, doas).
+    Tty,
+    /// Standard input (su, through PAM's conversation function).
+    Stdin,
+}
+
+/// Method-specific behaviour during the bootstrap.
+pub trait Hooks {
+    /// Called with the stderr text that arrived since the last answer.
+    fn on_stderr(&mut self, _unscanned: &[u8]) -> Prompt {
+        Prompt::Wait
+    }
+
+    /// Turns the stderr of a process whose bootstrap failed into a
+    /// method-specific error (e.g. ssh's "Permission denied"), or `None`.
+    fn classify(&self, _stderr: &[u8]) -> Option<ConnectError> {
+        None
+    }
+}
+
+/// The hooks of a method that has none (local).
+#[derive(Debug)]
+pub struct NoHooks;
+impl Hooks for NoHooks {}
 
 /// What a successful bootstrap hands on.
 #[derive(Debug)]
@@ -71,7 +108,9 @@ const STDERR_TAIL: usize = 8192;
 
 struct Phase<'a> {
     context: &'a str,
-    classify: &'a Classify<'a>,
+    hooks: &'a mut dyn Hooks,
+    unscanned: Vec<u8>,
+    failed: Option<ConnectError>,
     pipes: &'a Pipes<'a>,
     deadline: Instant,
     timeout: Duration,
@@ -85,26 +124,33 @@ impl Phase<'_> {
         format_output(&self.stderr, &self.noise)
     }
 
-    fn timeout(&self, phase: &'static str) -> ConnectError {
-        if let Some(e) = (self.classify)(&self.stderr) {
+    fn timeout(&mut self, phase: &'static str) -> ConnectError {
+        if let Some(e) = self.failed.take() {
+            return e;
+        }
+        if let Some(e) = self.hooks.classify(&self.stderr) {
             return e;
         }
         ConnectError::Timeout { context: self.context.into(), phase, timeout: self.timeout, output: self.output() }
     }
 
-    fn fail(&self, reason: impl Into<String>) -> ConnectError {
-        if let Some(e) = (self.classify)(&self.stderr) {
+    fn fail(&mut self, reason: impl Into<String>) -> ConnectError {
+        if let Some(e) = self.failed.take() {
+            return e;
+        }
+        if let Some(e) = self.hooks.classify(&self.stderr) {
             return e;
         }
         ConnectError::Bootstrap { context: self.context.into(), reason: reason.into(), output: self.output() }
     }
 
     /// Waits until rx is readable (or, with `write`, tx is writable), while
-    /// collecting stderr. Returns false on timeout.
+    /// collecting stderr. Returns false on timeout or when a hook gave up
+    /// (then `failed` says why).
     fn wait(&mut self, write: bool) -> bool {
         loop {
             let now = Instant::now();
-            if now >= self.deadline {
+            if now >= self.deadline || self.failed.is_some() {
                 return false;
             }
             let ms = (self.deadline - now).as_millis().min(i32::MAX as u128) as i32;
@@ -128,6 +174,9 @@ impl Phase<'_> {
             drop(fds);
             if err_ready {
                 self.read_stderr();
+                if self.failed.is_some() {
+                    return false;
+                }
             }
             if main_ready {
                 return true;
@@ -145,6 +194,34 @@ impl Phase<'_> {
                     if self.stderr.len() > STDERR_TAIL {
                         let cut = self.stderr.len() - STDERR_TAIL;
                         self.stderr.drain(..cut);
+                    }
+                    self.unscanned.extend_from_slice(&b[..n]);
+                    log::trace!("[{}] bootstrap stderr/tty: {:?}", self.context, String::from_utf8_lossy(&b[..n]));
+                    match self.hooks.on_stderr(&self.unscanned) {
+                        Prompt::Wait => {}
+                        Prompt::Answer(bytes, to) => {
+                            self.unscanned.clear();
+                            let target = match to {
+                                AnswerTo::Tty => {
+                                    wait_for_echo_off(fd);
+                                    fd
+                                }
+                                AnswerTo::Stdin => self.pipes.tx,
+                            };
+                            // A password and a newline: a short write loop.
+                            let mut rest = &bytes[..];
+                            while !rest.is_empty() {
+                                match side::write(target, rest) {
+                                    Ok(Io::Done(n)) => rest = &rest[n..],
+                                    Ok(Io::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
+                                    _ => break,
+                                }
+                            }
+                        }
+                        Prompt::Fail(e) => {
+                            self.failed = Some(e);
+                            return;
+                        }
                     }
                 }
                 Ok(Io::WouldBlock) => return,
@@ -189,18 +266,44 @@ impl Phase<'_> {
     }
 }
 
+/// Before typing a password into a tty: wait (up to 1 s) until the tool
+/// has turned echo off. Tools do that right before reading, and some (PAM's
+/// conversation in su) only after printing the prompt, with TCSAFLUSH,
+/// which would discard an answer typed earlier. If echo is still on after
+/// the wait, turn it off ourselves so the password is never echoed back
+/// into output we keep. Not a tty (no termios): nothing to wait for.
+fn wait_for_echo_off(fd: BorrowedFd<'_>) {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    let until = Instant::now() + Duration::from_secs(1);
+    loop {
+        let Ok(t) = tcgetattr(fd) else { return };
+        if !t.local_modes.contains(LocalModes::ECHO) {
+            return;
+        }
+        if Instant::now() >= until {
+            let mut quiet = t;
+            quiet.local_modes.remove(LocalModes::ECHO);
+            let _ = tcsetattr(fd, OptionalActions::Now, &quiet);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Runs the text phase and returns once the agent said hello.
 pub fn run(
     context: &str,
     pipes: &Pipes<'_>,
     timeout: Duration,
     max_message_size: u32,
-    classify: &Classify<'_>,
+    hooks: &mut dyn Hooks,
 ) -> Result<Bootstrapped, ConnectError> {
     let start = Instant::now();
     let mut ph = Phase {
         context,
-        classify,
+        hooks,
+        unscanned: Vec::new(),
+        failed: None,
         pipes,
         deadline: start + timeout,
         timeout,

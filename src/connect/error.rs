@@ -95,6 +95,20 @@ pub enum ConnectError {
         /// What ssh printed (formatted, may be empty).
         output: String,
     },
+    /// sudo, su or doas refused or failed.
+    #[error("{context}: {tool} to {user}: {failure}{output}")]
+    Become {
+        /// Context name.
+        context: String,
+        /// `sudo`, `su` or `doas`.
+        tool: &'static str,
+        /// Target user.
+        user: String,
+        /// What went wrong.
+        failure: super::prompt::BecomeFailure,
+        /// What the tool printed (formatted, may be empty).
+        output: String,
+    },
     /// The broker could not take the new stream.
     #[error("{context}: {source}")]
     Io {

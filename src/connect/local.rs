@@ -53,6 +53,11 @@ pub struct ChildCommand {
     /// Two pipes for stdin and stdout instead of one socketpair (ssh moves
     /// small messages through pipes ~6 µs faster per round trip).
     pub pipes: bool,
+    /// mitogen's hybrid tty: stdin/stdout stay pipes, stderr is a new pty
+    /// that is also the child's controlling terminal (a new session), so a
+    /// password prompt appears there while bulk data never crosses a tty.
+    /// Implies `pipes`.
+    pub tty: bool,
 }
 
 impl ChildCommand {
@@ -77,7 +82,8 @@ pub struct Spawned {
     pub rx: OwnedFd,
     /// What the child reads on its stdin (stream tx).
     pub tx: OwnedFd,
-    /// Read end of the child's stderr.
+    /// Read end of the child's stderr; with `tty`, the pty master (read
+    /// prompts, write answers; closing it hangs the child up).
     pub stderr: OwnedFd,
 }
 
@@ -92,7 +98,7 @@ pub fn command(opts: &LocalOptions, stage0: &str) -> ChildCommand {
 /// Starts `cmd` with a socketpair (or two pipes) as stdin/stdout and a pipe
 /// as stderr.
 pub fn create_child(cmd: &ChildCommand) -> std::io::Result<Spawned> {
-    let (rx, tx, child_in, child_out): (OwnedFd, OwnedFd, OwnedFd, OwnedFd) = if cmd.pipes {
+    let (rx, tx, child_in, child_out): (OwnedFd, OwnedFd, OwnedFd, OwnedFd) = if cmd.pipes || cmd.tty {
         let flags = rustix::pipe::PipeFlags::CLOEXEC;
         let (in_r, in_w) = rustix::pipe::pipe_with(flags)?;
         let (out_r, out_w) = rustix::pipe::pipe_with(flags)?;
@@ -104,11 +110,25 @@ pub fn create_child(cmd: &ChildCommand) -> std::io::Result<Spawned> {
         (ours.try_clone()?, ours, theirs.try_clone()?, theirs)
     };
     let mut c = Command::new(&cmd.program);
-    c.args(&cmd.args)
-        .stdin(Stdio::from(child_in))
-        .stdout(Stdio::from(child_out))
-        .stderr(Stdio::piped())
-        .process_group(0);
+    c.args(&cmd.args).stdin(Stdio::from(child_in)).stdout(Stdio::from(child_out));
+    let pty_master = if cmd.tty {
+        let pty = open_pty()?;
+        c.stderr(Stdio::from(pty.slave));
+        // SAFETY: setsid and ioctl are async-signal-safe; nothing else runs
+        // between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(2, libc::TIOCSCTTY as _, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Some(pty.master)
+    } else {
+        c.stderr(Stdio::piped()).process_group(0);
+        None
+    };
     for k in &cmd.env_remove {
         c.env_remove(k);
     }
@@ -116,7 +136,25 @@ pub fn create_child(cmd: &ChildCommand) -> std::io::Result<Spawned> {
         c.env(k, v);
     }
     let mut child = c.spawn()?;
-    let stderr = child.stderr.take().map(OwnedFd::from).ok_or_else(|| std::io::Error::other("no stderr pipe"))?;
+    let stderr = match pty_master {
+        Some(m) => m,
+        None => child.stderr.take().map(OwnedFd::from).ok_or_else(|| std::io::Error::other("no stderr pipe"))?,
+    };
     // The Child handle is dropped without waiting: a ProcessMonitor reaps it.
     Ok(Spawned { pid: child.id(), rx, tx, stderr })
+}
+
+/// A new pty without output post-processing. Echo stays on: a tool turns
+/// it off right before it reads a password, and that is the moment the
+/// bootstrap waits for before typing (see `bootstrap`, `Prompt::Answer`).
+fn open_pty() -> std::io::Result<nix::pty::OpenptyResult> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, OutputFlags, SetArg};
+    let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
+    let mut t = tcgetattr(&pty.slave).map_err(std::io::Error::from)?;
+    t.output_flags.remove(OutputFlags::OPOST);
+    tcsetattr(&pty.slave, SetArg::TCSANOW, &t).map_err(std::io::Error::from)?;
+    for fd in [&pty.master, &pty.slave] {
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
+    }
+    Ok(pty)
 }

@@ -7,7 +7,9 @@
 //!   (markers, agent upload, hello) with a deadline; [`local`] is the local
 //!   method (`create_child`: one socketpair as stdin and stdout);
 //!   [`process_monitor`] tracks spawned processes by pidfd; [`error`] holds
-//!   [`ConnectError`](error::ConnectError).
+//!   [`ConnectError`](error::ConnectError); [`ssh`] the ssh method;
+//!   [`sudo`], [`su`], [`doas`] the privilege changes, which share
+//!   [`prompt`] (recognising and answering password prompts once).
 //!
 //! Every method ends in the same place: a process running `sh -c <stage0>`
 //! whose stdin/stdout are the stream. Only how that process starts differs.
@@ -17,10 +19,18 @@ pub mod stage0;
 #[cfg(feature = "master")]
 pub mod bootstrap;
 #[cfg(feature = "master")]
+pub mod doas;
+#[cfg(feature = "master")]
 pub mod error;
 #[cfg(feature = "master")]
 pub mod local;
 #[cfg(feature = "master")]
 pub mod process_monitor;
 #[cfg(feature = "master")]
+pub mod prompt;
+#[cfg(feature = "master")]
 pub mod ssh;
+#[cfg(feature = "master")]
+pub mod su;
+#[cfg(feature = "master")]
+pub mod sudo;

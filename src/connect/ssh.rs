@@ -229,10 +229,11 @@ pub struct Prepared {
     pub command: ChildCommand,
     askpass: Option<Askpass>,
     host: String,
+    context: String,
 }
 
 /// Builds the ssh command line for `stage0`.
-pub fn prepare(opts: &SshOptions, stage0: &str) -> std::io::Result<Prepared> {
+pub fn prepare(opts: &SshOptions, context: &str, stage0: &str) -> std::io::Result<Prepared> {
     let mut c = ChildCommand::new(opts.ssh_path.clone().map_or_else(|| OsString::from("ssh"), PathBuf::into_os_string));
     if let Some(f) = &opts.ssh_config {
         c.arg("-F").arg(f);
@@ -288,12 +289,13 @@ pub fn prepare(opts: &SshOptions, stage0: &str) -> std::io::Result<Prepared> {
         c.arg("-o").arg(o);
     }
     c.arg("--").arg(&opts.hostname).arg(format!("sh -c {}", sh_quote(stage0)));
-    Ok(Prepared { command: c, askpass, host: opts.display_host() })
+    Ok(Prepared { command: c, askpass, host: opts.display_host(), context: context.into() })
 }
 
-impl Prepared {
-    /// Maps ssh's stderr to a typed error (used by the bootstrap).
-    pub fn classify(&self, context: &str, stderr: &[u8]) -> Option<ConnectError> {
+impl super::bootstrap::Hooks for Prepared {
+    /// Maps ssh's stderr to a typed error.
+    fn classify(&self, stderr: &[u8]) -> Option<ConnectError> {
+        let context = &self.context;
         let text = String::from_utf8_lossy(stderr);
         let asked = self.askpass.as_ref().map(|a| a.asked.load(Ordering::SeqCst));
         let failure = classify_text(&text, asked)?;

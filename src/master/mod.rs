@@ -19,11 +19,15 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::connect::bootstrap::{self, Pipes};
+use crate::connect::doas::{self, DoasOptions};
 use crate::connect::error::ConnectError;
 use crate::connect::local::{self, ChildCommand, LocalOptions};
 use crate::connect::process_monitor::ProcessMonitor;
+use crate::connect::prompt::{self, BecomeFailure};
 use crate::connect::ssh::{self, SshOptions};
 use crate::connect::stage0;
+use crate::connect::su::{self, SuOptions};
+use crate::connect::sudo::{self, SudoOptions};
 use crate::core::broker::{Broker, Cmd, StreamSetup};
 use crate::core::router::{ContextShared, RouterTable};
 use crate::core::side;
@@ -82,17 +86,68 @@ impl Router {
         let id = self.core.table.allocate_context_id();
         let name = opts.name.clone().unwrap_or_else(|| format!("local.{id}"));
         let cmd = local::command(&opts, &stage0::script(&embedded::specs(), id));
-        self.connect_child(id, name, &cmd, opts.connect_timeout, &|_| None)
+        self.connect_child(id, name, &cmd, opts.connect_timeout, &mut bootstrap::NoHooks)
     }
 
     /// Starts an agent on another host through the system `ssh` client.
     pub fn ssh(&self, opts: SshOptions) -> Result<Context, ConnectError> {
         let id = self.core.table.allocate_context_id();
         let name = opts.name.clone().unwrap_or_else(|| opts.display_host());
-        let prepared = ssh::prepare(&opts, &stage0::script(&embedded::specs(), id))
+        let mut prepared = ssh::prepare(&opts, &name, &stage0::script(&embedded::specs(), id))
             .map_err(|source| ConnectError::Io { context: name.clone(), source })?;
-        let classify = |stderr: &[u8]| prepared.classify(&name, stderr);
-        self.connect_child(id, name.clone(), &prepared.command, opts.connect_timeout, &classify)
+        let command = prepared.command.clone();
+        self.connect_child(id, name, &command, opts.connect_timeout, &mut prepared)
+    }
+
+    /// Starts an agent as another user through `sudo`.
+    pub fn sudo(&self, opts: SudoOptions) -> Result<Context, ConnectError> {
+        let id = self.core.table.allocate_context_id();
+        let name = opts.name.clone().unwrap_or_else(|| format!("sudo:{}", opts.username));
+        let (cmd, mut r) = sudo::prepare(&opts, &name, &stage0::script(&embedded::specs(), id));
+        self.connect_become(id, name, &cmd, opts.connect_timeout, &mut r, "sudo", &opts.username)
+    }
+
+    /// Starts an agent as another user through `su`.
+    pub fn su(&self, opts: SuOptions) -> Result<Context, ConnectError> {
+        let id = self.core.table.allocate_context_id();
+        let name = opts.name.clone().unwrap_or_else(|| format!("su:{}", opts.username));
+        let (cmd, mut r) = su::prepare(&opts, &name, &stage0::script(&embedded::specs(), id));
+        self.connect_become(id, name, &cmd, opts.connect_timeout, &mut r, "su", &opts.username)
+    }
+
+    /// Starts an agent as another user through `doas`.
+    pub fn doas(&self, opts: DoasOptions) -> Result<Context, ConnectError> {
+        let id = self.core.table.allocate_context_id();
+        let name = opts.name.clone().unwrap_or_else(|| format!("doas:{}", opts.username));
+        let (cmd, mut r) = doas::prepare(&opts, &name, &stage0::script(&embedded::specs(), id));
+        self.connect_become(id, name, &cmd, opts.connect_timeout, &mut r, "doas", &opts.username)
+    }
+
+    /// [`Router::connect_child`] for sudo/su/doas: a missing tool is a
+    /// typed [`BecomeFailure::ToolMissing`].
+    #[allow(clippy::too_many_arguments)]
+    fn connect_become(
+        &self,
+        id: u32,
+        name: String,
+        cmd: &ChildCommand,
+        timeout: std::time::Duration,
+        hooks: &mut prompt::Responder,
+        tool: &'static str,
+        user: &str,
+    ) -> Result<Context, ConnectError> {
+        match self.connect_child(id, name, cmd, timeout, hooks) {
+            Err(ConnectError::Spawn { context, source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(ConnectError::Become {
+                    context,
+                    tool,
+                    user: user.into(),
+                    failure: BecomeFailure::ToolMissing,
+                    output: format!(" ({} not found)", cmd.program.to_string_lossy()),
+                })
+            }
+            r => r,
+        }
     }
 
     /// Starts `cmd` (which ends in `sh -c <stage0>` on the target), runs
@@ -104,7 +159,7 @@ impl Router {
         name: String,
         cmd: &ChildCommand,
         timeout: std::time::Duration,
-        classify: &bootstrap::Classify<'_>,
+        hooks: &mut dyn bootstrap::Hooks,
     ) -> Result<Context, ConnectError> {
         let spawned = local::create_child(cmd).map_err(|source| ConnectError::Spawn {
             context: name.clone(),
@@ -117,7 +172,7 @@ impl Router {
         side::set_nonblocking(spawned.rx.as_fd(), true).map_err(io)?;
         side::set_nonblocking(spawned.tx.as_fd(), true).map_err(io)?;
         let pipes = Pipes { rx: spawned.rx.as_fd(), tx: spawned.tx.as_fd(), stderr: Some(spawned.stderr.as_fd()) };
-        let boot = match bootstrap::run(&name, &pipes, timeout, self.core.table.max_message_size, classify) {
+        let boot = match bootstrap::run(&name, &pipes, timeout, self.core.table.max_message_size, hooks) {
             Ok(b) => b,
             Err(e) => {
                 // A failed bootstrap leaves nothing behind.

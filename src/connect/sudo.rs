@@ -1,0 +1,121 @@
+//! The `sudo` method: `sudo -p <token> -u USER … -- sh -c '<stage0>'` on a
+//! hybrid tty.
+//!
+//! The prompt is our own unique token per connect (`-p`), so localised or
+//! customised prompts do not matter; sudo-rs shows it as
+//! `[sudo: <token>] Password:`, which is recognised too.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::local::ChildCommand;
+use super::prompt::{BecomeFailure, Responder};
+
+/// Options of [`crate::Router::sudo`].
+#[derive(Clone)]
+pub struct SudoOptions {
+    /// Name in logs and errors (default `sudo:<user>`).
+    pub name: Option<String>,
+    /// Target user (`-u`).
+    pub username: String,
+    /// Password, typed at sudo's prompt if (and only if) it asks.
+    pub password: Option<String>,
+    /// Keep the environment (`-E`).
+    pub preserve_env: bool,
+    /// Run through the target's login shell (`-i`).
+    pub login: bool,
+    /// SELinux role (`-r`).
+    pub selinux_role: Option<String>,
+    /// SELinux type (`-t`).
+    pub selinux_type: Option<String>,
+    /// Extra arguments placed before `--`.
+    pub sudo_args: Vec<String>,
+    /// The sudo program.
+    pub sudo_path: Option<PathBuf>,
+    /// Limit for the whole bootstrap (prompt included).
+    pub connect_timeout: Duration,
+}
+
+impl SudoOptions {
+    /// sudo to `username` with defaults (no password, 30 s).
+    pub fn new(username: impl Into<String>) -> SudoOptions {
+        SudoOptions {
+            name: None,
+            username: username.into(),
+            password: None,
+            preserve_env: false,
+            login: false,
+            selinux_role: None,
+            selinux_type: None,
+            sudo_args: Vec::new(),
+            sudo_path: None,
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl std::fmt::Debug for SudoOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SudoOptions")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("preserve_env", &self.preserve_env)
+            .field("login", &self.login)
+            .field("sudo_args", &self.sudo_args)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Failure messages of sudo (lower case).
+const FAILURES: &[(&str, BecomeFailure)] = &[
+    ("sorry, try again", BecomeFailure::WrongPassword),
+    ("incorrect password attempt", BecomeFailure::WrongPassword),
+    ("authentication failed", BecomeFailure::WrongPassword),
+    ("is not in the sudoers file", BecomeFailure::NotInSudoers),
+    ("is not allowed to execute", BecomeFailure::NotAllowed),
+    ("is not allowed to run sudo", BecomeFailure::NotAllowed),
+    ("a password is required", BecomeFailure::PasswordRequired),
+    ("you must have a tty", BecomeFailure::RequireTty),
+    ("a terminal is required", BecomeFailure::RequireTty),
+    ("account locked", BecomeFailure::AccountLocked),
+    ("account expired", BecomeFailure::AccountLocked),
+    ("unknown user", BecomeFailure::NoSuchUser),
+];
+
+fn token() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("mito-sudo-{:x}-{:x}-{:x}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed), t)
+}
+
+/// The command and its prompt responder.
+pub fn prepare(opts: &SudoOptions, context: &str, stage0: &str) -> (ChildCommand, Responder) {
+    let tok = token();
+    let mut c =
+        ChildCommand::new(opts.sudo_path.clone().map_or_else(|| OsString::from("sudo"), PathBuf::into_os_string));
+    c.tty = true;
+    c.arg("-p").arg(&tok).arg("-u").arg(&opts.username);
+    if opts.preserve_env {
+        c.arg("-E");
+    }
+    if opts.login {
+        c.arg("-i");
+    }
+    if let Some(r) = &opts.selinux_role {
+        c.arg("-r").arg(r);
+    }
+    if let Some(t) = &opts.selinux_type {
+        c.arg("-t").arg(t);
+    }
+    for a in &opts.sudo_args {
+        c.arg(a);
+    }
+    c.arg("--").arg("sh").arg("-c").arg(stage0);
+    // The prompt check sees the text since the last answer; sudo-rs puts
+    // the token in brackets before its own translated "Password:".
+    let bracketed = format!("[sudo: {tok}]");
+    let is_prompt = Box::new(move |t: &str| t.ends_with(tok.as_str()) || (t.contains(&bracketed) && t.ends_with(':')));
+    (c, Responder::new(context, "sudo", &opts.username, opts.password.clone(), is_prompt, FAILURES))
+}
