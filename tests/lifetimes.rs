@@ -291,3 +291,32 @@ fn no_exec_dir_and_no_perl_is_a_typed_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no directory to run the agent from"), "{err}");
 }
+
+/// SIGTERM (or a hang-up relayed by sudo) ends the agent like losing its
+/// parent: its running command goes too, and the call fails at once.
+#[test]
+fn terminated_agent_takes_its_commands_along() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let mut seen = Vec::new();
+    let args = mito::functions::ExecArgs {
+        argv: ["sh", "-c", "echo $$; exec sleep 30"].iter().map(|a| serde_bytes::ByteBuf::from(a.as_bytes())).collect(),
+        stdio: mito::functions::Stdio::Capture,
+        ..Default::default()
+    };
+    let agent = ctx.connect_info().pid;
+    let c2 = ctx.clone();
+    let waiter = std::thread::spawn(move || c2.exec_streaming(&args, |_, d| seen.extend_from_slice(d)).map(|_| seen));
+    std::thread::sleep(Duration::from_millis(200));
+    let cmd = std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&p| parent_of(p) == Some(agent))
+        .expect("the agent's command");
+    let p = rustix::process::Pid::from_raw(agent as i32).expect("pid");
+    rustix::process::kill_process(p, rustix::process::Signal::TERM).expect("kill -TERM");
+    let r = waiter.join().expect("thread");
+    assert!(r.expect_err("agent ended").is_disconnected());
+    assert!(wait_gone(cmd, Duration::from_secs(2)).is_some(), "command {cmd} outlived its agent");
+    assert_eq!(ctx.shutdown().and_then(|s| s.code), Some(129), "the agent's exit code for a signal");
+}

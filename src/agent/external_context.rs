@@ -33,6 +33,7 @@ use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR,
 const T_PARENT_RX: u64 = 0;
 const T_PARENT_TX: u64 = 1;
 const T_LOG: u64 = 2; // + 0 for fd 1, + 1 for fd 2
+const T_SIGNAL: u64 = 4;
 const T_PROC: u64 = 16;
 
 /// After activity the loop polls without sleeping for this long: a request
@@ -57,6 +58,8 @@ pub mod exit {
     pub const SETUP: i32 = 71;
     /// The parent sent a malformed frame.
     pub const PROTOCOL: i32 = 76;
+    /// SIGHUP, SIGINT or SIGTERM arrived (e.g. sudo relaying a hang-up).
+    pub const SIGNALLED: i32 = 129;
 }
 
 struct Proc {
@@ -88,6 +91,7 @@ pub struct ExternalContext {
     serial: u64,
     max: u32,
     closing: bool,
+    signals: Option<OwnedFd>,
 }
 
 /// Moves the protocol off fds 0/1, points 1 and 2 at IoLogger pipes, and
@@ -141,6 +145,7 @@ pub fn main(args: &[&[u8]]) -> i32 {
         serial: 0,
         max: crate::proto::MAX_MESSAGE_SIZE,
         closing: false,
+        signals: termination_signals(),
     };
     if cx.setup().is_err() {
         return exit::SETUP;
@@ -158,6 +163,9 @@ impl ExternalContext {
             if let Some(l) = l {
                 self.poller.add(l.fd.as_fd(), T_LOG + i as u64, Interest::READ)?;
             }
+        }
+        if let Some(fd) = &self.signals {
+            self.poller.add(fd.as_fd(), T_SIGNAL, Interest::READ)?;
         }
         // The marker ends stage0's text phase; frames follow it directly.
         let hello = Hello {
@@ -225,6 +233,9 @@ impl ExternalContext {
         match ev.token {
             T_PARENT_RX => return self.read_parent(),
             T_PARENT_TX => self.flush(),
+            // A hang-up or termination request ends the agent like losing its
+            // parent does: its commands' process groups get SIGTERM first.
+            T_SIGNAL => return Some(exit::SIGNALLED),
             t if t == T_LOG || t == T_LOG + 1 => self.pump_logger((t - T_LOG) as usize),
             t if t >= T_PROC => {
                 let slot = ((t - T_PROC) / 4) as usize;
@@ -582,6 +593,25 @@ impl ExternalContext {
                 let _ = self.poller.modify(fd.as_fd(), base + 2, i);
             }
         }
+    }
+}
+
+/// Blocks SIGHUP, SIGINT and SIGTERM and returns a signalfd that reports
+/// them to the loop (no handler races with `epoll_wait`). Children get an
+/// empty mask back from posix_spawn.
+fn termination_signals() -> Option<OwnedFd> {
+    // SAFETY: plain libc calls on a local sigset; the agent is single-threaded.
+    unsafe {
+        let mut set: libc::sigset_t = core::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
+            libc::sigaddset(&mut set, sig);
+        }
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, core::ptr::null_mut()) != 0 {
+            return None;
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        (fd >= 0).then(|| super::spawn::owned(fd))
     }
 }
 
