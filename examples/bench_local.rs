@@ -145,6 +145,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fan = t.elapsed();
     out.push(("50 local contexts + one call each (ms)".into(), ms(fan), ms(fan), "ms"));
     drop(many);
+
+    // 9. sudo (root -> mito-user, no password; scripts/test-become): connect
+    // + first call, round trip and bulk through the sudo context.
+    let sudo_user = "mito-user";
+    if rustix::process::geteuid().is_root() && std::path::Path::new(&format!("/home/{sudo_user}")).exists() {
+        router.sudo(mito::SudoOptions::new(sudo_user))?.shutdown();
+        let mut conn = Vec::new();
+        for _ in 0..if quick { 10 } else { 40 } {
+            let t = Instant::now();
+            let c = router.sudo(mito::SudoOptions::new(sudo_user))?;
+            c.ping()?;
+            conn.push(t.elapsed());
+            c.shutdown();
+        }
+        let (m, n) = stats(conn);
+        out.push(("sudo connect + first call, root -> user (ms)".into(), ms(m), ms(n), "ms"));
+        let c = router.sudo(mito::SudoOptions::new(sudo_user))?;
+        let mut rtt = Vec::new();
+        for i in 0..if quick { 5000 } else { 20000 } + 1000 {
+            let t = Instant::now();
+            c.ping()?;
+            if i >= 1000 {
+                rtt.push(t.elapsed());
+            }
+        }
+        let (m, n) = stats(rtt);
+        out.push(("no-op round trip through sudo (µs)".into(), m.as_secs_f64() * 1e6, n.as_secs_f64() * 1e6, "us"));
+        let data = c.exec(&["head", "-c", "67108864", "/dev/zero"])?;
+        let t = Instant::now();
+        let data2 = c.exec(&["head", "-c", "67108864", "/dev/zero"])?;
+        let el = t.elapsed();
+        assert_eq!((data.stdout.len(), data2.stdout.len()), (64 << 20, 64 << 20));
+        out.push(("exec output 64 MiB through sudo (MB/s)".into(), 67.108864 / el.as_secs_f64(), 67.108864 / el.as_secs_f64(), "MB/s"));
+    } else {
+        eprintln!("sudo workloads: n/a (need root and the test user {sudo_user}: scripts/test-become)");
+    }
     drop(router);
     let _ = std::fs::remove_dir_all(&base);
 
