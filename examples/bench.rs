@@ -1,0 +1,316 @@
+//! The mito side of `scripts/bench`, through the public API only.
+//!
+//! `bench WORKLOAD ITERATIONS` prints one JSON line
+//! `{"unit": "...", "values": [...], "baseline": [...]}`; the orchestrator
+//! (scripts/bench.py) runs the same workload for Python mitogen and compares.
+//! Environment: `BENCH_DIR` (scratch dir), `BENCH_FILE` (64 MiB file),
+//! `BENCH_BIG` (256 MiB file), `BENCH_SSH` (`port dir user` of the test sshd),
+//! `BENCH_SUDO_USER`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mito::functions::ExecArgs;
+use mito::{Context, LocalOptions, Router, SshOptions, SudoOptions};
+use serde_bytes::ByteBuf;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn env(k: &str) -> Res<String> {
+    std::env::var(k).map_err(|_| format!("{k} is not set").into())
+}
+
+fn local(cache: &Path) -> LocalOptions {
+    LocalOptions {
+        env: vec![
+            ("XDG_CACHE_HOME".into(), cache.as_os_str().to_owned()),
+            ("XDG_RUNTIME_DIR".into(), cache.join("run").into_os_string()),
+        ],
+        ..LocalOptions::default()
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Bytes this process has written so far (all write syscalls).
+fn wchar() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("wchar:"))?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+struct Ssh {
+    port: u16,
+    dir: PathBuf,
+    user: String,
+}
+
+impl Ssh {
+    fn from_env() -> Res<Ssh> {
+        let v = env("BENCH_SSH")?;
+        let mut it = v.split_whitespace();
+        let port = it.next().ok_or("BENCH_SSH: port")?.parse()?;
+        let dir = PathBuf::from(it.next().ok_or("BENCH_SSH: dir")?);
+        let user = it.next().ok_or("BENCH_SSH: user")?.to_string();
+        Ok(Ssh { port, dir, user })
+    }
+
+    fn opts(&self) -> SshOptions {
+        let mut o = SshOptions::new("127.0.0.1");
+        o.port = Some(self.port);
+        o.username = Some(self.user.clone());
+        o.ssh_config = Some("/dev/null".into());
+        o.identity_file = Some(self.dir.join("id_ed25519"));
+        o.options = vec![format!("UserKnownHostsFile={}", self.dir.join("known_hosts").display())];
+        o
+    }
+
+    /// Plain `ssh … COMMAND` with the same options mito passes.
+    fn ssh(&self, command: &[&str]) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(["-F", "/dev/null", "-T", "-p", &self.port.to_string(), "-l", &self.user, "-i"])
+            .arg(self.dir.join("id_ed25519"))
+            .args(["-o", "IdentitiesOnly=yes", "-o"])
+            .arg(format!("UserKnownHostsFile={}", self.dir.join("known_hosts").display()))
+            .args(["-o", "LogLevel=ERROR", "-o", "Compression=no", "-o", "BatchMode=yes", "127.0.0.1"])
+            .args(command);
+        c
+    }
+
+    fn ssh_true(&self) -> Res<Duration> {
+        let t = Instant::now();
+        if !self.ssh(&["true"]).stdin(Stdio::null()).status()?.success() {
+            return Err("ssh true failed".into());
+        }
+        Ok(t.elapsed())
+    }
+
+    /// One-byte echo round trips through `ssh host cat` (µs).
+    fn raw_echo(&self, n: usize) -> Res<Vec<f64>> {
+        use std::io::{Read, Write};
+        let mut cat = self.ssh(&["cat"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let (mut i, mut o) = (cat.stdin.take().ok_or("stdin")?, cat.stdout.take().ok_or("stdout")?);
+        let mut b = [0u8; 1];
+        let mut v = Vec::with_capacity(n);
+        for k in 0..n + 1000 {
+            let t = Instant::now();
+            i.write_all(b"x")?;
+            o.read_exact(&mut b)?;
+            if k >= 1000 {
+                v.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        drop(i);
+        cat.wait()?;
+        Ok(v)
+    }
+
+    /// `ssh host cat FILE > /dev/null` throughput, login included (MB/s).
+    fn ssh_cat(&self, file: &str) -> Res<f64> {
+        let len = std::fs::metadata(file)?.len() as f64;
+        let t = Instant::now();
+        if !self.ssh(&["cat", file]).stdout(Stdio::null()).status()?.success() {
+            return Err("ssh cat failed".into());
+        }
+        Ok(len / 1e6 / t.elapsed().as_secs_f64())
+    }
+}
+
+fn rtt(ctx: &Context, n: usize) -> Res<Vec<f64>> {
+    for _ in 0..1000 {
+        ctx.ping()?;
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        ctx.ping()?;
+        v.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(v)
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let workload = args.get(1).ok_or("usage: bench WORKLOAD ITERATIONS")?.as_str();
+    let n: usize = args.get(2).map_or(Ok(10), |s| s.parse())?;
+    let dir = PathBuf::from(env("BENCH_DIR")?);
+    let warm = dir.join("mito-warm-cache");
+    std::fs::create_dir_all(warm.join("run"))?;
+    let router = Router::new()?;
+    let (mut values, mut baseline) = (Vec::new(), Vec::new());
+    let unit = match workload {
+        "local_warm" => {
+            router.local(local(&warm))?.shutdown();
+            for _ in 0..n {
+                let t = Instant::now();
+                let c = router.local(local(&warm))?;
+                c.ping()?;
+                values.push(ms(t.elapsed()));
+                c.shutdown();
+            }
+            "ms"
+        }
+        "local_cold_cache" => {
+            for i in 0..n {
+                let cache = dir.join(format!("mito-cold-{}-{i}", std::process::id()));
+                std::fs::create_dir_all(cache.join("run"))?;
+                let t = Instant::now();
+                let c = router.local(local(&cache))?;
+                c.ping()?;
+                values.push(ms(t.elapsed()));
+                c.shutdown();
+                let _ = std::fs::remove_dir_all(&cache);
+            }
+            "ms"
+        }
+        "rtt_local" => {
+            values = rtt(&router.local(local(&warm))?, n)?;
+            "us"
+        }
+        "pipelined" => {
+            let c = router.local(local(&warm))?;
+            for _ in 0..n {
+                let t = Instant::now();
+                let p: Vec<_> =
+                    (0..10_000).map(|_| c.call_async::<mito::functions::Ping>(&())).collect::<Result<_, _>>()?;
+                for x in p {
+                    x.wait()?;
+                }
+                values.push(10_000.0 / t.elapsed().as_secs_f64());
+            }
+            "calls/s"
+        }
+        "bulk_local" | "bulk_ssh" => {
+            let file = env("BENCH_FILE")?;
+            let ssh = if workload == "bulk_ssh" { Some(Ssh::from_env()?) } else { None };
+            let c = match &ssh {
+                Some(s) => router.ssh(s.opts())?,
+                None => router.local(local(&warm))?,
+            };
+            for _ in 0..n {
+                if let Some(s) = &ssh {
+                    baseline.push(s.ssh_cat(&file)?);
+                }
+                let t = Instant::now();
+                let data = c.read_file(&file)?;
+                values.push(data.len() as f64 / 1e6 / t.elapsed().as_secs_f64());
+            }
+            "MB/s"
+        }
+        "stream_local" => {
+            let file = env("BENCH_BIG")?;
+            let c = router.local(local(&warm))?;
+            for _ in 0..n {
+                let args = ExecArgs {
+                    argv: vec![ByteBuf::from(&b"cat"[..]), ByteBuf::from(file.as_bytes())],
+                    ..ExecArgs::default()
+                };
+                let mut got = 0usize;
+                let t = Instant::now();
+                c.exec_streaming(&args, |_, d| got += d.len())?;
+                values.push(got as f64 / 1e6 / t.elapsed().as_secs_f64());
+            }
+            "MB/s"
+        }
+        "fanout" | "fanout_threads" => {
+            for _ in 0..n {
+                let t = Instant::now();
+                let ctxs: Vec<Context> = if workload == "fanout" {
+                    (0..50).map(|_| router.local(local(&warm))).collect::<Result<_, _>>()?
+                } else {
+                    std::thread::scope(|s| {
+                        let hs: Vec<_> = (0..10)
+                            .map(|_| {
+                                s.spawn(|| (0..5).map(|_| router.local(local(&warm))).collect::<Result<Vec<_>, _>>())
+                            })
+                            .collect();
+                        hs.into_iter()
+                            .map(|h| h.join().map_err(|_| "thread panicked")?.map_err(Into::into))
+                            .collect::<Res<Vec<Vec<_>>>>()
+                    })?
+                    .into_iter()
+                    .flatten()
+                    .collect()
+                };
+                for c in &ctxs {
+                    c.ping()?;
+                }
+                values.push(ms(t.elapsed()));
+                for c in &ctxs {
+                    c.shutdown();
+                }
+            }
+            "ms"
+        }
+        "rss" => {
+            let c = router.local(local(&warm))?;
+            c.ping()?;
+            std::thread::sleep(Duration::from_millis(200));
+            values.push(rss_kib(c.connect_info().pid) / 1024.0);
+            "MiB"
+        }
+        "bytes_first" | "bytes_repeat" => {
+            for i in 0..n {
+                let cache = if workload == "bytes_first" {
+                    dir.join(format!("mito-bytes-{}-{i}", std::process::id()))
+                } else {
+                    warm.clone()
+                };
+                std::fs::create_dir_all(cache.join("run"))?;
+                let w0 = wchar();
+                let c = router.local(local(&cache))?;
+                c.ping()?;
+                values.push((wchar() - w0) as f64 / 1024.0);
+                c.shutdown();
+            }
+            "KiB"
+        }
+        "ssh_connect" => {
+            let ssh = Ssh::from_env()?;
+            router.ssh(ssh.opts())?.shutdown();
+            for _ in 0..n {
+                baseline.push(ms(ssh.ssh_true()?));
+                let t = Instant::now();
+                let c = router.ssh(ssh.opts())?;
+                c.ping()?;
+                values.push(ms(t.elapsed()));
+                c.shutdown();
+            }
+            "ms"
+        }
+        "rtt_ssh" => {
+            let ssh = Ssh::from_env()?;
+            baseline = ssh.raw_echo(n)?;
+            values = rtt(&router.ssh(ssh.opts())?, n)?;
+            "us"
+        }
+        "sudo_connect" => {
+            let user = env("BENCH_SUDO_USER")?;
+            router.sudo(SudoOptions::new(&user))?.shutdown();
+            for _ in 0..n {
+                let t = Instant::now();
+                let c = router.sudo(SudoOptions::new(&user))?;
+                c.ping()?;
+                values.push(ms(t.elapsed()));
+                c.shutdown();
+            }
+            "ms"
+        }
+        other => return Err(format!("unknown workload {other}").into()),
+    };
+    drop(router);
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(",");
+    println!("{{\"unit\":\"{unit}\",\"values\":[{}],\"baseline\":[{}]}}", list(&values), list(&baseline));
+    Ok(())
+}

@@ -1,0 +1,163 @@
+"""Orchestrates scripts/bench: runs each workload for mito and for Python
+mitogen, alternating, several rounds, and prints one table (median and best
+of each, and the ratio: how many times better mito is). Also writes JSON
+lines with --json PATH. Started by scripts/bench, which builds, makes the
+venv and the private sshd."""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+# name, label, mito has it, mitogen has it (or the reason it does not), higher is better
+WORKLOADS = [
+    ("local_warm", "local connect + first call (warm)", True, True, False),
+    ("local_cold_cache", "local connect + first call, empty agent cache", True, "no agent cache to be empty", False),
+    ("cold_process", "whole process: start, connect, call, exit", True, True, False),
+    ("rtt_local", "no-op round trip, local", True, True, False),
+    ("pipelined", "pipelined no-op calls, 10k in flight", True, True, True),
+    ("bulk_local", "bulk 64 MiB as one call result, local", True, True, True),
+    ("stream_local", "bulk 256 MiB streamed (mito: exec cat)", True, "FileService needs a service pool; not wired here", True),
+    ("fanout", "50 local contexts + one call each (sequential)", True, True, False),
+    ("fanout_threads", "50 local contexts + one call each (10 threads)", True, True, False),
+    ("rss", "idle agent/child RSS after one call", True, True, False),
+    ("ssh_connect", "ssh connect + first call", True, True, False),
+    ("rtt_ssh", "no-op round trip over ssh", True, True, False),
+    ("bulk_ssh", "bulk 64 MiB over ssh (call result)", True, True, True),
+    ("sudo_connect", "sudo connect + first call (root -> test user)", True, True, False),
+    ("bytes_first", "bytes written by the master: first connect", True, True, False),
+    ("bytes_repeat", "bytes written by the master: repeat connect", True, True, False),
+]
+
+# What the "... / plain ssh" row of a workload compares with (same options).
+BASELINE = {
+    "ssh_connect": "`ssh host true`",
+    "rtt_ssh": "1-byte echo via `ssh host cat`",
+    "bulk_ssh": "`ssh host cat FILE` (login incl.)",
+}
+
+ITER = {  # iterations per round: (quick, full)
+    "local_warm": (10, 40), "local_cold_cache": (5, 20), "cold_process": (5, 15), "rtt_local": (5000, 20000),
+    "pipelined": (2, 5), "bulk_local": (2, 5), "stream_local": (1, 3), "fanout": (1, 2), "fanout_threads": (1, 2),
+    "rss": (1, 1), "ssh_connect": (3, 8), "rtt_ssh": (2000, 5000), "bulk_ssh": (2, 4), "sudo_connect": (5, 20),
+    "bytes_first": (2, 3), "bytes_repeat": (2, 3),
+}
+
+
+def run(cmd, env):
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError("%s failed: %s" % (" ".join(cmd[:3]), out.stderr.decode(errors="replace")[-500:]))
+    return json.loads(out.stdout.decode().strip().splitlines()[-1])
+
+
+def cold_process(cmd, env, n):
+    vals = []
+    for _ in range(n):
+        t = time.perf_counter()
+        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60)
+        vals.append((time.perf_counter() - t) * 1e3)
+    return {"unit": "ms", "values": vals, "baseline": []}
+
+
+COLD_MITOGEN = ("import os,mitogen.master as m\n"
+                "b=m.Broker();r=m.Router(b);c=r.local();c.call(os.getpid);b.shutdown();b.join()\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json")
+    ap.add_argument("--only", help="comma-separated workload names")
+    ap.add_argument("--mito", required=True, help="the mito bench binary")
+    ap.add_argument("--mito-cli", required=True)
+    ap.add_argument("--python", required=True, help="the venv python with mitogen")
+    ap.add_argument("--mitogen-version", default="?")
+    ap.add_argument("--rounds", type=int)
+    a = ap.parse_args()
+    rounds = a.rounds or (2 if a.quick else 3)
+    only = set(a.only.split(",")) if a.only else None
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.abspath(__file__))
+    rows = []
+    for name, label, mito_ok, mitogen_ok, higher in WORKLOADS:
+        if only and name not in only:
+            continue
+        n = ITER[name][0 if a.quick else 1]
+        needs = {"ssh": "BENCH_SSH", "sudo": "BENCH_SUDO_USER"}
+        missing = [v for k, v in needs.items() if name.startswith(k) and not env.get(v)]
+        if missing:
+            rows.append((name, label, None, None, "n/a: %s not available (%s)" % (name.split("_")[0], missing[0])))
+            continue
+        res = {"mito": {"values": [], "baseline": []}, "mitogen": {"values": [], "baseline": []}}
+        unit, err = "?", None
+        for _ in range(rounds):
+            for tool in ("mito", "mitogen"):
+                if (tool == "mito" and mito_ok is not True) or (tool == "mitogen" and mitogen_ok is not True):
+                    continue
+                try:
+                    if name == "cold_process":
+                        cmd = [a.mito_cli, "ping", "local"] if tool == "mito" else [a.python, "-c", COLD_MITOGEN]
+                        r = cold_process(cmd, env, n)
+                    elif tool == "mito":
+                        r = run([a.mito, name, str(n)], env)
+                    else:
+                        r = run([a.python, os.path.join(here, "bench_mitogen.py"), name, str(n)], env)
+                except Exception as e:  # report, never fake a figure
+                    err = "%s: %s" % (tool, str(e).strip().splitlines()[-1] if str(e).strip() else e)
+                    continue
+                unit = r["unit"]
+                res[tool]["values"] += r["values"]
+                res[tool]["baseline"] += r["baseline"]
+        rows.append((name, label, unit, res, err if not isinstance(mitogen_ok, str) else err or "mitogen: n/a: " + mitogen_ok, higher))
+    print("\nmito vs Python mitogen %s (same machine, same run, %d rounds alternating)\n" % (a.mitogen_version, rounds))
+    print("%-48s %26s %26s %9s" % ("workload", "mito median (best)", "mitogen median (best)", "ratio"))
+    out = open(a.json, "a") if a.json else None
+    for row in rows:
+        name, label = row[0], row[1]
+        if row[3] is None:
+            print("%-48s %s" % (label, row[4]))
+            continue
+        unit, res, note, higher = row[2], row[3], row[4], row[5]
+        stats = {}
+        for tool in ("mito", "mitogen"):
+            v = res[tool]["values"]
+            if v:
+                stats[tool] = (statistics.median(v), max(v) if higher else min(v))
+        def num(x):
+            return "%.0f" % x if x >= 1000 else "%.3g" % x
+
+        def cell(t):
+            return "%s %s (%s)" % (num(stats[t][0]), unit, num(stats[t][1])) if t in stats else "n/a"
+        ratio = ""
+        if "mito" in stats and "mitogen" in stats and stats["mito"][0] > 0 and stats["mitogen"][0] > 0:
+            r = stats["mito"][0] / stats["mitogen"][0] if higher else stats["mitogen"][0] / stats["mito"][0]
+            ratio = "%.1fx" % r
+        print("%-48s %26s %26s %9s%s" % (label, cell("mito"), cell("mitogen"), ratio, ("  [" + note + "]") if note else ""))
+        extra = {}
+        for tool in ("mito", "mitogen"):
+            b = res[tool]["baseline"]
+            if b and tool in stats:
+                extra[tool + "_vs_plain_ssh"] = stats[tool][0] / statistics.median(b)
+        if extra:
+            what = BASELINE.get(name, "plain ssh")
+            shown = ["%.2f" % extra[t + "_vs_plain_ssh"] if t + "_vs_plain_ssh" in extra else "-" for t in ("mito", "mitogen")]
+            print("%-48s %26s %26s" % ("  ... / " + what, shown[0], shown[1]))
+        if out:
+            rec = {"workload": name, "label": label, "unit": unit, "time": int(time.time()), "mitogen_version": a.mitogen_version}
+            for tool in stats:
+                rec[tool + "_median"], rec[tool + "_best"] = stats[tool]
+            rec.update(extra)
+            if ratio:
+                rec["ratio"] = float(ratio[:-1])
+            if note:
+                rec["note"] = note
+            out.write(json.dumps(rec) + "\n")
+    if out:
+        out.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The Python mitogen side of scripts/bench: same workloads as
+examples/bench.rs, same output (one JSON line). Run with the venv's python:
+    bench_mitogen.py WORKLOAD ITERATIONS
+Environment as for the mito side (BENCH_DIR, BENCH_FILE, BENCH_SSH, BENCH_SUDO_USER).
+Functions called in contexts are module-level so mitogen can ship them."""
+import json
+import os
+import sys
+import threading
+import time
+
+import mitogen.master
+import mitogen.utils
+
+
+def noop():
+    return None
+
+
+def read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def getpid():
+    return os.getpid()
+
+
+def wchar():
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    return 0
+
+
+def rss_mib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def ssh_kwargs():
+    port, d, user = os.environ["BENCH_SSH"].split()
+    return dict(
+        hostname="127.0.0.1", port=int(port), username=user,
+        identity_file=os.path.join(d, "id_ed25519"), check_host_keys="enforce",
+        compression=False, python_path=["/usr/bin/python3"],
+        ssh_args=["-F", "/dev/null", "-o", "UserKnownHostsFile=" + os.path.join(d, "known_hosts"),
+                  "-o", "IdentitiesOnly=yes"],
+    )
+
+
+def rtt(ctx, n):
+    for _ in range(1000):
+        ctx.call(noop)
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        ctx.call(noop)
+        out.append((time.perf_counter() - t) * 1e6)
+    return out
+
+
+def main():
+    workload, n = sys.argv[1], int(sys.argv[2])
+    broker = mitogen.master.Broker()
+    router = mitogen.master.Router(broker)
+    values, baseline, unit = [], [], "ms"
+    try:
+        if workload == "local_warm":
+            router.local().shutdown(wait=True)
+            for _ in range(n):
+                t = time.perf_counter()
+                c = router.local()
+                c.call(noop)
+                values.append((time.perf_counter() - t) * 1e3)
+                c.shutdown(wait=True)
+        elif workload == "rtt_local":
+            values, unit = rtt(router.local(), n), "us"
+        elif workload == "pipelined":
+            c, unit = router.local(), "calls/s"
+            for _ in range(n):
+                t = time.perf_counter()
+                recvs = [c.call_async(noop) for _ in range(10000)]
+                for r in recvs:
+                    r.get().unpickle()
+                values.append(10000 / (time.perf_counter() - t))
+        elif workload in ("bulk_local", "bulk_ssh"):
+            c = router.ssh(**ssh_kwargs()) if workload == "bulk_ssh" else router.local()
+            unit = "MB/s"
+            for _ in range(n):
+                t = time.perf_counter()
+                data = c.call(read_file, os.environ["BENCH_FILE"])
+                values.append(len(data) / 1e6 / (time.perf_counter() - t))
+        elif workload in ("fanout", "fanout_threads"):
+            for _ in range(n):
+                t = time.perf_counter()
+                if workload == "fanout":
+                    ctxs = [router.local() for _ in range(50)]
+                else:
+                    ctxs, lock = [], threading.Lock()
+
+                    def five():
+                        mine = [router.local() for _ in range(5)]
+                        with lock:
+                            ctxs.extend(mine)
+                    ts = [threading.Thread(target=five) for _ in range(10)]
+                    for th in ts:
+                        th.start()
+                    for th in ts:
+                        th.join()
+                for c in ctxs:
+                    c.call(noop)
+                values.append((time.perf_counter() - t) * 1e3)
+                for c in ctxs:
+                    c.shutdown(wait=True)
+        elif workload == "rss":
+            c = router.local()
+            pid = c.call(getpid)
+            time.sleep(0.2)
+            values, unit = [rss_mib(pid)], "MiB"
+        elif workload in ("bytes_first", "bytes_repeat"):
+            unit = "KiB"
+            for _ in range(n):
+                w0 = wchar()
+                c = router.local()
+                c.call(noop)
+                values.append((wchar() - w0) / 1024.0)
+                c.shutdown(wait=True)
+        elif workload == "ssh_connect":
+            import subprocess
+            kw = ssh_kwargs()
+            router.ssh(**kw).shutdown(wait=True)
+            for _ in range(n):
+                t = time.perf_counter()
+                subprocess.check_call(["ssh", "-T", "-p", str(kw["port"]), "-l", kw["username"], "-i", kw["identity_file"],
+                                       "-o", "LogLevel=ERROR", "-o", "Compression=no", "-o", "BatchMode=yes"]
+                                      + kw["ssh_args"] + ["127.0.0.1", "true"], stdin=subprocess.DEVNULL)
+                baseline.append((time.perf_counter() - t) * 1e3)
+                t = time.perf_counter()
+                c = router.ssh(**kw)
+                c.call(noop)
+                values.append((time.perf_counter() - t) * 1e3)
+                c.shutdown(wait=True)
+        elif workload == "rtt_ssh":
+            values, unit = rtt(router.ssh(**ssh_kwargs()), n), "us"
+        elif workload == "sudo_connect":
+            user = os.environ["BENCH_SUDO_USER"]
+            router.sudo(username=user, python_path=["/usr/bin/python3"]).shutdown(wait=True)
+            for _ in range(n):
+                t = time.perf_counter()
+                c = router.sudo(username=user, python_path=["/usr/bin/python3"])
+                c.call(noop)
+                values.append((time.perf_counter() - t) * 1e3)
+                c.shutdown(wait=True)
+        else:
+            raise SystemExit("unknown workload " + workload)
+    finally:
+        broker.shutdown()
+        broker.join()
+    print(json.dumps({"unit": unit, "values": values, "baseline": baseline}))
+
+
+if __name__ == "__main__":
+    main()
