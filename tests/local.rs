@@ -120,6 +120,11 @@ fn files_write_read_stat_remove() {
     assert_eq!(ctx.stat(dir.path().join("link")).expect("stat").kind, FileKind::File);
     assert_eq!(ctx.stat(dir.path()).expect("stat dir").kind, FileKind::Dir);
 
+    // /proc files say size 0 but have content: the size is only a hint.
+    let version = ctx.read_file("/proc/version").expect("read /proc/version");
+    assert_eq!(version, std::fs::read("/proc/version").expect("local read"));
+    assert!(!version.is_empty());
+
     ctx.remove(&p).expect("remove");
     let e = ctx.read_file(&p).expect_err("gone");
     assert_eq!(e.remote().map(|r| (r.kind, r.errno)), Some((ErrorKind::Os, libc::ENOENT)), "{e}");

@@ -311,6 +311,33 @@ impl ExternalContext {
         }
     }
 
+    /// `read_file`'s reply, built in place: the file is read straight into
+    /// the frame (header, postcard length prefix, bytes), which the transmit
+    /// buffer takes without copying. The generic path copied a large file
+    /// three more times (staging, postcard, transmit buffer).
+    fn reply_file(&mut self, h: &Header, path: &[u8], max: usize) {
+        if h.reply_to == 0 {
+            return;
+        }
+        // Room for the header and the longest length prefix (10 bytes).
+        const ROOM: usize = crate::proto::HEADER_LEN + 10;
+        let mut frame = alloc::vec![0u8; ROOM];
+        match builtins::read_into(path, max, &mut frame) {
+            Ok(n) => {
+                let mut prefix = [0u8; 10];
+                let k = postcard::to_slice(&(n as u64), &mut prefix).map_or(0, |p| p.len());
+                let start = ROOM - k;
+                frame[start..ROOM].copy_from_slice(&prefix[..k]);
+                let reply = Header { dst: h.src, src: self.id, auth: self.id, handle: h.reply_to, ..Header::default() };
+                let len = (frame.len() - ROOM + k) as u32;
+                let hdr = Header { len, ..reply }.encode();
+                frame[start - crate::proto::HEADER_LEN..start].copy_from_slice(&hdr);
+                self.tx.push_frame(frame, start - crate::proto::HEADER_LEN);
+            }
+            Err(e) => self.reply_error(h, e),
+        }
+    }
+
     fn send<T: Serialize>(&mut self, dst: u32, handle: u32, flags: u16, value: &T) {
         let h = Header { flags, dst, src: self.id, auth: self.id, handle, ..Header::default() };
         match postcard::to_allocvec(value) {
@@ -354,10 +381,10 @@ impl ExternalContext {
                 let r = decode::<f::Info>(args).map(|()| builtins::info(&self.ident));
                 self.reply(&h, r)
             }
-            f::ReadFile::NAME => {
-                let r = decode::<f::ReadFile>(args).and_then(|a| builtins::read_file(a, max));
-                self.reply(&h, r)
-            }
+            f::ReadFile::NAME => match decode::<f::ReadFile>(args) {
+                Ok(a) => self.reply_file(&h, &a.path, max),
+                Err(e) => self.reply_error(&h, e),
+            },
             f::WriteFile::NAME => {
                 self.serial += 1;
                 let serial = self.serial;

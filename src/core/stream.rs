@@ -158,20 +158,43 @@ pub struct TxBuffer {
 }
 
 impl TxBuffer {
-    /// Appends one framed message.
-    pub fn push(&mut self, header: &Header, payload: &[u8]) {
+    /// Drops the written prefix before appending, when it is most of the
+    /// buffer (here, not in `consume`: compacting while a large frame drains
+    /// in small writes would move the rest again and again).
+    fn compact(&mut self) {
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
+        } else if self.pos > READ_CHUNK && self.pos * 2 > self.buf.len() {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
         }
+    }
+
+    /// Appends one framed message.
+    pub fn push(&mut self, header: &Header, payload: &[u8]) {
+        self.compact();
         let mut h = *header;
         h.len = payload.len() as u32;
         self.buf.extend_from_slice(&h.encode());
         self.buf.extend_from_slice(payload);
     }
 
+    /// Queues an already encoded frame held in `frame[offset..]`; when
+    /// nothing else is queued the vector is taken as is, without a copy.
+    pub fn push_frame(&mut self, frame: Vec<u8>, offset: usize) {
+        if self.is_empty() {
+            self.buf = frame;
+            self.pos = offset;
+        } else {
+            self.compact();
+            self.buf.extend_from_slice(&frame[offset..]);
+        }
+    }
+
     /// Appends bytes that are not a frame (the bootstrap marker).
     pub fn push_raw(&mut self, bytes: &[u8]) {
+        self.compact();
         self.buf.extend_from_slice(bytes);
     }
 
@@ -199,9 +222,6 @@ impl TxBuffer {
             if self.buf.capacity() > 4 * READ_CHUNK {
                 self.buf.shrink_to(READ_CHUNK);
             }
-        } else if self.pos > READ_CHUNK && self.pos * 2 > self.buf.len() {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
         }
     }
 }

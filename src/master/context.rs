@@ -84,11 +84,22 @@ impl<T: DeserializeOwned> Pending<T> {
 
     /// Waits until `deadline` (`None`: until the reply or a disconnect).
     pub fn wait_until(self, deadline: Option<Instant>) -> Result<T, CallError> {
+        let msg = self.wait_message(deadline)?;
+        decode_reply(&self.shared, self.function, &msg, self.core.table.max_message_size)
+    }
+
+    /// The reply message itself (an error reply already turned into a
+    /// [`CallError`]), for callers that decode it without copying.
+    fn wait_message(&self, deadline: Option<Instant>) -> Result<Message, CallError> {
         let r = self.wait_reading(deadline);
         match r {
             Ok(Ok(msg)) => {
                 self.shared.record_rtt(self.sent.elapsed());
-                decode_reply(&self.shared, self.function, &msg, self.core.table.max_message_size)
+                if msg.header.flags & FLAG_ERROR != 0 {
+                    return decode_reply::<()>(&self.shared, self.function, &msg, self.core.table.max_message_size)
+                        .map(|()| msg);
+                }
+                Ok(msg)
             }
             Ok(Err(d)) => Err(disconnected(&self.shared, self.function, d.reason)),
             Err(WaitError::Timeout) => {
@@ -105,7 +116,35 @@ impl<T: DeserializeOwned> Pending<T> {
             }
         }
     }
+}
 
+impl Pending<ByteBuf> {
+    /// Waits for a bytes reply and returns it without a copy: the postcard
+    /// length prefix is cut off the received buffer in place.
+    pub fn wait_bytes(self) -> Result<Vec<u8>, CallError> {
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let msg = self.wait_message(deadline)?;
+        let bad = |detail: String| CallError::Decode {
+            context: self.shared.name.clone(),
+            function: self.function.into(),
+            detail,
+        };
+        if msg.header.flags & crate::proto::FLAG_COMPRESSED != 0 {
+            let b: ByteBuf = decode_reply(&self.shared, self.function, &msg, self.core.table.max_message_size)?;
+            return Ok(b.into_vec());
+        }
+        let (len, rest) = postcard::take_from_bytes::<u64>(&msg.data).map_err(|e| bad(e.to_string()))?;
+        if len != rest.len() as u64 {
+            return Err(bad(format!("length prefix {len} but {} bytes", rest.len())));
+        }
+        let prefix = msg.data.len() - rest.len();
+        let mut data = msg.data;
+        data.drain(..prefix);
+        Ok(data)
+    }
+}
+
+impl<T: DeserializeOwned> Pending<T> {
     /// Waits for the reply. When replies take longer than a spin, the
     /// caller reads the stream itself if no one else is (see
     /// [`crate::core::stream_in`]): one thread wake-up instead of two.
@@ -331,7 +370,7 @@ impl Context {
 
     /// Reads a whole file (up to the maximum message size).
     pub fn read_file(&self, path: impl AsRef<Path>) -> Result<Vec<u8>, CallError> {
-        self.call::<f::ReadFile>(&f::PathArgs { path: path_bytes(path.as_ref()) }).map(ByteBuf::into_vec)
+        self.call_async::<f::ReadFile>(&f::PathArgs { path: path_bytes(path.as_ref()) })?.wait_bytes()
     }
 
     /// Writes a whole file atomically; `mode` defaults to the existing
