@@ -59,6 +59,7 @@ pub use connect::{
 pub use master::{
     context::{ConnectInfo, Context, Pending},
     error::CallError,
+    transfer::{TransferError, TransferStats},
     Router, RouterOptions,
 };
 pub use proto::functions;

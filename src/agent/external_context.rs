@@ -92,6 +92,7 @@ pub struct ExternalContext {
     max: u32,
     closing: bool,
     signals: Option<OwnedFd>,
+    files: super::files::FileTable,
 }
 
 /// Moves the protocol off fds 0/1, points 1 and 2 at IoLogger pipes, and
@@ -146,6 +147,7 @@ pub fn main(args: &[&[u8]]) -> i32 {
         max: crate::proto::MAX_MESSAGE_SIZE,
         closing: false,
         signals: termination_signals(),
+        files: super::files::FileTable::default(),
     };
     if cx.setup().is_err() {
         return exit::SETUP;
@@ -311,29 +313,13 @@ impl ExternalContext {
         }
     }
 
-    /// `read_file`'s reply, built in place: the file is read straight into
-    /// the frame (header, postcard length prefix, bytes), which the transmit
-    /// buffer takes without copying. The generic path copied a large file
-    /// three more times (staging, postcard, transmit buffer).
-    fn reply_file(&mut self, h: &Header, path: &[u8], max: usize) {
+    /// Queues a bytes reply built by [`bytes_frame`], or the error.
+    fn reply_bytes(&mut self, h: &Header, frame: Result<(Vec<u8>, usize), RemoteError>) {
         if h.reply_to == 0 {
             return;
         }
-        // Room for the header and the longest length prefix (10 bytes).
-        const ROOM: usize = crate::proto::HEADER_LEN + 10;
-        let mut frame = alloc::vec![0u8; ROOM];
-        match builtins::read_into(path, max, &mut frame) {
-            Ok(n) => {
-                let mut prefix = [0u8; 10];
-                let k = postcard::to_slice(&(n as u64), &mut prefix).map_or(0, |p| p.len());
-                let start = ROOM - k;
-                frame[start..ROOM].copy_from_slice(&prefix[..k]);
-                let reply = Header { dst: h.src, src: self.id, auth: self.id, handle: h.reply_to, ..Header::default() };
-                let len = (frame.len() - ROOM + k) as u32;
-                let hdr = Header { len, ..reply }.encode();
-                frame[start - crate::proto::HEADER_LEN..start].copy_from_slice(&hdr);
-                self.tx.push_frame(frame, start - crate::proto::HEADER_LEN);
-            }
+        match frame {
+            Ok((f, offset)) => self.tx.push_frame(f, offset),
             Err(e) => self.reply_error(h, e),
         }
     }
@@ -382,9 +368,42 @@ impl ExternalContext {
                 self.reply(&h, r)
             }
             f::ReadFile::NAME => match decode::<f::ReadFile>(args) {
-                Ok(a) => self.reply_file(&h, &a.path, max),
+                Ok(a) => {
+                    let frame = bytes_frame(&h, self.id, |out| builtins::read_into(&a.path, max, out));
+                    self.reply_bytes(&h, frame)
+                }
                 Err(e) => self.reply_error(&h, e),
             },
+            f::FileOpenRead::NAME => {
+                let r = decode::<f::FileOpenRead>(args).and_then(|a| self.files.open_read(&a.path));
+                self.reply(&h, r)
+            }
+            f::FileRead::NAME => match decode::<f::FileRead>(args) {
+                Ok(a) => {
+                    let len = (a.len as usize).min(max);
+                    let frame = bytes_frame(&h, self.id, |out| self.files.read(a.id, len, out));
+                    self.reply_bytes(&h, frame)
+                }
+                Err(e) => self.reply_error(&h, e),
+            },
+            f::FileOpenWrite::NAME => {
+                let r = decode::<f::FileOpenWrite>(args).and_then(|a| self.files.open_write(&a.path));
+                self.reply(&h, r)
+            }
+            f::FileWrite::NAME => {
+                let r = decode::<f::FileWrite>(args).and_then(|a| self.files.write(a.id, &a.data));
+                self.reply(&h, r)
+            }
+            f::FileClose::NAME => {
+                let r = decode::<f::FileClose>(args).and_then(|a| self.files.close(a.id, a.commit));
+                self.reply(&h, r)
+            }
+            f::Sha256::NAME => {
+                let r = decode::<f::Sha256>(args)
+                    .and_then(|a| super::files::sha256_file(&a.path))
+                    .map(|d| ByteBuf::from(&d[..]));
+                self.reply(&h, r)
+            }
             f::WriteFile::NAME => {
                 self.serial += 1;
                 let serial = self.serial;
@@ -542,6 +561,7 @@ impl ExternalContext {
     }
 
     fn terminate_children(&mut self) {
+        self.files.discard_all();
         for p in self.procs.iter().flatten() {
             if p.status.is_none() {
                 spawn::kill_group(p.child.pid, libc::SIGTERM);
@@ -621,6 +641,30 @@ impl ExternalContext {
             }
         }
     }
+}
+
+/// A bytes reply to `h` built in place: `fill` appends the bytes straight
+/// into the frame (header, postcard length prefix, bytes), which the
+/// transmit buffer then takes without copying. Returns the frame and where
+/// it starts. (The generic path copied a large reply three more times:
+/// staging buffer, postcard, transmit buffer.)
+fn bytes_frame(
+    h: &Header,
+    me: u32,
+    fill: impl FnOnce(&mut Vec<u8>) -> Result<usize, RemoteError>,
+) -> Result<(Vec<u8>, usize), RemoteError> {
+    // Room for the header and the longest length prefix (10 bytes).
+    const ROOM: usize = crate::proto::HEADER_LEN + 10;
+    let mut frame = alloc::vec![0u8; ROOM];
+    let n = fill(&mut frame)?;
+    let mut prefix = [0u8; 10];
+    let k = postcard::to_slice(&(n as u64), &mut prefix).map_or(0, |p| p.len());
+    let start = ROOM - k;
+    frame[start..ROOM].copy_from_slice(&prefix[..k]);
+    let len = (frame.len() - ROOM + k) as u32;
+    let hdr = Header { dst: h.src, src: me, auth: me, handle: h.reply_to, len, ..Header::default() }.encode();
+    frame[start - crate::proto::HEADER_LEN..start].copy_from_slice(&hdr);
+    Ok((frame, start - crate::proto::HEADER_LEN))
 }
 
 /// Blocks SIGHUP, SIGINT and SIGTERM and returns a signalfd that reports

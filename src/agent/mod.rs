@@ -4,6 +4,7 @@
 //! - [`external_context`] — [`ExternalContext`](external_context::ExternalContext),
 //!   the main loop: parent stream, dispatcher, running commands, loggers.
 //! - [`builtins`] — functions that finish at once (ping, info, files).
+//! - [`files`] — the open files of streamed transfers (hash, temp, commit).
 //! - [`spawn`] — posix_spawn + pidfd, the agent's ProcessMonitor.
 //! - [`iologger`] — [`IoLogger`](iologger::IoLogger), fds 1/2 turned into log records.
 //! - [`util`] — number and string helpers that avoid `core::fmt`.
@@ -14,6 +15,7 @@
 
 pub mod builtins;
 pub mod external_context;
+pub mod files;
 pub mod iologger;
 pub mod spawn;
 pub mod util;

@@ -97,6 +97,20 @@ enum Command {
         #[arg(short, long, default_value_t = 1)]
         count: u32,
     },
+    /// Copy a local file to a context: `mito put SRC TARGET:/PATH`.
+    Put {
+        /// Local file.
+        src: std::path::PathBuf,
+        /// `TARGET:/absolute/path`, e.g. `ssh://web1:/etc/motd`, `sudo:root:/etc/x`.
+        dest: String,
+    },
+    /// Copy a file from a context: `mito get TARGET:/PATH DST`.
+    Get {
+        /// `TARGET:/absolute/path`.
+        src: String,
+        /// Local destination file.
+        dest: std::path::PathBuf,
+    },
     /// Who and where the agent is.
     Info {
         /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`.
@@ -214,6 +228,18 @@ fn connect(router: &Router, target: &str, cli: &Cli) -> Result<Context, String> 
     }
 }
 
+/// Splits `TARGET:/PATH` at the last `:/` (targets may contain colons).
+fn split_remote(spec: &str) -> Result<(&str, &str), String> {
+    spec.rfind(":/")
+        .map(|i| (&spec[..i], &spec[i + 1..]))
+        .ok_or_else(|| format!("{spec:?}: expected TARGET:/absolute/path (e.g. local:/tmp/x, ssh://host:/etc/motd)"))
+}
+
+fn report(what: &str, s: &mito::TransferStats) {
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    eprintln!("{what}: {} bytes in {:.2} s ({:.1} MB/s), sha256 verified", s.bytes, secs, s.bytes as f64 / 1e6 / secs);
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -283,6 +309,22 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     rtts[0].as_secs_f64() * 1e6
                 );
             }
+            let _ = ctx.shutdown();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Put { src, dest } => {
+            let (target, path) = split_remote(dest)?;
+            let ctx = connect(&router, target, &cli)?;
+            let stats = ctx.put(src, path).map_err(|e| e.to_string())?;
+            report(&format!("put {} -> {}:{path}", src.display(), ctx.name()), &stats);
+            let _ = ctx.shutdown();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { src, dest } => {
+            let (target, path) = split_remote(src)?;
+            let ctx = connect(&router, target, &cli)?;
+            let stats = ctx.get(path, dest).map_err(|e| e.to_string())?;
+            report(&format!("get {}:{path} -> {}", ctx.name(), dest.display()), &stats);
             let _ = ctx.shutdown();
             Ok(ExitCode::SUCCESS)
         }

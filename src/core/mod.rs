@@ -17,6 +17,7 @@
 
 pub mod num;
 pub mod poller;
+pub mod sha256;
 pub mod side;
 pub mod stream;
 pub mod waker;

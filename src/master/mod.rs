@@ -7,6 +7,7 @@
 //!   and [`Pending`](context::Pending) replies.
 //! - [`embedded`] holds the agent binaries build.rs embedded.
 //! - [`error`] holds [`CallError`](error::CallError).
+//! - [`transfer`] holds streamed `get`/`put` of files.
 //!
 //! **API boundary:** everything a user needs is re-exported from the crate
 //! root; the `core` and `connect` internals may change.
@@ -14,6 +15,7 @@
 pub mod context;
 pub mod embedded;
 pub mod error;
+pub mod transfer;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;

@@ -209,3 +209,99 @@ pub struct StatReply {
     /// Nanoseconds part of the modification time.
     pub mtime_nsec: u32,
 }
+
+// ---- streamed file transfer ------------------------------------------------
+//
+// No streaming protocol of its own: a transfer is a sequence of pipelined
+// calls on a file the agent holds open. The master keeps a window of chunk
+// calls in flight; that is the flow control. Both ends hash what passes and
+// the writer commits (rename into place) only when the digests agree.
+
+function!(
+    /// Opens a file for a streamed read; chunks with [`FileRead`].
+    FileOpenRead, "file_open_read", PathArgs, FileOpened
+);
+function!(
+    /// Reads the next chunk (fewer bytes at end of file, none after it).
+    FileRead, "file_read", FileReadArgs, ByteBuf
+);
+function!(
+    /// Creates a temp file beside `path` for a streamed write.
+    FileOpenWrite, "file_open_write", PathArgs, FileOpened
+);
+function!(
+    /// Appends a chunk to a file opened for writing.
+    FileWrite, "file_write", FileWriteArgs, ()
+);
+function!(
+    /// Ends a transfer: a write commits (checksum, mode, mtime, rename) or is
+    /// discarded; a read reports what it read.
+    FileClose, "file_close", FileCloseArgs, FileClosed
+);
+function!(
+    /// SHA-256 of a file.
+    Sha256, "sha256", PathArgs, ByteBuf
+);
+
+/// Reply of [`FileOpenRead`] and [`FileOpenWrite`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOpened {
+    /// Handle for the following calls.
+    pub id: u32,
+    /// Size at open (reads), 0 for writes.
+    pub size: u64,
+    /// Permission bits (reads).
+    pub mode: u32,
+    /// Modification time, seconds (reads).
+    pub mtime: i64,
+    /// Nanoseconds of the modification time (reads).
+    pub mtime_nsec: u32,
+}
+
+/// Arguments of [`FileRead`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileReadArgs {
+    /// From [`FileOpened::id`].
+    pub id: u32,
+    /// Largest chunk wanted.
+    pub len: u32,
+}
+
+/// Arguments of [`FileWrite`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileWriteArgs {
+    /// From [`FileOpened::id`].
+    pub id: u32,
+    /// The next bytes.
+    pub data: ByteBuf,
+}
+
+/// How a written file is put in place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    /// SHA-256 of everything sent; the file is renamed into place only if
+    /// the agent hashed the same.
+    pub sha256: ByteBuf,
+    /// Permission bits (default 0o644).
+    pub mode: Option<u32>,
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: Option<(i64, u32)>,
+}
+
+/// Arguments of [`FileClose`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileCloseArgs {
+    /// From [`FileOpened::id`].
+    pub id: u32,
+    /// For a write: commit it (`Some`) or throw it away (`None`).
+    pub commit: Option<Commit>,
+}
+
+/// Reply of [`FileClose`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileClosed {
+    /// Bytes that passed.
+    pub size: u64,
+    /// Their SHA-256.
+    pub sha256: ByteBuf,
+}

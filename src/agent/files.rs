@@ -1,0 +1,192 @@
+//! [`FileTable`]: files the agent holds open for streamed transfers.
+//!
+//! Reads hash what they hand out; writes go to a temp file beside the
+//! destination (`.NAME.mito-tmp.PID.N`, 0600) and are renamed into place by
+//! a commit whose SHA-256 matches what arrived. Anything not committed is
+//! unlinked: on an explicit discard, on a failed commit, and when the agent
+//! exits with transfers open. So no partial file ever appears under the
+//! final name.
+
+use alloc::vec::Vec;
+
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{self, Mode, OFlags, CWD};
+
+use super::util::{os_error, push_decimal};
+use crate::core::sha256::Sha256;
+use crate::proto::functions::{Commit, FileClosed, FileOpened};
+use crate::proto::{ErrorKind, RemoteError};
+
+struct OpenFile {
+    fd: OwnedFd,
+    hash: Sha256,
+    bytes: u64,
+    /// For writes: (temp path, final path).
+    write: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The open transfers of one agent.
+#[derive(Default)]
+pub struct FileTable {
+    files: Vec<Option<OpenFile>>,
+    serial: u64,
+}
+
+fn bad_id() -> RemoteError {
+    RemoteError::new(ErrorKind::BadArgs, "no such open file")
+}
+
+impl FileTable {
+    fn insert(&mut self, f: OpenFile) -> u32 {
+        match self.files.iter().position(Option::is_none) {
+            Some(i) => {
+                self.files[i] = Some(f);
+                i as u32
+            }
+            None => {
+                self.files.push(Some(f));
+                (self.files.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Opens `path` for reading.
+    pub fn open_read(&mut self, path: &[u8]) -> Result<FileOpened, RemoteError> {
+        let fd = fs::openat(CWD, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| os_error(e, "open", path))?;
+        let st = fs::fstat(&fd).map_err(|e| os_error(e, "stat", path))?;
+        if fs::FileType::from_raw_mode(st.st_mode) == fs::FileType::Directory {
+            return Err(os_error(rustix::io::Errno::ISDIR, "read", path));
+        }
+        let id = self.insert(OpenFile { fd, hash: Sha256::new(), bytes: 0, write: None });
+        Ok(FileOpened {
+            id,
+            size: st.st_size as u64,
+            mode: st.st_mode & 0o7777,
+            mtime: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec as u32,
+        })
+    }
+
+    /// Appends up to `len` bytes of file `id` to `out` (fewer at EOF).
+    pub fn read(&mut self, id: u32, len: usize, out: &mut Vec<u8>) -> Result<usize, RemoteError> {
+        let f = self.files.get_mut(id as usize).and_then(Option::as_mut).ok_or_else(bad_id)?;
+        let start = out.len();
+        out.reserve(len);
+        while out.len() - start < len {
+            let room = len - (out.len() - start);
+            let spare = &mut out.spare_capacity_mut()[..room];
+            match rustix::io::read(&f.fd, spare) {
+                Ok(([], _)) => break,
+                Ok((got, _)) => {
+                    let n = got.len();
+                    // SAFETY: `read` initialised the first `n` spare bytes.
+                    unsafe { out.set_len(out.len() + n) };
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(RemoteError::os(e.raw_os_error(), "read")),
+            }
+        }
+        let n = out.len() - start;
+        f.hash.update(&out[start..]);
+        f.bytes += n as u64;
+        Ok(n)
+    }
+
+    /// Creates the temp file for a write to `path`.
+    pub fn open_write(&mut self, path: &[u8]) -> Result<FileOpened, RemoteError> {
+        self.serial += 1;
+        let cut = path.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
+        let mut tmp = path[..cut].to_vec();
+        tmp.push(b'.');
+        tmp.extend_from_slice(&path[cut..]);
+        tmp.extend_from_slice(b".mito-tmp.");
+        push_decimal(&mut tmp, u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32));
+        tmp.push(b'.');
+        push_decimal(&mut tmp, self.serial);
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+        let fd = fs::openat(CWD, &tmp[..], flags, Mode::from_bits_truncate(0o600))
+            .map_err(|e| os_error(e, "create", path))?;
+        let id = self.insert(OpenFile { fd, hash: Sha256::new(), bytes: 0, write: Some((tmp, path.to_vec())) });
+        Ok(FileOpened { id, size: 0, mode: 0, mtime: 0, mtime_nsec: 0 })
+    }
+
+    /// Appends `data` to the write `id`.
+    pub fn write(&mut self, id: u32, mut data: &[u8]) -> Result<(), RemoteError> {
+        let f = self.files.get_mut(id as usize).and_then(Option::as_mut).ok_or_else(bad_id)?;
+        let Some((_, dest)) = &f.write else { return Err(bad_id()) };
+        f.hash.update(data);
+        f.bytes += data.len() as u64;
+        while !data.is_empty() {
+            match rustix::io::write(&f.fd, data) {
+                Ok(n) => data = &data[n..],
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(os_error(e, "write", dest)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends transfer `id`; see [`crate::proto::functions::FileClose`].
+    pub fn close(&mut self, id: u32, commit: Option<Commit>) -> Result<FileClosed, RemoteError> {
+        let f = self.files.get_mut(id as usize).and_then(Option::take).ok_or_else(bad_id)?;
+        let closed = |f: &OpenFile| FileClosed {
+            size: f.bytes,
+            sha256: serde_bytes::ByteBuf::from(&f.hash.clone().finish()[..]),
+        };
+        let Some((tmp, dest)) = &f.write else { return Ok(closed(&f)) };
+        let result = match commit {
+            None => Err(RemoteError::new(ErrorKind::ShuttingDown, "transfer discarded")),
+            Some(c) => {
+                let done = closed(&f);
+                if done.sha256[..] != c.sha256[..] {
+                    Err(RemoteError::new(ErrorKind::Protocol, super::util::op_path("checksum mismatch writing", dest)))
+                } else {
+                    (|| {
+                        fs::fchmod(f.fd.as_fd(), Mode::from_bits_truncate(c.mode.unwrap_or(0o644)))
+                            .map_err(|e| os_error(e, "chmod", dest))?;
+                        if let Some((s, ns)) = c.mtime {
+                            let t = fs::Timestamps {
+                                last_access: rustix::fs::Timespec { tv_sec: s, tv_nsec: i64::from(ns) },
+                                last_modification: rustix::fs::Timespec { tv_sec: s, tv_nsec: i64::from(ns) },
+                            };
+                            fs::futimens(f.fd.as_fd(), &t).map_err(|e| os_error(e, "utimens", dest))?;
+                        }
+                        fs::renameat(CWD, &tmp[..], CWD, &dest[..]).map_err(|e| os_error(e, "rename", dest))?;
+                        Ok(done)
+                    })()
+                }
+            }
+        };
+        if result.is_err() {
+            let _ = fs::unlinkat(CWD, &tmp[..], fs::AtFlags::empty());
+        }
+        result
+    }
+
+    /// Removes the temp files of unfinished writes (the agent is exiting).
+    pub fn discard_all(&mut self) {
+        for f in self.files.iter_mut().filter_map(Option::take) {
+            if let Some((tmp, _)) = f.write {
+                let _ = fs::unlinkat(CWD, &tmp[..], fs::AtFlags::empty());
+            }
+        }
+    }
+}
+
+/// SHA-256 of a whole file.
+pub fn sha256_file(path: &[u8]) -> Result<[u8; 32], RemoteError> {
+    let mut t = FileTable::default();
+    let id = t.open_read(path)?.id;
+    let mut buf = Vec::with_capacity(256 * 1024);
+    loop {
+        buf.clear();
+        if t.read(id, 256 * 1024, &mut buf)? == 0 {
+            break;
+        }
+    }
+    let c = t.close(id, None)?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&c.sha256);
+    Ok(out)
+}

@@ -1,0 +1,121 @@
+//! Streamed get/put: round trips, metadata, and failures that must leave no
+//! file under the final name.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{is_root, skip_loudly, TempDir};
+use mito::{LocalOptions, Router, TransferError};
+
+fn random(n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n).map(|_| rng.u8(..)).collect()
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn put_get_round_trips_with_mode_and_mtime() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("xfer");
+    for (name, size) in [("empty", 0usize), ("two-chunks", 2 << 20), ("odd", 20_000_017)] {
+        let src = d.path().join(format!("{name}.src"));
+        let data = random(size, size as u64);
+        std::fs::write(&src, &data).expect("write");
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let mtime = std::time::SystemTime::UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
+        std::fs::File::options().write(true).open(&src).expect("open").set_modified(mtime).expect("mtime");
+
+        let remote = d.path().join(format!("{name}.remote"));
+        let put = ctx.put(&src, &remote).expect("put");
+        assert_eq!(put.bytes, size as u64);
+        assert_eq!(std::fs::read(&remote).expect("read"), data, "{name}: put content");
+        let m = std::fs::metadata(&remote).expect("meta");
+        assert_eq!((m.mode() & 0o7777, m.mtime(), m.mtime_nsec()), (0o640, 1_600_000_000, 123_456_789), "{name}");
+        assert_eq!(ctx.sha256(&remote).expect("sha256"), put.sha256);
+
+        let back = d.path().join(format!("{name}.back"));
+        let got = ctx.get(&remote, &back).expect("get");
+        assert_eq!(got.sha256, put.sha256);
+        assert_eq!(std::fs::read(&back).expect("read"), data, "{name}: get content");
+        let m = std::fs::metadata(&back).expect("meta");
+        assert_eq!((m.mode() & 0o7777, m.mtime()), (0o640, 1_600_000_000), "{name}");
+    }
+    // Overwrite: the old content stays until the new one is complete.
+    let target = d.path().join("odd.remote");
+    ctx.put(d.path().join("empty.src"), &target).expect("overwrite");
+    assert_eq!(std::fs::metadata(&target).expect("meta").len(), 0);
+    assert!(names(d.path()).iter().all(|n| !n.contains("mito-tmp")), "temp files left: {:?}", names(d.path()));
+}
+
+#[test]
+fn missing_directories_are_typed_errors_naming_the_path() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions { name: Some("files".into()), ..LocalOptions::default() }).expect("connect");
+    let d = TempDir::new("xfer-missing");
+    let src = d.path().join("f");
+    std::fs::write(&src, b"data").expect("write");
+    let e = ctx.put(&src, d.path().join("no/such/dir/f")).expect_err("remote dir missing");
+    let msg = e.to_string();
+    assert!(matches!(&e, TransferError::Remote(c) if c.remote().map(|r| r.errno) == Some(libc::ENOENT)), "{msg}");
+    assert!(msg.contains("files") && msg.contains("no/such/dir/f"), "names context and path: {msg}");
+    let e = ctx.get(&src, d.path().join("no/such/dir/f")).expect_err("local dir missing");
+    assert!(matches!(e, TransferError::Local { .. }), "{e}");
+    let e = ctx.get(d.path().join("absent"), d.path().join("x")).expect_err("source missing");
+    assert!(e.to_string().contains("absent"), "{e}");
+    ctx.ping().expect("the context keeps working");
+    assert_eq!(names(d.path()), vec!["f".to_string()], "nothing left behind");
+}
+
+#[test]
+fn disk_full_leaves_no_partial_file() {
+    if !is_root() {
+        return skip_loudly("disk_full_leaves_no_partial_file", "mounting a small tmpfs needs root");
+    }
+    let d = TempDir::new("xfer-full");
+    let mnt = d.path().join("small");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&mnt).status().expect("mount");
+    assert!(st.success());
+    let src = d.path().join("big");
+    std::fs::write(&src, random(3 << 20, 7)).expect("write");
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let e = ctx.put(&src, mnt.join("big")).expect_err("disk full");
+    let left = names(&mnt);
+    let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+    assert!(matches!(&e, TransferError::Remote(c) if c.remote().map(|r| r.errno) == Some(libc::ENOSPC)), "{e}");
+    assert!(e.to_string().contains("big"), "{e}");
+    assert!(left.is_empty(), "left on the full disk: {left:?}");
+    ctx.ping().expect("the context keeps working");
+}
+
+#[test]
+fn killed_agent_mid_transfer_leaves_no_file_under_the_final_name() {
+    let d = TempDir::new("xfer-kill");
+    let src = d.path().join("src");
+    std::fs::write(&src, random(96 << 20, 9)).expect("write");
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let agent = ctx.connect_info().pid;
+    let dest = d.path().join("dest");
+    let (c2, s2, d2) = (ctx.clone(), src.clone(), dest.clone());
+    let t = std::thread::spawn(move || c2.put(&s2, &d2));
+    std::thread::sleep(Duration::from_millis(30));
+    common::kill9(agent);
+    let e = t.join().expect("thread").expect_err("agent died mid-transfer");
+    assert!(matches!(&e, TransferError::Remote(c) if c.is_disconnected()), "{e}");
+    assert!(!dest.exists(), "a partial file appeared under the final name");
+}
