@@ -119,3 +119,43 @@ fn killed_agent_mid_transfer_leaves_no_file_under_the_final_name() {
     assert!(matches!(&e, TransferError::Remote(c) if c.is_disconnected()), "{e}");
     assert!(!dest.exists(), "a partial file appeared under the final name");
 }
+
+#[test]
+fn fs_functions() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("fsfn");
+    let deep = d.path().join("a/b/c");
+    ctx.make_dirs(&deep, 0o750).expect("mkdir -p");
+    ctx.make_dirs(&deep, 0o750).expect("mkdir -p is idempotent");
+    assert_eq!(std::fs::metadata(&deep).expect("meta").mode() & 0o777, 0o750);
+    std::fs::write(deep.join("f"), vec![1u8; 10_000]).expect("write");
+    let e = ctx.make_dirs(deep.join("f/x"), 0o755).expect_err("a file in the way");
+    assert_eq!(e.remote().map(|r| r.errno), Some(libc::ENOTDIR), "{e}");
+
+    ctx.chmod(deep.join("f"), 0o600).expect("chmod");
+    assert_eq!(std::fs::metadata(deep.join("f")).expect("meta").mode() & 0o777, 0o600);
+    let me = (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw());
+    ctx.chown(deep.join("f"), Some(me.0), Some(me.1)).expect("chown to ourselves");
+
+    ctx.symlink("c/f", d.path().join("a/b/link")).expect("symlink");
+    assert_eq!(ctx.read_link(d.path().join("a/b/link")).expect("readlink"), b"c/f");
+    let list = ctx.list_dir(d.path().join("a/b")).expect("list");
+    let names: Vec<_> = list.iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()).collect();
+    assert_eq!(names, vec!["c", "link"]);
+    assert_eq!(list[1].stat.kind, mito::functions::FileKind::Symlink);
+
+    ctx.rename(deep.join("f"), deep.join("g")).expect("rename");
+    let du = ctx.disk_usage(d.path().join("a")).expect("du");
+    assert_eq!((du.dirs, du.files), (3, 2), "a, b, c; g and link");
+    assert!(du.bytes >= 10_000, "{du:?}");
+
+    // rm -rf removes the link, not what it points at.
+    let outside = TempDir::new("fsfn-outside");
+    std::fs::write(outside.path().join("keep"), b"x").expect("write");
+    ctx.symlink(outside.path(), d.path().join("a/out")).expect("symlink");
+    assert_eq!(ctx.remove_tree(d.path().join("a")).expect("rm -rf"), 6, "a, b, c, g, link, out");
+    assert!(!d.path().join("a").exists());
+    assert!(outside.path().join("keep").exists(), "followed a symlink out of the tree");
+    assert_eq!(ctx.remove_tree(d.path().join("a")).expect("missing is fine"), 0);
+}

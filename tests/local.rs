@@ -264,3 +264,17 @@ fn call_timeout_is_enforced() {
     assert!(t0.elapsed() < Duration::from_secs(2));
     ctx.ping().expect("context still usable");
 }
+
+/// Commands in a context get the user's umask, not stage0's private one.
+#[test]
+fn commands_keep_the_users_umask() {
+    let ours = std::fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string()))
+        .expect("Umask line");
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let r = ctx.exec(&["sh", "-c", "umask"]).expect("exec");
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), ours);
+}

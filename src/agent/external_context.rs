@@ -398,6 +398,42 @@ impl ExternalContext {
                 let r = decode::<f::FileClose>(args).and_then(|a| self.files.close(a.id, a.commit));
                 self.reply(&h, r)
             }
+            f::ListDir::NAME => {
+                let r = decode::<f::ListDir>(args).and_then(|a| super::fs::list_dir(&a.path));
+                self.reply(&h, r)
+            }
+            f::MakeDirs::NAME => {
+                let r = decode::<f::MakeDirs>(args).and_then(|a| super::fs::make_dirs(&a.path, a.mode));
+                self.reply(&h, r)
+            }
+            f::Chmod::NAME => {
+                let r = decode::<f::Chmod>(args).and_then(|a| super::fs::chmod(&a.path, a.mode));
+                self.reply(&h, r)
+            }
+            f::Chown::NAME => {
+                let r = decode::<f::Chown>(args).and_then(|a| super::fs::chown(&a.path, a.uid, a.gid, a.follow));
+                self.reply(&h, r)
+            }
+            f::Symlink::NAME => {
+                let r = decode::<f::Symlink>(args).and_then(|a| super::fs::symlink(&a.target, &a.path));
+                self.reply(&h, r)
+            }
+            f::ReadLink::NAME => {
+                let r = decode::<f::ReadLink>(args).and_then(|a| super::fs::read_link(&a.path));
+                self.reply(&h, r)
+            }
+            f::Rename::NAME => {
+                let r = decode::<f::Rename>(args).and_then(|a| super::fs::rename(&a.from, &a.to));
+                self.reply(&h, r)
+            }
+            f::RemoveTree::NAME => {
+                let r = decode::<f::RemoveTree>(args).and_then(|a| super::fs::remove_tree(&a.path));
+                self.reply(&h, r)
+            }
+            f::DiskUsage::NAME => {
+                let r = decode::<f::DiskUsage>(args).and_then(|a| super::fs::disk_usage(&a.path));
+                self.reply(&h, r)
+            }
             f::Sha256::NAME => {
                 let r = decode::<f::Sha256>(args)
                     .and_then(|a| super::files::sha256_file(&a.path))

@@ -81,7 +81,9 @@ fn push_num(s: &mut String, n: usize) {
 /// may be csh), single quotes only around the perl loader.
 pub fn script(agents: &[AgentSpec<'_>], context_id: u32) -> String {
     let mut s = String::with_capacity(2048);
-    s.push_str("umask 077;I=");
+    // No umask change: the agent and its commands keep the user's. The
+    // directories stage0 creates are 0700, which keeps what is inside private.
+    s.push_str("I=");
     push_num(&mut s, context_id as usize);
     s.push_str(concat!(
         ";v(){ if command -v sha256sum >/dev/null 2>&1;then c=$(sha256sum \"$1\")&&[ \"${c%% *}\" = \"$H\" ];",
@@ -114,7 +116,7 @@ pub fn script(agents: &[AgentSpec<'_>], context_id: u32) -> String {
         ";u=$(id -u);D=",
         ";for d in \"$C\" ${XDG_RUNTIME_DIR:+\"$XDG_RUNTIME_DIR/mito\"} \"/dev/shm/mito-$u\" \"/var/tmp/mito-$u\" \"/tmp/mito-$u\";do ",
         "f=\"$d/agent-$H\";[ -x \"$f\" ]&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\"",
-        ";if [ -z \"$D\" ]&&mkdir -p \"$d\" 2>/dev/null&&[ -O \"$d\" ]&&chmod 700 \"$d\" 2>/dev/null;then ",
+        ";if [ -z \"$D\" ]&&mkdir -p -m 700 \"$d\" 2>/dev/null&&[ -O \"$d\" ]&&chmod 700 \"$d\" 2>/dev/null;then ",
         "t=\"$d/.probe.$$\";if : >\"$t\" 2>/dev/null&&chmod 700 \"$t\"&&[ -x \"$t\" ];then D=$d;fi;rm -f \"$t\"",
         ";fi;done",
         ";if [ -n \"$D\" ];then f=\"$D/agent-$H\";t=\"$D/.agent-$H.$$\"",

@@ -7,7 +7,8 @@
 //!   and [`Pending`](context::Pending) replies.
 //! - [`embedded`] holds the agent binaries build.rs embedded.
 //! - [`error`] holds [`CallError`](error::CallError).
-//! - [`transfer`] holds streamed `get`/`put` of files.
+//! - [`transfer`] holds streamed `get`/`put` of files; [`fs`] the typed
+//!   file system helpers (list, mkdir -p, chmod/chown, links, rm -rf, du).
 //!
 //! **API boundary:** everything a user needs is re-exported from the crate
 //! root; the `core` and `connect` internals may change.
@@ -15,6 +16,7 @@
 pub mod context;
 pub mod embedded;
 pub mod error;
+pub mod fs;
 pub mod transfer;
 
 use std::os::fd::{AsFd, OwnedFd};

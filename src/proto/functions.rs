@@ -305,3 +305,104 @@ pub struct FileClosed {
     /// Their SHA-256.
     pub sha256: ByteBuf,
 }
+
+// ---- file system functions -------------------------------------------------
+
+function!(
+    /// Lists a directory: each entry with its `lstat`.
+    ListDir, "list_dir", PathArgs, Vec<DirEntry>
+);
+function!(
+    /// `mkdir -p` with a mode for the directories it creates.
+    MakeDirs, "make_dirs", ModeArgs, ()
+);
+function!(
+    /// `chmod`.
+    Chmod, "chmod", ModeArgs, ()
+);
+function!(
+    /// `chown` (`lchown` when `follow` is false); `None` keeps that id.
+    Chown, "chown", ChownArgs, ()
+);
+function!(
+    /// Creates a symlink `path` pointing at `target`.
+    Symlink, "symlink", SymlinkArgs, ()
+);
+function!(
+    /// Reads a symlink.
+    ReadLink, "read_link", PathArgs, ByteBuf
+);
+function!(
+    /// `rename`, atomic within a file system.
+    Rename, "rename", RenameArgs, ()
+);
+function!(
+    /// `rm -rf`: removes a tree without following symlinks; replies how
+    /// many entries went. A missing path is not an error.
+    RemoveTree, "remove_tree", PathArgs, u64
+);
+function!(
+    /// `du`: allocated bytes, files and directories under a path (symlinks
+    /// not followed, one file system).
+    DiskUsage, "disk_usage", PathArgs, DiskUsageReply
+);
+
+/// One entry of [`ListDir`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// File name (bytes).
+    pub name: ByteBuf,
+    /// Its `lstat`.
+    pub stat: StatReply,
+}
+
+/// A path and a mode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeArgs {
+    /// The path.
+    pub path: ByteBuf,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// Arguments of [`Chown`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChownArgs {
+    /// The path.
+    pub path: ByteBuf,
+    /// New owner, or keep.
+    pub uid: Option<u32>,
+    /// New group, or keep.
+    pub gid: Option<u32>,
+    /// Follow a final symlink.
+    pub follow: bool,
+}
+
+/// Arguments of [`Symlink`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymlinkArgs {
+    /// What the link points at.
+    pub target: ByteBuf,
+    /// The link to create.
+    pub path: ByteBuf,
+}
+
+/// Arguments of [`Rename`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenameArgs {
+    /// Old path.
+    pub from: ByteBuf,
+    /// New path.
+    pub to: ByteBuf,
+}
+
+/// Reply of [`DiskUsage`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUsageReply {
+    /// Allocated bytes (`st_blocks * 512`).
+    pub bytes: u64,
+    /// Non-directories.
+    pub files: u64,
+    /// Directories (the root included).
+    pub dirs: u64,
+}

@@ -1,0 +1,197 @@
+//! File system functions that walk or change trees: list_dir, make_dirs,
+//! chmod, chown, symlink, read_link, rename, remove_tree, disk_usage.
+//!
+//! Walks use directory fds and `*at` calls, never re-resolve paths, never
+//! follow symlinks, and stop at a depth of [`MAX_DEPTH`] instead of
+//! overflowing the agent's stack.
+
+use alloc::vec::Vec;
+
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{self, AtFlags, Mode, OFlags, CWD};
+use serde_bytes::ByteBuf;
+
+use super::util::os_error;
+use crate::proto::functions::{DirEntry, DiskUsageReply, FileKind, StatReply};
+use crate::proto::{ErrorKind, RemoteError};
+
+/// Deepest directory nesting a walk follows.
+pub const MAX_DEPTH: usize = 256;
+
+fn stat_reply(st: &fs::Stat) -> StatReply {
+    let kind = match fs::FileType::from_raw_mode(st.st_mode) {
+        fs::FileType::RegularFile => FileKind::File,
+        fs::FileType::Directory => FileKind::Dir,
+        fs::FileType::Symlink => FileKind::Symlink,
+        _ => FileKind::Other,
+    };
+    StatReply {
+        kind,
+        mode: st.st_mode & 0o7777,
+        size: st.st_size as u64,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec as u32,
+    }
+}
+
+fn open_dir(at: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<OwnedFd, RemoteError> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    fs::openat(at, name, flags, Mode::empty()).map_err(|e| os_error(e, "open", path))
+}
+
+/// Entries of a directory (without `.` and `..`), each with its lstat.
+fn entries(dir: &OwnedFd, path: &[u8]) -> Result<Vec<(Vec<u8>, fs::Stat)>, RemoteError> {
+    let mut out = Vec::new();
+    let d = fs::Dir::read_from(dir).map_err(|e| os_error(e, "list", path))?;
+    for e in d {
+        let e = e.map_err(|e| os_error(e, "list", path))?;
+        let name = e.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let st = fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| os_error(e, "stat", path))?;
+        out.push((name.to_vec(), st));
+    }
+    Ok(out)
+}
+
+/// `list_dir`.
+pub fn list_dir(path: &[u8]) -> Result<Vec<DirEntry>, RemoteError> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let dir = fs::openat(CWD, path, flags, Mode::empty()).map_err(|e| os_error(e, "open", path))?;
+    let mut v: Vec<DirEntry> = entries(&dir, path)?
+        .into_iter()
+        .map(|(n, st)| DirEntry { name: ByteBuf::from(n), stat: stat_reply(&st) })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(v)
+}
+
+/// `make_dirs`: every missing component is created with exactly `mode`
+/// (not reduced by the umask).
+pub fn make_dirs(path: &[u8], mode: u32) -> Result<(), RemoteError> {
+    let mode = Mode::from_bits_truncate(mode);
+    let mut end = 0;
+    while end < path.len() {
+        end = path[end + 1..].iter().position(|&c| c == b'/').map_or(path.len(), |i| end + 1 + i);
+        let prefix = &path[..end];
+        if prefix.is_empty() || prefix == b"/" {
+            continue;
+        }
+        match fs::mkdirat(CWD, prefix, mode) {
+            Ok(()) => fs::chmodat(CWD, prefix, mode, AtFlags::empty()).map_err(|e| os_error(e, "chmod", prefix))?,
+            Err(rustix::io::Errno::EXIST) => {
+                let st = fs::statat(CWD, prefix, AtFlags::empty()).map_err(|e| os_error(e, "stat", prefix))?;
+                if fs::FileType::from_raw_mode(st.st_mode) != fs::FileType::Directory {
+                    return Err(os_error(rustix::io::Errno::NOTDIR, "mkdir", prefix));
+                }
+            }
+            Err(e) => return Err(os_error(e, "mkdir", prefix)),
+        }
+    }
+    Ok(())
+}
+
+/// `chmod`.
+pub fn chmod(path: &[u8], mode: u32) -> Result<(), RemoteError> {
+    fs::chmodat(CWD, path, Mode::from_bits_truncate(mode), AtFlags::empty()).map_err(|e| os_error(e, "chmod", path))
+}
+
+/// `chown` / `lchown`.
+pub fn chown(path: &[u8], uid: Option<u32>, gid: Option<u32>, follow: bool) -> Result<(), RemoteError> {
+    let flags = if follow { AtFlags::empty() } else { AtFlags::SYMLINK_NOFOLLOW };
+    let uid = uid.map(fs::Uid::from_raw);
+    let gid = gid.map(fs::Gid::from_raw);
+    fs::chownat(CWD, path, uid, gid, flags).map_err(|e| os_error(e, "chown", path))
+}
+
+/// `symlink`.
+pub fn symlink(target: &[u8], path: &[u8]) -> Result<(), RemoteError> {
+    fs::symlinkat(target, CWD, path).map_err(|e| os_error(e, "symlink", path))
+}
+
+/// `read_link`.
+pub fn read_link(path: &[u8]) -> Result<ByteBuf, RemoteError> {
+    fs::readlinkat(CWD, path, Vec::new())
+        .map(|c| ByteBuf::from(c.into_bytes()))
+        .map_err(|e| os_error(e, "readlink", path))
+}
+
+/// `rename`.
+pub fn rename(from: &[u8], to: &[u8]) -> Result<(), RemoteError> {
+    fs::renameat(CWD, from, CWD, to).map_err(|e| os_error(e, "rename", from))
+}
+
+fn too_deep(path: &[u8]) -> RemoteError {
+    RemoteError::new(ErrorKind::TooLarge, super::util::op_path("tree deeper than 256 levels under", path))
+}
+
+/// `remove_tree`.
+pub fn remove_tree(path: &[u8]) -> Result<u64, RemoteError> {
+    let st = match fs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(rustix::io::Errno::NOENT) => return Ok(0),
+        Err(e) => return Err(os_error(e, "stat", path)),
+    };
+    if fs::FileType::from_raw_mode(st.st_mode) != fs::FileType::Directory {
+        fs::unlinkat(CWD, path, AtFlags::empty()).map_err(|e| os_error(e, "unlink", path))?;
+        return Ok(1);
+    }
+    let dir = open_dir(CWD, path, path)?;
+    let n = empty_dir(&dir, path, 0)?;
+    fs::unlinkat(CWD, path, AtFlags::REMOVEDIR).map_err(|e| os_error(e, "rmdir", path))?;
+    Ok(n + 1)
+}
+
+fn empty_dir(dir: &OwnedFd, path: &[u8], depth: usize) -> Result<u64, RemoteError> {
+    if depth >= MAX_DEPTH {
+        return Err(too_deep(path));
+    }
+    let mut n = 0;
+    for (name, st) in entries(dir, path)? {
+        if fs::FileType::from_raw_mode(st.st_mode) == fs::FileType::Directory {
+            let sub = open_dir(dir.as_fd(), &name, path)?;
+            n += empty_dir(&sub, path, depth + 1)?;
+            fs::unlinkat(dir.as_fd(), &name[..], AtFlags::REMOVEDIR).map_err(|e| os_error(e, "rmdir", path))?;
+        } else {
+            fs::unlinkat(dir.as_fd(), &name[..], AtFlags::empty()).map_err(|e| os_error(e, "unlink", path))?;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// `disk_usage`.
+pub fn disk_usage(path: &[u8]) -> Result<DiskUsageReply, RemoteError> {
+    let st = fs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| os_error(e, "stat", path))?;
+    let mut r = DiskUsageReply { bytes: st.st_blocks as u64 * 512, ..DiskUsageReply::default() };
+    if fs::FileType::from_raw_mode(st.st_mode) == fs::FileType::Directory {
+        r.dirs = 1;
+        let dir = open_dir(CWD, path, path)?;
+        usage(&dir, st.st_dev, path, 0, &mut r)?;
+    } else {
+        r.files = 1;
+    }
+    Ok(r)
+}
+
+fn usage(dir: &OwnedFd, dev: u64, path: &[u8], depth: usize, r: &mut DiskUsageReply) -> Result<(), RemoteError> {
+    if depth >= MAX_DEPTH {
+        return Err(too_deep(path));
+    }
+    for (name, st) in entries(dir, path)? {
+        r.bytes += st.st_blocks as u64 * 512;
+        if fs::FileType::from_raw_mode(st.st_mode) == fs::FileType::Directory {
+            r.dirs += 1;
+            if st.st_dev == dev {
+                let sub = open_dir(dir.as_fd(), &name, path)?;
+                usage(&sub, dev, path, depth + 1, r)?;
+            }
+        } else {
+            r.files += 1;
+        }
+    }
+    Ok(())
+}
