@@ -253,6 +253,16 @@ fn main() -> Res<()> {
             }
             "ms"
         }
+        "facts" => {
+            let c = router.local(local(&warm))?;
+            c.facts()?;
+            for _ in 0..n {
+                let t = Instant::now();
+                c.facts()?;
+                values.push(ms(t.elapsed()));
+            }
+            "ms"
+        }
         "rss" => {
             let c = router.local(local(&warm))?;
             c.ping()?;

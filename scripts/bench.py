@@ -22,6 +22,7 @@ WORKLOADS = [
     ("stream_local", "bulk 256 MiB streamed (mito: exec cat)", True, "FileService needs a service pool; not wired here", True),
     ("fanout", "50 local contexts + one call each (sequential)", True, True, False),
     ("fanout_threads", "50 local contexts + one call each (10 threads)", True, True, False),
+    ("facts", "facts (host inventory), local", True, "no facts call without Ansible's setup module", False),
     ("rss", "idle agent/child RSS after one call", True, True, False),
     ("ssh_connect", "ssh connect + first call", True, True, False),
     ("rtt_ssh", "no-op round trip over ssh", True, True, False),
@@ -41,7 +42,7 @@ BASELINE = {
 ITER = {  # iterations per round: (quick, full)
     "local_warm": (10, 40), "local_cold_cache": (5, 20), "cold_process": (5, 15), "rtt_local": (5000, 20000),
     "pipelined": (2, 5), "bulk_local": (2, 5), "stream_local": (1, 3), "fanout": (1, 2), "fanout_threads": (1, 2),
-    "rss": (1, 1), "ssh_connect": (3, 8), "rtt_ssh": (2000, 5000), "bulk_ssh": (2, 4), "sudo_connect": (5, 20),
+    "rss": (1, 1), "facts": (20, 100), "ssh_connect": (3, 8), "rtt_ssh": (2000, 5000), "bulk_ssh": (2, 4), "sudo_connect": (5, 20),
     "bytes_first": (2, 3), "bytes_repeat": (2, 3),
 }
 

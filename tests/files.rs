@@ -159,3 +159,28 @@ fn fs_functions() {
     assert!(outside.path().join("keep").exists(), "followed a symlink out of the tree");
     assert_eq!(ctx.remove_tree(d.path().join("a")).expect("missing is fine"), 0);
 }
+
+#[test]
+fn facts_describe_this_host() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let f = ctx.facts().expect("facts");
+    let uts = rustix::system::uname();
+    assert_eq!(f.hostname, uts.nodename().to_string_lossy());
+    assert_eq!(f.kernel.1, uts.release().to_string_lossy());
+    assert_eq!(f.cpus as usize, std::thread::available_parallelism().map_or(0, |n| n.get()));
+    assert!(f.memory_kib.0 > 0 && f.memory_kib.1 <= f.memory_kib.0);
+    assert!(f.mounts.iter().any(|m| m.mount_point == "/" && m.bytes.0 > 0), "{:?}", f.mounts);
+    let lo = f.interfaces.iter().find(|i| i.name == "lo").expect("lo");
+    assert!(lo.ipv4.contains(&[127, 0, 0, 1]));
+    assert!(f.users.iter().any(|u| u.name == "root" && u.uid == 0));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("now").as_secs();
+    assert!(f.boot_time > 0 && f.boot_time < now);
+    if std::path::Path::new("/etc/os-release").exists() {
+        assert!(f.os_release.iter().any(|(k, _)| k == "ID"));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_mito")).args(["facts", "local", "--json"]).output().expect("mito facts");
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(v["interfaces"].as_array().expect("array").iter().any(|i| i["ipv4"][0] == "127.0.0.1"), "{v}");
+}

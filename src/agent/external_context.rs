@@ -398,6 +398,10 @@ impl ExternalContext {
                 let r = decode::<f::FileClose>(args).and_then(|a| self.files.close(a.id, a.commit));
                 self.reply(&h, r)
             }
+            f::Facts::NAME => {
+                let r = decode::<f::Facts>(args).map(|()| super::facts::gather());
+                self.reply(&h, r)
+            }
             f::ListDir::NAME => {
                 let r = decode::<f::ListDir>(args).and_then(|a| super::fs::list_dir(&a.path));
                 self.reply(&h, r)

@@ -5,6 +5,7 @@
 //!   the main loop: parent stream, dispatcher, running commands, loggers.
 //! - [`builtins`] — functions that finish at once (ping, info, files).
 //! - [`files`] — the open files of streamed transfers (hash, temp, commit).
+//! - [`facts`] — a host inventory from /proc and /etc.
 //! - [`fs`] — tree walks and changes (list, mkdir -p, chmod/chown, links, rm -rf, du).
 //! - [`spawn`] — posix_spawn + pidfd, the agent's ProcessMonitor.
 //! - [`iologger`] — [`IoLogger`](iologger::IoLogger), fds 1/2 turned into log records.
@@ -16,6 +17,7 @@
 
 pub mod builtins;
 pub mod external_context;
+pub mod facts;
 pub mod files;
 pub mod fs;
 pub mod iologger;

@@ -111,6 +111,14 @@ enum Command {
         /// Local destination file.
         dest: std::path::PathBuf,
     },
+    /// Host facts: OS, kernel, CPUs, memory, mounts, interfaces, users, …
+    Facts {
+        /// Where (as for `run`).
+        target: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Who and where the agent is.
     Info {
         /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`.
@@ -235,6 +243,46 @@ fn split_remote(spec: &str) -> Result<(&str, &str), String> {
         .ok_or_else(|| format!("{spec:?}: expected TARGET:/absolute/path (e.g. local:/tmp/x, ssh://host:/etc/motd)"))
 }
 
+/// Facts as JSON for people and scripts: addresses and MACs as text.
+fn facts_json(ctx: &Context, f: &mito::functions::FactsReply) -> serde_json::Value {
+    use serde_json::json;
+    let ifs: Vec<_> = f
+        .interfaces
+        .iter()
+        .map(|i| {
+            json!({
+                "name": i.name, "up": i.up,
+                "mac": i.mac.map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")),
+                "ipv4": i.ipv4.iter().map(|a| std::net::Ipv4Addr::from(*a).to_string()).collect::<Vec<_>>(),
+                "ipv6": i.ipv6.iter().map(|a| std::net::Ipv6Addr::from(*a).to_string()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let mounts: Vec<_> = f
+        .mounts
+        .iter()
+        .map(|m| {
+            json!({"device": m.device, "mount": m.mount_point, "fstype": m.fstype, "options": m.options,
+                        "size_bytes": m.bytes.0, "free_bytes": m.bytes.1, "available_bytes": m.bytes.2})
+        })
+        .collect();
+    let users: Vec<_> = f
+        .users
+        .iter()
+        .map(|u| json!({"name": u.name, "uid": u.uid, "gid": u.gid, "home": u.home, "shell": u.shell}))
+        .collect();
+    json!({
+        "context": ctx.name(),
+        "os_release": f.os_release.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        "kernel": {"name": f.kernel.0, "release": f.kernel.1, "version": f.kernel.2, "machine": f.kernel.3},
+        "hostname": f.hostname, "fqdn": f.fqdn,
+        "cpus": f.cpus, "cpu_model": f.cpu_model,
+        "memory_kib": {"total": f.memory_kib.0, "available": f.memory_kib.1, "swap_total": f.memory_kib.2, "swap_free": f.memory_kib.3},
+        "mounts": mounts, "interfaces": ifs, "users": users,
+        "boot_time": f.boot_time, "container": f.container, "virtualization": f.virtualization,
+    })
+}
+
 fn report(what: &str, s: &mito::TransferStats) {
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     eprintln!("{what}: {} bytes in {:.2} s ({:.1} MB/s), sha256 verified", s.bytes, secs, s.bytes as f64 / 1e6 / secs);
@@ -325,6 +373,40 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let ctx = connect(&router, target, &cli)?;
             let stats = ctx.get(path, dest).map_err(|e| e.to_string())?;
             report(&format!("get {}:{path} -> {}", ctx.name(), dest.display()), &stats);
+            let _ = ctx.shutdown();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Facts { target, json } => {
+            let ctx = connect(&router, target, &cli)?;
+            let f = ctx.facts().map_err(|e| e.to_string())?;
+            let v = facts_json(&ctx, &f);
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+            } else {
+                let os = f.os_release.iter().find(|(k, _)| k == "PRETTY_NAME").map_or("?", |(_, v)| v.as_str());
+                println!("{} ({}): {os}, {} {}", f.fqdn, ctx.name(), f.kernel.0, f.kernel.1);
+                println!(
+                    "cpus {} ({}), memory {} MiB ({} MiB available)",
+                    f.cpus,
+                    f.cpu_model,
+                    f.memory_kib.0 / 1024,
+                    f.memory_kib.1 / 1024
+                );
+                for m in &f.mounts {
+                    println!(
+                        "mount {} {} {}: {} of {} MiB free",
+                        m.mount_point,
+                        m.fstype,
+                        m.device,
+                        m.bytes.2 >> 20,
+                        m.bytes.0 >> 20
+                    );
+                }
+                for i in v["interfaces"].as_array().into_iter().flatten() {
+                    println!("if {} up={} {} {}", i["name"], i["up"], i["ipv4"], i["ipv6"]);
+                }
+                println!("users {}, container {:?}, virtualization {:?}", f.users.len(), f.container, f.virtualization);
+            }
             let _ = ctx.shutdown();
             Ok(ExitCode::SUCCESS)
         }

@@ -1,4 +1,4 @@
-//! Typed file system helpers on [`Context`] (see `agent::fs`).
+//! Typed file system helpers on [`Context`] (see `agent::fs`), and facts.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -55,6 +55,11 @@ impl Context {
     /// entries went. A missing path is not an error.
     pub fn remove_tree(&self, path: impl AsRef<Path>) -> Result<u64, CallError> {
         self.call::<f::RemoveTree>(&PathArgs { path: b(path.as_ref()) })
+    }
+
+    /// A quick inventory of the host (see [`f::FactsReply`]).
+    pub fn facts(&self) -> Result<f::FactsReply, CallError> {
+        self.call::<f::Facts>(&())
     }
 
     /// `du` of a path (one file system, symlinks not followed).

@@ -406,3 +406,87 @@ pub struct DiskUsageReply {
     /// Directories (the root included).
     pub dirs: u64,
 }
+
+// ---- facts -------------------------------------------------------------------
+
+function!(
+    /// What Ansible's `setup` gathers most often, in one call.
+    Facts, "facts", (), FactsReply
+);
+
+/// Reply of [`Facts`]. Raw values (the agent formats nothing): addresses
+/// as bytes, sizes in bytes or KiB as named.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FactsReply {
+    /// `/etc/os-release` as (key, value) pairs, quotes removed.
+    pub os_release: Vec<(String, String)>,
+    /// uname: sysname, release, version, machine.
+    pub kernel: (String, String, String, String),
+    /// Host name.
+    pub hostname: String,
+    /// Fully qualified name from /etc/hosts (no DNS), else the host name.
+    pub fqdn: String,
+    /// CPUs this process may run on.
+    pub cpus: u32,
+    /// First "model name" of /proc/cpuinfo.
+    pub cpu_model: String,
+    /// `MemTotal`, `MemAvailable`, `SwapTotal`, `SwapFree` in KiB.
+    pub memory_kib: (u64, u64, u64, u64),
+    /// Mounted file systems with storage.
+    pub mounts: Vec<MountFact>,
+    /// Network interfaces.
+    pub interfaces: Vec<InterfaceFact>,
+    /// Accounts from /etc/passwd.
+    pub users: Vec<UserFact>,
+    /// Boot time, seconds since the epoch.
+    pub boot_time: u64,
+    /// Container runtime, if inside one (docker, podman, lxc, kubernetes, systemd-nspawn, container).
+    pub container: Option<String>,
+    /// Hypervisor or machine vendor hint (DMI product / CPU flag).
+    pub virtualization: Option<String>,
+}
+
+/// One mount.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountFact {
+    /// Source device.
+    pub device: String,
+    /// Mount point.
+    pub mount_point: String,
+    /// File system type.
+    pub fstype: String,
+    /// Mount options.
+    pub options: String,
+    /// Size, free and available-to-users bytes.
+    pub bytes: (u64, u64, u64),
+}
+
+/// One network interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceFact {
+    /// Name.
+    pub name: String,
+    /// Up?
+    pub up: bool,
+    /// Link-layer address.
+    pub mac: Option<[u8; 6]>,
+    /// IPv4 addresses.
+    pub ipv4: Vec<[u8; 4]>,
+    /// IPv6 addresses.
+    pub ipv6: Vec<[u8; 16]>,
+}
+
+/// One account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserFact {
+    /// Login name.
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Home directory.
+    pub home: String,
+    /// Login shell.
+    pub shell: String,
+}
