@@ -9,7 +9,7 @@ use rustix::fd::AsFd;
 use rustix::fs::{self, Mode, OFlags, CWD};
 
 use super::util::{os_error, push_decimal};
-use crate::proto::functions::{FileKind, InfoReply, PathArgs, StatArgs, StatReply, WriteFileArgs};
+use crate::proto::functions::{InfoReply, PathArgs, StatArgs, StatReply, WriteFileArgs};
 use crate::proto::{ErrorKind, RemoteError};
 
 /// Facts the agent knows from its start.
@@ -156,21 +156,7 @@ pub fn write_file(a: WriteFileArgs, serial: u64) -> Result<(), RemoteError> {
 pub fn stat(a: StatArgs) -> Result<StatReply, RemoteError> {
     let flags = if a.follow { fs::AtFlags::empty() } else { fs::AtFlags::SYMLINK_NOFOLLOW };
     let st = fs::statat(CWD, &a.path[..], flags).map_err(|e| os_error(e, "stat", &a.path))?;
-    let kind = match fs::FileType::from_raw_mode(st.st_mode) {
-        fs::FileType::RegularFile => FileKind::File,
-        fs::FileType::Directory => FileKind::Dir,
-        fs::FileType::Symlink => FileKind::Symlink,
-        _ => FileKind::Other,
-    };
-    Ok(StatReply {
-        kind,
-        mode: st.st_mode & 0o7777,
-        size: st.st_size as u64,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        mtime: st.st_mtime,
-        mtime_nsec: st.st_mtime_nsec as u32,
-    })
+    Ok(super::fs::stat_reply(&st))
 }
 
 /// `remove`: a file or symlink, or an empty directory.

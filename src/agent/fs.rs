@@ -18,7 +18,8 @@ use crate::proto::{ErrorKind, RemoteError};
 /// Deepest directory nesting a walk follows.
 pub const MAX_DEPTH: usize = 256;
 
-fn stat_reply(st: &fs::Stat) -> StatReply {
+/// A `stat` result as the wire type.
+pub fn stat_reply(st: &fs::Stat) -> StatReply {
     let kind = match fs::FileType::from_raw_mode(st.st_mode) {
         fs::FileType::RegularFile => FileKind::File,
         fs::FileType::Directory => FileKind::Dir,
