@@ -119,31 +119,12 @@ pub fn read_into(path: &[u8], max: usize, out: &mut Vec<u8>) -> Result<usize, Re
 /// reader never sees half a file and a failure leaves the old one.
 pub fn write_file(a: WriteFileArgs, serial: u64) -> Result<(), RemoteError> {
     let path = &a.path[..];
-    let dir_end = path.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
-    let mut tmp = path[..dir_end].to_vec();
-    tmp.extend_from_slice(b".mito-tmp.");
-    push_decimal(&mut tmp, u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32));
-    tmp.push(b'.');
-    push_decimal(&mut tmp, serial);
     let existing = fs::statat(CWD, path, fs::AtFlags::empty()).ok().map(|s| s.st_mode & 0o7777);
     let mode = a.mode.or(existing).unwrap_or(0o644);
-    let fd = fs::openat(
-        CWD,
-        &tmp[..],
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-        Mode::from_bits_truncate(0o600),
-    )
-    .map_err(|e| os_error(e, "create", &tmp))?;
+    let (fd, tmp) = super::util::create_temp_beside(path, serial)?;
     let result = (|| {
-        let mut data = &a.data[..];
-        while !data.is_empty() {
-            match rustix::io::write(&fd, data) {
-                Ok(n) => data = &data[n..],
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(os_error(e, "write", &tmp)),
-            }
-        }
-        fs::fchmod(fd.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| os_error(e, "chmod", &tmp))?;
+        super::util::write_all(fd.as_fd(), &a.data, path)?;
+        fs::fchmod(fd.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| os_error(e, "chmod", path))?;
         fs::renameat(CWD, &tmp[..], CWD, path).map_err(|e| os_error(e, "rename", path))
     })();
     if result.is_err() {

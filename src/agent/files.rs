@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{self, Mode, OFlags, CWD};
 
-use super::util::{os_error, push_decimal};
+use super::util::os_error;
 use crate::core::sha256::Sha256;
 use crate::proto::functions::{Commit, FileClosed, FileOpened};
 use crate::proto::{ErrorKind, RemoteError};
@@ -96,35 +96,18 @@ impl FileTable {
     /// Creates the temp file for a write to `path`.
     pub fn open_write(&mut self, path: &[u8]) -> Result<FileOpened, RemoteError> {
         self.serial += 1;
-        let cut = path.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
-        let mut tmp = path[..cut].to_vec();
-        tmp.push(b'.');
-        tmp.extend_from_slice(&path[cut..]);
-        tmp.extend_from_slice(b".mito-tmp.");
-        push_decimal(&mut tmp, u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32));
-        tmp.push(b'.');
-        push_decimal(&mut tmp, self.serial);
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
-        let fd = fs::openat(CWD, &tmp[..], flags, Mode::from_bits_truncate(0o600))
-            .map_err(|e| os_error(e, "create", path))?;
+        let (fd, tmp) = super::util::create_temp_beside(path, self.serial)?;
         let id = self.insert(OpenFile { fd, hash: Sha256::new(), bytes: 0, write: Some((tmp, path.to_vec())) });
         Ok(FileOpened { id, size: 0, mode: 0, mtime: 0, mtime_nsec: 0 })
     }
 
     /// Appends `data` to the write `id`.
-    pub fn write(&mut self, id: u32, mut data: &[u8]) -> Result<(), RemoteError> {
+    pub fn write(&mut self, id: u32, data: &[u8]) -> Result<(), RemoteError> {
         let f = self.files.get_mut(id as usize).and_then(Option::as_mut).ok_or_else(bad_id)?;
         let Some((_, dest)) = &f.write else { return Err(bad_id()) };
         f.hash.update(data);
         f.bytes += data.len() as u64;
-        while !data.is_empty() {
-            match rustix::io::write(&f.fd, data) {
-                Ok(n) => data = &data[n..],
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(os_error(e, "write", dest)),
-            }
-        }
-        Ok(())
+        super::util::write_all(f.fd.as_fd(), data, dest)
     }
 
     /// Ends transfer `id`; see [`crate::proto::functions::FileClose`].

@@ -2,6 +2,7 @@
 
 use alloc::ffi::CString;
 use alloc::string::String;
+use alloc::vec::Vec;
 
 use crate::proto::{ErrorKind, RemoteError};
 
@@ -48,4 +49,34 @@ pub fn env_var(name: &[u8]) -> Option<&'static [u8]> {
     environ().into_iter().find_map(|e| {
         (e.len() > name.len() && e.starts_with(name) && e[name.len()] == b'=').then(|| &e[name.len() + 1..])
     })
+}
+
+/// Creates `.NAME.mito-tmp.PID.SERIAL` (0600, exclusive) beside `dest`:
+/// the one way the agent stages a file before renaming it into place.
+/// Errors name `dest`, the path the caller asked for.
+pub fn create_temp_beside(dest: &[u8], serial: u64) -> Result<(rustix::fd::OwnedFd, Vec<u8>), RemoteError> {
+    use rustix::fs::{openat, Mode, OFlags, CWD};
+    let cut = dest.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
+    let mut tmp = dest[..cut].to_vec();
+    tmp.push(b'.');
+    tmp.extend_from_slice(&dest[cut..]);
+    tmp.extend_from_slice(b".mito-tmp.");
+    push_decimal(&mut tmp, u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32));
+    tmp.push(b'.');
+    push_decimal(&mut tmp, serial);
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+    let fd = openat(CWD, &tmp[..], flags, Mode::from_bits_truncate(0o600)).map_err(|e| os_error(e, "create", dest))?;
+    Ok((fd, tmp))
+}
+
+/// Writes all of `data` to `fd`; errors name `dest`.
+pub fn write_all(fd: rustix::fd::BorrowedFd<'_>, mut data: &[u8], dest: &[u8]) -> Result<(), RemoteError> {
+    while !data.is_empty() {
+        match rustix::io::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(os_error(e, "write", dest)),
+        }
+    }
+    Ok(())
 }
