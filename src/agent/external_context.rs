@@ -358,15 +358,40 @@ impl ExternalContext {
             postcard::from_bytes(args).map_err(|_| RemoteError::new(ErrorKind::BadArgs, F::NAME))
         }
         let max = self.max as usize - 64;
+        // `call!(F, |a| body)`: decode F's arguments as `a`, run `body`
+        // (a Result), reply. The arms below it need more than that.
+        macro_rules! call {
+            ($f:ty, |$a:pat_param| $body:expr) => {{
+                let r = decode::<$f>(args).and_then(|$a| $body);
+                self.reply(&h, r)
+            }};
+        }
         match name {
-            f::Ping::NAME => {
-                let r = decode::<f::Ping>(args);
-                self.reply(&h, r)
+            f::Ping::NAME => call!(f::Ping, |()| Ok(())),
+            f::Info::NAME => call!(f::Info, |()| Ok(builtins::info(&self.ident))),
+            f::Stat::NAME => call!(f::Stat, |a| builtins::stat(a)),
+            f::Remove::NAME => call!(f::Remove, |a| builtins::remove(a)),
+            f::WriteFile::NAME => {
+                self.serial += 1;
+                let serial = self.serial;
+                call!(f::WriteFile, |a| builtins::write_file(a, serial))
             }
-            f::Info::NAME => {
-                let r = decode::<f::Info>(args).map(|()| builtins::info(&self.ident));
-                self.reply(&h, r)
-            }
+            f::FileOpenRead::NAME => call!(f::FileOpenRead, |a| self.files.open_read(&a.path)),
+            f::FileOpenWrite::NAME => call!(f::FileOpenWrite, |a| self.files.open_write(&a.path)),
+            f::FileWrite::NAME => call!(f::FileWrite, |a| self.files.write(a.id, &a.data)),
+            f::FileClose::NAME => call!(f::FileClose, |a| self.files.close(a.id, a.commit)),
+            f::Sha256::NAME => call!(f::Sha256, |a| super::files::sha256_file(&a.path).map(|d| ByteBuf::from(&d[..]))),
+            f::Facts::NAME => call!(f::Facts, |()| Ok(super::facts::gather())),
+            f::ListDir::NAME => call!(f::ListDir, |a| super::fs::list_dir(&a.path)),
+            f::MakeDirs::NAME => call!(f::MakeDirs, |a| super::fs::make_dirs(&a.path, a.mode)),
+            f::Chmod::NAME => call!(f::Chmod, |a| super::fs::chmod(&a.path, a.mode)),
+            f::Chown::NAME => call!(f::Chown, |a| super::fs::chown(&a.path, a.uid, a.gid, a.follow)),
+            f::Symlink::NAME => call!(f::Symlink, |a| super::fs::symlink(&a.target, &a.path)),
+            f::ReadLink::NAME => call!(f::ReadLink, |a| super::fs::read_link(&a.path)),
+            f::Rename::NAME => call!(f::Rename, |a| super::fs::rename(&a.from, &a.to)),
+            f::RemoveTree::NAME => call!(f::RemoveTree, |a| super::fs::remove_tree(&a.path)),
+            f::DiskUsage::NAME => call!(f::DiskUsage, |a| super::fs::disk_usage(&a.path)),
+            // Bytes replies are built in place (no copies of the data).
             f::ReadFile::NAME => match decode::<f::ReadFile>(args) {
                 Ok(a) => {
                     let frame = bytes_frame(&h, self.id, |out| builtins::read_into(&a.path, max, out));
@@ -374,10 +399,6 @@ impl ExternalContext {
                 }
                 Err(e) => self.reply_error(&h, e),
             },
-            f::FileOpenRead::NAME => {
-                let r = decode::<f::FileOpenRead>(args).and_then(|a| self.files.open_read(&a.path));
-                self.reply(&h, r)
-            }
             f::FileRead::NAME => match decode::<f::FileRead>(args) {
                 Ok(a) => {
                     let len = (a.len as usize).min(max);
@@ -386,78 +407,7 @@ impl ExternalContext {
                 }
                 Err(e) => self.reply_error(&h, e),
             },
-            f::FileOpenWrite::NAME => {
-                let r = decode::<f::FileOpenWrite>(args).and_then(|a| self.files.open_write(&a.path));
-                self.reply(&h, r)
-            }
-            f::FileWrite::NAME => {
-                let r = decode::<f::FileWrite>(args).and_then(|a| self.files.write(a.id, &a.data));
-                self.reply(&h, r)
-            }
-            f::FileClose::NAME => {
-                let r = decode::<f::FileClose>(args).and_then(|a| self.files.close(a.id, a.commit));
-                self.reply(&h, r)
-            }
-            f::Facts::NAME => {
-                let r = decode::<f::Facts>(args).map(|()| super::facts::gather());
-                self.reply(&h, r)
-            }
-            f::ListDir::NAME => {
-                let r = decode::<f::ListDir>(args).and_then(|a| super::fs::list_dir(&a.path));
-                self.reply(&h, r)
-            }
-            f::MakeDirs::NAME => {
-                let r = decode::<f::MakeDirs>(args).and_then(|a| super::fs::make_dirs(&a.path, a.mode));
-                self.reply(&h, r)
-            }
-            f::Chmod::NAME => {
-                let r = decode::<f::Chmod>(args).and_then(|a| super::fs::chmod(&a.path, a.mode));
-                self.reply(&h, r)
-            }
-            f::Chown::NAME => {
-                let r = decode::<f::Chown>(args).and_then(|a| super::fs::chown(&a.path, a.uid, a.gid, a.follow));
-                self.reply(&h, r)
-            }
-            f::Symlink::NAME => {
-                let r = decode::<f::Symlink>(args).and_then(|a| super::fs::symlink(&a.target, &a.path));
-                self.reply(&h, r)
-            }
-            f::ReadLink::NAME => {
-                let r = decode::<f::ReadLink>(args).and_then(|a| super::fs::read_link(&a.path));
-                self.reply(&h, r)
-            }
-            f::Rename::NAME => {
-                let r = decode::<f::Rename>(args).and_then(|a| super::fs::rename(&a.from, &a.to));
-                self.reply(&h, r)
-            }
-            f::RemoveTree::NAME => {
-                let r = decode::<f::RemoveTree>(args).and_then(|a| super::fs::remove_tree(&a.path));
-                self.reply(&h, r)
-            }
-            f::DiskUsage::NAME => {
-                let r = decode::<f::DiskUsage>(args).and_then(|a| super::fs::disk_usage(&a.path));
-                self.reply(&h, r)
-            }
-            f::Sha256::NAME => {
-                let r = decode::<f::Sha256>(args)
-                    .and_then(|a| super::files::sha256_file(&a.path))
-                    .map(|d| ByteBuf::from(&d[..]));
-                self.reply(&h, r)
-            }
-            f::WriteFile::NAME => {
-                self.serial += 1;
-                let serial = self.serial;
-                let r = decode::<f::WriteFile>(args).and_then(|a| builtins::write_file(a, serial));
-                self.reply(&h, r)
-            }
-            f::Stat::NAME => {
-                let r = decode::<f::Stat>(args).and_then(builtins::stat);
-                self.reply(&h, r)
-            }
-            f::Remove::NAME => {
-                let r = decode::<f::Remove>(args).and_then(builtins::remove);
-                self.reply(&h, r)
-            }
+            // exec replies later, when the command ends.
             f::Exec::NAME => match decode::<f::Exec>(args).and_then(|a| self.start_exec(a, &h)) {
                 Ok(()) => {}
                 Err(e) => self.reply_error(&h, e),
