@@ -66,7 +66,7 @@ pub fn list_dir(path: &[u8]) -> Result<Vec<DirEntry>, RemoteError> {
         .into_iter()
         .map(|(n, st)| DirEntry { name: ByteBuf::from(n), stat: stat_reply(&st) })
         .collect();
-    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v.sort_unstable_by(|a, b| a.name.cmp(&b.name)); // names are unique; the stable sort costs the agent 3 KB
     Ok(v)
 }
 
