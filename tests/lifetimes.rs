@@ -21,20 +21,8 @@ const MITO: &str = env!("CARGO_BIN_EXE_mito");
 /// within 2 s.
 #[test]
 fn agents_die_with_their_master() {
-    let mut master = Command::new(MITO)
-        .args(["-v", "run", "local", "--", "sh", "-c", "echo $$; exec sleep 100"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mito");
-    let mut out = master.stdout.take().expect("stdout");
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while out.read(&mut b).map(|n| n == 1).unwrap_or(false) && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    let cmd_pid: u32 = String::from_utf8_lossy(&line).trim().parse().expect("command printed its pid");
+    let (mut master, cmd_pid) =
+        common::mito_printing_pid(&["run", "local", "--", "sh", "-c", "echo $$; exec sleep 100"]);
     let agent_pid = parent_of(cmd_pid).expect("the command's parent is the agent");
     assert!(alive(agent_pid) && alive(cmd_pid));
     common::kill9(master.id());

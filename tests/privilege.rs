@@ -151,20 +151,8 @@ fn missing_tool_is_a_typed_error() {
 #[test]
 fn agent_under_sudo_dies_with_its_master() {
     let Some(_) = setup("agent_under_sudo_dies_with_its_master") else { return };
-    let mut master = Command::new(env!("CARGO_BIN_EXE_mito"))
-        .args(["run", "sudo:mito-user", "--", "sh", "-c", "echo $$; exec sleep 100"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mito");
-    let mut out = master.stdout.take().expect("stdout");
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while std::io::Read::read(&mut out, &mut b).map(|n| n == 1).unwrap_or(false) && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    let cmd: u32 = String::from_utf8_lossy(&line).trim().parse().expect("command printed its pid");
+    let (mut master, cmd) =
+        common::mito_printing_pid(&["run", "sudo:mito-user", "--", "sh", "-c", "echo $$; exec sleep 100"]);
     let agent = parent_of(cmd).expect("the command's parent is the agent");
     assert!(alive(agent));
     common::kill9(master.id());

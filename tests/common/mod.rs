@@ -64,6 +64,27 @@ pub fn kill9(pid: u32) {
     rustix::process::kill_process(p, rustix::process::Signal::KILL).expect("kill -9");
 }
 
+/// Starts the `mito` CLI with `args`, whose command prints its pid as its
+/// first line (`sh -c 'echo $$; exec …'`); returns the CLI and that pid.
+pub fn mito_printing_pid(args: &[&str]) -> (std::process::Child, u32) {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mito"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mito");
+    let mut out = child.stdout.take().expect("stdout");
+    let (mut line, mut b) = (Vec::new(), [0u8; 1]);
+    while out.read(&mut b).map(|n| n == 1).unwrap_or(false) && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    let pid = String::from_utf8_lossy(&line).trim().parse().expect("the command printed its pid");
+    (child, pid)
+}
+
 /// Starts `sleep 30` in `ctx` and returns the pending reply.
 pub fn pending_sleep(ctx: &mito::Context) -> mito::Pending<mito::functions::ExecReply> {
     let argv = ["sleep", "30"].iter().map(|a| serde_bytes::ByteBuf::from(a.as_bytes())).collect();
