@@ -44,6 +44,14 @@ pub(crate) struct Core {
     pub broker: Broker,
 }
 
+/// The common options of sudo, su and doas.
+struct Become<'a> {
+    tool: &'static str,
+    user: &'a str,
+    name: &'a Option<String>,
+    timeout: std::time::Duration,
+}
+
 /// The fds and process behind a bootstrapped stream.
 struct Transport {
     rx: OwnedFd,
@@ -105,47 +113,39 @@ impl Router {
 
     /// Starts an agent as another user through `sudo`.
     pub fn sudo(&self, opts: SudoOptions) -> Result<Context, ConnectError> {
-        let id = self.core.table.allocate_context_id();
-        let name = opts.name.clone().unwrap_or_else(|| format!("sudo:{}", opts.username));
-        let (cmd, mut r) = sudo::prepare(&opts, &name, &stage0::script(&embedded::specs(), id));
-        self.connect_become(id, name, &cmd, opts.connect_timeout, &mut r, "sudo", &opts.username)
+        let b = Become { tool: "sudo", user: &opts.username, name: &opts.name, timeout: opts.connect_timeout };
+        self.become_user(b, |name, stage0| sudo::prepare(&opts, name, stage0))
     }
 
     /// Starts an agent as another user through `su`.
     pub fn su(&self, opts: SuOptions) -> Result<Context, ConnectError> {
-        let id = self.core.table.allocate_context_id();
-        let name = opts.name.clone().unwrap_or_else(|| format!("su:{}", opts.username));
-        let (cmd, mut r) = su::prepare(&opts, &name, &stage0::script(&embedded::specs(), id));
-        self.connect_become(id, name, &cmd, opts.connect_timeout, &mut r, "su", &opts.username)
+        let b = Become { tool: "su", user: &opts.username, name: &opts.name, timeout: opts.connect_timeout };
+        self.become_user(b, |name, stage0| su::prepare(&opts, name, stage0))
     }
 
     /// Starts an agent as another user through `doas`.
     pub fn doas(&self, opts: DoasOptions) -> Result<Context, ConnectError> {
-        let id = self.core.table.allocate_context_id();
-        let name = opts.name.clone().unwrap_or_else(|| format!("doas:{}", opts.username));
-        let (cmd, mut r) = doas::prepare(&opts, &name, &stage0::script(&embedded::specs(), id));
-        self.connect_become(id, name, &cmd, opts.connect_timeout, &mut r, "doas", &opts.username)
+        let b = Become { tool: "doas", user: &opts.username, name: &opts.name, timeout: opts.connect_timeout };
+        self.become_user(b, |name, stage0| doas::prepare(&opts, name, stage0))
     }
 
-    /// [`Router::connect_child`] for sudo/su/doas: a missing tool is a
-    /// typed [`BecomeFailure::ToolMissing`].
-    #[allow(clippy::too_many_arguments)]
-    fn connect_become(
+    /// What sudo, su and doas share: name the context `TOOL:USER`, build
+    /// the command with `prepare(name, stage0)`, answer its prompts, and
+    /// report a missing tool as [`BecomeFailure::ToolMissing`].
+    fn become_user(
         &self,
-        id: u32,
-        name: String,
-        cmd: &ChildCommand,
-        timeout: std::time::Duration,
-        hooks: &mut prompt::Responder,
-        tool: &'static str,
-        user: &str,
+        b: Become<'_>,
+        prepare: impl FnOnce(&str, &str) -> (ChildCommand, prompt::Responder),
     ) -> Result<Context, ConnectError> {
-        match self.connect_child(id, name, cmd, timeout, hooks) {
+        let id = self.core.table.allocate_context_id();
+        let name = b.name.clone().unwrap_or_else(|| format!("{}:{}", b.tool, b.user));
+        let (cmd, mut responder) = prepare(&name, &stage0::script(&embedded::specs(), id));
+        match self.connect_child(id, name, &cmd, b.timeout, &mut responder) {
             Err(ConnectError::Spawn { context, source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 Err(ConnectError::Become {
                     context,
-                    tool,
-                    user: user.into(),
+                    tool: b.tool,
+                    user: b.user.into(),
                     failure: BecomeFailure::ToolMissing,
                     output: format!(" ({} not found)", cmd.program.to_string_lossy()),
                 })
