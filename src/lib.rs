@@ -59,6 +59,7 @@ pub use connect::{
 pub use master::{
     context::{ConnectInfo, Context, Pending},
     error::CallError,
+    process::{Process, ProcessEvent, ProcessInput},
     transfer::{TransferError, TransferStats},
     Router, RouterOptions,
 };

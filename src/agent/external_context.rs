@@ -10,7 +10,14 @@
 //! agent outlives its master.
 //!
 //! Tokens: `T_PARENT_RX`, `T_PARENT_TX`, `T_LOG` + fd, and for process slot
-//! `s`: `T_PROC + 4*s + {0 stdin, 1 stdout, 2 stderr, 3 pidfd}`.
+//! `s`: `T_PROC + 8*s + {0 stdin, 1 stdout, 2 stderr, 3 pidfd, 4 timeout timer}`.
+//!
+//! A streamed command (`stream_to`) is also addressable: EXEC_CONTROL
+//! messages carry more stdin (acknowledged to `stdin_acks_to` as written, so
+//! the master's sender has a bounded window), signals, pty resizes and output
+//! credit (`Ack`). Output is read only while the command's credit lasts and
+//! the parent stream is not backed up: a slow reader stops the command, not
+//! memory growth here or in the master.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -26,7 +33,7 @@ use super::util::cstring;
 use crate::core::poller::{Event, Interest, Poller};
 use crate::core::side::{self, Io};
 use crate::core::stream::{Decoder, TxBuffer};
-use crate::proto::functions::{self as f, ExecArgs, ExecOutput, ExecReply, Function, Stdio};
+use crate::proto::functions::{self as f, ExecArgs, ExecControl, ExecOp, ExecOutput, ExecReply, Function, Stdio};
 use crate::proto::message::{decode_call, Hello, LogRecord, LogSource};
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
 
@@ -62,10 +69,20 @@ pub mod exit {
     pub const SIGNALLED: i32 = 129;
 }
 
+/// Tokens per process slot.
+const PROC_TOKENS: u64 = 8;
+
+/// After a timeout's SIGTERM, SIGKILL follows this much later.
+const KILL_GRACE_MS: u64 = 5_000;
+
 struct Proc {
     child: Child,
     stdin_data: Vec<u8>,
     stdin_pos: usize,
+    /// More stdin may arrive (streamed stdin, until CloseStdin).
+    stdin_open: bool,
+    stdin_acks_to: Option<u32>,
+    stdin_watched: bool,
     out: Vec<u8>,
     err: Vec<u8>,
     status: Option<(Option<i32>, Option<i32>)>,
@@ -73,6 +90,13 @@ struct Proc {
     reply_to: u32,
     stream_to: Option<u32>,
     too_large: bool,
+    /// Output credit (0: unlimited) and streamed bytes not yet acknowledged.
+    window: u32,
+    unacked: u64,
+    /// Whether stdout/stderr are registered for reading right now.
+    reading: bool,
+    timer: Option<OwnedFd>,
+    timed_out: bool,
 }
 
 /// The agent's state.
@@ -240,11 +264,12 @@ impl ExternalContext {
             T_SIGNAL => return Some(exit::SIGNALLED),
             t if t == T_LOG || t == T_LOG + 1 => self.pump_logger((t - T_LOG) as usize),
             t if t >= T_PROC => {
-                let slot = ((t - T_PROC) / 4) as usize;
-                match (t - T_PROC) % 4 {
+                let slot = ((t - T_PROC) / PROC_TOKENS) as usize;
+                match (t - T_PROC) % PROC_TOKENS {
                     0 => self.proc_stdin(slot),
-                    1 | 2 => self.proc_output(slot, ((t - T_PROC) % 4) as u8, false),
-                    _ => self.proc_exited(slot),
+                    w @ (1 | 2) => self.proc_output(slot, w as u8, false),
+                    3 => self.proc_exited(slot),
+                    _ => self.proc_timer(slot),
                 }
                 self.proc_maybe_done(slot);
             }
@@ -293,6 +318,7 @@ impl ExternalContext {
         match h.handle {
             handles::CALL_FUNCTION => self.on_call(m),
             handles::SHUTDOWN => self.closing = true,
+            handles::EXEC_CONTROL if h.auth == MASTER_ID => self.on_exec_control(m),
             _ => self.reply_error(&h, RemoteError::new(ErrorKind::DeadRoute, "no such handle")),
         }
     }
@@ -423,11 +449,20 @@ impl ExternalContext {
         if argv.is_empty() {
             return Err(RemoteError::new(ErrorKind::BadArgs, "exec: empty argv"));
         }
+        if a.stream_to.is_some() && self.find_proc(h.src, a.stream_to).is_some() {
+            return Err(RemoteError::new(ErrorKind::BadArgs, "exec: stream handle already in use"));
+        }
         let env = if a.env_clear || !a.env.is_empty() { Some(build_env(&a)?) } else { None };
         let cwd = a.cwd.as_ref().map(|c| cstring(c)).transpose()?;
-        let cmd =
-            spawn::Command { argv: &argv, env: env.as_deref(), cwd: cwd.as_ref(), capture: a.stdio == Stdio::Capture };
+        let cmd = spawn::Command {
+            argv: &argv,
+            env: env.as_deref(),
+            cwd: cwd.as_ref(),
+            capture: a.stdio == Stdio::Capture,
+            pty: a.pty,
+        };
         let child = spawn::spawn(&cmd).map_err(|e| super::util::os_error(e, "exec", &a.argv[0]))?;
+        let timer = a.timeout_ms.and_then(|ms| arm_timer(None, ms));
         let slot = match self.procs.iter().position(Option::is_none) {
             Some(s) => s,
             None => {
@@ -435,25 +470,29 @@ impl ExternalContext {
                 self.procs.len() - 1
             }
         };
-        let base = T_PROC + 4 * slot as u64;
+        let base = T_PROC + PROC_TOKENS * slot as u64;
         if let Some(fd) = &child.stdin {
             let _ = side::set_nonblocking(fd.as_fd(), true);
             let _ = self.poller.add(fd.as_fd(), base, Interest::WRITE);
         }
         let read = if self.paused { Interest::NONE } else { Interest::READ };
-        if let Some(fd) = &child.stdout {
-            let _ = side::set_nonblocking(fd.as_fd(), true);
-            let _ = self.poller.add(fd.as_fd(), base + 1, read);
-        }
-        if let Some(fd) = &child.stderr {
-            let _ = side::set_nonblocking(fd.as_fd(), true);
-            let _ = self.poller.add(fd.as_fd(), base + 2, read);
+        for (i, fd) in [&child.stdout, &child.stderr].into_iter().enumerate() {
+            if let Some(fd) = fd {
+                let _ = side::set_nonblocking(fd.as_fd(), true);
+                let _ = self.poller.add(fd.as_fd(), base + 1 + i as u64, read);
+            }
         }
         let _ = self.poller.add(child.pidfd.as_fd(), base + 3, Interest::READ);
+        if let Some(t) = &timer {
+            let _ = self.poller.add(t.as_fd(), base + 4, Interest::READ);
+        }
         self.procs[slot] = Some(Proc {
             child,
             stdin_data: a.stdin.into_vec(),
             stdin_pos: 0,
+            stdin_open: a.stdin_acks_to.is_some(),
+            stdin_acks_to: a.stdin_acks_to,
+            stdin_watched: true,
             out: Vec::new(),
             err: Vec::new(),
             status: None,
@@ -461,24 +500,134 @@ impl ExternalContext {
             reply_to: h.reply_to,
             stream_to: a.stream_to,
             too_large: false,
+            window: if a.stream_to.is_some() { a.window } else { 0 },
+            unacked: 0,
+            reading: !self.paused,
+            timer,
+            timed_out: false,
         });
         Ok(())
+    }
+
+    fn find_proc(&self, caller: u32, stream: Option<u32>) -> Option<usize> {
+        self.procs.iter().position(|p| p.as_ref().is_some_and(|p| p.caller == caller && p.stream_to == stream))
+    }
+
+    fn on_exec_control(&mut self, m: Message) {
+        let Some(c) = m.payload(self.max as usize).and_then(|p| postcard::from_bytes::<ExecControl>(&p).ok()) else {
+            return self.log(1, LogSource::Agent, b"malformed exec control message; ignored");
+        };
+        let Some(slot) = self.find_proc(m.header.src, Some(c.stream)) else {
+            // Already finished: its reply is on the way, and the master
+            // closes the stdin credit mailbox when that reply arrives.
+            return;
+        };
+        let Some(Some(p)) = self.procs.get_mut(slot) else { return };
+        match c.op {
+            ExecOp::Stdin(data) => {
+                if p.child.stdin.is_none() {
+                    // The command closed its stdin: the bytes are dropped, but
+                    // acknowledged (the sender's credit must not leak).
+                    if let Some(to) = p.stdin_acks_to {
+                        let (caller, n) = (p.caller, data.len() as u32);
+                        self.send(caller, to, 0, &n);
+                    }
+                    return;
+                }
+                p.stdin_data.extend_from_slice(&data);
+                self.proc_stdin(slot);
+            }
+            ExecOp::CloseStdin => {
+                p.stdin_open = false;
+                if p.child.pty {
+                    // A pty has no end of file: its line discipline turns the
+                    // EOF character (^D) into one for the reader.
+                    p.stdin_data.push(4);
+                }
+                self.proc_stdin(slot);
+            }
+            ExecOp::Signal(sig) => {
+                if p.status.is_none() {
+                    spawn::kill_group(p.child.pid, sig);
+                }
+            }
+            ExecOp::Ack(n) => {
+                p.unacked = p.unacked.saturating_sub(n as u64);
+                if p.status.is_some() {
+                    // Exited with output still queued in its pipes.
+                    self.proc_output(slot, 1, true);
+                    self.proc_output(slot, 2, true);
+                } else {
+                    self.set_reading(slot);
+                }
+            }
+            ExecOp::Resize(rows, cols) => {
+                if let (true, Some(fd)) = (p.child.pty, &p.child.stdout) {
+                    spawn::set_winsize(fd, rows, cols);
+                }
+            }
+        }
+        self.proc_maybe_done(slot);
     }
 
     fn proc_stdin(&mut self, slot: usize) {
         let Some(Some(p)) = self.procs.get_mut(slot) else { return };
         let Some(fd) = &p.child.stdin else { return };
+        let base = T_PROC + PROC_TOKENS * slot as u64;
+        let before = p.stdin_pos;
+        let mut closed = false;
         while p.stdin_pos < p.stdin_data.len() {
             match side::write(fd.as_fd(), &p.stdin_data[p.stdin_pos..]) {
                 Ok(Io::Done(n)) => p.stdin_pos += n,
-                Ok(Io::WouldBlock) => return,
-                Ok(Io::Closed) | Err(_) => break,
+                Ok(Io::WouldBlock) => break,
+                Ok(Io::Closed) | Err(_) => {
+                    closed = true;
+                    break;
+                }
             }
         }
-        // All written (or the child closed its stdin): closing sends EOF.
-        p.stdin_data = Vec::new();
-        if let Some(fd) = p.child.stdin.take() {
-            self.poller.delete(fd.as_fd());
+        let mut taken = p.stdin_pos - before;
+        let pending = p.stdin_pos < p.stdin_data.len();
+        if closed || !pending {
+            if closed {
+                taken += p.stdin_data.len() - p.stdin_pos;
+            }
+            p.stdin_data.clear();
+            p.stdin_pos = 0;
+        }
+        if closed || (!pending && !p.stdin_open) {
+            // All written (or the child closed its stdin): closing sends EOF.
+            if let Some(fd) = p.child.stdin.take() {
+                self.poller.delete(fd.as_fd());
+            }
+        } else if pending != p.stdin_watched {
+            // Streamed stdin waiting for more: no wake-ups until it comes.
+            p.stdin_watched = pending;
+            let i = if pending { Interest::WRITE } else { Interest::NONE };
+            let _ = self.poller.modify(fd.as_fd(), base, i);
+        }
+        if let (Some(to), true) = (p.stdin_acks_to, taken > 0) {
+            let caller = p.caller;
+            self.send(caller, to, 0, &(taken as u32));
+        }
+    }
+
+    /// Whether a process's output should be read now: not while the parent
+    /// stream is backed up or its credit is used up.
+    fn set_reading(&mut self, slot: usize) {
+        let paused = self.paused;
+        let Some(Some(p)) = self.procs.get_mut(slot) else { return };
+        let want = !paused && (p.window == 0 || p.unacked < p.window as u64);
+        if want == p.reading {
+            return;
+        }
+        p.reading = want;
+        let base = T_PROC + PROC_TOKENS * slot as u64;
+        let i = if want { Interest::READ } else { Interest::NONE };
+        for (k, fd) in [&p.child.stdout, &p.child.stderr].into_iter().enumerate() {
+            if let Some(fd) = fd {
+                let _ = self.poller.modify(fd.as_fd(), base + 1 + k as u64, i);
+            }
         }
     }
 
@@ -487,26 +636,32 @@ impl ExternalContext {
         let max = self.max as usize - 256;
         for _ in 0..if drain { usize::MAX } else { 4 } {
             let Some(Some(p)) = self.procs.get_mut(slot) else { return };
+            if p.window != 0 && p.unacked >= p.window as u64 {
+                return self.set_reading(slot);
+            }
             let fd = if which == 1 { &p.child.stdout } else { &p.child.stderr };
             let Some(fd) = fd else { return };
-            match side::read(fd.as_fd(), &mut buf) {
+            let r = side::read(fd.as_fd(), &mut buf);
+            match r {
                 Ok(Io::Done(n)) => {
                     if let Some(handle) = p.stream_to {
+                        p.unacked += n as u64;
                         let caller = p.caller;
                         let chunk = ExecOutput { fd: which, data: ByteBuf::from(&buf[..n]) };
                         self.send(caller, handle, 0, &chunk);
+                    } else if p.out.len() + p.err.len() + n > max {
+                        p.too_large = true;
+                    } else if which == 1 {
+                        p.out.extend_from_slice(&buf[..n]);
                     } else {
-                        if p.out.len() + p.err.len() + n > max {
-                            p.too_large = true;
-                        } else if which == 1 {
-                            p.out.extend_from_slice(&buf[..n]);
-                        } else {
-                            p.err.extend_from_slice(&buf[..n]);
-                        }
+                        p.err.extend_from_slice(&buf[..n]);
                     }
                 }
-                Ok(Io::WouldBlock) => return,
-                Ok(Io::Closed) | Err(_) => {
+                // Before the exit, an empty pipe means later; after it, the
+                // output is complete (a background grandchild may hold the
+                // pipe open for ever: its later output is not this command's).
+                Ok(Io::WouldBlock) if p.status.is_none() => return,
+                Ok(_) | Err(_) => {
                     let fd = if which == 1 { p.child.stdout.take() } else { p.child.stderr.take() };
                     if let Some(fd) = fd {
                         self.poller.delete(fd.as_fd());
@@ -525,19 +680,43 @@ impl ExternalContext {
         let Some(st) = spawn::reap(&p.child.pidfd) else { return };
         p.status = Some(st);
         self.poller.delete(p.child.pidfd.as_fd());
-        // What the child wrote before exiting is in the pipes now; take it and
-        // do not wait for EOF (a background grandchild may hold them open).
+        if let Some(t) = p.timer.take() {
+            self.poller.delete(t.as_fd());
+        }
+        // What the child wrote before exiting is in the pipes now; take it
+        // (as far as the credit goes) and do not wait for EOF.
         self.proc_output(slot, 1, true);
         self.proc_output(slot, 2, true);
+    }
+
+    /// The timeout fired: SIGTERM first, SIGKILL after the grace period.
+    fn proc_timer(&mut self, slot: usize) {
+        let Some(Some(p)) = self.procs.get_mut(slot) else { return };
+        let Some(t) = p.timer.take() else { return };
+        self.poller.delete(t.as_fd());
+        if p.status.is_some() {
+            return;
+        }
+        if p.timed_out {
+            spawn::kill_group(p.child.pid, libc::SIGKILL);
+            return;
+        }
+        p.timed_out = true;
+        spawn::kill_group(p.child.pid, libc::SIGTERM);
+        p.timer = arm_timer(Some(t), KILL_GRACE_MS);
+        if let Some(t) = &p.timer {
+            let _ = self.poller.add(t.as_fd(), T_PROC + PROC_TOKENS * slot as u64 + 4, Interest::READ);
+        }
     }
 
     fn proc_maybe_done(&mut self, slot: usize) {
         let Some(Some(p)) = self.procs.get(slot) else { return };
         let Some((code, signal)) = p.status else { return };
-        let Some(p) = self.procs[slot].take() else { return };
-        for fd in [&p.child.stdout, &p.child.stderr].into_iter().flatten() {
-            self.poller.delete(fd.as_fd());
+        if p.child.stdout.is_some() || p.child.stderr.is_some() {
+            // Output still queued behind the caller's credit.
+            return;
         }
+        let Some(p) = self.procs[slot].take() else { return };
         if let Some(fd) = &p.child.stdin {
             self.poller.delete(fd.as_fd());
         }
@@ -546,7 +725,13 @@ impl ExternalContext {
             let e = RemoteError::new(ErrorKind::TooLarge, "exec: output exceeds the maximum message size; stream it");
             return self.reply_error(&h, e);
         }
-        let reply = ExecReply { code, signal, stdout: ByteBuf::from(p.out), stderr: ByteBuf::from(p.err) };
+        let reply = ExecReply {
+            code,
+            signal,
+            timed_out: p.timed_out,
+            stdout: ByteBuf::from(p.out),
+            stderr: ByteBuf::from(p.err),
+        };
         self.reply(&h, Ok(reply));
     }
 
@@ -619,16 +804,8 @@ impl ExternalContext {
             return;
         }
         self.paused = pause;
-        let i = if pause { Interest::NONE } else { Interest::READ };
-        for (slot, p) in self.procs.iter().enumerate() {
-            let Some(p) = p else { continue };
-            let base = T_PROC + 4 * slot as u64;
-            if let Some(fd) = &p.child.stdout {
-                let _ = self.poller.modify(fd.as_fd(), base + 1, i);
-            }
-            if let Some(fd) = &p.child.stderr {
-                let _ = self.poller.modify(fd.as_fd(), base + 2, i);
-            }
+        for slot in 0..self.procs.len() {
+            self.set_reading(slot);
         }
     }
 }
@@ -674,6 +851,21 @@ fn termination_signals() -> Option<OwnedFd> {
         let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
         (fd >= 0).then(|| super::spawn::owned(fd))
     }
+}
+
+/// A one-shot monotonic timer firing in `ms` (a new one unless `reuse`).
+fn arm_timer(reuse: Option<OwnedFd>, ms: u64) -> Option<OwnedFd> {
+    use rustix::time::{timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags};
+    let fd = match reuse {
+        Some(fd) => fd,
+        None => timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK).ok()?,
+    };
+    let ms = ms.max(1);
+    let value = rustix::time::Timespec { tv_sec: (ms / 1000) as _, tv_nsec: ((ms % 1000) * 1_000_000) as _ };
+    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+    let spec = Itimerspec { it_interval: zero, it_value: value };
+    timerfd_settime(&fd, TimerfdTimerFlags::empty(), &spec).ok()?;
+    Some(fd)
 }
 
 fn now_ns() -> u64 {

@@ -4,7 +4,9 @@
 //! starting a command costs no page-table copy. Each child gets its own
 //! process group (so the agent can signal the whole command on shutdown) and
 //! default SIGPIPE (the agent ignores it for itself). A pidfd reports its
-//! exit to the agent's epoll loop: the agent's ProcessMonitor.
+//! exit to the agent's epoll loop: the agent's ProcessMonitor. With a pty
+//! the child leads its own session instead, with the pty's terminal as its
+//! controlling tty and fds 0–2.
 
 use alloc::ffi::CString;
 use alloc::vec::Vec;
@@ -29,8 +31,27 @@ pub struct Child {
     pub stdin: Option<OwnedFd>,
     /// Read end of its stdout, unless it inherited ours.
     pub stdout: Option<OwnedFd>,
-    /// Read end of its stderr, unless it inherited ours.
+    /// Read end of its stderr, unless it inherited ours (or runs on a pty).
     pub stderr: Option<OwnedFd>,
+    /// Whether `stdin`/`stdout` are the two halves of a pty master.
+    pub pty: bool,
+}
+
+/// The master side of a new pty and the path of its terminal.
+fn open_pty(rows: u16, cols: u16) -> Result<(OwnedFd, CString), Errno> {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    set_winsize(&master, rows, cols);
+    Ok((master, name))
+}
+
+/// Sets a pty's window size (the command gets SIGWINCH).
+pub fn set_winsize(master: &OwnedFd, rows: u16, cols: u16) {
+    let ws = rustix::termios::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let _ = rustix::termios::tcsetwinsize(master, ws);
 }
 
 /// What to run.
@@ -44,6 +65,10 @@ pub struct Command<'a> {
     pub cwd: Option<&'a CString>,
     /// Give the child pipes for stdout/stderr (else it inherits fds 1 and 2).
     pub capture: bool,
+    /// Run on a new pty of `(rows, cols)` instead: its stdin, stdout and
+    /// stderr are the terminal, and it leads a new session (so the terminal
+    /// becomes its controlling tty, and ^C on it signals its job).
+    pub pty: Option<(u16, u16)>,
 }
 
 struct Attrs {
@@ -75,12 +100,49 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, Errno> {
     if cmd.argv.is_empty() {
         return Err(Errno::INVAL);
     }
+    if let Some((rows, cols)) = cmd.pty {
+        let (master, tty) = open_pty(rows, cols)?;
+        let input = rustix::io::fcntl_dupfd_cloexec(&master, 3)?;
+        let (pid, pidfd) = spawn_with(cmd, true, |actions| {
+            // After setsid (musl applies attributes before file actions),
+            // opening the terminal without O_NOCTTY makes it the controlling tty.
+            // SAFETY: `actions` is initialised; the path outlives the call.
+            unsafe {
+                check(libc::posix_spawn_file_actions_addopen(actions, 0, tty.as_ptr(), libc::O_RDWR, 0))?;
+                check(libc::posix_spawn_file_actions_adddup2(actions, 0, 1))?;
+                check(libc::posix_spawn_file_actions_adddup2(actions, 0, 2))
+            }
+        })?;
+        return Ok(Child { pid, pidfd, stdin: Some(input), stdout: Some(master), stderr: None, pty: true });
+    }
     let (stdin_r, stdin_w) = pipe_with(PipeFlags::CLOEXEC)?;
     let (out_r, out_w) =
         if cmd.capture { pipe_with(PipeFlags::CLOEXEC).map(|(r, w)| (Some(r), Some(w)))? } else { (None, None) };
     let (err_r, err_w) =
         if cmd.capture { pipe_with(PipeFlags::CLOEXEC).map(|(r, w)| (Some(r), Some(w)))? } else { (None, None) };
+    let (pid, pidfd) = spawn_with(cmd, false, |actions| {
+        // SAFETY: `actions` is initialised; the fds outlive the call.
+        unsafe {
+            check(libc::posix_spawn_file_actions_adddup2(actions, stdin_r.as_raw_fd(), 0))?;
+            if let (Some(o), Some(e)) = (&out_w, &err_w) {
+                check(libc::posix_spawn_file_actions_adddup2(actions, o.as_raw_fd(), 1))?;
+                check(libc::posix_spawn_file_actions_adddup2(actions, e.as_raw_fd(), 2))?;
+            }
+        }
+        Ok(())
+    })?;
+    drop((stdin_r, out_w, err_w));
+    Ok(Child { pid, pidfd, stdin: Some(stdin_w), stdout: out_r, stderr: err_r, pty: false })
+}
 
+/// posix_spawnp with the child in its own process group (or, with
+/// `session`, its own session), default SIGPIPE, an empty signal mask, the
+/// fd actions `fds` adds, and `cmd`'s cwd; then a pidfd for it.
+fn spawn_with(
+    cmd: &Command<'_>,
+    session: bool,
+    fds: impl FnOnce(*mut libc::posix_spawn_file_actions_t) -> Result<(), Errno>,
+) -> Result<(i32, OwnedFd), Errno> {
     let mut argv: Vec<*const libc::c_char> = cmd.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(ptr::null());
     let envp: Vec<*const libc::c_char>;
@@ -106,14 +168,15 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, Errno> {
         check(libc::posix_spawnattr_setsigdefault(&mut a.attr, &sigs))?;
         libc::sigemptyset(&mut sigs);
         check(libc::posix_spawnattr_setsigmask(&mut a.attr, &sigs))?;
-        check(libc::posix_spawnattr_setpgroup(&mut a.attr, 0))?;
-        let flags = libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETPGROUP;
-        check(libc::posix_spawnattr_setflags(&mut a.attr, flags as libc::c_short))?;
-        check(libc::posix_spawn_file_actions_adddup2(&mut a.actions, stdin_r.as_raw_fd(), 0))?;
-        if let (Some(o), Some(e)) = (&out_w, &err_w) {
-            check(libc::posix_spawn_file_actions_adddup2(&mut a.actions, o.as_raw_fd(), 1))?;
-            check(libc::posix_spawn_file_actions_adddup2(&mut a.actions, e.as_raw_fd(), 2))?;
-        }
+        let group = if session {
+            libc::POSIX_SPAWN_SETSID
+        } else {
+            check(libc::posix_spawnattr_setpgroup(&mut a.attr, 0))?;
+            libc::POSIX_SPAWN_SETPGROUP as libc::c_short
+        };
+        let flags = (libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK) as libc::c_short | group;
+        check(libc::posix_spawnattr_setflags(&mut a.attr, flags))?;
+        fds(&mut a.actions)?;
         if let Some(cwd) = cmd.cwd {
             check(libc::posix_spawn_file_actions_addchdir_np(&mut a.actions, cwd.as_ptr()))?;
         }
@@ -126,11 +189,10 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, Errno> {
             envp_ptr as *const *mut libc::c_char,
         ))?;
     }
-    drop((stdin_r, out_w, err_w));
     // SAFETY: posix_spawnp succeeded, so `pid` is our child.
     let rpid = unsafe { rustix::process::Pid::from_raw_unchecked(pid) };
-    let pidfd = match rustix::process::pidfd_open(rpid, rustix::process::PidfdFlags::empty()) {
-        Ok(fd) => fd,
+    match rustix::process::pidfd_open(rpid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => Ok((pid, fd)),
         Err(e) => {
             // Without a pidfd we could not reap it from the loop: do not leave it running.
             // SAFETY: signalling and reaping our own child.
@@ -138,10 +200,9 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, Errno> {
                 libc::kill(pid, libc::SIGKILL);
                 libc::waitpid(pid, ptr::null_mut(), 0);
             }
-            return Err(e);
+            Err(e)
         }
-    };
-    Ok(Child { pid, pidfd, stdin: Some(stdin_w), stdout: out_r, stderr: err_r })
+    }
 }
 
 /// Exit status of a finished child: `(code, signal)`; reaps it.

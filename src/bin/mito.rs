@@ -4,7 +4,7 @@
 //! signal N), 0 for success otherwise, 255 when mito itself failed
 //! (connect, call, lost context) — as ssh does.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -82,9 +82,22 @@ enum Command {
     Run {
         /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`.
         target: String,
-        /// Do not forward this process's stdin to the command.
-        #[arg(long)]
+        /// Do not forward this process's stdin to the command (as `ssh -n`).
+        #[arg(short = 'n', long)]
         no_stdin: bool,
+        /// Run the command on a pseudo-terminal (as `ssh -t`): one output
+        /// stream, ^C and window size go to it, the local terminal is raw.
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Stop the command after SECS seconds (SIGTERM, SIGKILL 5 s later); exit status 124.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+        /// Set a variable in the command's environment (repeatable).
+        #[arg(short = 'e', long = "env", value_name = "VAR=VALUE")]
+        env: Vec<String>,
+        /// Working directory of the command.
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<String>,
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         argv: Vec<String>,
@@ -288,6 +301,9 @@ fn report(what: &str, s: &mito::TransferStats) {
     eprintln!("{what}: {} bytes in {:.2} s ({:.1} MB/s), sha256 verified", s.bytes, secs, s.bytes as f64 / 1e6 / secs);
 }
 
+#[path = "mito/run.rs"]
+mod run;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -301,32 +317,28 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
+    // Before any thread exists (the broker's included), so all inherit the mask.
+    let signals = matches!(cli.command, Command::Run { .. }).then(run::Signals::start);
     let router = Router::new().map_err(|e| format!("cannot start the broker: {e}"))?;
     match &cli.command {
-        Command::Run { target, no_stdin, argv } => {
-            let mut stdin = Vec::new();
-            if !*no_stdin && !std::io::stdin().is_terminal() {
-                std::io::stdin().read_to_end(&mut stdin).map_err(|e| format!("reading stdin: {e}"))?;
-            }
+        Command::Run { target, no_stdin, tty, timeout, env, cwd, argv } => {
             let ctx = connect(&router, target, &cli)?;
+            let mut vars = Vec::new();
+            for e in env {
+                let (k, v) = e.split_once('=').ok_or_else(|| format!("--env {e}: expected VAR=VALUE"))?;
+                vars.push((ByteBuf::from(k.as_bytes()), ByteBuf::from(v.as_bytes())));
+            }
             let args = ExecArgs {
                 argv: argv.iter().map(|a| ByteBuf::from(a.as_bytes())).collect(),
-                stdin: ByteBuf::from(stdin),
+                env: vars,
+                cwd: cwd.as_ref().map(|c| ByteBuf::from(c.as_bytes())),
+                pty: tty.then(run::window_size),
+                timeout_ms: timeout.map(|t| (t * 1e3).max(1.0) as u64),
                 ..ExecArgs::default()
             };
-            let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
-            let reply = ctx
-                .exec_streaming(&args, |fd, data| {
-                    // A closed terminal is not an error worth dying for mid-stream.
-                    let _ = if fd == 1 { out.write_all(data).and_then(|()| out.flush()) } else { err.write_all(data) };
-                })
-                .map_err(|e| e.to_string())?;
+            let code = run::run(&ctx, &args, !*no_stdin, signals)?;
             let _ = ctx.shutdown();
-            Ok(match (reply.code, reply.signal) {
-                (Some(c), _) => ExitCode::from(c.clamp(0, 255) as u8),
-                (None, Some(s)) => ExitCode::from((128 + s).clamp(0, 255) as u8),
-                _ => ExitCode::from(255),
-            })
+            Ok(code)
         }
         Command::Ping { target, count } => {
             let t0 = Instant::now();

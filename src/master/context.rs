@@ -23,7 +23,7 @@ use crate::core::broker::Cmd;
 use crate::core::latch::{Latch, WaitError};
 use crate::core::router::{ContextShared, Delivery};
 use crate::core::stream_in::{Pump, StreamIn};
-use crate::proto::functions::{self as f, ExecArgs, ExecOutput, ExecReply, Function, InfoReply, StatReply};
+use crate::proto::functions::{self as f, ExecArgs, ExecReply, Function, InfoReply, StatReply};
 use crate::proto::message::encode_call;
 use crate::proto::{handles, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
 
@@ -55,8 +55,8 @@ pub struct ConnectInfo {
 /// A connected context. Cheap to clone; all clones talk to the same agent.
 #[derive(Clone, Debug)]
 pub struct Context {
-    core: Arc<Core>,
-    shared: Arc<ContextShared>,
+    pub(super) core: Arc<Core>,
+    pub(super) shared: Arc<ContextShared>,
     info: Arc<ConnectInfo>,
     timeout: Option<Duration>,
 }
@@ -194,7 +194,7 @@ impl<T: DeserializeOwned> Pending<T> {
     }
 }
 
-fn disconnected(shared: &ContextShared, function: &str, reason: String) -> CallError {
+pub(super) fn disconnected(shared: &ContextShared, function: &str, reason: String) -> CallError {
     let exit = *shared.exit.lock().unwrap_or_else(PoisonError::into_inner);
     let reason = match exit {
         Some(st) if !reason.contains("process ended") => format!("{reason}; agent {st}"),
@@ -203,7 +203,7 @@ fn disconnected(shared: &ContextShared, function: &str, reason: String) -> CallE
     CallError::Disconnected { context: shared.name.clone(), function: function.into(), reason }
 }
 
-fn decode_reply<T: DeserializeOwned>(
+pub(super) fn decode_reply<T: DeserializeOwned>(
     shared: &ContextShared,
     function: &str,
     msg: &Message,
@@ -254,7 +254,7 @@ impl Context {
         self.shared.disconnected().map(|d| d.reason)
     }
 
-    fn send_call<F: Function>(&self, args: &F::Args, reply_to: u32) -> Result<(), CallError> {
+    pub(super) fn send_call<F: Function>(&self, args: &F::Args, reply_to: u32) -> Result<(), CallError> {
         let name = || self.shared.name.clone();
         let payload = encode_call(F::NAME, args).map_err(|e| CallError::Encode {
             context: name(),
@@ -329,43 +329,6 @@ impl Context {
     /// Runs a command as described by `args`, capturing its output.
     pub fn exec_with(&self, args: &ExecArgs) -> Result<ExecReply, CallError> {
         self.call::<f::Exec>(args)
-    }
-
-    /// Runs a command and hands each chunk of stdout (fd 1) or stderr (fd 2)
-    /// to `on_output` as it arrives. Waits for the exit without a deadline
-    /// (a dead context still ends the wait at once).
-    pub fn exec_streaming(
-        &self,
-        args: &ExecArgs,
-        mut on_output: impl FnMut(u8, &[u8]),
-    ) -> Result<ExecReply, CallError> {
-        let table = &self.core.table;
-        let (reply, latch) = table.open_mailbox(self.shared.id, true);
-        let (stream, _) = table.open_mailbox_into(self.shared.id, false, latch.clone());
-        let mut args = args.clone();
-        args.stream_to = Some(stream);
-        let ctx = self.with_timeout(None);
-        let result = (|| {
-            ctx.send_call::<f::Exec>(&args, reply)?;
-            loop {
-                match latch.get(None) {
-                    Ok(Ok(msg)) if msg.header.handle == stream => {
-                        let chunk: ExecOutput =
-                            decode_reply(&self.shared, f::Exec::NAME, &msg, table.max_message_size)?;
-                        on_output(chunk.fd, &chunk.data);
-                    }
-                    Ok(Ok(msg)) => return decode_reply(&self.shared, f::Exec::NAME, &msg, table.max_message_size),
-                    Ok(Err(d)) => return Err(disconnected(&self.shared, f::Exec::NAME, d.reason)),
-                    Err(_) => {
-                        let reason = self.disconnect_reason().unwrap_or_else(|| "mailbox closed".into());
-                        return Err(disconnected(&self.shared, f::Exec::NAME, reason));
-                    }
-                }
-            }
-        })();
-        table.close_mailbox(stream);
-        table.close_mailbox(reply);
-        result
     }
 
     /// Reads a whole file (up to the maximum message size).

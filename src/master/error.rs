@@ -43,6 +43,12 @@ pub enum CallError {
         /// Why.
         detail: String,
     },
+    /// Stdin for a command that has exited (or whose stdin was closed).
+    #[error("{context}: exec: the command's stdin is closed (it exited or `close` was called)")]
+    InputClosed {
+        /// Context name.
+        context: String,
+    },
     /// The reply did not decode as the function's reply type.
     #[error("{context}: {function}: malformed reply: {detail}")]
     Decode {

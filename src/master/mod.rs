@@ -7,6 +7,8 @@
 //!   and [`Pending`](context::Pending) replies.
 //! - [`embedded`] holds the agent binaries build.rs embedded.
 //! - [`error`] holds [`CallError`](error::CallError).
+//! - [`process`] holds [`Process`](process::Process): a command streamed
+//!   both ways (stdin, output with credit, signals, pty, timeout).
 //! - [`transfer`] holds streamed `get`/`put` of files; [`fs`] the typed
 //!   file system helpers (list, mkdir -p, chmod/chown, links, rm -rf, du).
 //!
@@ -17,6 +19,7 @@ pub mod context;
 pub mod embedded;
 pub mod error;
 pub mod fs;
+pub mod process;
 pub mod transfer;
 
 use std::os::fd::{AsFd, OwnedFd};

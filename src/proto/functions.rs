@@ -124,8 +124,50 @@ pub struct ExecArgs {
     /// Where output goes.
     pub stdio: Stdio,
     /// When set, output chunks go as [`ExecOutput`] messages to this handle
-    /// in the caller as they arrive, instead of into the reply.
+    /// in the caller as they arrive, instead of into the reply. It also
+    /// names the process for [`ExecControl`] messages.
     pub stream_to: Option<u32>,
+    /// Output credit in bytes when streaming: the agent stops reading the
+    /// command's output while this many streamed bytes are unacknowledged
+    /// ([`ExecOp::Ack`]), so a slow reader holds the command back instead
+    /// of filling memory on every hop. 0: no limit.
+    pub window: u32,
+    /// When set, stdin stays open after `stdin` for [`ExecOp::Stdin`] chunks,
+    /// and the agent reports each batch it wrote to the command as a `u32`
+    /// byte count to this handle (the sender's credit).
+    pub stdin_acks_to: Option<u32>,
+    /// Run on a new pseudo-terminal of `(rows, cols)` (stdin, stdout and
+    /// stderr all on it; output arrives as fd 1). The command is a session
+    /// leader with the terminal as its controlling tty.
+    pub pty: Option<(u16, u16)>,
+    /// Kill the command's process group after this long: SIGTERM, then
+    /// SIGKILL 5 s later. The reply says `timed_out`.
+    pub timeout_ms: Option<u64>,
+}
+
+/// A message to a running streamed command, sent to
+/// [`crate::proto::handles::EXEC_CONTROL`] of its context.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecControl {
+    /// The command's `stream_to` handle.
+    pub stream: u32,
+    /// What to do.
+    pub op: ExecOp,
+}
+
+/// What an [`ExecControl`] asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecOp {
+    /// More bytes for stdin (needs `stdin_acks_to`).
+    Stdin(ByteBuf),
+    /// End of stdin (on a pty: the EOF character).
+    CloseStdin,
+    /// Send this signal to the command's process group.
+    Signal(i32),
+    /// The caller consumed this many streamed output bytes.
+    Ack(u32),
+    /// New pty size `(rows, cols)`.
+    Resize(u16, u16),
 }
 
 /// One chunk of streamed output of [`Exec`].
@@ -144,6 +186,8 @@ pub struct ExecReply {
     pub code: Option<i32>,
     /// Signal number, if a signal killed it.
     pub signal: Option<i32>,
+    /// The command outlived `timeout_ms` and was killed.
+    pub timed_out: bool,
     /// Captured stdout (empty when streamed or logged).
     pub stdout: ByteBuf,
     /// Captured stderr (empty when streamed or logged).

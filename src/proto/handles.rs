@@ -17,5 +17,8 @@ pub const GET_RESOURCE: u32 = 5;
 pub const SHUTDOWN: u32 = 6;
 /// The agent's first message: version, arch, pid, hash.
 pub const HELLO: u32 = 7;
+/// Stdin, signals, credit and pty size for a running command
+/// (payload: [`crate::proto::functions::ExecControl`]).
+pub const EXEC_CONTROL: u32 = 8;
 /// First handle number allocated at run time.
 pub const FIRST_DYNAMIC: u32 = 1000;
