@@ -60,7 +60,8 @@ pub use master::{
     context::{ConnectInfo, Context, Pending},
     error::CallError,
     process::{Process, ProcessEvent, ProcessInput},
-    transfer::{TransferError, TransferStats},
+    transfer::{Progress, TransferError, TransferStats},
+    tree::{Plan, TreeStats},
     Router, RouterOptions,
 };
 pub use proto::functions;

@@ -184,3 +184,195 @@ fn facts_describe_this_host() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(v["interfaces"].as_array().expect("array").iter().any(|i| i["ipv4"][0] == "127.0.0.1"), "{v}");
 }
+
+/// Every object under `root` (relative path, kind, mode, size, link target, content hash).
+fn inventory(root: &Path) -> Vec<(String, String, u32, u64, String)> {
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<(String, String, u32, u64, String)>) {
+        let p = root.join(rel);
+        let m = std::fs::symlink_metadata(&p).expect("lstat");
+        let ft = m.file_type();
+        let (kind, extra) = if ft.is_symlink() {
+            ("link", std::fs::read_link(&p).expect("readlink").to_string_lossy().into_owned())
+        } else if ft.is_dir() {
+            ("dir", String::new())
+        } else if ft.is_file() {
+            ("file", format!("{:x}", fastrand_hash(&std::fs::read(&p).expect("read"))))
+        } else {
+            ("other", String::new())
+        };
+        let size = if ft.is_file() { m.len() } else { 0 };
+        let mode = if ft.is_symlink() { 0 } else { m.mode() & 0o7777 };
+        out.push((rel.to_string_lossy().into_owned(), kind.into(), mode, size, extra));
+        if ft.is_dir() {
+            let mut names: Vec<_> = std::fs::read_dir(&p).expect("ls").map(|e| e.expect("e").file_name()).collect();
+            names.sort();
+            for n in names {
+                walk(root, &rel.join(n), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, Path::new(""), &mut out);
+    out
+}
+
+fn fastrand_hash(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf29ce484222325u64, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x100000001b3))
+}
+
+#[test]
+fn trees_round_trip_with_modes_links_and_read_only_dirs() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("tree");
+    let src = d.path().join("src");
+    std::fs::create_dir_all(src.join("a/deep/er")).expect("mkdir");
+    std::fs::create_dir_all(src.join("empty")).expect("mkdir");
+    std::fs::write(src.join("top.txt"), b"top\n").expect("write");
+    std::fs::write(src.join("a/deep/er/big.bin"), random(3 << 20, 7)).expect("write");
+    std::fs::write(src.join("a/exec.sh"), b"#!/bin/sh\necho hi\n").expect("write");
+    std::fs::set_permissions(src.join("a/exec.sh"), std::fs::Permissions::from_mode(0o751)).expect("chmod");
+    std::os::unix::fs::symlink("deep/er/big.bin", src.join("a/link")).expect("symlink");
+    std::os::unix::fs::symlink("/nonexistent/target", src.join("dangling")).expect("symlink");
+    Command::new("mkfifo").arg(src.join("fifo")).status().expect("mkfifo");
+    // A read-only directory must still be filled, then get its mode.
+    std::fs::set_permissions(src.join("a/deep"), std::fs::Permissions::from_mode(0o555)).expect("chmod");
+
+    let remote = d.path().join("remote");
+    let plan = ctx.plan_local_tree(&src).expect("plan");
+    assert_eq!(plan.total_bytes(), 4 + (3 << 20) + 18);
+    let moved = std::cell::Cell::new(0u64);
+    let st = ctx.put_tree(&src, &remote, &plan, &|n| moved.set(moved.get() + n)).expect("put -r");
+    assert_eq!((st.files, st.dirs, st.symlinks, st.skipped), (3, 5, 2, 1), "{st:?}");
+    assert_eq!(moved.get(), plan.total_bytes(), "progress adds up to the plan");
+    let mut want = inventory(&src);
+    want.retain(|e| e.0 != "fifo");
+    assert_eq!(inventory(&remote), want);
+
+    let back = d.path().join("back");
+    let plan = ctx.plan_remote_tree(&remote).expect("plan");
+    let st = ctx.get_tree(&remote, &back, &plan, &|_| {}).expect("get -r");
+    assert_eq!((st.files, st.dirs, st.symlinks, st.skipped), (3, 5, 2, 0), "{st:?}");
+    assert_eq!(inventory(&back), want);
+
+    // Again onto the existing copy: merged, same result.
+    let plan = ctx.plan_local_tree(&src).expect("plan");
+    ctx.put_tree(&src, &remote, &plan, &|_| {}).expect("put -r again");
+    assert_eq!(inventory(&remote), want);
+    for p in [&src, &remote, &back] {
+        let _ = std::fs::set_permissions(p.join("a/deep"), std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+#[test]
+fn cli_put_get_recursive_and_into_directories() {
+    let d = TempDir::new("cli-tree");
+    let src = d.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).expect("mkdir");
+    std::fs::write(src.join("sub/f"), b"content").expect("write");
+    let mito = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_mito")).args(args).output().expect("mito");
+    let remote = format!("local:{}", d.path().join("remote").display());
+    let o = mito(&["put", src.to_str().expect("utf8"), &remote]);
+    assert_eq!(o.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is a directory (use -r)"));
+    let o = mito(&["put", "-r", src.to_str().expect("utf8"), &remote]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 files, 2 dirs"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(d.path().join("remote/sub/f")).expect("read"), b"content");
+    // A file onto an existing directory lands inside it (cp, scp).
+    let o = mito(&["get", &format!("{remote}/sub/f"), d.path().to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(d.path().join("f")).expect("read"), b"content");
+}
+
+#[test]
+fn sparse_file_over_4_gib_round_trips_and_stays_sparse() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("sparse");
+    let src = d.path().join("big.sparse");
+    let size: u64 = (4 << 30) + (3 << 20) + 4097;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(&src).expect("create");
+        f.set_len(size).expect("truncate");
+        // Data at the start, across the 4 GiB line, and in the last bytes.
+        f.write_all_at(b"start", 0).expect("write");
+        f.write_all_at(&random(3 << 20, 3), (4 << 30) - (1 << 20)).expect("write");
+        f.write_all_at(b"end", size - 3).expect("write");
+    }
+    let allocated = |p: &Path| std::fs::metadata(p).expect("meta").blocks() * 512;
+    if allocated(&src) > 64 << 20 {
+        skip_loudly("sparse_file_over_4_gib_round_trips_and_stays_sparse", "this file system does not make holes");
+        return;
+    }
+    let remote = d.path().join("remote.sparse");
+    let put = ctx.put(&src, &remote).expect("put");
+    assert_eq!(put.bytes, size);
+    assert_eq!(std::fs::metadata(&remote).expect("meta").len(), size);
+    assert!(allocated(&remote) < 64 << 20, "put wrote the holes: {} bytes allocated", allocated(&remote));
+    let back = d.path().join("back.sparse");
+    let got = ctx.get(&remote, &back).expect("get");
+    assert_eq!(got.sha256, put.sha256, "same bytes both ways (hashed on both ends of each transfer)");
+    assert_eq!(std::fs::metadata(&back).expect("meta").len(), size);
+    assert!(allocated(&back) < 64 << 20, "get wrote the holes: {} bytes allocated", allocated(&back));
+    let tail = |p: &Path| {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 3];
+        std::fs::File::open(p).expect("open").read_exact_at(&mut b, size - 3).expect("read");
+        b
+    };
+    assert_eq!(&tail(&back), b"end");
+}
+
+#[test]
+fn source_changing_mid_transfer_is_an_error_and_leaves_nothing() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("vanish");
+    let src = d.path().join("src");
+    std::fs::write(&src, random(64 << 20, 5)).expect("write");
+    // Truncated (as a log rotation does) after the first chunk has moved.
+    let cut = || {
+        let _ = std::fs::File::options().write(true).open(&src).and_then(|f| f.set_len(1 << 20));
+    };
+    let dest = d.path().join("put-dest");
+    match ctx.put_with_progress(&src, &dest, &|_| cut()) {
+        Err(TransferError::SourceChanged { expected, read, .. }) => assert!(read < expected),
+        other => panic!("expected SourceChanged, got {other:?}"),
+    }
+    assert!(!dest.exists());
+    std::fs::write(&src, random(64 << 20, 6)).expect("write");
+    let dest = d.path().join("get-dest");
+    match ctx.get_with_progress(&src, &dest, &|_| cut()) {
+        Err(e @ TransferError::SourceChanged { .. }) => {
+            assert!(e.to_string().contains("changed during the transfer"), "{e}");
+        }
+        other => panic!("expected SourceChanged, got {other:?}"),
+    }
+    assert!(!dest.exists());
+    assert!(names(d.path()).iter().all(|n| !n.contains("mito-tmp")), "temp files left: {:?}", names(d.path()));
+    ctx.ping().expect("the context still works");
+}
+
+#[test]
+fn owner_is_kept_where_the_receiver_is_root() {
+    if !is_root() {
+        skip_loudly("owner_is_kept_where_the_receiver_is_root", "chown to another user needs root");
+        return;
+    }
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("owner");
+    let src = d.path().join("src");
+    std::fs::write(&src, b"owned").expect("write");
+    std::os::unix::fs::chown(&src, Some(12345), Some(23456)).expect("chown");
+    let remote = d.path().join("remote");
+    ctx.put(&src, &remote).expect("put");
+    let m = std::fs::metadata(&remote).expect("meta");
+    assert_eq!((m.uid(), m.gid()), (12345, 23456));
+    let back = d.path().join("back");
+    ctx.get(&remote, &back).expect("get");
+    let m = std::fs::metadata(&back).expect("meta");
+    assert_eq!((m.uid(), m.gid()), (12345, 23456));
+}

@@ -160,3 +160,45 @@ fn agent_under_sudo_dies_with_its_master() {
     assert!(wait_gone(agent, Duration::from_secs(2)).is_some(), "agent {agent} under sudo outlived its master");
     assert!(wait_gone(cmd, Duration::from_secs(2)).is_some(), "its command {cmd} outlived it");
 }
+
+/// put/get where the context's user may not write or read: typed errors
+/// naming the context and path, nothing left behind, the context still
+/// works; and a root-owned source put by a non-root agent is simply the
+/// agent user's file (owner is only kept by a root receiver).
+#[test]
+fn transfers_denied_by_permissions_are_typed_errors() {
+    let Some(_) = setup("transfers_denied_by_permissions_are_typed_errors") else { return };
+    let router = Router::new().expect("router");
+    let ctx = router.sudo(SudoOptions::new("mito-user")).expect("sudo -u mito-user");
+    let d = TempDir::new("perm");
+    let src = d.path().join("src");
+    std::fs::write(&src, b"secret-free content").expect("write");
+    std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+
+    let denied = "/root/mito-denied-put";
+    let e = ctx.put(&src, denied).expect_err("mito-user cannot write /root");
+    let msg = e.to_string();
+    assert!(msg.contains("sudo:mito-user") || msg.contains(ctx.name()), "names the context: {msg}");
+    assert!(msg.contains("/root/mito-denied-put") && msg.to_lowercase().contains("permission denied"), "{msg}");
+    match &e {
+        mito::TransferError::Remote(c) => {
+            let r = c.remote().expect("a remote error");
+            assert_eq!((r.kind, r.errno), (mito::ErrorKind::Os, libc::EACCES), "{c:?}");
+        }
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+    assert!(!Path::new(denied).exists());
+
+    let dest = d.path().join("shadow-copy");
+    let e = ctx.get("/etc/shadow", &dest).expect_err("mito-user cannot read /etc/shadow");
+    assert!(e.to_string().contains("/etc/shadow"), "{e}");
+    assert!(!dest.exists());
+
+    let home = "/home/mito-user/mito-owned";
+    ctx.put(&src, home).expect("put into the user's home");
+    let m = std::fs::metadata(home).expect("meta");
+    let uid = ctx.info().expect("info").uid;
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&m), uid, "a non-root receiver owns what it writes");
+    std::fs::remove_file(home).expect("rm");
+    ctx.ping().expect("the context still works");
+}

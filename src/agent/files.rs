@@ -65,6 +65,7 @@ impl FileTable {
             mode: st.st_mode & 0o7777,
             mtime: st.st_mtime,
             mtime_nsec: st.st_mtime_nsec as u32,
+            owner: (st.st_uid, st.st_gid),
         })
     }
 
@@ -98,7 +99,7 @@ impl FileTable {
         self.serial += 1;
         let (fd, tmp) = super::util::create_temp_beside(path, self.serial)?;
         let id = self.insert(OpenFile { fd, hash: Sha256::new(), bytes: 0, write: Some((tmp, path.to_vec())) });
-        Ok(FileOpened { id, size: 0, mode: 0, mtime: 0, mtime_nsec: 0 })
+        Ok(FileOpened { id, size: 0, mode: 0, mtime: 0, mtime_nsec: 0, owner: (0, 0) })
     }
 
     /// Appends `data` to the write `id`.
@@ -107,6 +108,12 @@ impl FileTable {
         let Some((_, dest)) = &f.write else { return Err(bad_id()) };
         f.hash.update(data);
         f.bytes += data.len() as u64;
+        if crate::core::num::all_zero(data) {
+            // A hole (commit sets the final length if the file ends in one).
+            return fs::seek(&f.fd, rustix::fs::SeekFrom::Current(data.len() as i64))
+                .map(drop)
+                .map_err(|e| os_error(e, "seek", dest));
+        }
         super::util::write_all(f.fd.as_fd(), data, dest)
     }
 
@@ -126,6 +133,11 @@ impl FileTable {
                     Err(RemoteError::new(ErrorKind::Protocol, super::util::op_path("checksum mismatch writing", dest)))
                 } else {
                     (|| {
+                        fs::ftruncate(f.fd.as_fd(), f.bytes).map_err(|e| os_error(e, "truncate", dest))?;
+                        if let (Some((uid, gid)), true) = (c.owner, rustix::process::geteuid().is_root()) {
+                            let (u, g) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
+                            fs::fchown(f.fd.as_fd(), Some(u), Some(g)).map_err(|e| os_error(e, "chown", dest))?;
+                        }
                         fs::fchmod(f.fd.as_fd(), Mode::from_bits_truncate(c.mode.unwrap_or(0o644)))
                             .map_err(|e| os_error(e, "chmod", dest))?;
                         if let Some((s, ns)) = c.mtime {

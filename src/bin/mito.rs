@@ -110,15 +110,21 @@ enum Command {
         #[arg(short, long, default_value_t = 1)]
         count: u32,
     },
-    /// Copy a local file to a context: `mito put SRC TARGET:/PATH`.
+    /// Copy a local file (or with -r a tree) to a context: `mito put SRC TARGET:/PATH`.
     Put {
-        /// Local file.
+        /// Copy directories recursively (DEST becomes the copy of SRC, as `cp -rT`).
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// Local file or directory.
         src: std::path::PathBuf,
         /// `TARGET:/absolute/path`, e.g. `ssh://web1:/etc/motd`, `sudo:root:/etc/x`.
         dest: String,
     },
-    /// Copy a file from a context: `mito get TARGET:/PATH DST`.
+    /// Copy a file (or with -r a tree) from a context: `mito get TARGET:/PATH DST`.
     Get {
+        /// Copy directories recursively (DST becomes the copy of the source, as `cp -rT`).
+        #[arg(short = 'r', long)]
+        recursive: bool,
         /// `TARGET:/absolute/path`.
         src: String,
         /// Local destination file.
@@ -296,11 +302,8 @@ fn facts_json(ctx: &Context, f: &mito::functions::FactsReply) -> serde_json::Val
     })
 }
 
-fn report(what: &str, s: &mito::TransferStats) {
-    let secs = s.elapsed.as_secs_f64().max(1e-9);
-    eprintln!("{what}: {} bytes in {:.2} s ({:.1} MB/s), sha256 verified", s.bytes, secs, s.bytes as f64 / 1e6 / secs);
-}
-
+#[path = "mito/copy.rs"]
+mod copy;
 #[path = "mito/run.rs"]
 mod run;
 
@@ -372,19 +375,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let _ = ctx.shutdown();
             Ok(ExitCode::SUCCESS)
         }
-        Command::Put { src, dest } => {
+        Command::Put { recursive, src, dest } => {
             let (target, path) = split_remote(dest)?;
             let ctx = connect(&router, target, &cli)?;
-            let stats = ctx.put(src, path).map_err(|e| e.to_string())?;
-            report(&format!("put {} -> {}:{path}", src.display(), ctx.name()), &stats);
+            copy::copy(&ctx, copy::Direction::Put, src, path, *recursive)?;
             let _ = ctx.shutdown();
             Ok(ExitCode::SUCCESS)
         }
-        Command::Get { src, dest } => {
+        Command::Get { recursive, src, dest } => {
             let (target, path) = split_remote(src)?;
             let ctx = connect(&router, target, &cli)?;
-            let stats = ctx.get(path, dest).map_err(|e| e.to_string())?;
-            report(&format!("get {}:{path} -> {}", ctx.name(), dest.display()), &stats);
+            copy::copy(&ctx, copy::Direction::Get, dest, path, *recursive)?;
             let _ = ctx.shutdown();
             Ok(ExitCode::SUCCESS)
         }

@@ -1,4 +1,5 @@
-//! Decimal numbers without `core::fmt` (which costs the agent kilobytes).
+//! Decimal numbers without `core::fmt` (which costs the agent kilobytes),
+//! and other small byte helpers both halves use.
 
 use alloc::vec::Vec;
 
@@ -25,6 +26,15 @@ pub fn parse_decimal(s: &[u8]) -> Option<u64> {
     s.iter().try_fold(0u64, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0')))
 }
 
+/// Whether every byte is zero: a transfer's receiver leaves a hole for such
+/// a chunk instead of writing it, so sparse files stay sparse.
+pub fn all_zero(b: &[u8]) -> bool {
+    // Word-wise: a data chunk fails on its first word, a hole is a fast scan.
+    // SAFETY: every bit pattern is a valid u64.
+    let (head, words, tail) = unsafe { b.align_to::<u64>() };
+    head.iter().all(|&x| x == 0) && words.iter().all(|&x| x == 0) && tail.iter().all(|&x| x == 0)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -35,5 +45,19 @@ mod tests {
         assert_eq!(super::parse_decimal(b"0042"), Some(42));
         assert_eq!(super::parse_decimal(b"4x"), None);
         assert_eq!(super::parse_decimal(b""), None);
+    }
+
+    #[test]
+    fn all_zero_at_every_alignment() {
+        let mut buf = [0u8; 67];
+        for start in 0..8 {
+            assert!(super::all_zero(&buf[start..]));
+            for i in start..buf.len() {
+                buf[i] = 1;
+                assert!(!super::all_zero(&buf[start..]), "byte {i} from {start}");
+                buf[i] = 0;
+            }
+        }
+        assert!(super::all_zero(&[]));
     }
 }

@@ -9,7 +9,8 @@
 //! - [`error`] holds [`CallError`](error::CallError).
 //! - [`process`] holds [`Process`](process::Process): a command streamed
 //!   both ways (stdin, output with credit, signals, pty, timeout).
-//! - [`transfer`] holds streamed `get`/`put` of files; [`fs`] the typed
+//! - [`transfer`] holds streamed `get`/`put` of files, [`tree`] of
+//!   directory trees (`-r`); [`fs`] the typed
 //!   file system helpers (list, mkdir -p, chmod/chown, links, rm -rf, du).
 //!
 //! **API boundary:** everything a user needs is re-exported from the crate
@@ -21,6 +22,7 @@ pub mod error;
 pub mod fs;
 pub mod process;
 pub mod transfer;
+pub mod tree;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;

@@ -55,6 +55,19 @@ pub enum TransferError {
         /// Why.
         source: std::io::Error,
     },
+    /// The source changed size while it was read (truncated, removed and
+    /// replaced, or still being written); nothing was put in place.
+    #[error("{context}: {path} changed during the transfer: {expected} bytes at open, {read} read")]
+    SourceChanged {
+        /// Context name (of the transfer).
+        context: String,
+        /// The source.
+        path: PathBuf,
+        /// Size when opened.
+        expected: u64,
+        /// Bytes read before end of file.
+        read: u64,
+    },
     /// The bytes that arrived are not the bytes that were sent.
     #[error("{context}: checksum mismatch for {path}")]
     Checksum {
@@ -91,9 +104,41 @@ impl Drop for Temp {
     }
 }
 
+/// Called with the number of bytes each time a chunk has moved (for a
+/// progress bar); it runs on the transferring thread.
+pub type Progress<'a> = &'a dyn Fn(u64);
+
+fn no_progress(_: u64) {}
+
+/// Writes a received chunk, leaving a hole where it is all zeros (the
+/// length is set at the end, for a file that ends in a hole).
+fn write_chunk(out: &mut fs::File, chunk: &[u8]) -> std::io::Result<()> {
+    use std::io::Seek;
+    if crate::core::num::all_zero(chunk) {
+        out.seek(std::io::SeekFrom::Current(chunk.len() as i64)).map(drop)
+    } else {
+        out.write_all(chunk)
+    }
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
 impl Context {
-    /// Copies the remote file `remote` to the local path `dest`.
+    /// Copies the remote file `remote` to the local path `dest`, keeping its
+    /// mode and mtime (and owner, when this process is root).
     pub fn get(&self, remote: impl AsRef<Path>, dest: impl AsRef<Path>) -> Result<TransferStats, TransferError> {
+        self.get_with_progress(remote, dest, &no_progress)
+    }
+
+    /// [`Context::get`], reporting progress.
+    pub fn get_with_progress(
+        &self,
+        remote: impl AsRef<Path>,
+        dest: impl AsRef<Path>,
+        progress: Progress<'_>,
+    ) -> Result<TransferStats, TransferError> {
         let (remote, dest) = (remote.as_ref(), dest.as_ref());
         let t0 = Instant::now();
         let opened = self.call::<f::FileOpenRead>(&PathArgs { path: ByteBuf::from(remote.as_os_str().as_bytes()) })?;
@@ -125,12 +170,26 @@ impl Context {
                 }
                 hash.update(&chunk);
                 bytes += chunk.len() as u64;
-                out.write_all(&chunk).map_err(local(dest))?;
+                write_chunk(&mut out, &chunk).map_err(local(dest))?;
+                progress(chunk.len() as u64);
             }
+            if bytes != opened.size {
+                return Err(TransferError::SourceChanged {
+                    context: self.name().into(),
+                    path: remote.into(),
+                    expected: opened.size,
+                    read: bytes,
+                });
+            }
+            out.set_len(bytes).map_err(local(dest))?;
             let closed = self.call::<f::FileClose>(&FileCloseArgs { id: opened.id, commit: None })?;
             let digest = hash.finish();
             if closed.sha256[..] != digest[..] || closed.size != bytes {
                 return Err(TransferError::Checksum { context: self.name().into(), path: dest.into() });
+            }
+            if is_root() {
+                let (uid, gid) = opened.owner;
+                std::os::unix::fs::fchown(&out, Some(uid), Some(gid)).map_err(local(dest))?;
             }
             out.set_permissions(fs::Permissions::from_mode(opened.mode)).map_err(local(dest))?;
             let mtime = SystemTime::UNIX_EPOCH + Duration::new(opened.mtime.max(0) as u64, opened.mtime_nsec);
@@ -155,8 +214,18 @@ impl Context {
     }
 
     /// Copies the local file `src` to the remote path `remote`, keeping its
-    /// mode and mtime.
+    /// mode and mtime (and owner, when the agent runs as root).
     pub fn put(&self, src: impl AsRef<Path>, remote: impl AsRef<Path>) -> Result<TransferStats, TransferError> {
+        self.put_with_progress(src, remote, &no_progress)
+    }
+
+    /// [`Context::put`], reporting progress.
+    pub fn put_with_progress(
+        &self,
+        src: impl AsRef<Path>,
+        remote: impl AsRef<Path>,
+        progress: Progress<'_>,
+    ) -> Result<TransferStats, TransferError> {
         let (src, remote) = (src.as_ref(), remote.as_ref());
         let t0 = Instant::now();
         let mut input = fs::File::open(src).map_err(local(src))?;
@@ -165,7 +234,7 @@ impl Context {
         let result = (|| {
             let mut hash = Sha256::new();
             let mut bytes = 0u64;
-            let mut inflight: VecDeque<Pending<()>> = VecDeque::new();
+            let mut inflight: VecDeque<(Pending<()>, u64)> = VecDeque::new();
             loop {
                 let mut buf = vec![0u8; CHUNK];
                 let mut n = 0;
@@ -183,23 +252,34 @@ impl Context {
                 buf.truncate(n);
                 hash.update(&buf);
                 bytes += n as u64;
-                inflight.push_back(
-                    self.call_async::<f::FileWrite>(&FileWriteArgs { id: opened.id, data: ByteBuf::from(buf) })?,
-                );
+                let p = self.call_async::<f::FileWrite>(&FileWriteArgs { id: opened.id, data: ByteBuf::from(buf) })?;
+                inflight.push_back((p, n as u64));
                 if inflight.len() >= WINDOW {
-                    if let Some(p) = inflight.pop_front() {
+                    if let Some((p, n)) = inflight.pop_front() {
                         p.wait()?;
+                        progress(n);
                     }
                 }
             }
-            for p in inflight {
+            for (p, n) in inflight {
                 p.wait()?;
+                progress(n);
+            }
+            if bytes != meta.len() {
+                let read = bytes;
+                return Err(TransferError::SourceChanged {
+                    context: self.name().into(),
+                    path: src.into(),
+                    expected: meta.len(),
+                    read,
+                });
             }
             let digest = hash.finish();
             let commit = Commit {
                 sha256: ByteBuf::from(&digest[..]),
                 mode: Some(meta.mode() & 0o7777),
                 mtime: Some((meta.mtime(), meta.mtime_nsec() as u32)),
+                owner: Some((meta.uid(), meta.gid())),
             };
             let closed = self.call::<f::FileClose>(&FileCloseArgs { id: opened.id, commit: Some(commit) })?;
             if closed.size != bytes {

@@ -300,6 +300,8 @@ pub struct FileOpened {
     pub mtime: i64,
     /// Nanoseconds of the modification time (reads).
     pub mtime_nsec: u32,
+    /// Owner and group (reads).
+    pub owner: (u32, u32),
 }
 
 /// Arguments of [`FileRead`].
@@ -330,6 +332,9 @@ pub struct Commit {
     pub mode: Option<u32>,
     /// Modification time (seconds, nanoseconds).
     pub mtime: Option<(i64, u32)>,
+    /// Owner and group, applied only where the agent runs as root (as
+    /// `rsync -a` and `cp -p` do).
+    pub owner: Option<(u32, u32)>,
 }
 
 /// Arguments of [`FileClose`].
