@@ -208,6 +208,38 @@ fn main() -> Res<()> {
             }
             "MB/s"
         }
+        "exec_true" => {
+            let c = router.local(local(&warm))?;
+            c.exec(&["true"])?;
+            for _ in 0..n {
+                let t = Instant::now();
+                let r = c.exec(&["true"])?;
+                values.push(ms(t.elapsed()));
+                if r.code != Some(0) {
+                    return Err("true failed".into());
+                }
+            }
+            "ms"
+        }
+        "put_local" | "get_local" | "put_ssh" | "get_ssh" => {
+            // 1 GiB of random bytes; the copy lands in /dev/shm so the disk is not what is measured.
+            let file = env("BENCH_GIB")?;
+            let ssh = if workload.ends_with("_ssh") { Some(Ssh::from_env()?) } else { None };
+            let c = match &ssh {
+                Some(s) => router.ssh(s.opts())?,
+                None => router.local(local(&warm))?,
+            };
+            let dest = format!("/dev/shm/mito-bench-{}-{workload}", std::process::id());
+            for _ in 0..n {
+                if let Some(s) = &ssh {
+                    baseline.push(s.ssh_cat(&file)?);
+                }
+                let st = if workload.starts_with("put") { c.put(&file, &dest)? } else { c.get(&file, &dest)? };
+                values.push(st.bytes as f64 / 1e6 / st.elapsed.as_secs_f64());
+                std::fs::remove_file(&dest)?;
+            }
+            "MB/s"
+        }
         "stream_local" => {
             let file = env("BENCH_BIG")?;
             let c = router.local(local(&warm))?;

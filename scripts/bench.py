@@ -20,6 +20,9 @@ WORKLOADS = [
     ("pipelined", "pipelined no-op calls, 10k in flight", True, True, True),
     ("bulk_local", "bulk 64 MiB as one call result, local", True, True, True),
     ("stream_local", "bulk 256 MiB streamed (mito: exec cat)", True, "FileService needs a service pool; not wired here", True),
+    ("exec_true", "exec `true`, warm local context", True, True, False),
+    ("put_local", "put 1 GiB file, local (mitogen: FileService)", True, True, True),
+    ("get_local", "get 1 GiB file, local", True, "no get in FileService (it serves master files to children)", True),
     ("fanout", "50 local contexts + one call each (sequential)", True, True, False),
     ("fanout_threads", "50 local contexts + one call each (10 threads)", True, True, False),
     ("facts", "facts (host inventory), local", True, "no facts call without Ansible's setup module", False),
@@ -27,6 +30,8 @@ WORKLOADS = [
     ("ssh_connect", "ssh connect + first call", True, True, False),
     ("rtt_ssh", "no-op round trip over ssh", True, True, False),
     ("bulk_ssh", "bulk 64 MiB over ssh (call result)", True, True, True),
+    ("put_ssh", "put 1 GiB file over ssh (mitogen: FileService)", True, True, True),
+    ("get_ssh", "get 1 GiB file over ssh", True, "no get in FileService (it serves master files to children)", True),
     ("sudo_connect", "sudo connect + first call (root -> test user)", True, True, False),
     ("bytes_first", "bytes written by the master: first connect", True, True, False),
     ("bytes_repeat", "bytes written by the master: repeat connect", True, True, False),
@@ -37,13 +42,16 @@ BASELINE = {
     "ssh_connect": "`ssh host true`",
     "rtt_ssh": "1-byte echo via `ssh host cat`",
     "bulk_ssh": "`ssh host cat FILE` (login incl.)",
+    "put_ssh": "`ssh host cat FILE` (login incl.)",
+    "get_ssh": "`ssh host cat FILE` (login incl.)",
 }
 
 ITER = {  # iterations per round: (quick, full)
     "local_warm": (10, 40), "local_cold_cache": (5, 20), "cold_process": (5, 15), "rtt_local": (5000, 20000),
     "pipelined": (2, 5), "bulk_local": (2, 5), "stream_local": (1, 3), "fanout": (1, 2), "fanout_threads": (1, 2),
     "rss": (1, 1), "facts": (20, 100), "ssh_connect": (3, 8), "rtt_ssh": (2000, 5000), "bulk_ssh": (2, 4), "sudo_connect": (5, 20),
-    "bytes_first": (2, 3), "bytes_repeat": (2, 3),
+    "bytes_first": (2, 3), "bytes_repeat": (2, 3), "exec_true": (200, 1000),
+    "put_local": (1, 2), "get_local": (1, 2), "put_ssh": (1, 2), "get_ssh": (1, 2),
 }
 
 
@@ -88,9 +96,9 @@ def main():
             continue
         n = ITER[name][0 if a.quick else 1]
         needs = {"ssh": "BENCH_SSH", "sudo": "BENCH_SUDO_USER"}
-        missing = [v for k, v in needs.items() if name.startswith(k) and not env.get(v)]
+        missing = [v for k, v in needs.items() if k in name.split("_") and not env.get(v)]
         if missing:
-            rows.append((name, label, None, None, "n/a: %s not available (%s)" % (name.split("_")[0], missing[0])))
+            rows.append((name, label, None, None, "n/a: not available (%s unset)" % missing[0]))
             continue
         res = {"mito": {"values": [], "baseline": []}, "mitogen": {"values": [], "baseline": []}}
         unit, err = "?", None

@@ -10,6 +10,7 @@ import threading
 import time
 
 import mitogen.master
+import mitogen.service
 import mitogen.utils
 
 
@@ -40,6 +41,20 @@ def rss_mib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
     return 0.0
+
+
+def run_true():
+    import subprocess
+    return subprocess.call(["true"])
+
+
+def fetch(parent, path, dest):
+    """In the child: pull `path` from the master's FileService into `dest`."""
+    with open(dest, "wb") as fp:
+        ok, _ = mitogen.service.FileService.get(parent, path, fp)
+    size = os.path.getsize(dest)
+    os.unlink(dest)
+    return size if ok else -1
 
 
 def ssh_kwargs():
@@ -95,6 +110,30 @@ def main():
                 t = time.perf_counter()
                 data = c.call(read_file, os.environ["BENCH_FILE"])
                 values.append(len(data) / 1e6 / (time.perf_counter() - t))
+        elif workload == "exec_true":
+            c = router.local()
+            c.call(run_true)
+            for _ in range(n):
+                t = time.perf_counter()
+                c.call(run_true)
+                values.append((time.perf_counter() - t) * 1e3)
+        elif workload in ("put_local", "put_ssh"):
+            src = os.environ["BENCH_GIB"]
+            fs = mitogen.service.FileService(router)
+            pool = mitogen.service.Pool(router, services=[fs])
+            fs.register(src)
+            c = router.ssh(**ssh_kwargs()) if workload == "put_ssh" else router.local()
+            unit = "MB/s"
+            dest = "/dev/shm/mitogen-bench-%d-%s" % (os.getpid(), workload)
+            try:
+                for _ in range(n):
+                    t = time.perf_counter()
+                    size = c.call(fetch, router.myself(), src, dest)
+                    if size != os.path.getsize(src):
+                        raise RuntimeError("FileService moved %s bytes" % size)
+                    values.append(size / 1e6 / (time.perf_counter() - t))
+            finally:
+                pool.stop()
         elif workload in ("fanout", "fanout_threads"):
             for _ in range(n):
                 t = time.perf_counter()

@@ -404,7 +404,12 @@ impl ExternalContext {
             }
             f::FileOpenRead::NAME => call!(f::FileOpenRead, |a| self.files.open_read(&a.path)),
             f::FileOpenWrite::NAME => call!(f::FileOpenWrite, |a| self.files.open_write(&a.path)),
-            f::FileWrite::NAME => call!(f::FileWrite, |a| self.files.write(a.id, &a.data)),
+            f::FileWrite::NAME => {
+                let r = postcard::from_bytes::<f::FileWriteRef<'_>>(args)
+                    .map_err(|_| RemoteError::new(ErrorKind::BadArgs, f::FileWrite::NAME))
+                    .and_then(|a| self.files.write(a.id, a.data));
+                self.reply(&h, r)
+            }
             f::FileClose::NAME => call!(f::FileClose, |a| self.files.close(a.id, a.commit)),
             f::Sha256::NAME => call!(f::Sha256, |a| super::files::sha256_file(&a.path).map(|d| ByteBuf::from(&d[..]))),
             f::Facts::NAME => call!(f::Facts, |()| Ok(super::facts::gather())),

@@ -322,6 +322,16 @@ pub struct FileWriteArgs {
     pub data: ByteBuf,
 }
 
+/// [`FileWriteArgs`] borrowing its bytes from the received message (the
+/// same wire form): the agent writes a chunk without copying it first.
+#[derive(Debug, Deserialize)]
+pub struct FileWriteRef<'a> {
+    /// From [`FileOpened::id`].
+    pub id: u32,
+    /// The next bytes.
+    pub data: &'a [u8],
+}
+
 /// How a written file is put in place.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {

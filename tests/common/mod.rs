@@ -32,6 +32,10 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        // The sibling `local_in` makes for XDG_RUNTIME_DIR.
+        let mut run = self.0.clone().into_os_string();
+        run.push("-run");
+        let _ = std::fs::remove_dir_all(run);
     }
 }
 
