@@ -117,6 +117,9 @@ pub struct ExternalContext {
     closing: bool,
     signals: Option<OwnedFd>,
     files: super::files::FileTable,
+    /// Read buffer for command output, kept between events (allocating and
+    /// zeroing 64 KiB per readable event was most of a small read's cost).
+    out_buf: Vec<u8>,
 }
 
 /// Moves the protocol off fds 0/1, points 1 and 2 at IoLogger pipes, and
@@ -172,6 +175,7 @@ pub fn main(args: &[&[u8]]) -> i32 {
         closing: false,
         signals: termination_signals(),
         files: super::files::FileTable::default(),
+        out_buf: Vec::new(),
     };
     if cx.setup().is_err() {
         return exit::SETUP;
@@ -637,7 +641,13 @@ impl ExternalContext {
     }
 
     fn proc_output(&mut self, slot: usize, which: u8, drain: bool) {
-        let mut buf = alloc::vec![0u8; 64 * 1024];
+        let mut buf = core::mem::take(&mut self.out_buf);
+        buf.resize(64 * 1024, 0);
+        self.proc_output_with(slot, which, drain, &mut buf);
+        self.out_buf = buf;
+    }
+
+    fn proc_output_with(&mut self, slot: usize, which: u8, drain: bool, buf: &mut [u8]) {
         let max = self.max as usize - 256;
         for _ in 0..if drain { usize::MAX } else { 4 } {
             let Some(Some(p)) = self.procs.get_mut(slot) else { return };
@@ -646,7 +656,7 @@ impl ExternalContext {
             }
             let fd = if which == 1 { &p.child.stdout } else { &p.child.stderr };
             let Some(fd) = fd else { return };
-            let r = side::read(fd.as_fd(), &mut buf);
+            let r = side::read(fd.as_fd(), buf);
             match r {
                 Ok(Io::Done(n)) => {
                     if let Some(handle) = p.stream_to {

@@ -36,6 +36,11 @@ impl Context {
         self.call::<f::Chown>(&ChownArgs { path: b(path.as_ref()), uid, gid, follow: true })
     }
 
+    /// `lchown`: as [`Context::chown`], but a final symlink itself changes.
+    pub fn lchown(&self, path: impl AsRef<Path>, uid: Option<u32>, gid: Option<u32>) -> Result<(), CallError> {
+        self.call::<f::Chown>(&ChownArgs { path: b(path.as_ref()), uid, gid, follow: false })
+    }
+
     /// Creates the symlink `path` → `target`.
     pub fn symlink(&self, target: impl AsRef<Path>, path: impl AsRef<Path>) -> Result<(), CallError> {
         self.call::<f::Symlink>(&SymlinkArgs { target: b(target.as_ref()), path: b(path.as_ref()) })

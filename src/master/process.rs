@@ -53,8 +53,6 @@ pub enum ProcessEvent {
 /// A running command (see the module docs).
 #[derive(Debug)]
 pub struct Process {
-    core: Arc<Core>,
-    shared: Arc<ContextShared>,
     stream: u32,
     reply: u32,
     acks_handle: u32,
@@ -206,8 +204,6 @@ impl Context {
             return Err(e);
         }
         Ok(Process {
-            core: self.core.clone(),
-            shared: self.shared.clone(),
             stream,
             reply,
             acks_handle,
@@ -262,7 +258,7 @@ impl Process {
         if let Some(r) = &self.exit {
             return Ok(ProcessEvent::Exit(r.clone()));
         }
-        let max = self.core.table.max_message_size;
+        let max = self.control.core.table.max_message_size;
         // Credit back for what the caller has taken since the last ack.
         if self.consumed >= self.window / 4 {
             self.control.send(ExecOp::Ack(self.consumed))?;
@@ -270,25 +266,25 @@ impl Process {
         }
         match self.latch.get(deadline) {
             Ok(Ok(msg)) if msg.header.handle == self.stream => {
-                let chunk: ExecOutput = decode_reply(&self.shared, f::Exec::NAME, &msg, max)?;
+                let chunk: ExecOutput = decode_reply(&self.control.shared, f::Exec::NAME, &msg, max)?;
                 self.consumed = self.consumed.saturating_add(chunk.data.len() as u32);
                 Ok(ProcessEvent::Output { fd: chunk.fd, data: chunk.data.into_vec() })
             }
             Ok(Ok(msg)) => {
-                let r: ExecReply = decode_reply(&self.shared, f::Exec::NAME, &msg, max)?;
+                let r: ExecReply = decode_reply(&self.control.shared, f::Exec::NAME, &msg, max)?;
                 self.finish();
                 self.exit = Some(r.clone());
                 Ok(ProcessEvent::Exit(r))
             }
-            Ok(Err(d)) => Err(disconnected(&self.shared, f::Exec::NAME, d.reason)),
+            Ok(Err(d)) => Err(disconnected(&self.control.shared, f::Exec::NAME, d.reason)),
             Err(WaitError::Timeout) => Err(CallError::Timeout {
-                context: self.shared.name.clone(),
+                context: self.control.shared.name.clone(),
                 function: f::Exec::NAME.into(),
                 timeout: deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(Instant::now())),
             }),
             Err(WaitError::Closed) => {
-                let reason = self.shared.disconnected().map_or_else(|| "mailbox closed".into(), |d| d.reason);
-                Err(disconnected(&self.shared, f::Exec::NAME, reason))
+                let reason = self.control.shared.disconnected().map_or_else(|| "mailbox closed".into(), |d| d.reason);
+                Err(disconnected(&self.control.shared, f::Exec::NAME, reason))
             }
         }
     }
@@ -305,7 +301,7 @@ impl Process {
     /// Closes the mailboxes; a stdin writer still waiting for credit gets
     /// [`CallError::InputClosed`].
     fn finish(&mut self) {
-        let table = &self.core.table;
+        let table = &self.control.core.table;
         table.close_mailbox(self.stream);
         table.close_mailbox(self.reply);
         if let Some(i) = self.input.take() {
@@ -320,7 +316,7 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         if self.exit.is_none() {
-            if self.shared.disconnected().is_none() {
+            if self.control.shared.disconnected().is_none() {
                 let _ = self.control.send(ExecOp::Signal(libc::SIGKILL));
             }
             self.finish();

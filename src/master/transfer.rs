@@ -78,7 +78,7 @@ pub enum TransferError {
     },
 }
 
-fn local(path: &Path) -> impl Fn(std::io::Error) -> TransferError + '_ {
+pub(super) fn local(path: &Path) -> impl Fn(std::io::Error) -> TransferError + '_ {
     move |source| TransferError::Local { path: path.to_path_buf(), source }
 }
 
@@ -121,7 +121,8 @@ fn write_chunk(out: &mut fs::File, chunk: &[u8]) -> std::io::Result<()> {
     }
 }
 
-fn is_root() -> bool {
+/// Whether this (master) process may give files to other owners.
+pub(super) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 

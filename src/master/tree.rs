@@ -12,13 +12,13 @@
 //! (created if missing, merged into if it is a directory already).
 
 use std::fs;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::context::Context;
-use super::transfer::{Progress, TransferError};
+use super::transfer::{is_root, local, Progress, TransferError};
 use crate::proto::functions::FileKind;
 
 /// What a tree copy did.
@@ -73,16 +73,12 @@ fn kind_of(ft: fs::FileType) -> FileKind {
     }
 }
 
-fn local_err(path: &Path) -> impl Fn(std::io::Error) -> TransferError + '_ {
-    move |source| TransferError::Local { path: path.to_path_buf(), source }
-}
-
 impl Context {
     /// Walks a local tree for [`Context::put_tree`].
     pub fn plan_local_tree(&self, src: impl AsRef<Path>) -> Result<Plan, TransferError> {
         fn walk(root: &Path, rel: PathBuf, out: &mut Vec<Entry>) -> Result<(), TransferError> {
             let path = root.join(&rel);
-            let m = fs::symlink_metadata(&path).map_err(local_err(&path))?;
+            let m = fs::symlink_metadata(&path).map_err(local(&path))?;
             let kind = kind_of(m.file_type());
             out.push(Entry {
                 rel: rel.clone(),
@@ -93,10 +89,10 @@ impl Context {
             });
             if kind == FileKind::Dir {
                 let mut names: Vec<_> = fs::read_dir(&path)
-                    .map_err(local_err(&path))?
+                    .map_err(local(&path))?
                     .map(|e| e.map(|e| e.file_name()))
                     .collect::<Result<_, _>>()
-                    .map_err(local_err(&path))?;
+                    .map_err(local(&path))?;
                 names.sort();
                 for n in names {
                     walk(root, rel.join(n), out)?;
@@ -168,16 +164,11 @@ impl Context {
                     st.files += 1;
                 }
                 FileKind::Symlink => {
-                    let target = fs::read_link(&from).map_err(local_err(&from))?;
+                    let target = fs::read_link(&from).map_err(local(&from))?;
                     let _ = self.remove(&to);
                     self.symlink(&target, &to)?;
                     if root {
-                        self.call::<crate::proto::functions::Chown>(&crate::proto::functions::ChownArgs {
-                            path: serde_bytes::ByteBuf::from(to.as_os_str().as_bytes()),
-                            uid: Some(e.owner.0),
-                            gid: Some(e.owner.1),
-                            follow: false,
-                        })?;
+                        self.lchown(&to, Some(e.owner.0), Some(e.owner.1))?;
                     }
                     st.symlinks += 1;
                 }
@@ -210,18 +201,16 @@ impl Context {
     ) -> Result<TreeStats, TransferError> {
         let (remote, dest) = (remote.as_ref(), dest.as_ref());
         let t0 = Instant::now();
-        let root = rustix::process::geteuid().is_root();
+        let root = is_root();
         let mut st = TreeStats::default();
         for e in &plan.entries {
             let (from, to) = (join(remote, &e.rel), dest.join(&e.rel));
             match e.kind {
                 FileKind::Dir => {
                     match fs::create_dir(&to) {
-                        Ok(()) => {
-                            fs::set_permissions(&to, fs::Permissions::from_mode(0o700)).map_err(local_err(&to))?
-                        }
+                        Ok(()) => fs::set_permissions(&to, fs::Permissions::from_mode(0o700)).map_err(local(&to))?,
                         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && to.is_dir() => {}
-                        Err(err) => return Err(local_err(&to)(err)),
+                        Err(err) => return Err(local(&to)(err)),
                     }
                     st.dirs += 1;
                 }
@@ -234,11 +223,11 @@ impl Context {
                     match fs::remove_file(&to) {
                         Ok(()) => {}
                         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(err) => return Err(local_err(&to)(err)),
+                        Err(err) => return Err(local(&to)(err)),
                     }
-                    std::os::unix::fs::symlink(&target, &to).map_err(local_err(&to))?;
+                    std::os::unix::fs::symlink(&target, &to).map_err(local(&to))?;
                     if root {
-                        std::os::unix::fs::lchown(&to, Some(e.owner.0), Some(e.owner.1)).map_err(local_err(&to))?;
+                        std::os::unix::fs::lchown(&to, Some(e.owner.0), Some(e.owner.1)).map_err(local(&to))?;
                     }
                     st.symlinks += 1;
                 }
@@ -251,9 +240,9 @@ impl Context {
         for e in plan.entries.iter().rev().filter(|e| e.kind == FileKind::Dir) {
             let to = dest.join(&e.rel);
             if root {
-                std::os::unix::fs::chown(&to, Some(e.owner.0), Some(e.owner.1)).map_err(local_err(&to))?;
+                std::os::unix::fs::chown(&to, Some(e.owner.0), Some(e.owner.1)).map_err(local(&to))?;
             }
-            fs::set_permissions(&to, fs::Permissions::from_mode(e.mode)).map_err(local_err(&to))?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(e.mode)).map_err(local(&to))?;
         }
         st.elapsed = t0.elapsed();
         Ok(st)
