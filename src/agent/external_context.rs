@@ -9,8 +9,15 @@
 //! closes, and takes its commands' process groups with it (SIGTERM). So no
 //! agent outlives its master.
 //!
-//! Tokens: `T_PARENT_RX`, `T_PARENT_TX`, `T_LOG` + fd, and for process slot
-//! `s`: `T_PROC + 8*s + {0 stdin, 1 stdout, 2 stderr, 3 pidfd, 4 timeout timer}`.
+//! Tokens: `T_PARENT_RX`, `T_PARENT_TX`, `T_LOG` + fd, for process slot
+//! `s`: `T_PROC + 8*s + {0 stdin, 1 stdout, 2 stderr, 3 pidfd, 4 timeout
+//! timer}`, and for child stream slot `c`: `T_CHILD + 2*c + {0 rx, 1 tx}`.
+//!
+//! Multi-hop: a streamed command that bootstrapped another agent can be
+//! adopted as a child stream (see [`super::children`] for the routing
+//! rules). Back-pressure runs both ways: a child that does not drain its
+//! queue stops reads from the parent; a parent that does not drain ours
+//! stops reads from children and commands.
 //!
 //! A streamed command (`stream_to`) is also addressable: EXEC_CONTROL
 //! messages carry more stdin (acknowledged to `stdin_acks_to` as written, so
@@ -27,6 +34,7 @@ use serde::Serialize;
 use serde_bytes::ByteBuf;
 
 use super::builtins::{self, Identity};
+use super::children::{ChildStream, Children};
 use super::iologger::IoLogger;
 use super::spawn::{self, Child};
 use super::util::cstring;
@@ -34,7 +42,7 @@ use crate::core::poller::{Event, Interest, Poller};
 use crate::core::side::{self, Io};
 use crate::core::stream::{Decoder, TxBuffer};
 use crate::proto::functions::{self as f, ExecArgs, ExecControl, ExecOp, ExecOutput, ExecReply, Function, Stdio};
-use crate::proto::message::{decode_call, Hello, LogRecord, LogSource};
+use crate::proto::message::{decode_call, AddRoute, Hello, LogRecord, LogSource, Relay};
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
 
 const T_PARENT_RX: u64 = 0;
@@ -42,6 +50,7 @@ const T_PARENT_TX: u64 = 1;
 const T_LOG: u64 = 2; // + 0 for fd 1, + 1 for fd 2
 const T_SIGNAL: u64 = 4;
 const T_PROC: u64 = 16;
+const T_CHILD: u64 = 1 << 40;
 
 /// After activity the loop polls without sleeping for this long: a request
 /// that follows within it is picked up without waking an idle CPU (on a VM
@@ -120,6 +129,10 @@ pub struct ExternalContext {
     /// Read buffer for command output, kept between events (allocating and
     /// zeroing 64 KiB per readable event was most of a small read's cost).
     out_buf: Vec<u8>,
+    /// Streams to contexts carried onward (multi-hop).
+    children: Children,
+    /// Reads from the parent stopped: a child's queue is backed up.
+    parent_paused: bool,
 }
 
 /// Moves the protocol off fds 0/1, points 1 and 2 at IoLogger pipes, and
@@ -176,6 +189,8 @@ pub fn main(args: &[&[u8]]) -> i32 {
         signals: termination_signals(),
         files: super::files::FileTable::default(),
         out_buf: Vec::new(),
+        children: Children::default(),
+        parent_paused: false,
     };
     if cx.setup().is_err() {
         return exit::SETUP;
@@ -266,6 +281,14 @@ impl ExternalContext {
             // A hang-up or termination request ends the agent like losing its
             // parent does: its commands' process groups get SIGTERM first.
             T_SIGNAL => return Some(exit::SIGNALLED),
+            t if t >= T_CHILD => {
+                let slot = ((t - T_CHILD) / 2) as usize;
+                if (t - T_CHILD) % 2 == 0 {
+                    self.read_child(slot);
+                } else {
+                    self.flush_child(slot);
+                }
+            }
             t if t == T_LOG || t == T_LOG + 1 => self.pump_logger((t - T_LOG) as usize),
             t if t >= T_PROC => {
                 let slot = ((t - T_PROC) / PROC_TOKENS) as usize;
@@ -316,14 +339,205 @@ impl ExternalContext {
     fn on_message(&mut self, m: Message) {
         let h = m.header;
         if h.dst != self.id {
-            // No children yet (multi-hop lands later): nothing is reachable below us.
-            return self.reply_error(&h, RemoteError::new(ErrorKind::DeadRoute, "no route to context"));
+            return match self.children.next_hop(h.dst) {
+                Some(slot) => self.send_down(slot, &h, &m.data),
+                None => self.dead_route(&h),
+            };
         }
         match h.handle {
             handles::CALL_FUNCTION => self.on_call(m),
             handles::SHUTDOWN => self.closing = true,
             handles::EXEC_CONTROL if h.auth == MASTER_ID => self.on_exec_control(m),
+            handles::ADD_ROUTE if h.auth == MASTER_ID => {
+                if let Ok(r) = postcard::from_bytes::<AddRoute>(&m.data) {
+                    self.children.add_route(r.id, r.via);
+                }
+            }
+            handles::RELAY if h.auth == MASTER_ID => self.on_relay(&m),
             _ => self.reply_error(&h, RemoteError::new(ErrorKind::DeadRoute, "no such handle")),
+        }
+    }
+
+    /// No route to `h.dst`: the error goes back in its name, so the
+    /// caller's mailbox (which expects a reply from `dst`) takes it.
+    fn dead_route(&mut self, h: &Header) {
+        if h.reply_to == 0 {
+            return;
+        }
+        let e = RemoteError::new(ErrorKind::DeadRoute, "no route to context");
+        if let Ok(data) = postcard::to_allocvec(&e) {
+            let r = Header {
+                flags: FLAG_ERROR,
+                dst: h.src,
+                src: h.dst,
+                auth: self.id,
+                handle: h.reply_to,
+                ..Header::default()
+            };
+            self.tx.push(&r, &data);
+        }
+    }
+
+    // ---- multi-hop ----------------------------------------------------------
+
+    /// One copy per target, every link carrying the bytes once (see
+    /// [`crate::proto::handles::RELAY`]).
+    fn on_relay(&mut self, m: &Message) {
+        let Ok(r) = postcard::from_bytes::<Relay<'_>>(&m.data) else {
+            return self.log(1, LogSource::Agent, b"malformed relay message; dropped");
+        };
+        let h = m.header;
+        let copy = |dst: u32, reply_to: u32| Header {
+            flags: r.flags,
+            dst,
+            src: h.src,
+            auth: h.auth,
+            handle: r.handle,
+            reply_to,
+            len: 0,
+        };
+        let mut mine = Vec::new();
+        let mut groups: Vec<(usize, Vec<(u32, u32)>)> = Vec::new();
+        for &(dst, reply_to) in &r.targets {
+            if dst == self.id {
+                mine.push(copy(dst, reply_to));
+                continue;
+            }
+            match self.children.next_hop(dst) {
+                Some(slot) => match groups.iter_mut().find(|(s, _)| *s == slot) {
+                    Some((_, g)) => g.push((dst, reply_to)),
+                    None => groups.push((slot, alloc::vec![(dst, reply_to)])),
+                },
+                None => self.dead_route(&copy(dst, reply_to)),
+            }
+        }
+        for (slot, targets) in groups {
+            if let [(dst, reply_to)] = targets[..] {
+                self.send_down(slot, &copy(dst, reply_to), r.data);
+                continue;
+            }
+            let Some(Some(child)) = self.children.streams.get(slot) else { continue };
+            let via = child.id;
+            let sub = Relay { targets, handle: r.handle, flags: r.flags, data: r.data };
+            if let Ok(data) = postcard::to_allocvec(&sub) {
+                let mut hh = copy(via, 0);
+                hh.handle = handles::RELAY;
+                hh.flags = 0;
+                self.send_down(slot, &hh, &data);
+            }
+        }
+        for header in mine {
+            self.on_message(Message { header, data: r.data.to_vec() });
+        }
+    }
+
+    /// Makes a streamed command's stdin/stdout the stream to child `id`.
+    fn adopt(&mut self, id: u32, rx: OwnedFd, tx: OwnedFd) {
+        self.poller.delete(rx.as_fd());
+        self.poller.delete(tx.as_fd());
+        let reading = !self.paused;
+        let c = ChildStream {
+            id,
+            rx,
+            tx,
+            decoder: Decoder::new(self.max),
+            out: TxBuffer::default(),
+            tx_watched: false,
+            reading,
+        };
+        let slot = self.children.add(c);
+        let base = T_CHILD + 2 * slot as u64;
+        if let Some(Some(c)) = self.children.streams.get(slot) {
+            let _ = self.poller.add(c.rx.as_fd(), base, if reading { Interest::READ } else { Interest::NONE });
+            let _ = self.poller.add(c.tx.as_fd(), base + 1, Interest::NONE);
+        }
+    }
+
+    /// Queues a message for the child in `slot` and writes what it can.
+    fn send_down(&mut self, slot: usize, h: &Header, data: &[u8]) {
+        let Some(Some(c)) = self.children.streams.get_mut(slot) else { return };
+        c.out.push(h, data);
+        self.flush_child(slot);
+    }
+
+    fn flush_child(&mut self, slot: usize) {
+        let Some(Some(c)) = self.children.streams.get_mut(slot) else { return };
+        while !c.out.is_empty() {
+            match side::write(c.tx.as_fd(), c.out.pending()) {
+                Ok(Io::Done(n)) => c.out.consume(n),
+                Ok(Io::WouldBlock) => break,
+                Ok(Io::Closed) | Err(_) => {
+                    // The child is gone; its read side reports it.
+                    c.out = TxBuffer::default();
+                    break;
+                }
+            }
+        }
+        let want = !c.out.is_empty();
+        if want != c.tx_watched {
+            c.tx_watched = want;
+            let i = if want { Interest::WRITE } else { Interest::NONE };
+            let _ = self.poller.modify(c.tx.as_fd(), T_CHILD + 2 * slot as u64 + 1, i);
+        }
+    }
+
+    fn read_child(&mut self, slot: usize) {
+        for _ in 0..16 {
+            let Some(Some(c)) = self.children.streams.get_mut(slot) else { return };
+            let rx = c.rx.as_fd();
+            let r = c.decoder.read_with(|b| side::read(rx, b));
+            match r {
+                Ok(Io::Done(n)) => {
+                    let drained = n < c.decoder.last_offer();
+                    c.decoder.filled(n);
+                    loop {
+                        let Some(Some(c)) = self.children.streams.get_mut(slot) else { return };
+                        match c.decoder.next_message() {
+                            Ok(Some(m)) => self.on_child_message(slot, m),
+                            Ok(None) => break,
+                            Err(_) => {
+                                self.log(1, LogSource::Agent, b"malformed frame from a child; closing its stream");
+                                return self.drop_child(slot);
+                            }
+                        }
+                    }
+                    if drained {
+                        return;
+                    }
+                }
+                Ok(Io::WouldBlock) => return,
+                Ok(Io::Closed) | Err(_) => return self.drop_child(slot),
+            }
+        }
+    }
+
+    /// A message from the child in `slot`: checked, stamped, sent up.
+    fn on_child_message(&mut self, slot: usize, m: Message) {
+        let mut h = m.header;
+        if !self.children.speaks_for(slot, h.src) {
+            return;
+        }
+        if let Some(Some(c)) = self.children.streams.get(slot) {
+            h.auth = c.id;
+        }
+        if h.handle == handles::DEL_ROUTE && h.dst == MASTER_ID {
+            if let Ok(id) = postcard::from_bytes::<u32>(&m.data) {
+                self.children.del_route(slot, id);
+            }
+        }
+        if h.dst != self.id {
+            self.tx.push(&h, &m.data);
+        }
+    }
+
+    /// The child in `slot` closed its stream: its routes go, and the
+    /// master hears of every context lost with it.
+    fn drop_child(&mut self, slot: usize) {
+        let Some((c, lost)) = self.children.remove(slot) else { return };
+        self.poller.delete(c.rx.as_fd());
+        self.poller.delete(c.tx.as_fd());
+        for id in lost {
+            self.send(MASTER_ID, handles::DEL_ROUTE, 0, &id);
         }
     }
 
@@ -407,7 +621,7 @@ impl ExternalContext {
                 call!(f::WriteFile, |a| builtins::write_file(a, serial))
             }
             f::FileOpenRead::NAME => call!(f::FileOpenRead, |a| self.files.open_read(&a.path)),
-            f::FileOpenWrite::NAME => call!(f::FileOpenWrite, |a| self.files.open_write(&a.path)),
+            f::FileOpenWrite::NAME => call!(f::FileOpenWrite, |a| self.files.open_write(&a.path, a.id)),
             f::FileWrite::NAME => {
                 let r = postcard::from_bytes::<f::FileWriteRef<'_>>(args)
                     .map_err(|_| RemoteError::new(ErrorKind::BadArgs, f::FileWrite::NAME))
@@ -469,6 +683,7 @@ impl ExternalContext {
             cwd: cwd.as_ref(),
             capture: a.stdio == Stdio::Capture,
             pty: a.pty,
+            tty: a.tty && a.pty.is_none(),
         };
         let child = spawn::spawn(&cmd).map_err(|e| super::util::os_error(e, "exec", &a.argv[0]))?;
         let timer = a.timeout_ms.and_then(|ms| arm_timer(None, ms));
@@ -574,6 +789,18 @@ impl ExternalContext {
                 if let (true, Some(fd)) = (p.child.pty, &p.child.stdout) {
                     spawn::set_winsize(fd, rows, cols);
                 }
+            }
+            ExecOp::Answer(data) => {
+                let tty = if p.child.tty { &p.child.stderr } else { &p.child.stdin };
+                if let (true, Some(fd)) = (p.child.tty || p.child.pty, tty) {
+                    spawn::answer_tty(fd, &data);
+                }
+            }
+            ExecOp::Adopt(id) => {
+                let (Some(tx), Some(rx)) = (p.child.stdin.take(), p.child.stdout.take()) else { return };
+                p.stdin_open = false;
+                p.stdin_data = Vec::new();
+                self.adopt(id, rx, tx);
             }
         }
         self.proc_maybe_done(slot);
@@ -814,6 +1041,15 @@ impl ExternalContext {
     }
 
     fn update_pause(&mut self) {
+        // A child that does not drain what the parent sends it: stop
+        // reading the parent (bounded memory; the parent's sender waits).
+        let limit = if self.parent_paused { TX_LOW } else { TX_HIGH };
+        let backed = self.children.streams.iter().flatten().any(|c| c.out.len() > limit);
+        if backed != self.parent_paused {
+            self.parent_paused = backed;
+            let i = if backed { Interest::NONE } else { Interest::READ };
+            let _ = self.poller.modify(self.rx.as_fd(), T_PARENT_RX, i);
+        }
         let pause = if self.paused { self.tx.len() > TX_LOW } else { self.tx.len() > TX_HIGH };
         if pause == self.paused {
             return;
@@ -821,6 +1057,14 @@ impl ExternalContext {
         self.paused = pause;
         for slot in 0..self.procs.len() {
             self.set_reading(slot);
+        }
+        // Children's messages go to the parent too.
+        for (slot, c) in self.children.streams.iter_mut().enumerate() {
+            if let Some(c) = c {
+                c.reading = !pause;
+                let i = if pause { Interest::NONE } else { Interest::READ };
+                let _ = self.poller.modify(c.rx.as_fd(), T_CHILD + 2 * slot as u64, i);
+            }
         }
     }
 }

@@ -25,10 +25,13 @@ struct OpenFile {
     write: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-/// The open transfers of one agent.
+/// The open transfers of one agent, by id: ids the agent picks count up
+/// from 1; a caller may choose its own (top bit set) so that one relayed
+/// chunk fits every receiver.
 #[derive(Default)]
 pub struct FileTable {
-    files: Vec<Option<OpenFile>>,
+    files: Vec<(u32, OpenFile)>,
+    next: u32,
     serial: u64,
 }
 
@@ -37,17 +40,28 @@ fn bad_id() -> RemoteError {
 }
 
 impl FileTable {
-    fn insert(&mut self, f: OpenFile) -> u32 {
-        match self.files.iter().position(Option::is_none) {
-            Some(i) => {
-                self.files[i] = Some(f);
-                i as u32
+    fn insert(&mut self, f: OpenFile, want: u32) -> u32 {
+        let id = if want != 0 {
+            want
+        } else {
+            loop {
+                self.next = (self.next + 1) & 0x7fff_ffff;
+                if self.next != 0 && self.get(self.next).is_none() {
+                    break self.next;
+                }
             }
-            None => {
-                self.files.push(Some(f));
-                (self.files.len() - 1) as u32
-            }
-        }
+        };
+        self.files.push((id, f));
+        id
+    }
+
+    fn get(&mut self, id: u32) -> Option<&mut OpenFile> {
+        self.files.iter_mut().find(|(i, _)| *i == id).map(|(_, f)| f)
+    }
+
+    fn take(&mut self, id: u32) -> Option<OpenFile> {
+        let i = self.files.iter().position(|(i, _)| *i == id)?;
+        Some(self.files.swap_remove(i).1)
     }
 
     /// Opens `path` for reading.
@@ -58,7 +72,7 @@ impl FileTable {
         if fs::FileType::from_raw_mode(st.st_mode) == fs::FileType::Directory {
             return Err(os_error(rustix::io::Errno::ISDIR, "read", path));
         }
-        let id = self.insert(OpenFile { fd, hash: Sha256::new(), bytes: 0, write: None });
+        let id = self.insert(OpenFile { fd, hash: Sha256::new(), bytes: 0, write: None }, 0);
         Ok(FileOpened {
             id,
             size: st.st_size as u64,
@@ -71,7 +85,7 @@ impl FileTable {
 
     /// Appends up to `len` bytes of file `id` to `out` (fewer at EOF).
     pub fn read(&mut self, id: u32, len: usize, out: &mut Vec<u8>) -> Result<usize, RemoteError> {
-        let f = self.files.get_mut(id as usize).and_then(Option::as_mut).ok_or_else(bad_id)?;
+        let f = self.get(id).ok_or_else(bad_id)?;
         let start = out.len();
         out.reserve(len);
         while out.len() - start < len {
@@ -94,17 +108,21 @@ impl FileTable {
         Ok(n)
     }
 
-    /// Creates the temp file for a write to `path`.
-    pub fn open_write(&mut self, path: &[u8]) -> Result<FileOpened, RemoteError> {
+    /// Creates the temp file for a write to `path`, as transfer `want` when
+    /// the caller chose the id (0: the agent picks).
+    pub fn open_write(&mut self, path: &[u8], want: u32) -> Result<FileOpened, RemoteError> {
+        if want != 0 && (want & 0x8000_0000 == 0 || self.get(want).is_some()) {
+            return Err(RemoteError::new(ErrorKind::BadArgs, "transfer id in use or not a caller id"));
+        }
         self.serial += 1;
         let (fd, tmp) = super::util::create_temp_beside(path, self.serial)?;
-        let id = self.insert(OpenFile { fd, hash: Sha256::new(), bytes: 0, write: Some((tmp, path.to_vec())) });
+        let id = self.insert(OpenFile { fd, hash: Sha256::new(), bytes: 0, write: Some((tmp, path.to_vec())) }, want);
         Ok(FileOpened { id, size: 0, mode: 0, mtime: 0, mtime_nsec: 0, owner: (0, 0) })
     }
 
     /// Appends `data` to the write `id`.
     pub fn write(&mut self, id: u32, data: &[u8]) -> Result<(), RemoteError> {
-        let f = self.files.get_mut(id as usize).and_then(Option::as_mut).ok_or_else(bad_id)?;
+        let f = self.get(id).ok_or_else(bad_id)?;
         let Some((_, dest)) = &f.write else { return Err(bad_id()) };
         f.hash.update(data);
         f.bytes += data.len() as u64;
@@ -119,7 +137,7 @@ impl FileTable {
 
     /// Ends transfer `id`; see [`crate::proto::functions::FileClose`].
     pub fn close(&mut self, id: u32, commit: Option<Commit>) -> Result<FileClosed, RemoteError> {
-        let f = self.files.get_mut(id as usize).and_then(Option::take).ok_or_else(bad_id)?;
+        let f = self.take(id).ok_or_else(bad_id)?;
         let closed = |f: &OpenFile| FileClosed {
             size: f.bytes,
             sha256: serde_bytes::ByteBuf::from(&f.hash.clone().finish()[..]),
@@ -161,7 +179,7 @@ impl FileTable {
 
     /// Removes the temp files of unfinished writes (the agent is exiting).
     pub fn discard_all(&mut self) {
-        for f in self.files.iter_mut().filter_map(Option::take) {
+        for (_, f) in self.files.drain(..) {
             if let Some((tmp, _)) = f.write {
                 let _ = fs::unlinkat(CWD, &tmp[..], fs::AtFlags::empty());
             }

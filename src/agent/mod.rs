@@ -3,6 +3,8 @@
 //! Map:
 //! - [`external_context`] — [`ExternalContext`](external_context::ExternalContext),
 //!   the main loop: parent stream, dispatcher, running commands, loggers.
+//! - [`children`] — streams to contexts carried onward (multi-hop) and the
+//!   routes through them.
 //! - [`builtins`] — functions that finish at once (ping, info, files).
 //! - [`files`] — the open files of streamed transfers (hash, temp, commit).
 //! - [`facts`] — a host inventory from /proc and /etc.
@@ -16,6 +18,7 @@
 //! master words them). Every byte here crosses the wire on a first connect.
 
 pub mod builtins;
+pub mod children;
 pub mod external_context;
 pub mod facts;
 pub mod files;

@@ -35,6 +35,9 @@ pub struct Child {
     pub stderr: Option<OwnedFd>,
     /// Whether `stdin`/`stdout` are the two halves of a pty master.
     pub pty: bool,
+    /// Whether `stderr` is the master of the command's controlling tty
+    /// (hybrid: stdin/stdout are pipes).
+    pub tty: bool,
 }
 
 /// The master side of a new pty and the path of its terminal.
@@ -69,6 +72,9 @@ pub struct Command<'a> {
     /// stderr are the terminal, and it leads a new session (so the terminal
     /// becomes its controlling tty, and ^C on it signals its job).
     pub pty: Option<(u16, u16)>,
+    /// Hybrid: pipes for stdin/stdout, a new pty as stderr and controlling
+    /// tty (where sudo, su and doas prompt). Implies `capture`.
+    pub tty: bool,
 }
 
 struct Attrs {
@@ -113,7 +119,31 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, Errno> {
                 check(libc::posix_spawn_file_actions_adddup2(actions, 0, 2))
             }
         })?;
-        return Ok(Child { pid, pidfd, stdin: Some(input), stdout: Some(master), stderr: None, pty: true });
+        return Ok(Child { pid, pidfd, stdin: Some(input), stdout: Some(master), stderr: None, pty: true, tty: false });
+    }
+    if cmd.tty {
+        let (master, tty) = open_pty(24, 80)?;
+        let (stdin_r, stdin_w) = pipe_with(PipeFlags::CLOEXEC)?;
+        let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
+        let (pid, pidfd) = spawn_with(cmd, true, |actions| {
+            // SAFETY: `actions` is initialised; the fds and path outlive the call.
+            // Opened after setsid without O_NOCTTY: the controlling tty.
+            unsafe {
+                check(libc::posix_spawn_file_actions_adddup2(actions, stdin_r.as_raw_fd(), 0))?;
+                check(libc::posix_spawn_file_actions_adddup2(actions, out_w.as_raw_fd(), 1))?;
+                check(libc::posix_spawn_file_actions_addopen(actions, 2, tty.as_ptr(), libc::O_RDWR, 0))
+            }
+        })?;
+        drop((stdin_r, out_w));
+        return Ok(Child {
+            pid,
+            pidfd,
+            stdin: Some(stdin_w),
+            stdout: Some(out_r),
+            stderr: Some(master),
+            pty: false,
+            tty: true,
+        });
     }
     let (stdin_r, stdin_w) = pipe_with(PipeFlags::CLOEXEC)?;
     let (out_r, out_w) =
@@ -132,7 +162,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, Errno> {
         Ok(())
     })?;
     drop((stdin_r, out_w, err_w));
-    Ok(Child { pid, pidfd, stdin: Some(stdin_w), stdout: out_r, stderr: err_r, pty: false })
+    Ok(Child { pid, pidfd, stdin: Some(stdin_w), stdout: out_r, stderr: err_r, pty: false, tty: false })
 }
 
 /// posix_spawnp with the child in its own process group (or, with
@@ -201,6 +231,38 @@ fn spawn_with(
                 libc::waitpid(pid, ptr::null_mut(), 0);
             }
             Err(e)
+        }
+    }
+}
+
+/// Writes `answer` (a password) to a tty master once the program on the
+/// other side has turned echo off — PAM turns it off after printing the
+/// prompt and flushes input typed before — waiting at most 1 s, then turns
+/// it off itself so the password is never echoed into the output.
+pub fn answer_tty(master: &OwnedFd, answer: &[u8]) {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    for i in 0..=1000 {
+        let Ok(mut t) = tcgetattr(master) else { break };
+        if !t.local_modes.contains(LocalModes::ECHO) {
+            break;
+        }
+        if i == 1000 {
+            t.local_modes.remove(LocalModes::ECHO);
+            let _ = tcsetattr(master, OptionalActions::Now, &t);
+            break;
+        }
+        // A short blocking wait on the agent's loop: prompts are rare and
+        // answered within milliseconds.
+        let _ = rustix::thread::nanosleep(&rustix::thread::Timespec { tv_sec: 0, tv_nsec: 1_000_000 });
+    }
+    let mut rest = answer;
+    while !rest.is_empty() {
+        match rustix::io::write(master, rest) {
+            Ok(n) if n > 0 => rest = &rest[n..],
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {
+                let _ = rustix::thread::nanosleep(&rustix::thread::Timespec { tv_sec: 0, tv_nsec: 1_000_000 });
+            }
+            _ => break,
         }
     }
 }

@@ -109,6 +109,24 @@ pub enum ConnectError {
         /// What the tool printed (formatted, may be empty).
         output: String,
     },
+    /// The context to connect through failed or went away.
+    #[error("{context}: through {hop}: {reason}")]
+    Hop {
+        /// Context name.
+        context: String,
+        /// The hop's name.
+        hop: String,
+        /// What went wrong there.
+        reason: String,
+    },
+    /// The method cannot be used this way yet.
+    #[error("{context}: {what} is not supported yet")]
+    Unsupported {
+        /// Context name.
+        context: String,
+        /// What was asked for.
+        what: &'static str,
+    },
     /// The broker could not take the new stream.
     #[error("{context}: {source}")]
     Io {

@@ -59,10 +59,18 @@ pub struct ContextShared {
     pub rtt_avg_ns: AtomicU64,
     /// The stream's read half, which a waiting caller may read itself.
     pub rx: std::sync::OnceLock<Arc<crate::core::stream_in::StreamIn>>,
+    /// The context this one was connected through (`None`: the master).
+    pub parent: Option<Arc<ContextShared>>,
+    /// Id of the context whose stream carries this one's messages: itself,
+    /// or the first hop below the master on its path.
+    pub stream_id: u32,
+    /// For a context behind a hop: the hop's id and the stream handle of
+    /// the command there that carries it (to kill it).
+    pub transport: std::sync::OnceLock<(u32, u32)>,
 }
 
 impl ContextShared {
-    /// New state for context `id`.
+    /// New state for context `id`, attached to the master directly.
     pub fn new(id: u32, name: String) -> Self {
         ContextShared {
             id,
@@ -72,7 +80,30 @@ impl ContextShared {
             gone: Latch::new(),
             rtt_avg_ns: AtomicU64::new(0),
             rx: std::sync::OnceLock::new(),
+            parent: None,
+            stream_id: id,
+            transport: std::sync::OnceLock::new(),
         }
+    }
+
+    /// New state for context `id`, reached through `parent`.
+    pub fn behind(id: u32, name: String, parent: Arc<ContextShared>) -> Self {
+        let stream_id = parent.stream_id;
+        let rx = std::sync::OnceLock::new();
+        if let Some(r) = parent.rx.get() {
+            let _ = rx.set(r.clone());
+        }
+        ContextShared { rx, parent: Some(parent), stream_id, ..ContextShared::new(id, name) }
+    }
+
+    /// The hops from the master down to this context, this one last.
+    pub fn path(self: &Arc<Self>) -> Vec<Arc<ContextShared>> {
+        let mut path = vec![self.clone()];
+        while let Some(p) = path.last().and_then(|c| c.parent.clone()) {
+            path.push(p);
+        }
+        path.reverse();
+        path
     }
 
     /// Whether a waiter for a reply from this context should spin first:
@@ -276,6 +307,11 @@ impl RouterTable {
         self.contexts.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
     }
 
+    /// The stream that leads to context `id`.
+    pub fn route(&self, id: u32) -> Option<Arc<StreamOut>> {
+        self.routes.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
+    }
+
     /// Ids of all contexts that still have a route.
     pub fn live_contexts(&self) -> Vec<u32> {
         self.routes.read().unwrap_or_else(PoisonError::into_inner).keys().copied().collect()
@@ -331,9 +367,16 @@ impl RouterTable {
             .unwrap_or_else(|| Disconnected { reason: format!("no route to context {dst}") })
     }
 
-    /// Broker side: a message arrived from context `from`.
-    pub fn deliver(&self, from: u32, msg: Message) {
+    /// A message arrived on the stream of context `stream`: from that
+    /// context, or from one behind it (multi-hop), as `src` says. A `src`
+    /// that is not behind that stream is dropped (hops check this too).
+    pub fn deliver(&self, stream: u32, msg: Message) {
         let h = msg.header;
+        let from = h.src;
+        if from != stream && self.context(from).is_none_or(|c| c.stream_id != stream) {
+            log::warn!("dropping a message from context {from} on the stream of context {stream}");
+            return;
+        }
         if h.dst != MASTER_ID {
             // Contexts may not reach each other through the master
             // (mitogen's unidirectional mode, on by default).
@@ -342,6 +385,7 @@ impl RouterTable {
         match h.handle {
             handles::FORWARD_LOG => return self.forward_log(from, &msg),
             handles::HELLO => return,
+            handles::DEL_ROUTE => return self.del_route(stream, from, &msg),
             _ => {}
         }
         let mut boxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -361,6 +405,17 @@ impl RouterTable {
         }
         drop(boxes);
         latch.put(Ok(msg));
+    }
+
+    /// A hop lost context `id` (payload) below it.
+    fn del_route(&self, stream: u32, hop: u32, msg: &Message) {
+        let Ok(id) = postcard::from_bytes::<u32>(&msg.data) else { return };
+        let Some(c) = self.context(id) else { return };
+        if c.stream_id != stream || id == stream {
+            return;
+        }
+        let hop = self.context(hop).map(|h| h.name.clone()).unwrap_or_else(|| hop.to_string());
+        self.on_disconnect(id, Disconnected { reason: format!("its connection through {hop} closed") });
     }
 
     fn reply_error(&self, to: u32, h: &Header, kind: ErrorKind, what: &str) {
@@ -400,15 +455,39 @@ impl RouterTable {
 
     /// Broker side: the stream to `ctx` is gone. Every mailbox waiting on it
     /// fails now.
+    /// Contexts behind it (multi-hop) go with it.
     pub fn on_disconnect(&self, ctx: u32, reason: Disconnected) {
         let out = self.routes.write().unwrap_or_else(PoisonError::into_inner).remove(&ctx);
-        if let Some(out) = out {
+        let me = self.context(ctx);
+        let direct = me.as_ref().is_none_or(|c| c.stream_id == c.id);
+        if let (Some(out), true) = (out, direct) {
+            // A hop's stream is shared by the contexts behind it: only a
+            // directly attached context's own stream closes here.
             drop(out.close());
         }
-        if let Some(c) = self.context(ctx) {
+        if let Some(c) = &me {
             let mut d = c.disconnected.lock().unwrap_or_else(PoisonError::into_inner);
             if d.is_none() {
                 *d = Some(reason.clone());
+            }
+            drop(d);
+            if !direct {
+                // No process of ours to reap: gone with its route.
+                c.gone.close();
+            }
+        }
+        let below: Vec<u32> = self
+            .contexts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|c| c.parent.as_ref().is_some_and(|p| p.id == ctx) && c.disconnected().is_none())
+            .map(|c| c.id)
+            .collect();
+        if let Some(c) = &me {
+            for id in below {
+                let why = Disconnected { reason: format!("its hop {} is gone: {}", c.name, reason.reason) };
+                self.on_disconnect(id, why);
             }
         }
         let failed: Vec<Arc<Latch<Delivery>>> = {

@@ -171,7 +171,7 @@ impl<T: DeserializeOwned> Pending<T> {
             };
             let until = deadline.unwrap_or(now + Duration::from_secs(3600));
             while let Some(r) = g.as_mut() {
-                match StreamIn::pump(r, &self.core.table, self.shared.id, &self.shared.name) {
+                match StreamIn::pump(r, &self.core.table, self.shared.stream_id, &self.shared.name) {
                     Pump::Progress => {}
                     Pump::Drained => StreamIn::wait_readable(r, until),
                     // End of file or a bad frame: the broker closes the stream.
@@ -370,7 +370,9 @@ impl Context {
         }
         if self.shared.gone.get(Some(Instant::now() + Duration::from_secs(3))) == Err(WaitError::Timeout) {
             log::warn!("[{}] agent did not exit within 3 s of SHUTDOWN; killing it", self.shared.name);
-            self.core.broker.send(Cmd::Kill(self.shared.id));
+            if !self.kill_transport() {
+                self.core.broker.send(Cmd::Kill(self.shared.id));
+            }
             let _ = self.shared.gone.get(Some(Instant::now() + Duration::from_secs(2)));
         }
         *self.shared.exit.lock().unwrap_or_else(PoisonError::into_inner)

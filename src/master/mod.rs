@@ -9,6 +9,8 @@
 //! - [`error`] holds [`CallError`](error::CallError).
 //! - [`process`] holds [`Process`](process::Process): a command streamed
 //!   both ways (stdin, output with credit, signals, pty, timeout).
+//! - `via` connects onward from a context (multi-hop: `ctx.sudo(…)` runs
+//!   sudo on ctx's host, bootstrapped through it, then routed by it).
 //! - [`transfer`] holds streamed `get`/`put` of files, [`tree`] of
 //!   directory trees (`-r`); [`fs`] the typed
 //!   file system helpers (list, mkdir -p, chmod/chown, links, rm -rf, du).
@@ -23,6 +25,7 @@ pub mod fs;
 pub mod process;
 pub mod transfer;
 pub mod tree;
+mod via;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -100,16 +103,74 @@ impl Router {
 
     /// Starts an agent on this machine through stage0 (`sh -c`).
     pub fn local(&self, opts: LocalOptions) -> Result<Context, ConnectError> {
+        self.connector().local(opts)
+    }
+
+    /// Starts an agent on another host through the system `ssh` client.
+    pub fn ssh(&self, opts: SshOptions) -> Result<Context, ConnectError> {
+        self.connector().ssh(opts)
+    }
+
+    /// Starts an agent as another user through `sudo`.
+    pub fn sudo(&self, opts: SudoOptions) -> Result<Context, ConnectError> {
+        self.connector().sudo(opts)
+    }
+
+    /// Starts an agent as another user through `su`.
+    pub fn su(&self, opts: SuOptions) -> Result<Context, ConnectError> {
+        self.connector().su(opts)
+    }
+
+    /// Starts an agent as another user through `doas`.
+    pub fn doas(&self, opts: DoasOptions) -> Result<Context, ConnectError> {
+        self.connector().doas(opts)
+    }
+
+    fn connector(&self) -> Connector<'_> {
+        Connector { core: &self.core, via: None }
+    }
+
+    /// Ids of the contexts still connected.
+    pub fn contexts(&self) -> Vec<u32> {
+        self.core.table.live_contexts()
+    }
+}
+
+/// Creates contexts: from the master (`via: None`) or onward from a
+/// context (multi-hop). Every method builds its command the same way;
+/// only where it runs differs.
+pub(crate) struct Connector<'a> {
+    pub core: &'a Arc<Core>,
+    pub via: Option<&'a Context>,
+}
+
+impl Connector<'_> {
+    /// A context's name: the one given, else `default`, prefixed with the
+    /// hop's name and a comma behind a hop (as the CLI spells chains).
+    fn name(&self, given: &Option<String>, default: impl FnOnce() -> String) -> String {
+        let own = given.clone().unwrap_or_else(default);
+        match (self.via, given) {
+            (Some(hop), None) => format!("{},{own}", hop.name()),
+            _ => own,
+        }
+    }
+
+    /// Starts an agent on this machine through stage0 (`sh -c`).
+    pub(crate) fn local(&self, opts: LocalOptions) -> Result<Context, ConnectError> {
         let id = self.core.table.allocate_context_id();
-        let name = opts.name.clone().unwrap_or_else(|| format!("local.{id}"));
+        let name = self.name(&opts.name, || format!("local.{id}"));
         let cmd = local::command(&opts, &stage0::script(&embedded::specs(), id));
         self.connect_child(id, name, &cmd, opts.connect_timeout, &mut bootstrap::NoHooks)
     }
 
     /// Starts an agent on another host through the system `ssh` client.
-    pub fn ssh(&self, opts: SshOptions) -> Result<Context, ConnectError> {
+    pub(crate) fn ssh(&self, opts: SshOptions) -> Result<Context, ConnectError> {
         let id = self.core.table.allocate_context_id();
-        let name = opts.name.clone().unwrap_or_else(|| opts.display_host());
+        let name = self.name(&opts.name, || opts.display_host());
+        if self.via.is_some() && opts.password.is_some() {
+            // The askpass FIFO lives on the master's host.
+            return Err(ConnectError::Unsupported { context: name, what: "an ssh password through a hop" });
+        }
         let mut prepared = ssh::prepare(&opts, &name, &stage0::script(&embedded::specs(), id))
             .map_err(|source| ConnectError::Io { context: name.clone(), source })?;
         let command = prepared.command.clone();
@@ -117,19 +178,19 @@ impl Router {
     }
 
     /// Starts an agent as another user through `sudo`.
-    pub fn sudo(&self, opts: SudoOptions) -> Result<Context, ConnectError> {
+    pub(crate) fn sudo(&self, opts: SudoOptions) -> Result<Context, ConnectError> {
         let b = Become { tool: "sudo", user: &opts.username, name: &opts.name, timeout: opts.connect_timeout };
         self.become_user(b, |name, stage0| sudo::prepare(&opts, name, stage0))
     }
 
     /// Starts an agent as another user through `su`.
-    pub fn su(&self, opts: SuOptions) -> Result<Context, ConnectError> {
+    pub(crate) fn su(&self, opts: SuOptions) -> Result<Context, ConnectError> {
         let b = Become { tool: "su", user: &opts.username, name: &opts.name, timeout: opts.connect_timeout };
         self.become_user(b, |name, stage0| su::prepare(&opts, name, stage0))
     }
 
     /// Starts an agent as another user through `doas`.
-    pub fn doas(&self, opts: DoasOptions) -> Result<Context, ConnectError> {
+    pub(crate) fn doas(&self, opts: DoasOptions) -> Result<Context, ConnectError> {
         let b = Become { tool: "doas", user: &opts.username, name: &opts.name, timeout: opts.connect_timeout };
         self.become_user(b, |name, stage0| doas::prepare(&opts, name, stage0))
     }
@@ -143,7 +204,7 @@ impl Router {
         prepare: impl FnOnce(&str, &str) -> (ChildCommand, prompt::Responder),
     ) -> Result<Context, ConnectError> {
         let id = self.core.table.allocate_context_id();
-        let name = b.name.clone().unwrap_or_else(|| format!("{}:{}", b.tool, b.user));
+        let name = self.name(b.name, || format!("{}:{}", b.tool, b.user));
         let (cmd, mut responder) = prepare(&name, &stage0::script(&embedded::specs(), id));
         match self.connect_child(id, name, &cmd, b.timeout, &mut responder) {
             Err(ConnectError::Spawn { context, source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -170,6 +231,9 @@ impl Router {
         timeout: std::time::Duration,
         hooks: &mut dyn bootstrap::Hooks,
     ) -> Result<Context, ConnectError> {
+        if let Some(hop) = self.via {
+            return via::connect(hop, id, name, cmd, timeout, hooks);
+        }
         let spawned = local::create_child(cmd).map_err(|source| ConnectError::Spawn {
             context: name.clone(),
             program: cmd.program.to_string_lossy().into_owned(),
@@ -232,11 +296,6 @@ impl Router {
         );
         self.core.broker.send(Cmd::AddStream(Box::new(StreamSetup { ctx: shared.clone(), rx, out, stderr, process })));
         Ok(Context::new(self.core.clone(), shared, info))
-    }
-
-    /// Ids of the contexts still connected.
-    pub fn contexts(&self) -> Vec<u32> {
-        self.core.table.live_contexts()
     }
 }
 

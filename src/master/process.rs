@@ -170,6 +170,19 @@ impl ProcessInput {
     pub fn resize(&self, rows: u16, cols: u16) -> Result<(), CallError> {
         self.inner.control.send(ExecOp::Resize(rows, cols))
     }
+
+    /// Types `data` (a password and newline) into the command's terminal
+    /// (`tty` or `pty`) once the program reading it has turned echo off,
+    /// so the answer is neither flushed nor echoed.
+    pub fn answer(&self, data: &[u8]) -> Result<(), CallError> {
+        self.inner.control.send(ExecOp::Answer(serde_bytes::ByteBuf::from(data)))
+    }
+
+    /// The command bootstrapped an agent: its context is `id`, routed by
+    /// this command's context from now on (see `master::via`).
+    pub(crate) fn adopt(&self, id: u32) -> Result<(), CallError> {
+        self.inner.control.send(ExecOp::Adopt(id))
+    }
 }
 
 impl Context {
@@ -241,6 +254,11 @@ impl Process {
     /// closes stdin. `None` after the first call.
     pub fn take_input(&mut self) -> Option<ProcessInput> {
         self.input.take()
+    }
+
+    /// The command's stream handle (names it in EXEC_CONTROL messages).
+    pub(crate) fn stream(&self) -> u32 {
+        self.stream
     }
 
     /// Sends signal `sig` to the command's process group.

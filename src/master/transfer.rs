@@ -231,7 +231,10 @@ impl Context {
         let t0 = Instant::now();
         let mut input = fs::File::open(src).map_err(local(src))?;
         let meta = input.metadata().map_err(local(src))?;
-        let opened = self.call::<f::FileOpenWrite>(&PathArgs { path: ByteBuf::from(remote.as_os_str().as_bytes()) })?;
+        let opened = self.call::<f::FileOpenWrite>(&f::OpenWriteArgs {
+            path: ByteBuf::from(remote.as_os_str().as_bytes()),
+            id: 0,
+        })?;
         let result = (|| {
             let mut hash = Sha256::new();
             let mut bytes = 0u64;

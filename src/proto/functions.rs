@@ -143,6 +143,11 @@ pub struct ExecArgs {
     /// Kill the command's process group after this long: SIGTERM, then
     /// SIGKILL 5 s later. The reply says `timed_out`.
     pub timeout_ms: Option<u64>,
+    /// mitogen's hybrid tty: stdin and stdout stay pipes, stderr is a new
+    /// pty that is also the command's controlling terminal (a new session),
+    /// so a password prompt (sudo, su, doas) appears there, as fd 2 output,
+    /// and [`ExecOp::Answer`] types into it. Ignored with `pty`.
+    pub tty: bool,
 }
 
 /// A message to a running streamed command, sent to
@@ -168,6 +173,13 @@ pub enum ExecOp {
     Ack(u32),
     /// New pty size `(rows, cols)`.
     Resize(u16, u16),
+    /// Type these bytes (a password and newline) into the command's tty
+    /// (`tty` or `pty`), once the program reading it has turned echo off.
+    Answer(ByteBuf),
+    /// The command is a bootstrapped agent: its stdin/stdout become the
+    /// stream to child context `id` of this one, routed from now on; stderr
+    /// and the exit are still reported as for any streamed command.
+    Adopt(u32),
 }
 
 /// One chunk of streamed output of [`Exec`].
@@ -271,7 +283,7 @@ function!(
 );
 function!(
     /// Creates a temp file beside `path` for a streamed write.
-    FileOpenWrite, "file_open_write", PathArgs, FileOpened
+    FileOpenWrite, "file_open_write", OpenWriteArgs, FileOpened
 );
 function!(
     /// Appends a chunk to a file opened for writing.
@@ -302,6 +314,17 @@ pub struct FileOpened {
     pub mtime_nsec: u32,
     /// Owner and group (reads).
     pub owner: (u32, u32),
+}
+
+/// Arguments of [`FileOpenWrite`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenWriteArgs {
+    /// Destination.
+    pub path: ByteBuf,
+    /// The transfer's id, chosen by the caller so that one relayed
+    /// [`FileWrite`] fits every receiver (see `handles::RELAY`), or 0 for
+    /// one the agent picks. Caller ids have the top bit set.
+    pub id: u32,
 }
 
 /// Arguments of [`FileRead`].

@@ -7,9 +7,10 @@
 pub const CALL_FUNCTION: u32 = 1;
 /// A log record travelling towards the master.
 pub const FORWARD_LOG: u32 = 2;
-/// A context became reachable (multi-hop; reserved).
+/// From the master to a hop: a context below it is reachable through one
+/// of its children (payload: [`crate::proto::message::AddRoute`]).
 pub const ADD_ROUTE: u32 = 3;
-/// A context became unreachable (multi-hop; reserved).
+/// From a hop upwards: a context below it is gone (payload: its id, `u32`).
 pub const DEL_ROUTE: u32 = 4;
 /// A request for a named resource from the parent (importer; reserved).
 pub const GET_RESOURCE: u32 = 5;
@@ -20,5 +21,9 @@ pub const HELLO: u32 = 7;
 /// Stdin, signals, credit and pty size for a running command
 /// (payload: [`crate::proto::functions::ExecControl`]).
 pub const EXEC_CONTROL: u32 = 8;
+/// One message for several contexts below the receiver, which copies it to
+/// each (payload: [`crate::proto::message::Relay`]): a file sent to many
+/// contexts behind one hop crosses that hop once.
+pub const RELAY: u32 = 9;
 /// First handle number allocated at run time.
 pub const FIRST_DYNAMIC: u32 = 1000;

@@ -71,6 +71,36 @@ pub struct LogRecord {
     pub line: ByteBuf,
 }
 
+/// Payload of [`super::handles::ADD_ROUTE`]: messages for context `id` go
+/// towards `via`, a context the receiver already reaches (its child, or a
+/// context routed through one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddRoute {
+    /// The new context.
+    pub id: u32,
+    /// The next context on its path from the receiver.
+    pub via: u32,
+}
+
+/// Payload of [`super::handles::RELAY`]: one message for several contexts
+/// at or below the receiver. Each copy keeps the relay's `src` and `auth`;
+/// `targets` gives each its `dst` and `reply_to`. The receiver delivers its
+/// own copy, sends one plain message where a single target lies behind a
+/// child, and one smaller relay where several do: every link carries the
+/// bytes once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relay<'a> {
+    /// `(dst, reply_to)` per copy.
+    pub targets: Vec<(u32, u32)>,
+    /// Handle of every copy.
+    pub handle: u32,
+    /// Header flags of every copy (e.g. compressed).
+    pub flags: u16,
+    /// The payload, as sent (not decoded by the hops).
+    #[serde(with = "serde_bytes", borrow)]
+    pub data: &'a [u8],
+}
+
 /// Encodes a call's payload: the function name, then its arguments, both
 /// postcard; the agent reads the name first and decodes the rest by type.
 /// Both go into one buffer: a 1 MiB `file_write` chunk is copied once.

@@ -1,0 +1,335 @@
+//! Connecting onward from a context (multi-hop): `ctx.sudo(…)`,
+//! `ctx.ssh(…)`, `ctx.local(…)`, … start the method's command on ctx's host.
+//!
+//! How (mitogen does the bootstrap in the hop; we keep it in the master, so
+//! the agent stays small and every method's prompt handling is the same
+//! code):
+//!
+//! 1. The hop runs the command (`sudo … sh -c <stage0>`) as a streamed
+//!    command with pipes, plus the hybrid tty where a password may be asked.
+//! 2. Two pump threads join it to three local socketpairs, so the ordinary
+//!    bootstrap ([`crate::connect::bootstrap::run`]) drives stage0, prompts
+//!    and the agent upload exactly as for a local process: the command's
+//!    stdout and stderr/tty arrive as output chunks, what the bootstrap
+//!    writes goes back as stdin ([`ProcessInput::write`]) or as a tty answer
+//!    ([`ProcessInput::answer`], typed once echo is off).
+//! 3. After the new agent's hello (it then stays silent until spoken to),
+//!    `ExecOp::Adopt(id)` makes the hop turn the command's pipes into a
+//!    routed child stream; every hop above learns `id` with ADD_ROUTE. From
+//!    then on messages for `id` travel as frames, forwarded by header only.
+//! 4. The output pump stays as the context's monitor: the command's
+//!    stderr/tty lines are logged under the context's name, and its exit
+//!    (or the hop's loss) disconnects the context at once.
+
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde_bytes::ByteBuf;
+
+use super::context::{ConnectInfo, Context};
+use super::error::CallError;
+use super::process::{Process, ProcessEvent, ProcessInput};
+use super::Connector;
+use crate::connect::bootstrap::{self, Hooks, Pipes};
+use crate::connect::doas::DoasOptions;
+use crate::connect::error::ConnectError;
+use crate::connect::local::{ChildCommand, LocalOptions};
+use crate::connect::ssh::SshOptions;
+use crate::connect::su::SuOptions;
+use crate::connect::sudo::SudoOptions;
+use crate::core::router::{ContextShared, Disconnected, RouterTable};
+use crate::core::side;
+use crate::proto::functions::{ExecArgs, ExecControl, ExecOp, Stdio};
+use crate::proto::message::AddRoute;
+use crate::proto::{handles, Message, MASTER_ID};
+
+impl Context {
+    /// Starts an agent on this context's host through stage0 (`sh -c`),
+    /// reached through this context (multi-hop).
+    pub fn local(&self, opts: LocalOptions) -> Result<Context, ConnectError> {
+        self.connector().local(opts)
+    }
+
+    /// Runs `ssh` on this context's host to reach another (key or agent
+    /// authentication; `-F`/`-i` paths are the hop's).
+    pub fn ssh(&self, opts: SshOptions) -> Result<Context, ConnectError> {
+        self.connector().ssh(opts)
+    }
+
+    /// Runs `sudo` on this context's host (e.g. ssh, then sudo).
+    pub fn sudo(&self, opts: SudoOptions) -> Result<Context, ConnectError> {
+        self.connector().sudo(opts)
+    }
+
+    /// Runs `su` on this context's host.
+    pub fn su(&self, opts: SuOptions) -> Result<Context, ConnectError> {
+        self.connector().su(opts)
+    }
+
+    /// Runs `doas` on this context's host.
+    pub fn doas(&self, opts: DoasOptions) -> Result<Context, ConnectError> {
+        self.connector().doas(opts)
+    }
+
+    fn connector(&self) -> Connector<'_> {
+        Connector { core: &self.core, via: Some(self) }
+    }
+
+    /// Kills the command that carries a context behind a hop (its agent
+    /// goes with it); false for a directly attached context.
+    pub(super) fn kill_transport(&self) -> bool {
+        let Some(&(hop, stream)) = self.shared.transport.get() else { return false };
+        let c = ExecControl { stream, op: ExecOp::Signal(libc::SIGKILL) };
+        if let Ok(data) = postcard::to_allocvec(&c) {
+            let msg = Message::new(hop, MASTER_ID, handles::EXEC_CONTROL, 0, data);
+            let _ = self.core.table.send(&msg, Some(std::time::Instant::now() + Duration::from_secs(1)));
+        }
+        true
+    }
+}
+
+/// What the output pump and the connecting thread share.
+#[derive(Default)]
+struct Watch {
+    /// Set once the context exists: the pump disconnects it when the
+    /// command ends.
+    ctx: Option<Arc<ContextShared>>,
+    /// Why the command ended, once it has.
+    ended: Option<String>,
+    /// The hop's own error for the command (e.g. the program is missing).
+    failure: Option<CallError>,
+}
+
+type Shared = Arc<Mutex<Watch>>;
+
+/// Connects context `id` through `hop`; see the module docs.
+pub(super) fn connect(
+    hop: &Context,
+    id: u32,
+    name: String,
+    cmd: &ChildCommand,
+    timeout: Duration,
+    hooks: &mut dyn Hooks,
+) -> Result<Context, ConnectError> {
+    let io = |source: std::io::Error| ConnectError::Io { context: name.clone(), source };
+    let hop_failed = |reason: String| ConnectError::Hop { context: name.clone(), hop: hop.name().into(), reason };
+    // Ours: what the bootstrap reads and writes; the pumps' ends: the
+    // command's side (the tty end is shared by both pumps).
+    let (rx, rx_pump) = UnixStream::pair().map_err(io)?;
+    let (tx, tx_pump) = UnixStream::pair().map_err(io)?;
+    let (tty, tty_pump) = UnixStream::pair().map_err(io)?;
+    let tty_pump_in = tty_pump.try_clone().map_err(io)?;
+    let mut process = hop.spawn(&exec_args(cmd)).map_err(|e| hop_failed(e.to_string()))?;
+    let stream = process.stream();
+    let Some(input) = process.take_input() else { return Err(hop_failed("no stdin for the command".into())) };
+    let watch: Shared = Arc::default();
+    let (w, table, ctx_name) = (watch.clone(), hop.core.table.clone(), name.clone());
+    std::thread::Builder::new()
+        .name("mito-via-out".into())
+        .spawn(move || pump_out(process, rx_pump, tty_pump, w, table, ctx_name))
+        .map_err(io)?;
+    let (i2, answers_on_tty) = (input.clone(), cmd.tty);
+    std::thread::Builder::new()
+        .name("mito-via-in".into())
+        .spawn(move || pump_in(i2, tx_pump, tty_pump_in, answers_on_tty))
+        .map_err(io)?;
+    let (rx, tx, tty_ours): (OwnedFd, OwnedFd, OwnedFd) = (rx.into(), tx.into(), tty.into());
+    for fd in [&rx, &tx, &tty_ours] {
+        side::set_nonblocking(fd.as_fd(), true).map_err(|e| io(e.into()))?;
+    }
+    let pipes = Pipes { rx: rx.as_fd(), tx: tx.as_fd(), stderr: Some(tty_ours.as_fd()) };
+    let boot = match bootstrap::run(&name, &pipes, timeout, hop.core.table.max_message_size, hooks) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = input.signal(libc::SIGKILL);
+            let failure = watch.lock().unwrap_or_else(PoisonError::into_inner).failure.take();
+            return Err(match failure {
+                Some(CallError::Remote(r)) if r.errno != 0 => ConnectError::Spawn {
+                    context: name.clone(),
+                    program: cmd.program.to_string_lossy().into_owned(),
+                    source: std::io::Error::from_raw_os_error(r.errno),
+                },
+                Some(other) => hop_failed(other.to_string()),
+                None => e,
+            });
+        }
+    };
+    // The agent is up and silent: make the hop route it, and every hop
+    // above the hop route it towards the one below.
+    input.adopt(id).map_err(|e| hop_failed(e.to_string()))?;
+    let path = hop.shared.path();
+    for pair in path.windows(2) {
+        let data = postcard::to_allocvec(&AddRoute { id, via: pair[1].id }).map_err(|e| hop_failed(e.to_string()))?;
+        let msg = Message::new(pair[0].id, MASTER_ID, handles::ADD_ROUTE, 0, data);
+        hop.core.table.send(&msg, None).map_err(|d| hop_failed(d.reason))?;
+    }
+    let Some(out) = hop.core.table.route(hop.shared.stream_id) else {
+        return Err(hop_failed("the hop's stream is gone".into()));
+    };
+    let shared = Arc::new(ContextShared::behind(id, name, hop.shared.clone()));
+    let _ = shared.transport.set((hop.shared.id, stream));
+    hop.core.table.add_route(shared.clone(), out);
+    {
+        let mut w = watch.lock().unwrap_or_else(PoisonError::into_inner);
+        match w.ended.clone() {
+            Some(reason) => hop.core.table.on_disconnect(id, Disconnected { reason }),
+            None => w.ctx = Some(shared.clone()),
+        }
+    }
+    // Frames that came with the hello (none are expected) still count.
+    let mut decoder = boot.decoder;
+    while let Ok(Some(m)) = decoder.next_message() {
+        hop.core.table.deliver(shared.stream_id, m);
+    }
+    let info = ConnectInfo {
+        pid: boot.hello.pid,
+        arch: boot.hello.arch.clone(),
+        agent_hash: boot.hello.agent_hash.clone(),
+        exe: boot.hello.exe.clone(),
+        upload: boot.upload.clone(),
+        agent_bytes_sent: boot.agent_bytes_sent,
+        bootstrap_time: boot.elapsed,
+        transport_pid: None,
+    };
+    log::debug!("[{}] connected through {} in {:?}: agent pid {}", shared.name, hop.name(), boot.elapsed, info.pid);
+    Ok(Context::new(hop.core.clone(), shared, info))
+}
+
+/// The hop's command for `cmd`. Variables to remove go through `env -u`
+/// (the exec call can only set, or clear everything).
+fn exec_args(cmd: &ChildCommand) -> ExecArgs {
+    use std::os::unix::ffi::OsStrExt;
+    let b = |s: &std::ffi::OsStr| ByteBuf::from(s.as_bytes());
+    let mut argv = Vec::new();
+    if !cmd.env_remove.is_empty() {
+        argv.push(ByteBuf::from(&b"env"[..]));
+        for k in &cmd.env_remove {
+            argv.push(ByteBuf::from(&b"-u"[..]));
+            argv.push(b(k));
+        }
+    }
+    argv.push(b(&cmd.program));
+    argv.extend(cmd.args.iter().map(|a| b(a)));
+    ExecArgs {
+        argv,
+        env: cmd.env.iter().map(|(k, v)| (b(k), b(v))).collect(),
+        stdio: Stdio::Capture,
+        tty: cmd.tty,
+        ..ExecArgs::default()
+    }
+}
+
+/// Writes all of `data` to a socket whose reader may be gone (no SIGPIPE).
+fn send_all(s: &UnixStream, mut data: &[u8]) -> bool {
+    use nix::sys::socket::{send, MsgFlags};
+    while !data.is_empty() {
+        match send(std::os::fd::AsRawFd::as_raw_fd(s), data, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => data = &data[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// The command's output into the bootstrap's sockets; after the hello its
+/// stderr/tty lines into the log, and its end into a disconnect.
+fn pump_out(mut p: Process, rx: UnixStream, tty: UnixStream, watch: Shared, table: Arc<RouterTable>, name: String) {
+    let (mut rx, mut tty) = (Some(rx), Some(tty));
+    let mut partial = Vec::new();
+    let ended = loop {
+        match p.next(None) {
+            Ok(ProcessEvent::Output { fd, data }) => {
+                let sink = if fd == 1 { &mut rx } else { &mut tty };
+                if let Some(s) = sink {
+                    if send_all(s, &data) {
+                        continue;
+                    }
+                    // The bootstrap is over: its end is closed.
+                    *sink = None;
+                }
+                if fd != 1 {
+                    partial.extend_from_slice(&data);
+                    while let Some(i) = partial.iter().position(|&c| c == b'\n') {
+                        let line: Vec<u8> = partial.drain(..=i).collect();
+                        let text = String::from_utf8_lossy(&line[..i]);
+                        log::warn!(target: "mito::remote", "[{name}] {}", text.trim_end());
+                    }
+                }
+            }
+            Ok(ProcessEvent::Exit(r)) => {
+                break match (r.code, r.signal) {
+                    (_, Some(sig)) => format!("its transport command ended (signal {sig})"),
+                    (Some(code), _) => format!("its transport command ended (status {code})"),
+                    _ => "its transport command ended".to_string(),
+                };
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                watch.lock().unwrap_or_else(PoisonError::into_inner).failure = Some(e);
+                break reason;
+            }
+        }
+    };
+    // End of file for a bootstrap still waiting.
+    drop((rx, tty));
+    let ctx = {
+        let mut w = watch.lock().unwrap_or_else(PoisonError::into_inner);
+        w.ended = Some(ended.clone());
+        w.ctx.take()
+    };
+    if let Some(c) = ctx {
+        table.on_disconnect(c.id, Disconnected { reason: ended });
+    }
+}
+
+/// What the bootstrap writes: its stdin socket to the command's stdin, its
+/// tty socket to the tty (an answer typed once echo is off) or, without a
+/// tty, to stdin too. Ends when the bootstrap closes both.
+fn pump_in(input: ProcessInput, mut tx: UnixStream, mut tty: UnixStream, answers_on_tty: bool) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let (mut tx_open, mut tty_open) = (true, true);
+    let mut buf = vec![0u8; 128 << 10];
+    while tx_open || tty_open {
+        let mut fds = Vec::new();
+        if tx_open {
+            fds.push(PollFd::new(&tx, PollFlags::IN));
+        }
+        if tty_open {
+            fds.push(PollFd::new(&tty, PollFlags::IN));
+        }
+        if poll(&mut fds, None).is_err() {
+            return;
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        drop(fds);
+        let mut k = 0;
+        if tx_open {
+            if ready[k] {
+                match tx.read(&mut buf) {
+                    Ok(0) | Err(_) => tx_open = false,
+                    Ok(n) => {
+                        if input.write(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            k += 1;
+        }
+        if tty_open && ready[k] {
+            match tty.read(&mut buf) {
+                Ok(0) | Err(_) => tty_open = false,
+                Ok(n) => {
+                    let r = if answers_on_tty { input.answer(&buf[..n]) } else { input.write(&buf[..n]) };
+                    if r.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
