@@ -59,6 +59,7 @@ pub use connect::{
 pub use master::{
     context::{ConnectInfo, Context, Pending},
     error::CallError,
+    fanout::put_many,
     process::{Process, ProcessEvent, ProcessInput},
     transfer::{Progress, TransferError, TransferStats},
     tree::{Plan, TreeStats},

@@ -9,22 +9,18 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{alive, is_root, parent_of, skip_loudly, wait_gone, TempDir};
+use common::{alive, parent_of, skip_loudly, wait_gone, TempDir};
 use mito::{BecomeFailure, ConnectError, Router, SuOptions, SudoOptions};
 
 const PASSWORD: &str = common::sshd::PASSWORD;
 
 /// Creates the users and policies once; None (with a loud skip) if not root.
 fn setup(test: &str) -> Option<&'static Path> {
-    if !is_root() {
-        skip_loudly(test, "switching users with real sudo/su/doas needs root to create the test users");
+    if !common::become_users(test) {
         return None;
     }
     static BIN: OnceLock<(TempDir, PathBuf)> = OnceLock::new();
     let (_, bin) = BIN.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-become");
-        let st = Command::new(script).env("MITO_TEST_PASSWORD", PASSWORD).status();
-        assert!(st.is_ok_and(|s| s.success()), "scripts/test-become failed");
         let dir = TempDir::new("become-bin");
         let bin = dir.path().join("mito");
         std::fs::copy(env!("CARGO_BIN_EXE_mito"), &bin).expect("copy mito");

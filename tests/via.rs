@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::{alive, local_in, TempDir};
-use mito::Router;
+use mito::{BecomeFailure, CallError, ConnectError, Router, SuOptions, SudoOptions};
+
+const PASSWORD: &str = common::sshd::PASSWORD;
 
 #[test]
 fn local_through_local_routes_calls_and_commands() {
@@ -41,4 +43,175 @@ fn local_through_local_routes_calls_and_commands() {
     drop(router);
     assert!(common::wait_gone(ci.pid, Duration::from_secs(5)).is_some(), "child agent gone with the router");
     assert!(!alive(hi.pid) || common::wait_gone(hi.pid, Duration::from_secs(5)).is_some());
+}
+
+#[test]
+fn one_file_to_many_contexts_behind_a_hop_crosses_the_hop_once() {
+    let dir = TempDir::new("via-relay");
+    let router = Router::new().expect("router");
+    let hop = router.local(local_in(&dir.path().join("cache"))).expect("hop");
+    let children: Vec<mito::Context> =
+        (0..4).map(|_| hop.local(local_in(&dir.path().join("cache"))).expect("child")).collect();
+    let src = dir.path().join("src.bin");
+    let size = 24usize << 20;
+    let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&src, &data).expect("write src");
+    // The counter counts: one plain put carries the whole file over the link.
+    let before = hop.bytes_sent();
+    children[0].put(&src, dir.path().join("single.bin")).expect("put");
+    assert!(hop.bytes_sent() - before >= size as u64);
+    let before = hop.bytes_sent();
+    let ticks = std::sync::atomic::AtomicU64::new(0);
+    let results = mito::put_many(&children, &src, dir.path().join("same-name.bin"), &|n| {
+        ticks.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    });
+    let crossed = hop.bytes_sent() - before;
+    for r in &results {
+        let s = r.as_ref().expect("every target got the file");
+        assert_eq!(s.bytes, size as u64);
+    }
+    assert_eq!(ticks.into_inner(), size as u64, "progress counts each chunk once");
+    assert!(
+        crossed < size as u64 * 11 / 10,
+        "{crossed} bytes crossed the hop's link for 4 × {size} bytes delivered: relayed once"
+    );
+    assert_eq!(std::fs::read(dir.path().join("same-name.bin")).expect("read"), data);
+    // Each child hashed and committed on its own: the 4 commits raced for
+    // one name and every one of them verified the same bytes.
+    for c in &children {
+        let sum = c.sha256(dir.path().join("same-name.bin")).expect("sha256");
+        assert_eq!(sum, results[0].as_ref().map(|s| s.sha256).unwrap_or_default());
+    }
+}
+
+/// Waits for `p` and returns how long that took.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t0 = std::time::Instant::now();
+    let r = f();
+    (r, t0.elapsed())
+}
+
+#[test]
+fn three_levels_deep_and_a_lost_hop_fails_what_is_behind_it_at_once() {
+    let dir = TempDir::new("via-deep");
+    let cache = dir.path().join("cache");
+    let router = Router::new().expect("router");
+    let a = router.local(local_in(&cache)).expect("a");
+    let b = a.local(local_in(&cache)).expect("b through a");
+    let c = b.local(local_in(&cache)).expect("c through b (a routes it with ADD_ROUTE)");
+    let d = b.local(local_in(&cache)).expect("d, c's sibling");
+    assert_eq!(c.exec(&["echo", "deep"]).expect("exec at depth 3").stdout, b"deep\n");
+    let (bi, ci) = (b.info().expect("b").pid, c.info().expect("c").pid);
+    d.ping().expect("d");
+
+    // The deepest agent dies: its pending call fails at once (the hop
+    // reports the lost route), its sibling and the hops carry on.
+    let pending = common::pending_sleep(&c);
+    common::kill9(ci);
+    let (r, took) = timed(|| pending.wait());
+    match r {
+        Err(CallError::Disconnected { context, reason, .. }) => {
+            assert_eq!(context, c.name());
+            assert!(!reason.is_empty());
+        }
+        other => panic!("expected a disconnect, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(5), "failed after {took:?}, not at once");
+    assert!(matches!(c.ping(), Err(CallError::Disconnected { .. })));
+    d.ping().expect("the sibling still answers");
+    b.ping().expect("the hop still answers");
+
+    // The middle hop dies: everything behind it is gone, the top stays.
+    let pending = common::pending_sleep(&d);
+    let di = d.info().map(|i| i.pid);
+    common::kill9(bi);
+    let (r, took) = timed(|| pending.wait());
+    assert!(matches!(r, Err(CallError::Disconnected { .. })), "{r:?}");
+    assert!(took < Duration::from_secs(5), "failed after {took:?}");
+    if let Ok(pid) = di {
+        assert!(common::wait_gone(pid, Duration::from_secs(5)).is_some(), "d's agent exits with its hop");
+    }
+    a.ping().expect("the top still answers");
+    let again = a.local(local_in(&cache)).expect("a can connect onward again");
+    again.ping().expect("ping");
+}
+
+#[test]
+fn sudo_and_su_through_a_hop_answer_their_prompts() {
+    if !common::become_users("sudo_and_su_through_a_hop_answer_their_prompts") {
+        return;
+    }
+    let router = Router::new().expect("router");
+    // root → mito-sudoer (no prompt), then from there sudo to root, which asks.
+    let hop = router.sudo(SudoOptions::new("mito-sudoer")).expect("sudo -u mito-sudoer");
+    let mut o = SudoOptions::new("root");
+    o.password = Some(PASSWORD.into());
+    let root = hop.sudo(o).expect("sudo to root through the hop, password typed there");
+    let i = root.info().expect("info");
+    assert_eq!((i.user.as_str(), i.euid), ("root", 0));
+    assert!(root.name().contains("sudo:mito-sudoer") && root.name().ends_with("sudo:root"), "{}", root.name());
+
+    let mut o = SudoOptions::new("root");
+    o.password = Some("wrong".into());
+    o.connect_timeout = Duration::from_secs(20);
+    match hop.sudo(o) {
+        Err(ConnectError::Become { failure: BecomeFailure::WrongPassword, context, output, .. }) => {
+            assert!(context.starts_with("sudo:mito-sudoer,"), "names the hop: {context}");
+            assert!(!output.contains("wrong"), "the password is not echoed: {output}");
+        }
+        other => panic!("expected WrongPassword, got {other:?}"),
+    }
+    let mut o = SudoOptions::new("root");
+    o.sudo_path = Some("/nonexistent/sudo".into());
+    assert!(matches!(hop.sudo(o), Err(ConnectError::Become { failure: BecomeFailure::ToolMissing, .. })));
+
+    // su reads the password on stdin (PAM's conversation): through the hop too.
+    let mut o = SuOptions::new("mito-user");
+    o.password = Some(PASSWORD.into());
+    let user = hop.su(o).expect("su to mito-user through the hop");
+    assert_eq!(user.info().expect("info").user, "mito-user");
+    hop.ping().expect("the hop still answers after the failures");
+
+    // A relayed put: root's copy lands, mito-user's is refused (typed, its own).
+    let dir = TempDir::new("via-relay-perm");
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let src = dir.path().join("src");
+    std::fs::write(&src, vec![5u8; 3 << 20]).expect("write");
+    let dst = dir.path().join("dst");
+    let r = mito::put_many(&[root.clone(), user.clone()], &src, &dst, &|_| {});
+    assert!(r[0].is_ok(), "{:?}", r[0]);
+    match &r[1] {
+        Err(e) => {
+            assert!(e.to_string().contains("mito-user") || e.to_string().contains(&user.name().to_string()), "{e}")
+        }
+        Ok(_) => panic!("mito-user cannot write into a root 0755 directory"),
+    }
+    assert_eq!(std::fs::read(&dst).expect("root's copy").len(), 3 << 20);
+}
+
+#[test]
+fn ssh_then_sudo() {
+    let Some(sshd) = common::sshd::Sshd::start("ssh_then_sudo") else { return };
+    if !common::become_users("ssh_then_sudo") {
+        return;
+    }
+    let router = Router::new().expect("router");
+    let ssh = router.ssh(sshd.opts("mito-sudoer")).expect("ssh as mito-sudoer");
+    let mut o = SudoOptions::new("root");
+    o.password = Some(PASSWORD.into());
+    let root = ssh.sudo(o).expect("ssh → sudo");
+    let r = root.exec(&["id", "-u"]).expect("exec");
+    assert_eq!(r.stdout, b"0\n");
+    assert!(root.name().starts_with(ssh.name()), "{}", root.name());
+    // Bulk data both ways through the chain.
+    let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 253) as u8).collect();
+    root.write_file("/root/mito-via-payload", &data, Some(0o600)).expect("write");
+    assert_eq!(root.read_file("/root/mito-via-payload").expect("read"), data);
+    root.remove("/root/mito-via-payload").expect("rm");
+    let pid = root.info().expect("info").pid;
+    drop(router);
+    assert!(
+        common::wait_gone(pid, Duration::from_secs(5)).is_some(),
+        "the agent behind ssh → sudo exits with the master"
+    );
 }

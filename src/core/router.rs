@@ -145,6 +145,8 @@ pub struct StreamOut {
     /// Broker token of the tx fd.
     pub token: u64,
     watch: WatchFn,
+    /// Bytes accepted for sending (headers included), for measurements.
+    sent: AtomicU64,
 }
 
 impl std::fmt::Debug for StreamOut {
@@ -172,6 +174,7 @@ impl StreamOut {
             drained: Condvar::new(),
             token,
             watch,
+            sent: AtomicU64::new(0),
         }
     }
 
@@ -196,6 +199,7 @@ impl StreamOut {
         let Some(fd) = &st.fd else { return Err(SendError::Closed) };
         let mut h = *header;
         h.len = payload.len() as u32;
+        self.sent.fetch_add((crate::proto::HEADER_LEN + payload.len()) as u64, Ordering::Relaxed);
         if st.buf.is_empty() {
             let hb = h.encode();
             let total = hb.len() + payload.len();
@@ -230,6 +234,11 @@ impl StreamOut {
             }
         }
         Ok(())
+    }
+
+    /// Bytes accepted for sending so far, headers included.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Broker side: the fd is writable; returns true when the queue is empty.

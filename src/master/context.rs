@@ -249,6 +249,13 @@ impl Context {
         Context { timeout, ..self.clone() }
     }
 
+    /// Bytes the master has sent on the stream that carries this context:
+    /// its own, or (behind a hop) the first hop's, shared by every context
+    /// behind it. For measuring what crossed the first link.
+    pub fn bytes_sent(&self) -> u64 {
+        self.core.table.route(self.shared.stream_id).map_or(0, |o| o.bytes_sent())
+    }
+
     /// Why the context is gone, if it is.
     pub fn disconnect_reason(&self) -> Option<String> {
         self.shared.disconnected().map(|d| d.reason)
@@ -298,6 +305,24 @@ impl Context {
             sent: Instant::now(),
             _reply: PhantomData,
         })
+    }
+
+    /// A mailbox for a reply to `F` that travels some other way than
+    /// [`Context::call_async`] sends it (a relayed call): its handle, for
+    /// `reply_to`, and the reply to wait for.
+    pub(super) fn expect_reply<F: Function>(&self) -> (u32, Pending<F::Reply>) {
+        let (handle, latch) = self.core.table.open_mailbox(self.shared.id, true);
+        let p = Pending {
+            core: self.core.clone(),
+            shared: self.shared.clone(),
+            function: F::NAME,
+            handle,
+            latch,
+            timeout: self.timeout,
+            sent: Instant::now(),
+            _reply: PhantomData,
+        };
+        (handle, p)
     }
 
     /// Calls `F` and waits for its reply.

@@ -11,6 +11,8 @@
 //!   both ways (stdin, output with credit, signals, pty, timeout).
 //! - `via` connects onward from a context (multi-hop: `ctx.sudo(…)` runs
 //!   sudo on ctx's host, bootstrapped through it, then routed by it).
+//! - [`fanout`] puts one file to many contexts, each link crossed once
+//!   (RELAY through shared hops).
 //! - [`transfer`] holds streamed `get`/`put` of files, [`tree`] of
 //!   directory trees (`-r`); [`fs`] the typed
 //!   file system helpers (list, mkdir -p, chmod/chown, links, rm -rf, du).
@@ -21,6 +23,7 @@
 pub mod context;
 pub mod embedded;
 pub mod error;
+pub mod fanout;
 pub mod fs;
 pub mod process;
 pub mod transfer;

@@ -156,3 +156,19 @@ pub fn local_in(cache: &Path) -> mito::LocalOptions {
         ..Default::default()
     }
 }
+
+/// Creates the sudo/su/doas test users and policies once per test binary
+/// (scripts/test-become); false (with a loud skip) when not root.
+pub fn become_users(test: &str) -> bool {
+    if !is_root() {
+        skip_loudly(test, "switching users with real sudo/su/doas needs root to create the test users");
+        return false;
+    }
+    static USERS: Once = Once::new();
+    USERS.call_once(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-become");
+        let st = std::process::Command::new(script).env("MITO_TEST_PASSWORD", sshd::PASSWORD).status();
+        assert!(st.is_ok_and(|s| s.success()), "scripts/test-become failed");
+    });
+    true
+}

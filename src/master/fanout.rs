@@ -1,0 +1,237 @@
+//! Fan-out: one local file put to many contexts at once, crossing each
+//! link once ([`put_many`]).
+//!
+//! Contexts that share a first hop get every chunk as one RELAY message to
+//! that hop, which copies it towards each target (and, where several lie
+//! behind one of its children, sends that child one smaller relay). The
+//! chunk is a `file_write` call whose bytes are the same for every target:
+//! each transfer is opened with the same caller-chosen id. Each target
+//! hashes and commits on its own, so a checksum still covers every copy end
+//! to end. Flow control is the single-target window, counted per chunk:
+//! a chunk leaves the window when every target has acknowledged it.
+//!
+//! A target that fails (disk full, permission, lost) is dropped from later
+//! chunks and gets its own error; the others carry on.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use serde_bytes::ByteBuf;
+
+use super::context::{Context, Pending};
+use super::error::CallError;
+use super::transfer::{local, Progress, TransferError, TransferStats, CHUNK, WINDOW};
+use crate::core::sha256::Sha256;
+use crate::proto::functions::{self as f, Commit, FileCloseArgs, FileWriteArgs, Function, OpenWriteArgs};
+use crate::proto::message::{encode_call, Relay};
+use crate::proto::{handles, Message, MASTER_ID};
+
+/// One chunk in flight: each target's acknowledgement to come, and its size.
+type InFlight = (Vec<(usize, Pending<()>)>, u64);
+
+/// Caller-chosen transfer ids (top bit set, so never one an agent picks).
+fn transfer_id() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    0x8000_0000 | (NEXT.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff)
+}
+
+/// Copies the local file `src` to `remote` in every context of `targets`,
+/// keeping mode and mtime (and owner where the receiver is root), with one
+/// result per target in the same order. See the module docs for how the
+/// bytes travel. `progress` counts each chunk once (when all targets have it).
+pub fn put_many(
+    targets: &[Context],
+    src: impl AsRef<Path>,
+    remote: impl AsRef<Path>,
+    progress: Progress<'_>,
+) -> Vec<Result<TransferStats, TransferError>> {
+    let (src, remote) = (src.as_ref(), remote.as_ref());
+    let t0 = Instant::now();
+    let (mut input, meta) = match fs::File::open(src).and_then(|f| f.metadata().map(|m| (f, m))) {
+        Ok(x) => x,
+        Err(e) => return targets.iter().map(|_| Err(local(src)(std::io::Error::from(e.kind())))).collect(),
+    };
+    let id = transfer_id();
+    let path = ByteBuf::from(remote.as_os_str().as_bytes());
+    let opens: Vec<_> =
+        targets.iter().map(|c| c.call_async::<f::FileOpenWrite>(&OpenWriteArgs { path: path.clone(), id })).collect();
+    // Per target: None while it is still in, Some(error) once it failed.
+    let mut failed: Vec<Option<TransferError>> =
+        opens.into_iter().map(|p| p.and_then(Pending::wait).err().map(TransferError::from)).collect();
+    let mut hash = Sha256::new();
+    let mut bytes = 0u64;
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut local_error = None;
+    loop {
+        let n = match read_chunk(&mut input, &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                local_error = Some(e);
+                break;
+            }
+        };
+        if n == 0 || failed.iter().all(Option::is_some) {
+            break;
+        }
+        hash.update(&buf[..n]);
+        bytes += n as u64;
+        let payload = match encode_call(f::FileWrite::NAME, &FileWriteArgs { id, data: ByteBuf::from(&buf[..n]) }) {
+            Ok(p) => p,
+            Err(e) => {
+                local_error = Some(std::io::Error::other(e.to_string()));
+                break;
+            }
+        };
+        let live: Vec<usize> = (0..targets.len()).filter(|&i| failed[i].is_none()).collect();
+        let sent = send_chunk(targets, &live, &payload, &mut failed);
+        inflight.push_back((sent, n as u64));
+        if inflight.len() >= WINDOW {
+            settle(inflight.pop_front(), &mut failed, progress);
+        }
+    }
+    while let Some(w) = inflight.pop_front() {
+        settle(Some(w), &mut failed, progress);
+    }
+    let digest = hash.finish();
+    let changed = local_error.is_none() && bytes != meta.len();
+    let commit = Commit {
+        sha256: ByteBuf::from(&digest[..]),
+        mode: Some(meta.mode() & 0o7777),
+        mtime: Some((meta.mtime(), meta.mtime_nsec() as u32)),
+        owner: Some((meta.uid(), meta.gid())),
+    };
+    let ok = local_error.is_none() && !changed;
+    // Commit (or, after a local failure, discard) everywhere at once.
+    let closes: Vec<Result<Pending<f::FileClosed>, CallError>> = (0..targets.len())
+        .map(|i| {
+            let c = if ok && failed[i].is_none() { Some(commit.clone()) } else { None };
+            targets[i].call_async::<f::FileClose>(&FileCloseArgs { id, commit: c })
+        })
+        .collect();
+    closes
+        .into_iter()
+        .enumerate()
+        .map(|(i, close)| {
+            let closed = close.and_then(Pending::wait);
+            if let Some(e) = failed[i].take() {
+                return Err(e);
+            }
+            if let Some(e) = &local_error {
+                return Err(local(src)(std::io::Error::new(e.kind(), e.to_string())));
+            }
+            if changed {
+                let ctx = targets[i].name().into();
+                return Err(TransferError::SourceChanged {
+                    context: ctx,
+                    path: src.into(),
+                    expected: meta.len(),
+                    read: bytes,
+                });
+            }
+            match closed {
+                Ok(c) if c.size == bytes => Ok(TransferStats { bytes, sha256: digest, elapsed: t0.elapsed() }),
+                Ok(_) => Err(TransferError::Checksum { context: targets[i].name().into(), path: remote.into() }),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .collect()
+}
+
+fn read_chunk(input: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Sends one chunk call (`payload`) to the `live` targets: one relay per
+/// first hop shared by several, a plain call where a target is alone.
+fn send_chunk(
+    targets: &[Context],
+    live: &[usize],
+    payload: &[u8],
+    failed: &mut [Option<TransferError>],
+) -> Vec<(usize, Pending<()>)> {
+    let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
+    for &i in live {
+        let first = targets[i].shared.stream_id;
+        match groups.iter_mut().find(|(s, _)| *s == first) {
+            Some((_, g)) => g.push(i),
+            None => groups.push((first, vec![i])),
+        }
+    }
+    let mut sent = Vec::new();
+    for (first, group) in groups {
+        let mut replies: Vec<(usize, u32, Pending<()>)> = group
+            .iter()
+            .map(|&i| {
+                let (handle, p) = targets[i].expect_reply::<f::FileWrite>();
+                (i, handle, p)
+            })
+            .collect();
+        let result = if let [(i, handle, _)] = replies[..] {
+            let msg = call_message(targets[i].shared.id, handles::CALL_FUNCTION, handle, payload.to_vec());
+            targets[i].core.table.send(&msg, None)
+        } else {
+            let relay = Relay {
+                targets: replies.iter().map(|(i, h, _)| (targets[*i].shared.id, *h)).collect(),
+                handle: handles::CALL_FUNCTION,
+                flags: 0,
+                data: payload,
+            };
+            match postcard::to_allocvec(&relay) {
+                Ok(data) => targets[group[0]].core.table.send(&call_message(first, handles::RELAY, 0, data), None),
+                Err(e) => Err(crate::core::router::Disconnected { reason: e.to_string() }),
+            }
+        };
+        match result {
+            Ok(()) => sent.extend(replies.drain(..).map(|(i, _, p)| (i, p))),
+            Err(d) => {
+                for (i, handle, _) in replies {
+                    targets[i].core.table.close_mailbox(handle);
+                    let e = CallError::Disconnected {
+                        context: targets[i].name().into(),
+                        function: f::FileWrite::NAME.into(),
+                        reason: d.reason.clone(),
+                    };
+                    failed[i] = Some(e.into());
+                }
+            }
+        }
+    }
+    sent
+}
+
+fn call_message(dst: u32, handle: u32, reply_to: u32, data: Vec<u8>) -> Message {
+    Message::new(dst, MASTER_ID, handle, reply_to, data)
+}
+
+/// Waits for every target's acknowledgement of one chunk.
+fn settle(
+    chunk: Option<InFlight>,
+    failed: &mut [Option<TransferError>],
+    progress: Progress<'_>,
+) {
+    let Some((replies, n)) = chunk else { return };
+    for (i, p) in replies {
+        if let Err(e) = p.wait() {
+            if failed[i].is_none() {
+                failed[i] = Some(e.into());
+            }
+        }
+    }
+    progress(n);
+}
