@@ -215,3 +215,39 @@ fn ssh_then_sudo() {
         "the agent behind ssh → sudo exits with the master"
     );
 }
+
+#[test]
+fn cli_chains_run_and_put_to_many() {
+    use std::process::Command;
+    let dir = TempDir::new("via-cli");
+    let mito = env!("CARGO_BIN_EXE_mito");
+    let o = Command::new(mito)
+        .args(["run", "-n", "local,local", "--", "sh", "-c", "echo via; exit 7"])
+        .output()
+        .expect("mito run");
+    assert_eq!(o.status.code(), Some(7), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.stdout, b"via\n");
+
+    let src = dir.path().join("src");
+    std::fs::write(&src, vec![9u8; 2 << 20]).expect("write");
+    let dst = format!("{}/dst", dir.path().display());
+    let o = Command::new(mito)
+        .arg("put")
+        .arg(&src)
+        .arg(format!("local,local:{dst}"))
+        .arg(format!("local,local,local:{dst}"))
+        .output()
+        .expect("mito put");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches("sha256 verified").count(), 2, "a line per target: {err}");
+    assert_eq!(std::fs::read(&dst).expect("dst").len(), 2 << 20);
+
+    let o = Command::new(mito).args(["run", "local,nosuch:x", "--", "true"]).output().expect("mito run");
+    assert_eq!(o.status.code(), Some(255));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown target \"nosuch:x\""),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -6,11 +6,11 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use mito::functions::ExecArgs;
-use mito::{Context, DoasOptions, HostKeyPolicy, LocalOptions, Router, SshOptions, SuOptions, SudoOptions};
+use mito::{Context, Router};
 use serde_bytes::ByteBuf;
 
 #[derive(Parser, Debug)]
@@ -80,7 +80,7 @@ enum HostKeys {
 enum Command {
     /// Run a command in a context, streaming its output; exits with its code.
     Run {
-        /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`.
+        /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, or hops joined by commas (`ssh://web1,sudo:root`).
         target: String,
         /// Do not forward this process's stdin to the command (as `ssh -n`).
         #[arg(short = 'n', long)]
@@ -104,21 +104,24 @@ enum Command {
     },
     /// Connect and measure round trips.
     Ping {
-        /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`.
+        /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, or hops joined by commas (`ssh://web1,sudo:root`).
         target: String,
         /// Number of round trips.
         #[arg(short, long, default_value_t = 1)]
         count: u32,
     },
-    /// Copy a local file (or with -r a tree) to a context: `mito put SRC TARGET:/PATH`.
+    /// Copy a local file (or with -r a tree) to contexts: `mito put SRC TARGET:/PATH...`.
+    /// One file to several targets with the same path is sent once per
+    /// link: targets behind a shared hop get it relayed by that hop.
     Put {
         /// Copy directories recursively (DEST becomes the copy of SRC, as `cp -rT`).
         #[arg(short = 'r', long)]
         recursive: bool,
         /// Local file or directory.
         src: std::path::PathBuf,
-        /// `TARGET:/absolute/path`, e.g. `ssh://web1:/etc/motd`, `sudo:root:/etc/x`.
-        dest: String,
+        /// `TARGET:/absolute/path`, e.g. `ssh://web1:/etc/motd`, `ssh://web1,sudo:root:/etc/x`.
+        #[arg(required = true, num_args = 1..)]
+        dest: Vec<String>,
     },
     /// Copy a file (or with -r a tree) from a context: `mito get TARGET:/PATH DST`.
     Get {
@@ -140,7 +143,7 @@ enum Command {
     },
     /// Who and where the agent is.
     Info {
-        /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`.
+        /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, or hops joined by commas (`ssh://web1,sudo:root`).
         target: String,
         /// Machine-readable output.
         #[arg(long)]
@@ -163,103 +166,6 @@ fn init_logging(verbose: u8) {
             }
         })
         .init();
-}
-
-/// Reads a password from an env var, a file or the terminal; never argv.
-fn read_secret(
-    env: &Option<String>,
-    file: &Option<std::path::PathBuf>,
-    ask: bool,
-    what: &str,
-) -> Result<Option<String>, String> {
-    if let Some(var) = env {
-        return std::env::var(var).map(Some).map_err(|_| format!("{what}: ${var} is not set"));
-    }
-    if let Some(f) = file {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("{what} file {}: {e}", f.display()))?;
-        return Ok(Some(text.lines().next().unwrap_or("").to_string()));
-    }
-    if ask {
-        return read_tty_password(&format!("{what}: ")).map(Some);
-    }
-    Ok(None)
-}
-
-/// Prompts on /dev/tty with echo off.
-fn read_tty_password(prompt: &str) -> Result<String, String> {
-    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
-    let mut tty =
-        std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").map_err(|e| format!("/dev/tty: {e}"))?;
-    let saved = tcgetattr(&tty).map_err(|e| format!("/dev/tty: {e}"))?;
-    let mut quiet = saved.clone();
-    quiet.local_modes.remove(LocalModes::ECHO);
-    let _ = write!(tty, "{prompt}");
-    let _ = tty.flush();
-    tcsetattr(&tty, OptionalActions::Flush, &quiet).map_err(|e| format!("/dev/tty: {e}"))?;
-    let mut line = String::new();
-    let r = std::io::BufRead::read_line(&mut std::io::BufReader::new(&tty), &mut line);
-    let _ = tcsetattr(&tty, OptionalActions::Flush, &saved);
-    let _ = writeln!(tty);
-    r.map_err(|e| format!("/dev/tty: {e}"))?;
-    Ok(line.trim_end_matches(['\n', '\r']).to_string())
-}
-
-fn connect(router: &Router, target: &str, cli: &Cli) -> Result<Context, String> {
-    let timeout = Duration::from_secs_f64(cli.connect_timeout.max(0.001));
-    if target.starts_with("ssh://") {
-        let mut o = SshOptions::from_url(target)?;
-        o.connect_timeout = timeout;
-        o.identity_file = cli.identity.clone();
-        o.ssh_config = cli.ssh_config.clone();
-        o.options = cli.ssh_options.clone();
-        o.password = read_secret(&cli.password_env, &cli.password_file, cli.ask_password, "ssh password")?;
-        o.check_host_keys = match cli.check_host_keys {
-            HostKeys::Enforce => HostKeyPolicy::Enforce,
-            HostKeys::AcceptNew => HostKeyPolicy::AcceptNew,
-            HostKeys::Ignore => HostKeyPolicy::Ignore,
-        };
-        return router.ssh(o).map_err(|e| e.to_string());
-    }
-    let (method, arg) = target.split_once(':').map_or((target, None), |(m, n)| (m, Some(n.to_string())));
-    let become_pass =
-        || read_secret(&cli.become_pass_env, &cli.become_pass_file, cli.ask_become_pass, "become password");
-    let user = || arg.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into());
-    match method {
-        "sudo" => {
-            let mut o = SudoOptions::new(user());
-            o.password = become_pass()?;
-            o.preserve_env = cli.preserve_env;
-            o.login = cli.login;
-            o.connect_timeout = timeout;
-            router.sudo(o).map_err(|e| e.to_string())
-        }
-        "su" => {
-            let mut o = SuOptions::new(user());
-            o.password = become_pass()?;
-            o.login = cli.login;
-            o.connect_timeout = timeout;
-            router.su(o).map_err(|e| e.to_string())
-        }
-        "doas" => {
-            let mut o = DoasOptions::new(user());
-            o.password = become_pass()?;
-            o.connect_timeout = timeout;
-            router.doas(o).map_err(|e| e.to_string())
-        }
-        "local" => router
-            .local(LocalOptions { name: arg.or_else(|| Some("local".into())), connect_timeout: timeout, ..LocalOptions::default() })
-            .map_err(|e| e.to_string()),
-        _ => Err(format!(
-            "unknown target {target:?}: supported today: local, ssh://[user@]host[:port], sudo:USER, su:USER, doas:USER (containers are on the way)"
-        )),
-    }
-}
-
-/// Splits `TARGET:/PATH` at the last `:/` (targets may contain colons).
-fn split_remote(spec: &str) -> Result<(&str, &str), String> {
-    spec.rfind(":/")
-        .map(|i| (&spec[..i], &spec[i + 1..]))
-        .ok_or_else(|| format!("{spec:?}: expected TARGET:/absolute/path (e.g. local:/tmp/x, ssh://host:/etc/motd)"))
 }
 
 /// Facts as JSON for people and scripts: addresses and MACs as text.
@@ -306,6 +212,8 @@ fn facts_json(ctx: &Context, f: &mito::functions::FactsReply) -> serde_json::Val
 mod copy;
 #[path = "mito/run.rs"]
 mod run;
+#[path = "mito/target.rs"]
+mod target;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -323,9 +231,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     // Before any thread exists (the broker's included), so all inherit the mask.
     let signals = matches!(cli.command, Command::Run { .. }).then(run::Signals::start);
     let router = Router::new().map_err(|e| format!("cannot start the broker: {e}"))?;
+    let mut targets = target::Targets::new(&router, &cli);
+    let code = command(&cli, &mut targets, signals);
+    targets.shutdown();
+    code
+}
+
+fn command(cli: &Cli, targets: &mut target::Targets<'_>, signals: Option<run::Signals>) -> Result<ExitCode, String> {
     match &cli.command {
         Command::Run { target, no_stdin, tty, timeout, env, cwd, argv } => {
-            let ctx = connect(&router, target, &cli)?;
+            let ctx = targets.connect(target)?;
             let mut vars = Vec::new();
             for e in env {
                 let (k, v) = e.split_once('=').ok_or_else(|| format!("--env {e}: expected VAR=VALUE"))?;
@@ -340,12 +255,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 ..ExecArgs::default()
             };
             let code = run::run(&ctx, &args, !*no_stdin, signals)?;
-            let _ = ctx.shutdown();
             Ok(code)
         }
         Command::Ping { target, count } => {
             let t0 = Instant::now();
-            let ctx = connect(&router, target, &cli)?;
+            let ctx = targets.connect(target)?;
             let connected = t0.elapsed();
             ctx.ping().map_err(|e| e.to_string())?;
             let first = t0.elapsed();
@@ -372,25 +286,36 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     rtts[0].as_secs_f64() * 1e6
                 );
             }
-            let _ = ctx.shutdown();
             Ok(ExitCode::SUCCESS)
         }
         Command::Put { recursive, src, dest } => {
-            let (target, path) = split_remote(dest)?;
-            let ctx = connect(&router, target, &cli)?;
-            copy::copy(&ctx, copy::Direction::Put, src, path, *recursive)?;
-            let _ = ctx.shutdown();
+            let mut to = Vec::new();
+            for d in dest {
+                let (target, path) = target::split_remote(d)?;
+                to.push((targets.connect(target)?, path));
+            }
+            match &to[..] {
+                [(ctx, path)] => copy::copy(ctx, copy::Direction::Put, src, path, *recursive)?,
+                [(_, first), ..] if !*recursive && to.iter().all(|(_, p)| p == first) => {
+                    let ctxs: Vec<Context> = to.iter().map(|(c, _)| c.clone()).collect();
+                    copy::put_many(&ctxs, src, first)?;
+                }
+                _ => {
+                    for (ctx, path) in &to {
+                        copy::copy(ctx, copy::Direction::Put, src, path, *recursive)?;
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Get { recursive, src, dest } => {
-            let (target, path) = split_remote(src)?;
-            let ctx = connect(&router, target, &cli)?;
+            let (target, path) = target::split_remote(src)?;
+            let ctx = targets.connect(target)?;
             copy::copy(&ctx, copy::Direction::Get, dest, path, *recursive)?;
-            let _ = ctx.shutdown();
             Ok(ExitCode::SUCCESS)
         }
         Command::Facts { target, json } => {
-            let ctx = connect(&router, target, &cli)?;
+            let ctx = targets.connect(target)?;
             let f = ctx.facts().map_err(|e| e.to_string())?;
             let v = facts_json(&ctx, &f);
             if *json {
@@ -420,11 +345,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 }
                 println!("users {}, container {:?}, virtualization {:?}", f.users.len(), f.container, f.virtualization);
             }
-            let _ = ctx.shutdown();
             Ok(ExitCode::SUCCESS)
         }
         Command::Info { target, json } => {
-            let ctx = connect(&router, target, &cli)?;
+            let ctx = targets.connect(target)?;
             let info = ctx.info().map_err(|e| e.to_string())?;
             if *json {
                 let mut v = serde_json::to_value(&info).map_err(|e| e.to_string())?;
@@ -451,7 +375,6 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 );
                 println!("cwd:       {}", info.cwd);
             }
-            let _ = ctx.shutdown();
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -51,7 +51,52 @@ pub fn put_many(
     remote: impl AsRef<Path>,
     progress: Progress<'_>,
 ) -> Vec<Result<TransferStats, TransferError>> {
-    let (src, remote) = (src.as_ref(), remote.as_ref());
+    // A context named twice gets the file once (and the same result twice).
+    let mut unique: Vec<Context> = Vec::new();
+    let index: Vec<usize> = targets
+        .iter()
+        .map(|c| match unique.iter().position(|u| u.id() == c.id()) {
+            Some(i) => i,
+            None => {
+                unique.push(c.clone());
+                unique.len() - 1
+            }
+        })
+        .collect();
+    let results = put_unique(&unique, src.as_ref(), remote.as_ref(), progress);
+    let named_twice = |k: usize, e: String| {
+        TransferError::Remote(CallError::Encode {
+            context: targets[k].name().into(),
+            function: f::FileOpenWrite::NAME.into(),
+            detail: e,
+        })
+    };
+    // Repeats first, while the first results can still be looked at.
+    let mut out: Vec<Option<Result<TransferStats, TransferError>>> = index
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            index[..k].contains(&i).then(|| match &results[i] {
+                Ok(s) => Ok(s.clone()),
+                Err(e) => Err(named_twice(k, format!("named twice; the copy failed: {e}"))),
+            })
+        })
+        .collect();
+    let mut results: Vec<Option<_>> = results.into_iter().map(Some).collect();
+    for (k, &i) in index.iter().enumerate() {
+        if out[k].is_none() {
+            out[k] = results[i].take();
+        }
+    }
+    out.into_iter().enumerate().map(|(k, r)| r.unwrap_or_else(|| Err(named_twice(k, "no result".into())))).collect()
+}
+
+fn put_unique(
+    targets: &[Context],
+    src: &Path,
+    remote: &Path,
+    progress: Progress<'_>,
+) -> Vec<Result<TransferStats, TransferError>> {
     let t0 = Instant::now();
     let (mut input, meta) = match fs::File::open(src).and_then(|f| f.metadata().map(|m| (f, m))) {
         Ok(x) => x,
@@ -220,11 +265,7 @@ fn call_message(dst: u32, handle: u32, reply_to: u32, data: Vec<u8>) -> Message 
 }
 
 /// Waits for every target's acknowledgement of one chunk.
-fn settle(
-    chunk: Option<InFlight>,
-    failed: &mut [Option<TransferError>],
-    progress: Progress<'_>,
-) {
+fn settle(chunk: Option<InFlight>, failed: &mut [Option<TransferError>], progress: Progress<'_>) {
     let Some((replies, n)) = chunk else { return };
     for (i, p) in replies {
         if let Err(e) = p.wait() {

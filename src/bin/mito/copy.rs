@@ -108,3 +108,39 @@ fn source_is_dir(ctx: &Context, dir: Direction, local: &Path, remote: &str) -> R
         Direction::Get => ctx.lstat(remote).map_err(|e| e.to_string())?.kind == mito::functions::FileKind::Dir,
     })
 }
+
+/// Copies the local file `local` to `remote` in every context of `ctxs`,
+/// sent once per link (see `mito::put_many`); a line per target, and an
+/// error naming the targets that failed.
+pub fn put_many(ctxs: &[Context], local: &Path, remote: &str) -> Result<(), String> {
+    let meta = std::fs::metadata(local).map_err(|e| format!("{}: {e}", local.display()))?;
+    if meta.is_dir() {
+        return Err(format!("{} is a directory (use -r)", local.display()));
+    }
+    let pb = bar(meta.len());
+    let tick = |n: u64| pb.inc(n);
+    let results = mito::put_many(ctxs, local, remote, &tick);
+    pb.finish_and_clear();
+    let mut failed = Vec::new();
+    for (ctx, r) in ctxs.iter().zip(results) {
+        match r {
+            Ok(s) => {
+                let secs = s.elapsed.as_secs_f64().max(1e-9);
+                eprintln!(
+                    "put {} -> {}:{remote}: {} bytes in {:.2} s ({:.1} MB/s), sha256 verified",
+                    local.display(),
+                    ctx.name(),
+                    s.bytes,
+                    secs,
+                    s.bytes as f64 / 1e6 / secs
+                );
+            }
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("\n"))
+    }
+}
