@@ -178,6 +178,41 @@ fn main() -> Res<()> {
             values = rtt(&router.local(local(&warm))?, n)?;
             "us"
         }
+        "via_connect" => {
+            let hop = router.local(local(&warm))?;
+            hop.local(local(&warm))?.shutdown();
+            for _ in 0..n {
+                let t = Instant::now();
+                let c = hop.local(local(&warm))?;
+                c.ping()?;
+                values.push(ms(t.elapsed()));
+                c.shutdown();
+            }
+            "ms"
+        }
+        "rtt_via" => {
+            let hop = router.local(local(&warm))?;
+            values = rtt(&hop.local(local(&warm))?, n)?;
+            "us"
+        }
+        "putmany_via" => {
+            // The same 64 MiB to 4 contexts behind one hop: relayed, so the
+            // first link carries it once.
+            let file = env("BENCH_FILE")?;
+            let hop = router.local(local(&warm))?;
+            let kids = (0..4).map(|_| hop.local(local(&warm))).collect::<Result<Vec<_>, _>>()?;
+            let dest = format!("/dev/shm/mito-bench-{}-putmany", std::process::id());
+            let len = std::fs::metadata(&file)?.len() as f64;
+            for _ in 0..n {
+                let t = Instant::now();
+                for r in mito::put_many(&kids, &file, &dest, &|_| {}) {
+                    r?;
+                }
+                values.push(4.0 * len / 1e6 / t.elapsed().as_secs_f64());
+                std::fs::remove_file(&dest)?;
+            }
+            "MB/s"
+        }
         "pipelined" => {
             let c = router.local(local(&warm))?;
             for _ in 0..n {

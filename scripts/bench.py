@@ -23,6 +23,9 @@ WORKLOADS = [
     ("exec_true", "exec `true`, warm local context", True, True, False),
     ("put_local", "put 1 GiB file, local (mitogen: FileService)", True, True, True),
     ("get_local", "get 1 GiB file, local", True, "no get in FileService (it serves master files to children)", True),
+    ("via_connect", "local via a local hop: connect + first call (warm)", True, True, False),
+    ("rtt_via", "no-op round trip via one local hop", True, True, False),
+    ("putmany_via", "64 MiB put to 4 contexts behind one hop (delivered)", True, "PushFileService needs a service pool in every hop; not wired here", True),
     ("fanout", "50 local contexts + one call each (sequential)", True, True, False),
     ("fanout_threads", "50 local contexts + one call each (10 threads)", True, True, False),
     ("facts", "facts (host inventory), local", True, "no facts call without Ansible's setup module", False),
@@ -52,6 +55,7 @@ ITER = {  # iterations per round: (quick, full)
     "rss": (1, 1), "facts": (20, 100), "ssh_connect": (3, 8), "rtt_ssh": (2000, 5000), "bulk_ssh": (2, 4), "sudo_connect": (5, 20),
     "bytes_first": (2, 3), "bytes_repeat": (2, 3), "exec_true": (200, 1000),
     "put_local": (1, 2), "get_local": (1, 2), "put_ssh": (1, 2), "get_ssh": (1, 2),
+    "via_connect": (10, 40), "rtt_via": (3000, 10000), "putmany_via": (2, 5),
 }
 
 

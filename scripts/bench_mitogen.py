@@ -95,6 +95,17 @@ def main():
                 c.shutdown(wait=True)
         elif workload == "rtt_local":
             values, unit = rtt(router.local(), n), "us"
+        elif workload == "via_connect":
+            hop = router.local()
+            router.local(via=hop).shutdown(wait=True)
+            for _ in range(n):
+                t = time.perf_counter()
+                c = router.local(via=hop)
+                c.call(noop)
+                values.append((time.perf_counter() - t) * 1e3)
+                c.shutdown(wait=True)
+        elif workload == "rtt_via":
+            values, unit = rtt(router.local(via=router.local()), n), "us"
         elif workload == "pipelined":
             c, unit = router.local(), "calls/s"
             for _ in range(n):

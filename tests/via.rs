@@ -66,6 +66,7 @@ fn one_file_to_many_contexts_behind_a_hop_crosses_the_hop_once() {
         ticks.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     });
     let crossed = hop.bytes_sent() - before;
+    eprintln!("put_many: {crossed} bytes crossed the first link for 4 × {size} delivered");
     for r in &results {
         let s = r.as_ref().expect("every target got the file");
         assert_eq!(s.bytes, size as u64);
