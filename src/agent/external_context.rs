@@ -339,10 +339,11 @@ impl ExternalContext {
     fn on_message(&mut self, m: Message) {
         let h = m.header;
         if h.dst != self.id {
-            return match self.children.next_hop(h.dst) {
+            match self.children.next_hop(h.dst) {
                 Some(slot) => self.send_down(slot, &h, &m.data),
                 None => self.dead_route(&h),
-            };
+            }
+            return self.decoder.recycle(m.data);
         }
         match h.handle {
             handles::CALL_FUNCTION => self.on_call(m),
@@ -626,7 +627,12 @@ impl ExternalContext {
                 let r = postcard::from_bytes::<f::FileWriteRef<'_>>(args)
                     .map_err(|_| RemoteError::new(ErrorKind::BadArgs, f::FileWrite::NAME))
                     .and_then(|a| self.files.write(a.id, a.data));
-                self.reply(&h, r)
+                self.reply(&h, r);
+                // The chunk's buffer serves the next chunk.
+                if let alloc::borrow::Cow::Borrowed(_) = payload {
+                    drop(payload);
+                    self.decoder.recycle(m.data);
+                }
             }
             f::FileClose::NAME => call!(f::FileClose, |a| self.files.close(a.id, a.commit)),
             f::Sha256::NAME => call!(f::Sha256, |a| super::files::sha256_file(&a.path).map(|d| ByteBuf::from(&d[..]))),
@@ -643,7 +649,8 @@ impl ExternalContext {
             // Bytes replies are built in place (no copies of the data).
             f::ReadFile::NAME => match decode::<f::ReadFile>(args) {
                 Ok(a) => {
-                    let frame = bytes_frame(&h, self.id, |out| builtins::read_into(&a.path, max, out));
+                    let buf = self.tx.take_spare();
+                    let frame = bytes_frame(buf, &h, self.id, |out| builtins::read_into(&a.path, max, out));
                     self.reply_bytes(&h, frame)
                 }
                 Err(e) => self.reply_error(&h, e),
@@ -651,7 +658,8 @@ impl ExternalContext {
             f::FileRead::NAME => match decode::<f::FileRead>(args) {
                 Ok(a) => {
                     let len = (a.len as usize).min(max);
-                    let frame = bytes_frame(&h, self.id, |out| self.files.read(a.id, len, out));
+                    let buf = self.tx.take_spare();
+                    let frame = bytes_frame(buf, &h, self.id, |out| self.files.read(a.id, len, out));
                     self.reply_bytes(&h, frame)
                 }
                 Err(e) => self.reply_error(&h, e),
@@ -1069,19 +1077,22 @@ impl ExternalContext {
     }
 }
 
-/// A bytes reply to `h` built in place: `fill` appends the bytes straight
+/// A bytes reply to `h` built in place (in `frame`, a reused buffer when
+/// there is one): `fill` appends the bytes straight
 /// into the frame (header, postcard length prefix, bytes), which the
 /// transmit buffer then takes without copying. Returns the frame and where
 /// it starts. (The generic path copied a large reply three more times:
 /// staging buffer, postcard, transmit buffer.)
 fn bytes_frame(
+    mut frame: Vec<u8>,
     h: &Header,
     me: u32,
     fill: impl FnOnce(&mut Vec<u8>) -> Result<usize, RemoteError>,
 ) -> Result<(Vec<u8>, usize), RemoteError> {
     // Room for the header and the longest length prefix (10 bytes).
     const ROOM: usize = crate::proto::HEADER_LEN + 10;
-    let mut frame = alloc::vec![0u8; ROOM];
+    frame.clear();
+    frame.resize(ROOM, 0);
     let n = fill(&mut frame)?;
     let mut prefix = [0u8; 10];
     let k = postcard::to_slice(&(n as u64), &mut prefix).map_or(0, |p| p.len());

@@ -358,10 +358,16 @@ impl RouterTable {
 
     /// Sends `msg` towards its destination.
     pub fn send(&self, msg: &Message, deadline: Option<Instant>) -> Result<(), Disconnected> {
-        let dst = msg.header.dst;
+        self.send_parts(&msg.header, &msg.data, deadline)
+    }
+
+    /// [`RouterTable::send`] of a header and a payload the caller keeps (so
+    /// a large buffer can be reused for the next message).
+    pub fn send_parts(&self, header: &Header, payload: &[u8], deadline: Option<Instant>) -> Result<(), Disconnected> {
+        let dst = header.dst;
         let out = self.routes.read().unwrap_or_else(PoisonError::into_inner).get(&dst).cloned();
         let Some(out) = out else { return Err(self.why_unreachable(dst)) };
-        out.send(&msg.header, &msg.data, deadline).map_err(|e| match e {
+        out.send(header, payload, deadline).map_err(|e| match e {
             SendError::Closed => self.why_unreachable(dst),
             SendError::Timeout => Disconnected { reason: "timed out waiting for the stream to drain".into() },
         })

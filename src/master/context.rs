@@ -262,16 +262,20 @@ impl Context {
     }
 
     pub(super) fn send_call<F: Function>(&self, args: &F::Args, reply_to: u32) -> Result<(), CallError> {
-        let name = || self.shared.name.clone();
         let payload = encode_call(F::NAME, args).map_err(|e| CallError::Encode {
-            context: name(),
+            context: self.shared.name.clone(),
             function: F::NAME.into(),
             detail: e.to_string(),
         })?;
+        self.send_payload(F::NAME, &payload, reply_to)
+    }
+
+    /// Sends an already encoded call payload (see `encode_call`).
+    fn send_payload(&self, function: &str, payload: &[u8], reply_to: u32) -> Result<(), CallError> {
         if payload.len() > self.core.table.max_message_size as usize {
             return Err(CallError::Encode {
-                context: name(),
-                function: F::NAME.into(),
+                context: self.shared.name.clone(),
+                function: function.into(),
                 detail: format!("{} bytes is above the maximum message size", payload.len()),
             });
         }
@@ -283,9 +287,19 @@ impl Context {
             reply_to,
             ..Header::default()
         };
-        let msg = Message { header: h, data: payload };
         let deadline = self.timeout.map(|t| Instant::now() + t);
-        self.core.table.send(&msg, deadline).map_err(|d| disconnected(&self.shared, F::NAME, d.reason))
+        self.core.table.send_parts(&h, payload, deadline).map_err(|d| disconnected(&self.shared, function, d.reason))
+    }
+
+    /// [`Context::call_async`] with the payload already encoded as
+    /// `encode_call(F::NAME, args)` would: large calls built in place.
+    pub(super) fn call_async_encoded<F: Function>(&self, payload: &[u8]) -> Result<Pending<F::Reply>, CallError> {
+        let (handle, p) = self.expect_reply::<F>();
+        if let Err(e) = self.send_payload(F::NAME, payload, handle) {
+            self.core.table.close_mailbox(handle);
+            return Err(e);
+        }
+        Ok(p)
     }
 
     /// Starts a call and returns at once; many may be in flight.
