@@ -269,6 +269,9 @@ fn main() -> Res<()> {
                 if let Some(s) = &ssh {
                     baseline.push(s.ssh_cat(&file)?);
                 }
+                // Both sides read the source once first: measure the transfer, not a
+                // disk read of pages the host's memory manager (DAMON) reclaimed.
+                std::io::copy(&mut std::fs::File::open(&file)?, &mut std::io::sink())?;
                 let st = if workload.starts_with("put") { c.put(&file, &dest)? } else { c.get(&file, &dest)? };
                 values.push(st.bytes as f64 / 1e6 / st.elapsed.as_secs_f64());
                 std::fs::remove_file(&dest)?;

@@ -76,3 +76,12 @@ fn slow_reader_of_a_gigabyte_over_ssh() {
     let session = common::parent_of(ctx.connect_info().pid).expect("agent's parent");
     slow_reader_keeps_memory_bounded(&ctx, &[ssh_client, session]);
 }
+
+#[test]
+fn slow_reader_of_a_gigabyte_through_a_hop() {
+    let router = Router::new().expect("router");
+    let hop = router.local(LocalOptions::default()).expect("hop");
+    let ctx = hop.local(LocalOptions::default()).expect("connect through the hop");
+    // The hop agent forwards every byte: credit must bound it too.
+    slow_reader_keeps_memory_bounded(&ctx, &[hop.connect_info().pid]);
+}
