@@ -2,9 +2,9 @@
 //! anything there — mitogen's design, in Rust.
 //!
 //! A master ([`Router`]) creates contexts: agent processes it bootstraps
-//! through `sh -c` (locally today; over ssh, sudo and into containers as
-//! those methods land), then calls functions in them over a framed, routed
-//! message protocol.
+//! through `sh -c` (locally, over ssh, under sudo/su/doas, and through
+//! other contexts: `router.ssh(…)?.sudo(…)?`), then calls functions in them
+//! over a framed, routed message protocol.
 //!
 //! ```
 //! use mito::{LocalOptions, Router};

@@ -522,8 +522,11 @@ impl ExternalContext {
             h.auth = c.id;
         }
         if h.handle == handles::DEL_ROUTE && h.dst == MASTER_ID {
-            if let Ok(id) = postcard::from_bytes::<u32>(&m.data) {
-                self.children.del_route(slot, id);
+            // Passed on only for a context that was behind this child: a
+            // child cannot declare a sibling's subtree gone.
+            let ok = postcard::from_bytes::<u32>(&m.data).is_ok_and(|id| self.children.del_route(slot, id));
+            if !ok {
+                return;
             }
         }
         if h.dst != self.id {
