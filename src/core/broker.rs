@@ -6,7 +6,7 @@
 //! themselves ([`StreamOut`] is shared), and ask for writability by
 //! re-registering the tx fd directly (epoll_ctl is thread-safe).
 //!
-//! The loop accepts a closed set of [`Cmd`]s and [`Source`] kinds rather
+//! The loop accepts a closed set of [`Cmd`]s and `Source` kinds rather
 //! than callbacks: everything the broker can do is listed in this file.
 
 use std::collections::HashMap;

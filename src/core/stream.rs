@@ -1,4 +1,4 @@
-//! [`Stream`] framing: bytes in, [`Message`]s out, and the bounded transmit
+//! Stream framing: bytes in, [`Message`]s out, and the bounded transmit
 //! buffer.
 //!
 //! The decoder never trusts the wire: the header is validated (magic, flags,

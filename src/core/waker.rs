@@ -4,7 +4,7 @@ use rustix::event::{eventfd, EventfdFlags};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
 
-/// Wakes a [`super::Poller`] that watches [`Waker::fd`] for reading.
+/// Wakes a [`Poller`](super::poller::Poller) that watches [`Waker::fd`] for reading.
 #[derive(Debug)]
 pub struct Waker {
     fd: OwnedFd,

@@ -3,7 +3,7 @@
 //! Map:
 //! - [`Router`]: owns the routing table and the Broker thread; creates
 //!   contexts (`local` today; ssh, sudo, … use the same bootstrap).
-//! - [`context`] holds [`Context`](context::Context) (calls, typed built-ins)
+//! - [`context`] holds [`Context`] (calls, typed built-ins)
 //!   and [`Pending`](context::Pending) replies.
 //! - [`embedded`] holds the agent binaries build.rs embedded.
 //! - [`error`] holds [`CallError`](error::CallError).
