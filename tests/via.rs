@@ -252,3 +252,44 @@ fn cli_chains_run_and_put_to_many() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn a_transfer_through_a_hop_fails_cleanly_when_its_context_dies() {
+    let dir = TempDir::new("via-kill-transfer");
+    let cache = dir.path().join("cache");
+    let router = Router::new().expect("router");
+    let hop = router.local(local_in(&cache)).expect("hop");
+    let child = hop.local(local_in(&cache)).expect("child");
+    let src = dir.path().join("big");
+    std::fs::write(&src, vec![3u8; 256 << 20]).expect("write 256 MiB");
+    let dst = dir.path().join("dst");
+    let pid = child.info().expect("info").pid;
+    // Killed from the progress callback once 16 MiB have moved: mid-transfer
+    // whatever the machine's speed.
+    let moved = std::sync::atomic::AtomicU64::new(0);
+    let r = child.put_with_progress(&src, &dst, &|n| {
+        if moved.fetch_add(n, std::sync::atomic::Ordering::Relaxed) < 16 << 20
+            && moved.load(std::sync::atomic::Ordering::Relaxed) >= 16 << 20
+        {
+            common::kill9(pid);
+        }
+    });
+    assert!(moved.into_inner() < 256 << 20, "the transfer stopped early");
+    match r {
+        Err(mito::TransferError::Remote(CallError::Disconnected { context, .. })) => {
+            assert_eq!(context, child.name())
+        }
+        other => panic!("expected the transfer to fail with a disconnect, got {other:?}"),
+    }
+    assert!(!dst.exists(), "nothing under the final name");
+    hop.ping().expect("the hop carries on");
+    let again = hop.local(local_in(&cache)).expect("connect again through the hop");
+    again.put(&src, &dst).expect("a new context behind the hop takes the file");
+    assert_eq!(std::fs::metadata(&dst).expect("dst").len(), 256 << 20);
+    // A context behind a hop shuts down on request; the hop stays.
+    let pid = again.info().expect("info").pid;
+    again.shutdown();
+    assert!(common::wait_gone(pid, Duration::from_secs(5)).is_some());
+    assert!(matches!(again.ping(), Err(CallError::Disconnected { .. })));
+    hop.ping().expect("the hop still answers");
+}
