@@ -293,3 +293,23 @@ fn a_transfer_through_a_hop_fails_cleanly_when_its_context_dies() {
     assert!(matches!(again.ping(), Err(CallError::Disconnected { .. })));
     hop.ping().expect("the hop still answers");
 }
+
+#[test]
+fn a_cold_start_behind_a_hop_gets_the_agent_from_the_hop() {
+    let dir = TempDir::new("via-cold");
+    let router = Router::new().expect("router");
+    let hop = router.local(local_in(&dir.path().join("hop-cache"))).expect("hop");
+    let before = hop.bytes_sent();
+    // An empty cache: stage0 must store an agent before it can start one.
+    let child = hop.local(local_in(&dir.path().join("cold-cache"))).expect("cold child");
+    let crossed = hop.bytes_sent() - before;
+    let info = child.connect_info();
+    assert!(matches!(info.upload, mito::connect::bootstrap::Upload::Stored { gzip: false, .. }), "{:?}", info.upload);
+    assert_eq!(info.agent_bytes_sent, 0, "the master sent no agent bytes");
+    assert!(crossed < 16 << 10, "{crossed} bytes crossed the first link (the gzip agent alone is ~88 KiB)");
+    assert_eq!(info.agent_hash, hop.connect_info().agent_hash);
+    assert_eq!(child.exec(&["echo", "cold"]).expect("exec").stdout, b"cold\n");
+    // Stored where stage0 verified it, so the next start there is warm.
+    let warm = hop.local(local_in(&dir.path().join("cold-cache"))).expect("warm child");
+    assert_eq!(warm.connect_info().upload, mito::connect::bootstrap::Upload::Cached);
+}

@@ -149,3 +149,17 @@ pub fn remove(a: PathArgs) -> Result<(), RemoteError> {
         r => r.map_err(|e| os_error(e, "unlink", &a.path)),
     }
 }
+
+/// Appends this agent's own executable to `out` (for the next hop's stage0).
+pub fn append_own_exe(out: &mut Vec<u8>) -> Result<(), rustix::io::Errno> {
+    let fd = fs::open("/proc/self/exe", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    let mut buf = [0u8; 16384];
+    loop {
+        match rustix::io::read(&fd, &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}

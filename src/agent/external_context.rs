@@ -807,6 +807,13 @@ impl ExternalContext {
                     spawn::answer_tty(fd, &data);
                 }
             }
+            ExecOp::SendSelf => {
+                if p.child.stdin.is_some() && super::builtins::append_own_exe(&mut p.stdin_data).is_err() {
+                    // stage0 then fails its size/hash check: a clear error, not a hang.
+                    p.child.stdin = None;
+                }
+                self.proc_stdin(slot);
+            }
             ExecOp::Adopt(id) => {
                 let (Some(tx), Some(rx)) = (p.child.stdin.take(), p.child.stdout.take()) else { return };
                 p.stdin_open = false;

@@ -70,6 +70,13 @@ pub trait Hooks {
     fn classify(&self, _stderr: &[u8]) -> Option<ConnectError> {
         None
     }
+
+    /// stage0 asked for the raw agent of `arch` (sha256 `hash`): true when
+    /// the hook had it sent some other way (a hop sending its own
+    /// executable), so the master sends nothing.
+    fn serve_agent(&mut self, _arch: &str, _hash: &str) -> bool {
+        false
+    }
 }
 
 /// The hooks of a method that has none (local).
@@ -337,8 +344,12 @@ pub fn run(
                     let dir = words.next().unwrap_or("");
                     let agent = find_agent(context, arch)?;
                     let gzip = how == "gz";
-                    let bytes = if gzip { agent.gz.to_vec() } else { agent.raw() };
                     upload = if dir == "memfd" { Upload::Memfd } else { Upload::Stored { dir: dir.to_string(), gzip } };
+                    if !gzip && ph.hooks.serve_agent(arch, agent.sha256) {
+                        log::debug!("[{context}] stage0 wants the {arch} agent for {dir}: the hop sends its own");
+                        continue;
+                    }
+                    let bytes = if gzip { agent.gz.to_vec() } else { agent.raw() };
                     log::debug!(
                         "[{context}] stage0 wants the {arch} agent ({how}) for {dir}: sending {} bytes",
                         bytes.len()

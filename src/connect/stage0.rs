@@ -80,6 +80,13 @@ fn push_num(s: &mut String, n: usize) {
 /// POSIX sh, no `!` (it passes through the target's login shell, which
 /// may be csh), single quotes only around the perl loader.
 pub fn script(agents: &[AgentSpec<'_>], context_id: u32) -> String {
+    script_preferring_raw(agents, context_id, None)
+}
+
+/// [`script`], asking for the raw agent of architecture `raw_arch` even
+/// where gzip exists: behind a hop of that architecture the hop sends its
+/// own executable, so the bytes cross only the last link.
+pub fn script_preferring_raw(agents: &[AgentSpec<'_>], context_id: u32, raw_arch: Option<&str>) -> String {
     let mut s = String::with_capacity(2048);
     // No umask change: the agent and its commands keep the user's. The
     // directories stage0 creates are 0700, which keeps what is inside private.
@@ -98,7 +105,7 @@ pub fn script(agents: &[AgentSpec<'_>], context_id: u32) -> String {
         push_num(&mut s, a.raw_len);
         s.push_str(";f=\"$C/agent-$H\";[ -x \"$f\" ]&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\"");
     }
-    s.push_str(";A=$(uname -m);case \"$A\" in ");
+    s.push_str(";P=;A=$(uname -m);case \"$A\" in ");
     for a in agents {
         s.push_str(a.arch);
         s.push_str(")H=");
@@ -109,6 +116,9 @@ pub fn script(agents: &[AgentSpec<'_>], context_id: u32) -> String {
         push_num(&mut s, a.gz_len);
         s.push_str(";S=");
         s.push_str(memfd_syscall(a.arch));
+        if raw_arch == Some(a.arch) {
+            s.push_str(";P=1");
+        }
         s.push_str(";;");
     }
     s.push_str(concat!(
@@ -120,7 +130,7 @@ pub fn script(agents: &[AgentSpec<'_>], context_id: u32) -> String {
         "t=\"$d/.probe.$$\";if : >\"$t\" 2>/dev/null&&chmod 700 \"$t\"&&[ -x \"$t\" ];then D=$d;fi;rm -f \"$t\"",
         ";fi;done",
         ";if [ -n \"$D\" ];then f=\"$D/agent-$H\";t=\"$D/.agent-$H.$$\"",
-        ";if command -v gzip >/dev/null 2>&1;then echo \"MITO0 need $A gz $D\"",
+        ";if [ -z \"$P\" ]&&command -v gzip >/dev/null 2>&1;then echo \"MITO0 need $A gz $D\"",
         ";head -c \"$Z\" >\"$t.gz\"&&gzip -dc <\"$t.gz\" >\"$t\";e=$?;rm -f \"$t.gz\"",
         ";else echo \"MITO0 need $A raw $D\";head -c \"$N\" >\"$t\";e=$?;fi",
         ";[ $e = 0 ]||{ rm -f \"$t\";echo \"MITOERR write $D\";exit 1;}",
@@ -158,6 +168,8 @@ mod tests {
         let s = script(&[a], 7);
         assert!(!s.contains('\n') && !s.contains('!'), "{s}");
         assert_eq!(s.matches('\'').count(), 2, "only the perl loader is quoted");
+        assert!(!s.contains("P=1"));
+        assert!(script_preferring_raw(&[a], 7, Some("x86_64")).contains("P=1"));
         assert_eq!(sh_quote("a'b"), "'a'\\''b'");
     }
 }

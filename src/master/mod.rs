@@ -148,6 +148,16 @@ pub(crate) struct Connector<'a> {
 }
 
 impl Connector<'_> {
+    /// The stage0 script for context `id`. Behind a hop running the same
+    /// agent, stage0 asks for the raw agent, which the hop sends itself
+    /// (its own executable): a cold start crosses only the last link.
+    fn stage0(&self, id: u32) -> String {
+        let specs = embedded::specs();
+        let hop = self.via.map(|h| h.connect_info());
+        let same = hop.and_then(|i| specs.iter().find(|s| s.sha256 == i.agent_hash && s.arch == i.arch));
+        stage0::script_preferring_raw(&specs, id, same.map(|s| s.arch))
+    }
+
     /// A context's name: the one given, else `default`, prefixed with the
     /// hop's name and a comma behind a hop (as the CLI spells chains).
     fn name(&self, given: &Option<String>, default: impl FnOnce() -> String) -> String {
@@ -162,7 +172,7 @@ impl Connector<'_> {
     pub(crate) fn local(&self, opts: LocalOptions) -> Result<Context, ConnectError> {
         let id = self.core.table.allocate_context_id();
         let name = self.name(&opts.name, || format!("local.{id}"));
-        let cmd = local::command(&opts, &stage0::script(&embedded::specs(), id));
+        let cmd = local::command(&opts, &self.stage0(id));
         self.connect_child(id, name, &cmd, opts.connect_timeout, &mut bootstrap::NoHooks)
     }
 
@@ -174,7 +184,7 @@ impl Connector<'_> {
             // The askpass FIFO lives on the master's host.
             return Err(ConnectError::Unsupported { context: name, what: "an ssh password through a hop" });
         }
-        let mut prepared = ssh::prepare(&opts, &name, &stage0::script(&embedded::specs(), id))
+        let mut prepared = ssh::prepare(&opts, &name, &self.stage0(id))
             .map_err(|source| ConnectError::Io { context: name.clone(), source })?;
         let command = prepared.command.clone();
         self.connect_child(id, name, &command, opts.connect_timeout, &mut prepared)
@@ -208,7 +218,7 @@ impl Connector<'_> {
     ) -> Result<Context, ConnectError> {
         let id = self.core.table.allocate_context_id();
         let name = self.name(b.name, || format!("{}:{}", b.tool, b.user));
-        let (cmd, mut responder) = prepare(&name, &stage0::script(&embedded::specs(), id));
+        let (cmd, mut responder) = prepare(&name, &self.stage0(id));
         match self.connect_child(id, name, &cmd, b.timeout, &mut responder) {
             Err(ConnectError::Spawn { context, source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 Err(ConnectError::Become {

@@ -178,6 +178,12 @@ impl ProcessInput {
         self.inner.control.send(ExecOp::Answer(serde_bytes::ByteBuf::from(data)))
     }
 
+    /// Has the context append its own agent executable to the command's
+    /// stdin (see `master::via`).
+    pub(crate) fn send_self(&self) -> Result<(), CallError> {
+        self.inner.control.send(ExecOp::SendSelf)
+    }
+
     /// The command bootstrapped an agent: its context is `id`, routed by
     /// this command's context from now on (see `master::via`).
     pub(crate) fn adopt(&self, id: u32) -> Result<(), CallError> {

@@ -141,7 +141,9 @@ pub(super) fn connect(
         side::set_nonblocking(fd.as_fd(), true).map_err(|e| io(e.into()))?;
     }
     let pipes = Pipes { rx: rx.as_fd(), tx: tx.as_fd(), stderr: Some(tty_ours.as_fd()) };
-    let boot = match bootstrap::run(&name, &pipes, timeout, hop.core.table.max_message_size, hooks) {
+    let info = hop.connect_info();
+    let mut hooks = HopHooks { inner: hooks, input: &input, arch: &info.arch, hash: &info.agent_hash };
+    let boot = match bootstrap::run(&name, &pipes, timeout, hop.core.table.max_message_size, &mut hooks) {
         Ok(b) => b,
         Err(e) => {
             let _ = input.signal(libc::SIGKILL);
@@ -196,6 +198,29 @@ pub(super) fn connect(
     };
     log::debug!("[{}] connected through {} in {:?}: agent pid {}", shared.name, hop.name(), boot.elapsed, info.pid);
     Ok(Context::new(hop.core.clone(), shared, info))
+}
+
+/// The method's hooks, plus: the hop sends its own executable when stage0
+/// asks for the raw agent of the hop's architecture and hash.
+struct HopHooks<'a> {
+    inner: &'a mut dyn Hooks,
+    input: &'a ProcessInput,
+    arch: &'a str,
+    hash: &'a str,
+}
+
+impl Hooks for HopHooks<'_> {
+    fn on_stderr(&mut self, unscanned: &[u8]) -> bootstrap::Prompt {
+        self.inner.on_stderr(unscanned)
+    }
+
+    fn classify(&self, stderr: &[u8]) -> Option<ConnectError> {
+        self.inner.classify(stderr)
+    }
+
+    fn serve_agent(&mut self, arch: &str, hash: &str) -> bool {
+        arch == self.arch && hash == self.hash && self.input.send_self().is_ok()
+    }
 }
 
 /// The hop's command for `cmd`. Variables to remove go through `env -u`

@@ -176,6 +176,10 @@ pub enum ExecOp {
     /// Type these bytes (a password and newline) into the command's tty
     /// (`tty` or `pty`), once the program reading it has turned echo off.
     Answer(ByteBuf),
+    /// Append this agent's own executable (`/proc/self/exe`) to the
+    /// command's stdin: stage0 of a context behind this one asked for the
+    /// raw agent of this agent's architecture and hash.
+    SendSelf,
     /// The command is a bootstrapped agent: its stdin/stdout become the
     /// stream to child context `id` of this one, routed from now on; stderr
     /// and the exit are still reported as for any streamed command.
