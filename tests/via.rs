@@ -303,6 +303,7 @@ fn a_cold_start_behind_a_hop_gets_the_agent_from_the_hop() {
     // An empty cache: stage0 must store an agent before it can start one.
     let child = hop.local(local_in(&dir.path().join("cold-cache"))).expect("cold child");
     let crossed = hop.bytes_sent() - before;
+    eprintln!("cold start behind a hop: {crossed} bytes crossed the first link");
     let info = child.connect_info();
     assert!(matches!(info.upload, mito::connect::bootstrap::Upload::Stored { gzip: false, .. }), "{:?}", info.upload);
     assert_eq!(info.agent_bytes_sent, 0, "the master sent no agent bytes");
