@@ -63,7 +63,7 @@ pub use master::{
     process::{Process, ProcessEvent, ProcessInput},
     transfer::{Progress, TransferError, TransferStats},
     tree::{Plan, TreeStats},
-    Router, RouterOptions,
+    Connector, Router, RouterOptions,
 };
 pub use proto::functions;
 pub use proto::{ErrorKind, RemoteError};

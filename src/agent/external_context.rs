@@ -463,23 +463,8 @@ impl ExternalContext {
 
     fn flush_child(&mut self, slot: usize) {
         let Some(Some(c)) = self.children.streams.get_mut(slot) else { return };
-        while !c.out.is_empty() {
-            match side::write(c.tx.as_fd(), c.out.pending()) {
-                Ok(Io::Done(n)) => c.out.consume(n),
-                Ok(Io::WouldBlock) => break,
-                Ok(Io::Closed) | Err(_) => {
-                    // The child is gone; its read side reports it.
-                    c.out = TxBuffer::default();
-                    break;
-                }
-            }
-        }
-        let want = !c.out.is_empty();
-        if want != c.tx_watched {
-            c.tx_watched = want;
-            let i = if want { Interest::WRITE } else { Interest::NONE };
-            let _ = self.poller.modify(c.tx.as_fd(), T_CHILD + 2 * slot as u64 + 1, i);
-        }
+        // A child that is gone is reported by its read side.
+        flush_to(&self.poller, c.tx.as_fd(), T_CHILD + 2 * slot as u64 + 1, &mut c.out, &mut c.tx_watched);
     }
 
     fn read_child(&mut self, slot: usize) {
@@ -1025,23 +1010,8 @@ impl ExternalContext {
     // ---- output -----------------------------------------------------------
 
     fn flush(&mut self) {
-        while !self.tx.is_empty() {
-            match side::write(self.tx_fd.as_fd(), self.tx.pending()) {
-                Ok(Io::Done(n)) => self.tx.consume(n),
-                Ok(Io::WouldBlock) => break,
-                Ok(Io::Closed) | Err(_) => {
-                    // The parent is gone; the read side will see it too.
-                    self.tx = TxBuffer::default();
-                    break;
-                }
-            }
-        }
-        let want = !self.tx.is_empty();
-        if want != self.tx_watched {
-            let i = if want { Interest::WRITE } else { Interest::NONE };
-            let _ = self.poller.modify(self.tx_fd.as_fd(), T_PARENT_TX, i);
-            self.tx_watched = want;
-        }
+        // A parent that is gone is reported by the read side too.
+        flush_to(&self.poller, self.tx_fd.as_fd(), T_PARENT_TX, &mut self.tx, &mut self.tx_watched);
     }
 
     /// Best effort to send what is queued before exiting, for at most 1 s.
@@ -1084,6 +1054,19 @@ impl ExternalContext {
                 let _ = self.poller.modify(c.rx.as_fd(), T_CHILD + 2 * slot as u64, i);
             }
         }
+    }
+}
+
+/// Writes `out` to `fd` as far as it goes (dropping it when the peer is
+/// gone) and waits for writability (`token`) only while bytes remain.
+fn flush_to(poller: &Poller, fd: BorrowedFd<'_>, token: u64, out: &mut TxBuffer, watched: &mut bool) {
+    if out.write_to(fd).is_err() {
+        *out = TxBuffer::default();
+    }
+    let want = !out.is_empty();
+    if want != *watched {
+        *watched = want;
+        let _ = poller.modify(fd, token, if want { Interest::WRITE } else { Interest::NONE });
     }
 }
 

@@ -62,6 +62,16 @@ enum Source {
     Process { ctx: Arc<ContextShared>, pm: ProcessMonitor },
 }
 
+/// Logs each complete line of a transport's stderr (`data` appended to
+/// what `partial` holds) as `[context] line`; keeps the unfinished rest.
+pub(crate) fn log_lines(name: &str, partial: &mut Vec<u8>, data: &[u8]) {
+    partial.extend_from_slice(data);
+    while let Some(i) = partial.iter().position(|&c| c == b'\n') {
+        let line: Vec<u8> = partial.drain(..=i).collect();
+        log::warn!(target: "mito::remote", "[{name}] {}", String::from_utf8_lossy(&line[..i]).trim_end());
+    }
+}
+
 struct Shared {
     poller: Poller,
     waker: Waker,
@@ -229,13 +239,7 @@ impl Loop {
                 let mut b = [0u8; 4096];
                 let open = loop {
                     match side::read(fd.as_fd(), &mut b) {
-                        Ok(Io::Done(n)) => {
-                            partial.extend_from_slice(&b[..n]);
-                            while let Some(i) = partial.iter().position(|&c| c == b'\n') {
-                                let line: Vec<u8> = partial.drain(..=i).collect();
-                                log::warn!(target: "mito::remote", "[{}] {}", ctx.name, String::from_utf8_lossy(&line[..i]).trim_end());
-                            }
-                        }
+                        Ok(Io::Done(n)) => log_lines(&ctx.name, partial, &b[..n]),
                         Ok(Io::WouldBlock) => break true,
                         _ => break false,
                     }

@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use crate::connect::process_monitor::ExitStatus;
 use crate::core::latch::Latch;
-use crate::core::side::{self, Io};
 use crate::core::stream::TxBuffer;
 use crate::proto::message::{LogRecord, LogSource};
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
@@ -246,13 +245,7 @@ impl StreamOut {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let st = &mut *st;
         let Some(fd) = &st.fd else { return Err(SendError::Closed) };
-        while !st.buf.is_empty() {
-            match side::write(fd.as_fd(), st.buf.pending()) {
-                Ok(Io::Done(n)) => st.buf.consume(n),
-                Ok(Io::WouldBlock) => break,
-                Ok(Io::Closed) | Err(_) => return Err(SendError::Closed),
-            }
-        }
+        st.buf.write_to(fd.as_fd()).map_err(|_| SendError::Closed)?;
         if st.buf.len() <= TX_HIGH {
             self.drained.notify_all();
         }

@@ -192,6 +192,10 @@ pub struct TxBuffer {
     spare: Option<Vec<u8>>,
 }
 
+/// The reading end of a stream is gone (a write failed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerGone;
+
 /// Largest written buffer kept as a spare (bounds what an idle stream holds).
 const SPARE_MAX: usize = 2 << 20;
 
@@ -272,6 +276,21 @@ impl TxBuffer {
                 self.segs.push_back(done);
             }
         }
+    }
+
+    /// Writes what is queued to the non-blocking `fd` until it would
+    /// block or the queue is empty. `Err` when the peer is gone (the
+    /// queued bytes stay; the owner decides what that means).
+    pub fn write_to(&mut self, fd: rustix::fd::BorrowedFd<'_>) -> Result<(), PeerGone> {
+        use crate::core::side::{self, Io};
+        while !self.is_empty() {
+            match side::write(fd, self.pending()) {
+                Ok(Io::Done(n)) => self.consume(n),
+                Ok(Io::WouldBlock) => break,
+                Ok(Io::Closed) | Err(_) => return Err(PeerGone),
+            }
+        }
+        Ok(())
     }
 
     /// An empty buffer with room for a large frame, if one was kept.

@@ -52,6 +52,23 @@ pub struct ConnectInfo {
     pub transport_pid: Option<u32>,
 }
 
+impl ConnectInfo {
+    /// What a bootstrap found, with the pid of the local process carrying
+    /// the stream, if any.
+    pub(super) fn from_boot(boot: &crate::connect::bootstrap::Bootstrapped, transport_pid: Option<u32>) -> Self {
+        ConnectInfo {
+            pid: boot.hello.pid,
+            arch: boot.hello.arch.clone(),
+            agent_hash: boot.hello.agent_hash.clone(),
+            exe: boot.hello.exe.clone(),
+            upload: boot.upload.clone(),
+            agent_bytes_sent: boot.agent_bytes_sent,
+            bootstrap_time: boot.elapsed,
+            transport_pid,
+        }
+    }
+}
+
 /// A connected context. Cheap to clone; all clones talk to the same agent.
 #[derive(Clone, Debug)]
 pub struct Context {
@@ -304,21 +321,12 @@ impl Context {
 
     /// Starts a call and returns at once; many may be in flight.
     pub fn call_async<F: Function>(&self, args: &F::Args) -> Result<Pending<F::Reply>, CallError> {
-        let (handle, latch) = self.core.table.open_mailbox(self.shared.id, true);
+        let (handle, p) = self.expect_reply::<F>();
         if let Err(e) = self.send_call::<F>(args, handle) {
             self.core.table.close_mailbox(handle);
             return Err(e);
         }
-        Ok(Pending {
-            core: self.core.clone(),
-            shared: self.shared.clone(),
-            function: F::NAME,
-            handle,
-            latch,
-            timeout: self.timeout,
-            sent: Instant::now(),
-            _reply: PhantomData,
-        })
+        Ok(p)
     }
 
     /// A mailbox for a reply to `F` that travels some other way than

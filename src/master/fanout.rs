@@ -15,7 +15,6 @@
 
 use std::collections::VecDeque;
 use std::fs;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -26,11 +25,11 @@ use serde_bytes::ByteBuf;
 
 use super::context::{Context, Pending};
 use super::error::CallError;
-use super::transfer::{local, Progress, TransferError, TransferStats, CHUNK, WINDOW};
+use super::transfer::{local, Chunk, Progress, TransferError, TransferStats, WINDOW};
 use crate::core::sha256::Sha256;
-use crate::proto::functions::{self as f, Commit, FileCloseArgs, FileWriteArgs, Function, OpenWriteArgs};
-use crate::proto::message::{encode_call, Relay};
-use crate::proto::{handles, Message, MASTER_ID};
+use crate::proto::functions::{self as f, Commit, FileCloseArgs, Function, OpenWriteArgs};
+use crate::proto::message::relay_front;
+use crate::proto::{handles, Header, MASTER_ID};
 
 /// One chunk in flight: each target's acknowledgement to come, and its size.
 type InFlight = (Vec<(usize, Pending<()>)>, u64);
@@ -112,10 +111,11 @@ fn put_unique(
     let mut hash = Sha256::new();
     let mut bytes = 0u64;
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
-    let mut buf = vec![0u8; CHUNK];
+    // Room for a relay's front: up to 15 bytes per target, plus the call's.
+    let mut chunk = Chunk::new(64 + 16 * targets.len());
     let mut local_error = None;
     loop {
-        let n = match read_chunk(&mut input, &mut buf) {
+        let n = match chunk.read_from(&mut input) {
             Ok(n) => n,
             Err(e) => {
                 local_error = Some(e);
@@ -125,17 +125,16 @@ fn put_unique(
         if n == 0 || failed.iter().all(Option::is_some) {
             break;
         }
-        hash.update(&buf[..n]);
+        hash.update(chunk.data());
         bytes += n as u64;
-        let payload = match encode_call(f::FileWrite::NAME, &FileWriteArgs { id, data: ByteBuf::from(&buf[..n]) }) {
-            Ok(p) => p,
+        let live: Vec<usize> = (0..targets.len()).filter(|&i| failed[i].is_none()).collect();
+        let sent = match send_chunk(targets, &live, id, &mut chunk, &mut failed) {
+            Ok(sent) => sent,
             Err(e) => {
                 local_error = Some(std::io::Error::other(e.to_string()));
                 break;
             }
         };
-        let live: Vec<usize> = (0..targets.len()).filter(|&i| failed[i].is_none()).collect();
-        let sent = send_chunk(targets, &live, &payload, &mut failed);
         inflight.push_back((sent, n as u64));
         if inflight.len() >= WINDOW {
             settle(inflight.pop_front(), &mut failed, progress);
@@ -189,27 +188,16 @@ fn put_unique(
         .collect()
 }
 
-fn read_chunk(input: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match input.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-/// Sends one chunk call (`payload`) to the `live` targets: one relay per
-/// first hop shared by several, a plain call where a target is alone.
+/// Sends one chunk as a `file_write` call to the `live` targets: one relay
+/// per first hop shared by several, a plain call where a target is alone.
+/// Both are framed in the chunk's buffer, in front of the data.
 fn send_chunk(
     targets: &[Context],
     live: &[usize],
-    payload: &[u8],
+    id: u32,
+    chunk: &mut Chunk,
     failed: &mut [Option<TransferError>],
-) -> Vec<(usize, Pending<()>)> {
+) -> Result<Vec<(usize, Pending<()>)>, postcard::Error> {
     let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
     for &i in live {
         let first = targets[i].shared.stream_id;
@@ -218,32 +206,33 @@ fn send_chunk(
             None => groups.push((first, vec![i])),
         }
     }
+    let call = chunk.call_front(id)?;
     let mut sent = Vec::new();
     for (first, group) in groups {
-        let mut replies: Vec<(usize, u32, Pending<()>)> = group
+        let lost = |failed: &mut [Option<TransferError>], i: usize, e: CallError| failed[i] = Some(e.into());
+        if let [i] = group[..] {
+            let payload = chunk.payload(&call).ok_or(postcard::Error::SerializeBufferFull)?;
+            match targets[i].call_async_encoded::<f::FileWrite>(payload) {
+                Ok(p) => sent.push((i, p)),
+                Err(e) => lost(failed, i, e),
+            }
+            continue;
+        }
+        let replies: Vec<(usize, u32, Pending<()>)> = group
             .iter()
             .map(|&i| {
                 let (handle, p) = targets[i].expect_reply::<f::FileWrite>();
                 (i, handle, p)
             })
             .collect();
-        let result = if let [(i, handle, _)] = replies[..] {
-            let msg = call_message(targets[i].shared.id, handles::CALL_FUNCTION, handle, payload.to_vec());
-            targets[i].core.table.send(&msg, None)
-        } else {
-            let relay = Relay {
-                targets: replies.iter().map(|(i, h, _)| (targets[*i].shared.id, *h)).collect(),
-                handle: handles::CALL_FUNCTION,
-                flags: 0,
-                data: payload,
-            };
-            match postcard::to_allocvec(&relay) {
-                Ok(data) => targets[group[0]].core.table.send(&call_message(first, handles::RELAY, 0, data), None),
-                Err(e) => Err(crate::core::router::Disconnected { reason: e.to_string() }),
-            }
-        };
-        match result {
-            Ok(()) => sent.extend(replies.drain(..).map(|(i, _, p)| (i, p))),
+        let to: Vec<(u32, u32)> = replies.iter().map(|(i, h, _)| (targets[*i].shared.id, *h)).collect();
+        let mut front = relay_front(&to, handles::CALL_FUNCTION, 0, call.len() + chunk.data().len())?;
+        front.extend_from_slice(&call);
+        let payload = chunk.payload(&front).ok_or(postcard::Error::SerializeBufferFull)?;
+        let header =
+            Header { dst: first, src: MASTER_ID, auth: MASTER_ID, handle: handles::RELAY, ..Header::default() };
+        match targets[group[0]].core.table.send_parts(&header, payload, None) {
+            Ok(()) => sent.extend(replies.into_iter().map(|(i, _, p)| (i, p))),
             Err(d) => {
                 for (i, handle, _) in replies {
                     targets[i].core.table.close_mailbox(handle);
@@ -252,16 +241,12 @@ fn send_chunk(
                         function: f::FileWrite::NAME.into(),
                         reason: d.reason.clone(),
                     };
-                    failed[i] = Some(e.into());
+                    lost(failed, i, e);
                 }
             }
         }
     }
-    sent
-}
-
-fn call_message(dst: u32, handle: u32, reply_to: u32, data: Vec<u8>) -> Message {
-    Message::new(dst, MASTER_ID, handle, reply_to, data)
+    Ok(sent)
 }
 
 /// Waits for every target's acknowledgement of one chunk.

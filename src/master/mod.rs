@@ -129,7 +129,9 @@ impl Router {
         self.connector().doas(opts)
     }
 
-    fn connector(&self) -> Connector<'_> {
+    /// Creates contexts from the master; the same methods as
+    /// [`Context::connector`], for code that connects from either.
+    pub fn connector(&self) -> Connector<'_> {
         Connector { core: &self.core, via: None }
     }
 
@@ -139,15 +141,21 @@ impl Router {
     }
 }
 
-/// Creates contexts: from the master (`via: None`) or onward from a
-/// context (multi-hop). Every method builds its command the same way;
-/// only where it runs differs.
-pub(crate) struct Connector<'a> {
-    pub core: &'a Arc<Core>,
-    pub via: Option<&'a Context>,
+/// Creates contexts: from the master ([`Router::connector`]) or onward
+/// from a context ([`Context::connector`], multi-hop). Every method builds
+/// its command the same way; only where it runs differs.
+#[derive(Clone, Copy, Debug)]
+pub struct Connector<'a> {
+    core: &'a Arc<Core>,
+    via: Option<&'a Context>,
 }
 
 impl Connector<'_> {
+    /// Whether contexts start from the master (not behind a hop).
+    pub fn is_from_master(&self) -> bool {
+        self.via.is_none()
+    }
+
     /// The stage0 script for context `id`. Behind a hop running the same
     /// agent, stage0 asks for the raw agent, which the hop sends itself
     /// (its own executable): a cold start crosses only the last link.
@@ -168,16 +176,18 @@ impl Connector<'_> {
         }
     }
 
-    /// Starts an agent on this machine through stage0 (`sh -c`).
-    pub(crate) fn local(&self, opts: LocalOptions) -> Result<Context, ConnectError> {
+    /// Starts an agent through stage0 (`sh -c`) where this connector runs
+    /// its commands: this machine, or the hop's host.
+    pub fn local(&self, opts: LocalOptions) -> Result<Context, ConnectError> {
         let id = self.core.table.allocate_context_id();
         let name = self.name(&opts.name, || format!("local.{id}"));
         let cmd = local::command(&opts, &self.stage0(id));
         self.connect_child(id, name, &cmd, opts.connect_timeout, &mut bootstrap::NoHooks)
     }
 
-    /// Starts an agent on another host through the system `ssh` client.
-    pub(crate) fn ssh(&self, opts: SshOptions) -> Result<Context, ConnectError> {
+    /// Starts an agent on another host through the system `ssh` client
+    /// (the hop's, behind a hop).
+    pub fn ssh(&self, opts: SshOptions) -> Result<Context, ConnectError> {
         let id = self.core.table.allocate_context_id();
         let name = self.name(&opts.name, || opts.display_host());
         if self.via.is_some() && opts.password.is_some() {
@@ -191,19 +201,19 @@ impl Connector<'_> {
     }
 
     /// Starts an agent as another user through `sudo`.
-    pub(crate) fn sudo(&self, opts: SudoOptions) -> Result<Context, ConnectError> {
+    pub fn sudo(&self, opts: SudoOptions) -> Result<Context, ConnectError> {
         let b = Become { tool: "sudo", user: &opts.username, name: &opts.name, timeout: opts.connect_timeout };
         self.become_user(b, |name, stage0| sudo::prepare(&opts, name, stage0))
     }
 
     /// Starts an agent as another user through `su`.
-    pub(crate) fn su(&self, opts: SuOptions) -> Result<Context, ConnectError> {
+    pub fn su(&self, opts: SuOptions) -> Result<Context, ConnectError> {
         let b = Become { tool: "su", user: &opts.username, name: &opts.name, timeout: opts.connect_timeout };
         self.become_user(b, |name, stage0| su::prepare(&opts, name, stage0))
     }
 
     /// Starts an agent as another user through `doas`.
-    pub(crate) fn doas(&self, opts: DoasOptions) -> Result<Context, ConnectError> {
+    pub fn doas(&self, opts: DoasOptions) -> Result<Context, ConnectError> {
         let b = Become { tool: "doas", user: &opts.username, name: &opts.name, timeout: opts.connect_timeout };
         self.become_user(b, |name, stage0| doas::prepare(&opts, name, stage0))
     }
@@ -282,22 +292,13 @@ impl Connector<'_> {
         transport_pid: Option<u32>,
     ) -> Result<Context, ConnectError> {
         let Transport { rx, tx, stderr, process } = t;
+        let info = ConnectInfo::from_boot(&boot, transport_pid);
         let io = |source| ConnectError::Io { context: name.clone(), source };
         let out = self.core.broker.stream_out(tx).map_err(io)?;
         let rx = self.core.broker.stream_in(rx, boot.decoder).map_err(io)?;
         let shared = Arc::new(ContextShared::new(id, name));
         let _ = shared.rx.set(rx.clone());
         self.core.table.add_route(shared.clone(), out.clone());
-        let info = ConnectInfo {
-            pid: boot.hello.pid,
-            arch: boot.hello.arch.clone(),
-            agent_hash: boot.hello.agent_hash.clone(),
-            exe: boot.hello.exe.clone(),
-            upload: boot.upload.clone(),
-            agent_bytes_sent: boot.agent_bytes_sent,
-            bootstrap_time: boot.elapsed,
-            transport_pid,
-        };
         log::debug!(
             "[{}] connected in {:?}: agent pid {} ({}), {} agent bytes sent ({:?})",
             shared.name,

@@ -74,7 +74,9 @@ impl Context {
         self.connector().doas(opts)
     }
 
-    fn connector(&self) -> Connector<'_> {
+    /// Creates contexts reached through this one; the same methods as
+    /// [`crate::Router::connector`].
+    pub fn connector(&self) -> Connector<'_> {
         Connector { core: &self.core, via: Some(self) }
     }
 
@@ -181,21 +183,12 @@ pub(super) fn connect(
             None => w.ctx = Some(shared.clone()),
         }
     }
+    let info = ConnectInfo::from_boot(&boot, None);
     // Frames that came with the hello (none are expected) still count.
     let mut decoder = boot.decoder;
     while let Ok(Some(m)) = decoder.next_message() {
         hop.core.table.deliver(shared.stream_id, m);
     }
-    let info = ConnectInfo {
-        pid: boot.hello.pid,
-        arch: boot.hello.arch.clone(),
-        agent_hash: boot.hello.agent_hash.clone(),
-        exe: boot.hello.exe.clone(),
-        upload: boot.upload.clone(),
-        agent_bytes_sent: boot.agent_bytes_sent,
-        bootstrap_time: boot.elapsed,
-        transport_pid: None,
-    };
     log::debug!("[{}] connected through {} in {:?}: agent pid {}", shared.name, hop.name(), boot.elapsed, info.pid);
     Ok(Context::new(hop.core.clone(), shared, info))
 }
@@ -277,12 +270,7 @@ fn pump_out(mut p: Process, rx: UnixStream, tty: UnixStream, watch: Shared, tabl
                     *sink = None;
                 }
                 if fd != 1 {
-                    partial.extend_from_slice(&data);
-                    while let Some(i) = partial.iter().position(|&c| c == b'\n') {
-                        let line: Vec<u8> = partial.drain(..=i).collect();
-                        let text = String::from_utf8_lossy(&line[..i]);
-                        log::warn!(target: "mito::remote", "[{name}] {}", text.trim_end());
-                    }
+                    crate::core::broker::log_lines(&name, &mut partial, &data);
                 }
             }
             Ok(ProcessEvent::Exit(r)) => {

@@ -101,6 +101,21 @@ pub struct Relay<'a> {
     pub data: &'a [u8],
 }
 
+/// The encoded [`Relay`] up to its data: `targets`, `handle`, `flags` and
+/// the data's length. Followed by `data_len` bytes it is the relay's wire
+/// form, so a large payload can be framed in place without a copy.
+pub fn relay_front(
+    targets: &[(u32, u32)],
+    handle: u32,
+    flags: u16,
+    data_len: usize,
+) -> Result<Vec<u8>, postcard::Error> {
+    let front = postcard::to_allocvec(targets)?;
+    let front = postcard::to_extend(&handle, front)?;
+    let front = postcard::to_extend(&flags, front)?;
+    postcard::to_extend(&data_len, front)
+}
+
 /// Encodes a call's payload: the function name, then its arguments, both
 /// postcard; the agent reads the name first and decodes the rest by type.
 /// Both go into one buffer: a 1 MiB `file_write` chunk is copied once.
@@ -112,4 +127,20 @@ pub fn encode_call<A: Serialize>(name: &str, args: &A) -> Result<Vec<u8>, postca
 /// Splits a call payload into the function name and the encoded arguments.
 pub fn decode_call(data: &[u8]) -> Result<(&str, &[u8]), postcard::Error> {
     postcard::take_from_bytes::<&str>(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_front_and_data_are_the_relay() {
+        let data = alloc::vec![9u8; 300];
+        let targets = alloc::vec![(5, 1001), (70_000, 1_000_000)];
+        let whole = postcard::to_allocvec(&Relay { targets: targets.clone(), handle: 1, flags: 2, data: &data })
+            .expect("encode");
+        let mut framed = relay_front(&targets, 1, 2, data.len()).expect("front");
+        framed.extend_from_slice(&data);
+        assert_eq!(framed, whole);
+    }
 }

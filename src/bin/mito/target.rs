@@ -7,51 +7,9 @@
 use std::io::Write;
 use std::time::Duration;
 
-use mito::{
-    ConnectError, Context, DoasOptions, HostKeyPolicy, LocalOptions, Router, SshOptions, SuOptions, SudoOptions,
-};
+use mito::{Connector, Context, DoasOptions, HostKeyPolicy, LocalOptions, Router, SshOptions, SuOptions, SudoOptions};
 
 use super::{Cli, HostKeys};
-
-/// Where a hop is connected from: the master, or the previous hop.
-#[derive(Clone, Copy)]
-enum Origin<'a> {
-    Master(&'a Router),
-    Hop(&'a Context),
-}
-
-impl Origin<'_> {
-    fn local(self, o: LocalOptions) -> Result<Context, ConnectError> {
-        match self {
-            Origin::Master(r) => r.local(o),
-            Origin::Hop(c) => c.local(o),
-        }
-    }
-    fn ssh(self, o: SshOptions) -> Result<Context, ConnectError> {
-        match self {
-            Origin::Master(r) => r.ssh(o),
-            Origin::Hop(c) => c.ssh(o),
-        }
-    }
-    fn sudo(self, o: SudoOptions) -> Result<Context, ConnectError> {
-        match self {
-            Origin::Master(r) => r.sudo(o),
-            Origin::Hop(c) => c.sudo(o),
-        }
-    }
-    fn su(self, o: SuOptions) -> Result<Context, ConnectError> {
-        match self {
-            Origin::Master(r) => r.su(o),
-            Origin::Hop(c) => c.su(o),
-        }
-    }
-    fn doas(self, o: DoasOptions) -> Result<Context, ConnectError> {
-        match self {
-            Origin::Master(r) => r.doas(o),
-            Origin::Hop(c) => c.doas(o),
-        }
-    }
-}
 
 /// The contexts made so far, by target prefix, and passwords read once.
 pub struct Targets<'a> {
@@ -81,8 +39,8 @@ impl<'a> Targets<'a> {
                 prev = Some(c.clone());
                 continue;
             }
-            let origin = prev.as_ref().map_or(Origin::Master(self.router), Origin::Hop);
-            let c = self.connect_hop(origin, hop)?;
+            let from = prev.as_ref().map_or_else(|| self.router.connector(), Context::connector);
+            let c = self.connect_hop(from, hop)?;
             self.made.push((prefix.clone(), c.clone()));
             prev = Some(c);
         }
@@ -96,7 +54,7 @@ impl<'a> Targets<'a> {
         }
     }
 
-    fn connect_hop(&mut self, origin: Origin<'_>, hop: &str) -> Result<Context, String> {
+    fn connect_hop(&mut self, from: Connector<'_>, hop: &str) -> Result<Context, String> {
         let cli = self.cli;
         let timeout = Duration::from_secs_f64(cli.connect_timeout.max(0.001));
         if hop.starts_with("ssh://") {
@@ -115,7 +73,7 @@ impl<'a> Targets<'a> {
                 HostKeys::AcceptNew => HostKeyPolicy::AcceptNew,
                 HostKeys::Ignore => HostKeyPolicy::Ignore,
             };
-            return origin.ssh(o).map_err(|e| e.to_string());
+            return from.ssh(o).map_err(|e| e.to_string());
         }
         let (method, arg) = hop.split_once(':').map_or((hop, None), |(m, n)| (m, Some(n.to_string())));
         let user = || arg.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into());
@@ -131,26 +89,26 @@ impl<'a> Targets<'a> {
                 o.preserve_env = cli.preserve_env;
                 o.login = cli.login;
                 o.connect_timeout = timeout;
-                origin.sudo(o).map_err(|e| e.to_string())
+                from.sudo(o).map_err(|e| e.to_string())
             }
             "su" => {
                 let mut o = SuOptions::new(user());
                 o.password = become_pass;
                 o.login = cli.login;
                 o.connect_timeout = timeout;
-                origin.su(o).map_err(|e| e.to_string())
+                from.su(o).map_err(|e| e.to_string())
             }
             "doas" => {
                 let mut o = DoasOptions::new(user());
                 o.password = become_pass;
                 o.connect_timeout = timeout;
-                origin.doas(o).map_err(|e| e.to_string())
+                from.doas(o).map_err(|e| e.to_string())
             }
             "local" => {
                 // At the top a plain "local"; behind a hop the library
                 // names it after the hop.
-                let name = arg.or_else(|| matches!(origin, Origin::Master(_)).then(|| "local".into()));
-                origin.local(LocalOptions { name, connect_timeout: timeout, ..LocalOptions::default() }).map_err(|e| e.to_string())
+                let name = arg.or_else(|| from.is_from_master().then(|| "local".into()));
+                from.local(LocalOptions { name, connect_timeout: timeout, ..LocalOptions::default() }).map_err(|e| e.to_string())
             }
             _ => Err(format!(
                 "unknown target {hop:?}: supported today: local, ssh://[user@]host[:port], sudo:USER, su:USER, doas:USER, and chains of them joined by commas (containers are on the way)"
