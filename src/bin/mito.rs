@@ -17,7 +17,7 @@ use serde_bytes::ByteBuf;
 #[command(
     name = "mito",
     version,
-    about = "Run commands and code in contexts (local today; ssh, sudo, containers next) without installing anything there"
+    about = "Run commands and copy files in contexts (local, ssh, sudo/su/doas, and chains of them) without installing anything there"
 )]
 struct Cli {
     /// More output: -v debug, -vv trace.

@@ -77,7 +77,7 @@ impl Context {
     /// Walks a local tree for [`Context::put_tree`].
     pub fn plan_local_tree(&self, src: impl AsRef<Path>) -> Result<Plan, TransferError> {
         fn walk(root: &Path, rel: PathBuf, out: &mut Vec<Entry>) -> Result<(), TransferError> {
-            let path = root.join(&rel);
+            let path = join(root, &rel);
             let m = fs::symlink_metadata(&path).map_err(local(&path))?;
             let kind = kind_of(m.file_type());
             out.push(Entry {
@@ -121,7 +121,7 @@ impl Context {
             if entries[i].kind == FileKind::Dir {
                 let rel = entries[i].rel.clone();
                 let children: Vec<Entry> = self
-                    .list_dir(root.join(&rel))?
+                    .list_dir(join(root, &rel))?
                     .into_iter()
                     .map(|d| Entry {
                         rel: rel.join(std::ffi::OsString::from_vec(d.name.into_vec())),
@@ -153,7 +153,7 @@ impl Context {
         let root = self.info()?.euid == 0;
         let mut st = TreeStats::default();
         for e in &plan.entries {
-            let (from, to) = (src.join(&e.rel), join(remote, &e.rel));
+            let (from, to) = (join(src, &e.rel), join(remote, &e.rel));
             match e.kind {
                 FileKind::Dir => {
                     self.make_dirs(&to, 0o700)?;
@@ -204,7 +204,7 @@ impl Context {
         let root = is_root();
         let mut st = TreeStats::default();
         for e in &plan.entries {
-            let (from, to) = (join(remote, &e.rel), dest.join(&e.rel));
+            let (from, to) = (join(remote, &e.rel), join(dest, &e.rel));
             match e.kind {
                 FileKind::Dir => {
                     match fs::create_dir(&to) {
@@ -238,7 +238,7 @@ impl Context {
             }
         }
         for e in plan.entries.iter().rev().filter(|e| e.kind == FileKind::Dir) {
-            let to = dest.join(&e.rel);
+            let to = join(dest, &e.rel);
             if root {
                 std::os::unix::fs::chown(&to, Some(e.owner.0), Some(e.owner.1)).map_err(local(&to))?;
             }
@@ -249,7 +249,9 @@ impl Context {
     }
 }
 
-/// `base/rel`, with an empty `rel` meaning `base` itself.
+/// `base/rel`, with an empty `rel` meaning `base` itself: `Path::join("")`
+/// appends a slash, and `stat("file/")` is ENOTDIR, which broke every
+/// single-file copy planned as a one-entry tree.
 fn join(base: &Path, rel: &Path) -> PathBuf {
     if rel.as_os_str().is_empty() {
         base.to_path_buf()
