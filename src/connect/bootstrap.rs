@@ -135,6 +135,14 @@ impl Phase<'_> {
         if let Some(e) = self.failed.take() {
             return e;
         }
+        // The method's program may give up at the same moment for its own
+        // reason (ssh's ConnectTimeout is this same limit, started a little
+        // later): give it a moment to say why, so the error is typed
+        // ("ssh: connection timed out") rather than a bare timeout.
+        self.drain_stderr_until(Instant::now() + Duration::from_secs(1));
+        if let Some(e) = self.failed.take() {
+            return e;
+        }
         if let Some(e) = self.hooks.classify(&self.stderr) {
             return e;
         }
@@ -260,16 +268,17 @@ impl Phase<'_> {
 
     /// After a failure, give stderr a moment to deliver the target's reason.
     fn drain_stderr_briefly(&mut self) {
-        let until = Instant::now() + Duration::from_millis(200);
-        let saved = self.deadline;
-        self.deadline = until.min(saved);
-        while self.stderr_open && Instant::now() < self.deadline {
+        self.drain_stderr_until((Instant::now() + Duration::from_millis(200)).min(self.deadline));
+    }
+
+    /// Reads stderr until it closes, a hook gives up, or `until`.
+    fn drain_stderr_until(&mut self, until: Instant) {
+        while self.stderr_open && self.failed.is_none() && Instant::now() < until {
             let Some(fd) = self.pipes.stderr else { break };
             let mut fds = [PollFd::new(&fd, PollFlags::IN)];
             let _ = poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 20_000_000 }));
             self.read_stderr();
         }
-        self.deadline = saved;
     }
 }
 
