@@ -85,6 +85,11 @@ impl OnPty {
         (&self.master).write_all(bytes).expect("type into the pty");
     }
 
+    /// Types `bytes` if the terminal still takes them.
+    pub fn try_type_in(&self, bytes: &[u8]) -> bool {
+        (&self.master).write_all(bytes).is_ok()
+    }
+
     /// Sets the terminal's size, as a terminal emulator does when its
     /// window changes (the kernel sends SIGWINCH to the foreground group).
     pub fn resize(&self, rows: u16, cols: u16) {
@@ -92,6 +97,14 @@ impl OnPty {
         // SAFETY: TIOCSWINSZ reads one winsize from the pointer.
         let r = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
         assert_eq!(r, 0, "TIOCSWINSZ");
+    }
+
+    /// Whether the terminal is in canonical (cooked) mode with echo, as a
+    /// shell leaves it; false once a program has made it raw.
+    pub fn is_cooked(&self) -> bool {
+        let t = nix::sys::termios::tcgetattr(&self.master).expect("tcgetattr");
+        use nix::sys::termios::LocalFlags;
+        t.local_flags.contains(LocalFlags::ICANON | LocalFlags::ECHO)
     }
 
     /// Waits for the program to exit (killing it after `limit`), then for
