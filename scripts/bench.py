@@ -95,6 +95,7 @@ def main():
     env = dict(os.environ)
     here = os.path.dirname(os.path.abspath(__file__))
     rows = []
+    failures = []  # a side that should have run and did not: the run fails
     for name, label, mito_ok, mitogen_ok, higher in WORKLOADS:
         if only and name not in only:
             continue
@@ -120,6 +121,7 @@ def main():
                         r = run([a.python, os.path.join(here, "bench_mitogen.py"), name, str(n)], env)
                 except Exception as e:  # report, never fake a figure
                     err = "%s: %s" % (tool, str(e).strip().splitlines()[-1] if str(e).strip() else e)
+                    failures.append("%s (%s)" % (name, err))
                     continue
                 unit = r["unit"]
                 res[tool]["values"] += r["values"]
@@ -170,6 +172,10 @@ def main():
             out.write(json.dumps(rec) + "\n")
     if out:
         out.close()
+    if failures:
+        print("\nbench: %d workload run(s) failed:\n  %s" % (len(failures), "\n  ".join(failures)), file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ struct Cli {
     /// sudo/su/doas: ask for the password on the terminal.
     #[arg(long, global = true)]
     ask_become_pass: bool,
-    /// sudo: keep the environment (`sudo -E`).
-    #[arg(long, global = true)]
+    /// sudo: keep the environment (`sudo -E`). Not with --login: sudo
+    /// refuses `-E` together with `-i`.
+    #[arg(long, global = true, conflicts_with = "login")]
     preserve_env: bool,
     /// sudo/su: run through the target user's login shell (`sudo -i`, `su -l`).
     #[arg(long, global = true)]

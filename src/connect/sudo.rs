@@ -112,10 +112,56 @@ pub fn prepare(opts: &SudoOptions, context: &str, stage0: &str) -> (ChildCommand
     for a in &opts.sudo_args {
         c.arg(a);
     }
-    c.arg("--").arg("sh").arg("-c").arg(stage0);
+    c.arg("--").arg("sh").arg("-c");
+    if opts.login {
+        c.arg(without_dollars(stage0));
+    } else {
+        c.arg(stage0);
+    }
     // The prompt check sees the text since the last answer; sudo-rs puts
     // the token in brackets before its own translated "Password:".
     let bracketed = format!("[sudo: {tok}]");
     let is_prompt = Box::new(move |t: &str| t.ends_with(tok.as_str()) || (t.contains(&bracketed) && t.ends_with(':')));
     (c, Responder::new(context, "sudo", &opts.username, opts.password.clone(), is_prompt, FAILURES))
+}
+
+/// `script` as a shell command with no `$` in it, for `sudo -i`.
+///
+/// With `-i` sudo hands the command to the target's login shell as one
+/// string, backslash-escaping every character but letters, digits, `_`,
+/// `-` and `$` — so `$` is expanded by the login shell before `sh -c` sees
+/// the script (stage0's variables arrived empty: "no agent for
+/// architecture \"\""). The script is therefore spelt as octal escapes for
+/// `printf`, whose output `eval` runs: the login shell sees only escaped
+/// quotes and backquotes, which it unescapes back into this command.
+fn without_dollars(script: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::from("eval \"`printf '");
+    for b in script.bytes() {
+        if b.is_ascii_alphanumeric() || b" _-./,:=".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "\\{b:03o}");
+        }
+    }
+    out.push_str("'`\"");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_dollars;
+
+    #[test]
+    fn a_login_command_has_no_dollar_and_sh_gets_the_script_back() {
+        let script = "x=$(echo 'a b'); printf '%s|%s\\n' \"$x\" \"`echo \\$HOME`\"; exit 3";
+        let cmd = without_dollars(script);
+        assert!(!cmd.contains('$'), "{cmd}");
+        let direct = std::process::Command::new("sh").args(["-c", script]).env("HOME", "/h").output().expect("sh");
+        let wrapped = std::process::Command::new("sh").args(["-c", &cmd]).env("HOME", "/h").output().expect("sh");
+        assert_eq!(direct.status.code(), Some(3));
+        assert_eq!(wrapped.status.code(), Some(3));
+        assert_eq!(String::from_utf8_lossy(&wrapped.stdout), "a b|/h\n");
+        assert_eq!(wrapped.stdout, direct.stdout);
+    }
 }
