@@ -55,6 +55,9 @@ impl std::fmt::Debug for SuOptions {
 }
 
 const FAILURES: &[(&str, BecomeFailure)] = &[
+    // PAM's account check prints this before su's "Authentication
+    // failure", even for root (no password asked): expiry, not a password.
+    ("account has expired", BecomeFailure::AccountLocked),
     ("authentication failure", BecomeFailure::WrongPassword),
     ("su: sorry", BecomeFailure::WrongPassword),
     ("incorrect password", BecomeFailure::WrongPassword),
