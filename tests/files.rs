@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
@@ -111,12 +112,30 @@ fn killed_agent_mid_transfer_leaves_no_file_under_the_final_name() {
     let ctx = router.local(LocalOptions::default()).expect("connect");
     let agent = ctx.connect_info().pid;
     let dest = d.path().join("dest");
-    let (c2, s2, d2) = (ctx.clone(), src.clone(), dest.clone());
-    let t = std::thread::spawn(move || c2.put(&s2, &d2));
-    std::thread::sleep(Duration::from_millis(30));
-    common::kill9(agent);
-    let e = t.join().expect("thread").expect_err("agent died mid-transfer");
+    // Killed once the agent has acknowledged a chunk (progress counts acked
+    // chunks), so it dies mid-transfer whatever the machine's speed; the
+    // temp file's size then is the proof that bytes had moved.
+    let (moved, temp_at_kill) = (Cell::new(0u64), Cell::new(None));
+    let e = ctx
+        .put_with_progress(&src, &dest, &|n| {
+            moved.set(moved.get() + n);
+            if temp_at_kill.get().is_none() {
+                let temp = std::fs::read_dir(d.path())
+                    .expect("ls")
+                    .filter_map(Result::ok)
+                    .find(|e| e.file_name().to_string_lossy().starts_with(".dest.mito-tmp"))
+                    .and_then(|e| e.metadata().ok())
+                    .map_or(0, |m| m.len());
+                temp_at_kill.set(Some(temp));
+                common::kill9(agent);
+            }
+        })
+        .expect_err("agent died mid-transfer");
     assert!(matches!(&e, TransferError::Remote(c) if c.is_disconnected()), "{e}");
+    let temp = temp_at_kill.get().expect("a chunk was acknowledged before the kill");
+    eprintln!("killed after {} bytes acknowledged, temp file {temp} bytes", moved.get());
+    assert!(temp > 0, "the temp file held no bytes when the agent was killed");
+    assert!(moved.get() < 96 << 20, "the transfer stopped early: {} bytes acknowledged", moved.get());
     assert!(!dest.exists(), "a partial file appeared under the final name");
 }
 
@@ -126,17 +145,41 @@ fn fs_functions() {
     let ctx = router.local(LocalOptions::default()).expect("connect");
     let d = TempDir::new("fsfn");
     let deep = d.path().join("a/b/c");
-    ctx.make_dirs(&deep, 0o750).expect("mkdir -p");
-    ctx.make_dirs(&deep, 0o750).expect("mkdir -p is idempotent");
-    assert_eq!(std::fs::metadata(&deep).expect("meta").mode() & 0o777, 0o750);
+    // Every missing component gets exactly the mode asked for, not reduced by
+    // the umask the agent keeps from us: 0o777, which mkdir alone gives under
+    // no umask but 000 (0o755 under the usual 022).
+    ctx.make_dirs(&deep, 0o777).expect("mkdir -p");
+    for dir in ["a", "a/b", "a/b/c"] {
+        assert_eq!(std::fs::metadata(d.path().join(dir)).expect("meta").mode() & 0o7777, 0o777, "{dir}");
+    }
+    // Existing directories are left as they are.
+    ctx.make_dirs(&deep, 0o700).expect("mkdir -p is idempotent");
+    assert_eq!(std::fs::metadata(&deep).expect("meta").mode() & 0o7777, 0o777);
     std::fs::write(deep.join("f"), vec![1u8; 10_000]).expect("write");
     let e = ctx.make_dirs(deep.join("f/x"), 0o755).expect_err("a file in the way");
     assert_eq!(e.remote().map(|r| r.errno), Some(libc::ENOTDIR), "{e}");
 
     ctx.chmod(deep.join("f"), 0o600).expect("chmod");
     assert_eq!(std::fs::metadata(deep.join("f")).expect("meta").mode() & 0o777, 0o600);
-    let me = (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw());
-    ctx.chown(deep.join("f"), Some(me.0), Some(me.1)).expect("chown to ourselves");
+    let ids = |p: &Path| {
+        let m = std::fs::metadata(p).expect("meta");
+        (m.uid(), m.gid())
+    };
+    let me = ids(&deep.join("f"));
+    if is_root() {
+        // To ids that are not ours, then one id at a time (None keeps it).
+        ctx.chown(deep.join("f"), Some(65534), Some(65533)).expect("chown");
+        assert_eq!(ids(&deep.join("f")), (65534, 65533));
+        ctx.chown(deep.join("f"), None, Some(me.1)).expect("chgrp");
+        assert_eq!(ids(&deep.join("f")), (65534, me.1));
+        ctx.chown(deep.join("f"), Some(me.0), None).expect("chown back");
+        assert_eq!(ids(&deep.join("f")), me);
+    } else {
+        // Without root the kernel refuses, and the error says so.
+        let e = ctx.chown(deep.join("f"), Some(65534), None).expect_err("chown to another user needs root");
+        assert_eq!(e.remote().map(|r| r.errno), Some(libc::EPERM), "{e}");
+        assert_eq!(ids(&deep.join("f")), me);
+    }
 
     ctx.symlink("c/f", d.path().join("a/b/link")).expect("symlink");
     assert_eq!(ctx.read_link(d.path().join("a/b/link")).expect("readlink"), b"c/f");

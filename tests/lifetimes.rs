@@ -8,7 +8,9 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, is_root, local_in, parent_of, skip_loudly, wait_gone, TempDir};
+use common::{
+    alive, is_root, local_in, parent_of, proc_state, skip_loudly, wait_gone, wait_reaped, ProcState, TempDir,
+};
 use mito::functions::{ExecArgs, Stdio as ExecStdio};
 use mito::proto::message::Hello;
 use mito::proto::{handles, Header};
@@ -93,7 +95,9 @@ fn calls_to_a_dead_context_fail_at_once() {
     assert!(e.is_disconnected(), "{e}");
     assert!(t0.elapsed() < Duration::from_millis(100));
     assert!(e.to_string().contains(ctx.name()), "names the context: {e}");
-    assert!(wait_gone(pid, Duration::from_secs(2)).is_some(), "reaped, no zombie");
+    // Our child: gone from /proc, not a zombie left for nobody to reap.
+    let reaped = wait_reaped(pid, Duration::from_secs(2));
+    assert!(reaped.is_ok(), "agent {pid} not reaped 2 s after it died: {reaped:?}");
     let other = router.local(LocalOptions::default()).expect("router still works");
     other.ping().expect("ping");
 }
@@ -242,8 +246,9 @@ fn dropping_the_router_ends_its_agents() {
     let t0 = Instant::now();
     drop(router);
     assert!(t0.elapsed() < Duration::from_secs(3));
+    // Reaped by the time drop returns: not running, and no zombies.
     for p in pids {
-        assert!(!alive(p), "agent {p} outlived the router");
+        assert_eq!(proc_state(p), ProcState::Gone, "agent {p} after the router was dropped");
     }
 }
 
@@ -307,4 +312,29 @@ fn terminated_agent_takes_its_commands_along() {
     assert!(r.expect_err("agent ended").is_disconnected());
     assert!(wait_gone(cmd, Duration::from_secs(2)).is_some(), "command {cmd} outlived its agent");
     assert_eq!(ctx.shutdown().and_then(|s| s.code), Some(129), "the agent's exit code for a signal");
+}
+
+/// The probe behind the "no zombie" checks can see one: a child that has
+/// exited but that we have not waited for is a zombie, not gone, until we
+/// reap it.
+#[test]
+fn the_zombie_probe_tells_a_zombie_from_a_reaped_process() {
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    let pid = child.id();
+    let t0 = Instant::now();
+    while proc_state(pid) != ProcState::Zombie {
+        assert!(t0.elapsed() < Duration::from_secs(5), "`true` ({pid}) never became a zombie: {:?}", proc_state(pid));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!alive(pid), "a zombie is not running");
+    assert_eq!(wait_reaped(pid, Duration::from_millis(200)), Err(ProcState::Zombie), "unreaped: not gone");
+    assert!(child.wait().expect("wait").success());
+    assert_eq!(proc_state(pid), ProcState::Gone);
+    assert!(wait_reaped(pid, Duration::from_millis(200)).is_ok());
+    // And a running one is neither.
+    let mut sleeper = Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+    assert_eq!(proc_state(sleeper.id()), ProcState::Running);
+    assert_eq!(wait_reaped(sleeper.id(), Duration::from_millis(50)), Err(ProcState::Running));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
 }

@@ -32,7 +32,8 @@ fn connect_ping_info() {
     assert!(!info.kernel.is_empty() && !info.hostname.is_empty());
     let status = ctx.shutdown().expect("we spawned it, so we have its status");
     assert_eq!(status.code, Some(0));
-    assert!(!common::alive(info.pid), "shutdown reaped the agent: no zombie");
+    // Exited and reaped: no /proc entry (a zombie would still have one).
+    assert_eq!(common::proc_state(info.pid), common::ProcState::Gone, "shutdown reaped the agent: no zombie");
 }
 
 #[test]

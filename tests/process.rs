@@ -97,15 +97,34 @@ fn writing_to_an_exited_command_is_a_typed_error_not_a_hang() {
     ctx.ping().expect("the context still works");
 }
 
+/// A signal goes to the command's process group: the command's child gets
+/// it too, while the command still runs (so not from a clean-up after the
+/// command's exit).
 #[test]
 fn signals_reach_the_command_and_its_children() {
     let (_r, ctx) = local();
-    let script = "trap 'echo got TERM; exit 7' TERM; echo ready; while :; do sleep 0.05; done";
+    // The child traps TERM and says so; the command, on TERM, waits for
+    // that child and exits 7. Were only the command's pid signalled, its
+    // `wait` would never return (the child loops until it gets TERM).
+    let script = "trap 'echo parent got TERM; wait; exit 7' TERM; \
+                  sh -c 'trap \"echo child got TERM; exit 5\" TERM; echo child armed; while :; do sleep 0.05; done' & \
+                  echo \"child pid $!\"; echo ready; while :; do sleep 0.05; done";
     let mut p = ctx.spawn(&args(&["sh", "-c", script])).expect("spawn");
-    read_until(&mut p, "ready");
+    let mut out = read_until(&mut p, "ready");
+    if !out.contains("child armed") {
+        out += &read_until(&mut p, "child armed");
+    }
+    let child: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("child pid "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the command printed its child's pid: {out:?}"));
+    assert!(common::alive(child), "the command's child {child} runs");
     p.signal(libc::SIGTERM).expect("signal");
-    let out = read_until(&mut p, "got TERM");
-    assert!(out.contains("got TERM"));
+    let out = read_until(&mut p, "child got TERM");
+    let out = if out.contains("parent got TERM") { out } else { read_until(&mut p, "parent got TERM") };
+    assert!(out.contains("parent got TERM"), "{out:?}");
+    assert!(common::wait_gone(child, Duration::from_secs(2)).is_some(), "the command's child {child} outlived TERM");
     let r = p.wait().expect("exit");
     assert_eq!((r.code, r.signal, r.timed_out), (Some(7), None, false));
 

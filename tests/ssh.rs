@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::sshd::{Sshd, PASSWORD};
-use common::{alive, parent_of, wait_gone};
+use common::{alive, parent_of, wait_gone, wait_reaped};
 use mito::connect::bootstrap::Upload;
 use mito::{ConnectError, HostKeyPolicy, Router, SshFailure};
 
@@ -145,6 +145,10 @@ fn remote_agent_killed() {
     assert!(e.is_disconnected(), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     assert!(ctx.ping().expect_err("dead").is_disconnected());
+    // The ssh client, our child, ends with the session and is reaped.
+    let ssh = ctx.connect_info().transport_pid.expect("ssh pid");
+    let reaped = wait_reaped(ssh, Duration::from_secs(5));
+    assert!(reaped.is_ok(), "ssh client {ssh}: {reaped:?}");
 }
 
 /// kill -9 of the local ssh client: calls fail at once, the remote agent
@@ -165,6 +169,8 @@ fn local_ssh_client_killed() {
     assert!(e.is_disconnected(), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(2));
     assert!(wait_gone(agent, Duration::from_secs(5)).is_some(), "remote agent {agent} orphaned");
+    let reaped = wait_reaped(ssh, Duration::from_secs(2));
+    assert!(reaped.is_ok(), "the killed ssh client {ssh}, our child, reaped: {reaped:?}");
 }
 
 /// 100 MB of stdout streams through ssh to the CLI without the master's

@@ -45,44 +45,59 @@ fn local_through_local_routes_calls_and_commands() {
     assert!(!alive(hi.pid) || common::wait_gone(hi.pid, Duration::from_secs(5)).is_some());
 }
 
+/// Options for a local context whose agent runs in `cwd`: its stage0 shell
+/// is a wrapper that changes there first. Through `/proc/self/cwd` one
+/// absolute path then names a different file in each such context.
+fn local_in_cwd(cache: &std::path::Path, cwd: &std::path::Path) -> mito::LocalOptions {
+    std::fs::create_dir_all(cwd).expect("mkdir cwd");
+    let sh = cwd.with_extension("sh");
+    std::fs::write(&sh, format!("#!/bin/sh\ncd '{}' || exit 97\nexec /bin/sh \"$@\"\n", cwd.display())).expect("write");
+    std::fs::set_permissions(&sh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    mito::LocalOptions { sh, ..local_in(cache) }
+}
+
 #[test]
 fn one_file_to_many_contexts_behind_a_hop_crosses_the_hop_once() {
     let dir = TempDir::new("via-relay");
     let router = Router::new().expect("router");
     let hop = router.local(local_in(&dir.path().join("cache"))).expect("hop");
+    // Each child in its own directory: the one destination path below is a
+    // different file for each, so every target's copy is checked on its
+    // own (one target's rename cannot stand in for another's).
+    let cwds: Vec<_> = (0..4).map(|i| dir.path().join(format!("child-{i}"))).collect();
     let children: Vec<mito::Context> =
-        (0..4).map(|_| hop.local(local_in(&dir.path().join("cache"))).expect("child")).collect();
+        cwds.iter().map(|cwd| hop.local(local_in_cwd(&dir.path().join("cache"), cwd)).expect("child")).collect();
     let src = dir.path().join("src.bin");
     let size = 24usize << 20;
     let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&src, &data).expect("write src");
+    let sha = mito::core::sha256::digest(&data);
     // The counter counts: one plain put carries the whole file over the link.
     let before = hop.bytes_sent();
     children[0].put(&src, dir.path().join("single.bin")).expect("put");
     assert!(hop.bytes_sent() - before >= size as u64);
     let before = hop.bytes_sent();
     let ticks = std::sync::atomic::AtomicU64::new(0);
-    let results = mito::put_many(&children, &src, dir.path().join("same-name.bin"), &|n| {
+    let dest = "/proc/self/cwd/same-name.bin";
+    let results = mito::put_many(&children, &src, dest, &|n| {
         ticks.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     });
     let crossed = hop.bytes_sent() - before;
     eprintln!("put_many: {crossed} bytes crossed the first link for 4 × {size} delivered");
-    for r in &results {
-        let s = r.as_ref().expect("every target got the file");
-        assert_eq!(s.bytes, size as u64);
-    }
     assert_eq!(ticks.into_inner(), size as u64, "progress counts each chunk once");
     assert!(
         crossed < size as u64 * 11 / 10,
         "{crossed} bytes crossed the hop's link for 4 × {size} bytes delivered: relayed once"
     );
-    assert_eq!(std::fs::read(dir.path().join("same-name.bin")).expect("read"), data);
-    // Each child hashed and committed on its own: the 4 commits raced for
-    // one name and every one of them verified the same bytes.
-    for c in &children {
-        let sum = c.sha256(dir.path().join("same-name.bin")).expect("sha256");
-        assert_eq!(sum, results[0].as_ref().map(|s| s.sha256).unwrap_or_default());
+    // Every target: its own result, its own file with the right bytes, and
+    // its own agent's hash of that file.
+    for ((c, r), cwd) in children.iter().zip(&results).zip(&cwds) {
+        let s = r.as_ref().unwrap_or_else(|e| panic!("{}: {e}", c.name()));
+        assert_eq!((s.bytes, s.sha256), (size as u64, sha), "{}", c.name());
+        assert!(std::fs::read(cwd.join("same-name.bin")).expect("read") == data, "{}: content", c.name());
+        assert_eq!(c.sha256(dest).expect("sha256"), sha, "{}", c.name());
     }
+    assert!(!std::path::Path::new("same-name.bin").exists(), "resolved in the test's own cwd");
 }
 
 /// Waits for `p` and returns how long that took.
@@ -119,19 +134,19 @@ fn three_levels_deep_and_a_lost_hop_fails_what_is_behind_it_at_once() {
     }
     assert!(took < Duration::from_secs(5), "failed after {took:?}, not at once");
     assert!(matches!(c.ping(), Err(CallError::Disconnected { .. })));
+    let reaped = common::wait_reaped(ci, Duration::from_secs(5));
+    assert!(reaped.is_ok(), "c's agent {ci}, killed, reaped behind its hop: {reaped:?}");
     d.ping().expect("the sibling still answers");
     b.ping().expect("the hop still answers");
 
     // The middle hop dies: everything behind it is gone, the top stays.
     let pending = common::pending_sleep(&d);
-    let di = d.info().map(|i| i.pid);
+    let di = d.info().expect("d's info while its hop lives").pid;
     common::kill9(bi);
     let (r, took) = timed(|| pending.wait());
     assert!(matches!(r, Err(CallError::Disconnected { .. })), "{r:?}");
     assert!(took < Duration::from_secs(5), "failed after {took:?}");
-    if let Ok(pid) = di {
-        assert!(common::wait_gone(pid, Duration::from_secs(5)).is_some(), "d's agent exits with its hop");
-    }
+    assert!(common::wait_gone(di, Duration::from_secs(5)).is_some(), "d's agent {di} exits with its hop");
     a.ping().expect("the top still answers");
     let again = a.local(local_in(&cache)).expect("a can connect onward again");
     again.ping().expect("ping");
@@ -187,7 +202,7 @@ fn sudo_and_su_through_a_hop_answer_their_prompts() {
         }
         Ok(_) => panic!("mito-user cannot write into a root 0755 directory"),
     }
-    assert_eq!(std::fs::read(&dst).expect("root's copy").len(), 3 << 20);
+    assert!(std::fs::read(&dst).expect("root's copy") == vec![5u8; 3 << 20], "root's copy has the source's bytes");
 }
 
 #[test]
@@ -218,9 +233,8 @@ fn ssh_then_sudo() {
 }
 
 #[test]
-fn cli_chains_run_and_put_to_many() {
+fn cli_chains_run_and_name_unknown_hops() {
     use std::process::Command;
-    let dir = TempDir::new("via-cli");
     let mito = env!("CARGO_BIN_EXE_mito");
     let o = Command::new(mito)
         .args(["run", "-n", "local,local", "--", "sh", "-c", "echo via; exit 7"])
@@ -229,21 +243,6 @@ fn cli_chains_run_and_put_to_many() {
     assert_eq!(o.status.code(), Some(7), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.stdout, b"via\n");
 
-    let src = dir.path().join("src");
-    std::fs::write(&src, vec![9u8; 2 << 20]).expect("write");
-    let dst = format!("{}/dst", dir.path().display());
-    let o = Command::new(mito)
-        .arg("put")
-        .arg(&src)
-        .arg(format!("local,local:{dst}"))
-        .arg(format!("local,local,local:{dst}"))
-        .output()
-        .expect("mito put");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
-    assert_eq!(err.matches("sha256 verified").count(), 2, "a line per target: {err}");
-    assert_eq!(std::fs::read(&dst).expect("dst").len(), 2 << 20);
-
     let o = Command::new(mito).args(["run", "local,nosuch:x", "--", "true"]).output().expect("mito run");
     assert_eq!(o.status.code(), Some(255));
     assert!(
@@ -251,6 +250,63 @@ fn cli_chains_run_and_put_to_many() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// `mito put SRC T1:/p T2:/p T3:/p` through chains of depth 2 and 3. `/p`
+/// goes through `/proc/self/cwd`, which is mito's own directory for the
+/// plain local chain and, with `--login`, the user's home behind sudo and
+/// su: three files, so each target's copy is checked on its own.
+#[test]
+fn cli_put_to_many_lands_in_every_target() {
+    use std::process::Command;
+    if !common::become_users("cli_put_to_many_lands_in_every_target") {
+        return;
+    }
+    let dir = TempDir::new("via-cli");
+    let src = dir.path().join("src");
+    let data: Vec<u8> = (0..2u32 << 20).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&src, &data).expect("write");
+    let name = format!("mito-via-cli-put-{}", std::process::id());
+    let dst = format!("/proc/self/cwd/{name}");
+    let targets = ["local,local", "local,sudo:mito-user", "local,local,su:mito-sudoer"];
+    let o = Command::new(env!("CARGO_BIN_EXE_mito"))
+        .current_dir(dir.path())
+        .arg("--login")
+        .arg("put")
+        .arg(&src)
+        .args(targets.iter().map(|t| format!("{t}:{dst}")))
+        .output()
+        .expect("mito put");
+    let copies = [
+        (dir.path().join(&name), 0),
+        (std::path::Path::new("/home/mito-user").join(&name), uid_of("mito-user")),
+        (std::path::Path::new("/home/mito-sudoer").join(&name), uid_of("mito-sudoer")),
+    ];
+    let got: Vec<_> = copies.iter().map(|(p, _)| (std::fs::read(p), std::fs::metadata(p))).collect();
+    for (p, _) in &copies {
+        let _ = std::fs::remove_file(p);
+    }
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches("sha256 verified").count(), 3, "a line per target: {err}");
+    for ((path, uid), (content, meta)) in copies.iter().zip(got) {
+        let content = content.unwrap_or_else(|e| panic!("{}: {e}\n{err}", path.display()));
+        assert!(content == data, "{}: {} bytes, not the source's", path.display(), content.len());
+        let owner = std::os::unix::fs::MetadataExt::uid(&meta.expect("meta"));
+        assert_eq!(owner, *uid, "{} written by its own target's user", path.display());
+    }
+}
+
+/// The uid of a user, from /etc/passwd.
+fn uid_of(user: &str) -> u32 {
+    std::fs::read_to_string("/etc/passwd")
+        .expect("passwd")
+        .lines()
+        .find_map(|l| {
+            let f: Vec<_> = l.split(':').collect();
+            (f.first() == Some(&user)).then(|| f.get(2)?.parse().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("no user {user}"))
 }
 
 #[test]
@@ -289,7 +345,8 @@ fn a_transfer_through_a_hop_fails_cleanly_when_its_context_dies() {
     // A context behind a hop shuts down on request; the hop stays.
     let pid = again.info().expect("info").pid;
     again.shutdown();
-    assert!(common::wait_gone(pid, Duration::from_secs(5)).is_some());
+    let reaped = common::wait_reaped(pid, Duration::from_secs(5));
+    assert!(reaped.is_ok(), "the agent {pid} behind the hop, shut down, reaped: {reaped:?}");
     assert!(matches!(again.ping(), Err(CallError::Disconnected { .. })));
     hop.ping().expect("the hop still answers");
 }

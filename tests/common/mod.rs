@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests: temp dirs, root checks, a log
-//! capture, process probes.
+//! Helpers shared by the integration tests: temp dirs, root checks and
+//! loud skips (failures under CI, see [`skip_loudly`]), a log capture,
+//! process probes (running, zombie, reaped).
 #![allow(dead_code)]
 
 pub mod sshd;
@@ -43,16 +44,129 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Tests that need root say so loudly when they cannot run.
-pub fn skip_loudly(test: &str, why: &str) {
-    eprintln!("\n*** SKIPPED {test}: {why} ***\n*** (CI runs as root, where this test runs) ***\n");
+/// Is this a run where every test must run? `CI` set to anything but empty,
+/// `0` or `false` (`.ci/run` is run with `CI=true`), or
+/// `MITO_TEST_REQUIRE_ALL` set likewise.
+pub fn require_all() -> bool {
+    let set = |v: &str| std::env::var(v).is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"));
+    set("CI") || set("MITO_TEST_REQUIRE_ALL")
 }
 
-/// Is a process with this pid still there (and not a zombie)?
+/// The file listing the tests this `cargo test` run skipped (see
+/// [`skip_loudly`]): `target/tmp/skipped-tests-<run>.txt`.
+pub fn skip_list() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("skipped-tests-{}.txt", run_id()))
+}
+
+/// This `cargo test` run: our parent process (cargo, which runs the test
+/// binaries one after another), by pid and start time so that a recycled
+/// pid is another run.
+fn run_id() -> String {
+    let ppid = std::os::unix::process::parent_id();
+    let start = stat_of(ppid).map(|(_, start)| start).unwrap_or(0);
+    format!("{ppid}-{start}")
+}
+
+/// A test whose precondition is missing (not root, no sshd, no doas…)
+/// calls this and returns. libtest reports such a test as `ok`, so:
+///
+/// - where every test must run ([`require_all`]: `CI=true`, as `.ci/run`
+///   is run, or `MITO_TEST_REQUIRE_ALL=1`) this panics: the test FAILS,
+///   saying why;
+/// - elsewhere it writes `*** SKIPPED test: why ***` straight to the
+///   process's stderr (libtest captures `eprintln!` and shows it only for
+///   failing tests; a write to `std::io::stderr()` is not captured), and
+///   appends a line to [`skip_list`], one file per `cargo test` run; the
+///   message says how many tests the run has skipped so far and names that
+///   file, so the last message printed carries the run's total. (The lists
+///   stay for reading after the run; `cargo clean` removes them.)
+pub fn skip_loudly(test: &str, why: &str) {
+    if require_all() {
+        panic!(
+            "{test} cannot run here: {why}. With CI or MITO_TEST_REQUIRE_ALL set every test must run \
+             (.ci/run installs everything and runs as root)"
+        );
+    }
+    use std::io::Write;
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let list = skip_list();
+    let bin = std::env::current_exe().ok().and_then(|e| Some(e.file_name()?.to_string_lossy().into_owned()));
+    let line = format!("{}: {test}: {why}\n", bin.unwrap_or_default());
+    // One O_APPEND write per line: lines from the threads and binaries of a
+    // run never mix.
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&list)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    let count = match appended.and_then(|()| std::fs::read_to_string(&list)) {
+        Ok(all) => all.lines().count().to_string(),
+        Err(e) => format!("? (cannot write the list: {e})"),
+    };
+    let msg = format!(
+        "\n*** SKIPPED {test}: {why} ***\n\
+         *** (CI runs as root, where this test runs; with CI=true or MITO_TEST_REQUIRE_ALL=1 a skip fails) ***\n\
+         *** tests skipped so far in this run: {count}, listed in {} ***\n\n",
+        list.display()
+    );
+    let _ = std::io::stderr().lock().write_all(msg.as_bytes());
+}
+
+/// Is a process with this pid still running? A zombie counts as gone: this
+/// is for claims that a process died (reaped by its parent, not us). Where
+/// the claim is "reaped, no zombie", use [`wait_reaped`] / [`proc_state`].
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
-        Err(_) => false,
+    proc_state(pid) == ProcState::Running
+}
+
+/// What /proc says about a pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcState {
+    /// There, and not a zombie.
+    Running,
+    /// Exited, not reaped by its parent yet (state `Z`).
+    Zombie,
+    /// No such process: exited and reaped.
+    Gone,
+}
+
+/// State letter and start time (clock ticks after boot) of `pid`.
+fn stat_of(pid: u32) -> Option<(char, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = s.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
+}
+
+/// [`ProcState`] of `pid` now.
+pub fn proc_state(pid: u32) -> ProcState {
+    match stat_of(pid) {
+        None | Some(('X', _)) => ProcState::Gone,
+        Some(('Z', _)) => ProcState::Zombie,
+        Some(_) => ProcState::Running,
+    }
+}
+
+/// Waits until `pid` has exited and been reaped: no /proc entry any more,
+/// or one with another start time (reaped, and the pid reused). A zombie
+/// is not gone. Returns how long it took, or after `limit` the state it was
+/// left in (`Running` or `Zombie`).
+pub fn wait_reaped(pid: u32, limit: Duration) -> Result<Duration, ProcState> {
+    let t0 = Instant::now();
+    let first = stat_of(pid).map(|(_, start)| start);
+    loop {
+        let state = match stat_of(pid) {
+            Some((_, start)) if Some(start) != first => ProcState::Gone,
+            _ => proc_state(pid),
+        };
+        if state == ProcState::Gone {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() >= limit {
+            return Err(state);
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -95,7 +209,8 @@ pub fn pending_sleep(ctx: &mito::Context) -> mito::Pending<mito::functions::Exec
     ctx.call_async::<mito::functions::Exec>(&mito::functions::ExecArgs { argv, ..Default::default() }).expect("send")
 }
 
-/// Waits until `pid` is gone; returns how long it took, or None after `limit`.
+/// Waits until `pid` is not running (a zombie counts as gone, as in
+/// [`alive`]); returns how long it took, or None after `limit`.
 pub fn wait_gone(pid: u32, limit: Duration) -> Option<Duration> {
     let t0 = Instant::now();
     while t0.elapsed() < limit {

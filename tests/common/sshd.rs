@@ -22,7 +22,8 @@ pub struct Sshd {
 }
 
 impl Sshd {
-    /// Starts one on a free port, or says loudly why it cannot.
+    /// Starts one on a free port, or says loudly why it cannot and returns
+    /// None (under CI that is a failure: see `skip_loudly`).
     pub fn start(test: &str) -> Option<Sshd> {
         if !Path::new("/usr/sbin/sshd").exists() {
             super::skip_loudly(test, "no /usr/sbin/sshd (apt-get install openssh-server; .ci/run does)");
@@ -40,7 +41,14 @@ impl Sshd {
         });
         let dir = TempDir::new("sshd");
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+            // A free port: bind one, read its number, let it go.
+            let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+                Ok(addr) => addr.port(),
+                Err(e) => {
+                    super::skip_loudly(test, &format!("cannot bind a port on 127.0.0.1 for the test sshd: {e}"));
+                    return None;
+                }
+            };
             let st = Command::new(script())
                 .arg("start")
                 .arg(dir.path())
