@@ -39,6 +39,9 @@ impl OnPty {
             });
         }
         let child = cmd.spawn().expect("spawn on a pty");
+        // The Command holds its copies of the slave until told otherwise;
+        // only when every copy is closed does the reader see the end.
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         drop(slave);
         let master = File::from(pty.master);
         let seen = Arc::new(Mutex::new(Vec::new()));
