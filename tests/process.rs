@@ -142,14 +142,19 @@ fn timeout_terminates_then_kills() {
     assert_eq!(r.signal, Some(libc::SIGTERM));
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 
-    // A command that ignores SIGTERM gets SIGKILL after the grace period.
+    // A command that ignores SIGTERM gets SIGKILL after the grace period,
+    // and so does its child (which ignores TERM too): the process group.
     let t = Instant::now();
-    let r = ctx
-        .exec_with(&ExecArgs { timeout_ms: Some(200), ..args(&["sh", "-c", "trap '' TERM; sleep 30"]) })
-        .expect("exec");
+    let script = "trap '' TERM; sleep 30 >/dev/null & echo $!; wait";
+    let r = ctx.exec_with(&ExecArgs { timeout_ms: Some(200), ..args(&["sh", "-c", script]) }).expect("exec");
     assert!(r.timed_out);
     assert_eq!(r.signal, Some(libc::SIGKILL));
     assert!(t.elapsed() >= Duration::from_secs(5) && t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    let child: u32 = String::from_utf8_lossy(&r.stdout).trim().parse().expect("the command printed its child's pid");
+    assert!(
+        common::wait_gone(child, Duration::from_secs(2)).is_some(),
+        "the command's child {child} outlived the timeout"
+    );
 
     // Finishing in time is not a timeout.
     let r = ctx.exec_with(&ExecArgs { timeout_ms: Some(10_000), ..args(&["true"]) }).expect("exec");
