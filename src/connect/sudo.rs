@@ -76,11 +76,14 @@ const FAILURES: &[(&str, BecomeFailure)] = &[
     ("is not in the sudoers file", BecomeFailure::NotInSudoers),
     ("is not allowed to execute", BecomeFailure::NotAllowed),
     ("is not allowed to run sudo", BecomeFailure::NotAllowed),
+    // Before "a password is required": sudo prints both for an expired or
+    // locked invoking account ("account validation failure, is your
+    // account locked?"), and the account is the cause.
+    ("account locked", BecomeFailure::AccountLocked),
+    ("account expired", BecomeFailure::AccountLocked),
     ("a password is required", BecomeFailure::PasswordRequired),
     ("you must have a tty", BecomeFailure::RequireTty),
     ("a terminal is required", BecomeFailure::RequireTty),
-    ("account locked", BecomeFailure::AccountLocked),
-    ("account expired", BecomeFailure::AccountLocked),
     ("unknown user", BecomeFailure::NoSuchUser),
 ];
 
@@ -151,6 +154,21 @@ fn without_dollars(script: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::without_dollars;
+
+    #[test]
+    fn an_expired_account_is_the_cause_not_the_missing_password() {
+        use crate::connect::bootstrap::{Hooks, Prompt};
+        use crate::connect::error::ConnectError;
+        let (_, mut r) = super::prepare(&super::SudoOptions::new("root"), "c", "true");
+        // As sudo prints them, in one read.
+        let out = b"sudo: account validation failure, is your account locked?\r\nsudo: a password is required\r\n";
+        match r.on_stderr(out) {
+            Prompt::Fail(ConnectError::Become { failure, .. }) => {
+                assert_eq!(failure, super::BecomeFailure::AccountLocked)
+            }
+            _ => panic!("expected a typed failure"),
+        }
+    }
 
     #[test]
     fn a_login_command_has_no_dollar_and_sh_gets_the_script_back() {
