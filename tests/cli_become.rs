@@ -50,9 +50,7 @@ fn mito(args: &[&str]) -> Command {
     c
 }
 
-fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
+use common::output_text as text;
 
 fn assert_prints(o: &Output, want: &str) {
     let (out, err) = text(o);
@@ -61,10 +59,7 @@ fn assert_prints(o: &Output, want: &str) {
 
 /// Exit 255, `want` on stderr, and the password nowhere in the output.
 fn assert_fails(o: &Output, want: &str) {
-    let (out, err) = text(o);
-    assert_eq!(o.status.code(), Some(255), "stdout: {out}\nstderr: {err}");
-    assert!(err.contains(want), "wanted {want:?} in: {err}");
-    assert!(!err.contains(PASSWORD) && !out.contains(PASSWORD), "the password leaked: {err}");
+    common::assert_cli_fails(o, want, PASSWORD);
 }
 
 /// `--become-pass-file`: the first line of the file answers sudo's prompt

@@ -43,16 +43,11 @@ fn target(sshd: &Sshd, user: &str) -> String {
     format!("ssh://{user}@127.0.0.1:{}", sshd.port)
 }
 
-fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
+use common::output_text as text;
 
-/// Exit 255 with `want` on stderr.
+/// Exit 255 with `want` on stderr (and never the test password).
 fn assert_fails(o: &Output, want: &str) -> String {
-    let (out, err) = text(o);
-    assert_eq!(o.status.code(), Some(255), "stdout: {out}\nstderr: {err}");
-    assert!(err.contains(want), "wanted {want:?} in: {err}");
-    err
+    common::assert_cli_fails(o, want, PASSWORD)
 }
 
 fn assert_no_secret(o: &Output, secret: &str) {

@@ -46,17 +46,11 @@ fn mito_as(bin: &Path, user: &str, pw: Option<&str>, args: &[&str]) -> Output {
     c.args(args).stdin(Stdio::null()).output().expect("runuser")
 }
 
-fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
+use common::output_text as text;
 
-/// A failed CLI run: mito's exit code, the expected message, and never the
-/// password in what it printed.
+/// Exit 255, `want` on stderr, and the password nowhere in the output.
 fn assert_fails(o: &Output, want: &str) {
-    let (out, err) = text(o);
-    assert_eq!(o.status.code(), Some(255), "stdout: {out}\nstderr: {err}");
-    assert!(err.contains(want), "wanted {want:?} in: {err}");
-    assert!(!err.contains(PASSWORD) && !out.contains(PASSWORD), "the password leaked: {err}");
+    common::assert_cli_fails(o, want, PASSWORD);
 }
 
 #[test]

@@ -27,6 +27,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// scripts/test-sshd, as copied into the namespace.
+const SSHD_SCRIPT: &str = "/tmp/mito-readme/test-sshd";
 
 /// What one README command must do.
 #[derive(Default)]
@@ -312,8 +314,7 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        let script = Path::new(ROOT).join("scripts/test-sshd");
-        let _ = self.nsenter().arg(script).args(["stop", "/tmp/sshd"]).status();
+        let _ = self.nsenter().args([SSHD_SCRIPT, "stop", "/tmp/sshd"]).status();
         drop(self.stdin.take());
         let _ = self.holder.wait();
     }
@@ -346,8 +347,19 @@ fn world() -> World {
     let stdin = holder.stdin.take();
     let w = World { pid: holder.id(), holder, stdin };
 
-    let st =
-        w.nsenter().arg(Path::new(ROOT).join("scripts/test-sshd")).args(["start", "/tmp/sshd", "22,2222"]).output();
+    // The namespace's /tmp is a fresh tmpfs: a checkout (and the target
+    // dir) under /tmp is not visible in there, so what runs inside is
+    // copied in first.
+    w.mkdir("/tmp/mito-readme/bin", 0o755, 0);
+    for (from, to) in [
+        (Path::new(ROOT).join("scripts/test-sshd"), SSHD_SCRIPT),
+        (PathBuf::from(env!("CARGO_BIN_EXE_mito")), "/tmp/mito-readme/bin/mito"),
+    ] {
+        std::fs::copy(&from, w.path(to)).unwrap_or_else(|e| panic!("copy {} in: {e}", from.display()));
+        std::fs::set_permissions(w.path(to), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    let st = w.nsenter().args([SSHD_SCRIPT, "start", "/tmp/sshd", "22,2222"]).output();
     assert!(
         st.as_ref().is_ok_and(|o| o.status.success()),
         "test-sshd start in the namespace: {:?}",
@@ -355,10 +367,6 @@ fn world() -> World {
     );
 
     let deploy = uid_of("deploy");
-    w.mkdir("/tmp/mito-readme/bin", 0o755, 0);
-    let bin = w.path("/tmp/mito-readme/bin/mito");
-    std::fs::copy(env!("CARGO_BIN_EXE_mito"), &bin).expect("copy mito");
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
     // deploy's ~/.ssh: the key the sshd accepts, its host key, and a config
     // naming the README's hosts. `newhost` has its own, empty known_hosts

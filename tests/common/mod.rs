@@ -287,3 +287,18 @@ pub fn become_users(test: &str) -> bool {
     });
     true
 }
+
+/// stdout and stderr of a finished run, as text.
+pub fn output_text(o: &std::process::Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// A failed CLI run: mito's exit code 255, `want` on stderr, and `secret`
+/// nowhere in what it printed. Returns stderr.
+pub fn assert_cli_fails(o: &std::process::Output, want: &str, secret: &str) -> String {
+    let (out, err) = output_text(o);
+    assert_eq!(o.status.code(), Some(255), "stdout: {out}\nstderr: {err}");
+    assert!(err.contains(want), "wanted {want:?} in: {err}");
+    assert!(!err.contains(secret) && !out.contains(secret), "{secret:?} leaked into the output: {err}");
+    err
+}
