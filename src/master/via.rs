@@ -184,10 +184,18 @@ pub(super) fn connect(
         }
     }
     let info = ConnectInfo::from_boot(&boot, None);
-    // Frames that came with the hello (none are expected) still count.
+    // Frames that came with the hello arrived before the hop adopted the
+    // stream, so no hop checked their `src` or stamped their `auth`: a
+    // hostile child could speak for a sibling behind the same hop (a forged
+    // DEL_ROUTE, replies into its mailboxes). A real agent sends nothing
+    // before it is asked, so they are dropped, never delivered.
     let mut decoder = boot.decoder;
-    while let Ok(Some(m)) = decoder.next_message() {
-        hop.core.table.deliver(shared.stream_id, m);
+    let mut dropped = 0usize;
+    while let Ok(Some(_)) = decoder.next_message() {
+        dropped += 1;
+    }
+    if dropped > 0 {
+        log::warn!("[{}] dropped {dropped} frame(s) sent with its hello, before its hop adopted it", shared.name);
     }
     log::debug!("[{}] connected through {} in {:?}: agent pid {}", shared.name, hop.name(), boot.elapsed, info.pid);
     Ok(Context::new(hop.core.clone(), shared, info))
