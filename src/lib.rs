@@ -23,7 +23,7 @@
 //! }
 //! ```
 //!
-//! Crate map (see `DESIGN.md` in the project for the whole picture):
+//! Crate map (`ARCHITECTURE.md` at the repository root has the whole picture):
 //! - [`proto`]: wire format (no_std, shared with the agent).
 //! - [`core`]: Side, Stream, Poller, Broker, Router table, Latch.
 //! - [`connect`]: stage0, bootstrap, methods, ProcessMonitor.
