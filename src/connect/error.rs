@@ -139,26 +139,6 @@ pub enum ConnectError {
 
 /// Formats captured target output for an error message ("" when empty).
 pub fn format_output(stderr: &[u8], stdout_noise: &[u8]) -> String {
-    /// A target's line as it may reach a person's terminal: control
-    /// characters escaped (a target must not drive the terminal), and cut
-    /// at a length a person reads (sudo echoes a refused command, i.e. the
-    /// whole stage0 script, on one line).
-    fn printable(line: &str) -> String {
-        const MAX: usize = 240;
-        let mut out = String::new();
-        for (n, c) in line.chars().enumerate() {
-            if n == MAX {
-                out.push_str(&format!(" … ({} more characters)", line.chars().count() - MAX));
-                break;
-            }
-            if c.is_control() && c != '\t' {
-                out.extend(c.escape_default());
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    }
     let mut s = String::new();
     for (label, bytes) in [("stderr", stderr), ("stdout", stdout_noise)] {
         let text = String::from_utf8_lossy(bytes);
@@ -167,7 +147,9 @@ pub fn format_output(stderr: &[u8], stdout_noise: &[u8]) -> String {
             s.push_str(&format!("\n  target {label}:"));
             for line in text.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev() {
                 s.push_str("\n    ");
-                s.push_str(&printable(line));
+                // Control characters escaped, and cut at a length a person reads
+                // (sudo echoes a refused command: the whole stage0, one line).
+                s.push_str(&crate::core::text::printable(line.as_bytes(), 240));
             }
         }
     }

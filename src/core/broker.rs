@@ -64,13 +64,24 @@ enum Source {
 
 /// Logs each complete line of a transport's stderr (`data` appended to
 /// what `partial` holds) as `[context] line`; keeps the unfinished rest.
+/// A line longer than [`MAX_LOG_CHARS`] bytes with no newline yet is
+/// logged as it is, so a target cannot grow `partial` without bound.
 pub(crate) fn log_lines(name: &str, partial: &mut Vec<u8>, data: &[u8]) {
     partial.extend_from_slice(data);
-    while let Some(i) = partial.iter().position(|&c| c == b'\n') {
-        let line: Vec<u8> = partial.drain(..=i).collect();
-        log::warn!(target: "mito::remote", "[{name}] {}", String::from_utf8_lossy(&line[..i]).trim_end());
+    loop {
+        let end = match partial.iter().position(|&c| c == b'\n') {
+            Some(i) => i + 1,
+            None if partial.len() > MAX_LOG_CHARS => partial.len(),
+            None => break,
+        };
+        let line: Vec<u8> = partial.drain(..end).collect();
+        let text = crate::core::text::printable(line.strip_suffix(b"\n").unwrap_or(&line), MAX_LOG_CHARS);
+        log::warn!(target: "mito::remote", "[{name}] {}", text.trim_end());
     }
 }
+
+/// The longest line of a target's log or stderr that mito prints whole.
+pub(crate) const MAX_LOG_CHARS: usize = 4096;
 
 struct Shared {
     poller: Poller,

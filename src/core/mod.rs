@@ -5,6 +5,7 @@
 //! - [`stream`] — framing ([`Decoder`](stream::Decoder), [`TxBuffer`](stream::TxBuffer)).
 //! - [`poller`] — epoll, shared by the master's Broker and the agent's loop.
 //! - [`waker`] — eventfd that wakes a poller from another thread.
+//! - [`text`] — a target's text made safe for a terminal (escaped, cut).
 //! - master only (`std`): [`broker`] (the I/O thread), [`router`] (delivery
 //!   by context id and handle), [`stream_in`] (the read half a waiting
 //!   caller may read itself), [`latch`] (blocking waits with deadlines).
@@ -20,6 +21,7 @@ pub mod poller;
 pub mod sha256;
 pub mod side;
 pub mod stream;
+pub mod text;
 pub mod waker;
 
 #[cfg(feature = "master")]

@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use crate::connect::process_monitor::ExitStatus;
+use crate::core::broker::MAX_LOG_CHARS;
 use crate::core::latch::Latch;
 use crate::core::stream::TxBuffer;
 use crate::proto::message::{LogRecord, LogSource};
@@ -322,23 +323,23 @@ impl RouterTable {
     /// Opens a mailbox for messages from context `ctx`; `once`: removed
     /// after the first delivery (a reply).
     pub fn open_mailbox(&self, ctx: u32, once: bool) -> (u32, Arc<Latch<Delivery>>) {
-        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let latch = Arc::new(Latch::new());
-        self.mailboxes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(handle, Mailbox { ctx, latch: latch.clone(), once });
-        (handle, latch)
+        self.open_mailbox_into(ctx, once, Arc::new(Latch::new()))
     }
 
     /// Opens a mailbox that delivers into an existing latch (so one waiter
     /// can watch several handles, e.g. a reply and its output stream).
     pub fn open_mailbox_into(&self, ctx: u32, once: bool, latch: Arc<Latch<Delivery>>) -> (u32, Arc<Latch<Delivery>>) {
-        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.mailboxes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(handle, Mailbox { ctx, latch: latch.clone(), once });
+        let mut boxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        // After 2^32 mailboxes the counter wraps: never into the fixed
+        // handles, never onto a mailbox still open (a late reply for the
+        // old one would land in the new one).
+        let handle = loop {
+            let h = self.next_handle.fetch_add(1, Ordering::Relaxed);
+            if h >= handles::FIRST_DYNAMIC && !boxes.contains_key(&h) {
+                break h;
+            }
+        };
+        boxes.insert(handle, Mailbox { ctx, latch: latch.clone(), once });
         (handle, latch)
     }
 
@@ -458,7 +459,8 @@ impl RouterTable {
             LogSource::Stdout => "stdout",
             LogSource::Stderr => "stderr",
         };
-        log::log!(target: "mito::remote", level, "[{name}] {src}: {}", String::from_utf8_lossy(&rec.line));
+        let line = crate::core::text::printable(&rec.line, MAX_LOG_CHARS);
+        log::log!(target: "mito::remote", level, "[{name}] {src}: {line}");
     }
 
     /// Broker side: the stream to `ctx` is gone. Every mailbox waiting on it
@@ -512,5 +514,21 @@ impl RouterTable {
     /// Marks the table as shut down (later sends say so).
     pub fn set_shut_down(&self) {
         self.shut_down.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_wrap_past_the_fixed_ones_and_open_mailboxes() {
+        let t = RouterTable::new(1 << 20);
+        let (kept, _) = t.open_mailbox(5, false);
+        assert_eq!(kept, handles::FIRST_DYNAMIC);
+        t.next_handle.store(u32::MAX - 1, Ordering::Relaxed);
+        let got: Vec<u32> = (0..3).map(|_| t.open_mailbox(5, true).0).collect();
+        // u32::MAX - 1, u32::MAX, then past 0..1000 and the open FIRST_DYNAMIC.
+        assert_eq!(got, [u32::MAX - 1, u32::MAX, handles::FIRST_DYNAMIC + 1]);
     }
 }

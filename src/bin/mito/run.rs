@@ -125,11 +125,33 @@ pub fn run(ctx: &Context, args: &ExecArgs, forward_stdin: bool, signals: Option<
         eprintln!("mito: {}: command timed out after {secs} s and was killed", ctx.name());
         return Ok(ExitCode::from(124));
     }
-    Ok(match (reply.code, reply.signal) {
-        (Some(c), _) => ExitCode::from(c.clamp(0, 255) as u8),
-        (None, Some(s)) => ExitCode::from((128 + s).clamp(0, 255) as u8),
-        _ => ExitCode::from(255),
-    })
+    Ok(ExitCode::from(exit_status(reply.code, reply.signal)))
+}
+
+/// The exit status for a command's code or signal, as ssh gives it (128 +
+/// N for signal N). Both come from the target: any i32 maps to 0..=255
+/// without overflow.
+fn exit_status(code: Option<i32>, signal: Option<i32>) -> u8 {
+    match (code, signal) {
+        (Some(c), _) => c.clamp(0, 255) as u8,
+        (None, Some(s)) => (128 + i64::from(s)).clamp(0, 255) as u8,
+        _ => 255,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn any_code_or_signal_from_a_target_is_an_exit_status() {
+        use super::exit_status;
+        assert_eq!(exit_status(Some(3), None), 3);
+        assert_eq!(exit_status(None, Some(15)), 143);
+        assert_eq!(exit_status(None, Some(i32::MAX)), 255);
+        assert_eq!(exit_status(None, Some(i32::MIN)), 0);
+        assert_eq!(exit_status(Some(-1), None), 0);
+        assert_eq!(exit_status(Some(i32::MAX), None), 255);
+        assert_eq!(exit_status(None, None), 255);
+    }
 }
 
 /// Output to our stdout/stderr until the exit.
