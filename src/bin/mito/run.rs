@@ -139,21 +139,6 @@ fn exit_status(code: Option<i32>, signal: Option<i32>) -> u8 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn any_code_or_signal_from_a_target_is_an_exit_status() {
-        use super::exit_status;
-        assert_eq!(exit_status(Some(3), None), 3);
-        assert_eq!(exit_status(None, Some(15)), 143);
-        assert_eq!(exit_status(None, Some(i32::MAX)), 255);
-        assert_eq!(exit_status(None, Some(i32::MIN)), 0);
-        assert_eq!(exit_status(Some(-1), None), 0);
-        assert_eq!(exit_status(Some(i32::MAX), None), 255);
-        assert_eq!(exit_status(None, None), 255);
-    }
-}
-
 /// Output to our stdout/stderr until the exit.
 fn pump(p: &mut mito::Process) -> Result<mito::functions::ExecReply, String> {
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
@@ -187,4 +172,19 @@ fn copy_stdin(input: ProcessInput) {
         }
     }
     let _ = input.close();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn any_code_or_signal_from_a_target_is_an_exit_status() {
+        use super::exit_status;
+        assert_eq!(exit_status(Some(3), None), 3);
+        assert_eq!(exit_status(None, Some(15)), 143);
+        assert_eq!(exit_status(None, Some(i32::MAX)), 255);
+        assert_eq!(exit_status(None, Some(i32::MIN)), 0);
+        assert_eq!(exit_status(Some(-1), None), 0);
+        assert_eq!(exit_status(Some(i32::MAX), None), 255);
+        assert_eq!(exit_status(None, None), 255);
+    }
 }
