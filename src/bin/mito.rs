@@ -125,10 +125,17 @@ enum Command {
         dest: Vec<String>,
     },
     /// Copy a file (or with -r a tree) from a context: `mito get TARGET:/PATH DST`.
+    /// The target is not trusted: a name that is not a single file name is
+    /// refused, nothing is written outside DST or through a symlink, and the
+    /// copy keeps mode (setuid/setgid dropped) and mtime but is yours.
     Get {
         /// Copy directories recursively (DST becomes the copy of the source, as `cp -rT`).
         #[arg(short = 'r', long)]
         recursive: bool,
+        /// Keep the target's owners and setuid/setgid bits (applied only
+        /// when mito runs as root), as `rsync -a` as root does.
+        #[arg(long)]
+        preserve_owner: bool,
         /// `TARGET:/absolute/path`.
         src: String,
         /// Local destination file.
@@ -309,10 +316,10 @@ fn command(cli: &Cli, targets: &mut target::Targets<'_>, signals: Option<run::Si
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Get { recursive, src, dest } => {
+        Command::Get { recursive, src, dest, preserve_owner } => {
             let (target, path) = target::split_remote(src)?;
             let ctx = targets.connect(target)?;
-            copy::copy(&ctx, copy::Direction::Get, dest, path, *recursive)?;
+            copy::get(&ctx, dest, path, *recursive, *preserve_owner)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Facts { target, json } => {

@@ -86,6 +86,14 @@ pub fn copy(ctx: &Context, dir: Direction, local: &Path, remote: &str, recursive
     Ok(())
 }
 
+/// `mito get`: [`copy`] from `remote` in `ctx` to `local`; with
+/// `preserve_owner` the target's owners (and setuid/setgid) are kept.
+pub fn get(ctx: &Context, local: &Path, remote: &str, recursive: bool, preserve_owner: bool) -> Result<(), String> {
+    // The library's option lands with the hostile-target get (issue 13).
+    let _ = preserve_owner;
+    copy(ctx, Direction::Get, local, remote, recursive)
+}
+
 fn into_dir(ctx: &Context, dir: Direction, local: &Path, remote: &str) -> (std::path::PathBuf, String) {
     let name = |p: &Path| p.file_name().map(|n| n.to_os_string());
     match dir {
