@@ -262,8 +262,21 @@ impl Connector<'_> {
             program: cmd.program.to_string_lossy().into_owned(),
             source,
         })?;
-        let mut pm =
-            ProcessMonitor::new(spawned.pid).map_err(|source| ConnectError::Io { context: name.clone(), source })?;
+        let pm = match ProcessMonitor::new(spawned.pid) {
+            Ok(pm) => pm,
+            Err(source) => {
+                // Our child, not reaped yet, so its pid is still its own:
+                // kill and reap it by pid rather than leave a zombie.
+                drop(spawned.rx);
+                drop(spawned.tx);
+                drop(spawned.stderr);
+                if let Some(p) = rustix::process::Pid::from_raw(spawned.pid as i32) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                    let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+                }
+                return Err(ConnectError::Io { context: name.clone(), source });
+            }
+        };
         let io = |source: rustix::io::Errno| ConnectError::Io { context: name.clone(), source: source.into() };
         side::set_nonblocking(spawned.rx.as_fd(), true).map_err(io)?;
         side::set_nonblocking(spawned.tx.as_fd(), true).map_err(io)?;
@@ -271,9 +284,14 @@ impl Connector<'_> {
         let boot = match bootstrap::run(&name, &pipes, timeout, self.core.table.max_message_size, hooks) {
             Ok(b) => b,
             Err(e) => {
-                // A failed bootstrap leaves nothing behind.
+                // A failed bootstrap leaves nothing behind: kill, hang up
+                // (closing the pipes and the tty ends a child that outlived
+                // SIGKILL's permission check — doas execs the command as
+                // root in our child's pid), and reap without blocking the
+                // caller for long.
                 pm.kill();
-                pm.wait();
+                drop(spawned);
+                reap_soon(pm);
                 return Err(e);
             }
         };
@@ -316,5 +334,28 @@ impl Connector<'_> {
 impl Drop for Router {
     fn drop(&mut self) {
         self.core.broker.shutdown();
+    }
+}
+
+/// Reaps a child that was told to go: at once if it is gone within 2 s,
+/// else on a thread of its own, so a failed connect never waits on a
+/// process it may not kill (and never leaves a zombie either).
+fn reap_soon(mut pm: ProcessMonitor) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let ready = {
+        let fd = pm.fd();
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        poll(&mut fds, Some(&Timespec { tv_sec: 2, tv_nsec: 0 })).is_ok_and(|n| n > 0)
+    };
+    if ready {
+        pm.wait();
+        return;
+    }
+    log::debug!("pid {} did not exit after SIGKILL and hang-up; reaping it when it does", pm.pid());
+    let spawned = std::thread::Builder::new().name("mito-reaper".into()).spawn(move || {
+        pm.wait();
+    });
+    if spawned.is_err() {
+        log::warn!("cannot start a thread to reap a failed connect's process; it may stay a zombie");
     }
 }
