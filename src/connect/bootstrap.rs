@@ -112,6 +112,8 @@ pub struct Pipes<'a> {
 
 const MAX_TEXT: usize = 1 << 20;
 const STDERR_TAIL: usize = 8192;
+/// How much of the stderr since the last answer the prompt check sees.
+const UNSCANNED_TAIL: usize = 8192;
 
 struct Phase<'a> {
     context: &'a str,
@@ -211,6 +213,13 @@ impl Phase<'_> {
                         self.stderr.drain(..cut);
                     }
                     self.unscanned.extend_from_slice(&b[..n]);
+                    // Prompts and refusals are at the end of what arrived:
+                    // a target that prints without end must not make each
+                    // read rescan (and keep) everything it ever printed.
+                    if self.unscanned.len() > UNSCANNED_TAIL {
+                        let cut = self.unscanned.len() - UNSCANNED_TAIL;
+                        self.unscanned.drain(..cut);
+                    }
                     log::trace!("[{}] bootstrap stderr/tty: {:?}", self.context, String::from_utf8_lossy(&b[..n]));
                     match self.hooks.on_stderr(&self.unscanned) {
                         Prompt::Wait => {}
