@@ -440,9 +440,10 @@ impl RouterTable {
     }
 
     fn forward_log(&self, from: u32, msg: &Message) {
-        let Some(rec) =
-            msg.payload(self.max_message_size as usize).and_then(|p| postcard::from_bytes::<LogRecord>(&p).ok())
-        else {
+        // An agent's lines are at most 4 KiB (its IoLogger cuts them): a
+        // log frame that inflates past 64 KiB is a bomb, not a record.
+        const MAX_LOG_RECORD: usize = 64 * 1024;
+        let Some(rec) = msg.payload(MAX_LOG_RECORD).and_then(|p| postcard::from_bytes::<LogRecord>(&p).ok()) else {
             log::warn!("context {from} sent a malformed log record");
             return;
         };
