@@ -77,6 +77,12 @@ pub trait Hooks {
     fn serve_agent(&mut self, _arch: &str, _hash: &str) -> bool {
         false
     }
+
+    /// The command's stdout produced its first byte, or closed: the
+    /// target's side runs, so no prompt may be answered any more
+    /// (`prompt`'s rules). Called before any stderr text read after that
+    /// byte is given to [`Hooks::on_stderr`].
+    fn target_spoke(&mut self) {}
 }
 
 /// The hooks of a method that has none (local).
@@ -126,6 +132,8 @@ struct Phase<'a> {
     stderr: Vec<u8>,
     stderr_open: bool,
     noise: Vec<u8>,
+    /// Whether [`Hooks::target_spoke`] was called.
+    spoke: bool,
 }
 
 impl Phase<'_> {
@@ -221,6 +229,10 @@ impl Phase<'_> {
                         self.unscanned.drain(..cut);
                     }
                     log::trace!("[{}] bootstrap stderr/tty: {:?}", self.context, String::from_utf8_lossy(&b[..n]));
+                    // Text the target wrote after its first stdout byte must
+                    // not be taken for the tool's prompt: look at stdout
+                    // now, after reading this text and before judging it.
+                    self.note_stdout();
                     match self.hooks.on_stderr(&self.unscanned) {
                         Prompt::Wait => {}
                         Prompt::Answer(bytes, to) => {
@@ -254,6 +266,20 @@ impl Phase<'_> {
                     return;
                 }
             }
+        }
+    }
+
+    /// Calls [`Hooks::target_spoke`] once stdout has something to read
+    /// (or has closed).
+    fn note_stdout(&mut self) {
+        if self.spoke {
+            return;
+        }
+        let mut fds = [PollFd::new(&self.pipes.rx, PollFlags::IN)];
+        let now = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+        if poll(&mut fds, Some(&now)).is_ok_and(|n| n > 0) {
+            self.spoke = true;
+            self.hooks.target_spoke();
         }
     }
 
@@ -335,6 +361,7 @@ pub fn run(
         stderr: Vec::new(),
         stderr_open: pipes.stderr.is_some(),
         noise: Vec::new(),
+        spoke: false,
     };
     if let Some(e) = pipes.stderr {
         let _ = side::set_nonblocking(e, true);
@@ -404,6 +431,10 @@ pub fn run(
         match side::read(pipes.rx, &mut buf) {
             Ok(Io::Done(n)) => {
                 seen += n;
+                if n > 0 && !ph.spoke {
+                    ph.spoke = true;
+                    ph.hooks.target_spoke();
+                }
                 text.extend_from_slice(&buf[..n]);
             }
             Ok(Io::WouldBlock) => {

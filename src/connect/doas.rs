@@ -1,12 +1,14 @@
 //! The `doas` method: `doas -u USER sh -c '<stage0>'` on a hybrid tty.
-//! Its prompt is `doas (user@host) password:`.
+//! Its prompt is `doas (user@host) password:`: public text, but doas runs
+//! our `sh -c` directly, whose first act is to print on stdout, after which
+//! nothing is typed (`prompt`'s module documentation).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::local::ChildCommand;
-use super::prompt::{BecomeFailure, Responder};
+use super::prompt::{announce, BecomeFailure, Responder};
 
 /// Options of [`crate::Router::doas`].
 #[derive(Clone)]
@@ -58,7 +60,7 @@ pub fn prepare(opts: &DoasOptions, context: &str, stage0: &str) -> (ChildCommand
     let mut c =
         ChildCommand::new(opts.doas_path.clone().map_or_else(|| OsString::from("doas"), PathBuf::into_os_string));
     c.tty = true;
-    c.arg("-u").arg(&opts.username).arg("sh").arg("-c").arg(stage0);
+    c.arg("-u").arg(&opts.username).arg("sh").arg("-c").arg(announce(stage0));
     let is_prompt = Box::new(|t: &str| {
         // doas starts its prompt with a carriage return.
         let last = t.lines().last().unwrap_or("").trim();

@@ -1,11 +1,61 @@
 //! Password prompts of privilege-changing tools (sudo, su, doas): what a
-//! prompt looks like, what failure looks like, and answering exactly once.
+//! prompt looks like, what failure looks like, and when a password may be
+//! typed at all.
 //!
 //! The tools write to the pty that is their controlling terminal (see
 //! `local::ChildCommand::tty`); the bootstrap hands every new piece of that
-//! output to a [`Responder`]. Rules (DESIGN.md "Prompts"): never type a
-//! password before a prompt is seen (NOPASSWD and cached credentials show
-//! none); answer once; a second prompt or a failure message is a typed error.
+//! output to a [`Responder`], and tells it ([`Hooks::target_spoke`]) when
+//! the command's stdout produced its first byte.
+//!
+//! # When the password is typed
+//!
+//! The tool runs the target user's code right after it authenticated (or
+//! decided it needs no password): `sudo -i` and `su -l` run the target's
+//! login scripts (`~/.profile`, `~/.bash_profile`…), su runs the target's
+//! own shell (zsh reads `~/.zshenv`, csh `~/.cshrc` even for `-c`). That
+//! code shares the tty and stdin with the tool and can print anything,
+//! `Password:` included. So the password is typed exactly once, and only
+//! into a prompt that, at that moment, can only be the tool's:
+//!
+//! 1. **Before the target's side spoke.** The command starts with `echo`
+//!    (see [`announce`]), so the first byte on its stdout comes before
+//!    anything stage0 does; from that byte on ([`Hooks::target_spoke`]) or
+//!    stdout's end, nothing is typed. The bootstrap checks stdout *after*
+//!    reading a piece of tty text and *before* showing it to the responder:
+//!    text written after that first byte is never taken for a prompt. (This
+//!    rule alone covers doas and sudo without `-i`, which run `sh -c`
+//!    directly; through a hop stdout and tty are relayed as separate
+//!    streams, so there it is a second line of defence, not the first.)
+//! 2. **A prompt only the tool can print.**
+//!    - sudo: the prompt is a per-connect secret of 128 random bits, given
+//!      to sudo in its environment (`SUDO_PROMPT`), not in its argv (which
+//!      `ps` shows to everyone; sudo's own environment is root's to read).
+//!      With `-i` sudo always builds the login shell a fresh environment,
+//!      so the target's login scripts cannot know the secret. Without `-i`
+//!      (where `-E` or `!env_reset` do hand it on) the command is `sh -c`
+//!      itself, and rule 1 holds before any code of the target's runs.
+//!    - su and doas print fixed, public text ("Password:", `doas (u@h)
+//!      password:`). doas runs `sh -c` directly, so rule 1 suffices. su runs
+//!      the target's shell before our command, so su is started through a
+//!      small `sh` that first prints the invoking uid on the tty (see
+//!      `su::prepare`): that line comes before su exists, so nothing can
+//!      forge it. su run by root never asks (`pam_rootok`), so then nothing
+//!      is typed at all.
+//! 3. **Once.** After the answer nothing is typed again.
+//!
+//! Anything that looks like a password prompt (`PASSWORD_WORDS` and a
+//! colon, or the tool's own shape) but fails these rules is a typed
+//! [`BecomeFailure::UnexpectedPrompt`] at once, never an answer and never a
+//! hang. A second prompt of sudo's secret shape means the first answer was
+//! refused ([`BecomeFailure::WrongPassword`]); su and doas never ask twice.
+//!
+//! What remains: su run by a user other than root to a target whose PAM
+//! does not ask (an empty password with `nullok`, `pam_wheel trust`) runs
+//! the target's shell start-up files while a password prompt would still
+//! be believed; give no password for such a hop. A process of the target
+//! user that is already running and may `ptrace` the new command could
+//! forge output in the microseconds before its first `echo`; for sudo it
+//! would also need the secret, which only `-E` hands to the command.
 
 use super::bootstrap::{AnswerTo, Hooks, Prompt};
 use super::error::{format_output, ConnectError};
@@ -37,24 +87,67 @@ pub enum BecomeFailure {
     /// The tool is not installed (or not at the given path).
     #[error("the tool is not installed")]
     ToolMissing,
+    /// Something that looks like a password prompt appeared where only
+    /// code other than the tool's could be asking (a login script of the
+    /// target user, say): it was not answered. `why` says what ruled the
+    /// tool out (see the module documentation).
+    #[error("a password prompt that is not the tool's own ({why}): not answered")]
+    UnexpectedPrompt {
+        /// What ruled the tool out.
+        why: &'static str,
+    },
 }
 
-/// Recognises a tool's prompts and failures and answers the prompt once.
+/// The command a become method runs, as given to `sh -c`: `stage0` after
+/// an `echo`, so that the command's first byte on stdout (an empty line,
+/// which the bootstrap ignores) comes before anything else it does. From
+/// that byte on no password is typed ([`Hooks::target_spoke`]).
+pub fn announce(stage0: &str) -> String {
+    format!("echo;{stage0}")
+}
+
+/// What su's wrapper (`su::prepare`) prints as the first line on the tty,
+/// followed by the invoking uid.
+pub const INVOKER_LINE: &str = "mito-su: run by uid ";
+
+/// Whether the responder knows who runs the tool yet (su only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Invoker {
+    /// Not needed (sudo, doas).
+    Irrelevant,
+    /// su: waiting for [`INVOKER_LINE`].
+    Pending,
+    /// Seen.
+    Known,
+}
+
+/// Recognises a tool's prompts and failures, and types the password into
+/// the tool's own prompt at most once (the rules are in the module
+/// documentation).
 pub struct Responder {
     context: String,
     tool: &'static str,
     user: String,
     password: Option<String>,
     is_prompt: Box<dyn Fn(&str) -> bool>,
+    /// A match of `is_prompt` proves the tool printed it (sudo's secret).
+    proven: bool,
     failures: &'static [(&'static str, BecomeFailure)],
     answer_to: AnswerTo,
     answered: bool,
-    seen: Vec<u8>,
+    /// Why nothing may be typed any more; `None` while armed.
+    disarmed: Option<&'static str>,
+    invoker: Invoker,
 }
 
 impl std::fmt::Debug for Responder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Responder").field("tool", &self.tool).field("user", &self.user).finish_non_exhaustive()
+        f.debug_struct("Responder")
+            .field("tool", &self.tool)
+            .field("user", &self.user)
+            .field("answered", &self.answered)
+            .field("disarmed", &self.disarmed)
+            .finish_non_exhaustive()
     }
 }
 
@@ -76,10 +169,12 @@ impl Responder {
             user: user.into(),
             password,
             is_prompt,
+            proven: false,
             failures,
             answer_to: AnswerTo::Tty,
             answered: false,
-            seen: Vec::new(),
+            disarmed: None,
+            invoker: Invoker::Irrelevant,
         }
     }
 
@@ -87,6 +182,33 @@ impl Responder {
     pub fn answer_on_stdin(mut self) -> Responder {
         self.answer_to = AnswerTo::Stdin;
         self
+    }
+
+    /// `is_prompt` matches only what the tool itself can print (a secret
+    /// prompt): a second match means the first answer was refused.
+    pub fn prompt_is_secret(mut self) -> Responder {
+        self.proven = true;
+        self
+    }
+
+    /// The first line on the tty is [`INVOKER_LINE`] and a uid, printed
+    /// before the tool started (su): uid 0 disarms (root's su never asks),
+    /// and so does a first line that is not this one.
+    pub fn expect_invoker_line(mut self) -> Responder {
+        self.invoker = Invoker::Pending;
+        self
+    }
+
+    fn disarm(&mut self, why: &'static str) {
+        if self.disarmed.is_none() {
+            log::debug!(
+                "[{}] {} to {}: no password will be typed from now on: {why}",
+                self.context,
+                self.tool,
+                self.user
+            );
+            self.disarmed = Some(why);
+        }
     }
 
     fn error(&self, failure: BecomeFailure, output: &[u8]) -> ConnectError {
@@ -103,21 +225,65 @@ impl Responder {
         let lower = text.to_lowercase();
         self.failures.iter().find(|(needle, _)| lower.contains(needle)).map(|(_, f)| f.clone())
     }
+
+    /// Reads su's wrapper line at the start of `text`; returns the text
+    /// after it (or all of it when there is none).
+    fn invoker_line<'t>(&mut self, text: &'t str) -> Option<&'t str> {
+        if !text.starts_with(INVOKER_LINE) {
+            if self.invoker == Invoker::Pending && !INVOKER_LINE.starts_with(text) {
+                self.invoker = Invoker::Known;
+                self.disarm("the first line on su's tty was not its wrapper's");
+            }
+            return (self.invoker != Invoker::Pending).then_some(text);
+        }
+        // Not the whole line yet: wait for it.
+        let (line, rest) = text.split_once('\n')?;
+        if self.invoker == Invoker::Pending {
+            self.invoker = Invoker::Known;
+            if line[INVOKER_LINE.len()..].trim() == "0" {
+                self.disarm("su run by root, which su does not ask for a password");
+            }
+        }
+        Some(rest)
+    }
 }
 
 impl Hooks for Responder {
+    fn target_spoke(&mut self) {
+        self.disarm("the target's side had started: its stdout spoke");
+    }
+
     fn on_stderr(&mut self, unscanned: &[u8]) -> Prompt {
-        self.seen.extend_from_slice(unscanned);
-        let text = String::from_utf8_lossy(unscanned);
-        if let Some(f) = self.failure_in(&text) {
-            return Prompt::Fail(self.error(f, unscanned));
+        let all = String::from_utf8_lossy(unscanned);
+        let text = if self.invoker == Invoker::Irrelevant {
+            &all[..]
+        } else {
+            match self.invoker_line(&all) {
+                Some(rest) => rest,
+                None => return Prompt::Wait,
+            }
+        };
+        if let Some(f) = self.failure_in(text) {
+            return Prompt::Fail(self.error(f, text.as_bytes()));
         }
-        if !(self.is_prompt)(text.trim_end()) {
+        let t = text.trim_end();
+        let own = (self.is_prompt)(t);
+        if !own && !ends_with_password_prompt(t) {
             return Prompt::Wait;
         }
+        let unexpected = |r: &Self, why| Prompt::Fail(r.error(BecomeFailure::UnexpectedPrompt { why }, t.as_bytes()));
+        if let Some(why) = self.disarmed {
+            return unexpected(self, why);
+        }
+        if !own {
+            return unexpected(self, "not in the tool's prompt format");
+        }
         if self.answered {
-            // Asked again: the first answer was refused.
-            return Prompt::Fail(self.error(BecomeFailure::WrongPassword, b""));
+            if self.proven {
+                // sudo's secret prompt again: the first answer was refused.
+                return Prompt::Fail(self.error(BecomeFailure::WrongPassword, b""));
+            }
+            return unexpected(self, "a second prompt, where the tool asks once");
         }
         match &self.password {
             None => Prompt::Fail(self.error(BecomeFailure::PasswordRequired, b"")),
@@ -181,20 +347,72 @@ mod tests {
     }
     const FAILS: &[(&str, BecomeFailure)] = &[("sorry, try again", BecomeFailure::WrongPassword)];
 
+    fn responder(pw: Option<&str>) -> Responder {
+        Responder::new("c", "sudo", "root", pw.map(str::to_string), Box::new(prompt), FAILS)
+    }
+
+    fn failure(p: Prompt) -> BecomeFailure {
+        match p {
+            Prompt::Fail(ConnectError::Become { failure, .. }) => failure,
+            other => panic!("expected a typed failure, got {other:?}"),
+        }
+    }
+
     #[test]
     fn answers_once_then_fails() {
-        let mut r = Responder::new("c", "sudo", "root", Some("pw".into()), Box::new(prompt), FAILS);
+        let mut r = responder(Some("pw")).prompt_is_secret();
         assert!(matches!(r.on_stderr(b"some lecture\n"), Prompt::Wait));
         assert!(matches!(r.on_stderr(b"TOKEN:"), Prompt::Answer(a, AnswerTo::Tty) if a == b"pw\n"));
-        assert!(matches!(
-            r.on_stderr(b"\nSorry, try again.\nTOKEN:"),
-            Prompt::Fail(ConnectError::Become { failure: BecomeFailure::WrongPassword, .. })
-        ));
-        let mut r = Responder::new("c", "sudo", "root", None, Box::new(prompt), FAILS);
-        assert!(matches!(
-            r.on_stderr(b"TOKEN: "),
-            Prompt::Fail(ConnectError::Become { failure: BecomeFailure::PasswordRequired, .. })
-        ));
+        assert_eq!(failure(r.on_stderr(b"\nSorry, try again.\nTOKEN:")), BecomeFailure::WrongPassword);
+        // The secret prompt again, without sudo's "Sorry": still refused.
+        let mut r = responder(Some("pw")).prompt_is_secret();
+        assert!(matches!(r.on_stderr(b"TOKEN:"), Prompt::Answer(..)));
+        assert_eq!(failure(r.on_stderr(b"TOKEN:")), BecomeFailure::WrongPassword);
+        let mut r = responder(None);
+        assert_eq!(failure(r.on_stderr(b"TOKEN: ")), BecomeFailure::PasswordRequired);
+    }
+
+    #[test]
+    fn nothing_is_typed_once_the_target_spoke() {
+        let mut r = responder(Some("pw"));
+        r.target_spoke();
+        assert!(matches!(failure(r.on_stderr(b"TOKEN:")), BecomeFailure::UnexpectedPrompt { .. }));
+        assert!(matches!(failure(r.on_stderr(b"Password: ")), BecomeFailure::UnexpectedPrompt { .. }));
+    }
+
+    #[test]
+    fn a_prompt_not_in_the_tools_format_is_never_answered() {
+        let mut r = responder(Some("pw")).prompt_is_secret();
+        assert!(matches!(r.on_stderr(b"Welcome\n"), Prompt::Wait));
+        assert!(matches!(failure(r.on_stderr(b"Welcome\nPassword: ")), BecomeFailure::UnexpectedPrompt { .. }));
+        // After an answer, an unproven tool's prompt is never taken for a retry.
+        let mut r = responder(Some("pw"));
+        assert!(matches!(r.on_stderr(b"TOKEN:"), Prompt::Answer(..)));
+        assert!(matches!(failure(r.on_stderr(b"TOKEN:")), BecomeFailure::UnexpectedPrompt { .. }));
+    }
+
+    #[test]
+    fn su_by_root_types_nothing_and_su_by_a_user_answers() {
+        let su = |pw| {
+            Responder::new("c", "su", "bob", pw, Box::new(ends_with_password_prompt), FAILS)
+                .answer_on_stdin()
+                .expect_invoker_line()
+        };
+        let mut r = su(Some("pw".into()));
+        assert!(matches!(r.on_stderr(b"mito-su: run by"), Prompt::Wait));
+        assert!(matches!(r.on_stderr(b"mito-su: run by uid 0\r\n"), Prompt::Wait));
+        let f = failure(r.on_stderr(b"mito-su: run by uid 0\r\nPassword: "));
+        assert!(matches!(f, BecomeFailure::UnexpectedPrompt { why } if why.contains("root")), "{f:?}");
+
+        let mut r = su(Some("pw".into()));
+        let answer = r.on_stderr(b"mito-su: run by uid 1000\nPassword: ");
+        assert!(matches!(answer, Prompt::Answer(a, AnswerTo::Stdin) if a == b"pw\n"));
+        // The target's login script printing a prompt after su's.
+        assert!(matches!(failure(r.on_stderr(b"Password: ")), BecomeFailure::UnexpectedPrompt { .. }));
+
+        // Anything else first (the wrapper did not run): nothing is typed.
+        let mut r = su(Some("pw".into()));
+        assert!(matches!(failure(r.on_stderr(b"Password: ")), BecomeFailure::UnexpectedPrompt { .. }));
     }
 
     #[test]

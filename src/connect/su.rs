@@ -1,16 +1,27 @@
-//! The `su` method: `su [-l] USER -c "sh -c '<stage0>'"` on a hybrid tty.
+//! The `su` method: `su [-l] -c "sh -c '<stage0>'" -- USER` on a hybrid
+//! tty, started through a small `sh` that first prints the invoking uid on
+//! the tty.
 //!
 //! su's prompt is localised, so it is recognised by the word for
 //! "password" in common languages followed by a colon
 //! ([`super::prompt::PASSWORD_WORDS`]). The command goes through the target
 //! user's login shell, which must be able to run `sh -c`.
+//!
+//! That prompt is text anyone can print, and su runs the target's shell
+//! (and with `-l` its login scripts) before our command, so the responder
+//! must know whether su will ask at all: the wrapper's first line says who
+//! runs su, and root's su never asks (`pam_rootok`), so then no password
+//! is typed whatever appears (`prompt`'s module documentation).
+//!
+//! `--` ends su's options before the user name: a name such as `-m` or
+//! `--shell=…` is a user that does not exist, never an option.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::local::ChildCommand;
-use super::prompt::{ends_with_password_prompt, BecomeFailure, Responder};
+use super::prompt::{announce, ends_with_password_prompt, BecomeFailure, Responder, INVOKER_LINE};
 use super::stage0::sh_quote;
 
 /// Options of [`crate::Router::su`].
@@ -65,16 +76,29 @@ const FAILURES: &[(&str, BecomeFailure)] = &[
     ("does not exist", BecomeFailure::NoSuchUser),
     ("account expired", BecomeFailure::AccountLocked),
     ("account locked", BecomeFailure::AccountLocked),
+    // The wrapper's own message when the su program is not there.
+    ("mito-su: su not installed", BecomeFailure::ToolMissing),
 ];
+
+/// Runs as the invoking user, before su: prints [`INVOKER_LINE`] and the
+/// uid on the tty (fd 2), then execs su with the arguments it was given.
+const WRAPPER: &str = concat!(
+    "printf '%s%s\\n' \"$0\" \"$(id -u)\" >&2;",
+    "command -v \"$1\" >/dev/null 2>&1||{ printf 'mito-su: su not installed: %s\\n' \"$1\" >&2;exit 127;};",
+    "exec \"$@\""
+);
 
 /// The command and its prompt responder.
 pub fn prepare(opts: &SuOptions, context: &str, stage0: &str) -> (ChildCommand, Responder) {
-    let mut c = ChildCommand::new(opts.su_path.clone().map_or_else(|| OsString::from("su"), PathBuf::into_os_string));
+    let su = opts.su_path.clone().map_or_else(|| OsString::from("su"), PathBuf::into_os_string);
+    // sh -c WRAPPER INVOKER_LINE su [-l] -c CMD -- USER
+    let mut c = ChildCommand::new("sh");
     c.tty = true;
+    c.arg("-c").arg(WRAPPER).arg(INVOKER_LINE).arg(su);
     if opts.login {
         c.arg("-l");
     }
-    c.arg(&opts.username).arg("-c").arg(format!("sh -c {}", sh_quote(stage0)));
+    c.arg("-c").arg(format!("sh -c {}", sh_quote(&announce(stage0)))).arg("--").arg(&opts.username);
     let r = Responder::new(
         context,
         "su",
@@ -85,6 +109,28 @@ pub fn prepare(opts: &SuOptions, context: &str, stage0: &str) -> (ChildCommand, 
     )
     // PAM's conversation (misc_conv) prints the prompt on stderr but reads
     // the answer from stdin.
-    .answer_on_stdin();
+    .answer_on_stdin()
+    .expect_invoker_line();
     (c, r)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The wrapper prints the invoking uid first, then runs su with the
+    /// user after `--`; a missing su is its own message.
+    #[test]
+    fn the_wrapper_says_who_runs_su_and_passes_every_argument() {
+        let (c, _) = super::prepare(&super::SuOptions::new("-m"), "c", "true");
+        let mut args = c.args.clone();
+        // `echo` instead of su: shows the arguments su would get.
+        args[3] = "echo".into();
+        let o = std::process::Command::new(&c.program).args(&args).output().expect("sh");
+        let uid = rustix::process::getuid().as_raw();
+        assert_eq!(String::from_utf8_lossy(&o.stderr), format!("{}{uid}\n", super::INVOKER_LINE));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "-c sh -c 'echo;true' -- -m\n");
+        args[3] = "/nonexistent/su".into();
+        let o = std::process::Command::new(&c.program).args(&args).output().expect("sh");
+        assert_eq!(o.status.code(), Some(127));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("mito-su: su not installed: /nonexistent/su"));
+    }
 }

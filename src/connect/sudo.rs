@@ -1,17 +1,18 @@
-//! The `sudo` method: `sudo -p <token> -u USER … -- sh -c '<stage0>'` on a
-//! hybrid tty.
+//! The `sudo` method: `SUDO_PROMPT=<secret> sudo -u USER … -- sh -c
+//! '<stage0>'` on a hybrid tty.
 //!
-//! The prompt is our own unique token per connect (`-p`), so localised or
-//! customised prompts do not matter; sudo-rs shows it as
-//! `[sudo: <token>] Password:`, which is recognised too.
+//! The prompt is our own secret per connect, so localised or customised
+//! prompts do not matter; sudo-rs shows it as `[sudo: <secret>] Password:`,
+//! which is recognised too. It goes in sudo's environment, not in `-p`:
+//! argv is public (`ps`), and a target's login script that could print the
+//! prompt would be typed the password (`prompt`'s module documentation).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::local::ChildCommand;
-use super::prompt::{BecomeFailure, Responder};
+use super::prompt::{announce, BecomeFailure, Responder};
 
 /// Options of [`crate::Router::sudo`].
 #[derive(Clone)]
@@ -87,19 +88,36 @@ const FAILURES: &[(&str, BecomeFailure)] = &[
     ("unknown user", BecomeFailure::NoSuchUser),
 ];
 
-fn token() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("mito-sudo-{:x}-{:x}-{:x}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed), t)
+/// A prompt nobody else can print: 128 bits from the kernel's random
+/// source.
+fn secret_prompt() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // A kernel older than 3.17: /dev/urandom, else std's own seeds.
+        use std::io::Read;
+        if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
+            use std::hash::BuildHasher;
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let one = std::collections::hash_map::RandomState::new().hash_one(t);
+            let two = std::collections::hash_map::RandomState::new().hash_one(one);
+            b[..8].copy_from_slice(&one.to_le_bytes());
+            b[8..].copy_from_slice(&two.to_le_bytes());
+        }
+    }
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("mito-sudo-{hex}:")
 }
 
 /// The command and its prompt responder.
 pub fn prepare(opts: &SudoOptions, context: &str, stage0: &str) -> (ChildCommand, Responder) {
-    let tok = token();
+    let tok = secret_prompt();
     let mut c =
         ChildCommand::new(opts.sudo_path.clone().map_or_else(|| OsString::from("sudo"), PathBuf::into_os_string));
     c.tty = true;
-    c.arg("-p").arg(&tok).arg("-u").arg(&opts.username);
+    c.env.push(("SUDO_PROMPT".into(), tok.clone().into()));
+    c.arg("-u").arg(&opts.username);
     if opts.preserve_env {
         c.arg("-E");
     }
@@ -116,16 +134,18 @@ pub fn prepare(opts: &SudoOptions, context: &str, stage0: &str) -> (ChildCommand
         c.arg(a);
     }
     c.arg("--").arg("sh").arg("-c");
+    let script = announce(stage0);
     if opts.login {
-        c.arg(without_dollars(stage0));
+        c.arg(without_dollars(&script));
     } else {
-        c.arg(stage0);
+        c.arg(script);
     }
     // The prompt check sees the text since the last answer; sudo-rs puts
     // the token in brackets before its own translated "Password:".
     let bracketed = format!("[sudo: {tok}]");
     let is_prompt = Box::new(move |t: &str| t.ends_with(tok.as_str()) || (t.contains(&bracketed) && t.ends_with(':')));
-    (c, Responder::new(context, "sudo", &opts.username, opts.password.clone(), is_prompt, FAILURES))
+    let r = Responder::new(context, "sudo", &opts.username, opts.password.clone(), is_prompt, FAILURES);
+    (c, r.prompt_is_secret())
 }
 
 /// `script` as a shell command with no `$` in it, for `sudo -i`.

@@ -222,6 +222,10 @@ impl Hooks for HopHooks<'_> {
     fn serve_agent(&mut self, arch: &str, hash: &str) -> bool {
         arch == self.arch && hash == self.hash && self.input.send_self().is_ok()
     }
+
+    fn target_spoke(&mut self) {
+        self.inner.target_spoke();
+    }
 }
 
 /// The hop's command for `cmd`. Variables to remove go through `env -u`
