@@ -38,7 +38,8 @@ struct Cli {
     /// ssh: host key policy.
     #[arg(long, global = true, value_enum, default_value_t = HostKeys::Enforce)]
     check_host_keys: HostKeys,
-    /// ssh: take the login password from this environment variable.
+    /// ssh: take the login password from this environment variable (which
+    /// mito then removes from its environment: nothing it starts inherits it).
     #[arg(long, global = true, value_name = "VAR")]
     password_env: Option<String>,
     /// ssh: take the login password from the first line of this file.
@@ -47,15 +48,23 @@ struct Cli {
     /// ssh: ask for the login password on the terminal.
     #[arg(long, global = true)]
     ask_password: bool,
-    /// sudo/su/doas: take the password from this environment variable.
-    #[arg(long, global = true, value_name = "VAR")]
-    become_pass_env: Option<String>,
-    /// sudo/su/doas: take the password from the first line of this file.
-    #[arg(long, global = true, value_name = "FILE")]
-    become_pass_file: Option<std::path::PathBuf>,
-    /// sudo/su/doas: ask for the password on the terminal.
-    #[arg(long, global = true)]
-    ask_become_pass: bool,
+    /// sudo/su/doas: take a password from this environment variable (which
+    /// mito then removes from its environment). VAR alone is for the first
+    /// sudo/su/doas hop of each target only; HOP=VAR for the hops written
+    /// HOP (`sudo:root=ROOT_PW`, `sudo` meaning `sudo:root`) or for the hop
+    /// ending that chain (`ssh://web1,sudo:root=PW1`). Repeatable; a hop
+    /// nothing names gets no password.
+    #[arg(long, global = true, value_name = "[HOP=]VAR")]
+    become_pass_env: Vec<String>,
+    /// sudo/su/doas: take a password from the first line of this file; which
+    /// hops as for --become-pass-env. Repeatable.
+    #[arg(long, global = true, value_name = "[HOP=]FILE")]
+    become_pass_file: Vec<String>,
+    /// sudo/su/doas: ask for a password on the terminal, when that hop is
+    /// reached: for the first sudo/su/doas hop of each target, or with
+    /// =HOP for the hops so written (as for --become-pass-env). Repeatable.
+    #[arg(long, global = true, value_name = "HOP", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    ask_become_pass: Vec<String>,
     /// sudo: keep the environment (`sudo -E`). Not with --login: sudo
     /// refuses `-E` together with `-i`.
     #[arg(long, global = true, conflicts_with = "login")]
@@ -225,8 +234,17 @@ mod target;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // First, while this is the only thread: the password variables leave
+    // the environment, so no child (a local agent, `sudo -E`) inherits them.
+    let secrets = match target::Secrets::take(&cli) {
+        Ok(s) => s,
+        Err(msg) => {
+            eprintln!("mito: error: {msg}");
+            return ExitCode::from(255);
+        }
+    };
     init_logging(cli.verbose);
-    match run(cli) {
+    match run(cli, secrets) {
         Ok(code) => code,
         Err(msg) => {
             eprintln!("mito: error: {msg}");
@@ -235,11 +253,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode, String> {
+fn run(cli: Cli, secrets: target::Secrets) -> Result<ExitCode, String> {
     // Before any thread exists (the broker's included), so all inherit the mask.
     let signals = matches!(cli.command, Command::Run { .. }).then(run::Signals::start);
     let router = Router::new().map_err(|e| format!("cannot start the broker: {e}"))?;
-    let mut targets = target::Targets::new(&router, &cli);
+    let mut targets = target::Targets::new(&router, &cli, secrets);
     let code = command(&cli, &mut targets, signals);
     targets.shutdown();
     code
