@@ -3,8 +3,9 @@
 //!
 //! What it does, in order (the README's "Bootstrap" section says the same):
 //! 1. **Warm:** if `$XDG_CACHE_HOME/mito/agent-<sha256>` (else
-//!    `~/.cache/mito/…`) is executable and its sha256 matches, exec it. One
-//!    `sh`, one `sha256sum`, no `uname`, zero bytes of agent sent.
+//!    `~/.cache/mito/…`) is in a directory that is ours (below), is itself
+//!    ours and its sha256 matches, exec it. One `sh`, one `ls`, one hash,
+//!    no `uname`, zero bytes of agent sent.
 //! 2. **Cold:** `uname -m` picks the agent; look for a cached copy in the
 //!    fallback directories (`$XDG_RUNTIME_DIR/mito`, `/dev/shm/mito-<uid>`,
 //!    `/var/tmp/mito-<uid>`, `/tmp/mito-<uid>`), and pick the first of all
@@ -18,9 +19,54 @@
 //!    raw agent into a memfd and execs it from there (`MITO0 need … memfd`).
 //! 5. Otherwise `MITOERR noexec`: the master reports which hop and why.
 //!
+//! # Only directories that are ours
+//!
+//! Another user on the target may pre-create `/dev/shm/mito-<our uid>` (or
+//! the `/var/tmp`, `/tmp` ones): open to all, their own, or a symlink to a
+//! directory of theirs, with a file of the right hash or size in it, which
+//! they can swap between the hash check and the `exec`. So every candidate
+//! directory, the warm one included, is checked before stage0 execs from
+//! it or writes to it; one that fails is skipped entirely (the next
+//! candidate, then the memfd, is used), never repaired:
+//! - **The directory:** one `ls -ldn` (a single `lstat`, so type, mode and
+//!   owner are of the same object at the same instant) must show a real
+//!   directory (not a symlink) owned by our effective uid, mode 0700
+//!   (`drwx------`; `drwx--S---` under a setgid parent; an ACL `+` or
+//!   SELinux `.` suffix is fine: with group bits `---` the ACL mask grants
+//!   nothing). stage0 creates its directories that way (`mkdir -m 700`);
+//!   it does not `chmod` one it finds looser, because a file planted in it
+//!   while it was open, or a descriptor opened then, would survive that.
+//! - **The file:** the same `ls` shows `agent-<sha256>` as a regular file
+//!   of ours, mode 0700 (`-rwx------`): not a symlink, not another user's,
+//!   not group/other-writable. Otherwise it is not run; the upload replaces
+//!   it (`mv -f` within our directory).
+//! - **Then the hash**, and `exec`.
+//!
+//! Why nothing can change between the checks and the `exec`: once `ls` has
+//! seen a real directory of ours, nobody else can rename or replace it —
+//! its parent is either the system's sticky `/dev/shm`, `/var/tmp`, `/tmp`
+//! (where only an entry's owner may rename or delete it) or, for
+//! `$XDG_CACHE_HOME`/`~/.cache` and `$XDG_RUNTIME_DIR`, the user's own
+//! directories (trusted, as the user's shell startup files are) — and,
+//! being 0700, nobody else can add, rename or open anything inside. Only
+//! root can, who owns the machine anyway. Our uid comes from
+//! `/proc/self/status` (no fork; `id -u` without /proc), never from
+//! `$USER`, which `su` leaves as the caller's.
+//!
+//! # Hash tools
+//!
+//! `sha256sum`, else `shasum -a 256`, else `openssl dgst -sha256 -r`, else
+//! `busybox sha256sum`. Without any of them a **cached** file is never
+//! trusted: stage0 uploads again and replaces it on every connect (so such a
+//! target costs one upload per connect, as the memfd path does). The
+//! **fresh** upload, written by this stage0 into our 0700 directory just
+//! now from the master's bytes, is checked by its size (a short transfer
+//! fails it): nobody else could have written it. (The alternative, the
+//! memfd path, needs perl, which the minimal systems that lack every hash
+//! tool often lack too.)
+//!
 //! A corrupted or truncated cached file fails the sha256 check and is
-//! replaced, never executed. Where `sha256sum` is missing, the size is
-//! checked instead (weaker; said in the README).
+//! replaced, never executed.
 //!
 //! The master writes nothing after the agent bytes until the agent's hello,
 //! so readers that over-read a pipe (busybox `head -c`) lose nothing.
@@ -87,23 +133,40 @@ pub fn script(agents: &[AgentSpec<'_>], context_id: u32) -> String {
 /// where gzip exists: behind a hop of that architecture the hop sends its
 /// own executable, so the bytes cross only the last link.
 pub fn script_preferring_raw(agents: &[AgentSpec<'_>], context_id: u32, raw_arch: Option<&str>) -> String {
-    let mut s = String::with_capacity(2048);
+    let mut s = String::with_capacity(2560);
     // No umask change: the agent and its commands keep the user's. The
     // directories stage0 creates are 0700, which keeps what is inside private.
     s.push_str("I=");
     push_num(&mut s, context_id as usize);
     s.push_str(concat!(
-        ";v(){ if command -v sha256sum >/dev/null 2>&1;then c=$(sha256sum \"$1\")&&[ \"${c%% *}\" = \"$H\" ];",
-        "else [ \"$(wc -c <\"$1\")\" -eq \"$N\" ];fi;}",
-        ";C=\"${XDG_CACHE_HOME:-$HOME/.cache}/mito\"",
+        // u: our effective uid, from /proc without a fork (`id -u` where
+        // there is no /proc). Reset first: nothing from the environment.
+        // (A missing /proc is a failed redirection: the loop is skipped.)
+        ";u=;while read k r e x;do [ \"$k\" = Uid: ]&&u=$e&&break;done 2>/dev/null </proc/self/status",
+        ";u=${u:-$(id -u)}",
+        // v FILE: a real sha256 of FILE (the first tool that works) equals
+        // $H. Without a hash tool, c is empty and v fails.
+        ";v(){ c=$({ sha256sum \"$1\"||shasum -a 256 \"$1\"||openssl dgst -sha256 -r \"$1\"||busybox sha256sum \"$1\";} 2>/dev/null)",
+        "&&[ \"${c%% *}\" = \"$H\" ];}",
+        // o: is $d ours? One lstat (ls -ldn) of $d and of f=$d/agent-$H:
+        // 1 when $d is not a real directory of uid $u with mode 0700 (or
+        // 2700 under a setgid parent), 2 when it is but $f is not a regular
+        // file of $u with mode 0700, else 0. `ls` prints $d's line first
+        // (a prefix sorts first); the file's line follows "$d" and one
+        // character (the newline).
+        ";o(){ f=\"$d/agent-$H\";c=$(ls -ldn \"$d\" \"$f\" 2>/dev/null);set -- $c",
+        ";case \"$1 $3\" in drwx--[-S]---*\" $u\");;*)return 1;esac",
+        ";set -- ${c#*\"$d\"?};case \"$1 $3\" in -rwx------*\" $u\");;*)return 2;esac;}",
+        ";C=\"${XDG_CACHE_HOME:-$HOME/.cache}/mito\";d=$C",
     ));
-    // Warm path: no uname, no id.
+    // Warm path: no uname, no id (where /proc is), one ls and one hash.
+    // `[ -x ]` first, as before every exec of a cached file: it is false on
+    // a noexec mount (a home shared over NFS may be one on this host), where
+    // `exec` would fail and end the shell instead of moving on.
     for a in agents {
         s.push_str(";H=");
         s.push_str(a.sha256);
-        s.push_str(";N=");
-        push_num(&mut s, a.raw_len);
-        s.push_str(";f=\"$C/agent-$H\";[ -x \"$f\" ]&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\"");
+        s.push_str(";[ -x \"$d/agent-$H\" ]&&o&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\"");
     }
     s.push_str(";P=;A=$(uname -m);case \"$A\" in ");
     for a in agents {
@@ -123,18 +186,18 @@ pub fn script_preferring_raw(agents: &[AgentSpec<'_>], context_id: u32, raw_arch
     }
     s.push_str(concat!(
         "*)echo \"MITOERR arch $A\";exit 1;;esac",
-        ";u=$(id -u);D=",
-        ";for d in \"$C\" ${XDG_RUNTIME_DIR:+\"$XDG_RUNTIME_DIR/mito\"} \"/dev/shm/mito-$u\" \"/var/tmp/mito-$u\" \"/tmp/mito-$u\";do ",
-        "f=\"$d/agent-$H\";[ -x \"$f\" ]&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\"",
-        ";if [ -z \"$D\" ]&&mkdir -p -m 700 \"$d\" 2>/dev/null&&[ -O \"$d\" ]&&chmod 700 \"$d\" 2>/dev/null;then ",
-        "t=\"$d/.probe.$$\";if : >\"$t\" 2>/dev/null&&chmod 700 \"$t\"&&[ -x \"$t\" ];then D=$d;fi;rm -f \"$t\"",
-        ";fi;done",
+        ";D=;for d in \"$C\" ${XDG_RUNTIME_DIR:+\"$XDG_RUNTIME_DIR/mito\"} \"/dev/shm/mito-$u\" \"/var/tmp/mito-$u\" \"/tmp/mito-$u\";do ",
+        "[ \"$D\" ]||mkdir -p -m 700 \"$d\" 2>/dev/null",
+        ";o;case $? in 0)[ -x \"$f\" ]&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\";;1)continue;esac",
+        ";[ \"$D\" ]||{ t=\"$d/.probe.$$\";: >\"$t\" 2>/dev/null&&chmod 700 \"$t\"&&[ -x \"$t\" ]&&D=$d;rm -f \"$t\";};done",
         ";if [ -n \"$D\" ];then f=\"$D/agent-$H\";t=\"$D/.agent-$H.$$\"",
         ";if [ -z \"$P\" ]&&command -v gzip >/dev/null 2>&1;then echo \"MITO0 need $A gz $D\"",
         ";head -c \"$Z\" >\"$t.gz\"&&gzip -dc <\"$t.gz\" >\"$t\";e=$?;rm -f \"$t.gz\"",
         ";else echo \"MITO0 need $A raw $D\";head -c \"$N\" >\"$t\";e=$?;fi",
         ";[ $e = 0 ]||{ rm -f \"$t\";echo \"MITOERR write $D\";exit 1;}",
-        ";if v \"$t\"&&chmod 700 \"$t\"&&mv -f \"$t\" \"$f\";then exec \"$f\" \"$H\" \"$I\";fi",
+        // Our fresh file in our private directory: the hash, or (no hash
+        // tool at all) the size, which catches a short transfer.
+        ";if v \"$t\"||{ [ -z \"$c\" ]&&[ \"$(wc -c <\"$t\")\" -eq \"$N\" ];};then chmod 700 \"$t\"&&mv -f \"$t\" \"$f\"&&exec \"$f\" \"$H\" \"$I\";fi",
         ";rm -f \"$t\";echo \"MITOERR verify $D\";exit 1;fi",
         ";if command -v perl >/dev/null 2>&1;then echo \"MITO0 need $A raw memfd\";exec perl -e '",
     ));
@@ -171,5 +234,16 @@ mod tests {
         assert!(!s.contains("P=1"));
         assert!(script_preferring_raw(&[a], 7, Some("x86_64")).contains("P=1"));
         assert_eq!(sh_quote("a'b"), "'a'\\''b'");
+    }
+
+    /// Every byte crosses the wire on every connect: one agent with a real
+    /// hash length stays within budget (1803 bytes before the ownership
+    /// checks, 2103 with them).
+    #[test]
+    fn stays_small() {
+        let h = "0".repeat(64);
+        let a = AgentSpec { arch: "x86_64", sha256: &h, raw_len: 153_600, gz_len: 77_000 };
+        let n = script(&[a], 1).len();
+        assert!(n <= 2150, "stage0 grew to {n} bytes");
     }
 }
