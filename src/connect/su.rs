@@ -76,29 +76,34 @@ const FAILURES: &[(&str, BecomeFailure)] = &[
     ("does not exist", BecomeFailure::NoSuchUser),
     ("account expired", BecomeFailure::AccountLocked),
     ("account locked", BecomeFailure::AccountLocked),
-    // The wrapper's own message when the su program is not there.
+    // The wrapper's own messages: the su program is not there; "-".
     ("mito-su: su not installed", BecomeFailure::ToolMissing),
+    ("mito-su: no user is named", BecomeFailure::NoSuchUser),
 ];
 
-/// Runs as the invoking user, before su: prints [`INVOKER_LINE`] and the
-/// uid on the tty (fd 2), then execs su with the arguments it was given.
+/// Runs as the invoking user, before su, as `sh -c WRAPPER INVOKER_LINE
+/// USER SU ARGS…`: prints [`INVOKER_LINE`] and the uid on the tty (fd 2),
+/// then execs `SU ARGS… USER`. su takes a lone `-` even after `--` for its
+/// login flag (and then becomes root), so that name is refused here.
 const WRAPPER: &str = concat!(
     "printf '%s%s\\n' \"$0\" \"$(id -u)\" >&2;",
+    "u=$1;shift;",
+    "[ \"$u\" != - ]||{ printf 'mito-su: no user is named -\\n' >&2;exit 1;};",
     "command -v \"$1\" >/dev/null 2>&1||{ printf 'mito-su: su not installed: %s\\n' \"$1\" >&2;exit 127;};",
-    "exec \"$@\""
+    "exec \"$@\" \"$u\""
 );
 
 /// The command and its prompt responder.
 pub fn prepare(opts: &SuOptions, context: &str, stage0: &str) -> (ChildCommand, Responder) {
     let su = opts.su_path.clone().map_or_else(|| OsString::from("su"), PathBuf::into_os_string);
-    // sh -c WRAPPER INVOKER_LINE su [-l] -c CMD -- USER
+    // sh -c WRAPPER INVOKER_LINE USER su [-l] -c CMD --
     let mut c = ChildCommand::new("sh");
     c.tty = true;
-    c.arg("-c").arg(WRAPPER).arg(INVOKER_LINE).arg(su);
+    c.arg("-c").arg(WRAPPER).arg(INVOKER_LINE).arg(&opts.username).arg(su);
     if opts.login {
         c.arg("-l");
     }
-    c.arg("-c").arg(format!("sh -c {}", sh_quote(&announce(stage0)))).arg("--").arg(&opts.username);
+    c.arg("-c").arg(format!("sh -c {}", sh_quote(&announce(stage0)))).arg("--");
     let r = Responder::new(
         context,
         "su",
@@ -120,17 +125,23 @@ mod tests {
     /// user after `--`; a missing su is its own message.
     #[test]
     fn the_wrapper_says_who_runs_su_and_passes_every_argument() {
-        let (c, _) = super::prepare(&super::SuOptions::new("-m"), "c", "true");
-        let mut args = c.args.clone();
-        // `echo` instead of su: shows the arguments su would get.
-        args[3] = "echo".into();
-        let o = std::process::Command::new(&c.program).args(&args).output().expect("sh");
+        let run = |user: &str, su: &str| {
+            let (c, _) = super::prepare(&super::SuOptions::new(user), "c", "true");
+            let mut args = c.args.clone();
+            assert_eq!(args[4], "su");
+            // `echo` instead of su: shows the arguments su would get.
+            args[4] = su.into();
+            std::process::Command::new(&c.program).args(&args).output().expect("sh")
+        };
+        let o = run("-m", "echo");
         let uid = rustix::process::getuid().as_raw();
         assert_eq!(String::from_utf8_lossy(&o.stderr), format!("{}{uid}\n", super::INVOKER_LINE));
         assert_eq!(String::from_utf8_lossy(&o.stdout), "-c sh -c 'echo;true' -- -m\n");
-        args[3] = "/nonexistent/su".into();
-        let o = std::process::Command::new(&c.program).args(&args).output().expect("sh");
+        let o = run("bob", "/nonexistent/su");
         assert_eq!(o.status.code(), Some(127));
         assert!(String::from_utf8_lossy(&o.stderr).contains("mito-su: su not installed: /nonexistent/su"));
+        let o = run("-", "echo");
+        assert_eq!((o.status.code(), &o.stdout[..]), (Some(1), &b""[..]));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("mito-su: no user is named -"));
     }
 }
