@@ -209,14 +209,20 @@ impl Secrets {
     /// thread-safe.
     pub fn take(cli: &Cli) -> Result<Secrets, String> {
         let mut bad = None;
+        // A variable named twice (for two hops, on purpose) is read once.
+        let mut taken: Vec<(String, Option<String>)> = Vec::new();
         let mut take_var = |flag: &str, spec: &str, var: &str| {
             // remove_var panics on these; no variable can be named so.
             if var.is_empty() || var.contains(['=', '\0']) {
                 bad.get_or_insert(format!("{flag} {spec}: expected VAR or HOP=VAR (e.g. sudo:root=ROOT_PW)"));
                 return None;
             }
+            if let Some((_, value)) = taken.iter().find(|(v, _)| v == var) {
+                return value.clone();
+            }
             let value = std::env::var(var).ok();
             std::env::remove_var(var);
+            taken.push((var.to_string(), value.clone()));
             value
         };
         let ssh_env = cli
