@@ -6,9 +6,16 @@
 //!
 //! Passwords go through `SSH_ASKPASS` with `SSH_ASKPASS_REQUIRE=force`
 //! (OpenSSH ≥ 8.4): a tiny script in a private 0700 directory `cat`s a FIFO,
-//! and a master thread writes the password into that FIFO once. The
-//! password is never in an argv, an environment or a file; ssh is told to
-//! ask once (`NumberOfPasswordPrompts=1`), so it is sent once.
+//! and a master thread writes the password into that FIFO once, then
+//! removes it. The password is never in an argv, an environment or a file;
+//! ssh is told to ask once (`NumberOfPasswordPrompts=1`), so it is sent once.
+//!
+//! The password is for the target host only. A ProxyJump (or ProxyCommand)
+//! ssh is a child of our ssh and inherits `SSH_ASKPASS`; it asks first, so
+//! the jump host would be sent the target's password. The script therefore
+//! answers only an ssh whose parent is this process (the one we started):
+//! any other gets no answer and leaves a mark, and the error says that a
+//! jump host asked (authenticate it with a key or agent).
 //!
 //! Failures are recognised from ssh's stderr (kept terse with
 //! `LogLevel=ERROR`, which also hides banners that might say "password")
@@ -174,6 +181,7 @@ struct Askpass {
 
 impl Askpass {
     fn new(password: String) -> std::io::Result<Askpass> {
+        let master = std::process::id();
         static N: AtomicU32 = AtomicU32::new(0);
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
@@ -188,7 +196,22 @@ impl Askpass {
         let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o700).open(&script)?;
         // Answer only password prompts; anything else (a passphrase, a
         // yes/no question) gets no answer, so ssh fails instead of guessing.
-        writeln!(f, "#!/bin/sh\ncase \"$1\" in *[Pp]assword*) exec cat \"$(dirname \"$0\")/answer\";; esac\nexit 1")?;
+        // And only to the ssh we started (its parent is this process): a
+        // ProxyJump ssh, our ssh's child, gets nothing and leaves `other`.
+        // The FIFO is gone after one answer, so a second ask fails at once.
+        write!(
+            f,
+            concat!(
+                "#!/bin/sh\n",
+                "d=$(dirname \"$0\")\n",
+                "case \"$1\" in *[Pp]assword*) ;; *) exit 1;; esac\n",
+                "s=$(cat \"/proc/$PPID/stat\" 2>/dev/null)||exit 1\n",
+                "set -f;set -- ${{s##*) }}\n",
+                "[ \"$2\" = {master} ]||{{ : >\"$d/other\";exit 1;}}\n",
+                "exec cat \"$d/answer\"\n"
+            ),
+            master = master
+        )?;
         drop(f);
         let asked = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
@@ -201,6 +224,9 @@ impl Askpass {
                     let _ = w.write_all(password.as_bytes());
                     let _ = w.write_all(b"\n");
                 }
+                // One answer: a later `cat` finds no FIFO and fails at once
+                // (instead of waiting for a writer that never comes).
+                let _ = fs::remove_file(&fifo2);
             }
         })?;
         Ok(Askpass { dir, asked, done, thread: Some(thread) })
@@ -208,6 +234,11 @@ impl Askpass {
 
     fn script(&self) -> PathBuf {
         self.dir.join("askpass")
+    }
+
+    /// Whether an ssh other than ours (a ProxyJump host's) asked.
+    fn other_asked(&self) -> bool {
+        self.dir.join("other").exists()
     }
 }
 
@@ -298,7 +329,14 @@ impl super::bootstrap::Hooks for Prepared {
         let context = &self.context;
         let text = String::from_utf8_lossy(stderr);
         let asked = self.askpass.as_ref().map(|a| a.asked.load(Ordering::SeqCst));
-        let failure = classify_text(&text, asked)?;
+        let mut failure = classify_text(&text, asked)?;
+        if let (SshFailure::AuthFailed { hint, .. }, Some(true)) =
+            (&mut failure, self.askpass.as_ref().map(Askpass::other_asked))
+        {
+            *hint = ": a ProxyJump/ProxyCommand host asked for a password, and the password is only for the \
+                     target host (give the jump host a key or an agent)"
+                .into();
+        }
         Some(ConnectError::Ssh {
             context: context.into(),
             host: self.host.clone(),
