@@ -61,7 +61,7 @@ pub use master::{
     error::CallError,
     fanout::put_many,
     process::{Process, ProcessEvent, ProcessInput},
-    transfer::{Progress, TransferError, TransferStats},
+    transfer::{GetOptions, Progress, TransferError, TransferStats},
     tree::{Plan, TreeStats},
     Connector, Router, RouterOptions,
 };

@@ -414,8 +414,13 @@ fn owner_is_kept_where_the_receiver_is_root() {
     ctx.put(&src, &remote).expect("put");
     let m = std::fs::metadata(&remote).expect("meta");
     assert_eq!((m.uid(), m.gid()), (12345, 23456));
+    // A get keeps the target's owner only when asked (issue 13).
     let back = d.path().join("back");
-    ctx.get(&remote, &back).expect("get");
+    ctx.get_with(&remote, &back, &mito::GetOptions { preserve_owner: true }, &|_| {}).expect("get");
     let m = std::fs::metadata(&back).expect("meta");
     assert_eq!((m.uid(), m.gid()), (12345, 23456));
+    let plain = d.path().join("plain");
+    ctx.get(&remote, &plain).expect("get");
+    let m = std::fs::metadata(&plain).expect("meta");
+    assert_eq!((m.uid(), m.gid()), (0, 0), "without preserve_owner the copy is ours");
 }

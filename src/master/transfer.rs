@@ -8,14 +8,28 @@
 //! file beside the destination and renames it into place only when the
 //! digests agree, keeping mode and mtime. A failure at any point (disk full,
 //! permission, lost connection) leaves no file under the final name.
+//!
+//! A `get` does not trust the target (ARCHITECTURE.md, "Security"): the
+//! file is written relative to an open directory fd (`openat` with
+//! `O_EXCL|O_NOFOLLOW`, `renameat`), and mode, owner and mtime are set on
+//! the open file, so nothing is written or changed through a symlink; the
+//! copy is ours, without setuid/setgid (or a file's sticky bit), unless
+//! [`GetOptions::preserve_owner`]; an mtime outside years 1..=9999 is
+//! clamped; a file that sends more than it announced is stopped within a
+//! chunk (`SourceChanged`).
 
 use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
 use serde_bytes::ByteBuf;
 use thiserror::Error;
@@ -76,30 +90,136 @@ pub enum TransferError {
         /// The destination.
         path: PathBuf,
     },
+    /// A directory of the tree being fetched listed a name that is not a
+    /// single file name (empty, `.`, `..`, with a `/` or a NUL byte), or
+    /// listed a name twice: a target trying to write outside the
+    /// destination or through a symlink. Refused while planning, before
+    /// anything is written.
+    #[error("{context}: {dir} lists the name \"{}\" ({why}); refusing to copy the tree", crate::core::text::printable(.name, 240))]
+    BadName {
+        /// Context name.
+        context: String,
+        /// The remote directory that listed it.
+        dir: PathBuf,
+        /// The name, as listed.
+        name: Vec<u8>,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 pub(super) fn local(path: &Path) -> impl Fn(std::io::Error) -> TransferError + '_ {
     move |source| TransferError::Local { path: path.to_path_buf(), source }
 }
 
-/// A temp file beside `dest`, removed on drop unless persisted.
-struct Temp {
-    path: PathBuf,
-    keep: bool,
+/// How a `get` treats what the target says about ownership
+/// ([`Context::get_with`], [`Context::get_tree_with`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GetOptions {
+    /// Keep the target's owners and, with them, setuid/setgid bits (and a
+    /// file's sticky bit), as `rsync -a` run as root does; applied only
+    /// when this process is root. Off (the default), a copy belongs to
+    /// this process's user and loses those bits: a target cannot plant a
+    /// setuid file or give a file to someone else on this machine.
+    pub preserve_owner: bool,
 }
 
-impl Temp {
-    fn beside(dest: &Path) -> Temp {
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let path = dest.with_file_name(format!(".{name}.mito-tmp.{}", std::process::id()));
-        Temp { path, keep: false }
+impl GetOptions {
+    /// Whether owners and special mode bits are applied.
+    pub(super) fn keeps_owner(&self) -> bool {
+        self.preserve_owner && is_root()
     }
 }
 
-impl Drop for Temp {
+/// The permission bits a copy from a target gets: all of `mode` when its
+/// owner is kept too, else without setuid/setgid (and, on a file, sticky).
+pub(super) fn local_mode(mode: u32, dir: bool, keep_owner: bool) -> Mode {
+    let bits = if keep_owner {
+        mode & 0o7777
+    } else if dir {
+        mode & 0o1777
+    } else {
+        mode & 0o777
+    };
+    Mode::from_bits_truncate(bits)
+}
+
+/// Owner and group from a target for `fchown`-style calls (`-1` means
+/// "unchanged" to the kernel, so it is passed as `None`).
+pub(super) fn ids(owner: (u32, u32)) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
+    let uid = (owner.0 != u32::MAX).then(|| rustix::fs::Uid::from_raw(owner.0));
+    let gid = (owner.1 != u32::MAX).then(|| rustix::fs::Gid::from_raw(owner.1));
+    (uid, gid)
+}
+
+/// Earliest and latest mtime a copy from a target gets (years 1 and 9999):
+/// `i64::MAX` from a target must not overflow the master's time types, and
+/// no tool should meet a file from the year 292 billion.
+pub const MTIME_RANGE: (i64, i64) = (-62_135_596_800, 253_402_300_799);
+
+/// Sets the modification time of `fd` from a target's values, clamped to
+/// [`MTIME_RANGE`] (the access time is left alone).
+pub(super) fn set_mtime(fd: BorrowedFd<'_>, secs: i64, nsec: u32) -> std::io::Result<()> {
+    let times = Timestamps {
+        last_access: Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+        last_modification: Timespec {
+            tv_sec: secs.clamp(MTIME_RANGE.0, MTIME_RANGE.1),
+            tv_nsec: i64::from(nsec.min(999_999_999)) as _,
+        },
+    };
+    rustix::fs::futimens(fd, &times).map_err(std::io::Error::from)
+}
+
+/// The directory a destination named by the caller goes in, opened to
+/// create things in it (`O_PATH`: write and search permission suffice).
+pub(super) fn open_parent(path: &Path) -> Result<OwnedFd, TransferError> {
+    let dir = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+    rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| local(path)(e.into()))
+}
+
+/// The directory to open and the name in it for a destination path given
+/// by the caller (which may pass through symlinks: the caller chose it).
+pub(super) fn split_dest(dest: &Path) -> Result<(&Path, &OsStr), TransferError> {
+    let not_a_name = || {
+        local(dest)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the destination does not end in a file name",
+        ))
+    };
+    let name = dest.file_name().ok_or_else(not_a_name)?;
+    Ok((dest.parent().unwrap_or(Path::new("")), name))
+}
+
+/// A temp file beside `name` in `dir` (created with `O_EXCL|O_NOFOLLOW`),
+/// removed on drop unless it was renamed into place.
+struct Temp<'a> {
+    dir: BorrowedFd<'a>,
+    name: OsString,
+    keep: bool,
+}
+
+impl<'a> Temp<'a> {
+    fn create(dir: BorrowedFd<'a>, name: &OsStr) -> std::io::Result<(Temp<'a>, fs::File)> {
+        static SERIAL: AtomicU32 = AtomicU32::new(0);
+        // Within NAME_MAX whatever the name's length.
+        let stem = &name.as_bytes()[..name.len().min(180)];
+        let mut tmp = b".".to_vec();
+        tmp.extend_from_slice(stem);
+        tmp.extend_from_slice(
+            format!(".mito-tmp.{}.{}", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed)).as_bytes(),
+        );
+        let tmp = OsString::from_vec(tmp);
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(dir, &tmp, flags, Mode::from_bits_truncate(0o600))?;
+        Ok((Temp { dir, name: tmp, keep: false }, fs::File::from(fd)))
+    }
+}
+
+impl Drop for Temp<'_> {
     fn drop(&mut self) {
         if !self.keep {
-            let _ = fs::remove_file(&self.path);
+            let _ = rustix::fs::unlinkat(self.dir, &self.name, AtFlags::empty());
         }
     }
 }
@@ -183,9 +303,10 @@ pub(super) fn is_root() -> bool {
 
 impl Context {
     /// Copies the remote file `remote` to the local path `dest`, keeping its
-    /// mode and mtime (and owner, when this process is root).
+    /// mode and mtime (without setuid/setgid; the copy is ours: see
+    /// [`Context::get_with`] to keep owners).
     pub fn get(&self, remote: impl AsRef<Path>, dest: impl AsRef<Path>) -> Result<TransferStats, TransferError> {
-        self.get_with_progress(remote, dest, &no_progress)
+        self.get_with(remote, dest, &GetOptions::default(), &no_progress)
     }
 
     /// [`Context::get`], reporting progress.
@@ -195,47 +316,84 @@ impl Context {
         dest: impl AsRef<Path>,
         progress: Progress<'_>,
     ) -> Result<TransferStats, TransferError> {
-        let (remote, dest) = (remote.as_ref(), dest.as_ref());
+        self.get_with(remote, dest, &GetOptions::default(), progress)
+    }
+
+    /// [`Context::get`] with options (e.g. keep the target's owners),
+    /// reporting progress.
+    pub fn get_with(
+        &self,
+        remote: impl AsRef<Path>,
+        dest: impl AsRef<Path>,
+        opts: &GetOptions,
+        progress: Progress<'_>,
+    ) -> Result<TransferStats, TransferError> {
+        let dest = dest.as_ref();
+        let (parent, name) = split_dest(dest)?;
+        let dir = open_parent(parent)?;
+        self.get_at(remote.as_ref(), dir.as_fd(), name, dest, opts, progress)
+    }
+
+    /// Copies the remote file `remote` to `name` in the open directory
+    /// `dir` (`dest` is its path, for messages): a temp file created there
+    /// without following symlinks, renamed over `name` once complete.
+    pub(super) fn get_at(
+        &self,
+        remote: &Path,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        dest: &Path,
+        opts: &GetOptions,
+        progress: Progress<'_>,
+    ) -> Result<TransferStats, TransferError> {
         let t0 = Instant::now();
         let opened = self.call::<f::FileOpenRead>(&PathArgs { path: ByteBuf::from(remote.as_os_str().as_bytes()) })?;
         let result = (|| {
-            let mut temp = Temp::beside(dest);
-            let mut out = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&temp.path)
-                .map_err(local(dest))?;
+            let (mut temp, mut out) = Temp::create(dir, name).map_err(local(dest))?;
             let mut hash = Sha256::new();
             let mut bytes = 0u64;
             let mut inflight: VecDeque<Pending<ByteBuf>> = VecDeque::new();
             let mut eof = false;
             let read = FileReadArgs { id: opened.id, len: CHUNK as u32 };
+            let changed = |read: u64| TransferError::SourceChanged {
+                context: self.name().into(),
+                path: remote.into(),
+                expected: opened.size,
+                read,
+            };
             while !eof || !inflight.is_empty() {
                 while !eof && inflight.len() < WINDOW {
                     inflight.push_back(self.call_async::<f::FileRead>(&read)?);
                     // Do not read far past a known end: one extra call tells EOF.
-                    if bytes + (inflight.len() * CHUNK) as u64 > opened.size + CHUNK as u64 {
+                    let ahead = bytes.saturating_add((inflight.len() * CHUNK) as u64);
+                    if ahead > opened.size.saturating_add(CHUNK as u64) {
                         break;
                     }
                 }
                 let Some(p) = inflight.pop_front() else { break };
                 let chunk = p.wait_bytes()?;
+                if chunk.len() > CHUNK {
+                    return Err(TransferError::Remote(CallError::Decode {
+                        context: self.name().into(),
+                        function: f::FileRead::NAME.into(),
+                        detail: format!("a chunk of {} bytes, more than the {CHUNK} asked for", chunk.len()),
+                    }));
+                }
                 if chunk.len() < CHUNK {
                     eof = true;
                 }
                 hash.update(&chunk);
                 bytes += chunk.len() as u64;
+                // More than the file said it had: stop now, not at the
+                // target's leisure (it could send forever).
+                if bytes > opened.size {
+                    return Err(changed(bytes));
+                }
                 write_chunk(&mut out, &chunk).map_err(local(dest))?;
                 progress(chunk.len() as u64);
             }
             if bytes != opened.size {
-                return Err(TransferError::SourceChanged {
-                    context: self.name().into(),
-                    path: remote.into(),
-                    expected: opened.size,
-                    read: bytes,
-                });
+                return Err(changed(bytes));
             }
             out.set_len(bytes).map_err(local(dest))?;
             let closed = self.call::<f::FileClose>(&FileCloseArgs { id: opened.id, commit: None })?;
@@ -243,15 +401,17 @@ impl Context {
             if closed.sha256[..] != digest[..] || closed.size != bytes {
                 return Err(TransferError::Checksum { context: self.name().into(), path: dest.into() });
             }
-            if is_root() {
-                let (uid, gid) = opened.owner;
-                std::os::unix::fs::fchown(&out, Some(uid), Some(gid)).map_err(local(dest))?;
+            // On the open file: nothing here follows a symlink. The owner
+            // first: chown clears setuid/setgid.
+            let keep_owner = opts.keeps_owner();
+            if keep_owner {
+                let (uid, gid) = ids(opened.owner);
+                rustix::fs::fchown(&out, uid, gid).map_err(|e| local(dest)(e.into()))?;
             }
-            out.set_permissions(fs::Permissions::from_mode(opened.mode)).map_err(local(dest))?;
-            let mtime = SystemTime::UNIX_EPOCH + Duration::new(opened.mtime.max(0) as u64, opened.mtime_nsec);
-            out.set_modified(mtime).map_err(local(dest))?;
+            rustix::fs::fchmod(&out, local_mode(opened.mode, false, keep_owner)).map_err(|e| local(dest)(e.into()))?;
+            set_mtime(out.as_fd(), opened.mtime, opened.mtime_nsec).map_err(local(dest))?;
             drop(out);
-            fs::rename(&temp.path, dest).map_err(local(dest))?;
+            rustix::fs::renameat(dir, &temp.name, dir, name).map_err(|e| local(dest)(e.into()))?;
             temp.keep = true;
             Ok(TransferStats { bytes, sha256: digest, elapsed: t0.elapsed() })
         })();

@@ -6,19 +6,33 @@
 //! own mode after their contents (a read-only source directory must still
 //! be filled), regular files go through the streamed, checksummed file
 //! transfer, symlinks are recreated as they are. Devices, fifos and sockets
-//! are skipped and counted. Owners are kept where the receiving side is root.
+//! are skipped and counted. A `put` keeps owners where the agent is root.
 //!
 //! Semantics are `cp -rT`: the destination *becomes* the copy of the source
 //! (created if missing, merged into if it is a directory already).
+//!
+//! A `get` treats the target as hostile (ARCHITECTURE.md, "Security"):
+//! every listed name must be one file name (not empty, `.`, `..`, no `/`,
+//! no NUL) and appear once per directory, else [`TransferError::BadName`]
+//! before anything is written; below the destination everything is created
+//! relative to open directory fds (`mkdirat`, `openat` with `O_NOFOLLOW`,
+//! `symlinkat`, `renameat`), and modes and owners are set on those fds, so
+//! nothing is written, chmod'ed or chown'ed through a symlink — neither one
+//! this copy made nor one that was there before. Owners and setuid/setgid
+//! bits are kept only with [`GetOptions::preserve_owner`].
 
+use std::collections::HashSet;
 use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use rustix::fs::{AtFlags, Mode, OFlags};
+
 use super::context::Context;
-use super::transfer::{is_root, local, Progress, TransferError};
+use super::transfer::{ids, local, local_mode, open_parent, split_dest, GetOptions, Progress, TransferError};
 use crate::proto::functions::FileKind;
 
 /// What a tree copy did.
@@ -41,7 +55,10 @@ pub struct TreeStats {
 /// One object of the source tree, relative to its root.
 #[derive(Debug)]
 struct Entry {
+    /// Path below the root (empty for the root): single-component names.
     rel: PathBuf,
+    /// Number of components of `rel`.
+    depth: usize,
     kind: FileKind,
     mode: u32,
     size: u64,
@@ -57,7 +74,23 @@ pub struct Plan {
 impl Plan {
     /// Bytes of regular files in the tree.
     pub fn total_bytes(&self) -> u64 {
-        self.entries.iter().filter(|e| e.kind == FileKind::File).map(|e| e.size).sum()
+        // Saturating: the sizes may come from a target that lies.
+        self.entries.iter().filter(|e| e.kind == FileKind::File).fold(0u64, |t, e| t.saturating_add(e.size))
+    }
+}
+
+/// Why `name` is not a single file name, if it is not.
+fn bad_name(name: &[u8]) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("an empty name")
+    } else if name == b"." || name == b".." {
+        Some("not a file name")
+    } else if name.contains(&b'/') {
+        Some("a name with a '/'")
+    } else if name.contains(&0) {
+        Some("a name with a NUL byte")
+    } else {
+        None
     }
 }
 
@@ -76,12 +109,13 @@ fn kind_of(ft: fs::FileType) -> FileKind {
 impl Context {
     /// Walks a local tree for [`Context::put_tree`].
     pub fn plan_local_tree(&self, src: impl AsRef<Path>) -> Result<Plan, TransferError> {
-        fn walk(root: &Path, rel: PathBuf, out: &mut Vec<Entry>) -> Result<(), TransferError> {
+        fn walk(root: &Path, rel: PathBuf, depth: usize, out: &mut Vec<Entry>) -> Result<(), TransferError> {
             let path = join(root, &rel);
             let m = fs::symlink_metadata(&path).map_err(local(&path))?;
             let kind = kind_of(m.file_type());
             out.push(Entry {
                 rel: rel.clone(),
+                depth,
                 kind,
                 mode: m.mode() & 0o7777,
                 size: m.len(),
@@ -95,46 +129,62 @@ impl Context {
                     .map_err(local(&path))?;
                 names.sort();
                 for n in names {
-                    walk(root, rel.join(n), out)?;
+                    walk(root, rel.join(n), depth + 1, out)?;
                 }
             }
             Ok(())
         }
         let mut entries = Vec::new();
-        walk(src.as_ref(), PathBuf::new(), &mut entries)?;
+        walk(src.as_ref(), PathBuf::new(), 0, &mut entries)?;
         Ok(Plan { entries })
     }
 
-    /// Walks a tree in this context for [`Context::get_tree`].
+    /// Walks a tree in this context for [`Context::get_tree`]. Every name
+    /// listed must be a single file name, once per directory
+    /// ([`TransferError::BadName`] otherwise).
     pub fn plan_remote_tree(&self, src: impl AsRef<Path>) -> Result<Plan, TransferError> {
         let root = src.as_ref();
         let top = self.lstat(root)?;
-        let mut entries = vec![Entry {
+        let mut entries = Vec::new();
+        // Depth first, so a directory's contents follow it directly: the
+        // entries still to visit, the next one last.
+        let mut todo = vec![Entry {
             rel: PathBuf::new(),
+            depth: 0,
             kind: top.kind,
             mode: top.mode,
             size: top.size,
             owner: (top.uid, top.gid),
         }];
-        let mut i = 0;
-        while i < entries.len() {
-            if entries[i].kind == FileKind::Dir {
-                let rel = entries[i].rel.clone();
-                let children: Vec<Entry> = self
-                    .list_dir(join(root, &rel))?
-                    .into_iter()
-                    .map(|d| Entry {
+        while let Some(e) = todo.pop() {
+            let (kind, rel, depth) = (e.kind, e.rel.clone(), e.depth);
+            entries.push(e);
+            if kind == FileKind::Dir {
+                let dir = join(root, &rel);
+                let listed = self.list_dir(&dir)?;
+                let mut seen = HashSet::with_capacity(listed.len());
+                let mut children = Vec::with_capacity(listed.len());
+                for d in listed {
+                    let why = bad_name(&d.name).or_else(|| (!seen.insert(d.name.to_vec())).then_some("listed twice"));
+                    if let Some(why) = why {
+                        return Err(TransferError::BadName {
+                            context: self.name().into(),
+                            dir,
+                            name: d.name.into_vec(),
+                            why,
+                        });
+                    }
+                    children.push(Entry {
                         rel: rel.join(std::ffi::OsString::from_vec(d.name.into_vec())),
+                        depth: depth + 1,
                         kind: d.stat.kind,
                         mode: d.stat.mode,
                         size: d.stat.size,
                         owner: (d.stat.uid, d.stat.gid),
-                    })
-                    .collect();
-                // Depth first, so a directory's contents follow it directly.
-                entries.splice(i + 1..i + 1, children);
+                    });
+                }
+                todo.extend(children.into_iter().rev());
             }
-            i += 1;
         }
         Ok(Plan { entries })
     }
@@ -191,7 +241,8 @@ impl Context {
     }
 
     /// Copies the tree `remote` in this context to the local `dest` (see the
-    /// module docs); `progress` gets file bytes as they move.
+    /// module docs); `progress` gets file bytes as they move. The copy is
+    /// ours (see [`Context::get_tree_with`] to keep owners).
     pub fn get_tree(
         &self,
         remote: impl AsRef<Path>,
@@ -199,35 +250,76 @@ impl Context {
         plan: &Plan,
         progress: Progress<'_>,
     ) -> Result<TreeStats, TransferError> {
+        self.get_tree_with(remote, dest, plan, &GetOptions::default(), progress)
+    }
+
+    /// [`Context::get_tree`] with options (e.g. keep the target's owners).
+    pub fn get_tree_with(
+        &self,
+        remote: impl AsRef<Path>,
+        dest: impl AsRef<Path>,
+        plan: &Plan,
+        opts: &GetOptions,
+        progress: Progress<'_>,
+    ) -> Result<TreeStats, TransferError> {
         let (remote, dest) = (remote.as_ref(), dest.as_ref());
         let t0 = Instant::now();
-        let root = is_root();
+        let keep_owner = opts.keeps_owner();
         let mut st = TreeStats::default();
+        // The directory the top of a tree that is not a directory goes in.
+        let top = match plan.entries.first() {
+            Some(e) if e.kind != FileKind::Dir => {
+                let (parent, name) = split_dest(dest)?;
+                Some((open_parent(parent)?, name))
+            }
+            _ => None,
+        };
+        // The open directories on the way to the current entry: `open[k]`
+        // is the one at depth k, with its plan entry (for its final mode).
+        let mut open: Vec<(OwnedFd, &Entry)> = Vec::new();
         for e in &plan.entries {
+            while open.len() > e.depth {
+                if let Some((fd, d)) = open.pop() {
+                    self.finish_dir(&fd, d, dest, keep_owner)?;
+                }
+            }
             let (from, to) = (join(remote, &e.rel), join(dest, &e.rel));
+            if e.depth == 0 && e.kind == FileKind::Dir {
+                // The destination itself, as the caller named it ("." too).
+                open.push((open_or_make_top(dest)?, e));
+                st.dirs += 1;
+                continue;
+            }
+            let (dir, name) = match (&top, open.last(), e.rel.file_name()) {
+                (Some((fd, name)), _, _) if e.depth == 0 => (fd.as_fd(), *name),
+                // The plan lists a directory's contents right after it.
+                (_, Some((fd, _)), Some(name)) if e.depth > 0 && open.len() == e.depth => (fd.as_fd(), name),
+                _ => {
+                    let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not in the plan's order");
+                    return Err(local(&to)(e));
+                }
+            };
             match e.kind {
                 FileKind::Dir => {
-                    match fs::create_dir(&to) {
-                        Ok(()) => fs::set_permissions(&to, fs::Permissions::from_mode(0o700)).map_err(local(&to))?,
-                        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && to.is_dir() => {}
-                        Err(err) => return Err(local(&to)(err)),
-                    }
+                    let fd = open_or_make_dir(dir, name).map_err(local(&to))?;
+                    open.push((fd, e));
                     st.dirs += 1;
                 }
                 FileKind::File => {
-                    st.bytes += self.get_with_progress(&from, &to, progress)?.bytes;
+                    st.bytes += self.get_at(&from, dir, name, &to, opts, progress)?.bytes;
                     st.files += 1;
                 }
                 FileKind::Symlink => {
-                    let target = std::ffi::OsString::from_vec(self.read_link(&from)?);
-                    match fs::remove_file(&to) {
-                        Ok(()) => {}
-                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(err) => return Err(local(&to)(err)),
+                    let target = self.read_link(&from)?;
+                    let io = |err: rustix::io::Errno| local(&to)(err.into());
+                    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+                        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                        Err(err) => return Err(io(err)),
                     }
-                    std::os::unix::fs::symlink(&target, &to).map_err(local(&to))?;
-                    if root {
-                        std::os::unix::fs::lchown(&to, Some(e.owner.0), Some(e.owner.1)).map_err(local(&to))?;
+                    rustix::fs::symlinkat(target.as_slice(), dir, name).map_err(io)?;
+                    if keep_owner {
+                        let (uid, gid) = ids(e.owner);
+                        rustix::fs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW).map_err(io)?;
                     }
                     st.symlinks += 1;
                 }
@@ -237,16 +329,68 @@ impl Context {
                 }
             }
         }
-        for e in plan.entries.iter().rev().filter(|e| e.kind == FileKind::Dir) {
-            let to = join(dest, &e.rel);
-            if root {
-                std::os::unix::fs::chown(&to, Some(e.owner.0), Some(e.owner.1)).map_err(local(&to))?;
-            }
-            fs::set_permissions(&to, fs::Permissions::from_mode(e.mode)).map_err(local(&to))?;
+        // Deepest first, so a read-only directory is filled before it closes.
+        while let Some((fd, d)) = open.pop() {
+            self.finish_dir(&fd, d, dest, keep_owner)?;
         }
         st.elapsed = t0.elapsed();
         Ok(st)
     }
+
+    /// A fetched directory's contents are all in: its owner (if kept) and
+    /// mode, on its open fd.
+    fn finish_dir(&self, fd: &OwnedFd, e: &Entry, dest: &Path, keep_owner: bool) -> Result<(), TransferError> {
+        let io = |err: rustix::io::Errno| local(&join(dest, &e.rel))(err.into());
+        if keep_owner {
+            let (uid, gid) = ids(e.owner);
+            rustix::fs::fchown(fd, uid, gid).map_err(io)?;
+        }
+        rustix::fs::fchmod(fd, local_mode(e.mode, true, keep_owner)).map_err(io)
+    }
+}
+
+/// The top of the destination, as the caller named it (its path may pass
+/// through symlinks: the caller chose it): created 0700 or opened.
+fn open_or_make_top(dest: &Path) -> Result<OwnedFd, TransferError> {
+    let created = match rustix::fs::mkdir(dest, Mode::from_bits_truncate(0o700)) {
+        Ok(()) => true,
+        Err(rustix::io::Errno::EXIST) => false,
+        Err(e) => return Err(local(dest)(e.into())),
+    };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(dest, flags, Mode::empty()).map_err(|e| local(dest)(e.into()))?;
+    if created {
+        rustix::fs::fchmod(&fd, Mode::from_bits_truncate(0o700)).map_err(|e| local(dest)(e.into()))?;
+    }
+    Ok(fd)
+}
+
+/// Creates directory `name` in `dir` (0700 until its contents are in) or
+/// opens the one that is there, never through a symlink.
+fn open_or_make_dir(dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::OsStr) -> std::io::Result<OwnedFd> {
+    let created = match rustix::fs::mkdirat(dir, name, Mode::from_bits_truncate(0o700)) {
+        Ok(()) => true,
+        Err(rustix::io::Errno::EXIST) => false,
+        Err(e) => return Err(e.into()),
+    };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e @ (rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR)) => {
+            let link = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink);
+            return Err(if link {
+                std::io::Error::other("a symlink is there, and a copy from a target never follows one")
+            } else {
+                e.into()
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if created {
+        rustix::fs::fchmod(&fd, Mode::from_bits_truncate(0o700))?;
+    }
+    Ok(fd)
 }
 
 /// `base/rel`, with an empty `rel` meaning `base` itself: `Path::join("")`

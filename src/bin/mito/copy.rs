@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mito::Context;
+use mito::{Context, GetOptions};
 
 /// Which way the bytes go.
 #[derive(Clone, Copy, Debug)]
@@ -31,6 +31,18 @@ fn bar(total: u64) -> ProgressBar {
 
 /// Copies `local` ⇄ `remote` in `ctx`; `recursive` allows directories.
 pub fn copy(ctx: &Context, dir: Direction, local: &Path, remote: &str, recursive: bool) -> Result<(), String> {
+    copy_with(ctx, dir, local, remote, recursive, &GetOptions::default())
+}
+
+/// [`copy`]; `opts` says how a `get` treats the target's owners.
+fn copy_with(
+    ctx: &Context,
+    dir: Direction,
+    local: &Path,
+    remote: &str,
+    recursive: bool,
+    opts: &GetOptions,
+) -> Result<(), String> {
     let is_dir = source_is_dir(ctx, dir, local, remote)?;
     if is_dir && !recursive {
         let src = match dir {
@@ -57,7 +69,7 @@ pub fn copy(ctx: &Context, dir: Direction, local: &Path, remote: &str, recursive
     let summary = if is_dir {
         let s = match dir {
             Direction::Put => ctx.put_tree(local, remote, &plan, &tick),
-            Direction::Get => ctx.get_tree(remote, local, &plan, &tick),
+            Direction::Get => ctx.get_tree_with(remote, local, &plan, opts, &tick),
         };
         pb.finish_and_clear();
         let s = s.map_err(|e| e.to_string())?;
@@ -75,7 +87,7 @@ pub fn copy(ctx: &Context, dir: Direction, local: &Path, remote: &str, recursive
     } else {
         let s = match dir {
             Direction::Put => ctx.put_with_progress(local, remote, &tick),
-            Direction::Get => ctx.get_with_progress(remote, local, &tick),
+            Direction::Get => ctx.get_with(remote, local, opts, &tick),
         };
         pb.finish_and_clear();
         let s = s.map_err(|e| e.to_string())?;
@@ -89,9 +101,7 @@ pub fn copy(ctx: &Context, dir: Direction, local: &Path, remote: &str, recursive
 /// `mito get`: [`copy`] from `remote` in `ctx` to `local`; with
 /// `preserve_owner` the target's owners (and setuid/setgid) are kept.
 pub fn get(ctx: &Context, local: &Path, remote: &str, recursive: bool, preserve_owner: bool) -> Result<(), String> {
-    // The library's option lands with the hostile-target get (issue 13).
-    let _ = preserve_owner;
-    copy(ctx, Direction::Get, local, remote, recursive)
+    copy_with(ctx, Direction::Get, local, remote, recursive, &GetOptions { preserve_owner })
 }
 
 fn into_dir(ctx: &Context, dir: Direction, local: &Path, remote: &str) -> (std::path::PathBuf, String) {

@@ -1,0 +1,535 @@
+//! A hostile agent, for the tests of issue 13 (`tests/hostile*.rs`): it
+//! speaks the wire protocol with the library's public types and sends what
+//! a target under someone else's control could send.
+//!
+//! The master starts it as the shell of a local context
+//! (`LocalOptions { sh: <this program>, .. }`, so it runs as
+//! `hostile_agent -c '<stage0>'`), behind a hop (`hop.local(LocalOptions
+//! { sh, .. })`), or as `ssh` first on `PATH` (the CLI's `ssh://` targets).
+//! It ignores the script except for the context id stage0 starts with
+//! (`I=<id>;`), prints `MITO2` and a hello as the real agent does (see
+//! `agent::external_context` and `connect::bootstrap`), then answers calls
+//! from a made-up file system until its input ends or SHUTDOWN arrives.
+//!
+//! The scenario is chosen by `MITO_HOSTILE`; `MITO_HOSTILE_OUTSIDE` is an
+//! absolute directory the test watches (a place outside the destination),
+//! `MITO_HOSTILE_SIBLING` the id of a context beside this one. Every tree
+//! is rooted at `/t`. Scenarios, one function each below:
+//!
+//! - `name-dotdot`, `name-climb`, `name-absolute`, `name-slash`,
+//!   `name-nul`, `name-empty`, `name-dot` ([`bad_name`]): `/t` lists a
+//!   name that is not one path component: `..` (a directory whose listing
+//!   holds `escaped`), `a/../../escaped` (after a real directory `a`),
+//!   `$MITO_HOSTILE_OUTSIDE/escaped`, `a/inner`, `nul\0name`, the empty
+//!   name, `.` (a directory holding `dotted`).
+//! - `link-then-dir` ([`link_then_dir`]): `/t` lists `esc` as a symlink
+//!   to `$MITO_HOSTILE_OUTSIDE`, then `esc` again as a directory (mode
+//!   0777) holding `planted` (setuid): written through the link, the file
+//!   lands outside and the final chmod hits the outside directory.
+//! - `dir-over-link` ([`dir_over_link`]): `/t` lists `esc` as a directory
+//!   holding `planted`; the test has left a symlink `esc` → outside in the
+//!   destination (as an earlier copy of a symlink would).
+//! - `modes` ([`modes`]): setuid-root, setgid and sticky files, a
+//!   setgid+sticky directory, owners uid 0 and 4242:4343, a symlink.
+//! - `mtime-extremes` ([`mtime_extremes`]): files with mtimes `i64::MAX`
+//!   (and `u32::MAX` nanoseconds) and `i64::MIN`.
+//! - `sizes` ([`sizes`]): `larger` (stat 1000 bytes, serves 64 MiB in full
+//!   chunks), `smaller` (stat 3 MiB, serves 10 bytes), `huge` (stat
+//!   `u64::MAX`, serves 10 bytes).
+//! - `pre-adoption` ([`pre_adoption`]): in the same write as its hello, a
+//!   forged DEL_ROUTE for context `$MITO_HOSTILE_SIBLING` (with that
+//!   sibling's `src` and with its own) and forged exec replies from the
+//!   sibling to handles 1000..1500; then an ordinary agent (ping).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use mito::core::sha256::Sha256;
+use mito::core::stream::{encode, Decoder};
+use mito::proto::functions::{
+    self as f, DirEntry, ExecReply, FileCloseArgs, FileClosed, FileKind, FileOpened, FileReadArgs, Function, InfoReply,
+    PathArgs, StatArgs, StatReply,
+};
+use mito::proto::message::{decode_call, Hello};
+use mito::proto::{handles, ErrorKind, Header, RemoteError, FLAG_ERROR, MASTER_ID, MAX_MESSAGE_SIZE};
+use serde::Serialize;
+use serde_bytes::ByteBuf;
+
+/// The root every scenario's tree hangs from.
+const ROOT: &str = "/t";
+
+/// What a path holds.
+enum Body {
+    /// A directory and exactly what `list_dir` answers for it (names and
+    /// stats are the scenario's, true or not).
+    Dir(Vec<DirEntry>),
+    /// A regular file: what `file_open_read` says and what `file_read` serves.
+    File { opened_size: u64, content: Content },
+    /// A symlink (its target is in [`Fs::links`]).
+    Link,
+}
+
+/// File content, generated for the big lies.
+#[derive(Clone)]
+enum Content {
+    Bytes(Vec<u8>),
+    /// This many bytes of `x`.
+    Pattern(u64),
+}
+
+impl Content {
+    fn len(&self) -> u64 {
+        match self {
+            Content::Bytes(b) => b.len() as u64,
+            Content::Pattern(n) => *n,
+        }
+    }
+
+    fn chunk(&self, pos: u64, len: u64) -> Vec<u8> {
+        let end = self.len().min(pos.saturating_add(len));
+        if pos >= end {
+            return Vec::new();
+        }
+        match self {
+            Content::Bytes(b) => b[pos as usize..end as usize].to_vec(),
+            Content::Pattern(_) => vec![b'x'; (end - pos) as usize],
+        }
+    }
+}
+
+/// The made-up file system: path → (its lstat, what it holds), and the
+/// symlinks `read_link` knows (a path may be both: listed twice).
+#[derive(Default)]
+struct Fs {
+    nodes: HashMap<Vec<u8>, (StatReply, Body)>,
+    links: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+fn stat(kind: FileKind, mode: u32, size: u64) -> StatReply {
+    StatReply { kind, mode, size, uid: 1000, gid: 1000, mtime: 1_600_000_000, mtime_nsec: 0 }
+}
+
+fn entry(name: &[u8], st: StatReply) -> DirEntry {
+    DirEntry { name: ByteBuf::from(name), stat: st }
+}
+
+/// `dir/name` the way the master joins them (`Path::join`: an absolute
+/// name replaces the directory), so the harness answers whatever path a
+/// master that trusts the name asks for.
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = Path::new(std::ffi::OsStr::from_bytes(dir)).join(std::ffi::OsStr::from_bytes(name));
+    p.as_os_str().as_bytes().to_vec()
+}
+
+impl Fs {
+    fn dir(&mut self, path: &[u8], st: StatReply, entries: Vec<DirEntry>) {
+        self.nodes.insert(path.to_vec(), (st, Body::Dir(entries)));
+    }
+
+    fn file(&mut self, path: &[u8], st: StatReply, opened_size: u64, content: Content) {
+        self.nodes.insert(path.to_vec(), (st, Body::File { opened_size, content }));
+    }
+
+    /// A symlink; `stat` sees it unless something else has that path.
+    fn link(&mut self, path: &[u8], st: StatReply, target: &[u8]) {
+        self.links.insert(path.to_vec(), target.to_vec());
+        self.nodes.entry(path.to_vec()).or_insert((st, Body::Link));
+    }
+
+    /// A small honest file at `path` with this stat.
+    fn small(&mut self, path: &[u8], st: StatReply, data: &[u8]) {
+        let st = StatReply { size: data.len() as u64, ..st };
+        self.file(path, st, data.len() as u64, Content::Bytes(data.to_vec()));
+    }
+}
+
+fn outside() -> Vec<u8> {
+    std::env::var_os("MITO_HOSTILE_OUTSIDE")
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_else(|| b"/nonexistent-mito-hostile-outside".to_vec())
+}
+
+// ---- scenarios --------------------------------------------------------------
+
+/// `/t` lists one name that is not a single path component (see the module
+/// docs); every path a trusting master would then ask for exists.
+fn bad_name(which: &str) -> Fs {
+    let root = ROOT.as_bytes();
+    let mut fs = Fs::default();
+    let file = stat(FileKind::File, 0o644, 6);
+    let dir = stat(FileKind::Dir, 0o755, 0);
+    let a = entry(b"a", dir.clone());
+    let entries = match which {
+        "dotdot" => {
+            fs.dir(&join(root, b".."), dir.clone(), vec![entry(b"escaped", file.clone())]);
+            fs.small(&join(&join(root, b".."), b"escaped"), file.clone(), b"pwned\n");
+            vec![entry(b"..", dir.clone())]
+        }
+        "climb" => {
+            fs.dir(&join(root, b"a"), dir.clone(), vec![]);
+            fs.small(&join(root, b"a/../../escaped"), file.clone(), b"pwned\n");
+            vec![a, entry(b"a/../../escaped", file.clone())]
+        }
+        "absolute" => {
+            let name = join(&outside(), b"escaped");
+            fs.small(&join(root, &name), file.clone(), b"pwned\n");
+            vec![entry(&name, file.clone())]
+        }
+        "slash" => {
+            fs.dir(&join(root, b"a"), dir.clone(), vec![]);
+            fs.small(&join(root, b"a/inner"), file.clone(), b"pwned\n");
+            vec![a, entry(b"a/inner", file.clone())]
+        }
+        "nul" => {
+            fs.small(&join(root, b"nul\0name"), file.clone(), b"pwned\n");
+            vec![entry(b"nul\0name", file.clone())]
+        }
+        "empty" => vec![entry(b"", file.clone())],
+        "dot" => {
+            fs.dir(&join(root, b"."), dir.clone(), vec![entry(b"dotted", file.clone())]);
+            fs.small(&join(&join(root, b"."), b"dotted"), file.clone(), b"pwned\n");
+            vec![entry(b".", dir.clone())]
+        }
+        other => panic!("no bad-name scenario {other:?}"),
+    };
+    fs.dir(root, dir, entries);
+    fs
+}
+
+/// `esc` listed as a symlink to the outside directory, then as a directory
+/// (mode 0777) with a setuid file in it.
+fn link_then_dir() -> Fs {
+    let root = ROOT.as_bytes();
+    let mut fs = Fs::default();
+    let dir = stat(FileKind::Dir, 0o777, 0);
+    let planted = stat(FileKind::File, 0o4755, 6);
+    fs.dir(
+        root,
+        stat(FileKind::Dir, 0o755, 0),
+        vec![entry(b"esc", stat(FileKind::Symlink, 0o777, 0)), entry(b"esc", dir.clone())],
+    );
+    fs.dir(&join(root, b"esc"), dir, vec![entry(b"planted", planted.clone())]);
+    fs.link(&join(root, b"esc"), stat(FileKind::Symlink, 0o777, 0), &outside());
+    fs.small(&join(root, b"esc/planted"), planted, b"pwned\n");
+    fs
+}
+
+/// `esc` a directory (mode 0777) holding `planted`; the destination
+/// already has a symlink `esc` to the outside.
+fn dir_over_link() -> Fs {
+    let root = ROOT.as_bytes();
+    let mut fs = Fs::default();
+    let dir = stat(FileKind::Dir, 0o777, 0);
+    let planted = stat(FileKind::File, 0o644, 6);
+    fs.dir(root, stat(FileKind::Dir, 0o755, 0), vec![entry(b"esc", dir.clone())]);
+    fs.dir(&join(root, b"esc"), dir, vec![entry(b"planted", planted.clone())]);
+    fs.small(&join(root, b"esc/planted"), planted, b"pwned\n");
+    fs
+}
+
+/// Special mode bits and foreign owners.
+fn modes() -> Fs {
+    let root = ROOT.as_bytes();
+    let mut fs = Fs::default();
+    let owned = |kind, mode, uid, gid| StatReply { uid, gid, ..stat(kind, mode, 0) };
+    let suid_root = owned(FileKind::File, 0o4755, 0, 0);
+    let sgid = owned(FileKind::File, 0o2755, 4242, 4343);
+    let sticky = owned(FileKind::File, 0o1644, 4242, 4343);
+    let d = owned(FileKind::Dir, 0o3777, 4242, 4343);
+    let inner = owned(FileKind::File, 0o6777, 0, 0);
+    let link = owned(FileKind::Symlink, 0o777, 4242, 4343);
+    fs.dir(
+        root,
+        owned(FileKind::Dir, 0o2775, 4242, 4343),
+        vec![
+            entry(b"d", d.clone()),
+            entry(b"l", link.clone()),
+            entry(b"sgid", sgid.clone()),
+            entry(b"sticky", sticky.clone()),
+            entry(b"suid-root", suid_root.clone()),
+        ],
+    );
+    fs.dir(&join(root, b"d"), d, vec![entry(b"inner", inner.clone())]);
+    fs.small(&join(root, b"d/inner"), inner, b"#!/bin/sh\nid\n");
+    fs.link(&join(root, b"l"), link, b"suid-root");
+    fs.small(&join(root, b"sgid"), sgid, b"#!/bin/sh\nid\n");
+    fs.small(&join(root, b"sticky"), sticky, b"sticky\n");
+    fs.small(&join(root, b"suid-root"), suid_root, b"#!/bin/sh\nid\n");
+    fs
+}
+
+/// Modification times at the ends of `i64`.
+fn mtime_extremes() -> Fs {
+    let root = ROOT.as_bytes();
+    let mut fs = Fs::default();
+    let future = StatReply { mtime: i64::MAX, mtime_nsec: u32::MAX, ..stat(FileKind::File, 0o644, 0) };
+    let past = StatReply { mtime: i64::MIN, ..stat(FileKind::File, 0o644, 0) };
+    fs.dir(root, stat(FileKind::Dir, 0o755, 0), vec![entry(b"future", future.clone()), entry(b"past", past.clone())]);
+    fs.small(&join(root, b"future"), future, b"future\n");
+    fs.small(&join(root, b"past"), past, b"past\n");
+    fs
+}
+
+/// Files whose content is not the size they announce.
+fn sizes() -> Fs {
+    let root = ROOT.as_bytes();
+    let mut fs = Fs::default();
+    let larger = stat(FileKind::File, 0o644, 1000);
+    let smaller = stat(FileKind::File, 0o644, 3 << 20);
+    let huge = stat(FileKind::File, 0o644, u64::MAX);
+    fs.dir(
+        root,
+        stat(FileKind::Dir, 0o755, 0),
+        vec![entry(b"huge", huge.clone()), entry(b"larger", larger.clone()), entry(b"smaller", smaller.clone())],
+    );
+    fs.file(&join(root, b"larger"), larger, 1000, Content::Pattern(64 << 20));
+    fs.file(&join(root, b"smaller"), smaller, 3 << 20, Content::Bytes(b"ten bytes\n".to_vec()));
+    fs.file(&join(root, b"huge"), huge, u64::MAX, Content::Bytes(b"ten bytes\n".to_vec()));
+    fs
+}
+
+/// The frames that go in the same write as the hello: a DEL_ROUTE for the
+/// sibling (as the sibling, and as ourselves), and exec replies "from" the
+/// sibling to the first 500 dynamic handles.
+fn pre_adoption(id: u32) -> Vec<u8> {
+    let sibling: u32 = std::env::var("MITO_HOSTILE_SIBLING").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let mut out = Vec::new();
+    let del = postcard::to_allocvec(&sibling).expect("encode");
+    for src in [sibling, id] {
+        let h = Header { dst: MASTER_ID, src, auth: src, handle: handles::DEL_ROUTE, ..Header::default() };
+        out.extend(encode(&h, &del));
+    }
+    let forged = ExecReply { code: Some(66), stdout: ByteBuf::from(&b"forged\n"[..]), ..ExecReply::default() };
+    let forged = postcard::to_allocvec(&forged).expect("encode");
+    for handle in handles::FIRST_DYNAMIC..handles::FIRST_DYNAMIC + 500 {
+        let h = Header { dst: MASTER_ID, src: sibling, auth: sibling, handle, ..Header::default() };
+        out.extend(encode(&h, &forged));
+    }
+    out
+}
+
+// ---- the agent ------------------------------------------------------------------
+
+/// The context id stage0 was written for: `I=<id>;` in any argument (the
+/// local method's `-c` script, or ssh's remote command).
+fn context_id() -> u32 {
+    for a in std::env::args_os().skip(1) {
+        let a = a.as_bytes();
+        for (i, w) in a.windows(2).enumerate() {
+            if w != b"I=" || (i > 0 && a[i - 1].is_ascii_alphanumeric()) {
+                continue;
+            }
+            let digits: Vec<u8> = a[i + 2..].iter().copied().take_while(u8::is_ascii_digit).collect();
+            if let Some(id) = std::str::from_utf8(&digits).ok().and_then(|s| s.parse().ok()) {
+                return id;
+            }
+        }
+    }
+    eprintln!("hostile_agent: no I=<id> in the arguments");
+    std::process::exit(64);
+}
+
+struct Open {
+    content: Content,
+    pos: u64,
+    hash: Sha256,
+}
+
+struct Agent {
+    id: u32,
+    fs: Fs,
+    open: HashMap<u32, Open>,
+    next_open: u32,
+    out: std::io::Stdout,
+}
+
+fn os_error(errno: i32, what: &[u8]) -> RemoteError {
+    RemoteError::os(errno, String::from_utf8_lossy(what).into_owned())
+}
+
+impl Agent {
+    fn send(&mut self, h: &Header, payload: &[u8]) {
+        let mut out = self.out.lock();
+        // A master that went away ends us at the next read.
+        let _ = out.write_all(&encode(h, payload)).and_then(|()| out.flush());
+    }
+
+    fn reply<T: Serialize>(&mut self, to: &Header, r: Result<T, RemoteError>) {
+        if to.reply_to == 0 {
+            return;
+        }
+        let (flags, data) = match r {
+            Ok(v) => (0, postcard::to_allocvec(&v)),
+            Err(e) => (FLAG_ERROR, postcard::to_allocvec(&e)),
+        };
+        let data = data.expect("encode reply");
+        let h = Header { flags, dst: to.src, src: self.id, auth: self.id, handle: to.reply_to, ..Header::default() };
+        self.send(&h, &data);
+    }
+
+    fn lookup(&self, path: &[u8]) -> Result<&(StatReply, Body), RemoteError> {
+        self.fs.nodes.get(path).ok_or_else(|| os_error(libc::ENOENT, path))
+    }
+
+    fn call(&mut self, h: &Header, payload: &[u8]) {
+        let Ok((name, args)) = decode_call(payload) else {
+            return self.reply::<()>(h, Err(RemoteError::new(ErrorKind::Protocol, "bad call")));
+        };
+        let bad = || RemoteError::new(ErrorKind::BadArgs, "bad arguments");
+        match name {
+            f::Ping::NAME => self.reply(h, Ok(())),
+            f::Info::NAME => {
+                let info = InfoReply {
+                    pid: std::process::id(),
+                    ppid: std::os::unix::process::parent_id(),
+                    uid: 0,
+                    gid: 0,
+                    euid: 0,
+                    egid: 0,
+                    user: "root".into(),
+                    hostname: "hostile".into(),
+                    arch: std::env::consts::ARCH.into(),
+                    kernel: "0".into(),
+                    agent_version: "hostile".into(),
+                    agent_hash: "hostile".into(),
+                    exe: "hostile_agent".into(),
+                    cwd: "/".into(),
+                };
+                self.reply(h, Ok(info));
+            }
+            f::Stat::NAME => {
+                let r = postcard::from_bytes::<StatArgs>(args)
+                    .map_err(|_| bad())
+                    .and_then(|a| self.lookup(&a.path).map(|(st, _)| st.clone()));
+                self.reply(h, r);
+            }
+            f::ListDir::NAME => {
+                let r = postcard::from_bytes::<PathArgs>(args).map_err(|_| bad()).and_then(|a| {
+                    match self.lookup(&a.path)? {
+                        (_, Body::Dir(entries)) => Ok(entries.clone()),
+                        _ => Err(os_error(libc::ENOTDIR, &a.path)),
+                    }
+                });
+                self.reply(h, r);
+            }
+            f::ReadLink::NAME => {
+                let r = postcard::from_bytes::<PathArgs>(args).map_err(|_| bad()).and_then(|a| {
+                    match self.fs.links.get(&a.path[..]) {
+                        Some(target) => Ok(ByteBuf::from(target.clone())),
+                        None => Err(os_error(libc::EINVAL, &a.path)),
+                    }
+                });
+                self.reply(h, r);
+            }
+            f::FileOpenRead::NAME => {
+                let r = postcard::from_bytes::<PathArgs>(args).map_err(|_| bad()).and_then(|a| {
+                    let (st, opened_size, content) = match self.lookup(&a.path)? {
+                        (st, Body::File { opened_size, content }) => (st.clone(), *opened_size, content.clone()),
+                        (_, Body::Dir(_)) => return Err(os_error(libc::EISDIR, &a.path)),
+                        (_, Body::Link) => return Err(os_error(libc::ENOENT, &a.path)),
+                    };
+                    self.next_open += 1;
+                    let id = self.next_open;
+                    self.open.insert(id, Open { content, pos: 0, hash: Sha256::new() });
+                    Ok(FileOpened {
+                        id,
+                        size: opened_size,
+                        mode: st.mode,
+                        mtime: st.mtime,
+                        mtime_nsec: st.mtime_nsec,
+                        owner: (st.uid, st.gid),
+                    })
+                });
+                self.reply(h, r);
+            }
+            f::FileRead::NAME => {
+                let r = postcard::from_bytes::<FileReadArgs>(args).map_err(|_| bad()).and_then(|a| {
+                    let o = self.open.get_mut(&a.id).ok_or_else(|| os_error(libc::EBADF, b"file_read"))?;
+                    let chunk = o.content.chunk(o.pos, u64::from(a.len));
+                    o.pos += chunk.len() as u64;
+                    o.hash.update(&chunk);
+                    Ok(ByteBuf::from(chunk))
+                });
+                self.reply(h, r);
+            }
+            f::FileClose::NAME => {
+                let r = postcard::from_bytes::<FileCloseArgs>(args).map_err(|_| bad()).and_then(|a| {
+                    let o = self.open.remove(&a.id).ok_or_else(|| os_error(libc::EBADF, b"file_close"))?;
+                    Ok(FileClosed { size: o.pos, sha256: ByteBuf::from(&o.hash.finish()[..]) })
+                });
+                self.reply(h, r);
+            }
+            other => {
+                let e = RemoteError::new(ErrorKind::UnknownFunction, other);
+                self.reply::<()>(h, Err(e));
+            }
+        }
+    }
+}
+
+fn main() {
+    let scenario = std::env::var("MITO_HOSTILE").unwrap_or_default();
+    let id = context_id();
+    let mut first = b"\nMITO2\n".to_vec();
+    let hello = Hello {
+        protocol_version: mito::proto::PROTOCOL_VERSION,
+        arch: std::env::consts::ARCH.into(),
+        pid: std::process::id(),
+        agent_hash: "hostile".into(),
+        exe: "hostile_agent".into(),
+    };
+    let h = Header { dst: MASTER_ID, src: id, auth: id, handle: handles::HELLO, ..Header::default() };
+    first.extend(encode(&h, &postcard::to_allocvec(&hello).expect("encode hello")));
+    let fs = match scenario.as_str() {
+        s if s.starts_with("name-") => bad_name(&s["name-".len()..]),
+        "link-then-dir" => link_then_dir(),
+        "dir-over-link" => dir_over_link(),
+        "modes" => modes(),
+        "mtime-extremes" => mtime_extremes(),
+        "sizes" => sizes(),
+        "pre-adoption" => {
+            first.extend(pre_adoption(id));
+            Fs::default()
+        }
+        other => {
+            eprintln!("hostile_agent: unknown scenario MITO_HOSTILE={other:?}");
+            std::process::exit(64);
+        }
+    };
+    let out = std::io::stdout();
+    // The hello and anything sent with it: one write.
+    {
+        let mut o = out.lock();
+        if o.write_all(&first).and_then(|()| o.flush()).is_err() {
+            return;
+        }
+    }
+    let mut agent = Agent { id, fs, open: HashMap::new(), next_open: 0, out };
+    let mut decoder = Decoder::new(MAX_MESSAGE_SIZE);
+    let mut input = std::io::stdin().lock();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        for m in decoder.feed(&buf[..n]) {
+            let Ok(m) = m else {
+                eprintln!("hostile_agent: malformed frame from the master");
+                std::process::exit(76);
+            };
+            match m.header.handle {
+                handles::SHUTDOWN => return,
+                handles::CALL_FUNCTION => {
+                    let Some(payload) = m.payload(MAX_MESSAGE_SIZE as usize) else { continue };
+                    let payload = payload.into_owned();
+                    agent.call(&m.header, &payload);
+                }
+                _ => {}
+            }
+        }
+    }
+}
