@@ -134,7 +134,9 @@ pub fn prepare(opts: &SudoOptions, context: &str, stage0: &str) -> (ChildCommand
         c.arg(a);
     }
     c.arg("--").arg("sh").arg("-c");
-    let script = announce(stage0);
+    // With -E (or !env_reset) sudo hands SUDO_PROMPT on: the agent and its
+    // commands need not see a spent secret (a nested sudo would show it).
+    let script = announce(&format!("unset SUDO_PROMPT;{stage0}"));
     if opts.login {
         c.arg(without_dollars(&script));
     } else {
