@@ -14,6 +14,7 @@
 //! - a su "user" that looks like an option is a user that does not exist.
 
 mod common;
+mod tty;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -228,6 +229,23 @@ fn each_become_hop_takes_its_own_password() {
     // Two passwords for the same hop at the same level: refused, not guessed.
     let o = run(&two, &["--become-pass-env", "sudo:root=WRONG", "--become-pass-env", "sudo:root=PW"]);
     common::assert_cli_fails(&o, "more than one become password given for sudo:mito-sudoer,sudo:root", PASSWORD);
+}
+
+/// `--ask-become-pass=HOP` asks on the terminal, naming the hop, when that
+/// hop is reached, and only for it (root's sudo to mito-sudoer asks nothing).
+#[test]
+fn ask_become_pass_for_a_named_hop() {
+    let Some(dir) = setup("ask_become_pass_for_a_named_hop") else { return };
+    let args = ["--ask-become-pass=sudo:root", "run", "sudo:mito-sudoer,sudo:root", "--", "id", "-un"];
+    let mut p = tty::OnPty::spawn(&mut mito_as(dir, "root", &[], &args), 24, 80);
+    p.wait_for("become password for sudo:root: ", Duration::from_secs(15));
+    p.type_in(format!("{PASSWORD}\n").as_bytes());
+    let st = p.wait(Duration::from_secs(30));
+    let screen = p.text();
+    assert_eq!(st.code(), Some(0), "{screen:?}");
+    assert!(screen.contains("root\r\n"), "{screen:?}");
+    assert!(!screen.contains(PASSWORD), "the password was echoed: {screen:?}");
+    assert_eq!(screen.matches("password").count(), 1, "asked once, for that hop only: {screen:?}");
 }
 
 /// Both hops of `sudo:mito-user,su:mito-sudoer` (run as mito-sudoer) ask:
