@@ -152,9 +152,10 @@ pub fn script_preferring_raw(agents: &[AgentSpec<'_>], context_id: u32, raw_arch
         // 1 when $d is not a real directory of uid $u with mode 0700 (or
         // 2700 under a setgid parent), 2 when it is but $f is not a regular
         // file of $u with mode 0700, else 0. `ls` prints $d's line first
-        // (a prefix sorts first); the file's line follows "$d" and one
+        // (a prefix sorts first, bytewise under LC_ALL=C, which also spares
+        // ls loading a locale); the file's line follows "$d" and one
         // character (the newline).
-        ";o(){ f=\"$d/agent-$H\";c=$(ls -ldn \"$d\" \"$f\" 2>/dev/null);set -- $c",
+        ";o(){ f=\"$d/agent-$H\";c=$(LC_ALL=C ls -ldn \"$d\" \"$f\" 2>/dev/null);set -- $c",
         ";case \"$1 $3\" in drwx--[-S]---*\" $u\");;*)return 1;esac",
         ";set -- ${c#*\"$d\"?};case \"$1 $3\" in -rwx------*\" $u\");;*)return 2;esac;}",
         ";C=\"${XDG_CACHE_HOME:-$HOME/.cache}/mito\";d=$C",
@@ -238,7 +239,7 @@ mod tests {
 
     /// Every byte crosses the wire on every connect: one agent with a real
     /// hash length stays within budget (1803 bytes before the ownership
-    /// checks, 2103 with them).
+    /// checks, 2112 with them).
     #[test]
     fn stays_small() {
         let h = "0".repeat(64);
