@@ -19,6 +19,10 @@
 //!   Children never reach each other through this agent.
 //! - a child stream that closes takes its routes with it; each lost id goes
 //!   up as DEL_ROUTE so the master fails their calls at once.
+//! - a child that stops reading is dropped the same way (and its transport
+//!   command killed) once its queue has kept reads from the parent stopped
+//!   for `STALL_MS` without progress (see
+//!   [`super::external_context`]): one child cannot stall its hop.
 
 use alloc::vec::Vec;
 
@@ -42,6 +46,12 @@ pub struct ChildStream {
     pub tx_watched: bool,
     /// Whether `rx` is registered for reading.
     pub reading: bool,
+    /// Process group of the command that carries the stream (ssh, sudo,
+    /// sh → agent): killed when the child is dropped for stalling.
+    pub pid: i32,
+    /// Monotonic ns since when this child's queue has kept reads from the
+    /// parent stopped without progress (0: it does not).
+    pub stalled_since: u64,
 }
 
 /// The child streams and the contexts routed through them.

@@ -19,6 +19,19 @@
 //! queue stops reads from the parent; a parent that does not drain ours
 //! stops reads from children and commands.
 //!
+//! **Stall rule:** a child may hold the parent back only while it makes
+//! progress. A child whose queue keeps reads from the parent stopped (above
+//! `TX_HIGH`, then until below `TX_LOW`) and that takes no byte of it for
+//! [`STALL_MS`] is dropped: its transport command's process group gets
+//! SIGKILL, its stream is closed, DEL_ROUTE goes up for it and every
+//! context behind it (the master fails their calls at once, naming this
+//! hop), and reads from the parent resume. So a child that stops reading
+//! stalls its siblings for at most [`STALL_MS`]. A slow but live link
+//! takes bytes all along and is never dropped, however long its queue
+//! stays up; the clock is held while our own parent does not drain us (a
+//! child may then be blocked writing to us). The loop's epoll wait gets a
+//! timeout only while some child's clock runs.
+//!
 //! A streamed command (`stream_to`) is also addressable: EXEC_CONTROL
 //! messages carry more stdin (acknowledged to `stdin_acks_to` as written, so
 //! the master's sender has a bounded window), signals, pty resizes and output
@@ -63,6 +76,13 @@ const POLL_WINDOW_NS: u64 = 100_000;
 /// output (back-pressure instead of memory growth); resume below the low mark.
 const TX_HIGH: usize = 4 << 20;
 const TX_LOW: usize = 1 << 20;
+
+/// How long a child may keep reads from the parent stopped without taking
+/// a byte of its queue before it is dropped (see the module docs). Longer
+/// than a busy agent's pause (a large sha256, a deep `du`: one thread, not
+/// reading meanwhile), short enough that siblings behind the same hop are
+/// not held up for long.
+pub const STALL_MS: u64 = 10_000;
 
 /// Exit codes of the agent, for the master's diagnostics.
 pub mod exit {
@@ -251,7 +271,7 @@ impl ExternalContext {
                     core::hint::spin_loop();
                 }
             }
-            if events.is_empty() && self.poller.wait(-1, &mut buf, &mut events).is_err() {
+            if events.is_empty() && self.poller.wait(self.stall_wait_ms(), &mut buf, &mut events).is_err() {
                 return exit::SETUP;
             }
             let now = now_ns();
@@ -265,6 +285,7 @@ impl ExternalContext {
                 }
             }
             self.flush();
+            self.drop_stalled();
             self.update_pause();
             if self.closing {
                 self.drain_and_exit_flush();
@@ -432,8 +453,9 @@ impl ExternalContext {
         }
     }
 
-    /// Makes a streamed command's stdin/stdout the stream to child `id`.
-    fn adopt(&mut self, id: u32, rx: OwnedFd, tx: OwnedFd) {
+    /// Makes the stdin/stdout of a streamed command (process group `pid`)
+    /// the stream to child `id`.
+    fn adopt(&mut self, id: u32, rx: OwnedFd, tx: OwnedFd, pid: i32) {
         self.poller.delete(rx.as_fd());
         self.poller.delete(tx.as_fd());
         let reading = !self.paused;
@@ -445,6 +467,8 @@ impl ExternalContext {
             out: TxBuffer::default(),
             tx_watched: false,
             reading,
+            pid,
+            stalled_since: 0,
         };
         let slot = self.children.add(c);
         let base = T_CHILD + 2 * slot as u64;
@@ -463,8 +487,51 @@ impl ExternalContext {
 
     fn flush_child(&mut self, slot: usize) {
         let Some(Some(c)) = self.children.streams.get_mut(slot) else { return };
+        let before = c.out.len();
         // A child that is gone is reported by its read side.
         flush_to(&self.poller, c.tx.as_fd(), T_CHILD + 2 * slot as u64 + 1, &mut c.out, &mut c.tx_watched);
+        if c.stalled_since != 0 && c.out.len() < before {
+            // Progress: a slow child is not a stalled one.
+            c.stalled_since = now_ns();
+        }
+    }
+
+    /// The stall rule (see the module docs): drops every child that has
+    /// held reads from the parent back for [`STALL_MS`] without progress.
+    fn drop_stalled(&mut self) {
+        let mut now = 0;
+        for slot in 0..self.children.streams.len() {
+            let Some(Some(c)) = self.children.streams.get(slot) else { continue };
+            if c.stalled_since == 0 {
+                continue;
+            }
+            if now == 0 {
+                now = now_ns();
+            }
+            if now.saturating_sub(c.stalled_since) < STALL_MS * 1_000_000 {
+                continue;
+            }
+            let (id, pid) = (c.id, c.pid);
+            let mut line = Vec::from(&b"child context "[..]);
+            super::util::push_decimal(&mut line, u64::from(id));
+            line.extend_from_slice(b" took nothing for ");
+            super::util::push_decimal(&mut line, STALL_MS / 1000);
+            line.extend_from_slice(b" s with its queue full: dropped");
+            self.log(1, LogSource::Agent, &line);
+            spawn::kill_group(pid, libc::SIGKILL);
+            self.drop_child(slot);
+        }
+    }
+
+    /// The epoll timeout: until the first child's stall clock runs out, or
+    /// none (-1).
+    fn stall_wait_ms(&self) -> i32 {
+        let Some(first) = self.children.streams.iter().flatten().map(|c| c.stalled_since).filter(|&t| t != 0).min()
+        else {
+            return -1;
+        };
+        let left = (first + STALL_MS * 1_000_000).saturating_sub(now_ns());
+        (left / 1_000_000 + 1) as i32
     }
 
     fn read_child(&mut self, slot: usize) {
@@ -519,8 +586,8 @@ impl ExternalContext {
         }
     }
 
-    /// The child in `slot` closed its stream: its routes go, and the
-    /// master hears of every context lost with it.
+    /// The child in `slot` closed its stream (or stalled): its routes go,
+    /// and the master hears of every context lost with it.
     fn drop_child(&mut self, slot: usize) {
         let Some((c, lost)) = self.children.remove(slot) else { return };
         self.poller.delete(c.rx.as_fd());
@@ -803,7 +870,8 @@ impl ExternalContext {
                 let (Some(tx), Some(rx)) = (p.child.stdin.take(), p.child.stdout.take()) else { return };
                 p.stdin_open = false;
                 p.stdin_data = Vec::new();
-                self.adopt(id, rx, tx);
+                let pid = p.child.pid;
+                self.adopt(id, rx, tx, pid);
             }
         }
         self.proc_maybe_done(slot);
@@ -1030,9 +1098,25 @@ impl ExternalContext {
 
     fn update_pause(&mut self) {
         // A child that does not drain what the parent sends it: stop
-        // reading the parent (bounded memory; the parent's sender waits).
+        // reading the parent (bounded memory; the parent's sender waits),
+        // and start its stall clock. The clock is held while the parent
+        // does not drain us: the child may be blocked writing to us.
         let limit = if self.parent_paused { TX_LOW } else { TX_HIGH };
-        let backed = self.children.streams.iter().flatten().any(|c| c.out.len() > limit);
+        let mut backed = false;
+        let mut now = 0;
+        for c in self.children.streams.iter_mut().flatten() {
+            if c.out.len() <= limit {
+                c.stalled_since = 0;
+                continue;
+            }
+            backed = true;
+            if c.stalled_since == 0 || self.paused {
+                if now == 0 {
+                    now = now_ns();
+                }
+                c.stalled_since = now;
+            }
+        }
         if backed != self.parent_paused {
             self.parent_paused = backed;
             let i = if backed { Interest::NONE } else { Interest::READ };
