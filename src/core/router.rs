@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::connect::process_monitor::ExitStatus;
 use crate::core::broker::MAX_LOG_CHARS;
@@ -22,6 +22,20 @@ use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR,
 
 /// Above this many queued bytes a sender waits (back-pressure).
 pub const TX_HIGH: usize = 8 << 20;
+
+/// A sender that gives no deadline of its own (`None`) waits for room in a
+/// stream's queue until the stream has taken no byte for this long, then
+/// fails ([`SendError::Timeout`]): no send waits for ever. A slow link that
+/// keeps moving never hits it; a stalled one (a peer that stopped reading)
+/// does. As long as the default call timeout, because behind a hop a live
+/// but slow child may legitimately hold the hop's reads back for a while
+/// (a child that stopped reading is dropped by its hop much sooner, see
+/// `agent::external_context::STALL_MS`).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Largest payload [`RouterTable::send_control`] takes (control frames are
+/// a few bytes; anything larger is bulk and waits for room).
+pub const CONTROL_MAX: usize = 4096;
 
 /// Why a context can no longer be reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +143,9 @@ struct TxState {
     fd: Option<OwnedFd>,
     buf: TxBuffer,
     watching: bool,
+    /// Bytes the broker has written from `buf` (progress, for
+    /// [`SEND_TIMEOUT`]).
+    written: u64,
 }
 
 /// Turns the broker's wait for writability of a tx fd on or off.
@@ -170,7 +187,7 @@ impl StreamOut {
     /// wait for writability on or off (always called under the queue lock).
     pub fn new(fd: OwnedFd, token: u64, watch: WatchFn) -> StreamOut {
         StreamOut {
-            state: Mutex::new(TxState { fd: Some(fd), buf: TxBuffer::default(), watching: false }),
+            state: Mutex::new(TxState { fd: Some(fd), buf: TxBuffer::default(), watching: false, written: 0 }),
             drained: Condvar::new(),
             token,
             watch,
@@ -178,23 +195,37 @@ impl StreamOut {
         }
     }
 
-    /// Queues or writes one framed message.
+    /// Queues or writes one framed message. Above [`TX_HIGH`] queued bytes
+    /// it first waits for room until `deadline`, or with `None` until the
+    /// stream has taken nothing for [`SEND_TIMEOUT`].
     pub fn send(&self, header: &Header, payload: &[u8], deadline: Option<Instant>) -> Result<(), SendError> {
+        self.send_inner(header, payload, Some(deadline))
+    }
+
+    /// Queues or writes one small control frame without waiting for room
+    /// (see [`RouterTable::send_control`]).
+    pub fn send_now(&self, header: &Header, payload: &[u8]) -> Result<(), SendError> {
+        self.send_inner(header, payload, None)
+    }
+
+    /// `room`: wait for room until this deadline (see [`StreamOut::send`]);
+    /// `None`: do not wait.
+    fn send_inner(&self, header: &Header, payload: &[u8], room: Option<Option<Instant>>) -> Result<(), SendError> {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while st.buf.len() > TX_HIGH {
+        let mut progress = (st.written, Instant::now());
+        while let (Some(deadline), true) = (room, st.buf.len() > TX_HIGH) {
             if st.fd.is_none() {
                 return Err(SendError::Closed);
             }
-            st = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Err(SendError::Timeout);
-                    }
-                    self.drained.wait_timeout(st, d - now).unwrap_or_else(PoisonError::into_inner).0
-                }
-                None => self.drained.wait(st).unwrap_or_else(PoisonError::into_inner),
-            };
+            let now = Instant::now();
+            if st.written != progress.0 {
+                progress = (st.written, now);
+            }
+            let d = deadline.unwrap_or(progress.1 + SEND_TIMEOUT);
+            if now >= d {
+                return Err(SendError::Timeout);
+            }
+            st = self.drained.wait_timeout(st, d - now).unwrap_or_else(PoisonError::into_inner).0;
         }
         let Some(fd) = &st.fd else { return Err(SendError::Closed) };
         let mut h = *header;
@@ -246,7 +277,9 @@ impl StreamOut {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let st = &mut *st;
         let Some(fd) = &st.fd else { return Err(SendError::Closed) };
+        let before = st.buf.len();
         st.buf.write_to(fd.as_fd()).map_err(|_| SendError::Closed)?;
+        st.written += (before - st.buf.len()) as u64;
         if st.buf.len() <= TX_HIGH {
             self.drained.notify_all();
         }
@@ -350,7 +383,9 @@ impl RouterTable {
         }
     }
 
-    /// Sends `msg` towards its destination.
+    /// Sends `msg` towards its destination. While the stream's queue is
+    /// full this waits for room until `deadline`; `None` is not "for ever"
+    /// but until the stream has taken nothing for [`SEND_TIMEOUT`].
     pub fn send(&self, msg: &Message, deadline: Option<Instant>) -> Result<(), Disconnected> {
         self.send_parts(&msg.header, &msg.data, deadline)
     }
@@ -358,12 +393,32 @@ impl RouterTable {
     /// [`RouterTable::send`] of a header and a payload the caller keeps (so
     /// a large buffer can be reused for the next message).
     pub fn send_parts(&self, header: &Header, payload: &[u8], deadline: Option<Instant>) -> Result<(), Disconnected> {
+        self.send_via(header, |out| out.send(header, payload, deadline))
+    }
+
+    /// Sends a small control frame (a signal, output credit, end of stdin,
+    /// a route) without waiting for room: it is queued even above
+    /// [`TX_HIGH`], so it never blocks and is never lost to a full queue
+    /// (a `Process` drop, a kill, an acknowledgement). Its size is the
+    /// caller's promise: bulk data goes through [`RouterTable::send`].
+    pub fn send_control(&self, msg: &Message) -> Result<(), Disconnected> {
+        debug_assert!(msg.data.len() <= CONTROL_MAX, "send_control is for small frames");
+        self.send_via(&msg.header, |out| out.send_now(&msg.header, &msg.data))
+    }
+
+    fn send_via(
+        &self,
+        header: &Header,
+        send: impl FnOnce(&StreamOut) -> Result<(), SendError>,
+    ) -> Result<(), Disconnected> {
         let dst = header.dst;
         let out = self.routes.read().unwrap_or_else(PoisonError::into_inner).get(&dst).cloned();
         let Some(out) = out else { return Err(self.why_unreachable(dst)) };
-        out.send(header, payload, deadline).map_err(|e| match e {
+        send(&out).map_err(|e| match e {
             SendError::Closed => self.why_unreachable(dst),
-            SendError::Timeout => Disconnected { reason: "timed out waiting for the stream to drain".into() },
+            SendError::Timeout => {
+                Disconnected { reason: "timed out waiting for room in the stream (the peer is not reading)".into() }
+            }
         })
     }
 

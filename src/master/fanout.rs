@@ -11,7 +11,13 @@
 //! a chunk leaves the window when every target has acknowledged it.
 //!
 //! A target that fails (disk full, permission, lost) is dropped from later
-//! chunks and gets its own error; the others carry on.
+//! chunks and gets its own error; the others carry on. No send waits for
+//! ever: a plain call waits for room until the target's call timeout, a
+//! relay until the first hop's stream has taken nothing for
+//! [`SEND_TIMEOUT`](crate::core::router::SEND_TIMEOUT); a target behind a
+//! hop that stops reading is dropped by its hop (see
+//! `agent::external_context`) and fails at once. Waits for
+//! acknowledgements end at each target's call timeout.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -231,6 +237,9 @@ fn send_chunk(
         let payload = chunk.payload(&front).ok_or(postcard::Error::SerializeBufferFull)?;
         let header =
             Header { dst: first, src: MASTER_ID, auth: MASTER_ID, handle: handles::RELAY, ..Header::default() };
+        // The relay serves several targets, each with its own call
+        // timeout: it waits for room until the stream stalls for
+        // SEND_TIMEOUT (`None`), then fails them all.
         match targets[group[0]].core.table.send_parts(&header, payload, None) {
             Ok(()) => sent.extend(replies.into_iter().map(|(i, _, p)| (i, p))),
             Err(d) => {

@@ -15,6 +15,14 @@
 //! Signals and pty resizes travel the same control handle. A `Process`
 //! dropped before its exit kills the command's process group (its output
 //! would have nowhere to go).
+//!
+//! No send here blocks for ever: control messages (signals, credit, end of
+//! stdin, adopt) are small and never wait for room in the stream's queue
+//! ([`crate::core::router::RouterTable::send_control`]), so dropping a
+//! `Process` or a `ProcessInput` returns at once; stdin data waits for room
+//! and for credit at most [`SEND_TIMEOUT`] without progress, then fails with
+//! [`CallError::Timeout`]. A context that is lost (behind a hop: also one
+//! its hop dropped for not reading) fails them at once.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -23,7 +31,7 @@ use super::context::{decode_reply, disconnected, Context};
 use super::error::CallError;
 use super::Core;
 use crate::core::latch::{Latch, WaitError};
-use crate::core::router::{ContextShared, Delivery};
+use crate::core::router::{ContextShared, Delivery, CONTROL_MAX, SEND_TIMEOUT};
 use crate::proto::functions::{self as f, ExecArgs, ExecControl, ExecOp, ExecOutput, ExecReply, Function};
 use crate::proto::{handles, Message, MASTER_ID};
 
@@ -73,7 +81,11 @@ struct Control {
 }
 
 impl Control {
+    /// Sends `op`: stdin data waits for room in the stream's queue (until
+    /// the stream takes nothing for [`SEND_TIMEOUT`]); every other op is a
+    /// small control frame that never waits (see the module docs).
     fn send(&self, op: ExecOp) -> Result<(), CallError> {
+        let stdin = matches!(op, ExecOp::Stdin(_));
         let c = ExecControl { stream: self.stream, op };
         let data = postcard::to_allocvec(&c).map_err(|e| CallError::Encode {
             context: self.shared.name.clone(),
@@ -81,7 +93,10 @@ impl Control {
             detail: e.to_string(),
         })?;
         let msg = Message::new(self.shared.id, MASTER_ID, handles::EXEC_CONTROL, 0, data);
-        self.core.table.send(&msg, None).map_err(|d| disconnected(&self.shared, f::Exec::NAME, d.reason))
+        let table = &self.core.table;
+        let bulk = stdin || msg.data.len() > CONTROL_MAX;
+        let sent = if bulk { table.send(&msg, None) } else { table.send_control(&msg) };
+        sent.map_err(|d| disconnected(&self.shared, f::Exec::NAME, d.reason))
     }
 }
 
@@ -118,17 +133,24 @@ impl Drop for InputInner {
 
 impl ProcessInput {
     /// Writes `data` to the command's stdin. Blocks while the window is
-    /// full (the command is not reading); fails once the command has exited.
+    /// full (the command is not reading), but not for ever: after
+    /// [`SEND_TIMEOUT`] without a byte taken it fails with
+    /// [`CallError::Timeout`] (what was sent before stays sent). Fails once
+    /// the command has exited, and at once when the context is lost.
     pub fn write(&self, data: &[u8]) -> Result<(), CallError> {
         let inner = &*self.inner;
-        let closed = || CallError::InputClosed { context: inner.control.shared.name.clone() };
+        let closed = || match inner.control.shared.disconnected() {
+            Some(d) => disconnected(&inner.control.shared, f::Exec::NAME, d.reason),
+            None => CallError::InputClosed { context: inner.control.shared.name.clone() },
+        };
         let mut st = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
         for chunk in data.chunks(STDIN_CHUNK) {
             if st.closed || inner.acks.is_closed() {
                 return Err(closed());
             }
             while st.in_flight > 0 && st.in_flight + chunk.len() > STDIN_WINDOW {
-                match inner.acks.get(None) {
+                // Each acknowledgement is progress: the limit restarts.
+                match inner.acks.get(Some(Instant::now() + SEND_TIMEOUT)) {
                     Ok(Ok(msg)) => {
                         let n: u32 = decode_reply(
                             &inner.control.shared,
@@ -139,7 +161,14 @@ impl ProcessInput {
                         st.in_flight = st.in_flight.saturating_sub(n as usize);
                     }
                     Ok(Err(d)) => return Err(disconnected(&inner.control.shared, f::Exec::NAME, d.reason)),
-                    Err(_) => {
+                    Err(WaitError::Timeout) => {
+                        return Err(CallError::Timeout {
+                            context: inner.control.shared.name.clone(),
+                            function: f::Exec::NAME.into(),
+                            timeout: SEND_TIMEOUT,
+                        })
+                    }
+                    Err(WaitError::Closed) => {
                         st.closed = true;
                         return Err(closed());
                     }
@@ -216,7 +245,9 @@ impl Context {
                 state: Mutex::new(InputState { in_flight: a.stdin.len(), closed: false }),
             }),
         };
-        if let Err(e) = self.with_timeout(None).send_call::<f::Exec>(&a, reply) {
+        // The send is bounded by this context's call timeout (the reply,
+        // the command's exit, is not: see `Process::next`).
+        if let Err(e) = self.send_call::<f::Exec>(&a, reply) {
             input.inner.state.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
             table.close_mailbox(stream);
             table.close_mailbox(reply);

@@ -19,7 +19,16 @@
 //!    then on messages for `id` travel as frames, forwarded by header only.
 //! 4. The output pump stays as the context's monitor: the command's
 //!    stderr/tty lines are logged under the context's name, and its exit
-//!    (or the hop's loss) disconnects the context at once.
+//!    (or the hop's loss) disconnects the context at once. A child that
+//!    stops reading is dropped by its hop (DEL_ROUTE, see
+//!    `agent::external_context`), which also kills the command, so the
+//!    pump ends then too.
+//!
+//! No send here waits for ever: the pumps' stdin goes through
+//! [`ProcessInput::write`] (bounded, see `master::process`), tty answers,
+//! the adopt, route announcements and the kill are small control frames
+//! that never wait for room
+//! ([`crate::core::router::RouterTable::send_control`]).
 
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
@@ -87,7 +96,7 @@ impl Context {
         let c = ExecControl { stream, op: ExecOp::Signal(libc::SIGKILL) };
         if let Ok(data) = postcard::to_allocvec(&c) {
             let msg = Message::new(hop, MASTER_ID, handles::EXEC_CONTROL, 0, data);
-            let _ = self.core.table.send(&msg, Some(std::time::Instant::now() + Duration::from_secs(1)));
+            let _ = self.core.table.send_control(&msg);
         }
         true
     }
@@ -162,16 +171,21 @@ pub(super) fn connect(
         }
     };
     // The agent is up and silent: make the hop route it, and every hop
-    // above the hop route it towards the one below.
-    input.adopt(id).map_err(|e| hop_failed(e.to_string()))?;
+    // above the hop route it towards the one below (control frames: they
+    // never wait for room, and are not lost to a full queue).
+    let give_up = |reason: String| {
+        let _ = input.signal(libc::SIGKILL);
+        hop_failed(reason)
+    };
+    input.adopt(id).map_err(|e| give_up(e.to_string()))?;
     let path = hop.shared.path();
     for pair in path.windows(2) {
-        let data = postcard::to_allocvec(&AddRoute { id, via: pair[1].id }).map_err(|e| hop_failed(e.to_string()))?;
+        let data = postcard::to_allocvec(&AddRoute { id, via: pair[1].id }).map_err(|e| give_up(e.to_string()))?;
         let msg = Message::new(pair[0].id, MASTER_ID, handles::ADD_ROUTE, 0, data);
-        hop.core.table.send(&msg, None).map_err(|d| hop_failed(d.reason))?;
+        hop.core.table.send_control(&msg).map_err(|d| give_up(d.reason))?;
     }
     let Some(out) = hop.core.table.route(hop.shared.stream_id) else {
-        return Err(hop_failed("the hop's stream is gone".into()));
+        return Err(give_up("the hop's stream is gone".into()));
     };
     let shared = Arc::new(ContextShared::behind(id, name, hop.shared.clone()));
     let _ = shared.transport.set((hop.shared.id, stream));
