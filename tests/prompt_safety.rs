@@ -18,7 +18,7 @@ mod tty;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{output_text, TempDir};
@@ -33,17 +33,7 @@ fn setup(test: &str) -> Option<&'static Path> {
     if !common::become_users(test) {
         return None;
     }
-    static DIR: OnceLock<TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = TempDir::new("prompt-safety");
-        let bin = dir.path().join("mito");
-        std::fs::copy(env!("CARGO_BIN_EXE_mito"), &bin).expect("copy mito");
-        for p in [dir.path(), bin.as_path()] {
-            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-        }
-        dir
-    });
-    Some(dir.path())
+    Some(common::shared_mito_dir())
 }
 
 /// mito as `user` (root: directly), from /tmp, with `vars` in its

@@ -302,3 +302,20 @@ pub fn assert_cli_fails(o: &std::process::Output, want: &str, secret: &str) -> S
     assert!(!err.contains(secret) && !out.contains(secret), "{secret:?} leaked into the output: {err}");
     err
 }
+
+/// A directory (0755, once per test binary) holding a copy of the `mito`
+/// CLI that every test user can run, with room beside it for PATH
+/// wrappers: the build's own copy may sit where other users cannot reach.
+pub fn shared_mito_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = TempDir::new("shared-mito");
+        let bin = dir.path().join("mito");
+        std::fs::copy(env!("CARGO_BIN_EXE_mito"), &bin).expect("copy mito");
+        for p in [dir.path(), bin.as_path()] {
+            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        }
+        dir
+    })
+    .path()
+}
