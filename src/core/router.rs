@@ -463,12 +463,19 @@ impl RouterTable {
             log::warn!("dropping message from context {from} for handle {} of another context", h.handle);
             return;
         }
-        let latch = mb.latch.clone();
-        if mb.once {
+        let (latch, once) = (mb.latch.clone(), mb.once);
+        if once {
             boxes.remove(&h.handle);
         }
         drop(boxes);
-        latch.put(Ok(msg));
+        if once {
+            latch.put(Ok(msg));
+        } else {
+            // A mailbox that takes many messages (a command's output, its
+            // stdin credit) may have a budget: charged by payload size.
+            let size = msg.data.len();
+            latch.put_charged(Ok(msg), size);
+        }
     }
 
     /// A hop lost context `id` (payload) below it.
