@@ -574,6 +574,13 @@ impl RouterTable {
         }
     }
 
+    /// The master gives up on context `ctx`, which broke the protocol (a
+    /// broken or hostile agent): as [`RouterTable::on_disconnect`], with
+    /// the master's `reason`. Ending its process is the caller's part.
+    pub fn give_up(&self, ctx: u32, reason: String) {
+        self.on_disconnect(ctx, Disconnected { reason });
+    }
+
     /// Marks the table as shut down (later sends say so).
     pub fn set_shut_down(&self) {
         self.shut_down.store(true, Ordering::Relaxed);
