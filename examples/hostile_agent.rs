@@ -40,6 +40,18 @@
 //!   forged DEL_ROUTE for context `$MITO_HOSTILE_SIBLING` (with that
 //!   sibling's `src` and with its own) and forged exec replies from the
 //!   sibling to handles 1000..1500; then an ordinary agent (ping).
+//! - `output-flood` ([`Agent::flood`]): answers an exec that streams
+//!   (`stream_to`) with output far beyond its window, reading nothing
+//!   meanwhile: 400 000 frames of one byte, then 64 KiB frames up to
+//!   512 MiB; then it writes how many bytes went out to
+//!   `$MITO_HOSTILE_OUTSIDE/flood-sent` and replies (exit 0).
+//! - `ack-flood` ([`Agent::flood`]): answers an exec that keeps stdin open
+//!   (`stdin_acks_to`) with acknowledgements for stdin it never got:
+//!   2 000 000 well-formed ones (1 byte each), then 400 000 that do not
+//!   decode; then the file and the reply as above.
+//! - `output-bomb` ([`Agent::flood`]): answers an exec that streams with
+//!   one compressed output frame of about 64 KiB, well within its window,
+//!   that inflates to 64 MiB; then the reply.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -49,11 +61,11 @@ use std::path::Path;
 use mito::core::sha256::Sha256;
 use mito::core::stream::{encode, Decoder};
 use mito::proto::functions::{
-    self as f, DirEntry, ExecReply, FileCloseArgs, FileClosed, FileKind, FileOpened, FileReadArgs, Function, InfoReply,
-    PathArgs, StatArgs, StatReply,
+    self as f, DirEntry, ExecArgs, ExecOutput, ExecReply, FileCloseArgs, FileClosed, FileKind, FileOpened,
+    FileReadArgs, Function, InfoReply, PathArgs, StatArgs, StatReply,
 };
 use mito::proto::message::{decode_call, Hello};
-use mito::proto::{handles, ErrorKind, Header, RemoteError, FLAG_ERROR, MASTER_ID, MAX_MESSAGE_SIZE};
+use mito::proto::{handles, ErrorKind, Header, RemoteError, FLAG_COMPRESSED, FLAG_ERROR, MASTER_ID, MAX_MESSAGE_SIZE};
 use serde::Serialize;
 use serde_bytes::ByteBuf;
 
@@ -338,9 +350,20 @@ struct Open {
     hash: Sha256,
 }
 
+/// What an exec call gets: refused (unknown function), or a flood of
+/// output or of stdin acknowledgements.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flood {
+    None,
+    Output,
+    Acks,
+    Bomb,
+}
+
 struct Agent {
     id: u32,
     fs: Fs,
+    flood: Flood,
     open: HashMap<u32, Open>,
     next_open: u32,
     out: std::io::Stdout,
@@ -462,11 +485,77 @@ impl Agent {
                 });
                 self.reply(h, r);
             }
+            f::Exec::NAME if self.flood != Flood::None => match postcard::from_bytes::<ExecArgs>(args) {
+                Ok(a) => self.flood(h, &a),
+                Err(_) => self.reply::<()>(h, Err(bad())),
+            },
             other => {
                 let e = RemoteError::new(ErrorKind::UnknownFunction, other);
                 self.reply::<()>(h, Err(e));
             }
         }
+    }
+}
+
+impl Agent {
+    /// `output-flood`, `ack-flood` (see the module docs): frames for the
+    /// exec's stream or stdin-credit handle, written in 1 MiB batches
+    /// without reading anything, as fast as the master takes them. A write
+    /// that fails (the master closed the stream) ends the flood.
+    fn flood(&mut self, h: &Header, a: &ExecArgs) {
+        let (handle, phases) = match self.flood {
+            Flood::Output => {
+                let frame = |n: usize| ExecOutput { fd: 1, data: ByteBuf::from(vec![b'x'; n]) };
+                let tiny = postcard::to_allocvec(&frame(1)).expect("encode");
+                let full = postcard::to_allocvec(&frame(64 << 10)).expect("encode");
+                (a.stream_to, [(tiny, 400_000u64), (full, 8192)])
+            }
+            Flood::Acks => {
+                let ack = postcard::to_allocvec(&1u32).expect("encode");
+                // A varint that never ends: no u32 decodes from it.
+                (a.stdin_acks_to, [(ack, 2_000_000), (vec![0xff; 6], 400_000)])
+            }
+            Flood::Bomb => {
+                let big = ExecOutput { fd: 1, data: ByteBuf::from(vec![b'x'; 64 << 20]) };
+                let big = postcard::to_allocvec(&big).expect("encode");
+                let bomb = mito::proto::compress::compress(&big).expect("compressible");
+                let Some(handle) = a.stream_to else { return };
+                let h2 = Header {
+                    flags: FLAG_COMPRESSED,
+                    dst: h.src,
+                    src: self.id,
+                    auth: self.id,
+                    handle,
+                    ..Header::default()
+                };
+                self.send(&h2, &bomb);
+                return self.reply(h, Ok(ExecReply { code: Some(0), ..ExecReply::default() }));
+            }
+            Flood::None => return,
+        };
+        let Some(handle) = handle else {
+            return self.reply::<()>(h, Err(RemoteError::new(ErrorKind::BadArgs, "nothing to flood")));
+        };
+        let header = Header { dst: h.src, src: self.id, auth: self.id, handle, ..Header::default() };
+        let (mut sent, mut batch) = (0u64, Vec::with_capacity(2 << 20));
+        let mut out = self.out.lock();
+        'flood: for (payload, count) in phases {
+            let frame = encode(&header, &payload);
+            for i in 0..count {
+                batch.extend_from_slice(&frame);
+                if batch.len() >= 1 << 20 || i + 1 == count {
+                    if out.write_all(&batch).and_then(|()| out.flush()).is_err() {
+                        break 'flood;
+                    }
+                    sent += batch.len() as u64;
+                    batch.clear();
+                }
+            }
+        }
+        drop(out);
+        let done = Path::new(std::ffi::OsStr::from_bytes(&outside())).join("flood-sent");
+        let _ = std::fs::write(done, sent.to_string());
+        self.reply(h, Ok(ExecReply { code: Some(0), ..ExecReply::default() }));
     }
 }
 
@@ -483,6 +572,7 @@ fn main() {
     };
     let h = Header { dst: MASTER_ID, src: id, auth: id, handle: handles::HELLO, ..Header::default() };
     first.extend(encode(&h, &postcard::to_allocvec(&hello).expect("encode hello")));
+    let mut flood = Flood::None;
     let fs = match scenario.as_str() {
         s if s.starts_with("name-") => bad_name(&s["name-".len()..]),
         "link-then-dir" => link_then_dir(),
@@ -492,6 +582,18 @@ fn main() {
         "sizes" => sizes(),
         "pre-adoption" => {
             first.extend(pre_adoption(id));
+            Fs::default()
+        }
+        "output-flood" => {
+            flood = Flood::Output;
+            Fs::default()
+        }
+        "ack-flood" => {
+            flood = Flood::Acks;
+            Fs::default()
+        }
+        "output-bomb" => {
+            flood = Flood::Bomb;
             Fs::default()
         }
         other => {
@@ -507,7 +609,7 @@ fn main() {
             return;
         }
     }
-    let mut agent = Agent { id, fs, open: HashMap::new(), next_open: 0, out };
+    let mut agent = Agent { id, fs, flood, open: HashMap::new(), next_open: 0, out };
     let mut decoder = Decoder::new(MAX_MESSAGE_SIZE);
     let mut input = std::io::stdin().lock();
     let mut buf = vec![0u8; 1 << 16];

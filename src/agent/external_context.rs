@@ -940,7 +940,7 @@ impl ExternalContext {
 
     fn proc_output(&mut self, slot: usize, which: u8, drain: bool) {
         let mut buf = core::mem::take(&mut self.out_buf);
-        buf.resize(64 * 1024, 0);
+        buf.resize(f::OUTPUT_READ_MAX, 0);
         self.proc_output_with(slot, which, drain, &mut buf);
         self.out_buf = buf;
     }
@@ -958,7 +958,7 @@ impl ExternalContext {
             match r {
                 Ok(Io::Done(n)) => {
                     if let Some(handle) = p.stream_to {
-                        p.unacked += n as u64;
+                        p.unacked += n as u64 + u64::from(f::OUTPUT_FRAME_COST);
                         let caller = p.caller;
                         let chunk = ExecOutput { fd: which, data: ByteBuf::from(&buf[..n]) };
                         self.send(caller, handle, 0, &chunk);

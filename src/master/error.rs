@@ -59,6 +59,28 @@ pub enum CallError {
         /// Why.
         detail: String,
     },
+    /// The agent broke the protocol by sending more than the master
+    /// allowed a streamed command (`what`: its "output" beyond the window,
+    /// or "stdin acknowledgements" beyond the few it may have queued): a
+    /// broken or hostile agent. The master refused the excess, killed the
+    /// command, and disconnects the context if it keeps sending.
+    #[error(
+        "{context}: {function}: the agent sent {excess} bytes of {what} beyond its credit of {credit} bytes \
+         (a broken or hostile agent); the command was killed"
+    )]
+    CreditExceeded {
+        /// Context name.
+        context: String,
+        /// Function called.
+        function: String,
+        /// "output" or "stdin acknowledgements".
+        what: String,
+        /// How far beyond the credit it went, as the credit counts (each
+        /// frame's bytes plus its cost), when the master last looked.
+        excess: u64,
+        /// The credit: what the master holds for the command at most.
+        credit: u64,
+    },
 }
 
 impl CallError {

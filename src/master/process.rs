@@ -23,14 +23,40 @@
 //! and for credit at most [`SEND_TIMEOUT`] without progress, then fails with
 //! [`CallError::Timeout`]. A context that is lost (behind a hop: also one
 //! its hop dropped for not reading) fails them at once.
+//!
+//! **The master holds the agent to the credit** (issue 13: an agent is not
+//! trusted). Both mailboxes have a budget, checked on the broker thread as
+//! the frames arrive ([`crate::core::latch::Budget`]), so what the master
+//! holds for a command is bounded even if nobody ever reads it:
+//!
+//! - output: at most the window plus one read of the agent's
+//!   ([`f::OUTPUT_READ_MAX`]), each frame counted as its payload plus
+//!   [`f::OUTPUT_FRAME_COST`] (the agent counts the same, less the frame's
+//!   few header bytes), so many tiny frames are bounded too. A legitimate
+//!   agent never gets there: what is queued unread was never acknowledged.
+//! - stdin acknowledgements: well-formed ones fold into their sum as they
+//!   arrive, so one is queued at most; a few kilobytes of malformed ones.
+//!
+//! A compressed frame is inflated no further than that credit (output) or
+//! a `u32` (an acknowledgement): beyond, a [`CallError::Decode`].
+//!
+//! Past its budget the agent is broken or hostile. The master drops what it
+//! held for the command, refuses the rest, kills the command and fails the
+//! `Process` and its input with [`CallError::CreditExceeded`] (other
+//! commands on the context go on). If the agent keeps sending
+//! ([`KEEPS_SENDING`] more, beyond what could have been on its way when the
+//! kill went out), the master disconnects the context, saying why, and kills
+//! its agent (its transport, or the command carrying it behind a hop).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use super::context::{decode_reply, disconnected, Context};
 use super::error::CallError;
 use super::Core;
-use crate::core::latch::{Latch, WaitError};
+use crate::core::broker::Cmd;
+use crate::core::latch::{Budget, Latch, Overrun, OverrunFn, WaitError};
 use crate::core::router::{ContextShared, Delivery, CONTROL_MAX, SEND_TIMEOUT};
 use crate::proto::functions::{self as f, ExecArgs, ExecControl, ExecOp, ExecOutput, ExecReply, Function};
 use crate::proto::{handles, Message, MASTER_ID};
@@ -43,6 +69,35 @@ pub const STDIN_WINDOW: usize = 1 << 20;
 
 /// Largest stdin chunk per message.
 const STDIN_CHUNK: usize = 128 << 10;
+
+/// What the master holds of a command's output beyond its window: one read
+/// of the agent's, with its frame cost (the agent checks the credit before
+/// each read).
+const OUTPUT_SLACK: u64 = f::OUTPUT_READ_MAX as u64 + f::OUTPUT_FRAME_COST as u64;
+
+/// The part of an output frame's payload the master does not count: the
+/// fd byte and the data length (a varint of at most 5 bytes). So a frame
+/// never costs the master more than it cost the agent.
+const OUTPUT_HEADER: u64 = 6;
+
+/// What queued stdin acknowledgements may cost, each its payload plus
+/// [`f::OUTPUT_FRAME_COST`]. Well-formed ones fold into one, so this bounds
+/// the malformed ones only (about 60).
+const ACKS_BUDGET: u64 = 4096;
+
+/// Largest stdin acknowledgement (a `u32`) once inflated.
+const ACK_MAX: u32 = 16;
+
+/// After an overrun, the most the agent may still send for the command
+/// (refused and counted, as the budget counts) before the master gives up
+/// on the context: more than its queue and the socket buffers could have
+/// held when the kill went out, so the agent is not late but deaf.
+pub const KEEPS_SENDING: u64 = 16 << 20;
+
+/// "output" in [`CallError::CreditExceeded`].
+const OUTPUT: &str = "output";
+/// "stdin acknowledgements" in [`CallError::CreditExceeded`].
+const ACKS: &str = "stdin acknowledgements";
 
 /// What a running command produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,8 +123,119 @@ pub struct Process {
     input: Option<ProcessInput>,
     control: Control,
     window: u32,
+    /// Credit taken since the last ack: bytes plus a frame cost per chunk.
     consumed: u32,
     exit: Option<ExecReply>,
+    watchdog: Arc<Watchdog>,
+}
+
+/// Told by both mailboxes' budgets when the agent sends more than it may
+/// (see the module docs); shared with the [`ProcessInput`].
+#[derive(Debug)]
+struct Watchdog {
+    /// Weak: the budgets' callbacks live in latches the router holds.
+    core: Weak<Core>,
+    shared: Arc<ContextShared>,
+    stream: u32,
+    output: Weak<Latch<Delivery>>,
+    acks: Weak<Latch<Delivery>>,
+    /// The first overrun: which mailbox, and its limit.
+    failed: OnceLock<(&'static str, u64)>,
+    /// How far beyond it the agent has gone since.
+    excess: AtomicU64,
+    /// The context was disconnected for it.
+    gave_up: AtomicBool,
+}
+
+impl Watchdog {
+    /// A budget callback for the mailbox of `what` (on the broker thread:
+    /// nothing here may block).
+    fn on_overrun(self: &Arc<Self>, what: &'static str) -> OverrunFn {
+        let dog = self.clone();
+        Arc::new(move |o: Overrun| dog.overrun(what, o))
+    }
+
+    fn overrun(&self, what: &'static str, o: Overrun) {
+        let first = self.failed.set((what, o.limit)).is_ok();
+        if self.failed.get().is_some_and(|f| f.0 == what) {
+            self.excess.fetch_max(o.excess, Ordering::Relaxed);
+        }
+        let Some(core) = self.core.upgrade() else { return };
+        let name = &self.shared.name;
+        if first {
+            log::warn!(
+                "[{name}] the agent sent {} bytes of {what} beyond its credit of {} bytes: killing the command",
+                o.excess,
+                o.limit
+            );
+            // The command goes, and both sides of it fail now.
+            let c = ExecControl { stream: self.stream, op: ExecOp::Signal(libc::SIGKILL) };
+            if let Ok(data) = postcard::to_allocvec(&c) {
+                let _ =
+                    core.table.send_control(&Message::new(self.shared.id, MASTER_ID, handles::EXEC_CONTROL, 0, data));
+            }
+            for l in [&self.output, &self.acks].into_iter().filter_map(Weak::upgrade) {
+                l.close();
+            }
+        }
+        if o.excess > KEEPS_SENDING && !self.gave_up.swap(true, Ordering::SeqCst) {
+            let reason = format!(
+                "the agent sent {} bytes of {what} beyond its credit of {} bytes and kept sending after its command \
+                 was killed (a broken or hostile agent): disconnected by the master",
+                o.excess, o.limit
+            );
+            log::warn!("[{name}] {reason}");
+            core.table.give_up(self.shared.id, reason);
+            match self.shared.transport.get() {
+                // Behind a hop: the command there that carries it.
+                Some(&(hop, stream)) => {
+                    let c = ExecControl { stream, op: ExecOp::Signal(libc::SIGKILL) };
+                    if let Ok(data) = postcard::to_allocvec(&c) {
+                        let _ = core.table.send_control(&Message::new(hop, MASTER_ID, handles::EXEC_CONTROL, 0, data));
+                    }
+                }
+                None => core.broker.send(Cmd::Kill(self.shared.id)),
+            }
+        }
+    }
+
+    /// The error once the agent overran; `None` before.
+    fn error(&self) -> Option<CallError> {
+        let &(what, credit) = self.failed.get()?;
+        Some(CallError::CreditExceeded {
+            context: self.shared.name.clone(),
+            function: f::Exec::NAME.into(),
+            what: what.into(),
+            excess: self.excess.load(Ordering::Relaxed),
+            credit,
+        })
+    }
+
+    /// Whether the mailbox of `what` stays open when its owner is done: the
+    /// one that overran, until the context is given up on, so that what
+    /// the agent keeps sending is still counted (and the context dropped
+    /// for it) rather than discarded unseen.
+    fn keeps(&self, what: &str) -> bool {
+        self.failed.get().is_some_and(|f| f.0 == what) && !self.gave_up.load(Ordering::SeqCst)
+    }
+}
+
+/// Folds a well-formed stdin acknowledgement into the one queued before it
+/// (their sum): the writer only needs the total.
+fn merge_acks(last: &mut Delivery, new: &Delivery) -> bool {
+    let (Ok(a), Ok(b)) = (last, new) else { return false };
+    if a.header.flags != 0 || b.header.flags != 0 {
+        return false;
+    }
+    let (Ok(x), Ok(y)) = (postcard::from_bytes::<u32>(&a.data), postcard::from_bytes::<u32>(&b.data)) else {
+        return false;
+    };
+    let mut buf = [0u8; 5];
+    let Ok(sum) = postcard::to_slice(&x.saturating_add(y), &mut buf) else { return false };
+    a.data.clear();
+    a.data.extend_from_slice(sum);
+    a.header.len = a.data.len() as u32;
+    true
 }
 
 /// Sends EXEC_CONTROL messages for one command.
@@ -113,6 +279,7 @@ struct InputInner {
     acks: Arc<Latch<Delivery>>,
     acks_handle: u32,
     state: Mutex<InputState>,
+    watchdog: Arc<Watchdog>,
 }
 
 #[derive(Debug)]
@@ -127,7 +294,9 @@ impl Drop for InputInner {
         if !st.closed {
             let _ = self.control.send(ExecOp::CloseStdin);
         }
-        self.control.core.table.close_mailbox(self.acks_handle);
+        if !self.watchdog.keeps(ACKS) {
+            self.control.core.table.close_mailbox(self.acks_handle);
+        }
     }
 }
 
@@ -136,31 +305,32 @@ impl ProcessInput {
     /// full (the command is not reading), but not for ever: after
     /// [`SEND_TIMEOUT`] without a byte taken it fails with
     /// [`CallError::Timeout`] (what was sent before stays sent). Fails once
-    /// the command has exited, and at once when the context is lost.
+    /// the command has exited, at once when the context is lost, and with
+    /// [`CallError::CreditExceeded`] once the agent broke the credit.
     pub fn write(&self, data: &[u8]) -> Result<(), CallError> {
         let inner = &*self.inner;
-        let closed = || match inner.control.shared.disconnected() {
-            Some(d) => disconnected(&inner.control.shared, f::Exec::NAME, d.reason),
-            None => CallError::InputClosed { context: inner.control.shared.name.clone() },
+        let closed = || match (inner.watchdog.error(), inner.control.shared.disconnected()) {
+            (Some(e), _) => e,
+            (None, Some(d)) => disconnected(&inner.control.shared, f::Exec::NAME, d.reason),
+            (None, None) => CallError::InputClosed { context: inner.control.shared.name.clone() },
         };
         let mut st = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
         for chunk in data.chunks(STDIN_CHUNK) {
-            if st.closed || inner.acks.is_closed() {
+            if st.closed || inner.acks.is_closed() || inner.watchdog.failed.get().is_some() {
                 return Err(closed());
             }
             while st.in_flight > 0 && st.in_flight + chunk.len() > STDIN_WINDOW {
                 // Each acknowledgement is progress: the limit restarts.
                 match inner.acks.get(Some(Instant::now() + SEND_TIMEOUT)) {
                     Ok(Ok(msg)) => {
-                        let n: u32 = decode_reply(
-                            &inner.control.shared,
-                            f::Exec::NAME,
-                            &msg,
-                            inner.control.core.table.max_message_size,
-                        )?;
+                        // A u32: a frame that inflates past a few bytes is not one.
+                        let n: u32 = decode_reply(&inner.control.shared, f::Exec::NAME, &msg, ACK_MAX)?;
                         st.in_flight = st.in_flight.saturating_sub(n as usize);
                     }
-                    Ok(Err(d)) => return Err(disconnected(&inner.control.shared, f::Exec::NAME, d.reason)),
+                    Ok(Err(d)) => {
+                        let lost = || disconnected(&inner.control.shared, f::Exec::NAME, d.reason);
+                        return Err(inner.watchdog.error().unwrap_or_else(lost));
+                    }
                     Err(WaitError::Timeout) => {
                         return Err(CallError::Timeout {
                             context: inner.control.shared.name.clone(),
@@ -236,6 +406,29 @@ impl Context {
         if a.window == 0 {
             a.window = DEFAULT_WINDOW;
         }
+        let watchdog = Arc::new(Watchdog {
+            core: Arc::downgrade(&self.core),
+            shared: self.shared.clone(),
+            stream,
+            output: Arc::downgrade(&latch),
+            acks: Arc::downgrade(&acks),
+            failed: OnceLock::new(),
+            excess: AtomicU64::new(0),
+            gave_up: AtomicBool::new(false),
+        });
+        // Before the call goes out, so before anything can arrive.
+        latch.set_budget(Budget {
+            limit: u64::from(a.window) + OUTPUT_SLACK,
+            per_item: u64::from(f::OUTPUT_FRAME_COST) - OUTPUT_HEADER,
+            merge: None,
+            on_overrun: Some(watchdog.on_overrun(OUTPUT)),
+        });
+        acks.set_budget(Budget {
+            limit: ACKS_BUDGET,
+            per_item: u64::from(f::OUTPUT_FRAME_COST),
+            merge: Some(merge_acks),
+            on_overrun: Some(watchdog.on_overrun(ACKS)),
+        });
         let control = Control { core: self.core.clone(), shared: self.shared.clone(), stream };
         let input = ProcessInput {
             inner: Arc::new(InputInner {
@@ -243,6 +436,7 @@ impl Context {
                 acks,
                 acks_handle,
                 state: Mutex::new(InputState { in_flight: a.stdin.len(), closed: false }),
+                watchdog: watchdog.clone(),
             }),
         };
         // The send is bounded by this context's call timeout (the reply,
@@ -263,6 +457,7 @@ impl Context {
             window: a.window,
             consumed: 0,
             exit: None,
+            watchdog,
         })
     }
 
@@ -313,6 +508,9 @@ impl Process {
         if let Some(r) = &self.exit {
             return Ok(ProcessEvent::Exit(r.clone()));
         }
+        if let Some(e) = self.watchdog.error() {
+            return Err(e);
+        }
         let max = self.control.core.table.max_message_size;
         // Credit back for what the caller has taken since the last ack.
         if self.consumed >= self.window / 4 {
@@ -321,8 +519,12 @@ impl Process {
         }
         match self.latch.get(deadline) {
             Ok(Ok(msg)) if msg.header.handle == self.stream => {
-                let chunk: ExecOutput = decode_reply(&self.control.shared, f::Exec::NAME, &msg, max)?;
-                self.consumed = self.consumed.saturating_add(chunk.data.len() as u32);
+                // Inflated no further than the credit it came under.
+                let credit = (u64::from(self.window) + OUTPUT_SLACK).min(u64::from(max)) as u32;
+                let chunk: ExecOutput = decode_reply(&self.control.shared, f::Exec::NAME, &msg, credit)?;
+                // As the agent counts it (see `f::OUTPUT_FRAME_COST`).
+                let cost = (chunk.data.len() as u32).saturating_add(f::OUTPUT_FRAME_COST);
+                self.consumed = self.consumed.saturating_add(cost);
                 Ok(ProcessEvent::Output { fd: chunk.fd, data: chunk.data.into_vec() })
             }
             Ok(Ok(msg)) => {
@@ -331,16 +533,19 @@ impl Process {
                 self.exit = Some(r.clone());
                 Ok(ProcessEvent::Exit(r))
             }
-            Ok(Err(d)) => Err(disconnected(&self.control.shared, f::Exec::NAME, d.reason)),
+            Ok(Err(d)) => Err(self
+                .watchdog
+                .error()
+                .unwrap_or_else(|| disconnected(&self.control.shared, f::Exec::NAME, d.reason))),
             Err(WaitError::Timeout) => Err(CallError::Timeout {
                 context: self.control.shared.name.clone(),
                 function: f::Exec::NAME.into(),
                 timeout: deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(Instant::now())),
             }),
-            Err(WaitError::Closed) => {
+            Err(WaitError::Closed) => Err(self.watchdog.error().unwrap_or_else(|| {
                 let reason = self.control.shared.disconnected().map_or_else(|| "mailbox closed".into(), |d| d.reason);
-                Err(disconnected(&self.control.shared, f::Exec::NAME, reason))
-            }
+                disconnected(&self.control.shared, f::Exec::NAME, reason)
+            })),
         }
     }
 
@@ -354,17 +559,23 @@ impl Process {
     }
 
     /// Closes the mailboxes; a stdin writer still waiting for credit gets
-    /// [`CallError::InputClosed`].
+    /// [`CallError::InputClosed`]. The one an agent overran stays open (see
+    /// [`Watchdog::keeps`]).
     fn finish(&mut self) {
         let table = &self.control.core.table;
-        table.close_mailbox(self.stream);
+        if !self.watchdog.keeps(OUTPUT) {
+            table.close_mailbox(self.stream);
+        }
         table.close_mailbox(self.reply);
         if let Some(i) = self.input.take() {
             // Nothing to close any more: no CloseStdin when it drops.
             i.inner.state.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
         }
-        // A writer (another clone) may wait for credit: wake it.
-        table.close_mailbox(self.acks_handle);
+        // A writer (another clone) may wait for credit: wake it (one that
+        // overran is closed already).
+        if !self.watchdog.keeps(ACKS) {
+            table.close_mailbox(self.acks_handle);
+        }
     }
 }
 

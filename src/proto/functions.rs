@@ -130,7 +130,9 @@ pub struct ExecArgs {
     /// Output credit in bytes when streaming: the agent stops reading the
     /// command's output while this many streamed bytes are unacknowledged
     /// ([`ExecOp::Ack`]), so a slow reader holds the command back instead
-    /// of filling memory on every hop. 0: no limit.
+    /// of filling memory on every hop. Each frame costs
+    /// [`OUTPUT_FRAME_COST`] more than its bytes. 0: no limit. The master
+    /// holds an agent to it (output beyond it is a protocol violation).
     pub window: u32,
     /// When set, stdin stays open after `stdin` for [`ExecOp::Stdin`] chunks,
     /// and the agent reports each batch it wrote to the command as a `u32`
@@ -185,6 +187,19 @@ pub enum ExecOp {
     /// and the exit are still reported as for any streamed command.
     Adopt(u32),
 }
+
+/// Output credit a streamed frame costs beyond its bytes: the agent counts
+/// `bytes + OUTPUT_FRAME_COST` against a command's window and the master
+/// acknowledges the same, so a window bounds the frames as well as the
+/// bytes: a command that writes a byte at a time is held back after
+/// window / 65 frames, not after `window` of them (each costs the master a
+/// queue slot and an allocation, far more than its byte).
+pub const OUTPUT_FRAME_COST: u32 = 64;
+
+/// Most output the agent reads from a command at once (one frame's data).
+/// It reads only while the credit lasts, so what a command has in flight
+/// exceeds its window by less than one read (plus its frame cost).
+pub const OUTPUT_READ_MAX: usize = 64 * 1024;
 
 /// One chunk of streamed output of [`Exec`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
