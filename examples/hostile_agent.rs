@@ -40,6 +40,10 @@
 //!   forged DEL_ROUTE for context `$MITO_HOSTILE_SIBLING` (with that
 //!   sibling's `src` and with its own) and forged exec replies from the
 //!   sibling to handles 1000..1500; then an ordinary agent (ping).
+//! - `forge-goodbye` ([`forged_goodbyes`]): an ordinary agent (ping) that,
+//!   before each ping's reply, says goodbye in the name of context
+//!   `$MITO_HOSTILE_SIBLING` (shut down, crashed) and sends a DEL_ROUTE
+//!   for it (as the sibling, and as itself).
 //! - `output-flood` ([`Agent::flood`]): answers an exec that streams
 //!   (`stream_to`) with output far beyond its window, reading nothing
 //!   meanwhile: 400 000 frames of one byte, then 64 KiB frames up to
@@ -64,7 +68,7 @@ use mito::proto::functions::{
     self as f, DirEntry, ExecArgs, ExecOutput, ExecReply, FileCloseArgs, FileClosed, FileKind, FileOpened,
     FileReadArgs, Function, InfoReply, PathArgs, StatArgs, StatReply,
 };
-use mito::proto::message::{decode_call, Hello};
+use mito::proto::message::{decode_call, DelRoute, Goodbye, Hello, LinkEnd};
 use mito::proto::{handles, ErrorKind, Header, RemoteError, FLAG_COMPRESSED, FLAG_ERROR, MASTER_ID, MAX_MESSAGE_SIZE};
 use serde::Serialize;
 use serde_bytes::ByteBuf;
@@ -309,7 +313,7 @@ fn sizes() -> Fs {
 fn pre_adoption(id: u32) -> Vec<u8> {
     let sibling: u32 = std::env::var("MITO_HOSTILE_SIBLING").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let mut out = Vec::new();
-    let del = postcard::to_allocvec(&sibling).expect("encode");
+    let del = postcard::to_allocvec(&del_route(sibling)).expect("encode");
     for src in [sibling, id] {
         let h = Header { dst: MASTER_ID, src, auth: src, handle: handles::DEL_ROUTE, ..Header::default() };
         out.extend(encode(&h, &del));
@@ -319,6 +323,27 @@ fn pre_adoption(id: u32) -> Vec<u8> {
     for handle in handles::FIRST_DYNAMIC..handles::FIRST_DYNAMIC + 500 {
         let h = Header { dst: MASTER_ID, src: sibling, auth: sibling, handle, ..Header::default() };
         out.extend(encode(&h, &forged));
+    }
+    out
+}
+
+/// A DEL_ROUTE payload for `id`, as a hop sends when it lost it.
+fn del_route(id: u32) -> DelRoute {
+    DelRoute { id, end: LinkEnd::Eof, pid: 1, status: Some((None, Some(9))) }
+}
+
+/// Goodbyes "from" the sibling and DEL_ROUTEs for it, sent after adoption
+/// (a hop checks them, unlike those sent with a hello).
+fn forged_goodbyes(id: u32, sibling: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for bye in [Goodbye::Shutdown, Goodbye::Panic("forged")] {
+        let h = Header { dst: MASTER_ID, src: sibling, auth: sibling, handle: handles::GOODBYE, ..Header::default() };
+        out.extend(encode(&h, &postcard::to_allocvec(&bye).expect("encode")));
+    }
+    let del = postcard::to_allocvec(&del_route(sibling)).expect("encode");
+    for src in [sibling, id] {
+        let h = Header { dst: MASTER_ID, src, auth: src, handle: handles::DEL_ROUTE, ..Header::default() };
+        out.extend(encode(&h, &del));
     }
     out
 }
@@ -573,6 +598,8 @@ fn main() {
     let h = Header { dst: MASTER_ID, src: id, auth: id, handle: handles::HELLO, ..Header::default() };
     first.extend(encode(&h, &postcard::to_allocvec(&hello).expect("encode hello")));
     let mut flood = Flood::None;
+    let sibling: u32 = std::env::var("MITO_HOSTILE_SIBLING").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let mut forge = None;
     let fs = match scenario.as_str() {
         s if s.starts_with("name-") => bad_name(&s["name-".len()..]),
         "link-then-dir" => link_then_dir(),
@@ -582,6 +609,10 @@ fn main() {
         "sizes" => sizes(),
         "pre-adoption" => {
             first.extend(pre_adoption(id));
+            Fs::default()
+        }
+        "forge-goodbye" => {
+            forge = Some(forged_goodbyes(id, sibling));
             Fs::default()
         }
         "output-flood" => {
@@ -628,6 +659,11 @@ fn main() {
                 handles::CALL_FUNCTION => {
                     let Some(payload) = m.payload(MAX_MESSAGE_SIZE as usize) else { continue };
                     let payload = payload.into_owned();
+                    if let Some(forged) = &forge {
+                        // Before the reply: the reply then shows they went up.
+                        let mut o = agent.out.lock();
+                        let _ = o.write_all(forged).and_then(|()| o.flush());
+                    }
                     agent.call(&m.header, &payload);
                 }
                 _ => {}

@@ -18,7 +18,7 @@ static FRAMES: AtomicU64 = AtomicU64::new(0);
 
 use mito::core::stream::{Decoder, TxBuffer};
 use mito::functions::*;
-use mito::proto::message::{decode_call, encode_call, AddRoute, Hello, LogRecord, Relay};
+use mito::proto::message::{decode_call, encode_call, AddRoute, DelRoute, Goodbye, Hello, LinkEnd, LogRecord, Relay};
 use mito::proto::{Header, Message, RemoteError, HEADER_LEN};
 use serde::de::DeserializeOwned;
 
@@ -60,11 +60,13 @@ fn decode_everything(bytes: &[u8]) {
     try_type::<Hello>(bytes);
     try_type::<LogRecord>(bytes);
     try_type::<AddRoute>(bytes);
+    try_type::<DelRoute>(bytes);
     try_type::<ExecControl>(bytes);
     try_type::<ExecOutput>(bytes);
     try_type::<RemoteError>(bytes);
     try_type::<u32>(bytes);
     let _ = postcard::from_bytes::<Relay<'_>>(bytes);
+    let _ = postcard::from_bytes::<Goodbye<'_>>(bytes);
     let _ = postcard::from_bytes::<FileWriteRef<'_>>(bytes);
     if let Ok((name, args)) = decode_call(bytes) {
         let _ = (name.len(), args.len());
@@ -83,6 +85,9 @@ fn corpus() -> Vec<Vec<u8>> {
     c.push(postcard::to_allocvec(&FactsReply::default()).expect("encode"));
     c.push(postcard::to_allocvec(&DiskUsageReply::default()).expect("encode"));
     c.push(postcard::to_allocvec(&AddRoute { id: 7, via: 3 }).expect("encode"));
+    let del = DelRoute { id: 7, end: LinkEnd::ReadError(5), pid: 300, status: Some((None, Some(9))) };
+    c.push(postcard::to_allocvec(&del).expect("encode"));
+    c.push(postcard::to_allocvec(&Goodbye::Fatal { what: "epoll_wait", errno: 9 }).expect("encode"));
     c.push(postcard::to_allocvec(&(1u32, "name", u64::MAX, i64::MIN)).expect("encode"));
     // Whole frames, one plain and one with a deflated payload.
     let mut tx = TxBuffer::default();

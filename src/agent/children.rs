@@ -18,7 +18,13 @@
 //!   child's id (it cannot pose as the master), and everything goes up.
 //!   Children never reach each other through this agent.
 //! - a child stream that closes takes its routes with it; each lost id goes
-//!   up as DEL_ROUTE so the master fails their calls at once.
+//!   up as DEL_ROUTE so the master fails their calls at once. What the
+//!   child said last (its goodbye, an ordinary frame from it) went up
+//!   before; the DEL_ROUTE says how the stream ended and how the command
+//!   that carried it exited: a stream that ends while its command runs
+//!   waits for that exit for at most `EXIT_WAIT_MS`, and the command's own
+//!   exec reply is held until the DEL_ROUTE is sent, so the master hears
+//!   of the loss first, with its cause.
 //! - a child that stops reading is dropped the same way (and its transport
 //!   command killed) once its queue has kept reads from the parent stopped
 //!   for `STALL_MS` without progress (see
@@ -29,6 +35,7 @@ use alloc::vec::Vec;
 use rustix::fd::OwnedFd;
 
 use crate::core::stream::{Decoder, TxBuffer};
+use crate::proto::message::LinkEnd;
 
 /// One adopted child context's stream.
 pub struct ChildStream {
@@ -52,6 +59,14 @@ pub struct ChildStream {
     /// Monotonic ns since when this child's queue has kept reads from the
     /// parent stopped without progress (0: it does not).
     pub stalled_since: u64,
+    /// How the stream ended, once it has while its command still ran (it
+    /// is no longer read; the child is dropped when the command exits).
+    pub ended: Option<LinkEnd>,
+    /// The command's exit, `(code, signal)`, once it ended.
+    pub status: Option<(Option<i32>, Option<i32>)>,
+    /// Monotonic ns since when one of the two happened and not the other
+    /// (0: neither): the child is dropped `EXIT_WAIT_MS` later regardless.
+    pub ending_since: u64,
 }
 
 /// The child streams and the contexts routed through them.

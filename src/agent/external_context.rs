@@ -9,6 +9,15 @@
 //! closes, and takes its commands' process groups with it (SIGTERM). So no
 //! agent outlives its master.
 //!
+//! **Goodbye:** an agent that exits on purpose says why in its last frame
+//! ([`Goodbye`] on `GOODBYE`): asked to shut down, a termination signal
+//! (which one), a fatal error (a malformed frame from its parent, a failed
+//! `epoll_wait`), a panic (the panic handler writes the frame straight to
+//! the parent fd, see [`panic_goodbye`]). One whose parent is gone says
+//! nothing: there is no one to tell, and its children see their streams
+//! end and exit the same way. So the master tells a clean exit from a crash
+//! and from a broken link.
+//!
 //! Tokens: `T_PARENT_RX`, `T_PARENT_TX`, `T_LOG` + fd, for process slot
 //! `s`: `T_PROC + 8*s + {0 stdin, 1 stdout, 2 stderr, 3 pidfd, 4 timeout
 //! timer}`, and for child stream slot `c`: `T_CHILD + 2*c + {0 rx, 1 tx}`.
@@ -55,7 +64,9 @@ use crate::core::poller::{Event, Interest, Poller};
 use crate::core::side::{self, Io};
 use crate::core::stream::{Decoder, TxBuffer};
 use crate::proto::functions::{self as f, ExecArgs, ExecControl, ExecOp, ExecOutput, ExecReply, Function, Stdio};
-use crate::proto::message::{decode_call, AddRoute, Hello, LogRecord, LogSource, Relay};
+use crate::proto::message::{
+    decode_call, goodbye_frame, AddRoute, DelRoute, Goodbye, Hello, LinkEnd, LogRecord, LogSource, Relay,
+};
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
 
 const T_PARENT_RX: u64 = 0;
@@ -83,6 +94,40 @@ const TX_LOW: usize = 1 << 20;
 /// reading meanwhile), short enough that siblings behind the same hop are
 /// not held up for long.
 pub const STALL_MS: u64 = 10_000;
+
+/// When a child's stream ends while the command that carries it still runs
+/// (or the command exits while the stream is open), its DEL_ROUTE waits
+/// this long at most for the other half, so that it can say how the command
+/// ended (the agent killed by a signal, ssh's exit status). The two usually
+/// come microseconds apart.
+const EXIT_WAIT_MS: u64 = 500;
+
+/// The parent fd while no frame is half written to it (-1 otherwise), and
+/// this agent's context id: what the panic handler needs to say goodbye.
+static PARENT_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(-1);
+static SELF_ID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+static PANICKING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Best effort from the panic handler: a [`Goodbye::Panic`] frame written
+/// straight to the parent fd (no allocation, no formatting), if no frame is
+/// half written there and the panic is not a panic inside this one.
+pub fn panic_goodbye(message: &str) {
+    use core::sync::atomic::Ordering::Relaxed;
+    let fd = PARENT_FD.load(Relaxed);
+    if fd < 0 || PANICKING.swap(true, Relaxed) {
+        return;
+    }
+    let bye = Goodbye::Panic(message);
+    let mut buf = [0u8; 128];
+    let Some(n) = goodbye_frame(SELF_ID.load(Relaxed), &bye, &mut buf) else { return };
+    // SAFETY: `fd` is the parent stream's fd, open for the agent's life.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    // The fd is non-blocking: wait for room, 1 s at most. A write this
+    // small (under PIPE_BUF) goes whole or not at all.
+    let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::OUT)];
+    let _ = rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 }));
+    let _ = rustix::io::write(fd, &buf[..n]);
+}
 
 /// Exit codes of the agent, for the master's diagnostics.
 pub mod exit {
@@ -187,6 +232,7 @@ pub fn main(args: &[&[u8]]) -> i32 {
         return exit::USAGE;
     };
     let Ok((rx, tx_fd, [out_r, err_r])) = take_over_stdio() else { return exit::SETUP };
+    SELF_ID.store(id as u32, core::sync::atomic::Ordering::Relaxed);
     let exe = rustix::fs::readlink("/proc/self/exe", Vec::new())
         .map(|p| String::from_utf8_lossy(p.to_bytes()).into_owned())
         .unwrap_or_default();
@@ -262,8 +308,8 @@ impl ExternalContext {
             events.clear();
             if gap_avg < POLL_WINDOW_NS / 4 {
                 loop {
-                    if self.poller.wait(0, &mut buf, &mut events).is_err() {
-                        return exit::SETUP;
+                    if let Err(e) = self.poller.wait(0, &mut buf, &mut events) {
+                        return self.fatal("epoll_wait", e.raw_os_error());
                     }
                     if !events.is_empty() || now_ns().saturating_sub(last_activity) > POLL_WINDOW_NS {
                         break;
@@ -271,8 +317,10 @@ impl ExternalContext {
                     core::hint::spin_loop();
                 }
             }
-            if events.is_empty() && self.poller.wait(self.stall_wait_ms(), &mut buf, &mut events).is_err() {
-                return exit::SETUP;
+            if events.is_empty() {
+                if let Err(e) = self.poller.wait(self.stall_wait_ms(), &mut buf, &mut events) {
+                    return self.fatal("epoll_wait", e.raw_os_error());
+                }
             }
             let now = now_ns();
             let gap = now.saturating_sub(last_activity).min(1_000_000_000);
@@ -285,10 +333,10 @@ impl ExternalContext {
                 }
             }
             self.flush();
-            self.drop_stalled();
+            self.check_children();
             self.update_pause();
             if self.closing {
-                self.drain_and_exit_flush();
+                self.say_goodbye(Goodbye::Shutdown);
                 self.terminate_children();
                 return exit::OK;
             }
@@ -301,7 +349,11 @@ impl ExternalContext {
             T_PARENT_TX => self.flush(),
             // A hang-up or termination request ends the agent like losing its
             // parent does: its commands' process groups get SIGTERM first.
-            T_SIGNAL => return Some(exit::SIGNALLED),
+            T_SIGNAL => {
+                let sig = self.signal_number();
+                self.say_goodbye(Goodbye::Signal(sig));
+                return Some(exit::SIGNALLED);
+            }
             t if t >= T_CHILD => {
                 let slot = ((t - T_CHILD) / 2) as usize;
                 if (t - T_CHILD) % 2 == 0 {
@@ -341,7 +393,7 @@ impl ExternalContext {
                             Ok(None) => break,
                             Err(_) => {
                                 self.log(1, LogSource::Agent, b"malformed frame from parent; closing");
-                                self.drain_and_exit_flush();
+                                self.say_goodbye(Goodbye::Fatal { what: "malformed frame from its parent", errno: 0 });
                                 return Some(exit::PROTOCOL);
                             }
                         }
@@ -469,6 +521,9 @@ impl ExternalContext {
             reading,
             pid,
             stalled_since: 0,
+            ended: None,
+            status: None,
+            ending_since: 0,
         };
         let slot = self.children.add(c);
         let base = T_CHILD + 2 * slot as u64;
@@ -497,18 +552,25 @@ impl ExternalContext {
     }
 
     /// The stall rule (see the module docs): drops every child that has
-    /// held reads from the parent back for [`STALL_MS`] without progress.
-    fn drop_stalled(&mut self) {
+    /// held reads from the parent back for [`STALL_MS`] without progress;
+    /// and every child whose stream or command ended [`EXIT_WAIT_MS`] ago
+    /// without the other.
+    fn check_children(&mut self) {
         let mut now = 0;
         for slot in 0..self.children.streams.len() {
             let Some(Some(c)) = self.children.streams.get(slot) else { continue };
-            if c.stalled_since == 0 {
+            if c.stalled_since == 0 && c.ending_since == 0 {
                 continue;
             }
             if now == 0 {
                 now = now_ns();
             }
-            if now.saturating_sub(c.stalled_since) < STALL_MS * 1_000_000 {
+            if c.ending_since != 0 && now.saturating_sub(c.ending_since) >= EXIT_WAIT_MS * 1_000_000 {
+                let end = c.ended.unwrap_or(LinkEnd::CommandEnded);
+                self.drop_child(slot, end);
+                continue;
+            }
+            if c.stalled_since == 0 || now.saturating_sub(c.stalled_since) < STALL_MS * 1_000_000 {
                 continue;
             }
             let (id, pid) = (c.id, c.pid);
@@ -519,18 +581,26 @@ impl ExternalContext {
             line.extend_from_slice(b" s with its queue full: dropped");
             self.log(1, LogSource::Agent, &line);
             spawn::kill_group(pid, libc::SIGKILL);
-            self.drop_child(slot);
+            self.drop_child(slot, LinkEnd::Stalled);
         }
     }
 
-    /// The epoll timeout: until the first child's stall clock runs out, or
-    /// none (-1).
+    /// The epoll timeout: until the first child's stall or exit clock runs
+    /// out, or none (-1).
     fn stall_wait_ms(&self) -> i32 {
-        let Some(first) = self.children.streams.iter().flatten().map(|c| c.stalled_since).filter(|&t| t != 0).min()
-        else {
+        let mut first = u64::MAX;
+        for c in self.children.streams.iter().flatten() {
+            if c.stalled_since != 0 {
+                first = first.min(c.stalled_since + STALL_MS * 1_000_000);
+            }
+            if c.ending_since != 0 {
+                first = first.min(c.ending_since + EXIT_WAIT_MS * 1_000_000);
+            }
+        }
+        if first == u64::MAX {
             return -1;
-        };
-        let left = (first + STALL_MS * 1_000_000).saturating_sub(now_ns());
+        }
+        let left = first.saturating_sub(now_ns());
         (left / 1_000_000 + 1) as i32
     }
 
@@ -550,7 +620,7 @@ impl ExternalContext {
                             Ok(None) => break,
                             Err(_) => {
                                 self.log(1, LogSource::Agent, b"malformed frame from a child; closing its stream");
-                                return self.drop_child(slot);
+                                return self.drop_child(slot, LinkEnd::Malformed);
                             }
                         }
                     }
@@ -559,9 +629,26 @@ impl ExternalContext {
                     }
                 }
                 Ok(Io::WouldBlock) => return,
-                Ok(Io::Closed) | Err(_) => return self.drop_child(slot),
+                Ok(Io::Closed) => return self.child_ended(slot, LinkEnd::Eof),
+                Err(e) => return self.child_ended(slot, LinkEnd::ReadError(e.raw_os_error())),
             }
         }
+    }
+
+    /// The stream of the child in `slot` ended: dropped now if its command
+    /// has exited too (or there is none), else when it does (see
+    /// [`EXIT_WAIT_MS`]), so the DEL_ROUTE can say how it ended.
+    fn child_ended(&mut self, slot: usize, end: LinkEnd) {
+        let Some(Some(c)) = self.children.streams.get_mut(slot) else { return };
+        let pid = c.pid;
+        let running = self.procs.iter().flatten().any(|p| p.child.pid == pid && p.status.is_none());
+        if c.status.is_some() || !running {
+            return self.drop_child(slot, end);
+        }
+        c.ended = Some(end);
+        c.reading = false;
+        c.ending_since = now_ns();
+        self.poller.delete(c.rx.as_fd());
     }
 
     /// A message from the child in `slot`: checked, stamped, sent up.
@@ -576,7 +663,7 @@ impl ExternalContext {
         if h.handle == handles::DEL_ROUTE && h.dst == MASTER_ID {
             // Passed on only for a context that was behind this child: a
             // child cannot declare a sibling's subtree gone.
-            let ok = postcard::from_bytes::<u32>(&m.data).is_ok_and(|id| self.children.del_route(slot, id));
+            let ok = postcard::from_bytes::<DelRoute>(&m.data).is_ok_and(|r| self.children.del_route(slot, r.id));
             if !ok {
                 return;
             }
@@ -586,14 +673,52 @@ impl ExternalContext {
         }
     }
 
-    /// The child in `slot` closed its stream (or stalled): its routes go,
-    /// and the master hears of every context lost with it.
-    fn drop_child(&mut self, slot: usize) {
+    /// The child in `slot` is lost (`end` says how): its routes go, and
+    /// the master hears of every context lost with it, then gets the
+    /// exec reply of its command if that was held back for this.
+    fn drop_child(&mut self, slot: usize, end: LinkEnd) {
         let Some((c, lost)) = self.children.remove(slot) else { return };
-        self.poller.delete(c.rx.as_fd());
+        if c.ended.is_none() {
+            self.poller.delete(c.rx.as_fd());
+        }
         self.poller.delete(c.tx.as_fd());
         for id in lost {
-            self.send(MASTER_ID, handles::DEL_ROUTE, 0, &id);
+            let r = if id == c.id {
+                DelRoute { id, end, pid: c.pid as u32, status: c.status }
+            } else {
+                DelRoute { id, end: LinkEnd::Behind(c.id), pid: 0, status: None }
+            };
+            self.send(MASTER_ID, handles::DEL_ROUTE, 0, &r);
+        }
+        if let Some(p) = self.procs.iter().position(|p| p.as_ref().is_some_and(|p| p.child.pid == c.pid)) {
+            self.proc_maybe_done(p);
+        }
+    }
+
+    /// Its last frame, then out: see the module docs.
+    fn say_goodbye(&mut self, bye: Goodbye<'_>) {
+        let mut buf = [0u8; 128];
+        if let Some(n) = goodbye_frame(self.id, &bye, &mut buf) {
+            self.tx.push_raw(&buf[..n]);
+        }
+        self.drain_and_exit_flush();
+    }
+
+    /// A fatal error: goodbye, commands and children ended.
+    fn fatal(&mut self, what: &str, errno: i32) -> i32 {
+        self.say_goodbye(Goodbye::Fatal { what, errno });
+        self.terminate_children();
+        exit::SETUP
+    }
+
+    /// The termination signal that arrived (0 if it cannot be read).
+    fn signal_number(&self) -> i32 {
+        let Some(fd) = &self.signals else { return 0 };
+        // A signalfd_siginfo (128 bytes) starts with ssi_signo, a u32.
+        let mut info = [0u8; 128];
+        match rustix::io::read(fd, &mut info) {
+            Ok(n) if n >= 4 => u32::from_le_bytes([info[0], info[1], info[2], info[3]]) as i32,
+            _ => 0,
         }
     }
 
@@ -996,10 +1121,22 @@ impl ExternalContext {
         if let Some(t) = p.timer.take() {
             self.poller.delete(t.as_fd());
         }
+        let pid = p.child.pid;
         // What the child wrote before exiting is in the pipes now; take it
         // (as far as the credit goes) and do not wait for EOF.
         self.proc_output(slot, 1, true);
         self.proc_output(slot, 2, true);
+        // The command carried a child's stream: the child is lost once its
+        // stream has ended too (what it wrote last, a goodbye, goes first).
+        let Some(cs) = self.children.streams.iter().position(|c| c.as_ref().is_some_and(|c| c.pid == pid)) else {
+            return;
+        };
+        let Some(Some(c)) = self.children.streams.get_mut(cs) else { return };
+        c.status = Some(st);
+        match c.ended {
+            Some(end) => self.drop_child(cs, end),
+            None => c.ending_since = now_ns(),
+        }
     }
 
     /// The timeout fired: SIGTERM first, SIGKILL after the grace period.
@@ -1027,6 +1164,11 @@ impl ExternalContext {
         let Some((code, signal)) = p.status else { return };
         if p.child.stdout.is_some() || p.child.stderr.is_some() {
             // Output still queued behind the caller's credit.
+            return;
+        }
+        let pid = p.child.pid;
+        if self.children.streams.iter().flatten().any(|c| c.pid == pid) {
+            // It carries a child's stream: the DEL_ROUTE goes up first.
             return;
         }
         let Some(p) = self.procs[slot].take() else { return };
@@ -1080,6 +1222,10 @@ impl ExternalContext {
     fn flush(&mut self) {
         // A parent that is gone is reported by the read side too.
         flush_to(&self.poller, self.tx_fd.as_fd(), T_PARENT_TX, &mut self.tx, &mut self.tx_watched);
+        // With nothing left to write, the stream is between frames: a panic
+        // may write its goodbye there.
+        let fd = if self.tx.is_empty() { rustix::fd::AsRawFd::as_raw_fd(&self.tx_fd) } else { -1 };
+        PARENT_FD.store(fd, core::sync::atomic::Ordering::Relaxed);
     }
 
     /// Best effort to send what is queued before exiting, for at most 1 s.
@@ -1132,7 +1278,7 @@ impl ExternalContext {
         }
         // Children's messages go to the parent too.
         for (slot, c) in self.children.streams.iter_mut().enumerate() {
-            if let Some(c) = c {
+            if let Some(c) = c.as_mut().filter(|c| c.ended.is_none()) {
                 c.reading = !pause;
                 let i = if pause { Interest::NONE } else { Interest::READ };
                 let _ = self.poller.modify(c.rx.as_fd(), T_CHILD + 2 * slot as u64, i);

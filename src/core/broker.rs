@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::connect::process_monitor::ProcessMonitor;
 use crate::core::poller::{Event, Events, Interest, Poller};
-use crate::core::router::{ContextShared, Disconnected, RouterTable, StreamOut};
+use crate::core::router::{link_ended, ContextShared, Disconnected, EndKind, RouterTable, StreamOut};
 use crate::core::side::{self, Io};
 use crate::core::stream::Decoder;
 use crate::core::stream_in::{Pump, StreamIn};
@@ -28,6 +28,32 @@ const T_WAKER: u64 = 0;
 
 /// How long shutdown waits for agents to exit on their own before SIGKILL.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// When a context's stream ends without a goodbye while the process that
+/// carries it still runs (or the process ends while its stream is still
+/// open), the context is reported gone once both have happened, or after
+/// this long: so the error can say how the process ended ("the agent was
+/// killed by signal 9", "ssh exited with status 255"). Both usually happen
+/// within microseconds of each other.
+const EXIT_WAIT: Duration = Duration::from_millis(500);
+
+/// Why the broker closes a stream.
+enum StreamEnd {
+    /// The peer's doing: EOF (`None`) or a read error.
+    Peer(Option<i32>),
+    /// A malformed frame: the text says which.
+    Malformed(String),
+    /// The master's doing (shutdown).
+    Master(&'static str),
+}
+
+/// A context whose stream or process has ended, waiting for the other.
+struct Ending {
+    ctx: Arc<ContextShared>,
+    /// How the stream ended (`None`: it is still open).
+    eof: Option<Option<i32>>,
+    deadline: Instant,
+}
 
 /// A new stream (and what belongs to it) for the broker to serve.
 #[derive(Debug)]
@@ -176,20 +202,30 @@ struct Loop {
     sources: HashMap<u64, Source>,
     /// Per context: (stream open, process running); `gone` closes when both are false.
     alive: HashMap<u32, (bool, bool)>,
+    /// Contexts whose stream or process ended first (see [`EXIT_WAIT`]).
+    ending: HashMap<u32, Ending>,
     shutdown_at: Option<Instant>,
 }
 
 impl Loop {
     fn new(shared: Arc<Shared>, table: Arc<RouterTable>) -> Loop {
-        Loop { shared, table, sources: HashMap::new(), alive: HashMap::new(), shutdown_at: None }
+        Loop {
+            shared,
+            table,
+            sources: HashMap::new(),
+            alive: HashMap::new(),
+            ending: HashMap::new(),
+            shutdown_at: None,
+        }
     }
 
     fn run(mut self) {
         let mut buf = Events::with_capacity(256);
         let mut events = Vec::with_capacity(256);
         loop {
-            let timeout = match self.shutdown_at {
-                Some(at) => at.saturating_duration_since(Instant::now()).as_millis().min(1000) as i32,
+            let next = self.ending.values().map(|e| e.deadline).chain(self.shutdown_at).min();
+            let timeout = match next {
+                Some(at) => (at.saturating_duration_since(Instant::now()).as_millis() as i32 + 1).min(1000),
                 None => -1,
             };
             events.clear();
@@ -200,6 +236,7 @@ impl Loop {
             for ev in &events {
                 self.on_event(*ev);
             }
+            self.end_overdue();
             if let Some(at) = self.shutdown_at {
                 let procs_left = self.sources.values().any(|s| matches!(s, Source::Process { .. }));
                 if !procs_left {
@@ -224,19 +261,8 @@ impl Loop {
         }
         let Some(src) = self.sources.get_mut(&ev.token) else { return };
         match src {
-            Source::Rx { ctx, rx, .. } => {
-                let (ctx, rx) = (ctx.clone(), rx.clone());
-                // A caller holding the reader role has our interest off; if
-                // this event raced with it, level-triggered epoll repeats it.
-                let outcome = match rx.broker_reader() {
-                    Some(mut g) => {
-                        g.as_mut().map_or(Pump::Drained, |r| StreamIn::pump(r, &self.table, ctx.id, &ctx.name))
-                    }
-                    None => Pump::Drained,
-                };
-                if let Pump::Closed(reason) = outcome {
-                    self.close_stream(ev.token, reason);
-                }
+            Source::Rx { .. } => {
+                self.read_stream(ev.token);
             }
             Source::Tx { out } => {
                 // A failed write is reported by the read side, with its reason.
@@ -269,9 +295,7 @@ impl Loop {
                     if let Some(Source::Process { pm, .. }) = self.sources.remove(&ev.token) {
                         self.shared.poller.delete(pm.fd());
                     }
-                    self.table
-                        .on_disconnect(ctx.id, Disconnected { reason: format!("the agent process ended ({status})") });
-                    self.mark(ctx.id, None, Some(false));
+                    self.process_ended(&ctx);
                 }
             }
         }
@@ -305,7 +329,7 @@ impl Loop {
                 // Bytes that arrived with the hello may already hold messages.
                 self.drain_decoder(rx_token);
                 if self.shutdown_at.is_some() {
-                    self.close_stream(rx_token, "the router is shutting down".into());
+                    self.close_stream(rx_token, StreamEnd::Master("the router is shutting down"));
                 }
             }
             Cmd::Kill(id) => {
@@ -322,7 +346,7 @@ impl Loop {
                 let rx: Vec<u64> =
                     self.sources.iter().filter(|(_, s)| matches!(s, Source::Rx { .. })).map(|(t, _)| *t).collect();
                 for t in rx {
-                    self.close_stream(t, "the router was shut down".into());
+                    self.close_stream(t, StreamEnd::Master("the router was shut down"));
                 }
                 self.shutdown_at = Some(Instant::now() + SHUTDOWN_GRACE);
             }
@@ -339,13 +363,105 @@ impl Loop {
         let bad = rx
             .broker_reader()
             .and_then(|mut g| g.as_mut().and_then(|r| StreamIn::drain(r, &self.table, ctx.id, &ctx.name)));
-        if let Some(Pump::Closed(reason)) = bad {
-            self.close_stream(token, reason);
+        if let Some(Pump::Malformed(what)) = bad {
+            self.close_stream(token, StreamEnd::Malformed(what));
         }
     }
 
-    fn close_stream(&mut self, rx_token: u64, reason: String) {
+    /// Reads what the stream `token` holds; closes it at its end. Returns
+    /// false when it could not read to the end now (data left, or a caller
+    /// holds the reader role: level-triggered epoll reports it again).
+    fn read_stream(&mut self, token: u64) -> bool {
+        let Some(Source::Rx { ctx, rx, .. }) = self.sources.get(&token) else { return true };
+        let (ctx, rx) = (ctx.clone(), rx.clone());
+        // A caller holding the reader role has our interest off; if this
+        // event raced with it, level-triggered epoll repeats it.
+        let outcome = match rx.broker_reader() {
+            Some(mut g) => g.as_mut().map_or(Pump::Drained, |r| StreamIn::pump(r, &self.table, ctx.id, &ctx.name)),
+            None => Pump::Drained,
+        };
+        match outcome {
+            Pump::Closed(errno) => self.close_stream(token, StreamEnd::Peer(errno)),
+            Pump::Malformed(what) => self.close_stream(token, StreamEnd::Malformed(what)),
+            Pump::Progress | Pump::Drained => return false,
+        }
+        true
+    }
+
+    /// The process of `ctx` ended (its status is in `ctx.exit`). With its
+    /// stream still open, what it wrote last (a goodbye) is read first; a
+    /// stream that stays open is waited for (see [`EXIT_WAIT`]).
+    fn process_ended(&mut self, ctx: &Arc<ContextShared>) {
+        self.mark(ctx.id, None, Some(false));
+        let status = *ctx.exit.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = self.ending.remove(&ctx.id) {
+            self.table.on_disconnect(ctx.id, link_ended(ctx, e.eof, status));
+            return;
+        }
+        let rx_token = self.sources.iter().find_map(|(t, s)| match s {
+            Source::Rx { ctx: c, .. } if c.id == ctx.id => Some(*t),
+            _ => None,
+        });
+        let Some(token) = rx_token else {
+            // Its stream closed before (after a goodbye, or by the master).
+            self.table.on_disconnect(ctx.id, link_ended(ctx, Some(None), status));
+            return;
+        };
+        for _ in 0..64 {
+            if self.read_stream(token) {
+                return;
+            }
+        }
+        if ctx.disconnected().is_none() {
+            self.ending.insert(ctx.id, Ending { ctx: ctx.clone(), eof: None, deadline: Instant::now() + EXIT_WAIT });
+        }
+    }
+
+    /// Contexts that waited [`EXIT_WAIT`] for the other half of their end.
+    fn end_overdue(&mut self) {
+        if self.ending.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<u32> = self.ending.iter().filter(|(_, e)| e.deadline <= now).map(|(id, _)| *id).collect();
+        for id in due {
+            if let Some(e) = self.ending.remove(&id) {
+                let status = *e.ctx.exit.lock().unwrap_or_else(PoisonError::into_inner);
+                self.table.on_disconnect(id, link_ended(&e.ctx, e.eof, status));
+            }
+        }
+    }
+
+    fn close_stream(&mut self, rx_token: u64, end: StreamEnd) {
         let Some(Source::Rx { ctx, rx, tx_token }) = self.sources.remove(&rx_token) else { return };
+        let running = self.alive.get(&ctx.id).is_some_and(|a| a.1);
+        // The reason is set before the stream closes: a caller's send that
+        // finds it closed reads why (or, while the process's end is awaited,
+        // what is known so far).
+        let why = match end {
+            StreamEnd::Master(reason) => Some(Disconnected::new(EndKind::Closed, reason)),
+            StreamEnd::Malformed(what) => {
+                Some(Disconnected::new(EndKind::Broken, format!("the connection broke ({what})")))
+            }
+            // A goodbye said it all; else the process's end completes the
+            // story once it comes (or after EXIT_WAIT).
+            StreamEnd::Peer(_) if ctx.disconnected().is_some() => None,
+            StreamEnd::Peer(eof) if running => {
+                *ctx.ending.lock().unwrap_or_else(PoisonError::into_inner) = Some(link_ended(&ctx, Some(eof), None));
+                let deadline = Instant::now() + EXIT_WAIT;
+                self.ending.insert(ctx.id, Ending { ctx: ctx.clone(), eof: Some(eof), deadline });
+                None
+            }
+            StreamEnd::Peer(eof) => {
+                self.ending.remove(&ctx.id);
+                let status = *ctx.exit.lock().unwrap_or_else(PoisonError::into_inner);
+                Some(link_ended(&ctx, Some(eof), status))
+            }
+        };
+        if let Some(why) = why {
+            log::debug!("[{}] stream closed: {}", ctx.name, why.reason);
+            self.table.on_disconnect(ctx.id, why);
+        }
         // If a caller holds the reader role, it drops the fd when it lets go.
         if let Some(fd) = rx.close() {
             self.shared.poller.delete(fd.as_fd());
@@ -355,8 +471,6 @@ impl Loop {
                 self.shared.poller.delete(txfd.as_fd());
             }
         }
-        log::debug!("[{}] stream closed: {reason}", ctx.name);
-        self.table.on_disconnect(ctx.id, Disconnected { reason });
         self.mark(ctx.id, Some(false), None);
     }
 

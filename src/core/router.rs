@@ -17,7 +17,7 @@ use crate::connect::process_monitor::ExitStatus;
 use crate::core::broker::MAX_LOG_CHARS;
 use crate::core::latch::Latch;
 use crate::core::stream::TxBuffer;
-use crate::proto::message::{LogRecord, LogSource};
+use crate::proto::message::{DelRoute, Goodbye, LinkEnd, LogRecord, LogSource};
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
 
 /// Above this many queued bytes a sender waits (back-pressure).
@@ -37,11 +37,175 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(600);
 /// a few bytes; anything larger is bulk and waits for room).
 pub const CONTROL_MAX: usize = 4096;
 
+/// How a context ended, as far as the master can tell: the three things an
+/// operator needs told apart, plus the master's own doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndKind {
+    /// The agent exited on purpose and said why (its goodbye): its parent
+    /// asked it to shut down, or a termination signal arrived.
+    Exited,
+    /// The agent died: it reported a panic or a fatal error, or it was
+    /// killed by a signal (or exited) without a goodbye.
+    Crashed,
+    /// The link to it broke without a word from the agent (EOF, EIO on a
+    /// tty, ECONNRESET, a malformed frame, its hop dropped it or is gone);
+    /// the agent itself may live until it notices.
+    Broken,
+    /// The master closed it or gave up on it (the router was shut down, no
+    /// route, a send that found no room in time).
+    Closed,
+}
+
 /// Why a context can no longer be reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Disconnected {
-    /// Human-readable reason ("agent exited with status 1", "stream closed", …).
+    /// Which kind of end.
+    pub kind: EndKind,
+    /// Human-readable reason, for the context's errors ("the agent exited:
+    /// shut down by its parent", "the agent was killed by signal 9
+    /// (SIGKILL)", "the connection broke (EOF from ssh; ssh exited with
+    /// status 255)", …).
     pub reason: String,
+}
+
+impl Disconnected {
+    /// A reason of the given kind.
+    pub fn new(kind: EndKind, reason: impl Into<String>) -> Self {
+        Disconnected { kind, reason: reason.into() }
+    }
+}
+
+/// What the master knows of the processes behind a context, to word how it
+/// ended (set once its `Context` exists).
+#[derive(Clone, Debug, Default)]
+pub struct Carrier {
+    /// The agent's pid, on its host (from its hello).
+    pub agent_pid: u32,
+    /// For a directly attached context: the local process that carries
+    /// the stream, its pid and name (`ssh`, `sudo`, …).
+    pub transport: Option<(u32, String)>,
+    /// The transport is the agent itself (stage0 exec'd it in place, as
+    /// for the local method): its death is the agent's.
+    pub transport_is_agent: bool,
+}
+
+/// `9 (SIGKILL)`.
+pub fn signal_text(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(s) => format!("{sig} ({})", s.as_str()),
+        Err(_) => sig.to_string(),
+    }
+}
+
+/// `exited with status 1` / `was killed by signal 9 (SIGKILL)`.
+fn status_text(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (_, Some(s)) => format!("was killed by signal {}", signal_text(s)),
+        (Some(c), None) => format!("exited with status {c}"),
+        (None, None) => "ended".into(),
+    }
+}
+
+/// The agent's own words (a target's text: escaped and cut).
+fn goodbye_reason(bye: &Goodbye<'_>) -> Disconnected {
+    let text = |s: &str, max: usize| crate::core::text::printable(s.as_bytes(), max);
+    match *bye {
+        Goodbye::Shutdown => Disconnected::new(EndKind::Exited, "the agent exited: shut down by its parent"),
+        Goodbye::Signal(sig) => {
+            Disconnected::new(EndKind::Exited, format!("the agent exited on signal {}", signal_text(sig)))
+        }
+        Goodbye::Fatal { what, errno } => {
+            let mut r = format!("the agent crashed: {}", text(what, 200));
+            if errno != 0 {
+                r.push_str(&format!(": {}", std::io::Error::from_raw_os_error(errno)));
+            }
+            Disconnected::new(EndKind::Crashed, r)
+        }
+        Goodbye::Panic(what) => {
+            let mut r = String::from("the agent crashed: it panicked");
+            if !what.is_empty() {
+                r.push_str(&format!(" ({})", text(what, 200)));
+            }
+            Disconnected::new(EndKind::Crashed, r)
+        }
+    }
+}
+
+/// A directly attached context whose stream or transport ended without a
+/// goodbye: `eof` says how the stream ended (`Some(None)`: EOF, `Some(Some
+/// (errno))`: a read error, `None`: still open), `status` how the
+/// transport process ended (`None`: still running, or none).
+pub fn link_ended(ctx: &ContextShared, eof: Option<Option<i32>>, status: Option<ExitStatus>) -> Disconnected {
+    let carrier = ctx.carrier.get();
+    let is_agent = carrier.is_some_and(|c| c.transport_is_agent);
+    if let (true, Some(st)) = (is_agent, status) {
+        let r = match st.code {
+            Some(code) if st.signal.is_none() => format!("the agent exited with status {code} without saying why"),
+            _ => format!("the agent {}", status_text(st.code, st.signal)),
+        };
+        return Disconnected::new(EndKind::Crashed, r);
+    }
+    let who = match carrier {
+        Some(c) if c.transport_is_agent => "the agent".to_string(),
+        Some(Carrier { transport: Some((pid, name)), .. }) if name.is_empty() => format!("pid {pid}"),
+        Some(Carrier { transport: Some((_, name)), .. }) => name.clone(),
+        _ => "its transport".to_string(),
+    };
+    let how = match eof {
+        Some(None) => Some(format!("EOF from {who}")),
+        Some(Some(errno)) => Some(format!("{} reading from {who}", std::io::Error::from_raw_os_error(errno))),
+        None => None,
+    };
+    let status = match status {
+        Some(st) => Some(format!("{who} {}", status_text(st.code, st.signal))),
+        None if carrier.is_some_and(|c| c.transport.is_some()) => Some(format!("{who} is still running")),
+        None => None,
+    };
+    let r = match (how, status) {
+        (Some(how), Some(status)) => format!("{how}; {status}"),
+        (Some(how), None) => how,
+        (None, Some(status)) => format!("{status}; the stream stayed open"),
+        (None, None) => "the stream stayed open".into(),
+    };
+    Disconnected::new(EndKind::Broken, format!("the connection broke ({r})"))
+}
+
+/// What a hop's DEL_ROUTE says, for context `c` lost below `hop`.
+fn del_route_reason(c: &ContextShared, hop: &str, r: &DelRoute) -> Disconnected {
+    let agent = c.carrier.get().map(|x| x.agent_pid);
+    match (r.end, r.status) {
+        (LinkEnd::Stalled, _) => {
+            return Disconnected::new(
+                EndKind::Broken,
+                format!("the connection through {hop} broke: {hop} dropped it (it took nothing with its queue full)"),
+            )
+        }
+        (LinkEnd::Behind(_) | LinkEnd::Malformed, _) => {}
+        // stage0 exec'd the agent in the command's process: it died.
+        (_, Some((code, signal))) if r.pid != 0 && agent == Some(r.pid) => {
+            let r = match (code, signal) {
+                (Some(code), None) => format!("the agent exited with status {code} without saying why"),
+                _ => format!("the agent {}", status_text(code, signal)),
+            };
+            return Disconnected::new(EndKind::Crashed, r);
+        }
+        _ => {}
+    }
+    let how = match r.end {
+        LinkEnd::Eof => "EOF from its command".to_string(),
+        LinkEnd::ReadError(errno) => {
+            format!("{} reading from its command", std::io::Error::from_raw_os_error(errno))
+        }
+        LinkEnd::Malformed => "it sent a malformed frame".to_string(),
+        LinkEnd::CommandEnded => "its command ended, the stream stayed open".to_string(),
+        LinkEnd::Behind(_) | LinkEnd::Stalled => "the context it was reached through is gone".to_string(),
+    };
+    let status = match (r.end, r.status) {
+        (LinkEnd::Behind(_) | LinkEnd::Malformed, _) => String::new(),
+        (_, Some((code, signal))) => format!("; its command {}", status_text(code, signal)),
+        (_, None) => "; its command is still running".to_string(),
+    };
+    Disconnected::new(EndKind::Broken, format!("the connection through {hop} broke ({how}{status})"))
 }
 
 /// What a mailbox receives: a message, or the news that its context is gone.
@@ -81,6 +245,12 @@ pub struct ContextShared {
     /// For a context behind a hop: the hop's id and the stream handle of
     /// the command there that carries it (to kill it).
     pub transport: std::sync::OnceLock<(u32, u32)>,
+    /// The agent's and its transport's pids, to word how it ended.
+    pub carrier: std::sync::OnceLock<Carrier>,
+    /// While the broker waits for the other half of its end (its stream
+    /// closed, its process not yet reaped: see `broker::EXIT_WAIT`): what
+    /// is known so far, for a send that finds the stream closed meanwhile.
+    pub ending: Mutex<Option<Disconnected>>,
 }
 
 impl ContextShared {
@@ -97,6 +267,8 @@ impl ContextShared {
             parent: None,
             stream_id: id,
             transport: std::sync::OnceLock::new(),
+            carrier: std::sync::OnceLock::new(),
+            ending: Mutex::new(None),
         }
     }
 
@@ -417,18 +589,18 @@ impl RouterTable {
         send(&out).map_err(|e| match e {
             SendError::Closed => self.why_unreachable(dst),
             SendError::Timeout => {
-                Disconnected { reason: "timed out waiting for room in the stream (the peer is not reading)".into() }
+                Disconnected::new(EndKind::Closed, "timed out waiting for room in the stream (the peer is not reading)")
             }
         })
     }
 
     fn why_unreachable(&self, dst: u32) -> Disconnected {
         if self.shut_down.load(Ordering::Relaxed) {
-            return Disconnected { reason: "the router was shut down".into() };
+            return Disconnected::new(EndKind::Closed, "the router was shut down");
         }
         self.context(dst)
-            .and_then(|c| c.disconnected())
-            .unwrap_or_else(|| Disconnected { reason: format!("no route to context {dst}") })
+            .and_then(|c| c.disconnected().or_else(|| c.ending.lock().unwrap_or_else(PoisonError::into_inner).clone()))
+            .unwrap_or_else(|| Disconnected::new(EndKind::Closed, format!("no route to context {dst}")))
     }
 
     /// A message arrived on the stream of context `stream`: from that
@@ -450,6 +622,7 @@ impl RouterTable {
             handles::FORWARD_LOG => return self.forward_log(from, &msg),
             handles::HELLO => return,
             handles::DEL_ROUTE => return self.del_route(stream, from, &msg),
+            handles::GOODBYE => return self.goodbye(from, &msg),
             _ => {}
         }
         let mut boxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -478,15 +651,33 @@ impl RouterTable {
         }
     }
 
-    /// A hop lost context `id` (payload) below it.
+    /// A hop lost a context below it (payload: [`DelRoute`]). Only a hop
+    /// on the context's own path may say so.
     fn del_route(&self, stream: u32, hop: u32, msg: &Message) {
-        let Ok(id) = postcard::from_bytes::<u32>(&msg.data) else { return };
-        let Some(c) = self.context(id) else { return };
-        if c.stream_id != stream || id == stream {
+        let Some(r) = msg.payload(CONTROL_MAX).and_then(|p| postcard::from_bytes::<DelRoute>(&p).ok()) else {
+            return;
+        };
+        let Some(c) = self.context(r.id) else { return };
+        if c.stream_id != stream || r.id == stream || r.id == hop {
             return;
         }
-        let hop = self.context(hop).map(|h| h.name.clone()).unwrap_or_else(|| hop.to_string());
-        self.on_disconnect(id, Disconnected { reason: format!("its connection through {hop} closed") });
+        let Some(hop) = c.path().into_iter().find(|h| h.id == hop) else { return };
+        self.on_disconnect(r.id, del_route_reason(&c, &hop.name, &r));
+    }
+
+    /// Context `from` says it is exiting, and why: its pending calls fail
+    /// now with its own reason, which the end of its stream (or its hop's
+    /// DEL_ROUTE) that follows does not replace.
+    fn goodbye(&self, from: u32, msg: &Message) {
+        let Some(p) = msg.payload(CONTROL_MAX) else { return };
+        let Ok(bye) = postcard::from_bytes::<Goodbye<'_>>(&p) else {
+            log::warn!("context {from} sent a malformed goodbye");
+            return;
+        };
+        let why = goodbye_reason(&bye);
+        let name = self.context(from).map(|c| c.name.clone()).unwrap_or_else(|| from.to_string());
+        log::debug!("[{name}] goodbye: {}", why.reason);
+        self.on_disconnect(from, why);
     }
 
     fn reply_error(&self, to: u32, h: &Header, kind: ErrorKind, what: &str) {
@@ -530,24 +721,25 @@ impl RouterTable {
     /// fails now.
     /// Contexts behind it (multi-hop) go with it.
     pub fn on_disconnect(&self, ctx: u32, reason: Disconnected) {
-        let out = self.routes.write().unwrap_or_else(PoisonError::into_inner).remove(&ctx);
         let me = self.context(ctx);
+        if let Some(c) = &me {
+            // The reason first: a send that finds the route gone or the
+            // stream closed reads it (see `why_unreachable`).
+            let mut d = c.disconnected.lock().unwrap_or_else(PoisonError::into_inner);
+            if d.is_none() {
+                *d = Some(reason.clone());
+            }
+        }
+        let out = self.routes.write().unwrap_or_else(PoisonError::into_inner).remove(&ctx);
         let direct = me.as_ref().is_none_or(|c| c.stream_id == c.id);
         if let (Some(out), true) = (out, direct) {
             // A hop's stream is shared by the contexts behind it: only a
             // directly attached context's own stream closes here.
             drop(out.close());
         }
-        if let Some(c) = &me {
-            let mut d = c.disconnected.lock().unwrap_or_else(PoisonError::into_inner);
-            if d.is_none() {
-                *d = Some(reason.clone());
-            }
-            drop(d);
-            if !direct {
-                // No process of ours to reap: gone with its route.
-                c.gone.close();
-            }
+        if let (Some(c), false) = (&me, direct) {
+            // No process of ours to reap: gone with its route.
+            c.gone.close();
         }
         let below: Vec<u32> = self
             .contexts
@@ -559,8 +751,8 @@ impl RouterTable {
             .collect();
         if let Some(c) = &me {
             for id in below {
-                let why = Disconnected { reason: format!("its hop {} is gone: {}", c.name, reason.reason) };
-                self.on_disconnect(id, why);
+                let why = format!("the connection broke: its hop {} is gone ({})", c.name, reason.reason);
+                self.on_disconnect(id, Disconnected::new(EndKind::Broken, why));
             }
         }
         let failed: Vec<Arc<Latch<Delivery>>> = {
@@ -578,7 +770,7 @@ impl RouterTable {
     /// broken or hostile agent): as [`RouterTable::on_disconnect`], with
     /// the master's `reason`. Ending its process is the caller's part.
     pub fn give_up(&self, ctx: u32, reason: String) {
-        self.on_disconnect(ctx, Disconnected { reason });
+        self.on_disconnect(ctx, Disconnected::new(EndKind::Closed, reason));
     }
 
     /// Marks the table as shut down (later sends say so).
@@ -590,6 +782,149 @@ impl RouterTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table with a direct context 1 (its stream a pipe nobody reads) and
+    /// context 2 behind it; 1's transport is the agent itself.
+    fn table() -> (RouterTable, Arc<ContextShared>, Arc<ContextShared>) {
+        let t = RouterTable::new(1 << 20);
+        let (_r, w) = rustix::pipe::pipe().expect("pipe");
+        let out = Arc::new(StreamOut::new(w, 1, Box::new(|_, _, _| {})));
+        let hop = Arc::new(ContextShared::new(1, "hop".into()));
+        let carrier = Carrier { agent_pid: 100, transport: Some((100, "agent".into())), transport_is_agent: true };
+        let _ = hop.carrier.set(carrier);
+        let child = Arc::new(ContextShared::behind(2, "hop,child".into(), hop.clone()));
+        let _ = child.carrier.set(Carrier { agent_pid: 200, ..Carrier::default() });
+        t.add_route(hop.clone(), out.clone());
+        t.add_route(child.clone(), out);
+        (t, hop, child)
+    }
+
+    fn frame(src: u32, handle: u32, data: Vec<u8>) -> Message {
+        Message::new(MASTER_ID, src, handle, 0, data)
+    }
+
+    #[test]
+    fn a_goodbye_from_the_panic_handler_reads_as_a_crash() {
+        let (t, _hop, child) = table();
+        let mut buf = [0u8; 128];
+        let n = crate::proto::message::goodbye_frame(2, &Goodbye::Panic("memory allocation failed"), &mut buf)
+            .expect("fits");
+        let mut d = crate::core::stream::Decoder::new(1 << 20);
+        let m = d.feed(&buf[..n]).pop().expect("one frame").expect("decodes");
+        let (mailbox, latch) = t.open_mailbox(2, true);
+        assert!(mailbox >= handles::FIRST_DYNAMIC);
+        t.deliver(1, m);
+        let want = Disconnected::new(EndKind::Crashed, "the agent crashed: it panicked (memory allocation failed)");
+        assert_eq!(child.disconnected(), Some(want.clone()));
+        assert_eq!(latch.try_get(), Some(Err(want)), "its pending call fails at once");
+    }
+
+    #[test]
+    fn a_direct_link_is_worded_by_who_carried_it() {
+        let ctx = |name: &str, is_agent: bool| {
+            let c = ContextShared::new(1, "web".into());
+            let carrier = Carrier { agent_pid: 7, transport: Some((8, name.into())), transport_is_agent: is_agent };
+            let _ = c.carrier.set(carrier);
+            c
+        };
+        let st = |code, signal| Some(ExitStatus { code, signal });
+        let cases = [
+            (
+                ctx("ssh", false),
+                Some(None),
+                st(Some(255), None),
+                EndKind::Broken,
+                "the connection broke (EOF from ssh; ssh exited with status 255)",
+            ),
+            (
+                ctx("ssh", false),
+                Some(Some(libc::EIO)),
+                None,
+                EndKind::Broken,
+                "the connection broke (Input/output error (os error 5) reading from ssh; ssh is still running)",
+            ),
+            (
+                ctx("sudo", false),
+                None,
+                st(None, Some(9)),
+                EndKind::Broken,
+                "the connection broke (sudo was killed by signal 9 (SIGKILL); the stream stayed open)",
+            ),
+            (
+                ctx("agent-1", true),
+                Some(None),
+                st(None, Some(9)),
+                EndKind::Crashed,
+                "the agent was killed by signal 9 (SIGKILL)",
+            ),
+            (
+                ctx("agent-1", true),
+                Some(None),
+                st(Some(3), None),
+                EndKind::Crashed,
+                "the agent exited with status 3 without saying why",
+            ),
+            (
+                ctx("agent-1", true),
+                Some(None),
+                None,
+                EndKind::Broken,
+                "the connection broke (EOF from the agent; the agent is still running)",
+            ),
+        ];
+        for (c, eof, status, kind, want) in cases {
+            assert_eq!(link_ended(&c, eof, status), Disconnected::new(kind, want));
+        }
+    }
+
+    #[test]
+    fn goodbyes_and_del_routes_are_worded_by_kind() {
+        let cases: [(Goodbye<'_>, EndKind, &str); 3] = [
+            (Goodbye::Shutdown, EndKind::Exited, "the agent exited: shut down by its parent"),
+            (Goodbye::Signal(15), EndKind::Exited, "the agent exited on signal 15 (SIGTERM)"),
+            (
+                Goodbye::Fatal { what: "epoll_wait\x1b[2J", errno: libc::EBADF },
+                EndKind::Crashed,
+                "the agent crashed: epoll_wait\\u{1b}[2J: Bad file descriptor (os error 9)",
+            ),
+        ];
+        for (bye, kind, want) in cases {
+            let (t, _hop, child) = table();
+            t.deliver(1, frame(2, handles::GOODBYE, postcard::to_allocvec(&bye).expect("encode")));
+            assert_eq!(child.disconnected(), Some(Disconnected::new(kind, want)), "{bye:?}");
+        }
+        let del = |end, pid, status| DelRoute { id: 2, end, pid, status };
+        let cases = [
+            (del(LinkEnd::Eof, 200, Some((None, Some(9)))), EndKind::Crashed, "the agent was killed by signal 9 (SIGKILL)"),
+            (
+                del(LinkEnd::Eof, 300, Some((Some(255), None))),
+                EndKind::Broken,
+                "the connection through hop broke (EOF from its command; its command exited with status 255)",
+            ),
+            (
+                del(LinkEnd::ReadError(libc::EBADF), 300, None),
+                EndKind::Broken,
+                "the connection through hop broke (Bad file descriptor (os error 9) reading from its command; its command is still running)",
+            ),
+            (
+                del(LinkEnd::Stalled, 200, None),
+                EndKind::Broken,
+                "the connection through hop broke: hop dropped it (it took nothing with its queue full)",
+            ),
+        ];
+        for (r, kind, want) in cases {
+            let (t, hop, child) = table();
+            t.deliver(1, frame(1, handles::DEL_ROUTE, postcard::to_allocvec(&r).expect("encode")));
+            assert_eq!(child.disconnected(), Some(Disconnected::new(kind, want)), "{r:?}");
+            assert_eq!(hop.disconnected(), None, "{r:?}: the hop is not gone");
+        }
+        // A context cannot report its own route gone, nor a goodbye for
+        // another (the stream of context 1 does not carry context 3).
+        let (t, hop, child) = table();
+        t.deliver(1, frame(2, handles::DEL_ROUTE, postcard::to_allocvec(&del(LinkEnd::Eof, 200, None)).expect("e")));
+        t.deliver(1, frame(3, handles::GOODBYE, postcard::to_allocvec(&Goodbye::Shutdown).expect("encode")));
+        assert_eq!((hop.disconnected(), child.disconnected()), (None, None));
+    }
 
     #[test]
     fn handles_wrap_past_the_fixed_ones_and_open_mailboxes() {

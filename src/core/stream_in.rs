@@ -30,8 +30,11 @@ pub enum Pump {
     Progress,
     /// Nothing to read now.
     Drained,
-    /// End of file, a read error or a bad frame: the stream must close.
-    Closed(String),
+    /// End of file (`None`; EIO and ECONNRESET read the same, see
+    /// [`side::read`]) or a read error (its errno): the stream must close.
+    Closed(Option<i32>),
+    /// A frame that does not decode: the stream must close.
+    Malformed(String),
 }
 
 /// The reader's state: the fd and the decoder (`None` once closed).
@@ -135,8 +138,8 @@ impl StreamIn {
                     }
                 }
                 Ok(Io::WouldBlock) => return Pump::Drained,
-                Ok(Io::Closed) => return Pump::Closed("the agent closed the connection".into()),
-                Err(e) => return Pump::Closed(format!("read failed: {e}")),
+                Ok(Io::Closed) => return Pump::Closed(None),
+                Err(e) => return Pump::Closed(Some(e.raw_os_error())),
             }
         }
         Pump::Progress
@@ -150,7 +153,7 @@ impl StreamIn {
                 Ok(None) => return None,
                 Err(e) => {
                     log::error!("[{name}] malformed frame ({e:?}); closing the stream");
-                    return Some(Pump::Closed(format!("malformed frame from agent ({e:?})")));
+                    return Some(Pump::Malformed(format!("malformed frame from the agent ({e:?})")));
                 }
             }
         }

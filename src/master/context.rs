@@ -21,7 +21,7 @@ use crate::connect::bootstrap::Upload;
 use crate::connect::process_monitor::ExitStatus;
 use crate::core::broker::Cmd;
 use crate::core::latch::{Latch, WaitError};
-use crate::core::router::{ContextShared, Delivery};
+use crate::core::router::{Carrier, ContextShared, Delivery, Disconnected};
 use crate::core::stream_in::{Pump, StreamIn};
 use crate::proto::functions::{self as f, ExecArgs, ExecReply, Function, InfoReply, StatReply};
 use crate::proto::message::encode_call;
@@ -192,7 +192,7 @@ impl<T: DeserializeOwned> Pending<T> {
                     Pump::Progress => {}
                     Pump::Drained => StreamIn::wait_readable(r, until),
                     // End of file or a bad frame: the broker closes the stream.
-                    Pump::Closed(_) => break,
+                    Pump::Closed(_) | Pump::Malformed(_) => break,
                 }
                 if self.latch.is_ready() || rx.is_closed() || Instant::now() >= until {
                     break;
@@ -211,12 +211,9 @@ impl<T: DeserializeOwned> Pending<T> {
     }
 }
 
+/// The reason already says how the context ended (the agent's goodbye, or
+/// how its link and transport ended: see `core::router`).
 pub(super) fn disconnected(shared: &ContextShared, function: &str, reason: String) -> CallError {
-    let exit = *shared.exit.lock().unwrap_or_else(PoisonError::into_inner);
-    let reason = match exit {
-        Some(st) if !reason.contains("process ended") => format!("{reason}; agent {st}"),
-        _ => reason,
-    };
     CallError::Disconnected { context: shared.name.clone(), function: function.into(), reason }
 }
 
@@ -236,12 +233,28 @@ pub(super) fn decode_reply<T: DeserializeOwned>(
     postcard::from_bytes(&payload).map_err(|e| bad(e.to_string()))
 }
 
+/// Who carries the context's stream, for wording how it ended: for a
+/// local transport, its name, and whether it is the agent itself (the pid
+/// in the hello, running the file the hello named; a remote agent's pid
+/// may equal a local one by chance, its executable there does not).
+fn carrier(info: &ConnectInfo) -> Carrier {
+    let transport = info.transport_pid.map(|pid| {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        (pid, comm.trim_end().to_string())
+    });
+    let transport_is_agent = info.transport_pid == Some(info.pid)
+        && std::fs::read_link(format!("/proc/{}/exe", info.pid))
+            .is_ok_and(|exe| exe.as_os_str().as_bytes() == info.exe.as_bytes());
+    Carrier { agent_pid: info.pid, transport, transport_is_agent }
+}
+
 fn path_bytes(p: &Path) -> ByteBuf {
     ByteBuf::from(p.as_os_str().as_bytes())
 }
 
 impl Context {
     pub(crate) fn new(core: Arc<Core>, shared: Arc<ContextShared>, info: ConnectInfo) -> Context {
+        let _ = shared.carrier.set(carrier(&info));
         Context { core, shared, info: Arc::new(info), timeout: Some(DEFAULT_CALL_TIMEOUT) }
     }
 
@@ -276,6 +289,12 @@ impl Context {
     /// Why the context is gone, if it is.
     pub fn disconnect_reason(&self) -> Option<String> {
         self.shared.disconnected().map(|d| d.reason)
+    }
+
+    /// How the context ended, if it has: its kind (a clean exit, a crash,
+    /// a broken link, the master's doing) and the reason its calls report.
+    pub fn disconnected(&self) -> Option<Disconnected> {
+        self.shared.disconnected()
     }
 
     pub(super) fn send_call<F: Function>(&self, args: &F::Args, reply_to: u32) -> Result<(), CallError> {

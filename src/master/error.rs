@@ -12,9 +12,10 @@ pub enum CallError {
     /// The function ran (or was looked up) and failed in the context.
     #[error("{0}")]
     Remote(RemoteError),
-    /// The context is gone (stream closed, agent exited), before or while
-    /// the call was pending.
-    #[error("{context}: {function}: context disconnected: {reason}")]
+    /// The context is gone, before or while the call was pending; the
+    /// reason says how: the agent exited (and why, in its own words), it
+    /// crashed, or the link to it broke (see `core::router::EndKind`).
+    #[error("{context}: {function}: {reason}")]
     Disconnected {
         /// Context name.
         context: String,

@@ -49,7 +49,7 @@ use crate::connect::local::{ChildCommand, LocalOptions};
 use crate::connect::ssh::SshOptions;
 use crate::connect::su::SuOptions;
 use crate::connect::sudo::SudoOptions;
-use crate::core::router::{ContextShared, Disconnected, RouterTable};
+use crate::core::router::{ContextShared, Disconnected, EndKind, RouterTable};
 use crate::core::side;
 use crate::proto::functions::{ExecArgs, ExecControl, ExecOp, Stdio};
 use crate::proto::message::AddRoute;
@@ -193,7 +193,7 @@ pub(super) fn connect(
     {
         let mut w = watch.lock().unwrap_or_else(PoisonError::into_inner);
         match w.ended.clone() {
-            Some(reason) => hop.core.table.on_disconnect(id, Disconnected { reason }),
+            Some(reason) => hop.core.table.on_disconnect(id, Disconnected::new(EndKind::Broken, reason)),
             None => w.ctx = Some(shared.clone()),
         }
     }
@@ -321,7 +321,7 @@ fn pump_out(mut p: Process, rx: UnixStream, tty: UnixStream, watch: Shared, tabl
         w.ctx.take()
     };
     if let Some(c) = ctx {
-        table.on_disconnect(c.id, Disconnected { reason: ended });
+        table.on_disconnect(c.id, Disconnected::new(EndKind::Broken, ended));
     }
 }
 

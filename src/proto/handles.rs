@@ -10,7 +10,8 @@ pub const FORWARD_LOG: u32 = 2;
 /// From the master to a hop: a context below it is reachable through one
 /// of its children (payload: [`crate::proto::message::AddRoute`]).
 pub const ADD_ROUTE: u32 = 3;
-/// From a hop upwards: a context below it is gone (payload: its id, `u32`).
+/// From a hop upwards: a context below it is gone, and how the hop lost
+/// it (payload: [`crate::proto::message::DelRoute`]).
 pub const DEL_ROUTE: u32 = 4;
 /// A request for a named resource from the parent (importer; reserved).
 pub const GET_RESOURCE: u32 = 5;
@@ -25,5 +26,9 @@ pub const EXEC_CONTROL: u32 = 8;
 /// each (payload: [`crate::proto::message::Relay`]): a file sent to many
 /// contexts behind one hop crosses that hop once.
 pub const RELAY: u32 = 9;
+/// From an agent to the master, its last frame: it is exiting on purpose,
+/// and why (payload: [`crate::proto::message::Goodbye`]). Behind a hop it
+/// is an ordinary frame from the child, checked and forwarded like any.
+pub const GOODBYE: u32 = 10;
 /// First handle number allocated at run time.
 pub const FIRST_DYNAMIC: u32 = 1000;

@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::header::{Header, FLAG_COMPRESSED};
+use super::header::{Header, FLAG_COMPRESSED, HEADER_LEN};
 
 /// One message: routing header plus (possibly compressed) payload bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +82,91 @@ pub struct AddRoute {
     pub via: u32,
 }
 
+/// Payload of [`super::handles::GOODBYE`]: why an agent exits on purpose.
+/// It is the agent's last frame, so the master reports a clean exit or a
+/// crash in the agent's own words instead of guessing from the stream's
+/// end. An agent that loses its parent says nothing (there is no one to
+/// tell); its parent's side reports the broken link. Strings are borrowed
+/// so that the panic handler can encode one without allocating
+/// ([`goodbye_frame`]); the master treats them as a target's text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Goodbye<'a> {
+    /// Its parent sent [`super::handles::SHUTDOWN`].
+    Shutdown,
+    /// A termination signal arrived (SIGHUP, SIGINT or SIGTERM): its number.
+    Signal(i32),
+    /// It cannot go on: what failed, and the errno (0: none).
+    Fatal {
+        /// What failed ("malformed frame from its parent", "epoll_wait").
+        what: &'a str,
+        /// The OS error, or 0.
+        errno: i32,
+    },
+    /// A panic: a bug, or the heap ran out. What the agent can say about
+    /// it without `core::fmt` ("memory allocation failed", or nothing).
+    Panic(&'a str),
+}
+
+/// Encodes `bye` from context `src` to the master as one frame (header and
+/// payload) into `buf`, without allocating; returns the frame's length, or
+/// `None` if it does not fit. The agent's panic handler writes the result
+/// straight to the parent fd.
+pub fn goodbye_frame(src: u32, bye: &Goodbye<'_>, buf: &mut [u8]) -> Option<usize> {
+    if buf.len() < HEADER_LEN {
+        return None;
+    }
+    let (head, body) = buf.split_at_mut(HEADER_LEN);
+    let n = postcard::to_slice(bye, body).ok()?.len();
+    let h = Header {
+        dst: super::MASTER_ID,
+        src,
+        auth: src,
+        handle: super::handles::GOODBYE,
+        len: n as u32,
+        ..Header::default()
+    };
+    head.copy_from_slice(&h.encode());
+    Some(HEADER_LEN + n)
+}
+
+/// How a hop lost the stream of one of its children (in [`DelRoute`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkEnd {
+    /// End of file on the child's stream (EIO and ECONNRESET read the
+    /// same: see `core::side::read`).
+    Eof,
+    /// A read from the child's stream failed with this errno.
+    ReadError(i32),
+    /// The child sent a malformed frame: the hop closed its stream.
+    Malformed,
+    /// The child took nothing of its queue for the hop's stall limit: the
+    /// hop killed its command and closed its stream.
+    Stalled,
+    /// The command that carried the stream ended and the stream stayed
+    /// open (another process holds it): the hop closed it.
+    CommandEnded,
+    /// Lost with the hop's child of this id, which it was reached through.
+    Behind(u32),
+}
+
+/// Payload of [`super::handles::DEL_ROUTE`]: context `id`, below the
+/// sender, is gone. Sent when the hop lost the child stream it was reached
+/// through, with what the hop saw; if the child said goodbye first, that
+/// frame went up before this one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelRoute {
+    /// The context that is gone.
+    pub id: u32,
+    /// How the hop lost it.
+    pub end: LinkEnd,
+    /// The hop's pid of the command that carried the child's stream (the
+    /// agent itself when stage0 exec'd it in place, else ssh, sudo, …);
+    /// 0 with [`LinkEnd::Behind`].
+    pub pid: u32,
+    /// That command's exit, `(code, signal)`, if it had ended.
+    pub status: Option<(Option<i32>, Option<i32>)>,
+}
+
 /// Payload of [`super::handles::RELAY`]: one message for several contexts
 /// at or below the receiver. Each copy keeps the relay's `src` and `auth`;
 /// `targets` gives each its `dst` and `reply_to`. The receiver delivers its
@@ -132,6 +217,18 @@ pub fn decode_call(data: &[u8]) -> Result<(&str, &[u8]), postcard::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_goodbye_frame_is_built_in_place_and_decodes() {
+        let bye = Goodbye::Panic("memory allocation failed");
+        let mut buf = [0u8; 128];
+        let n = goodbye_frame(42, &bye, &mut buf).expect("fits");
+        let h = Header::decode(buf[..HEADER_LEN].try_into().expect("header"), 1 << 20).expect("header decodes");
+        assert_eq!((h.dst, h.src, h.auth, h.handle), (0, 42, 42, super::super::handles::GOODBYE));
+        assert_eq!(h.len as usize, n - HEADER_LEN);
+        assert_eq!(postcard::from_bytes::<Goodbye<'_>>(&buf[HEADER_LEN..n]), Ok(bye));
+        assert_eq!(goodbye_frame(42, &bye, &mut buf[..HEADER_LEN + 4]), None, "too small: no frame");
+    }
 
     #[test]
     fn relay_front_and_data_are_the_relay() {
