@@ -1276,12 +1276,19 @@ impl ExternalContext {
         for slot in 0..self.procs.len() {
             self.set_reading(slot);
         }
+        let i = if pause { Interest::NONE } else { Interest::READ };
         // Children's messages go to the parent too.
         for (slot, c) in self.children.streams.iter_mut().enumerate() {
             if let Some(c) = c.as_mut().filter(|c| c.ended.is_none()) {
                 c.reading = !pause;
-                let i = if pause { Interest::NONE } else { Interest::READ };
                 let _ = self.poller.modify(c.rx.as_fd(), T_CHILD + 2 * slot as u64, i);
+            }
+        }
+        // And so do the lines written to our fd 1/2 (by commands run with
+        // `Stdio::Log`): left in their pipes, they stop their writers.
+        for (n, l) in self.loggers.iter().enumerate() {
+            if let Some(l) = l {
+                let _ = self.poller.modify(l.fd.as_fd(), T_LOG + n as u64, i);
             }
         }
     }

@@ -24,11 +24,13 @@ impl IoLogger {
         IoLogger { fd, partial: Vec::new() }
     }
 
-    /// Reads what is there and calls `emit` for each complete line.
+    /// Reads what is there (at most 64 KiB per call: the poller is
+    /// level-triggered and calls again, so a writer that never stops cannot
+    /// keep the agent here) and calls `emit` for each complete line.
     /// Returns false when the pipe is closed.
     pub fn pump(&mut self, emit: &mut dyn FnMut(&[u8])) -> bool {
         let mut buf = [0u8; 4096];
-        loop {
+        for _ in 0..16 {
             match side::read(self.fd.as_fd(), &mut buf) {
                 Ok(Io::Done(n)) => {
                     for &b in &buf[..n] {
@@ -54,5 +56,6 @@ impl IoLogger {
                 }
             }
         }
+        true
     }
 }
