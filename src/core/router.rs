@@ -507,7 +507,13 @@ impl RouterTable {
     /// Registers a context and the stream that leads to it.
     pub fn add_route(&self, ctx: Arc<ContextShared>, out: Arc<StreamOut>) {
         self.routes.write().unwrap_or_else(PoisonError::into_inner).insert(ctx.id, out);
-        self.contexts.write().unwrap_or_else(PoisonError::into_inner).insert(ctx.id, ctx);
+        let mut contexts = self.contexts.write().unwrap_or_else(PoisonError::into_inner);
+        // A master that makes thousands of contexts over its life keeps
+        // only the live ones (and those still ending): a context that is
+        // disconnected and reaped needs no entry, since its `Context`
+        // handles keep their own state and reason.
+        contexts.retain(|_, c| c.disconnected().is_none() || !c.gone.is_closed());
+        contexts.insert(ctx.id, ctx);
     }
 
     /// The shared state of context `id`, if known.
@@ -924,6 +930,20 @@ mod tests {
         t.deliver(1, frame(2, handles::DEL_ROUTE, postcard::to_allocvec(&del(LinkEnd::Eof, 200, None)).expect("e")));
         t.deliver(1, frame(3, handles::GOODBYE, postcard::to_allocvec(&Goodbye::Shutdown).expect("encode")));
         assert_eq!((hop.disconnected(), child.disconnected()), (None, None));
+    }
+
+    #[test]
+    fn ended_contexts_leave_the_table_when_the_next_one_comes() {
+        let (t, hop, child) = table();
+        t.on_disconnect(hop.id, Disconnected::new(EndKind::Crashed, "killed"));
+        assert!(t.context(child.id).is_some(), "still ending: kept until reaped");
+        hop.gone.close();
+        let (_r, w) = rustix::pipe::pipe().expect("pipe");
+        let next = Arc::new(ContextShared::new(3, "next".into()));
+        t.add_route(next, Arc::new(StreamOut::new(w, 3, Box::new(|_, _, _| {}))));
+        assert!(t.context(hop.id).is_none() && t.context(child.id).is_none(), "ended and reaped: pruned");
+        assert!(t.context(3).is_some());
+        assert!(child.disconnected().is_some_and(|d| d.reason.contains("hop")), "handles keep their reason");
     }
 
     #[test]

@@ -214,6 +214,9 @@ impl<T: DeserializeOwned> Pending<T> {
 /// The reason already says how the context ended (the agent's goodbye, or
 /// how its link and transport ended: see `core::router`).
 pub(super) fn disconnected(shared: &ContextShared, function: &str, reason: String) -> CallError {
+    // The context's own reason wins over what the router could say: an
+    // ended context may already have left the router's table.
+    let reason = shared.disconnected().map_or(reason, |d| d.reason);
     CallError::Disconnected { context: shared.name.clone(), function: function.into(), reason }
 }
 
