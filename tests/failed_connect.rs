@@ -69,8 +69,8 @@ fn a_failed_doas_connect_returns_although_its_root_child_cannot_be_killed() {
     }
     if status.is_none() {
         let _ = child.kill();
-        let _ = child.wait();
     }
+    let _ = child.wait(); // reaped on every path (a finished one returns its status again)
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
