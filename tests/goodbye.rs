@@ -324,15 +324,7 @@ fn a_fatal_error_says_goodbye_and_a_lost_parent_does_not() {
     }
 }
 
-/// The hostile-agent harness (see tests/hostile.rs), built beside this test.
-fn harness() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let p = exe.parent().and_then(Path::parent).map(|d| d.join("examples").join("hostile_agent"));
-    match p {
-        Some(p) if p.is_file() => p,
-        _ => panic!("the hostile-agent harness is not built (looked for {p:?}): `cargo build --example hostile_agent`"),
-    }
-}
+use common::hostile_harness as harness;
 
 /// A child that says goodbye (shut down, crashed) in its sibling's name and
 /// sends DEL_ROUTEs for it, directly and behind a hop: the master and the

@@ -19,30 +19,7 @@ use mito::master::transfer::CHUNK;
 use mito::{Context, GetOptions, LocalOptions, Router, TransferError};
 use serde_bytes::ByteBuf;
 
-/// The harness, built by cargo beside this test binary:
-/// `target/<profile>/deps/hostile-<hash>` → `target/<profile>/examples/hostile_agent`.
-fn harness() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let p = exe.parent().and_then(Path::parent).map(|d| d.join("examples").join("hostile_agent"));
-    match p {
-        Some(p) if p.is_file() => {
-            // `cargo test --test hostile` alone does not rebuild it.
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hostile_agent.rs");
-            let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-            assert!(
-                mtime(&src) <= mtime(&p),
-                "{} is older than {}: run `cargo build --example hostile_agent`",
-                p.display(),
-                src.display()
-            );
-            p
-        }
-        _ => panic!(
-            "the hostile-agent harness is not built (looked for {p:?}): `cargo test` builds it; \
-             with a target filter run `cargo build --example hostile_agent` first"
-        ),
-    }
-}
+use common::hostile_harness as harness;
 
 /// A place for one test: `outside/` (a victim directory with a file in
 /// it) and `work/`, where the destination `work/dest` goes.

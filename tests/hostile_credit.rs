@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -21,29 +21,7 @@ use mito::functions::ExecArgs;
 use mito::{CallError, Context, LocalOptions, ProcessEvent, Router};
 use serde_bytes::ByteBuf;
 
-/// The harness, built by cargo beside this test binary (as in
-/// `tests/hostile.rs`).
-fn harness() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let p = exe.parent().and_then(Path::parent).map(|d| d.join("examples").join("hostile_agent"));
-    match p {
-        Some(p) if p.is_file() => {
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hostile_agent.rs");
-            let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-            assert!(
-                mtime(&src) <= mtime(&p),
-                "{} is older than {}: run `cargo build --example hostile_agent`",
-                p.display(),
-                src.display()
-            );
-            p
-        }
-        _ => panic!(
-            "the hostile-agent harness is not built (looked for {p:?}): `cargo test` builds it; \
-             with a target filter run `cargo build --example hostile_agent` first"
-        ),
-    }
-}
+use common::hostile_harness as harness;
 
 /// One flood at a time: the peak RSS measured is that flood's.
 fn serial() -> MutexGuard<'static, ()> {

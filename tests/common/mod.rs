@@ -319,3 +319,30 @@ pub fn shared_mito_dir() -> &'static Path {
     })
     .path()
 }
+
+/// The hostile-agent harness (`examples/hostile_agent.rs`, a program that
+/// plays a hostile target), built by cargo beside the test binaries:
+/// `target/<profile>/deps/<test>` → `target/<profile>/examples/hostile_agent`.
+/// Fails loudly when it is missing or older than its source (`cargo test
+/// --test X` alone does not rebuild examples).
+pub fn hostile_harness() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let p = exe.parent().and_then(Path::parent).map(|d| d.join("examples").join("hostile_agent"));
+    match p {
+        Some(p) if p.is_file() => {
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hostile_agent.rs");
+            let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            assert!(
+                mtime(&src) <= mtime(&p),
+                "{} is older than {}: run `cargo build --example hostile_agent`",
+                p.display(),
+                src.display()
+            );
+            p
+        }
+        _ => panic!(
+            "the hostile-agent harness is not built (looked for {p:?}): `cargo test` builds it; \
+             with a target filter run `cargo build --example hostile_agent` first"
+        ),
+    }
+}
