@@ -19,9 +19,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{kill9, local_in, wait_gone, TempDir};
@@ -289,15 +287,7 @@ fn a_fatal_error_says_goodbye_and_a_lost_parent_does_not() {
     for (case, garbage, code) in
         [("malformed", &b"GET / HTTP/1.1\r\n\r\n0123456789abcdef"[..], 76), ("eof", &b""[..], 0)]
     {
-        let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
-        let theirs2 = theirs.try_clone().expect("dup");
-        let mut agent = Command::new(&exe)
-            .args([hash.as_str(), "9"])
-            .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
-            .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs2)))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agent runs");
+        let (mut ours, mut agent) = common::spawn_agent_by_hand(&exe, &hash);
         ours.write_all(garbage).expect("write");
         ours.shutdown(std::net::Shutdown::Write).expect("shutdown");
         let mut out = Vec::new();

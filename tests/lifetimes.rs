@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,16 +48,7 @@ fn agent_exits_on_eof_and_on_malformed_frames() {
         ("wrong magic", &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n0123456789"[..], 76),
         ("oversized", &Header { len: u32::MAX, ..Header::default() }.encode()[..], 76),
     ] {
-        let (ours, theirs) = UnixStream::pair().expect("socketpair");
-        let theirs2 = theirs.try_clone().expect("dup");
-        let mut child = Command::new(&exe)
-            .args([hash.as_str(), "9"])
-            .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
-            .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs2)))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agent runs");
-        let mut ours = ours;
+        let (mut ours, mut child) = common::spawn_agent_by_hand(&exe, &hash);
         ours.write_all(garbage).expect("write");
         ours.shutdown(std::net::Shutdown::Write).expect("shutdown");
         let t0 = Instant::now();

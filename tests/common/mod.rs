@@ -346,3 +346,20 @@ pub fn hostile_harness() -> PathBuf {
         ),
     }
 }
+
+/// Starts the agent binary `exe` by hand, as stage0 would exec it
+/// (`agent-<hash> <hash> <context id 9>`), with one end of a socketpair as
+/// its stdin and stdout; returns our end and the agent.
+pub fn spawn_agent_by_hand(exe: &str, hash: &str) -> (std::os::unix::net::UnixStream, std::process::Child) {
+    use std::process::{Command, Stdio};
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    let theirs2 = theirs.try_clone().expect("dup");
+    let child = Command::new(exe)
+        .args([hash, "9"])
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs2)))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent runs");
+    (ours, child)
+}
