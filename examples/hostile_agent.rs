@@ -56,6 +56,8 @@
 //! - `output-bomb` ([`Agent::flood`]): answers an exec that streams with
 //!   one compressed output frame of about 64 KiB, well within its window,
 //!   that inflates to 64 MiB; then the reply.
+//! - `reply-bomb`: answers `ping` (whose reply is `()`) with a compressed
+//!   payload of about 64 KiB that inflates to 64 MiB.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -383,6 +385,8 @@ enum Flood {
     Output,
     Acks,
     Bomb,
+    /// `reply-bomb`: pings answered with a compressed reply.
+    ReplyBomb,
 }
 
 struct Agent {
@@ -428,6 +432,19 @@ impl Agent {
         };
         let bad = || RemoteError::new(ErrorKind::BadArgs, "bad arguments");
         match name {
+            f::Ping::NAME if matches!(self.flood, Flood::ReplyBomb) => {
+                // A `()` reply of about 64 KiB that inflates to 64 MiB.
+                let bomb = mito::proto::compress::compress(&vec![0u8; 64 << 20]).expect("compressible");
+                let h2 = Header {
+                    flags: FLAG_COMPRESSED,
+                    dst: h.src,
+                    src: self.id,
+                    auth: self.id,
+                    handle: h.reply_to,
+                    ..Header::default()
+                };
+                self.send(&h2, &bomb);
+            }
             f::Ping::NAME => self.reply(h, Ok(())),
             f::Info::NAME => {
                 let info = InfoReply {
@@ -510,10 +527,12 @@ impl Agent {
                 });
                 self.reply(h, r);
             }
-            f::Exec::NAME if self.flood != Flood::None => match postcard::from_bytes::<ExecArgs>(args) {
-                Ok(a) => self.flood(h, &a),
-                Err(_) => self.reply::<()>(h, Err(bad())),
-            },
+            f::Exec::NAME if !matches!(self.flood, Flood::None | Flood::ReplyBomb) => {
+                match postcard::from_bytes::<ExecArgs>(args) {
+                    Ok(a) => self.flood(h, &a),
+                    Err(_) => self.reply::<()>(h, Err(bad())),
+                }
+            }
             other => {
                 let e = RemoteError::new(ErrorKind::UnknownFunction, other);
                 self.reply::<()>(h, Err(e));
@@ -556,7 +575,7 @@ impl Agent {
                 self.send(&h2, &bomb);
                 return self.reply(h, Ok(ExecReply { code: Some(0), ..ExecReply::default() }));
             }
-            Flood::None => return,
+            Flood::None | Flood::ReplyBomb => return,
         };
         let Some(handle) = handle else {
             return self.reply::<()>(h, Err(RemoteError::new(ErrorKind::BadArgs, "nothing to flood")));
@@ -625,6 +644,10 @@ fn main() {
         }
         "output-bomb" => {
             flood = Flood::Bomb;
+            Fs::default()
+        }
+        "reply-bomb" => {
+            flood = Flood::ReplyBomb;
             Fs::default()
         }
         other => {

@@ -190,6 +190,29 @@ fn a_compressed_output_frame_inflates_no_further_than_its_credit() {
     ctx.ping().expect("the context still answers");
 }
 
+/// A reply's bound is its function's: a `ping` answered with ~64 KiB that
+/// inflates to 64 MiB is a typed decode error (the reply of a `()` may
+/// take 64 KiB), not a 64 MiB allocation.
+#[test]
+fn a_compressed_reply_inflates_no_further_than_its_function_allows() {
+    let _turn = serial();
+    let router = Router::new().expect("router");
+    let dir = TempDir::new("reply-bomb");
+    let ctx = hostile(&router, "reply-bomb", dir.path());
+    let before = reset_peak();
+    let r = ctx.ping();
+    let grown = peak_kib().saturating_sub(before);
+    eprintln!("reply bomb: master peak RSS grew by {grown} KiB");
+    assert!(grown < BOUND_KIB, "the master's peak RSS grew by {grown} KiB for one ping reply");
+    match r {
+        Err(CallError::Decode { context, function, detail }) => {
+            assert_eq!((context.as_str(), function.as_str()), (ctx.name(), "ping"));
+            assert!(detail.contains("decompress"), "{detail}");
+        }
+        other => panic!("wanted a decode error, got {other:?}"),
+    }
+}
+
 /// The real agent keeps within both budgets however the command writes
 /// and however slowly the caller reads: a byte per write (100 000 of them,
 /// more than a window's worth of frame costs: the agent holds the command

@@ -85,6 +85,9 @@ pub struct Pending<T> {
     core: Arc<Core>,
     shared: Arc<ContextShared>,
     function: &'static str,
+    /// What the reply may inflate to (the function's bound, within the
+    /// router's frame limit).
+    max_reply: u32,
     handle: u32,
     latch: Arc<Latch<Delivery>>,
     timeout: Option<Duration>,
@@ -102,7 +105,7 @@ impl<T: DeserializeOwned> Pending<T> {
     /// Waits until `deadline` (`None`: until the reply or a disconnect).
     pub fn wait_until(self, deadline: Option<Instant>) -> Result<T, CallError> {
         let msg = self.wait_message(deadline)?;
-        decode_reply(&self.shared, self.function, &msg, self.core.table.max_message_size)
+        decode_reply(&self.shared, self.function, &msg, self.max_reply)
     }
 
     /// The reply message itself (an error reply already turned into a
@@ -113,8 +116,7 @@ impl<T: DeserializeOwned> Pending<T> {
             Ok(Ok(msg)) => {
                 self.shared.record_rtt(self.sent.elapsed());
                 if msg.header.flags & FLAG_ERROR != 0 {
-                    return decode_reply::<()>(&self.shared, self.function, &msg, self.core.table.max_message_size)
-                        .map(|()| msg);
+                    return decode_reply::<()>(&self.shared, self.function, &msg, self.max_reply).map(|()| msg);
                 }
                 Ok(msg)
             }
@@ -147,7 +149,7 @@ impl Pending<ByteBuf> {
             detail,
         };
         if msg.header.flags & crate::proto::FLAG_COMPRESSED != 0 {
-            let b: ByteBuf = decode_reply(&self.shared, self.function, &msg, self.core.table.max_message_size)?;
+            let b: ByteBuf = decode_reply(&self.shared, self.function, &msg, self.max_reply)?;
             return Ok(b.into_vec());
         }
         let (len, rest) = postcard::take_from_bytes::<u64>(&msg.data).map_err(|e| bad(e.to_string()))?;
@@ -360,6 +362,7 @@ impl Context {
             core: self.core.clone(),
             shared: self.shared.clone(),
             function: F::NAME,
+            max_reply: F::MAX_REPLY.min(self.core.table.max_message_size),
             handle,
             latch,
             timeout: self.timeout,

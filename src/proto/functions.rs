@@ -19,7 +19,15 @@ pub trait Function {
     type Args: Serialize + DeserializeOwned;
     /// Reply type.
     type Reply: Serialize + DeserializeOwned;
+    /// The most a reply may take once inflated: a compressed reply of a
+    /// few KiB must not make the caller allocate the whole frame limit
+    /// when the reply is a `()` or a stat (ARCHITECTURE.md, "Security").
+    const MAX_REPLY: u32 = crate::proto::MAX_MESSAGE_SIZE;
 }
+
+/// [`Function::MAX_REPLY`] of the functions whose replies have a small,
+/// fixed shape (a unit, a number, a stat, a path).
+pub const SMALL_REPLY: u32 = 64 * 1024;
 
 macro_rules! function {
     ($(#[$doc:meta])* $ty:ident, $name:literal, $args:ty, $reply:ty) => {
@@ -32,15 +40,26 @@ macro_rules! function {
             type Reply = $reply;
         }
     };
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $args:ty, $reply:ty, small) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug)]
+        pub struct $ty;
+        impl Function for $ty {
+            const NAME: &'static str = $name;
+            type Args = $args;
+            type Reply = $reply;
+            const MAX_REPLY: u32 = SMALL_REPLY;
+        }
+    };
 }
 
 function!(
     /// Does nothing and replies: a round trip.
-    Ping, "ping", (), ()
+    Ping, "ping", (), (), small
 );
 function!(
     /// Who and where the agent is.
-    Info, "info", (), InfoReply
+    Info, "info", (), InfoReply, small
 );
 function!(
     /// Runs a command to completion (output captured, or streamed when
@@ -53,15 +72,15 @@ function!(
 );
 function!(
     /// Writes a whole file atomically (temp file + rename).
-    WriteFile, "write_file", WriteFileArgs, ()
+    WriteFile, "write_file", WriteFileArgs, (), small
 );
 function!(
     /// `lstat`/`stat` of a path.
-    Stat, "stat", StatArgs, StatReply
+    Stat, "stat", StatArgs, StatReply, small
 );
 function!(
     /// Removes a file, symlink or empty directory.
-    Remove, "remove", PathArgs, ()
+    Remove, "remove", PathArgs, (), small
 );
 
 /// Reply of [`Info`].
@@ -294,7 +313,7 @@ pub struct StatReply {
 
 function!(
     /// Opens a file for a streamed read; chunks with [`FileRead`].
-    FileOpenRead, "file_open_read", PathArgs, FileOpened
+    FileOpenRead, "file_open_read", PathArgs, FileOpened, small
 );
 function!(
     /// Reads the next chunk (fewer bytes at end of file, none after it).
@@ -302,16 +321,16 @@ function!(
 );
 function!(
     /// Creates a temp file beside `path` for a streamed write.
-    FileOpenWrite, "file_open_write", OpenWriteArgs, FileOpened
+    FileOpenWrite, "file_open_write", OpenWriteArgs, FileOpened, small
 );
 function!(
     /// Appends a chunk to a file opened for writing.
-    FileWrite, "file_write", FileWriteArgs, ()
+    FileWrite, "file_write", FileWriteArgs, (), small
 );
 function!(
     /// Ends a transfer: a write commits (checksum, mode, mtime, rename) or is
     /// discarded; a read reports what it read.
-    FileClose, "file_close", FileCloseArgs, FileClosed
+    FileClose, "file_close", FileCloseArgs, FileClosed, small
 );
 function!(
     /// SHA-256 of a file.
@@ -415,37 +434,37 @@ function!(
 );
 function!(
     /// `mkdir -p` with a mode for the directories it creates.
-    MakeDirs, "make_dirs", ModeArgs, ()
+    MakeDirs, "make_dirs", ModeArgs, (), small
 );
 function!(
     /// `chmod`.
-    Chmod, "chmod", ModeArgs, ()
+    Chmod, "chmod", ModeArgs, (), small
 );
 function!(
     /// `chown` (`lchown` when `follow` is false); `None` keeps that id.
-    Chown, "chown", ChownArgs, ()
+    Chown, "chown", ChownArgs, (), small
 );
 function!(
     /// Creates a symlink `path` pointing at `target`.
-    Symlink, "symlink", SymlinkArgs, ()
+    Symlink, "symlink", SymlinkArgs, (), small
 );
 function!(
     /// Reads a symlink.
-    ReadLink, "read_link", PathArgs, ByteBuf
+    ReadLink, "read_link", PathArgs, ByteBuf, small
 );
 function!(
     /// `rename`, atomic within a file system.
-    Rename, "rename", RenameArgs, ()
+    Rename, "rename", RenameArgs, (), small
 );
 function!(
     /// `rm -rf`: removes a tree without following symlinks; replies how
     /// many entries went. A missing path is not an error.
-    RemoveTree, "remove_tree", PathArgs, u64
+    RemoveTree, "remove_tree", PathArgs, u64, small
 );
 function!(
     /// `du`: allocated bytes, files and directories under a path (symlinks
     /// not followed, one file system).
-    DiskUsage, "disk_usage", PathArgs, DiskUsageReply
+    DiskUsage, "disk_usage", PathArgs, DiskUsageReply, small
 );
 
 /// One entry of [`ListDir`].
