@@ -49,12 +49,13 @@ pub use connect::{
     doas::DoasOptions,
     error::ConnectError,
     local::LocalOptions,
-    process_monitor::ExitStatus,
     prompt::BecomeFailure,
     ssh::{HostKeyPolicy, SshFailure, SshOptions},
     su::SuOptions,
     sudo::SudoOptions,
 };
+#[cfg(feature = "master")]
+pub use core::process_monitor::ExitStatus;
 #[cfg(feature = "master")]
 pub use master::{
     context::{ConnectInfo, Context, Pending},

@@ -35,7 +35,7 @@ use std::sync::{Mutex, Once};
 
 use common::{local_in, skip_loudly, TempDir};
 use mito::connect::bootstrap::Upload;
-use mito::master::embedded::{self, EmbeddedAgent};
+use mito::connect::embedded::{self, EmbeddedAgent};
 use mito::{Context, LocalOptions, Router, SudoOptions};
 
 /// The target: home `/nonexistent`, so only the fallbacks are left.

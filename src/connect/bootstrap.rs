@@ -14,9 +14,9 @@ use rustix::event::{poll, PollFd, PollFlags};
 
 use super::error::{format_output, ConnectError};
 use super::stage0;
+use crate::connect::embedded::{self, EmbeddedAgent};
 use crate::core::side::{self, Io};
 use crate::core::stream::Decoder;
-use crate::master::embedded::{self, EmbeddedAgent};
 use crate::proto::message::Hello;
 use crate::proto::{handles, PROTOCOL_VERSION};
 

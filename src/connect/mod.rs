@@ -6,7 +6,7 @@
 //! - master only: [`bootstrap`] drives stage0's text phase from the master
 //!   (markers, agent upload, hello) with a deadline; [`local`] is the local
 //!   method (`create_child`: one socketpair as stdin and stdout);
-//!   [`process_monitor`] tracks spawned processes by pidfd; [`error`] holds
+//!   [`embedded`] holds the agent binaries build.rs embedded; [`error`] holds
 //!   [`ConnectError`](error::ConnectError); [`ssh`] the ssh method;
 //!   [`sudo`], [`su`], [`doas`] the privilege changes, which share
 //!   [`prompt`] (recognising and answering password prompts once).
@@ -21,11 +21,11 @@ pub mod bootstrap;
 #[cfg(feature = "master")]
 pub mod doas;
 #[cfg(feature = "master")]
+pub mod embedded;
+#[cfg(feature = "master")]
 pub mod error;
 #[cfg(feature = "master")]
 pub mod local;
-#[cfg(feature = "master")]
-pub mod process_monitor;
 #[cfg(feature = "master")]
 pub mod prompt;
 #[cfg(feature = "master")]

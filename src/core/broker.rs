@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::connect::process_monitor::ProcessMonitor;
 use crate::core::poller::{Event, Events, Interest, Poller};
+use crate::core::process_monitor::ProcessMonitor;
 use crate::core::router::{link_ended, ContextShared, Disconnected, EndKind, RouterTable, StreamOut};
 use crate::core::side::{self, Io};
 use crate::core::stream::Decoder;

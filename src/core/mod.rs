@@ -8,7 +8,9 @@
 //! - [`text`] — a target's text made safe for a terminal (escaped, cut).
 //! - master only (`std`): [`broker`] (the I/O thread), [`router`] (delivery
 //!   by context id and handle), [`stream_in`] (the read half a waiting
-//!   caller may read itself), [`latch`] (blocking waits with deadlines).
+//!   caller may read itself), [`latch`] (blocking waits with deadlines),
+//!   [`process_monitor`] (a child tracked by pidfd: exit as an epoll
+//!   event, always reaped, never a recycled pid).
 //!
 //! The agent is single-threaded and has no Broker thread: its loop in
 //! `agent::external_context` drives the same Side/Stream/Poller pieces.
@@ -28,6 +30,8 @@ pub mod waker;
 pub mod broker;
 #[cfg(feature = "master")]
 pub mod latch;
+#[cfg(feature = "master")]
+pub mod process_monitor;
 #[cfg(feature = "master")]
 pub mod router;
 #[cfg(feature = "master")]

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::connect::process_monitor::ExitStatus;
 use crate::core::broker::MAX_LOG_CHARS;
 use crate::core::latch::Latch;
+use crate::core::process_monitor::ExitStatus;
 use crate::core::stream::TxBuffer;
 use crate::proto::message::{DelRoute, Goodbye, LinkEnd, LogRecord, LogSource};
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};

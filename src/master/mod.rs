@@ -5,7 +5,6 @@
 //!   contexts (`local` today; ssh, sudo, … use the same bootstrap).
 //! - [`context`] holds [`Context`] (calls, typed built-ins)
 //!   and [`Pending`](context::Pending) replies.
-//! - [`embedded`] holds the agent binaries build.rs embedded.
 //! - [`error`] holds [`CallError`](error::CallError).
 //! - [`process`] holds [`Process`](process::Process): a command streamed
 //!   both ways (stdin, output with credit, signals, pty, timeout).
@@ -21,7 +20,6 @@
 //! root; the `core` and `connect` internals may change.
 
 pub mod context;
-pub mod embedded;
 pub mod error;
 pub mod fanout;
 pub mod fs;
@@ -37,13 +35,13 @@ use crate::connect::bootstrap::{self, Pipes};
 use crate::connect::doas::{self, DoasOptions};
 use crate::connect::error::ConnectError;
 use crate::connect::local::{self, ChildCommand, LocalOptions};
-use crate::connect::process_monitor::ProcessMonitor;
 use crate::connect::prompt::{self, BecomeFailure};
 use crate::connect::ssh::{self, SshOptions};
 use crate::connect::stage0;
 use crate::connect::su::{self, SuOptions};
 use crate::connect::sudo::{self, SudoOptions};
 use crate::core::broker::{Broker, Cmd, StreamSetup};
+use crate::core::process_monitor::ProcessMonitor;
 use crate::core::router::{ContextShared, RouterTable};
 use crate::core::side;
 use context::{ConnectInfo, Context};
@@ -160,7 +158,7 @@ impl Connector<'_> {
     /// agent, stage0 asks for the raw agent, which the hop sends itself
     /// (its own executable): a cold start crosses only the last link.
     fn stage0(&self, id: u32) -> String {
-        let specs = embedded::specs();
+        let specs = crate::connect::embedded::specs();
         let hop = self.via.map(|h| h.connect_info());
         let same = hop.and_then(|i| specs.iter().find(|s| s.sha256 == i.agent_hash && s.arch == i.arch));
         stage0::script_preferring_raw(&specs, id, same.map(|s| s.arch))
