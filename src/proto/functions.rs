@@ -31,16 +31,12 @@ pub const SMALL_REPLY: u32 = 64 * 1024;
 
 macro_rules! function {
     ($(#[$doc:meta])* $ty:ident, $name:literal, $args:ty, $reply:ty) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, Debug)]
-        pub struct $ty;
-        impl Function for $ty {
-            const NAME: &'static str = $name;
-            type Args = $args;
-            type Reply = $reply;
-        }
+        function!($(#[$doc])* $ty, $name, $args, $reply, max = crate::proto::MAX_MESSAGE_SIZE);
     };
     ($(#[$doc:meta])* $ty:ident, $name:literal, $args:ty, $reply:ty, small) => {
+        function!($(#[$doc])* $ty, $name, $args, $reply, max = SMALL_REPLY);
+    };
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $args:ty, $reply:ty, max = $max:expr) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug)]
         pub struct $ty;
@@ -48,7 +44,7 @@ macro_rules! function {
             const NAME: &'static str = $name;
             type Args = $args;
             type Reply = $reply;
-            const MAX_REPLY: u32 = SMALL_REPLY;
+            const MAX_REPLY: u32 = $max;
         }
     };
 }
