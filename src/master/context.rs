@@ -18,7 +18,6 @@ use serde_bytes::ByteBuf;
 use super::error::CallError;
 use super::Core;
 use crate::connect::bootstrap::Upload;
-use crate::core::broker::Cmd;
 use crate::core::latch::{Latch, WaitError};
 use crate::core::process_monitor::ExitStatus;
 use crate::core::router::{Carrier, ContextShared, Delivery, Disconnected};
@@ -442,9 +441,7 @@ impl Context {
         }
         if self.shared.gone.get(Some(Instant::now() + Duration::from_secs(3))) == Err(WaitError::Timeout) {
             log::warn!("[{}] agent did not exit within 3 s of SHUTDOWN; killing it", self.shared.name);
-            if !self.kill_transport() {
-                self.core.broker.send(Cmd::Kill(self.shared.id));
-            }
+            super::process::kill_agent(&self.core, &self.shared);
             let _ = self.shared.gone.get(Some(Instant::now() + Duration::from_secs(2)));
         }
         *self.shared.exit.lock().unwrap_or_else(PoisonError::into_inner)

@@ -169,11 +169,7 @@ impl Watchdog {
                 o.limit
             );
             // The command goes, and both sides of it fail now.
-            let c = ExecControl { stream: self.stream, op: ExecOp::Signal(libc::SIGKILL) };
-            if let Ok(data) = postcard::to_allocvec(&c) {
-                let _ =
-                    core.table.send_control(&Message::new(self.shared.id, MASTER_ID, handles::EXEC_CONTROL, 0, data));
-            }
+            kill_command(&core, self.shared.id, self.stream);
             for l in [&self.output, &self.acks].into_iter().filter_map(Weak::upgrade) {
                 l.close();
             }
@@ -186,16 +182,7 @@ impl Watchdog {
             );
             log::warn!("[{name}] {reason}");
             core.table.give_up(self.shared.id, reason);
-            match self.shared.transport.get() {
-                // Behind a hop: the command there that carries it.
-                Some(&(hop, stream)) => {
-                    let c = ExecControl { stream, op: ExecOp::Signal(libc::SIGKILL) };
-                    if let Ok(data) = postcard::to_allocvec(&c) {
-                        let _ = core.table.send_control(&Message::new(hop, MASTER_ID, handles::EXEC_CONTROL, 0, data));
-                    }
-                }
-                None => core.broker.send(Cmd::Kill(self.shared.id)),
-            }
+            kill_agent(&core, &self.shared);
         }
     }
 
@@ -217,6 +204,24 @@ impl Watchdog {
     /// for it) rather than discarded unseen.
     fn keeps(&self, what: &str) -> bool {
         self.failed.get().is_some_and(|f| f.0 == what) && !self.gave_up.load(Ordering::SeqCst)
+    }
+}
+
+/// Sends SIGKILL to the command of stream `stream` on context `ctx`: a
+/// small control frame that never waits for room (best effort).
+fn kill_command(core: &Core, ctx: u32, stream: u32) {
+    let c = ExecControl { stream, op: ExecOp::Signal(libc::SIGKILL) };
+    if let Ok(data) = postcard::to_allocvec(&c) {
+        let _ = core.table.send_control(&Message::new(ctx, MASTER_ID, handles::EXEC_CONTROL, 0, data));
+    }
+}
+
+/// Kills the agent of a context: behind a hop, the command there that
+/// carries it; directly attached, its process (by the broker).
+pub(super) fn kill_agent(core: &Core, shared: &ContextShared) {
+    match shared.transport.get() {
+        Some(&(hop, stream)) => kill_command(core, hop, stream),
+        None => core.broker.send(Cmd::Kill(shared.id)),
     }
 }
 

@@ -51,7 +51,7 @@ use crate::connect::su::SuOptions;
 use crate::connect::sudo::SudoOptions;
 use crate::core::router::{ContextShared, Disconnected, EndKind, RouterTable};
 use crate::core::side;
-use crate::proto::functions::{ExecArgs, ExecControl, ExecOp, Stdio};
+use crate::proto::functions::{ExecArgs, Stdio};
 use crate::proto::message::AddRoute;
 use crate::proto::{handles, Message, MASTER_ID};
 
@@ -87,18 +87,6 @@ impl Context {
     /// [`crate::Router::connector`].
     pub fn connector(&self) -> Connector<'_> {
         Connector { core: &self.core, via: Some(self) }
-    }
-
-    /// Kills the command that carries a context behind a hop (its agent
-    /// goes with it); false for a directly attached context.
-    pub(super) fn kill_transport(&self) -> bool {
-        let Some(&(hop, stream)) = self.shared.transport.get() else { return false };
-        let c = ExecControl { stream, op: ExecOp::Signal(libc::SIGKILL) };
-        if let Ok(data) = postcard::to_allocvec(&c) {
-            let msg = Message::new(hop, MASTER_ID, handles::EXEC_CONTROL, 0, data);
-            let _ = self.core.table.send_control(&msg);
-        }
-        true
     }
 }
 
