@@ -106,6 +106,16 @@ fn status_text(code: Option<i32>, signal: Option<i32>) -> String {
     }
 }
 
+/// The agent's process ended without a goodbye (it carried its own
+/// stream, so its end is the agent's).
+fn agent_died(code: Option<i32>, signal: Option<i32>) -> Disconnected {
+    let r = match (code, signal) {
+        (Some(code), None) => format!("the agent exited with status {code} without saying why"),
+        _ => format!("the agent {}", status_text(code, signal)),
+    };
+    Disconnected::new(EndKind::Crashed, r)
+}
+
 /// The agent's own words (a target's text: escaped and cut).
 fn goodbye_reason(bye: &Goodbye<'_>) -> Disconnected {
     let text = |s: &str, max: usize| crate::core::text::printable(s.as_bytes(), max);
@@ -139,11 +149,7 @@ pub fn link_ended(ctx: &ContextShared, eof: Option<Option<i32>>, status: Option<
     let carrier = ctx.carrier.get();
     let is_agent = carrier.is_some_and(|c| c.transport_is_agent);
     if let (true, Some(st)) = (is_agent, status) {
-        let r = match st.code {
-            Some(code) if st.signal.is_none() => format!("the agent exited with status {code} without saying why"),
-            _ => format!("the agent {}", status_text(st.code, st.signal)),
-        };
-        return Disconnected::new(EndKind::Crashed, r);
+        return agent_died(st.code, st.signal);
     }
     let who = match carrier {
         Some(c) if c.transport_is_agent => "the agent".to_string(),
@@ -182,13 +188,7 @@ fn del_route_reason(c: &ContextShared, hop: &str, r: &DelRoute) -> Disconnected 
         }
         (LinkEnd::Behind(_) | LinkEnd::Malformed, _) => {}
         // stage0 exec'd the agent in the command's process: it died.
-        (_, Some((code, signal))) if r.pid != 0 && agent == Some(r.pid) => {
-            let r = match (code, signal) {
-                (Some(code), None) => format!("the agent exited with status {code} without saying why"),
-                _ => format!("the agent {}", status_text(code, signal)),
-            };
-            return Disconnected::new(EndKind::Crashed, r);
-        }
+        (_, Some((code, signal))) if r.pid != 0 && agent == Some(r.pid) => return agent_died(code, signal),
         _ => {}
     }
     let how = match r.end {
