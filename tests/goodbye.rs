@@ -11,7 +11,7 @@
 //! - a lost hop, or an ssh client killed while its agent lives: "the
 //!   connection broke …" naming the hop or ssh (Broken);
 //! - a panic (the heap runs out under `ulimit -v`) → "the agent crashed: it
-//!   panicked (memory allocation failed)" (Crashed);
+//!   panicked (memory allocation failed in call read_file)" (Crashed);
 //! - a malformed frame from the parent → a `Fatal` goodbye; a lost parent →
 //!   no goodbye (no one to tell);
 //! - goodbyes and DEL_ROUTEs a child forges for its sibling are ignored.
@@ -258,7 +258,7 @@ fn a_panic_is_reported_as_a_crash() {
     for place in PLACES {
         let c = connect(place, &cache, LocalOptions { sh: sh.clone(), ..local_in(&cache) });
         let pid = c.ctx.connect_info().pid;
-        let want = "the agent crashed: it panicked (memory allocation failed)";
+        let want = "the agent crashed: it panicked (memory allocation failed in call read_file)";
         expect_end(&format!("{place:?}: read_file"), &c.ctx, c.ctx.read_file(&big), EndKind::Crashed, want);
         expect_end(&format!("{place:?}: a later call"), &c.ctx, c.ctx.ping(), EndKind::Crashed, want);
         assert!(wait_gone(pid, Duration::from_secs(5)).is_some(), "{place:?}: the agent is gone");

@@ -108,16 +108,57 @@ static PARENT_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32:
 static SELF_ID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 static PANICKING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
+/// The call this agent is running ("in call file_write"), empty between
+/// calls: what the panic handler can say about where a panic happened,
+/// since reading its `PanicInfo` would cost a sixth of the agent (see
+/// `bin/mito-agent.rs`). One thread writes it, the same thread reads it
+/// from the panic handler: relaxed atomics are enough.
+static DOING: [core::sync::atomic::AtomicU8; 48] = [const { core::sync::atomic::AtomicU8::new(0) }; 48];
+static DOING_LEN: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Records that the call `name` starts (`""`: it ended), for
+/// [`panic_goodbye`].
+fn doing(name: &str) {
+    use core::sync::atomic::Ordering::Relaxed;
+    const PREFIX: &[u8] = b"in call ";
+    if name.is_empty() {
+        return DOING_LEN.store(0, Relaxed);
+    }
+    let text = PREFIX.iter().chain(name.as_bytes()).take(DOING.len());
+    let mut n = 0;
+    for (slot, &b) in DOING.iter().zip(text) {
+        slot.store(b, Relaxed);
+        n += 1;
+    }
+    DOING_LEN.store(n, Relaxed);
+}
+
 /// Best effort from the panic handler: a [`Goodbye::Panic`] frame written
 /// straight to the parent fd (no allocation, no formatting), if no frame is
 /// half written there and the panic is not a panic inside this one.
+/// The frame names the call that was running, if any, after `message`.
 pub fn panic_goodbye(message: &str) {
     use core::sync::atomic::Ordering::Relaxed;
     let fd = PARENT_FD.load(Relaxed);
     if fd < 0 || PANICKING.swap(true, Relaxed) {
         return;
     }
-    let bye = Goodbye::Panic(message);
+    // "<message> in call <name>", either half possibly empty.
+    let mut text = [0u8; 96];
+    let mut n = 0;
+    let doing_len = DOING_LEN.load(Relaxed).min(DOING.len());
+    let sep: &[u8] = if message.is_empty() || doing_len == 0 { b"" } else { b" " };
+    let doing = DOING[..doing_len].iter().map(|b| b.load(Relaxed));
+    for (slot, b) in text.iter_mut().zip(message.bytes().chain(sep.iter().copied()).chain(doing)) {
+        *slot = b;
+        n += 1;
+    }
+    // A name cut inside a UTF-8 sequence keeps its valid prefix.
+    let text = match core::str::from_utf8(&text[..n]) {
+        Ok(s) => s,
+        Err(e) => core::str::from_utf8(&text[..e.valid_up_to()]).unwrap_or(""),
+    };
+    let bye = Goodbye::Panic(text);
     let mut buf = [0u8; 128];
     let Some(n) = goodbye_frame(SELF_ID.load(Relaxed), &bye, &mut buf) else { return };
     // SAFETY: `fd` is the parent stream's fd, open for the agent's life.
@@ -419,7 +460,10 @@ impl ExternalContext {
             return self.decoder.recycle(m.data);
         }
         match h.handle {
-            handles::CALL_FUNCTION => self.on_call(m),
+            handles::CALL_FUNCTION => {
+                self.on_call(m);
+                doing("");
+            }
             handles::SHUTDOWN => self.closing = true,
             handles::EXEC_CONTROL if h.auth == MASTER_ID => self.on_exec_control(m),
             handles::ADD_ROUTE if h.auth == MASTER_ID => {
@@ -779,6 +823,7 @@ impl ExternalContext {
         let Ok((name, args)) = decode_call(&payload) else {
             return self.reply_error(&h, RemoteError::new(ErrorKind::Protocol, "malformed call"));
         };
+        doing(name);
         fn decode<F: Function>(args: &[u8]) -> Result<F::Args, RemoteError> {
             postcard::from_bytes(args).map_err(|_| RemoteError::new(ErrorKind::BadArgs, F::NAME))
         }
