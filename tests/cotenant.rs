@@ -614,3 +614,82 @@ fn own_cached_agent_on_a_noexec_mount_is_passed_over() {
     let exe = v["exe"].as_str().unwrap_or("");
     assert_eq!(Path::new(exe).parent(), Some(run.join("mito").as_path()), "passed over to $XDG_RUNTIME_DIR/mito");
 }
+
+/// Where another user may reach a cache directory's ancestors, a root
+/// target's own private cache with its own genuine agent in it.
+#[derive(Clone, Copy, Debug)]
+enum Attic {
+    /// An ancestor of the attacker's (a service account's home owned by a
+    /// deploy user).
+    Theirs,
+    /// An ancestor of root's, writable by the attacker's group, not sticky.
+    GroupWritable,
+    /// An ancestor of root's, 0755: nobody else may change it.
+    Private,
+}
+
+/// Connects to root through the local method with `$XDG_CACHE_HOME` (and
+/// `$XDG_RUNTIME_DIR`) below an ancestor set up `how`; returns where the
+/// agent ran from, whether it was sent, and the planted cache file.
+fn cache_below(how: Attic) -> (String, usize, PathBuf) {
+    let scene = Scene::new();
+    let attic = PathBuf::from(format!("/tmp/mito-cotenant-attic-{}", std::process::id()));
+    struct Gone<'a>(&'a Path);
+    impl Drop for Gone<'_> {
+        fn drop(&mut self) {
+            remove_any(self.0);
+        }
+    }
+    remove_any(&attic);
+    let _gone = Gone(&attic);
+    std::fs::create_dir(&attic).expect("mkdir");
+    match how {
+        Attic::Theirs => {
+            chown(&attic, scene.attacker);
+            chmod(&attic, 0o755);
+        }
+        Attic::GroupWritable => {
+            chown(&attic, (0, scene.attacker.1));
+            chmod(&attic, 0o775);
+        }
+        Attic::Private => chmod(&attic, 0o755),
+    }
+    let cache = attic.join("cache");
+    let dir = cache.join("mito");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    chmod(&cache, 0o755);
+    chmod(&dir, 0o700);
+    let planted = scene.plant(&dir, Payload::Genuine, (0, 0), 0o700);
+    // The next candidate: $XDG_RUNTIME_DIR/mito in a private temp
+    // directory, so that nothing is left in /dev/shm/mito-0 for other tests.
+    let run = TempDir::new("cotenant-attic-run");
+    let env = vec![("XDG_CACHE_HOME".into(), cache.clone().into()), ("XDG_RUNTIME_DIR".into(), run.path().into())];
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions { env, ..Default::default() }).expect("connect");
+    let exe = assert_agent_is_ours(&ctx, 0);
+    let sent = ctx.connect_info().agent_bytes_sent;
+    ctx.shutdown();
+    (exe, sent, planted)
+}
+
+/// A root target's own private cache below a directory another user owns,
+/// or may write without the sticky bit: that user could rename the cache
+/// away between stage0's check and its `exec` and put theirs in its place,
+/// so it is passed over (before: the warm path ran it), while the same
+/// cache below root's own 0755 directory is used as it is, nothing sent.
+#[test]
+fn cache_below_a_directory_others_may_change_is_not_used() {
+    if !setup("cache_below_a_directory_others_may_change_is_not_used") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for how in [Attic::Theirs, Attic::GroupWritable] {
+        let (exe, _, planted) = cache_below(how);
+        assert_ne!(exe, planted.display().to_string(), "{how:?}: the cache below the attic was used");
+        assert!(!exe.contains("mito-cotenant-attic"), "{how:?}: ran from {exe}");
+        assert!(exe.contains("cotenant-attic-run"), "{how:?}: the next candidate, $XDG_RUNTIME_DIR, is used: {exe}");
+    }
+    let (exe, sent, planted) = cache_below(Attic::Private);
+    assert_eq!(exe, planted.display().to_string(), "below root's own directory the cache is used");
+    assert_eq!(sent, 0, "warm: nothing sent");
+}

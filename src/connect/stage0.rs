@@ -40,18 +40,25 @@
 //!   of ours, mode 0700 (`-rwx------`): not a symlink, not another user's,
 //!   not group/other-writable. Otherwise it is not run; the upload replaces
 //!   it (`mv -f` within our directory).
+//! - **Its ancestors:** the same `ls` shows every directory from `/` down
+//!   to the candidate as a real directory (not a symlink) owned by root or
+//!   by us, and not writable by group or others unless sticky (`/tmp`,
+//!   `/dev/shm`, `/var/tmp`). A home or `$XDG_CACHE_HOME` below a
+//!   directory another user owns or may write (a service account whose
+//!   home belongs to a deploy user, a group-writable `/srv`) is skipped:
+//!   that user could rename our directory away between the check and the
+//!   `exec` and put theirs in its place. (A candidate below a symlink is
+//!   skipped too, even a root-owned one: where it points was not checked.)
 //! - **Then the hash**, and `exec`.
 //!
 //! Why nothing can change between the checks and the `exec`: once `ls` has
-//! seen a real directory of ours, nobody else can rename or replace it —
-//! its parent is either the system's sticky `/dev/shm`, `/var/tmp`, `/tmp`
-//! (where only an entry's owner may rename or delete it) or, for
-//! `$XDG_CACHE_HOME`/`~/.cache` and `$XDG_RUNTIME_DIR`, the user's own
-//! directories (trusted, as the user's shell startup files are) — and,
-//! being 0700, nobody else can add, rename or open anything inside. Only
-//! root can, who owns the machine anyway. Our uid comes from
-//! `/proc/self/status` (no fork; `id -u` without /proc), never from
-//! `$USER`, which `su` leaves as the caller's.
+//! seen a real directory of ours under a chain of directories that only
+//! root or we may change (or, if sticky, in which only an entry's owner may
+//! rename it), nobody else can rename or replace it, and, being 0700,
+//! nobody else can add, rename or open anything inside. Only root can, who
+//! owns the machine anyway. Our uid comes from `/proc/self/status` (no
+//! fork; `id -u` without /proc), never from `$USER`, which `su` leaves as
+//! the caller's.
 //!
 //! # Hash tools
 //!
@@ -148,16 +155,23 @@ pub fn script_preferring_raw(agents: &[AgentSpec<'_>], context_id: u32, raw_arch
         // $H. Without a hash tool, c is empty and v fails.
         ";v(){ c=$({ sha256sum \"$1\"||shasum -a 256 \"$1\"||openssl dgst -sha256 -r \"$1\"||busybox sha256sum \"$1\";} 2>/dev/null)",
         "&&[ \"${c%% *}\" = \"$H\" ];}",
-        // o: is $d ours? One lstat (ls -ldn) of $d and of f=$d/agent-$H:
-        // 1 when $d is not a real directory of uid $u with mode 0700 (or
-        // 2700 under a setgid parent), 2 when it is but $f is not a regular
-        // file of $u with mode 0700, else 0. `ls` prints $d's line first
-        // (a prefix sorts first, bytewise under LC_ALL=C, which also spares
-        // ls loading a locale); the file's line follows "$d" and one
-        // character (the newline).
-        ";o(){ f=\"$d/agent-$H\";c=$(LC_ALL=C ls -ldn \"$d\" \"$f\" 2>/dev/null);set -- $c",
-        ";case \"$1 $3\" in drwx--[-S]---*\" $u\");;*)return 1;esac",
-        ";set -- ${c#*\"$d\"?};case \"$1 $3\" in -rwx------*\" $u\");;*)return 2;esac;}",
+        // o: is $d ours? One `ls -ldn` (an lstat each) of every ancestor of
+        // the absolute path $d, of $d and of f=$d/agent-$H, read line by
+        // line (`read -r`: mode, links, uid, …, name): 1 when an ancestor
+        // is not a real directory of root or $u, or is group/other-writable
+        // without the sticky bit (someone else could rename $d away and put
+        // theirs in its place), or $d is not a real directory of $u with
+        // mode 0700 (2700 under a setgid parent); 2 when $f is not a
+        // regular file of $u with mode 0700; else 0. LC_ALL=C spares ls a
+        // locale. The loop runs in the pipe's subshell: `exit` is its
+        // status, and nothing it sets leaks out.
+        ";o(){ f=\"$d/agent-$H\";case $d in /*);;*)return 1;esac;p=$d;set --",
+        ";while case $p in /*/*)p=${p%/*};;*)false;;esac;do set -- \"$p\" \"$@\";done",
+        ";LC_ALL=C ls -ldn / \"$@\" \"$d\" \"$f\" 2>/dev/null|{ k=1;j=2;while read -r m x w x x x x x r;do case $r in",
+        " \"$f\"*)case \"$m $w\" in -rwx------*\" $u\")j=0;;esac;;",
+        " \"$d\")case \"$m $w\" in drwx--[-S]---*\" $u\")k=0;;esac;;",
+        " *)case \"$w\" in 0|\"$u\");;*)exit 1;esac;case $m in d????-??-?*|d????????[tT]*);;*)exit 1;esac;;",
+        "esac;done;[ $k = 0 ]||exit 1;exit $j;};}",
         ";C=\"${XDG_CACHE_HOME:-$HOME/.cache}/mito\";d=$C",
     ));
     // Warm path: no uname, no id (where /proc is), one ls and one hash.
@@ -239,12 +253,12 @@ mod tests {
 
     /// Every byte crosses the wire on every connect: one agent with a real
     /// hash length stays within budget (1803 bytes before the ownership
-    /// checks, 2112 with them).
+    /// checks, 2112 with them, 2388 with the ancestors').
     #[test]
     fn stays_small() {
         let h = "0".repeat(64);
         let a = AgentSpec { arch: "x86_64", sha256: &h, raw_len: 153_600, gz_len: 77_000 };
         let n = script(&[a], 1).len();
-        assert!(n <= 2150, "stage0 grew to {n} bytes");
+        assert!(n <= 2400, "stage0 grew to {n} bytes");
     }
 }
