@@ -252,7 +252,8 @@ fn carrier(info: &ConnectInfo) -> Carrier {
     Carrier { agent_pid: info.pid, transport, transport_is_agent }
 }
 
-fn path_bytes(p: &Path) -> ByteBuf {
+/// A path as the agent takes it: its bytes, whatever their encoding.
+pub(crate) fn path_bytes(p: &Path) -> ByteBuf {
     ByteBuf::from(p.as_os_str().as_bytes())
 }
 

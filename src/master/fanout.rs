@@ -21,7 +21,6 @@
 
 use std::collections::VecDeque;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -108,7 +107,7 @@ fn put_unique(
         Err(e) => return targets.iter().map(|_| Err(local(src)(std::io::Error::from(e.kind())))).collect(),
     };
     let id = transfer_id();
-    let path = ByteBuf::from(remote.as_os_str().as_bytes());
+    let path = super::context::path_bytes(remote);
     let opens: Vec<_> =
         targets.iter().map(|c| c.call_async::<f::FileOpenWrite>(&OpenWriteArgs { path: path.clone(), id })).collect();
     // Per target: None while it is still in, Some(error) once it failed.
