@@ -145,3 +145,99 @@ fn get_a_file_to_a_relative_path_a_target_with_colons_and_a_tree() {
     assert_eq!(std::fs::read(dir.join("back/sub/f")).expect("back/sub/f"), b"deep");
     assert_eq!(std::fs::read_link(dir.join("back/link")).expect("link"), std::path::Path::new("sub/f"));
 }
+
+/// The keys of the JSON object `v`, in the order the text `raw` has them
+/// (serde_json's `Value` sorts them, so read the raw text).
+fn keys_in_order(v: &serde_json::Value, raw: &str, from: usize) -> Vec<String> {
+    let mut keys: Vec<(usize, String)> = v
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(|k| (raw[from..].find(&format!("\"{k}\":")).map_or(usize::MAX, |i| i + from), k.clone()))
+        .collect();
+    keys.sort();
+    keys.into_iter().map(|(_, k)| k).collect()
+}
+
+#[test]
+fn facts_json_names_and_text_lines() {
+    let out = mito(&["facts", "local", "--json"]);
+    ok(&out);
+    let raw = String::from_utf8(out.stdout).expect("utf8");
+    let v: serde_json::Value = serde_json::from_str(&raw).expect("json");
+    let sorted = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    // Every object's fields, in this order (alphabetical, as it always was).
+    assert_eq!(
+        keys_in_order(&v, &raw, 0),
+        sorted(&[
+            "boot_time",
+            "container",
+            "context",
+            "cpu_model",
+            "cpus",
+            "fqdn",
+            "hostname",
+            "interfaces",
+            "kernel",
+            "memory_kib",
+            "mounts",
+            "os_release",
+            "users",
+            "virtualization"
+        ])
+    );
+    let at = |key: &str| raw.find(&format!("\"{key}\":")).expect(key);
+    assert_eq!(keys_in_order(&v["kernel"], &raw, at("kernel")), sorted(&["machine", "name", "release", "version"]));
+    assert_eq!(
+        keys_in_order(&v["memory_kib"], &raw, at("memory_kib")),
+        sorted(&["available", "swap_free", "swap_total", "total"])
+    );
+    let first = |list: &str| v[list].as_array().and_then(|a| a.first()).cloned().expect(list);
+    assert_eq!(
+        keys_in_order(&first("interfaces"), &raw, at("interfaces")),
+        sorted(&["ipv4", "ipv6", "mac", "name", "up"])
+    );
+    assert_eq!(
+        keys_in_order(&first("mounts"), &raw, at("mounts")),
+        sorted(&["available_bytes", "device", "free_bytes", "fstype", "mount", "options", "size_bytes"])
+    );
+    assert_eq!(keys_in_order(&first("users"), &raw, at("users")), sorted(&["gid", "home", "name", "shell", "uid"]));
+    assert_eq!(v["context"], "local");
+    assert!(v["interfaces"].as_array().expect("interfaces").iter().any(|i| i["ipv4"][0] == "127.0.0.1"), "{v}");
+    assert!(v["mounts"].as_array().expect("mounts").iter().any(|m| m["mount"] == "/"), "{v}");
+
+    // The text: the same facts, one line each for the host, CPUs and
+    // memory, every mount, every interface, and the rest.
+    let out = mito(&["facts", "local"]);
+    ok(&out);
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let lines: Vec<&str> = text.lines().collect();
+    let s = |v: &serde_json::Value| v.as_str().expect("a string").to_string();
+    let os = v["os_release"]["PRETTY_NAME"].as_str().unwrap_or("?");
+    assert_eq!(
+        lines[0],
+        format!("{} (local): {os}, {} {}", s(&v["fqdn"]), s(&v["kernel"]["name"]), s(&v["kernel"]["release"]))
+    );
+    let cpus = format!(
+        "cpus {} ({}), memory {} MiB (",
+        v["cpus"],
+        s(&v["cpu_model"]),
+        v["memory_kib"]["total"].as_u64().expect("total") / 1024
+    );
+    assert!(lines[1].starts_with(&cpus) && lines[1].ends_with(" MiB available)"), "{}", lines[1]);
+    let mounts = v["mounts"].as_array().expect("mounts");
+    for (m, line) in mounts.iter().zip(&lines[2..]) {
+        let head = format!("mount {} {} {}: ", s(&m["mount"]), s(&m["fstype"]), s(&m["device"]));
+        let size = format!(" of {} MiB free", m["size_bytes"].as_u64().expect("size") >> 20);
+        assert!(line.starts_with(&head) && line.ends_with(&size), "{line}");
+    }
+    let ifs = v["interfaces"].as_array().expect("interfaces");
+    for (i, line) in ifs.iter().zip(&lines[2 + mounts.len()..]) {
+        assert_eq!(*line, format!("if {} up={} {} {}", i["name"], i["up"], i["ipv4"], i["ipv6"]));
+    }
+    let debug = |v: &serde_json::Value| v.as_str().map_or("None".to_string(), |s| format!("Some({s:?})"));
+    let users = v["users"].as_array().expect("users").len();
+    let rest =
+        format!("users {users}, container {}, virtualization {}", debug(&v["container"]), debug(&v["virtualization"]));
+    assert_eq!(lines[2 + mounts.len() + ifs.len()..], [rest.as_str()]);
+}
