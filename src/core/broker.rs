@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::core::lines::Lines;
 use crate::core::poller::{Event, Events, Interest, Poller};
 use crate::core::process_monitor::ProcessMonitor;
 use crate::core::router::{link_ended, ContextShared, Disconnected, EndKind, RouterTable, StreamOut};
@@ -84,24 +85,18 @@ pub enum Cmd {
 enum Source {
     Rx { ctx: Arc<ContextShared>, rx: Arc<StreamIn>, tx_token: u64 },
     Tx { out: Arc<StreamOut> },
-    Stderr { ctx: Arc<ContextShared>, fd: OwnedFd, partial: Vec<u8> },
+    Stderr { ctx: Arc<ContextShared>, fd: OwnedFd, lines: Lines },
     Process { ctx: Arc<ContextShared>, pm: ProcessMonitor },
 }
 
 /// Logs each complete line of a transport's stderr (`data` appended to
-/// what `partial` holds) as `[context] line`; keeps the unfinished rest.
-/// A line longer than [`MAX_LOG_CHARS`] bytes with no newline yet is
-/// logged as it is, so a target cannot grow `partial` without bound.
-pub(crate) fn log_lines(name: &str, partial: &mut Vec<u8>, data: &[u8]) {
-    partial.extend_from_slice(data);
-    loop {
-        let end = match partial.iter().position(|&c| c == b'\n') {
-            Some(i) => i + 1,
-            None if partial.len() > MAX_LOG_CHARS => partial.len(),
-            None => break,
-        };
-        let line: Vec<u8> = partial.drain(..end).collect();
-        let text = crate::core::text::printable(line.strip_suffix(b"\n").unwrap_or(&line), MAX_LOG_CHARS);
+/// what `lines` holds) as `[context] line`; keeps the unfinished rest. A
+/// line of more than [`MAX_LOG_CHARS`] bytes comes out in pieces, so a
+/// target cannot grow the buffer without bound.
+pub(crate) fn log_lines(name: &str, lines: &mut Lines, data: &[u8]) {
+    lines.extend(data);
+    while let Some(line) = lines.next_line() {
+        let text = crate::core::text::printable(line, MAX_LOG_CHARS);
         log::warn!(target: "mito::remote", "[{name}] {}", text.trim_end());
     }
 }
@@ -272,11 +267,11 @@ impl Loop {
                     }
                 }
             }
-            Source::Stderr { ctx, fd, partial } => {
+            Source::Stderr { ctx, fd, lines } => {
                 let mut b = [0u8; 4096];
                 let open = loop {
                     match side::read(fd.as_fd(), &mut b) {
-                        Ok(Io::Done(n)) => log_lines(&ctx.name, partial, &b[..n]),
+                        Ok(Io::Done(n)) => log_lines(&ctx.name, lines, &b[..n]),
                         Ok(Io::WouldBlock) => break true,
                         _ => break false,
                     }
@@ -316,7 +311,7 @@ impl Loop {
                     let t = self.token();
                     let _ = side::set_nonblocking(fd.as_fd(), true);
                     let _ = self.shared.poller.add(fd.as_fd(), t, Interest::READ);
-                    self.sources.insert(t, Source::Stderr { ctx: s.ctx.clone(), fd, partial: Vec::new() });
+                    self.sources.insert(t, Source::Stderr { ctx: s.ctx.clone(), fd, lines: Lines::new(MAX_LOG_CHARS) });
                 }
                 if let Some(pm) = s.process {
                     let t = self.token();

@@ -18,6 +18,7 @@
 //! **Architecture invariant:** nothing in `side`, `stream`, `poller` or
 //! `waker` uses std; they build into the agent.
 
+pub mod lines;
 pub mod num;
 pub mod poller;
 pub mod sha256;

@@ -271,7 +271,7 @@ fn send_all(s: &UnixStream, mut data: &[u8]) -> bool {
 /// stderr/tty lines into the log, and its end into a disconnect.
 fn pump_out(mut p: Process, rx: UnixStream, tty: UnixStream, watch: Shared, table: Arc<RouterTable>, name: String) {
     let (mut rx, mut tty) = (Some(rx), Some(tty));
-    let mut partial = Vec::new();
+    let mut lines = crate::core::lines::Lines::new(crate::core::broker::MAX_LOG_CHARS);
     let ended = loop {
         match p.next(None) {
             Ok(ProcessEvent::Output { fd, data }) => {
@@ -284,7 +284,7 @@ fn pump_out(mut p: Process, rx: UnixStream, tty: UnixStream, watch: Shared, tabl
                     *sink = None;
                 }
                 if fd != 1 {
-                    crate::core::broker::log_lines(&name, &mut partial, &data);
+                    crate::core::broker::log_lines(&name, &mut lines, &data);
                 }
             }
             Ok(ProcessEvent::Exit(r)) => {
