@@ -3,18 +3,56 @@
 //! summary either way.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mito::functions::FileKind;
 use mito::{Context, GetOptions};
+
+use super::cli::{GetArgs, PutArgs};
+use super::render;
+use super::target::{split_remote, Targets};
 
 /// Which way the bytes go.
 #[derive(Clone, Copy, Debug)]
-pub enum Direction {
+enum Direction {
     /// Local → context.
     Put,
     /// Context → local.
     Get,
+}
+
+/// `mito put`: connects every destination first, then copies; one file
+/// to the same path everywhere goes out once per link ([`put_many`]).
+pub fn put(a: &PutArgs, targets: &mut Targets<'_>) -> Result<ExitCode, String> {
+    let mut to = Vec::new();
+    for d in &a.dest {
+        let (target, path) = split_remote(d)?;
+        to.push((targets.connect(target)?, path));
+    }
+    match &to[..] {
+        [(ctx, path)] => copy(ctx, Direction::Put, &a.src, path, a.recursive, &GetOptions::default())?,
+        [(_, first), ..] if !a.recursive && to.iter().all(|(_, p)| p == first) => {
+            let ctxs: Vec<Context> = to.iter().map(|(c, _)| c.clone()).collect();
+            put_many(&ctxs, &a.src, first)?;
+        }
+        _ => {
+            for (ctx, path) in &to {
+                copy(ctx, Direction::Put, &a.src, path, a.recursive, &GetOptions::default())?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mito get`; with `--preserve-owner` the target's owners (and
+/// setuid/setgid) are kept.
+pub fn get(a: &GetArgs, targets: &mut Targets<'_>) -> Result<ExitCode, String> {
+    let (target, path) = split_remote(&a.src)?;
+    let ctx = targets.connect(target)?;
+    copy(&ctx, Direction::Get, &a.dest, path, a.recursive, &GetOptions { preserve_owner: a.preserve_owner })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bar(total: u64) -> ProgressBar {
@@ -29,13 +67,9 @@ fn bar(total: u64) -> ProgressBar {
     pb
 }
 
-/// Copies `local` ⇄ `remote` in `ctx`; `recursive` allows directories.
-pub fn copy(ctx: &Context, dir: Direction, local: &Path, remote: &str, recursive: bool) -> Result<(), String> {
-    copy_with(ctx, dir, local, remote, recursive, &GetOptions::default())
-}
-
-/// [`copy`]; `opts` says how a `get` treats the target's owners.
-fn copy_with(
+/// Copies `local` ⇄ `remote` in `ctx`; `recursive` allows directories;
+/// `opts` says how a `get` treats the target's owners.
+fn copy(
     ctx: &Context,
     dir: Direction,
     local: &Path,
@@ -72,43 +106,24 @@ fn copy_with(
             Direction::Get => ctx.get_tree_with(remote, local, &plan, opts, &tick),
         };
         pb.finish_and_clear();
-        let s = s.map_err(|e| e.to_string())?;
-        let secs = s.elapsed.as_secs_f64().max(1e-9);
-        format!(
-            "{} files, {} dirs, {} symlinks{}: {} bytes in {:.2} s ({:.1} MB/s), sha256 verified",
-            s.files,
-            s.dirs,
-            s.symlinks,
-            if s.skipped > 0 { format!(", {} skipped (not file/dir/symlink)", s.skipped) } else { String::new() },
-            s.bytes,
-            secs,
-            s.bytes as f64 / 1e6 / secs
-        )
+        render::tree(&s.map_err(|e| e.to_string())?)
     } else {
         let s = match dir {
             Direction::Put => ctx.put_with_progress(local, remote, &tick),
             Direction::Get => ctx.get_with(remote, local, opts, &tick),
         };
         pb.finish_and_clear();
-        let s = s.map_err(|e| e.to_string())?;
-        let secs = s.elapsed.as_secs_f64().max(1e-9);
-        format!("{} bytes in {:.2} s ({:.1} MB/s), sha256 verified", s.bytes, secs, s.bytes as f64 / 1e6 / secs)
+        render::transfer(&s.map_err(|e| e.to_string())?)
     };
     eprintln!("{what}: {summary}");
     Ok(())
 }
 
-/// `mito get`: [`copy`] from `remote` in `ctx` to `local`; with
-/// `preserve_owner` the target's owners (and setuid/setgid) are kept.
-pub fn get(ctx: &Context, local: &Path, remote: &str, recursive: bool, preserve_owner: bool) -> Result<(), String> {
-    copy_with(ctx, Direction::Get, local, remote, recursive, &GetOptions { preserve_owner })
-}
-
-fn into_dir(ctx: &Context, dir: Direction, local: &Path, remote: &str) -> (std::path::PathBuf, String) {
+fn into_dir(ctx: &Context, dir: Direction, local: &Path, remote: &str) -> (PathBuf, String) {
     let name = |p: &Path| p.file_name().map(|n| n.to_os_string());
     match dir {
         Direction::Put => match (ctx.stat(remote), name(local)) {
-            (Ok(st), Some(n)) if st.kind == mito::functions::FileKind::Dir => {
+            (Ok(st), Some(n)) if st.kind == FileKind::Dir => {
                 (local.to_path_buf(), Path::new(remote).join(n).to_string_lossy().into_owned())
             }
             _ => (local.to_path_buf(), remote.to_string()),
@@ -123,14 +138,14 @@ fn into_dir(ctx: &Context, dir: Direction, local: &Path, remote: &str) -> (std::
 fn source_is_dir(ctx: &Context, dir: Direction, local: &Path, remote: &str) -> Result<bool, String> {
     Ok(match dir {
         Direction::Put => std::fs::symlink_metadata(local).map_err(|e| format!("{}: {e}", local.display()))?.is_dir(),
-        Direction::Get => ctx.lstat(remote).map_err(|e| e.to_string())?.kind == mito::functions::FileKind::Dir,
+        Direction::Get => ctx.lstat(remote).map_err(|e| e.to_string())?.kind == FileKind::Dir,
     })
 }
 
 /// Copies the local file `local` to `remote` in every context of `ctxs`,
 /// sent once per link (see `mito::put_many`); a line per target, and an
 /// error naming the targets that failed.
-pub fn put_many(ctxs: &[Context], local: &Path, remote: &str) -> Result<(), String> {
+fn put_many(ctxs: &[Context], local: &Path, remote: &str) -> Result<(), String> {
     let meta = std::fs::metadata(local).map_err(|e| format!("{}: {e}", local.display()))?;
     if meta.is_dir() {
         return Err(format!("{} is a directory (use -r)", local.display()));
@@ -142,17 +157,7 @@ pub fn put_many(ctxs: &[Context], local: &Path, remote: &str) -> Result<(), Stri
     let mut failed = Vec::new();
     for (ctx, r) in ctxs.iter().zip(results) {
         match r {
-            Ok(s) => {
-                let secs = s.elapsed.as_secs_f64().max(1e-9);
-                eprintln!(
-                    "put {} -> {}:{remote}: {} bytes in {:.2} s ({:.1} MB/s), sha256 verified",
-                    local.display(),
-                    ctx.name(),
-                    s.bytes,
-                    secs,
-                    s.bytes as f64 / 1e6 / secs
-                );
-            }
+            Ok(s) => eprintln!("put {} -> {}:{remote}: {}", local.display(), ctx.name(), render::transfer(&s)),
             Err(e) => failed.push(e.to_string()),
         }
     }

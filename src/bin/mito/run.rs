@@ -20,6 +20,10 @@ use mito::{Context, ProcessEvent, ProcessInput};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios::{self, SetArg, Termios};
 
+use super::cli::RunArgs;
+use super::settings::exec_args;
+use super::target::Targets;
+
 /// The terminal settings to put back on exit, while raw.
 static SAVED_TERMIOS: Mutex<Option<Termios>> = Mutex::new(None);
 
@@ -94,9 +98,17 @@ impl Signals {
     }
 }
 
+/// `mito run`: connects to the target, runs the command there and
+/// returns the exit status mito should end with.
+pub fn command(a: &RunArgs, targets: &mut Targets<'_>, signals: Option<Signals>) -> Result<ExitCode, String> {
+    let ctx = targets.connect(&a.target)?;
+    let args = exec_args(a)?;
+    run(&ctx, &args, !a.no_stdin, signals)
+}
+
 /// Runs `args` in `ctx` with stdin forwarded (unless `forward_stdin` is
 /// false) and output streamed; returns the exit status mito should end with.
-pub fn run(ctx: &Context, args: &ExecArgs, forward_stdin: bool, signals: Option<Signals>) -> Result<ExitCode, String> {
+fn run(ctx: &Context, args: &ExecArgs, forward_stdin: bool, signals: Option<Signals>) -> Result<ExitCode, String> {
     let raw = args.pty.is_some() && std::io::stdin().is_terminal();
     let mut p = ctx.spawn(args).map_err(|e| e.to_string())?;
     let input = p.take_input().ok_or("no stdin handle")?;

@@ -1,0 +1,184 @@
+//! The command line, as clap parses it: global options in [`Cli`], one
+//! argument struct per verb. Nothing here reads the environment, a file or
+//! the network; `settings` and `secrets` turn these into what connecting
+//! needs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mito",
+    version,
+    about = "Run commands and copy files in contexts (local, ssh, sudo/su/doas, and chains of them) without installing anything there"
+)]
+pub struct Cli {
+    /// More output: -v debug, -vv trace.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Connect timeout in seconds.
+    #[arg(long, default_value_t = 30.0, global = true)]
+    pub connect_timeout: f64,
+    /// ssh: private key file (`ssh -i`).
+    #[arg(short = 'i', long, global = true, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// ssh: extra option, as for `ssh -o` (repeatable).
+    #[arg(short = 'o', long = "ssh-option", global = true, value_name = "KEY=VALUE")]
+    pub ssh_options: Vec<String>,
+    /// ssh: config file (`ssh -F`).
+    #[arg(short = 'F', long, global = true, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+    /// ssh: host key policy.
+    #[arg(long, global = true, value_enum, default_value_t = HostKeys::Enforce)]
+    pub check_host_keys: HostKeys,
+    /// ssh: take the login password from this environment variable (which
+    /// mito then removes from its environment: nothing it starts inherits it).
+    #[arg(long, global = true, value_name = "VAR")]
+    pub password_env: Option<String>,
+    /// ssh: take the login password from the first line of this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// ssh: ask for the login password on the terminal.
+    #[arg(long, global = true)]
+    pub ask_password: bool,
+    /// sudo/su/doas: take a password from this environment variable (which
+    /// mito then removes from its environment). VAR alone is for the first
+    /// sudo/su/doas hop of each target only; HOP=VAR for the hops written
+    /// HOP (`sudo:root=ROOT_PW`, `sudo` meaning `sudo:root`) or for the hop
+    /// ending that chain (`ssh://web1,sudo:root=PW1`). Repeatable; a hop
+    /// nothing names gets no password.
+    #[arg(long, global = true, value_name = "[HOP=]VAR")]
+    pub become_pass_env: Vec<String>,
+    /// sudo/su/doas: take a password from the first line of this file; which
+    /// hops as for --become-pass-env. Repeatable.
+    #[arg(long, global = true, value_name = "[HOP=]FILE")]
+    pub become_pass_file: Vec<String>,
+    /// sudo/su/doas: ask for a password on the terminal, when that hop is
+    /// reached: for the first sudo/su/doas hop of each target, or with
+    /// =HOP for the hops so written (as for --become-pass-env). Repeatable.
+    #[arg(long, global = true, value_name = "HOP", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub ask_become_pass: Vec<String>,
+    /// sudo: keep the environment (`sudo -E`). Not with --login: sudo
+    /// refuses `-E` together with `-i`.
+    #[arg(long, global = true, conflicts_with = "login")]
+    pub preserve_env: bool,
+    /// sudo/su: run through the target user's login shell (`sudo -i`, `su -l`).
+    #[arg(long, global = true)]
+    pub login: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum HostKeys {
+    /// Unknown or changed host keys fail.
+    Enforce,
+    /// Unknown keys are recorded, changed keys fail.
+    AcceptNew,
+    /// No host key checking.
+    Ignore,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a command in a context, streaming its output; exits with its code.
+    Run(RunArgs),
+    /// Connect and measure round trips.
+    Ping(PingArgs),
+    /// Copy a local file (or with -r a tree) to contexts: `mito put SRC TARGET:/PATH...`.
+    /// One file to several targets with the same path is sent once per
+    /// link: targets behind a shared hop get it relayed by that hop.
+    Put(PutArgs),
+    /// Copy a file (or with -r a tree) from a context: `mito get TARGET:/PATH DST`.
+    /// The target is not trusted: a name that is not a single file name is
+    /// refused, nothing is written outside DST or through a symlink, and the
+    /// copy keeps mode (setuid/setgid dropped) and mtime but is yours.
+    Get(GetArgs),
+    /// Host facts: OS, kernel, CPUs, memory, mounts, interfaces, users, …
+    Facts(FactsArgs),
+    /// Who and where the agent is.
+    Info(InfoArgs),
+}
+
+// The argument structs carry no doc comment of their own: clap would take
+// it for the verb's help, which the variant's doc comment above gives.
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, or hops joined by commas (`ssh://web1,sudo:root`).
+    pub target: String,
+    /// Do not forward this process's stdin to the command (as `ssh -n`).
+    #[arg(short = 'n', long)]
+    pub no_stdin: bool,
+    /// Run the command on a pseudo-terminal (as `ssh -t`): one output
+    /// stream, ^C and window size go to it, the local terminal is raw.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Stop the command after SECS seconds (SIGTERM, SIGKILL 5 s later); exit status 124.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Set a variable in the command's environment (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "VAR=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory of the command.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub argv: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PingArgs {
+    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, or hops joined by commas (`ssh://web1,sudo:root`).
+    pub target: String,
+    /// Number of round trips.
+    #[arg(short, long, default_value_t = 1)]
+    pub count: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    /// Copy directories recursively (DEST becomes the copy of SRC, as `cp -rT`).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Local file or directory.
+    pub src: PathBuf,
+    /// `TARGET:/absolute/path`, e.g. `ssh://web1:/etc/motd`, `ssh://web1,sudo:root:/etc/x`.
+    #[arg(required = true, num_args = 1..)]
+    pub dest: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// Copy directories recursively (DST becomes the copy of the source, as `cp -rT`).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Keep the target's owners and setuid/setgid bits (applied only
+    /// when mito runs as root), as `rsync -a` as root does.
+    #[arg(long)]
+    pub preserve_owner: bool,
+    /// `TARGET:/absolute/path`.
+    pub src: String,
+    /// Local destination file.
+    pub dest: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct FactsArgs {
+    /// Where (as for `run`).
+    pub target: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, or hops joined by commas (`ssh://web1,sudo:root`).
+    pub target: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
