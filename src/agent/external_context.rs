@@ -65,7 +65,7 @@ use crate::core::side::{self, Io};
 use crate::core::stream::{Decoder, TxBuffer};
 use crate::proto::functions::{self as f, ExecArgs, ExecControl, ExecOp, ExecOutput, ExecReply, Function, Stdio};
 use crate::proto::message::{
-    decode_call, goodbye_frame, AddRoute, DelRoute, Goodbye, Hello, LinkEnd, LogRecord, LogSource, Relay,
+    decode_call, goodbye_frame, AddRoute, DelRoute, Goodbye, Hello, LinkEnd, LogLevel, LogRecord, LogSource, Relay,
 };
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
 
@@ -433,7 +433,7 @@ impl ExternalContext {
                             Ok(Some(m)) => self.on_message(m),
                             Ok(None) => break,
                             Err(_) => {
-                                self.log(1, LogSource::Agent, b"malformed frame from parent; closing");
+                                self.log(LogLevel::Error, LogSource::Agent, b"malformed frame from parent; closing");
                                 self.say_goodbye(Goodbye::Fatal { what: "malformed frame from its parent", errno: 0 });
                                 return Some(exit::PROTOCOL);
                             }
@@ -502,7 +502,7 @@ impl ExternalContext {
     /// [`crate::proto::handles::RELAY`]).
     fn on_relay(&mut self, m: &Message) {
         let Ok(r) = postcard::from_bytes::<Relay<'_>>(&m.data) else {
-            return self.log(1, LogSource::Agent, b"malformed relay message; dropped");
+            return self.log(LogLevel::Error, LogSource::Agent, b"malformed relay message; dropped");
         };
         let h = m.header;
         let copy = |dst: u32, reply_to: u32| Header {
@@ -623,7 +623,7 @@ impl ExternalContext {
             line.extend_from_slice(b" took nothing for ");
             super::util::push_decimal(&mut line, STALL_MS / 1000);
             line.extend_from_slice(b" s with its queue full: dropped");
-            self.log(1, LogSource::Agent, &line);
+            self.log(LogLevel::Error, LogSource::Agent, &line);
             spawn::kill_group(pid, libc::SIGKILL);
             self.drop_child(slot, LinkEnd::Stalled);
         }
@@ -663,7 +663,11 @@ impl ExternalContext {
                             Ok(Some(m)) => self.on_child_message(slot, m),
                             Ok(None) => break,
                             Err(_) => {
-                                self.log(1, LogSource::Agent, b"malformed frame from a child; closing its stream");
+                                self.log(
+                                    LogLevel::Error,
+                                    LogSource::Agent,
+                                    b"malformed frame from a child; closing its stream",
+                                );
                                 return self.drop_child(slot, LinkEnd::Malformed);
                             }
                         }
@@ -806,7 +810,7 @@ impl ExternalContext {
         }
     }
 
-    fn log(&mut self, level: u8, source: LogSource, line: &[u8]) {
+    fn log(&mut self, level: LogLevel, source: LogSource, line: &[u8]) {
         let rec = LogRecord { level, source, line: ByteBuf::from(line) };
         self.send(MASTER_ID, handles::FORWARD_LOG, 0, &rec);
     }
@@ -972,7 +976,7 @@ impl ExternalContext {
 
     fn on_exec_control(&mut self, m: Message) {
         let Some(c) = m.payload(self.max as usize).and_then(|p| postcard::from_bytes::<ExecControl>(&p).ok()) else {
-            return self.log(1, LogSource::Agent, b"malformed exec control message; ignored");
+            return self.log(LogLevel::Error, LogSource::Agent, b"malformed exec control message; ignored");
         };
         let Some(slot) = self.find_proc(m.header.src, Some(c.stream)) else {
             // Already finished: its reply is on the way, and the master
@@ -1249,7 +1253,7 @@ impl ExternalContext {
     fn pump_logger(&mut self, i: usize) {
         let Some(mut l) = self.loggers[i].take() else { return };
         let source = if i == 0 { LogSource::Stdout } else { LogSource::Stderr };
-        let level = if i == 0 { 3 } else { 2 };
+        let level = if i == 0 { LogLevel::Info } else { LogLevel::Warn };
         let mut lines: Vec<Vec<u8>> = Vec::new();
         let open = l.pump(&mut |line| lines.push(line.to_vec()));
         for line in lines {

@@ -707,12 +707,13 @@ impl RouterTable {
             return;
         };
         let name = self.context(from).map(|c| c.name.clone()).unwrap_or_else(|| from.to_string());
+        use crate::proto::message::LogLevel;
         let level = match rec.level {
-            0 | 1 => log::Level::Error,
-            2 => log::Level::Warn,
-            3 => log::Level::Info,
-            4 => log::Level::Debug,
-            _ => log::Level::Trace,
+            LogLevel::Error => log::Level::Error,
+            LogLevel::Warn => log::Level::Warn,
+            LogLevel::Info => log::Level::Info,
+            LogLevel::Debug => log::Level::Debug,
+            LogLevel::Trace => log::Level::Trace,
         };
         let src = match rec.source {
             LogSource::Agent => "agent",

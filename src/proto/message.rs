@@ -60,11 +60,52 @@ pub enum LogSource {
     Stderr,
 }
 
+/// How severe a forwarded log line is (as `log::Level`).
+///
+/// On the wire it is the one byte it always was (postcard's `u8`): 1 error,
+/// 2 warn, 3 info, 4 debug, 5 trace. A derived enum would encode its
+/// variant index instead (a varint from 0), so the conversion goes through
+/// `u8` and the protocol version stays. A byte outside 1..=5 from an agent
+/// reads as the master always read it: 0 as an error, above 5 as trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "u8", into = "u8")]
+#[repr(u8)]
+pub enum LogLevel {
+    /// Something failed (the agent's own diagnostics: a malformed frame).
+    Error = 1,
+    /// A warning; lines written to the agent's fd 2.
+    Warn = 2,
+    /// Information; lines written to the agent's fd 1.
+    Info = 3,
+    /// Detail for debugging.
+    Debug = 4,
+    /// Finest detail.
+    Trace = 5,
+}
+
+impl From<LogLevel> for u8 {
+    fn from(level: LogLevel) -> u8 {
+        level as u8
+    }
+}
+
+impl From<u8> for LogLevel {
+    fn from(byte: u8) -> LogLevel {
+        match byte {
+            0 | 1 => LogLevel::Error,
+            2 => LogLevel::Warn,
+            3 => LogLevel::Info,
+            4 => LogLevel::Debug,
+            _ => LogLevel::Trace,
+        }
+    }
+}
+
 /// A log line forwarded to the master on [`super::handles::FORWARD_LOG`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogRecord {
-    /// Severity: 1 error, 2 warn, 3 info, 4 debug, 5 trace (as `log::Level`).
-    pub level: u8,
+    /// Severity.
+    pub level: LogLevel,
     /// Which pipe or subsystem produced it.
     pub source: LogSource,
     /// The line without its newline; bytes, because programs print anything.
@@ -228,6 +269,24 @@ mod tests {
         assert_eq!(h.len as usize, n - HEADER_LEN);
         assert_eq!(postcard::from_bytes::<Goodbye<'_>>(&buf[HEADER_LEN..n]), Ok(bye));
         assert_eq!(goodbye_frame(42, &bye, &mut buf[..HEADER_LEN + 4]), None, "too small: no frame");
+    }
+
+    #[test]
+    fn a_log_level_is_the_byte_it_always_was() {
+        for (level, byte) in [
+            (LogLevel::Error, 1u8),
+            (LogLevel::Warn, 2),
+            (LogLevel::Info, 3),
+            (LogLevel::Debug, 4),
+            (LogLevel::Trace, 5),
+        ] {
+            assert_eq!(postcard::to_allocvec(&level).expect("encode"), postcard::to_allocvec(&byte).expect("encode"));
+            assert_eq!(postcard::from_bytes::<LogLevel>(&[byte]), Ok(level));
+        }
+        assert_eq!(postcard::from_bytes::<LogLevel>(&[0]), Ok(LogLevel::Error));
+        assert_eq!(postcard::from_bytes::<LogLevel>(&[200]), Ok(LogLevel::Trace));
+        let rec = LogRecord { level: LogLevel::Warn, source: LogSource::Stderr, line: ByteBuf::from(&b"x"[..]) };
+        assert_eq!(postcard::to_allocvec(&rec).expect("encode"), [2, 2, 1, b'x']);
     }
 
     #[test]
