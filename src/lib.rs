@@ -23,27 +23,40 @@
 //! }
 //! ```
 //!
-//! Crate map (`ARCHITECTURE.md` at the repository root has the whole picture):
-//! - [`proto`]: wire format (no_std, shared with the agent).
-//! - [`core`]: Side, Stream, Poller, Broker, Router table, Latch.
-//! - [`connect`]: stage0, bootstrap, methods, ProcessMonitor.
-//! - `agent`: ExternalContext, the agent runtime (feature `agent`).
-//! - [`master`]: the public API: [`Router`], [`Context`].
+//! What a library user needs is at the crate root: [`Router`] and its
+//! options ([`RouterOptions`], [`LocalOptions`], [`SshOptions`],
+//! [`SudoOptions`], [`SuOptions`], [`DoasOptions`]), [`Context`] (calls,
+//! files, trees, [`Process`] for streamed commands), [`put_many`], the
+//! errors ([`ConnectError`], [`CallError`], [`TransferError`],
+//! [`RemoteError`]) and the built-in [`functions`] with their argument and
+//! reply types. [`master`] holds the same items by topic, [`proto`] the
+//! wire format they travel in.
+//!
+//! The modules `core` (I/O, framing, the routing table), `connect` (stage0,
+//! bootstrap, the methods) and `agent` (the agent runtime) are public only
+//! so that the agent binary, the tests and the benchmarks can reach them;
+//! they are hidden from these docs and are not a stable API.
+//! `ARCHITECTURE.md` at the repository root maps all of them.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs)]
 
 extern crate alloc;
 
+#[doc(hidden)]
 pub mod connect;
+#[doc(hidden)]
 pub mod core;
 pub mod proto;
 
 #[cfg(feature = "agent")]
+#[doc(hidden)]
 pub mod agent;
 
 #[cfg(feature = "master")]
 pub mod master;
 
+#[cfg(feature = "master")]
+pub use connect::bootstrap::Upload;
 #[cfg(feature = "master")]
 pub use connect::{
     doas::DoasOptions,
@@ -56,6 +69,8 @@ pub use connect::{
 };
 #[cfg(feature = "master")]
 pub use core::process_monitor::ExitStatus;
+#[cfg(feature = "master")]
+pub use core::router::EndKind;
 #[cfg(feature = "master")]
 pub use master::{
     context::{ConnectInfo, Context, Pending},

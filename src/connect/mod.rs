@@ -1,11 +1,13 @@
 //! Creating contexts: methods, spawning, bootstrap, process monitoring.
 //!
 //! Map:
-//! - [`stage0`] — the POSIX sh bootstrap text (alloc only: an agent will use
-//!   it to connect onward).
+//! - [`stage0`] — the POSIX sh bootstrap text. The master builds it for
+//!   every hop (a hop runs it as a streamed command); it needs only
+//!   `alloc`, so that an agent may build it too.
 //! - master only: [`bootstrap`] drives stage0's text phase from the master
 //!   (markers, agent upload, hello) with a deadline; [`local`] is the local
-//!   method (`create_child`: one socketpair as stdin and stdout);
+//!   method (`create_child`: one socketpair, or two pipes, as stdin and
+//!   stdout, a pipe or a pty as stderr);
 //!   [`embedded`] holds the agent binaries build.rs embedded; [`error`] holds
 //!   [`ConnectError`](error::ConnectError); [`ssh`] the ssh method;
 //!   [`sudo`], [`su`], [`doas`] the privilege changes, which share
