@@ -2,29 +2,13 @@
 //! epoll event for the Broker, it is always reaped (no zombies), and a
 //! signal can never hit a recycled pid.
 
-use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::process::{pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
-/// How a child ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExitStatus {
-    /// Exit code, if it exited.
-    pub code: Option<i32>,
-    /// Signal number, if a signal killed it.
-    pub signal: Option<i32>,
-}
+use crate::core::wait::reap;
 
-impl fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.code, self.signal) {
-            (Some(c), _) => write!(f, "exit status {c}"),
-            (None, Some(s)) => write!(f, "killed by signal {s}"),
-            (None, None) => f.write_str("unknown exit status"),
-        }
-    }
-}
+pub use crate::proto::ExitStatus;
 
 /// One child process of the master.
 #[derive(Debug)]
@@ -55,11 +39,7 @@ impl ProcessMonitor {
     /// Reaps the child if it has exited; returns its status from then on.
     pub fn poll(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
-            if let Ok(Some(st)) =
-                waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG)
-            {
-                self.status = Some(ExitStatus { code: st.exit_status(), signal: st.terminating_signal() });
-            }
+            self.status = reap(self.pidfd.as_fd(), false);
         }
         self.status
     }
@@ -67,9 +47,7 @@ impl ProcessMonitor {
     /// Waits (blocking) for the child and reaps it.
     pub fn wait(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
-            if let Ok(Some(st)) = waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED) {
-                self.status = Some(ExitStatus { code: st.exit_status(), signal: st.terminating_signal() });
-            }
+            self.status = reap(self.pidfd.as_fd(), true);
         }
         self.status
     }

@@ -13,12 +13,14 @@
 
 pub mod compress;
 pub mod error;
+pub mod exit;
 pub mod functions;
 pub mod handles;
 pub mod header;
 pub mod message;
 
 pub use error::{ErrorKind, RemoteError};
+pub use exit::ExitStatus;
 pub use header::{Header, FLAG_COMPRESSED, FLAG_ERROR, HEADER_LEN, MAGIC};
 pub use message::Message;
 
