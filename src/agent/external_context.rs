@@ -18,9 +18,7 @@
 //! end and exit the same way. So the master tells a clean exit from a crash
 //! and from a broken link.
 //!
-//! Tokens: `T_PARENT_RX`, `T_PARENT_TX`, `T_LOG` + fd, for process slot
-//! `s`: `T_PROC + 8*s + {0 stdin, 1 stdout, 2 stderr, 3 pidfd, 4 timeout
-//! timer}`, and for child stream slot `c`: `T_CHILD + 2*c + {0 rx, 1 tx}`.
+//! Every watched fd is registered with a [`Token`] naming its role.
 //!
 //! Multi-hop: a streamed command that bootstrapped another agent can be
 //! adopted as a child stream (see [`super::children`] for the routing
@@ -58,7 +56,9 @@ use serde_bytes::ByteBuf;
 use super::builtins::{self, Identity};
 use super::children::{ChildStream, Children};
 use super::iologger::IoLogger;
+use super::panic_goodbye::doing;
 use super::spawn::{self, Child};
+use super::token::{CommandFd, Pipe, Token};
 use super::util::cstring;
 use crate::core::poller::{Event, Interest, Poller};
 use crate::core::side::{self, Io};
@@ -68,13 +68,6 @@ use crate::proto::message::{
     decode_call, goodbye_frame, AddRoute, DelRoute, Goodbye, Hello, LinkEnd, LogLevel, LogRecord, LogSource, Relay,
 };
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
-
-const T_PARENT_RX: u64 = 0;
-const T_PARENT_TX: u64 = 1;
-const T_LOG: u64 = 2; // + 0 for fd 1, + 1 for fd 2
-const T_SIGNAL: u64 = 4;
-const T_PROC: u64 = 16;
-const T_CHILD: u64 = 1 << 40;
 
 /// After activity the loop polls without sleeping for this long: a request
 /// that follows within it is picked up without waking an idle CPU (on a VM
@@ -102,73 +95,7 @@ pub const STALL_MS: u64 = 10_000;
 /// come microseconds apart.
 const EXIT_WAIT_MS: u64 = 500;
 
-/// The parent fd while no frame is half written to it (-1 otherwise), and
-/// this agent's context id: what the panic handler needs to say goodbye.
-static PARENT_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(-1);
-static SELF_ID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
-static PANICKING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-/// The call this agent is running ("in call file_write"), empty between
-/// calls: what the panic handler can say about where a panic happened,
-/// since reading its `PanicInfo` would cost a sixth of the agent (see
-/// `bin/mito-agent.rs`). One thread writes it, the same thread reads it
-/// from the panic handler: relaxed atomics are enough.
-static DOING: [core::sync::atomic::AtomicU8; 48] = [const { core::sync::atomic::AtomicU8::new(0) }; 48];
-static DOING_LEN: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-
-/// Records that the call `name` starts (`""`: it ended), for
-/// [`panic_goodbye`].
-fn doing(name: &str) {
-    use core::sync::atomic::Ordering::Relaxed;
-    const PREFIX: &[u8] = b"in call ";
-    if name.is_empty() {
-        return DOING_LEN.store(0, Relaxed);
-    }
-    let text = PREFIX.iter().chain(name.as_bytes()).take(DOING.len());
-    let mut n = 0;
-    for (slot, &b) in DOING.iter().zip(text) {
-        slot.store(b, Relaxed);
-        n += 1;
-    }
-    DOING_LEN.store(n, Relaxed);
-}
-
-/// Best effort from the panic handler: a [`Goodbye::Panic`] frame written
-/// straight to the parent fd (no allocation, no formatting), if no frame is
-/// half written there and the panic is not a panic inside this one.
-/// The frame names the call that was running, if any, after `message`.
-pub fn panic_goodbye(message: &str) {
-    use core::sync::atomic::Ordering::Relaxed;
-    let fd = PARENT_FD.load(Relaxed);
-    if fd < 0 || PANICKING.swap(true, Relaxed) {
-        return;
-    }
-    // "<message> in call <name>", either half possibly empty.
-    let mut text = [0u8; 96];
-    let mut n = 0;
-    let doing_len = DOING_LEN.load(Relaxed).min(DOING.len());
-    let sep: &[u8] = if message.is_empty() || doing_len == 0 { b"" } else { b" " };
-    let doing = DOING[..doing_len].iter().map(|b| b.load(Relaxed));
-    for (slot, b) in text.iter_mut().zip(message.bytes().chain(sep.iter().copied()).chain(doing)) {
-        *slot = b;
-        n += 1;
-    }
-    // A name cut inside a UTF-8 sequence keeps its valid prefix.
-    let text = match core::str::from_utf8(&text[..n]) {
-        Ok(s) => s,
-        Err(e) => core::str::from_utf8(&text[..e.valid_up_to()]).unwrap_or(""),
-    };
-    let bye = Goodbye::Panic(text);
-    let mut buf = [0u8; 128];
-    let Some(n) = goodbye_frame(SELF_ID.load(Relaxed), &bye, &mut buf) else { return };
-    // SAFETY: `fd` is the parent stream's fd, open for the agent's life.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    // The fd is non-blocking: wait for room, 1 s at most. A write this
-    // small (under PIPE_BUF) goes whole or not at all.
-    let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::OUT)];
-    let _ = rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 }));
-    let _ = rustix::io::write(fd, &buf[..n]);
-}
+pub use super::panic_goodbye::panic_goodbye;
 
 /// Exit codes of the agent, for the master's diagnostics.
 pub mod exit {
@@ -183,9 +110,6 @@ pub mod exit {
     /// SIGHUP, SIGINT or SIGTERM arrived (e.g. sudo relaying a hang-up).
     pub const SIGNALLED: i32 = 129;
 }
-
-/// Tokens per process slot.
-const PROC_TOKENS: u64 = 8;
 
 /// After a timeout's SIGTERM, SIGKILL follows this much later.
 const KILL_GRACE_MS: u64 = 5_000;
@@ -273,7 +197,7 @@ pub fn main(args: &[&[u8]]) -> i32 {
         return exit::USAGE;
     };
     let Ok((rx, tx_fd, [out_r, err_r])) = take_over_stdio() else { return exit::SETUP };
-    SELF_ID.store(id as u32, core::sync::atomic::Ordering::Relaxed);
+    super::panic_goodbye::set_self_id(id as u32);
     let exe = rustix::fs::readlink("/proc/self/exe", Vec::new())
         .map(|p| String::from_utf8_lossy(p.to_bytes()).into_owned())
         .unwrap_or_default();
@@ -293,7 +217,7 @@ pub fn main(args: &[&[u8]]) -> i32 {
         serial: 0,
         max: crate::proto::MAX_MESSAGE_SIZE,
         closing: false,
-        signals: termination_signals(),
+        signals: super::signals::termination_signals(),
         files: super::files::FileTable::default(),
         out_buf: Vec::new(),
         children: Children::default(),
@@ -309,15 +233,15 @@ impl ExternalContext {
     fn setup(&mut self) -> Result<(), rustix::io::Errno> {
         side::set_nonblocking(self.rx.as_fd(), true)?;
         side::set_nonblocking(self.tx_fd.as_fd(), true)?;
-        self.poller.add(self.rx.as_fd(), T_PARENT_RX, Interest::READ)?;
-        self.poller.add(self.tx_fd.as_fd(), T_PARENT_TX, Interest::NONE)?;
-        for (i, l) in self.loggers.iter().enumerate() {
+        self.poller.add(self.rx.as_fd(), Token::ParentRx.into(), Interest::READ)?;
+        self.poller.add(self.tx_fd.as_fd(), Token::ParentTx.into(), Interest::NONE)?;
+        for (pipe, l) in [Pipe::Stdout, Pipe::Stderr].into_iter().zip(&self.loggers) {
             if let Some(l) = l {
-                self.poller.add(l.fd.as_fd(), T_LOG + i as u64, Interest::READ)?;
+                self.poller.add(l.fd.as_fd(), Token::Log(pipe).into(), Interest::READ)?;
             }
         }
         if let Some(fd) = &self.signals {
-            self.poller.add(fd.as_fd(), T_SIGNAL, Interest::READ)?;
+            self.poller.add(fd.as_fd(), Token::Signal.into(), Interest::READ)?;
         }
         // The marker ends stage0's text phase; frames follow it directly.
         let hello = Hello {
@@ -385,36 +309,32 @@ impl ExternalContext {
     }
 
     fn on_event(&mut self, ev: Event) -> Option<i32> {
-        match ev.token {
-            T_PARENT_RX => return self.read_parent(),
-            T_PARENT_TX => self.flush(),
+        let token = Token::from_u64(ev.token)?;
+        match token {
+            Token::ParentRx => return self.read_parent(),
+            Token::ParentTx => self.flush(),
             // A hang-up or termination request ends the agent like losing its
             // parent does: its commands' process groups get SIGTERM first.
-            T_SIGNAL => {
-                let sig = self.signal_number();
+            Token::Signal => {
+                let sig = super::signals::signal_number(self.signals.as_ref());
                 self.say_goodbye(Goodbye::Signal(sig));
                 return Some(exit::SIGNALLED);
             }
-            t if t >= T_CHILD => {
-                let slot = ((t - T_CHILD) / 2) as usize;
-                if (t - T_CHILD) % 2 == 0 {
-                    self.read_child(slot);
-                } else {
-                    self.flush_child(slot);
-                }
-            }
-            t if t == T_LOG || t == T_LOG + 1 => self.pump_logger((t - T_LOG) as usize),
-            t if t >= T_PROC => {
-                let slot = ((t - T_PROC) / PROC_TOKENS) as usize;
-                match (t - T_PROC) % PROC_TOKENS {
-                    0 => self.proc_stdin(slot),
-                    w @ (1 | 2) => self.proc_output(slot, w as u8, false),
-                    3 => self.proc_exited(slot),
-                    _ => self.proc_timer(slot),
+            Token::ChildRx(slot) => self.read_child(slot),
+            Token::ChildTx(slot) => self.flush_child(slot),
+            Token::Log(pipe) => self.pump_logger(pipe),
+            Token::Command(slot, fd) => {
+                match fd {
+                    CommandFd::Stdin => self.proc_stdin(slot),
+                    CommandFd::Stdout | CommandFd::Stderr => {
+                        let pipe = if fd == CommandFd::Stdout { Pipe::Stdout } else { Pipe::Stderr };
+                        self.proc_output(slot, pipe, false)
+                    }
+                    CommandFd::Exit => self.proc_exited(slot),
+                    CommandFd::Timer => self.proc_timer(slot),
                 }
                 self.proc_maybe_done(slot);
             }
-            _ => {}
         }
         None
     }
@@ -570,10 +490,10 @@ impl ExternalContext {
             ending_since: 0,
         };
         let slot = self.children.add(c);
-        let base = T_CHILD + 2 * slot as u64;
         if let Some(Some(c)) = self.children.streams.get(slot) {
-            let _ = self.poller.add(c.rx.as_fd(), base, if reading { Interest::READ } else { Interest::NONE });
-            let _ = self.poller.add(c.tx.as_fd(), base + 1, Interest::NONE);
+            let read = if reading { Interest::READ } else { Interest::NONE };
+            let _ = self.poller.add(c.rx.as_fd(), Token::ChildRx(slot).into(), read);
+            let _ = self.poller.add(c.tx.as_fd(), Token::ChildTx(slot).into(), Interest::NONE);
         }
     }
 
@@ -588,7 +508,7 @@ impl ExternalContext {
         let Some(Some(c)) = self.children.streams.get_mut(slot) else { return };
         let before = c.out.len();
         // A child that is gone is reported by its read side.
-        flush_to(&self.poller, c.tx.as_fd(), T_CHILD + 2 * slot as u64 + 1, &mut c.out, &mut c.tx_watched);
+        flush_to(&self.poller, c.tx.as_fd(), Token::ChildTx(slot), &mut c.out, &mut c.tx_watched);
         if c.stalled_since != 0 && c.out.len() < before {
             // Progress: a slow child is not a stalled one.
             c.stalled_since = now_ns();
@@ -759,17 +679,6 @@ impl ExternalContext {
         exit::SETUP
     }
 
-    /// The termination signal that arrived (0 if it cannot be read).
-    fn signal_number(&self) -> i32 {
-        let Some(fd) = &self.signals else { return 0 };
-        // A signalfd_siginfo (128 bytes) starts with ssi_signo, a u32.
-        let mut info = [0u8; 128];
-        match rustix::io::read(fd, &mut info) {
-            Ok(n) if n >= 4 => u32::from_le_bytes([info[0], info[1], info[2], info[3]]) as i32,
-            _ => 0,
-        }
-    }
-
     fn reply_error(&mut self, h: &Header, e: RemoteError) {
         if h.reply_to != 0 {
             self.send(h.src, h.reply_to, FLAG_ERROR, &e);
@@ -931,21 +840,21 @@ impl ExternalContext {
                 self.procs.len() - 1
             }
         };
-        let base = T_PROC + PROC_TOKENS * slot as u64;
+        let token = |fd| u64::from(Token::Command(slot, fd));
         if let Some(fd) = &child.stdin {
             let _ = side::set_nonblocking(fd.as_fd(), true);
-            let _ = self.poller.add(fd.as_fd(), base, Interest::WRITE);
+            let _ = self.poller.add(fd.as_fd(), token(CommandFd::Stdin), Interest::WRITE);
         }
         let read = if self.paused { Interest::NONE } else { Interest::READ };
-        for (i, fd) in [&child.stdout, &child.stderr].into_iter().enumerate() {
+        for (pipe, fd) in [(Pipe::Stdout, &child.stdout), (Pipe::Stderr, &child.stderr)] {
             if let Some(fd) = fd {
                 let _ = side::set_nonblocking(fd.as_fd(), true);
-                let _ = self.poller.add(fd.as_fd(), base + 1 + i as u64, read);
+                let _ = self.poller.add(fd.as_fd(), token(CommandFd::output(pipe)), read);
             }
         }
-        let _ = self.poller.add(child.pidfd.as_fd(), base + 3, Interest::READ);
+        let _ = self.poller.add(child.pidfd.as_fd(), token(CommandFd::Exit), Interest::READ);
         if let Some(t) = &timer {
-            let _ = self.poller.add(t.as_fd(), base + 4, Interest::READ);
+            let _ = self.poller.add(t.as_fd(), token(CommandFd::Timer), Interest::READ);
         }
         self.procs[slot] = Some(Proc {
             child,
@@ -1016,8 +925,8 @@ impl ExternalContext {
                 p.unacked = p.unacked.saturating_sub(n as u64);
                 if p.status.is_some() {
                     // Exited with output still queued in its pipes.
-                    self.proc_output(slot, 1, true);
-                    self.proc_output(slot, 2, true);
+                    self.proc_output(slot, Pipe::Stdout, true);
+                    self.proc_output(slot, Pipe::Stderr, true);
                 } else {
                     self.set_reading(slot);
                 }
@@ -1054,7 +963,6 @@ impl ExternalContext {
     fn proc_stdin(&mut self, slot: usize) {
         let Some(Some(p)) = self.procs.get_mut(slot) else { return };
         let Some(fd) = &p.child.stdin else { return };
-        let base = T_PROC + PROC_TOKENS * slot as u64;
         let before = p.stdin_pos;
         let mut closed = false;
         while p.stdin_pos < p.stdin_data.len() {
@@ -1085,7 +993,7 @@ impl ExternalContext {
             // Streamed stdin waiting for more: no wake-ups until it comes.
             p.stdin_watched = pending;
             let i = if pending { Interest::WRITE } else { Interest::NONE };
-            let _ = self.poller.modify(fd.as_fd(), base, i);
+            let _ = self.poller.modify(fd.as_fd(), Token::Command(slot, CommandFd::Stdin).into(), i);
         }
         if let (Some(to), true) = (p.stdin_acks_to, taken > 0) {
             let caller = p.caller;
@@ -1103,30 +1011,29 @@ impl ExternalContext {
             return;
         }
         p.reading = want;
-        let base = T_PROC + PROC_TOKENS * slot as u64;
         let i = if want { Interest::READ } else { Interest::NONE };
-        for (k, fd) in [&p.child.stdout, &p.child.stderr].into_iter().enumerate() {
+        for (pipe, fd) in [(Pipe::Stdout, &p.child.stdout), (Pipe::Stderr, &p.child.stderr)] {
             if let Some(fd) = fd {
-                let _ = self.poller.modify(fd.as_fd(), base + 1 + k as u64, i);
+                let _ = self.poller.modify(fd.as_fd(), Token::Command(slot, CommandFd::output(pipe)).into(), i);
             }
         }
     }
 
-    fn proc_output(&mut self, slot: usize, which: u8, drain: bool) {
+    fn proc_output(&mut self, slot: usize, pipe: Pipe, drain: bool) {
         let mut buf = core::mem::take(&mut self.out_buf);
         buf.resize(f::OUTPUT_READ_MAX, 0);
-        self.proc_output_with(slot, which, drain, &mut buf);
+        self.proc_output_with(slot, pipe, drain, &mut buf);
         self.out_buf = buf;
     }
 
-    fn proc_output_with(&mut self, slot: usize, which: u8, drain: bool, buf: &mut [u8]) {
+    fn proc_output_with(&mut self, slot: usize, pipe: Pipe, drain: bool, buf: &mut [u8]) {
         let max = self.max as usize - 256;
         for _ in 0..if drain { usize::MAX } else { 4 } {
             let Some(Some(p)) = self.procs.get_mut(slot) else { return };
             if p.window != 0 && p.unacked >= p.window as u64 {
                 return self.set_reading(slot);
             }
-            let fd = if which == 1 { &p.child.stdout } else { &p.child.stderr };
+            let fd = if pipe == Pipe::Stdout { &p.child.stdout } else { &p.child.stderr };
             let Some(fd) = fd else { return };
             let r = side::read(fd.as_fd(), buf);
             match r {
@@ -1134,11 +1041,11 @@ impl ExternalContext {
                     if let Some(handle) = p.stream_to {
                         p.unacked += n as u64 + u64::from(f::OUTPUT_FRAME_COST);
                         let caller = p.caller;
-                        let chunk = ExecOutput { fd: which, data: ByteBuf::from(&buf[..n]) };
+                        let chunk = ExecOutput { fd: pipe as u8, data: ByteBuf::from(&buf[..n]) };
                         self.send(caller, handle, 0, &chunk);
                     } else if p.out.len() + p.err.len() + n > max {
                         p.too_large = true;
-                    } else if which == 1 {
+                    } else if pipe == Pipe::Stdout {
                         p.out.extend_from_slice(&buf[..n]);
                     } else {
                         p.err.extend_from_slice(&buf[..n]);
@@ -1149,7 +1056,7 @@ impl ExternalContext {
                 // pipe open for ever: its later output is not this command's).
                 Ok(Io::WouldBlock) if p.status.is_none() => return,
                 Ok(_) | Err(_) => {
-                    let fd = if which == 1 { p.child.stdout.take() } else { p.child.stderr.take() };
+                    let fd = if pipe == Pipe::Stdout { p.child.stdout.take() } else { p.child.stderr.take() };
                     if let Some(fd) = fd {
                         self.poller.delete(fd.as_fd());
                     }
@@ -1173,8 +1080,8 @@ impl ExternalContext {
         let pid = p.child.pid;
         // What the child wrote before exiting is in the pipes now; take it
         // (as far as the credit goes) and do not wait for EOF.
-        self.proc_output(slot, 1, true);
-        self.proc_output(slot, 2, true);
+        self.proc_output(slot, Pipe::Stdout, true);
+        self.proc_output(slot, Pipe::Stderr, true);
         // The command carried a child's stream: the child is lost once its
         // stream has ended too (what it wrote last, a goodbye, goes first).
         let Some(cs) = self.children.streams.iter().position(|c| c.as_ref().is_some_and(|c| c.pid == pid)) else {
@@ -1204,7 +1111,7 @@ impl ExternalContext {
         spawn::kill_group(p.child.pid, libc::SIGTERM);
         p.timer = arm_timer(Some(t), KILL_GRACE_MS);
         if let Some(t) = &p.timer {
-            let _ = self.poller.add(t.as_fd(), T_PROC + PROC_TOKENS * slot as u64 + 4, Interest::READ);
+            let _ = self.poller.add(t.as_fd(), Token::Command(slot, CommandFd::Timer).into(), Interest::READ);
         }
     }
 
@@ -1250,10 +1157,13 @@ impl ExternalContext {
 
     // ---- IoLogger ---------------------------------------------------------
 
-    fn pump_logger(&mut self, i: usize) {
+    fn pump_logger(&mut self, pipe: Pipe) {
+        let i = pipe as usize - 1;
         let Some(mut l) = self.loggers[i].take() else { return };
-        let source = if i == 0 { LogSource::Stdout } else { LogSource::Stderr };
-        let level = if i == 0 { LogLevel::Info } else { LogLevel::Warn };
+        let (source, level) = match pipe {
+            Pipe::Stdout => (LogSource::Stdout, LogLevel::Info),
+            Pipe::Stderr => (LogSource::Stderr, LogLevel::Warn),
+        };
         let mut lines: Vec<Vec<u8>> = Vec::new();
         let open = l.pump(&mut |line| lines.push(line.to_vec()));
         for line in lines {
@@ -1270,11 +1180,11 @@ impl ExternalContext {
 
     fn flush(&mut self) {
         // A parent that is gone is reported by the read side too.
-        flush_to(&self.poller, self.tx_fd.as_fd(), T_PARENT_TX, &mut self.tx, &mut self.tx_watched);
+        flush_to(&self.poller, self.tx_fd.as_fd(), Token::ParentTx, &mut self.tx, &mut self.tx_watched);
         // With nothing left to write, the stream is between frames: a panic
         // may write its goodbye there.
         let fd = if self.tx.is_empty() { rustix::fd::AsRawFd::as_raw_fd(&self.tx_fd) } else { -1 };
-        PARENT_FD.store(fd, core::sync::atomic::Ordering::Relaxed);
+        super::panic_goodbye::set_parent_fd(fd);
     }
 
     /// Best effort to send what is queued before exiting, for at most 1 s.
@@ -1315,7 +1225,7 @@ impl ExternalContext {
         if backed != self.parent_paused {
             self.parent_paused = backed;
             let i = if backed { Interest::NONE } else { Interest::READ };
-            let _ = self.poller.modify(self.rx.as_fd(), T_PARENT_RX, i);
+            let _ = self.poller.modify(self.rx.as_fd(), Token::ParentRx.into(), i);
         }
         let pause = if self.paused { self.tx.len() > TX_LOW } else { self.tx.len() > TX_HIGH };
         if pause == self.paused {
@@ -1330,14 +1240,14 @@ impl ExternalContext {
         for (slot, c) in self.children.streams.iter_mut().enumerate() {
             if let Some(c) = c.as_mut().filter(|c| c.ended.is_none()) {
                 c.reading = !pause;
-                let _ = self.poller.modify(c.rx.as_fd(), T_CHILD + 2 * slot as u64, i);
+                let _ = self.poller.modify(c.rx.as_fd(), Token::ChildRx(slot).into(), i);
             }
         }
         // And so do the lines written to our fd 1/2 (by commands run with
         // `Stdio::Log`): left in their pipes, they stop their writers.
-        for (n, l) in self.loggers.iter().enumerate() {
+        for (pipe, l) in [Pipe::Stdout, Pipe::Stderr].into_iter().zip(&self.loggers) {
             if let Some(l) = l {
-                let _ = self.poller.modify(l.fd.as_fd(), T_LOG + n as u64, i);
+                let _ = self.poller.modify(l.fd.as_fd(), Token::Log(pipe).into(), i);
             }
         }
     }
@@ -1345,14 +1255,14 @@ impl ExternalContext {
 
 /// Writes `out` to `fd` as far as it goes (dropping it when the peer is
 /// gone) and waits for writability (`token`) only while bytes remain.
-fn flush_to(poller: &Poller, fd: BorrowedFd<'_>, token: u64, out: &mut TxBuffer, watched: &mut bool) {
+fn flush_to(poller: &Poller, fd: BorrowedFd<'_>, token: Token, out: &mut TxBuffer, watched: &mut bool) {
     if out.write_to(fd).is_err() {
         *out = TxBuffer::default();
     }
     let want = !out.is_empty();
     if want != *watched {
         *watched = want;
-        let _ = poller.modify(fd, token, if want { Interest::WRITE } else { Interest::NONE });
+        let _ = poller.modify(fd, token.into(), if want { Interest::WRITE } else { Interest::NONE });
     }
 }
 
@@ -1381,25 +1291,6 @@ fn bytes_frame(
     let hdr = Header { dst: h.src, src: me, auth: me, handle: h.reply_to, len, ..Header::default() }.encode();
     frame[start - crate::proto::HEADER_LEN..start].copy_from_slice(&hdr);
     Ok((frame, start - crate::proto::HEADER_LEN))
-}
-
-/// Blocks SIGHUP, SIGINT and SIGTERM and returns a signalfd that reports
-/// them to the loop (no handler races with `epoll_wait`). Children get an
-/// empty mask back from posix_spawn.
-fn termination_signals() -> Option<OwnedFd> {
-    // SAFETY: plain libc calls on a local sigset; the agent is single-threaded.
-    unsafe {
-        let mut set: libc::sigset_t = core::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
-            libc::sigaddset(&mut set, sig);
-        }
-        if libc::sigprocmask(libc::SIG_BLOCK, &set, core::ptr::null_mut()) != 0 {
-            return None;
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-        (fd >= 0).then(|| super::spawn::owned(fd))
-    }
 }
 
 /// A one-shot monotonic timer firing in `ms` (a new one unless `reuse`).

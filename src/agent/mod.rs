@@ -24,7 +24,10 @@ pub mod facts;
 pub mod files;
 pub mod fs;
 pub mod iologger;
+pub mod panic_goodbye;
+pub mod signals;
 pub mod spawn;
+pub mod token;
 pub mod util;
 
 pub use external_context::main;
