@@ -31,8 +31,20 @@
 //!   destination (as an earlier copy of a symlink would).
 //! - `modes` ([`modes`]): setuid-root, setgid and sticky files, a
 //!   setgid+sticky directory, owners uid 0 and 4242:4343, a symlink.
-//! - `mtime-extremes` ([`mtime_extremes`]): files with mtimes `i64::MAX`
-//!   (and `u32::MAX` nanoseconds) and `i64::MIN`.
+//! - `name-long` ([`bad_name`]): `/t` lists a file whose name is 256
+//!   bytes, one more than `NAME_MAX`.
+//! - `mtime-extremes` ([`mtime_extremes`]): files, directories and
+//!   symlinks with mtimes `i64::MAX` (and `u32::MAX` nanoseconds) and
+//!   `i64::MIN`.
+//! - `deep` ([`Generated::Deep`]): a tree that never ends: every directory
+//!   `/t`, `/t/d`, `/t/d/d`, … lists one directory `d`.
+//! - `wide` ([`Generated::Wide`]): `/t` lists 1000 directories, each
+//!   listing enough files (8-byte names) for the tree to have more than
+//!   `MAX_TREE_ENTRIES` entries.
+//! - `wide-long-names` ([`Generated::Wide`]): the same with 250-byte
+//!   names, and only as many directories of 1000 files as it takes for the
+//!   names to add up to more than `MAX_TREE_NAME_BYTES` (fewer entries
+//!   than `MAX_TREE_ENTRIES`).
 //! - `sizes` ([`sizes`]): `larger` (stat 1000 bytes, serves 64 MiB in full
 //!   chunks), `smaller` (stat 3 MiB, serves 10 bytes), `huge` (stat
 //!   `u64::MAX`, serves 10 bytes).
@@ -118,11 +130,60 @@ impl Content {
 }
 
 /// The made-up file system: path → (its lstat, what it holds), and the
-/// symlinks `read_link` knows (a path may be both: listed twice).
+/// symlinks `read_link` knows (a path may be both: listed twice); a tree
+/// too big to hold is generated instead, as it is asked for.
 #[derive(Default)]
 struct Fs {
     nodes: HashMap<Vec<u8>, (StatReply, Body)>,
     links: HashMap<Vec<u8>, Vec<u8>>,
+    generated: Option<Generated>,
+}
+
+/// A tree under [`ROOT`] made up on each `stat` and `list_dir`.
+#[derive(Clone, Copy)]
+enum Generated {
+    /// Every directory lists one directory `d`, forever.
+    Deep,
+    /// `ROOT` lists `dirs` directories, each listing `files` files; every
+    /// name is `name_len` bytes (a number, then `x`s).
+    Wide { dirs: usize, files: usize, name_len: usize },
+}
+
+impl Generated {
+    fn name(i: usize, len: usize) -> Vec<u8> {
+        let mut n = format!("{i:06}").into_bytes();
+        n.resize(len.max(n.len()), b'x');
+        n
+    }
+
+    /// `path`'s lstat and, for a directory, its listing.
+    fn node(self, path: &[u8]) -> Option<(StatReply, Option<Vec<DirEntry>>)> {
+        let dir = stat(FileKind::Dir, 0o755, 0);
+        let file = stat(FileKind::File, 0o644, 0);
+        let rest = path.strip_prefix(ROOT.as_bytes())?;
+        match self {
+            Generated::Deep => {
+                // `/t` then any number of `/d`.
+                if rest.len() % 2 != 0 || !rest.chunks(2).all(|c| c == b"/d") {
+                    return None;
+                }
+                Some((dir.clone(), Some(vec![entry(b"d", dir)])))
+            }
+            Generated::Wide { dirs, files, name_len } => {
+                let names = |n: usize| (0..n).map(move |i| Generated::name(i, name_len));
+                if rest.is_empty() {
+                    return Some((dir.clone(), Some(names(dirs).map(|n| entry(&n, dir.clone())).collect())));
+                }
+                let sub = rest.strip_prefix(b"/")?;
+                if let Some((d, f)) = sub.iter().position(|&b| b == b'/').map(|i| (&sub[..i], &sub[i + 1..])) {
+                    return (names(dirs).any(|n| n == d) && names(files).any(|n| n == f)).then_some((file, None));
+                }
+                names(dirs)
+                    .any(|n| n == sub)
+                    .then(|| (dir, Some(names(files).map(|n| entry(&n, file.clone())).collect())))
+            }
+        }
+    }
 }
 
 fn stat(kind: FileKind, mode: u32, size: u64) -> StatReply {
@@ -206,6 +267,11 @@ fn bad_name(which: &str) -> Fs {
             vec![entry(b"nul\0name", file.clone())]
         }
         "empty" => vec![entry(b"", file.clone())],
+        "long" => {
+            let name = vec![b'n'; 256];
+            fs.small(&join(root, &name), file.clone(), b"pwned\n");
+            vec![entry(&name, file.clone())]
+        }
         "dot" => {
             fs.dir(&join(root, b"."), dir.clone(), vec![entry(b"dotted", file.clone())]);
             fs.small(&join(&join(root, b"."), b"dotted"), file.clone(), b"pwned\n");
@@ -279,16 +345,48 @@ fn modes() -> Fs {
     fs
 }
 
-/// Modification times at the ends of `i64`.
+/// Modification times at the ends of `i64`, on files, directories and
+/// symlinks.
 fn mtime_extremes() -> Fs {
     let root = ROOT.as_bytes();
     let mut fs = Fs::default();
-    let future = StatReply { mtime: i64::MAX, mtime_nsec: u32::MAX, ..stat(FileKind::File, 0o644, 0) };
-    let past = StatReply { mtime: i64::MIN, ..stat(FileKind::File, 0o644, 0) };
-    fs.dir(root, stat(FileKind::Dir, 0o755, 0), vec![entry(b"future", future.clone()), entry(b"past", past.clone())]);
-    fs.small(&join(root, b"future"), future, b"future\n");
-    fs.small(&join(root, b"past"), past, b"past\n");
+    let future = |kind| StatReply { mtime: i64::MAX, mtime_nsec: u32::MAX, ..stat(kind, 0o644, 0) };
+    let past = |kind| StatReply { mtime: i64::MIN, ..stat(kind, 0o644, 0) };
+    let (future_dir, past_dir) = (future(FileKind::Dir), past(FileKind::Dir));
+    let (future_link, past_link) = (future(FileKind::Symlink), past(FileKind::Symlink));
+    fs.dir(
+        root,
+        stat(FileKind::Dir, 0o755, 0),
+        vec![
+            entry(b"future", future(FileKind::File)),
+            entry(b"future-dir", future_dir.clone()),
+            entry(b"future-link", future_link.clone()),
+            entry(b"past", past(FileKind::File)),
+            entry(b"past-dir", past_dir.clone()),
+            entry(b"past-link", past_link.clone()),
+        ],
+    );
+    fs.small(&join(root, b"future"), future(FileKind::File), b"future\n");
+    fs.small(&join(root, b"past"), past(FileKind::File), b"past\n");
+    fs.dir(&join(root, b"future-dir"), future_dir, vec![]);
+    fs.dir(&join(root, b"past-dir"), past_dir, vec![]);
+    fs.link(&join(root, b"future-link"), future_link, b"future");
+    fs.link(&join(root, b"past-link"), past_link, b"past");
     fs
+}
+
+/// `wide` and `wide-long-names` (see the module docs): just past the
+/// master's limit on entries, or on the bytes of names.
+fn wide(long_names: bool) -> Fs {
+    use mito::master::tree::{MAX_TREE_ENTRIES, MAX_TREE_NAME_BYTES};
+    let generated = if long_names {
+        let (files, name_len) = (1000, 250);
+        Generated::Wide { dirs: MAX_TREE_NAME_BYTES / (files * name_len) + 1, files, name_len }
+    } else {
+        let dirs = 1000;
+        Generated::Wide { dirs, files: MAX_TREE_ENTRIES.div_ceil(dirs), name_len: 8 }
+    };
+    Fs { generated: Some(generated), ..Fs::default() }
 }
 
 /// Files whose content is not the size they announce.
@@ -426,6 +524,11 @@ impl Agent {
         self.fs.nodes.get(path).ok_or_else(|| os_error(libc::ENOENT, path))
     }
 
+    /// `path` in the generated tree, if there is one and it has `path`.
+    fn generated(&self, path: &[u8]) -> Option<(StatReply, Option<Vec<DirEntry>>)> {
+        self.fs.generated.and_then(|g| g.node(path))
+    }
+
     fn call(&mut self, h: &Header, payload: &[u8]) {
         let Ok((name, args)) = decode_call(payload) else {
             return self.reply::<()>(h, Err(RemoteError::new(ErrorKind::Protocol, "bad call")));
@@ -466,13 +569,19 @@ impl Agent {
                 self.reply(h, Ok(info));
             }
             f::Stat::NAME => {
-                let r = postcard::from_bytes::<StatArgs>(args)
-                    .map_err(|_| bad())
-                    .and_then(|a| self.lookup(&a.path).map(|(st, _)| st.clone()));
+                let r = postcard::from_bytes::<StatArgs>(args).map_err(|_| bad()).and_then(|a| {
+                    match self.generated(&a.path) {
+                        Some((st, _)) => Ok(st),
+                        None => self.lookup(&a.path).map(|(st, _)| st.clone()),
+                    }
+                });
                 self.reply(h, r);
             }
             f::ListDir::NAME => {
                 let r = postcard::from_bytes::<PathArgs>(args).map_err(|_| bad()).and_then(|a| {
+                    if let Some((_, listing)) = self.generated(&a.path) {
+                        return listing.ok_or_else(|| os_error(libc::ENOTDIR, &a.path));
+                    }
                     match self.lookup(&a.path)? {
                         (_, Body::Dir(entries)) => Ok(entries.clone()),
                         _ => Err(os_error(libc::ENOTDIR, &a.path)),
@@ -625,6 +734,9 @@ fn main() {
         "dir-over-link" => dir_over_link(),
         "modes" => modes(),
         "mtime-extremes" => mtime_extremes(),
+        "deep" => Fs { generated: Some(Generated::Deep), ..Fs::default() },
+        "wide" => wide(false),
+        "wide-long-names" => wide(true),
         "sizes" => sizes(),
         "pre-adoption" => {
             first.extend(pre_adoption(id));

@@ -121,7 +121,8 @@ fn me() -> (u32, u32) {
 /// written, and nothing appears or changes outside the destination. On a
 /// master that trusts the names, `..`, `a/../../escaped` and an absolute
 /// name write `escaped` outside it, and the others are copied or fail with
-/// an untyped error.
+/// an untyped error (a name longer than `NAME_MAX` after the destination
+/// was made).
 #[test]
 fn crafted_names_are_refused_and_nothing_is_written_outside() {
     let router = Router::new().expect("router");
@@ -134,6 +135,7 @@ fn crafted_names_are_refused_and_nothing_is_written_outside() {
         ("nul", b"nul\0name".to_vec()),
         ("empty", b"".to_vec()),
         ("dot", b".".to_vec()),
+        ("long", vec![b'n'; 256]),
     ] {
         let site = Site::new(&format!("names-{which}"));
         let name = if which == "absolute" {
@@ -286,7 +288,9 @@ fn setuid_setgid_and_remote_owners_are_dropped_unless_asked() {
 /// mtimes of `i64::MAX` (with 2^32-1 ns) and `i64::MIN` neither panic the
 /// master (a trusting one overflows `SystemTime` on the first) nor reach
 /// the file system as they are: they are clamped to years 1..9999 (the
-/// file system may clamp further).
+/// file system may clamp further), on files, and in a tree on directories
+/// and symlinks too (which, before they got their times, kept the time of
+/// the copy); the top of the tree gets its own mtime.
 #[test]
 fn extreme_mtimes_do_not_panic_and_are_clamped() {
     let router = Router::new().expect("router");
@@ -295,19 +299,25 @@ fn extreme_mtimes_do_not_panic_and_are_clamped() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
     let year_9999 = 253_402_300_799;
     let year_1 = -62_135_596_800;
-    let check = |p: &Path| {
-        let future = std::fs::metadata(p.join("future")).expect("future").mtime();
-        assert!(future > now && future <= year_9999, "future mtime {future}");
-        let past = std::fs::metadata(p.join("past")).expect("past").mtime();
-        assert!((year_1..0).contains(&past), "past mtime {past}");
+    // Far enough ahead that the time of the copy is not mistaken for it.
+    let decade = 10 * 365 * 86_400;
+    let mtime = |p: &Path| std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).mtime();
+    let check = |p: &Path, suffix: &str| {
+        let future = mtime(&p.join(format!("future{suffix}")));
+        assert!(future > now + decade && future <= year_9999, "future{suffix} mtime {future}");
+        let past = mtime(&p.join(format!("past{suffix}")));
+        assert!((year_1..0).contains(&past), "past{suffix} mtime {past}");
     };
     get_tree(&ctx, &site.dest(), &GetOptions::default()).expect("get -r");
-    check(&site.dest());
+    for suffix in ["", "-dir", "-link"] {
+        check(&site.dest(), suffix);
+    }
+    assert_eq!(mtime(&site.dest()), 1_600_000_000, "the top of the tree");
     let single = site.work().join("single");
     std::fs::create_dir(&single).expect("mkdir");
     ctx.get("/t/future", single.join("future")).expect("get future");
     ctx.get("/t/past", single.join("past")).expect("get past");
-    check(&single);
+    check(&single, "");
 }
 
 fn temp_files(dir: &Path) -> Vec<String> {

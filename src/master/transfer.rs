@@ -106,6 +106,45 @@ pub enum TransferError {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// The tree being fetched goes deeper than
+    /// [`MAX_TREE_DEPTH`](super::tree::MAX_TREE_DEPTH) levels (a target
+    /// can describe one that never ends; the copy holds an fd per level).
+    /// Refused while planning, before anything is written.
+    #[error("the tree from {context} is deeper than {limit} levels at {}; refusing to copy it", crate::core::text::printable(.path.as_os_str().as_bytes(), 1024))]
+    TreeTooDeep {
+        /// Context name.
+        context: String,
+        /// The first remote path below the limit.
+        path: PathBuf,
+        /// The limit.
+        limit: usize,
+    },
+    /// The tree being fetched has more than
+    /// [`MAX_TREE_ENTRIES`](super::tree::MAX_TREE_ENTRIES) entries (its
+    /// plan is held in the master's memory). Refused while planning,
+    /// before anything is written.
+    #[error("the tree from {context} has more than {limit} entries (at {}); refusing to copy it", crate::core::text::printable(.path.as_os_str().as_bytes(), 1024))]
+    TreeTooManyEntries {
+        /// Context name.
+        context: String,
+        /// The remote directory whose listing went past the limit.
+        path: PathBuf,
+        /// The limit.
+        limit: usize,
+    },
+    /// The names of the tree being fetched add up to more than
+    /// [`MAX_TREE_NAME_BYTES`](super::tree::MAX_TREE_NAME_BYTES) (its plan
+    /// is held in the master's memory). Refused while planning, before
+    /// anything is written.
+    #[error("the tree from {context} has more than {limit} bytes of names (at {}); refusing to copy it", crate::core::text::printable(.path.as_os_str().as_bytes(), 1024))]
+    TreeNamesTooLong {
+        /// Context name.
+        context: String,
+        /// The remote directory whose listing went past the limit.
+        path: PathBuf,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 pub(super) fn local(path: &Path) -> impl Fn(std::io::Error) -> TransferError + '_ {
