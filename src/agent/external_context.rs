@@ -50,24 +50,22 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use serde::Serialize;
 use serde_bytes::ByteBuf;
 
 use super::builtins::{self, Identity};
 use super::children::{ChildStream, Children};
-use super::iologger::IoLogger;
+use super::outbox::{flush_to, Outbox, TX_HIGH, TX_LOW};
 use super::panic_goodbye::doing;
 use super::spawn::{self, Child};
+use super::stdio::Loggers;
 use super::token::{CommandFd, Pipe, Token};
 use super::util::cstring;
 use crate::core::poller::{Event, Interest, Poller};
 use crate::core::side::{self, Io};
 use crate::core::stream::{Decoder, TxBuffer};
 use crate::proto::functions::{self as f, ExecArgs, ExecControl, ExecOp, ExecOutput, ExecReply, Function, Stdio};
-use crate::proto::message::{
-    decode_call, goodbye_frame, AddRoute, DelRoute, Goodbye, Hello, LinkEnd, LogLevel, LogRecord, LogSource, Relay,
-};
-use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
+use crate::proto::message::{decode_call, AddRoute, DelRoute, Goodbye, Hello, LinkEnd, LogLevel, LogSource, Relay};
+use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, MASTER_ID};
 
 /// After activity the loop polls without sleeping for this long: a request
 /// that follows within it is picked up without waking an idle CPU (on a VM
@@ -75,11 +73,6 @@ use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR,
 /// recent gaps were shorter than this (see `run`); an idle agent sleeps in
 /// epoll.
 const POLL_WINDOW_NS: u64 = 100_000;
-
-/// Above this many queued bytes towards the parent, stop reading command
-/// output (back-pressure instead of memory growth); resume below the low mark.
-const TX_HIGH: usize = 4 << 20;
-const TX_LOW: usize = 1 << 20;
 
 /// How long a child may keep reads from the parent stopped without taking
 /// a byte of its queue before it is dropped (see the module docs). Longer
@@ -141,18 +134,14 @@ struct Proc {
 /// The agent's state.
 pub struct ExternalContext {
     poller: Poller,
-    id: u32,
     rx: OwnedFd,
-    tx_fd: OwnedFd,
     decoder: Decoder,
-    tx: TxBuffer,
-    tx_watched: bool,
-    paused: bool,
-    loggers: [Option<IoLogger>; 2],
+    /// Frames to the parent, and whether it keeps up.
+    out: Outbox,
+    loggers: Loggers,
     procs: Vec<Option<Proc>>,
     ident: Identity,
     serial: u64,
-    max: u32,
     closing: bool,
     signals: Option<OwnedFd>,
     files: super::files::FileTable,
@@ -161,28 +150,9 @@ pub struct ExternalContext {
     out_buf: Vec<u8>,
     /// Streams to contexts carried onward (multi-hop).
     children: Children,
-    /// Reads from the parent stopped: a child's queue is backed up.
-    parent_paused: bool,
-}
-
-/// Moves the protocol off fds 0/1, points 1 and 2 at IoLogger pipes, and
-/// returns (rx, tx, logger read ends).
-fn take_over_stdio() -> Result<(OwnedFd, OwnedFd, [OwnedFd; 2]), rustix::io::Errno> {
-    use rustix::io::fcntl_dupfd_cloexec;
-    use rustix::pipe::{pipe_with, PipeFlags};
-    // SAFETY: fds 0..2 are open for the agent's whole life (stage0 passed them).
-    let (fd0, fd1) = unsafe { (BorrowedFd::borrow_raw(0), BorrowedFd::borrow_raw(1)) };
-    let rx = fcntl_dupfd_cloexec(fd0, 3)?;
-    let tx = fcntl_dupfd_cloexec(fd1, 3)?;
-    let null = rustix::fs::open("/dev/null", rustix::fs::OFlags::RDWR, rustix::fs::Mode::empty())?;
-    rustix::stdio::dup2_stdin(&null)?;
-    let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
-    let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC)?;
-    rustix::stdio::dup2_stdout(&out_w)?;
-    rustix::stdio::dup2_stderr(&err_w)?;
-    side::set_nonblocking(out_r.as_fd(), true)?;
-    side::set_nonblocking(err_r.as_fd(), true)?;
-    Ok((rx, tx, [out_r, err_r]))
+    /// Reads from the parent stopped: a child's queue is backed up (the
+    /// opposite direction of [`Outbox::is_full`]).
+    downstream_full: bool,
 }
 
 /// The agent's entry point: `mito-agent HASH CONTEXT_ID`. Returns the exit code.
@@ -196,7 +166,7 @@ pub fn main(args: &[&[u8]]) -> i32 {
         let _ = rustix::io::write(unsafe { BorrowedFd::borrow_raw(2) }, b"usage: mito-agent HASH CONTEXT_ID\n");
         return exit::USAGE;
     };
-    let Ok((rx, tx_fd, [out_r, err_r])) = take_over_stdio() else { return exit::SETUP };
+    let Ok((rx, tx_fd, loggers)) = super::stdio::take_over_stdio() else { return exit::SETUP };
     super::panic_goodbye::set_self_id(id as u32);
     let exe = rustix::fs::readlink("/proc/self/exe", Vec::new())
         .map(|p| String::from_utf8_lossy(p.to_bytes()).into_owned())
@@ -204,24 +174,19 @@ pub fn main(args: &[&[u8]]) -> i32 {
     let Ok(poller) = Poller::new() else { return exit::SETUP };
     let mut cx = ExternalContext {
         poller,
-        id: id as u32,
         rx,
-        tx_fd,
         decoder: Decoder::new(crate::proto::MAX_MESSAGE_SIZE),
-        tx: TxBuffer::default(),
-        tx_watched: false,
-        paused: false,
-        loggers: [Some(IoLogger::new(out_r)), Some(IoLogger::new(err_r))],
+        out: Outbox::new(tx_fd, id as u32, crate::proto::MAX_MESSAGE_SIZE),
+        loggers,
         procs: Vec::new(),
         ident: Identity { hash: String::from_utf8_lossy(hash).into_owned(), exe },
         serial: 0,
-        max: crate::proto::MAX_MESSAGE_SIZE,
         closing: false,
         signals: super::signals::termination_signals(),
         files: super::files::FileTable::default(),
         out_buf: Vec::new(),
         children: Children::default(),
-        parent_paused: false,
+        downstream_full: false,
     };
     if cx.setup().is_err() {
         return exit::SETUP;
@@ -232,14 +197,10 @@ pub fn main(args: &[&[u8]]) -> i32 {
 impl ExternalContext {
     fn setup(&mut self) -> Result<(), rustix::io::Errno> {
         side::set_nonblocking(self.rx.as_fd(), true)?;
-        side::set_nonblocking(self.tx_fd.as_fd(), true)?;
+        side::set_nonblocking(self.out.fd(), true)?;
         self.poller.add(self.rx.as_fd(), Token::ParentRx.into(), Interest::READ)?;
-        self.poller.add(self.tx_fd.as_fd(), Token::ParentTx.into(), Interest::NONE)?;
-        for (pipe, l) in [Pipe::Stdout, Pipe::Stderr].into_iter().zip(&self.loggers) {
-            if let Some(l) = l {
-                self.poller.add(l.fd.as_fd(), Token::Log(pipe).into(), Interest::READ)?;
-            }
-        }
+        self.poller.add(self.out.fd(), Token::ParentTx.into(), Interest::NONE)?;
+        self.loggers.register(&self.poller)?;
         if let Some(fd) = &self.signals {
             self.poller.add(fd.as_fd(), Token::Signal.into(), Interest::READ)?;
         }
@@ -253,10 +214,11 @@ impl ExternalContext {
         };
         let mut first = Vec::from(&b"\nMITO2\n"[..]);
         let data = postcard::to_allocvec(&hello).map_err(|_| rustix::io::Errno::INVAL)?;
-        let h = Header { dst: MASTER_ID, src: self.id, auth: self.id, handle: handles::HELLO, ..Header::default() };
+        let id = self.out.id();
+        let h = Header { dst: MASTER_ID, src: id, auth: id, handle: handles::HELLO, ..Header::default() };
         first.extend_from_slice(&crate::core::stream::encode(&h, &data));
-        self.tx.push_raw(&first);
-        self.flush();
+        self.out.push_raw(&first);
+        self.out.flush(&self.poller);
         Ok(())
     }
 
@@ -297,11 +259,11 @@ impl ExternalContext {
                     return code;
                 }
             }
-            self.flush();
+            self.out.flush(&self.poller);
             self.check_children();
-            self.update_pause();
+            self.update_back_pressure();
             if self.closing {
-                self.say_goodbye(Goodbye::Shutdown);
+                self.out.say_goodbye(Goodbye::Shutdown, &self.poller);
                 self.terminate_children();
                 return exit::OK;
             }
@@ -312,17 +274,17 @@ impl ExternalContext {
         let token = Token::from_u64(ev.token)?;
         match token {
             Token::ParentRx => return self.read_parent(),
-            Token::ParentTx => self.flush(),
+            Token::ParentTx => self.out.flush(&self.poller),
             // A hang-up or termination request ends the agent like losing its
             // parent does: its commands' process groups get SIGTERM first.
             Token::Signal => {
                 let sig = super::signals::signal_number(self.signals.as_ref());
-                self.say_goodbye(Goodbye::Signal(sig));
+                self.out.say_goodbye(Goodbye::Signal(sig), &self.poller);
                 return Some(exit::SIGNALLED);
             }
             Token::ChildRx(slot) => self.read_child(slot),
             Token::ChildTx(slot) => self.flush_child(slot),
-            Token::Log(pipe) => self.pump_logger(pipe),
+            Token::Log(pipe) => self.loggers.pump(pipe, &self.poller, &mut self.out),
             Token::Command(slot, fd) => {
                 match fd {
                     CommandFd::Stdin => self.proc_stdin(slot),
@@ -353,8 +315,15 @@ impl ExternalContext {
                             Ok(Some(m)) => self.on_message(m),
                             Ok(None) => break,
                             Err(_) => {
-                                self.log(LogLevel::Error, LogSource::Agent, b"malformed frame from parent; closing");
-                                self.say_goodbye(Goodbye::Fatal { what: "malformed frame from its parent", errno: 0 });
+                                self.out.log(
+                                    LogLevel::Error,
+                                    LogSource::Agent,
+                                    b"malformed frame from parent; closing",
+                                );
+                                self.out.say_goodbye(
+                                    Goodbye::Fatal { what: "malformed frame from its parent", errno: 0 },
+                                    &self.poller,
+                                );
                                 return Some(exit::PROTOCOL);
                             }
                         }
@@ -372,10 +341,10 @@ impl ExternalContext {
 
     fn on_message(&mut self, m: Message) {
         let h = m.header;
-        if h.dst != self.id {
+        if h.dst != self.out.id() {
             match self.children.next_hop(h.dst) {
                 Some(slot) => self.send_down(slot, &h, &m.data),
-                None => self.dead_route(&h),
+                None => self.out.dead_route(&h),
             }
             return self.decoder.recycle(m.data);
         }
@@ -392,27 +361,7 @@ impl ExternalContext {
                 }
             }
             handles::RELAY if h.auth == MASTER_ID => self.on_relay(&m),
-            _ => self.reply_error(&h, RemoteError::new(ErrorKind::DeadRoute, "no such handle")),
-        }
-    }
-
-    /// No route to `h.dst`: the error goes back in its name, so the
-    /// caller's mailbox (which expects a reply from `dst`) takes it.
-    fn dead_route(&mut self, h: &Header) {
-        if h.reply_to == 0 {
-            return;
-        }
-        let e = RemoteError::new(ErrorKind::DeadRoute, "no route to context");
-        if let Ok(data) = postcard::to_allocvec(&e) {
-            let r = Header {
-                flags: FLAG_ERROR,
-                dst: h.src,
-                src: h.dst,
-                auth: self.id,
-                handle: h.reply_to,
-                ..Header::default()
-            };
-            self.tx.push(&r, &data);
+            _ => self.out.reply_error(&h, RemoteError::new(ErrorKind::DeadRoute, "no such handle")),
         }
     }
 
@@ -422,7 +371,7 @@ impl ExternalContext {
     /// [`crate::proto::handles::RELAY`]).
     fn on_relay(&mut self, m: &Message) {
         let Ok(r) = postcard::from_bytes::<Relay<'_>>(&m.data) else {
-            return self.log(LogLevel::Error, LogSource::Agent, b"malformed relay message; dropped");
+            return self.out.log(LogLevel::Error, LogSource::Agent, b"malformed relay message; dropped");
         };
         let h = m.header;
         let copy = |dst: u32, reply_to: u32| Header {
@@ -437,7 +386,7 @@ impl ExternalContext {
         let mut mine = Vec::new();
         let mut groups: Vec<(usize, Vec<(u32, u32)>)> = Vec::new();
         for &(dst, reply_to) in &r.targets {
-            if dst == self.id {
+            if dst == self.out.id() {
                 mine.push(copy(dst, reply_to));
                 continue;
             }
@@ -446,7 +395,7 @@ impl ExternalContext {
                     Some((_, g)) => g.push((dst, reply_to)),
                     None => groups.push((slot, alloc::vec![(dst, reply_to)])),
                 },
-                None => self.dead_route(&copy(dst, reply_to)),
+                None => self.out.dead_route(&copy(dst, reply_to)),
             }
         }
         for (slot, targets) in groups {
@@ -474,12 +423,12 @@ impl ExternalContext {
     fn adopt(&mut self, id: u32, rx: OwnedFd, tx: OwnedFd, pid: i32) {
         self.poller.delete(rx.as_fd());
         self.poller.delete(tx.as_fd());
-        let reading = !self.paused;
+        let reading = !self.out.is_full();
         let c = ChildStream {
             id,
             rx,
             tx,
-            decoder: Decoder::new(self.max),
+            decoder: Decoder::new(self.out.max()),
             out: TxBuffer::default(),
             tx_watched: false,
             reading,
@@ -543,7 +492,7 @@ impl ExternalContext {
             line.extend_from_slice(b" took nothing for ");
             super::util::push_decimal(&mut line, STALL_MS / 1000);
             line.extend_from_slice(b" s with its queue full: dropped");
-            self.log(LogLevel::Error, LogSource::Agent, &line);
+            self.out.log(LogLevel::Error, LogSource::Agent, &line);
             spawn::kill_group(pid, libc::SIGKILL);
             self.drop_child(slot, LinkEnd::Stalled);
         }
@@ -583,7 +532,7 @@ impl ExternalContext {
                             Ok(Some(m)) => self.on_child_message(slot, m),
                             Ok(None) => break,
                             Err(_) => {
-                                self.log(
+                                self.out.log(
                                     LogLevel::Error,
                                     LogSource::Agent,
                                     b"malformed frame from a child; closing its stream",
@@ -636,8 +585,8 @@ impl ExternalContext {
                 return;
             }
         }
-        if h.dst != self.id {
-            self.tx.push(&h, &m.data);
+        if h.dst != self.out.id() {
+            self.out.push(&h, &m.data);
         }
     }
 
@@ -656,97 +605,44 @@ impl ExternalContext {
             } else {
                 DelRoute { id, end: LinkEnd::Behind(c.id), pid: 0, status: None }
             };
-            self.send(MASTER_ID, handles::DEL_ROUTE, 0, &r);
+            self.out.send(MASTER_ID, handles::DEL_ROUTE, 0, &r);
         }
         if let Some(p) = self.procs.iter().position(|p| p.as_ref().is_some_and(|p| p.child.pid == c.pid)) {
             self.proc_maybe_done(p);
         }
     }
 
-    /// Its last frame, then out: see the module docs.
-    fn say_goodbye(&mut self, bye: Goodbye<'_>) {
-        let mut buf = [0u8; 128];
-        if let Some(n) = goodbye_frame(self.id, &bye, &mut buf) {
-            self.tx.push_raw(&buf[..n]);
-        }
-        self.drain_and_exit_flush();
-    }
-
     /// A fatal error: goodbye, commands and children ended.
     fn fatal(&mut self, what: &str, errno: i32) -> i32 {
-        self.say_goodbye(Goodbye::Fatal { what, errno });
+        self.out.say_goodbye(Goodbye::Fatal { what, errno }, &self.poller);
         self.terminate_children();
         exit::SETUP
-    }
-
-    fn reply_error(&mut self, h: &Header, e: RemoteError) {
-        if h.reply_to != 0 {
-            self.send(h.src, h.reply_to, FLAG_ERROR, &e);
-        }
-    }
-
-    fn reply<T: Serialize>(&mut self, h: &Header, r: Result<T, RemoteError>) {
-        if h.reply_to == 0 {
-            return;
-        }
-        match r {
-            Ok(v) => self.send(h.src, h.reply_to, 0, &v),
-            Err(e) => self.send(h.src, h.reply_to, FLAG_ERROR, &e),
-        }
-    }
-
-    /// Queues a bytes reply built by [`bytes_frame`], or the error.
-    fn reply_bytes(&mut self, h: &Header, frame: Result<(Vec<u8>, usize), RemoteError>) {
-        if h.reply_to == 0 {
-            return;
-        }
-        match frame {
-            Ok((f, offset)) => self.tx.push_frame(f, offset),
-            Err(e) => self.reply_error(h, e),
-        }
-    }
-
-    fn send<T: Serialize>(&mut self, dst: u32, handle: u32, flags: u16, value: &T) {
-        let h = Header { flags, dst, src: self.id, auth: self.id, handle, ..Header::default() };
-        match postcard::to_allocvec(value) {
-            Ok(data) if data.len() <= self.max as usize => self.tx.push(&h, &data),
-            _ => {
-                let e = RemoteError::new(ErrorKind::TooLarge, "reply exceeds the maximum message size");
-                if let Ok(data) = postcard::to_allocvec(&e) {
-                    self.tx.push(&Header { flags: FLAG_ERROR, ..h }, &data);
-                }
-            }
-        }
-    }
-
-    fn log(&mut self, level: LogLevel, source: LogSource, line: &[u8]) {
-        let rec = LogRecord { level, source, line: ByteBuf::from(line) };
-        self.send(MASTER_ID, handles::FORWARD_LOG, 0, &rec);
     }
 
     fn on_call(&mut self, m: Message) {
         let h = m.header;
         if h.auth != MASTER_ID {
             return self
+                .out
                 .reply_error(&h, RemoteError::new(ErrorKind::NotPermitted, "calls are accepted from the parent only"));
         }
-        let Some(payload) = m.payload(self.max as usize) else {
-            return self.reply_error(&h, RemoteError::new(ErrorKind::Protocol, "payload does not decompress"));
+        let Some(payload) = m.payload(self.out.max() as usize) else {
+            return self.out.reply_error(&h, RemoteError::new(ErrorKind::Protocol, "payload does not decompress"));
         };
         let Ok((name, args)) = decode_call(&payload) else {
-            return self.reply_error(&h, RemoteError::new(ErrorKind::Protocol, "malformed call"));
+            return self.out.reply_error(&h, RemoteError::new(ErrorKind::Protocol, "malformed call"));
         };
         doing(name);
         fn decode<F: Function>(args: &[u8]) -> Result<F::Args, RemoteError> {
             postcard::from_bytes(args).map_err(|_| RemoteError::new(ErrorKind::BadArgs, F::NAME))
         }
-        let max = self.max as usize - 64;
+        let max = self.out.max() as usize - 64;
         // `call!(F, |a| body)`: decode F's arguments as `a`, run `body`
         // (a Result), reply. The arms below it need more than that.
         macro_rules! call {
             ($f:ty, |$a:pat_param| $body:expr) => {{
                 let r = decode::<$f>(args).and_then(|$a| $body);
-                self.reply(&h, r)
+                self.out.reply(&h, r)
             }};
         }
         match name {
@@ -765,7 +661,7 @@ impl ExternalContext {
                 let r = postcard::from_bytes::<f::FileWriteRef<'_>>(args)
                     .map_err(|_| RemoteError::new(ErrorKind::BadArgs, f::FileWrite::NAME))
                     .and_then(|a| self.files.write(a.id, a.data));
-                self.reply(&h, r);
+                self.out.reply(&h, r);
                 // The chunk's buffer serves the next chunk.
                 if let alloc::borrow::Cow::Borrowed(_) = payload {
                     drop(payload);
@@ -787,27 +683,27 @@ impl ExternalContext {
             // Bytes replies are built in place (no copies of the data).
             f::ReadFile::NAME => match decode::<f::ReadFile>(args) {
                 Ok(a) => {
-                    let buf = self.tx.take_spare();
-                    let frame = bytes_frame(buf, &h, self.id, |out| builtins::read_into(&a.path, max, out));
-                    self.reply_bytes(&h, frame)
+                    let buf = self.out.take_spare();
+                    let frame = bytes_frame(buf, &h, self.out.id(), |out| builtins::read_into(&a.path, max, out));
+                    self.out.reply_bytes(&h, frame)
                 }
-                Err(e) => self.reply_error(&h, e),
+                Err(e) => self.out.reply_error(&h, e),
             },
             f::FileRead::NAME => match decode::<f::FileRead>(args) {
                 Ok(a) => {
                     let len = (a.len as usize).min(max);
-                    let buf = self.tx.take_spare();
-                    let frame = bytes_frame(buf, &h, self.id, |out| self.files.read(a.id, len, out));
-                    self.reply_bytes(&h, frame)
+                    let buf = self.out.take_spare();
+                    let frame = bytes_frame(buf, &h, self.out.id(), |out| self.files.read(a.id, len, out));
+                    self.out.reply_bytes(&h, frame)
                 }
-                Err(e) => self.reply_error(&h, e),
+                Err(e) => self.out.reply_error(&h, e),
             },
             // exec replies later, when the command ends.
             f::Exec::NAME => match decode::<f::Exec>(args).and_then(|a| self.start_exec(a, &h)) {
                 Ok(()) => {}
-                Err(e) => self.reply_error(&h, e),
+                Err(e) => self.out.reply_error(&h, e),
             },
-            _ => self.reply_error(&h, RemoteError::new(ErrorKind::UnknownFunction, name)),
+            _ => self.out.reply_error(&h, RemoteError::new(ErrorKind::UnknownFunction, name)),
         }
     }
 
@@ -845,7 +741,7 @@ impl ExternalContext {
             let _ = side::set_nonblocking(fd.as_fd(), true);
             let _ = self.poller.add(fd.as_fd(), token(CommandFd::Stdin), Interest::WRITE);
         }
-        let read = if self.paused { Interest::NONE } else { Interest::READ };
+        let read = if self.out.is_full() { Interest::NONE } else { Interest::READ };
         for (pipe, fd) in [(Pipe::Stdout, &child.stdout), (Pipe::Stderr, &child.stderr)] {
             if let Some(fd) = fd {
                 let _ = side::set_nonblocking(fd.as_fd(), true);
@@ -872,7 +768,7 @@ impl ExternalContext {
             too_large: false,
             window: if a.stream_to.is_some() { a.window } else { 0 },
             unacked: 0,
-            reading: !self.paused,
+            reading: !self.out.is_full(),
             timer,
             timed_out: false,
         });
@@ -884,8 +780,9 @@ impl ExternalContext {
     }
 
     fn on_exec_control(&mut self, m: Message) {
-        let Some(c) = m.payload(self.max as usize).and_then(|p| postcard::from_bytes::<ExecControl>(&p).ok()) else {
-            return self.log(LogLevel::Error, LogSource::Agent, b"malformed exec control message; ignored");
+        let Some(c) = m.payload(self.out.max() as usize).and_then(|p| postcard::from_bytes::<ExecControl>(&p).ok())
+        else {
+            return self.out.log(LogLevel::Error, LogSource::Agent, b"malformed exec control message; ignored");
         };
         let Some(slot) = self.find_proc(m.header.src, Some(c.stream)) else {
             // Already finished: its reply is on the way, and the master
@@ -900,7 +797,7 @@ impl ExternalContext {
                     // acknowledged (the sender's credit must not leak).
                     if let Some(to) = p.stdin_acks_to {
                         let (caller, n) = (p.caller, data.len() as u32);
-                        self.send(caller, to, 0, &n);
+                        self.out.send(caller, to, 0, &n);
                     }
                     return;
                 }
@@ -997,14 +894,14 @@ impl ExternalContext {
         }
         if let (Some(to), true) = (p.stdin_acks_to, taken > 0) {
             let caller = p.caller;
-            self.send(caller, to, 0, &(taken as u32));
+            self.out.send(caller, to, 0, &(taken as u32));
         }
     }
 
     /// Whether a process's output should be read now: not while the parent
     /// stream is backed up or its credit is used up.
     fn set_reading(&mut self, slot: usize) {
-        let paused = self.paused;
+        let paused = self.out.is_full();
         let Some(Some(p)) = self.procs.get_mut(slot) else { return };
         let want = !paused && (p.window == 0 || p.unacked < p.window as u64);
         if want == p.reading {
@@ -1027,7 +924,7 @@ impl ExternalContext {
     }
 
     fn proc_output_with(&mut self, slot: usize, pipe: Pipe, drain: bool, buf: &mut [u8]) {
-        let max = self.max as usize - 256;
+        let max = self.out.max() as usize - 256;
         for _ in 0..if drain { usize::MAX } else { 4 } {
             let Some(Some(p)) = self.procs.get_mut(slot) else { return };
             if p.window != 0 && p.unacked >= p.window as u64 {
@@ -1042,7 +939,7 @@ impl ExternalContext {
                         p.unacked += n as u64 + u64::from(f::OUTPUT_FRAME_COST);
                         let caller = p.caller;
                         let chunk = ExecOutput { fd: pipe as u8, data: ByteBuf::from(&buf[..n]) };
-                        self.send(caller, handle, 0, &chunk);
+                        self.out.send(caller, handle, 0, &chunk);
                     } else if p.out.len() + p.err.len() + n > max {
                         p.too_large = true;
                     } else if pipe == Pipe::Stdout {
@@ -1134,7 +1031,7 @@ impl ExternalContext {
         let h = Header { src: p.caller, reply_to: p.reply_to, ..Header::default() };
         if p.too_large {
             let e = RemoteError::new(ErrorKind::TooLarge, "exec: output exceeds the maximum message size; stream it");
-            return self.reply_error(&h, e);
+            return self.out.reply_error(&h, e);
         }
         let reply = ExecReply {
             code,
@@ -1143,7 +1040,7 @@ impl ExternalContext {
             stdout: ByteBuf::from(p.out),
             stderr: ByteBuf::from(p.err),
         };
-        self.reply(&h, Ok(reply));
+        self.out.reply(&h, Ok(reply));
     }
 
     fn terminate_children(&mut self) {
@@ -1155,58 +1052,15 @@ impl ExternalContext {
         }
     }
 
-    // ---- IoLogger ---------------------------------------------------------
-
-    fn pump_logger(&mut self, pipe: Pipe) {
-        let i = pipe as usize - 1;
-        let Some(mut l) = self.loggers[i].take() else { return };
-        let (source, level) = match pipe {
-            Pipe::Stdout => (LogSource::Stdout, LogLevel::Info),
-            Pipe::Stderr => (LogSource::Stderr, LogLevel::Warn),
-        };
-        let mut lines: Vec<Vec<u8>> = Vec::new();
-        let open = l.pump(&mut |line| lines.push(line.to_vec()));
-        for line in lines {
-            self.log(level, source, &line);
-        }
-        if open {
-            self.loggers[i] = Some(l);
-        } else {
-            self.poller.delete(l.fd.as_fd());
-        }
-    }
-
-    // ---- output -----------------------------------------------------------
-
-    fn flush(&mut self) {
-        // A parent that is gone is reported by the read side too.
-        flush_to(&self.poller, self.tx_fd.as_fd(), Token::ParentTx, &mut self.tx, &mut self.tx_watched);
-        // With nothing left to write, the stream is between frames: a panic
-        // may write its goodbye there.
-        let fd = if self.tx.is_empty() { rustix::fd::AsRawFd::as_raw_fd(&self.tx_fd) } else { -1 };
-        super::panic_goodbye::set_parent_fd(fd);
-    }
-
-    /// Best effort to send what is queued before exiting, for at most 1 s.
-    fn drain_and_exit_flush(&mut self) {
-        use rustix::event::{poll, PollFd, PollFlags};
-        for _ in 0..100 {
-            self.flush();
-            if self.tx.is_empty() {
-                return;
-            }
-            let mut fds = [PollFd::new(&self.tx_fd, PollFlags::OUT)];
-            let ts = rustix::event::Timespec { tv_sec: 0, tv_nsec: 10_000_000 };
-            let _ = poll(&mut fds, Some(&ts));
-        }
-    }
-
-    fn update_pause(&mut self) {
+    /// Back-pressure both ways (see the module docs): reads from the
+    /// parent stop while a child's queue is backed up; reads of what goes
+    /// up stop while the outbox is full.
+    fn update_back_pressure(&mut self) {
         // A child that does not drain what the parent sends it: stop
         // reading the parent (bounded memory; the parent's sender waits),
         // and start its stall clock. The clock is held while the parent
         // does not drain us: the child may be blocked writing to us.
-        let limit = if self.parent_paused { TX_LOW } else { TX_HIGH };
+        let limit = if self.downstream_full { TX_LOW } else { TX_HIGH };
         let mut backed = false;
         let mut now = 0;
         for c in self.children.streams.iter_mut().flatten() {
@@ -1215,23 +1069,22 @@ impl ExternalContext {
                 continue;
             }
             backed = true;
-            if c.stalled_since == 0 || self.paused {
+            if c.stalled_since == 0 || self.out.is_full() {
                 if now == 0 {
                     now = now_ns();
                 }
                 c.stalled_since = now;
             }
         }
-        if backed != self.parent_paused {
-            self.parent_paused = backed;
+        if backed != self.downstream_full {
+            self.downstream_full = backed;
             let i = if backed { Interest::NONE } else { Interest::READ };
             let _ = self.poller.modify(self.rx.as_fd(), Token::ParentRx.into(), i);
         }
-        let pause = if self.paused { self.tx.len() > TX_LOW } else { self.tx.len() > TX_HIGH };
-        if pause == self.paused {
+        if !self.out.update_full() {
             return;
         }
-        self.paused = pause;
+        let pause = self.out.is_full();
         for slot in 0..self.procs.len() {
             self.set_reading(slot);
         }
@@ -1245,24 +1098,7 @@ impl ExternalContext {
         }
         // And so do the lines written to our fd 1/2 (by commands run with
         // `Stdio::Log`): left in their pipes, they stop their writers.
-        for (pipe, l) in [Pipe::Stdout, Pipe::Stderr].into_iter().zip(&self.loggers) {
-            if let Some(l) = l {
-                let _ = self.poller.modify(l.fd.as_fd(), Token::Log(pipe).into(), i);
-            }
-        }
-    }
-}
-
-/// Writes `out` to `fd` as far as it goes (dropping it when the peer is
-/// gone) and waits for writability (`token`) only while bytes remain.
-fn flush_to(poller: &Poller, fd: BorrowedFd<'_>, token: Token, out: &mut TxBuffer, watched: &mut bool) {
-    if out.write_to(fd).is_err() {
-        *out = TxBuffer::default();
-    }
-    let want = !out.is_empty();
-    if want != *watched {
-        *watched = want;
-        let _ = poller.modify(fd, token.into(), if want { Interest::WRITE } else { Interest::NONE });
+        self.loggers.set_reading(!pause, &self.poller);
     }
 }
 

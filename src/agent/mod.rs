@@ -24,9 +24,11 @@ pub mod facts;
 pub mod files;
 pub mod fs;
 pub mod iologger;
+pub mod outbox;
 pub mod panic_goodbye;
 pub mod signals;
 pub mod spawn;
+pub mod stdio;
 pub mod token;
 pub mod util;
 
