@@ -32,8 +32,12 @@
 
 use alloc::vec::Vec;
 
-use rustix::fd::OwnedFd;
+use rustix::fd::{AsFd, OwnedFd};
 
+use super::commands::Status;
+use super::outbox::Outbox;
+use super::token::Token;
+use crate::core::poller::{Interest, Poller};
 use crate::core::stream::{Decoder, TxBuffer};
 use crate::proto::message::LinkEnd;
 
@@ -62,8 +66,8 @@ pub struct ChildStream {
     /// How the stream ended, once it has while its command still ran (it
     /// is no longer read; the child is dropped when the command exits).
     pub ended: Option<LinkEnd>,
-    /// The command's exit, `(code, signal)`, once it ended.
-    pub status: Option<(Option<i32>, Option<i32>)>,
+    /// The command's exit, once it ended.
+    pub status: Option<Status>,
     /// Monotonic ns since when one of the two happened and not the other
     /// (0: neither): the child is dropped `EXIT_WAIT_MS` later regardless.
     pub ending_since: u64,
@@ -93,8 +97,60 @@ impl Children {
         self.slot_of(via)
     }
 
+    /// Makes the stdin/stdout of a streamed command (process group `pid`)
+    /// the stream to child `id`, read unless the outbox is full.
+    pub fn adopt(&mut self, id: u32, rx: OwnedFd, tx: OwnedFd, pid: i32, poller: &Poller, out: &Outbox) {
+        poller.delete(rx.as_fd());
+        poller.delete(tx.as_fd());
+        let reading = !out.is_full();
+        let c = ChildStream {
+            id,
+            rx,
+            tx,
+            decoder: Decoder::new(out.max()),
+            out: TxBuffer::default(),
+            tx_watched: false,
+            reading,
+            pid,
+            stalled_since: 0,
+            ended: None,
+            status: None,
+            ending_since: 0,
+        };
+        let slot = self.add(c);
+        if let Some(Some(c)) = self.streams.get(slot) {
+            let read = if reading { Interest::READ } else { Interest::NONE };
+            let _ = poller.add(c.rx.as_fd(), Token::ChildRx(slot).into(), read);
+            let _ = poller.add(c.tx.as_fd(), Token::ChildTx(slot).into(), Interest::NONE);
+        }
+    }
+
+    /// The slot of the child whose stream the command in process group
+    /// `pid` carries.
+    pub fn carried_by(&self, pid: i32) -> Option<usize> {
+        self.streams.iter().position(|c| c.as_ref().is_some_and(|c| c.pid == pid))
+    }
+
+    /// The command in process group `pid` exited with `status`: if it
+    /// carried a child's stream, the child is lost once its stream has
+    /// ended too (what it wrote last, a goodbye, goes first). Returns the
+    /// child to drop now, and how its stream ended; else its exit clock
+    /// starts (`now`).
+    pub fn command_exited(&mut self, pid: i32, status: Status, now: u64) -> Option<(usize, LinkEnd)> {
+        let slot = self.carried_by(pid)?;
+        let Some(Some(c)) = self.streams.get_mut(slot) else { return None };
+        c.status = Some(status);
+        match c.ended {
+            Some(end) => Some((slot, end)),
+            None => {
+                c.ending_since = now;
+                None
+            }
+        }
+    }
+
     /// Adds a child stream; returns its slot.
-    pub fn add(&mut self, s: ChildStream) -> usize {
+    fn add(&mut self, s: ChildStream) -> usize {
         self.routes.retain(|(c, _)| *c != s.id);
         match self.streams.iter().position(Option::is_none) {
             Some(i) => {

@@ -53,17 +53,17 @@ use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use serde_bytes::ByteBuf;
 
 use super::builtins::{self, Identity};
-use super::children::{ChildStream, Children};
+use super::children::Children;
+use super::commands::Commands;
 use super::outbox::{flush_to, Outbox, TX_HIGH, TX_LOW};
 use super::panic_goodbye::doing;
-use super::spawn::{self, Child};
+use super::spawn;
 use super::stdio::Loggers;
 use super::token::{CommandFd, Pipe, Token};
-use super::util::cstring;
 use crate::core::poller::{Event, Interest, Poller};
 use crate::core::side::{self, Io};
-use crate::core::stream::{Decoder, TxBuffer};
-use crate::proto::functions::{self as f, ExecArgs, ExecControl, ExecOp, ExecOutput, ExecReply, Function, Stdio};
+use crate::core::stream::Decoder;
+use crate::proto::functions::{self as f, Function};
 use crate::proto::message::{decode_call, AddRoute, DelRoute, Goodbye, Hello, LinkEnd, LogLevel, LogSource, Relay};
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, MASTER_ID};
 
@@ -104,33 +104,6 @@ pub mod exit {
     pub const SIGNALLED: i32 = 129;
 }
 
-/// After a timeout's SIGTERM, SIGKILL follows this much later.
-const KILL_GRACE_MS: u64 = 5_000;
-
-struct Proc {
-    child: Child,
-    stdin_data: Vec<u8>,
-    stdin_pos: usize,
-    /// More stdin may arrive (streamed stdin, until CloseStdin).
-    stdin_open: bool,
-    stdin_acks_to: Option<u32>,
-    stdin_watched: bool,
-    out: Vec<u8>,
-    err: Vec<u8>,
-    status: Option<(Option<i32>, Option<i32>)>,
-    caller: u32,
-    reply_to: u32,
-    stream_to: Option<u32>,
-    too_large: bool,
-    /// Output credit (0: unlimited) and streamed bytes not yet acknowledged.
-    window: u32,
-    unacked: u64,
-    /// Whether stdout/stderr are registered for reading right now.
-    reading: bool,
-    timer: Option<OwnedFd>,
-    timed_out: bool,
-}
-
 /// The agent's state.
 pub struct ExternalContext {
     poller: Poller,
@@ -139,15 +112,13 @@ pub struct ExternalContext {
     /// Frames to the parent, and whether it keeps up.
     out: Outbox,
     loggers: Loggers,
-    procs: Vec<Option<Proc>>,
+    /// Commands run for `exec` calls.
+    commands: Commands,
     ident: Identity,
     serial: u64,
     closing: bool,
     signals: Option<OwnedFd>,
     files: super::files::FileTable,
-    /// Read buffer for command output, kept between events (allocating and
-    /// zeroing 64 KiB per readable event was most of a small read's cost).
-    out_buf: Vec<u8>,
     /// Streams to contexts carried onward (multi-hop).
     children: Children,
     /// Reads from the parent stopped: a child's queue is backed up (the
@@ -178,13 +149,12 @@ pub fn main(args: &[&[u8]]) -> i32 {
         decoder: Decoder::new(crate::proto::MAX_MESSAGE_SIZE),
         out: Outbox::new(tx_fd, id as u32, crate::proto::MAX_MESSAGE_SIZE),
         loggers,
-        procs: Vec::new(),
+        commands: Commands::default(),
         ident: Identity { hash: String::from_utf8_lossy(hash).into_owned(), exe },
         serial: 0,
         closing: false,
         signals: super::signals::termination_signals(),
         files: super::files::FileTable::default(),
-        out_buf: Vec::new(),
         children: Children::default(),
         downstream_full: false,
     };
@@ -255,7 +225,7 @@ impl ExternalContext {
             last_activity = now;
             for ev in &events {
                 if let Some(code) = self.on_event(*ev) {
-                    self.terminate_children();
+                    self.clean_up_before_exit();
                     return code;
                 }
             }
@@ -264,7 +234,7 @@ impl ExternalContext {
             self.update_back_pressure();
             if self.closing {
                 self.out.say_goodbye(Goodbye::Shutdown, &self.poller);
-                self.terminate_children();
+                self.clean_up_before_exit();
                 return exit::OK;
             }
         }
@@ -286,16 +256,23 @@ impl ExternalContext {
             Token::ChildTx(slot) => self.flush_child(slot),
             Token::Log(pipe) => self.loggers.pump(pipe, &self.poller, &mut self.out),
             Token::Command(slot, fd) => {
+                let (poller, out) = (&self.poller, &mut self.out);
                 match fd {
-                    CommandFd::Stdin => self.proc_stdin(slot),
+                    CommandFd::Stdin => self.commands.write_stdin(slot, poller, out),
                     CommandFd::Stdout | CommandFd::Stderr => {
                         let pipe = if fd == CommandFd::Stdout { Pipe::Stdout } else { Pipe::Stderr };
-                        self.proc_output(slot, pipe, false)
+                        self.commands.read_output(slot, pipe, false, poller, out)
                     }
-                    CommandFd::Exit => self.proc_exited(slot),
-                    CommandFd::Timer => self.proc_timer(slot),
+                    CommandFd::Exit => {
+                        if let Some((pid, status)) = self.commands.exited(slot, poller, out) {
+                            if let Some((child, end)) = self.children.command_exited(pid, status, now_ns()) {
+                                self.drop_child(child, end);
+                            }
+                        }
+                    }
+                    CommandFd::Timer => self.commands.timer(slot, poller),
                 }
-                self.proc_maybe_done(slot);
+                self.commands.finish_if_done(slot, &self.poller, &mut self.out, &self.children);
             }
         }
         None
@@ -354,7 +331,9 @@ impl ExternalContext {
                 doing("");
             }
             handles::SHUTDOWN => self.closing = true,
-            handles::EXEC_CONTROL if h.auth == MASTER_ID => self.on_exec_control(m),
+            handles::EXEC_CONTROL if h.auth == MASTER_ID => {
+                self.commands.control(m, &self.poller, &mut self.out, &mut self.children)
+            }
             handles::ADD_ROUTE if h.auth == MASTER_ID => {
                 if let Ok(r) = postcard::from_bytes::<AddRoute>(&m.data) {
                     self.children.add_route(r.id, r.via);
@@ -415,34 +394,6 @@ impl ExternalContext {
         }
         for header in mine {
             self.on_message(Message { header, data: r.data.to_vec() });
-        }
-    }
-
-    /// Makes the stdin/stdout of a streamed command (process group `pid`)
-    /// the stream to child `id`.
-    fn adopt(&mut self, id: u32, rx: OwnedFd, tx: OwnedFd, pid: i32) {
-        self.poller.delete(rx.as_fd());
-        self.poller.delete(tx.as_fd());
-        let reading = !self.out.is_full();
-        let c = ChildStream {
-            id,
-            rx,
-            tx,
-            decoder: Decoder::new(self.out.max()),
-            out: TxBuffer::default(),
-            tx_watched: false,
-            reading,
-            pid,
-            stalled_since: 0,
-            ended: None,
-            status: None,
-            ending_since: 0,
-        };
-        let slot = self.children.add(c);
-        if let Some(Some(c)) = self.children.streams.get(slot) {
-            let read = if reading { Interest::READ } else { Interest::NONE };
-            let _ = self.poller.add(c.rx.as_fd(), Token::ChildRx(slot).into(), read);
-            let _ = self.poller.add(c.tx.as_fd(), Token::ChildTx(slot).into(), Interest::NONE);
         }
     }
 
@@ -558,7 +509,7 @@ impl ExternalContext {
     fn child_ended(&mut self, slot: usize, end: LinkEnd) {
         let Some(Some(c)) = self.children.streams.get_mut(slot) else { return };
         let pid = c.pid;
-        let running = self.procs.iter().flatten().any(|p| p.child.pid == pid && p.status.is_none());
+        let running = self.commands.running(pid);
         if c.status.is_some() || !running {
             return self.drop_child(slot, end);
         }
@@ -607,15 +558,13 @@ impl ExternalContext {
             };
             self.out.send(MASTER_ID, handles::DEL_ROUTE, 0, &r);
         }
-        if let Some(p) = self.procs.iter().position(|p| p.as_ref().is_some_and(|p| p.child.pid == c.pid)) {
-            self.proc_maybe_done(p);
-        }
+        self.commands.finish_pid_if_done(c.pid, &self.poller, &mut self.out, &self.children);
     }
 
     /// A fatal error: goodbye, commands and children ended.
     fn fatal(&mut self, what: &str, errno: i32) -> i32 {
         self.out.say_goodbye(Goodbye::Fatal { what, errno }, &self.poller);
-        self.terminate_children();
+        self.clean_up_before_exit();
         exit::SETUP
     }
 
@@ -699,357 +648,21 @@ impl ExternalContext {
                 Err(e) => self.out.reply_error(&h, e),
             },
             // exec replies later, when the command ends.
-            f::Exec::NAME => match decode::<f::Exec>(args).and_then(|a| self.start_exec(a, &h)) {
-                Ok(()) => {}
-                Err(e) => self.out.reply_error(&h, e),
-            },
+            f::Exec::NAME => {
+                match decode::<f::Exec>(args).and_then(|a| self.commands.start(a, &h, &self.poller, &self.out)) {
+                    Ok(()) => {}
+                    Err(e) => self.out.reply_error(&h, e),
+                }
+            }
             _ => self.out.reply_error(&h, RemoteError::new(ErrorKind::UnknownFunction, name)),
         }
     }
 
-    // ---- exec -------------------------------------------------------------
-
-    fn start_exec(&mut self, a: ExecArgs, h: &Header) -> Result<(), RemoteError> {
-        let argv = a.argv.iter().map(|s| cstring(s)).collect::<Result<Vec<_>, _>>()?;
-        if argv.is_empty() {
-            return Err(RemoteError::new(ErrorKind::BadArgs, "exec: empty argv"));
-        }
-        if a.stream_to.is_some() && self.find_proc(h.src, a.stream_to).is_some() {
-            return Err(RemoteError::new(ErrorKind::BadArgs, "exec: stream handle already in use"));
-        }
-        let env = if a.env_clear || !a.env.is_empty() { Some(build_env(&a)?) } else { None };
-        let cwd = a.cwd.as_ref().map(|c| cstring(c)).transpose()?;
-        let cmd = spawn::Command {
-            argv: &argv,
-            env: env.as_deref(),
-            cwd: cwd.as_ref(),
-            capture: a.stdio == Stdio::Capture,
-            pty: a.pty,
-            tty: a.tty && a.pty.is_none(),
-        };
-        let child = spawn::spawn(&cmd).map_err(|e| super::util::os_error(e, "exec", &a.argv[0]))?;
-        let timer = a.timeout_ms.and_then(|ms| arm_timer(None, ms));
-        let slot = match self.procs.iter().position(Option::is_none) {
-            Some(s) => s,
-            None => {
-                self.procs.push(None);
-                self.procs.len() - 1
-            }
-        };
-        let token = |fd| u64::from(Token::Command(slot, fd));
-        if let Some(fd) = &child.stdin {
-            let _ = side::set_nonblocking(fd.as_fd(), true);
-            let _ = self.poller.add(fd.as_fd(), token(CommandFd::Stdin), Interest::WRITE);
-        }
-        let read = if self.out.is_full() { Interest::NONE } else { Interest::READ };
-        for (pipe, fd) in [(Pipe::Stdout, &child.stdout), (Pipe::Stderr, &child.stderr)] {
-            if let Some(fd) = fd {
-                let _ = side::set_nonblocking(fd.as_fd(), true);
-                let _ = self.poller.add(fd.as_fd(), token(CommandFd::output(pipe)), read);
-            }
-        }
-        let _ = self.poller.add(child.pidfd.as_fd(), token(CommandFd::Exit), Interest::READ);
-        if let Some(t) = &timer {
-            let _ = self.poller.add(t.as_fd(), token(CommandFd::Timer), Interest::READ);
-        }
-        self.procs[slot] = Some(Proc {
-            child,
-            stdin_data: a.stdin.into_vec(),
-            stdin_pos: 0,
-            stdin_open: a.stdin_acks_to.is_some(),
-            stdin_acks_to: a.stdin_acks_to,
-            stdin_watched: true,
-            out: Vec::new(),
-            err: Vec::new(),
-            status: None,
-            caller: h.src,
-            reply_to: h.reply_to,
-            stream_to: a.stream_to,
-            too_large: false,
-            window: if a.stream_to.is_some() { a.window } else { 0 },
-            unacked: 0,
-            reading: !self.out.is_full(),
-            timer,
-            timed_out: false,
-        });
-        Ok(())
-    }
-
-    fn find_proc(&self, caller: u32, stream: Option<u32>) -> Option<usize> {
-        self.procs.iter().position(|p| p.as_ref().is_some_and(|p| p.caller == caller && p.stream_to == stream))
-    }
-
-    fn on_exec_control(&mut self, m: Message) {
-        let Some(c) = m.payload(self.out.max() as usize).and_then(|p| postcard::from_bytes::<ExecControl>(&p).ok())
-        else {
-            return self.out.log(LogLevel::Error, LogSource::Agent, b"malformed exec control message; ignored");
-        };
-        let Some(slot) = self.find_proc(m.header.src, Some(c.stream)) else {
-            // Already finished: its reply is on the way, and the master
-            // closes the stdin credit mailbox when that reply arrives.
-            return;
-        };
-        let Some(Some(p)) = self.procs.get_mut(slot) else { return };
-        match c.op {
-            ExecOp::Stdin(data) => {
-                if p.child.stdin.is_none() {
-                    // The command closed its stdin: the bytes are dropped, but
-                    // acknowledged (the sender's credit must not leak).
-                    if let Some(to) = p.stdin_acks_to {
-                        let (caller, n) = (p.caller, data.len() as u32);
-                        self.out.send(caller, to, 0, &n);
-                    }
-                    return;
-                }
-                p.stdin_data.extend_from_slice(&data);
-                self.proc_stdin(slot);
-            }
-            ExecOp::CloseStdin => {
-                p.stdin_open = false;
-                if p.child.pty {
-                    // A pty has no end of file: its line discipline turns the
-                    // EOF character (^D) into one for the reader.
-                    p.stdin_data.push(4);
-                }
-                self.proc_stdin(slot);
-            }
-            ExecOp::Signal(sig) => {
-                if p.status.is_none() {
-                    spawn::kill_group(p.child.pid, sig);
-                }
-            }
-            ExecOp::Ack(n) => {
-                p.unacked = p.unacked.saturating_sub(n as u64);
-                if p.status.is_some() {
-                    // Exited with output still queued in its pipes.
-                    self.proc_output(slot, Pipe::Stdout, true);
-                    self.proc_output(slot, Pipe::Stderr, true);
-                } else {
-                    self.set_reading(slot);
-                }
-            }
-            ExecOp::Resize(rows, cols) => {
-                if let (true, Some(fd)) = (p.child.pty, &p.child.stdout) {
-                    spawn::set_winsize(fd, rows, cols);
-                }
-            }
-            ExecOp::Answer(data) => {
-                let tty = if p.child.tty { &p.child.stderr } else { &p.child.stdin };
-                if let (true, Some(fd)) = (p.child.tty || p.child.pty, tty) {
-                    spawn::answer_tty(fd, &data);
-                }
-            }
-            ExecOp::SendSelf => {
-                if p.child.stdin.is_some() && super::builtins::append_own_exe(&mut p.stdin_data).is_err() {
-                    // stage0 then fails its size/hash check: a clear error, not a hang.
-                    p.child.stdin = None;
-                }
-                self.proc_stdin(slot);
-            }
-            ExecOp::Adopt(id) => {
-                let (Some(tx), Some(rx)) = (p.child.stdin.take(), p.child.stdout.take()) else { return };
-                p.stdin_open = false;
-                p.stdin_data = Vec::new();
-                let pid = p.child.pid;
-                self.adopt(id, rx, tx, pid);
-            }
-        }
-        self.proc_maybe_done(slot);
-    }
-
-    fn proc_stdin(&mut self, slot: usize) {
-        let Some(Some(p)) = self.procs.get_mut(slot) else { return };
-        let Some(fd) = &p.child.stdin else { return };
-        let before = p.stdin_pos;
-        let mut closed = false;
-        while p.stdin_pos < p.stdin_data.len() {
-            match side::write(fd.as_fd(), &p.stdin_data[p.stdin_pos..]) {
-                Ok(Io::Done(n)) => p.stdin_pos += n,
-                Ok(Io::WouldBlock) => break,
-                Ok(Io::Closed) | Err(_) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
-        let mut taken = p.stdin_pos - before;
-        let pending = p.stdin_pos < p.stdin_data.len();
-        if closed || !pending {
-            if closed {
-                taken += p.stdin_data.len() - p.stdin_pos;
-            }
-            p.stdin_data.clear();
-            p.stdin_pos = 0;
-        }
-        if closed || (!pending && !p.stdin_open) {
-            // All written (or the child closed its stdin): closing sends EOF.
-            if let Some(fd) = p.child.stdin.take() {
-                self.poller.delete(fd.as_fd());
-            }
-        } else if pending != p.stdin_watched {
-            // Streamed stdin waiting for more: no wake-ups until it comes.
-            p.stdin_watched = pending;
-            let i = if pending { Interest::WRITE } else { Interest::NONE };
-            let _ = self.poller.modify(fd.as_fd(), Token::Command(slot, CommandFd::Stdin).into(), i);
-        }
-        if let (Some(to), true) = (p.stdin_acks_to, taken > 0) {
-            let caller = p.caller;
-            self.out.send(caller, to, 0, &(taken as u32));
-        }
-    }
-
-    /// Whether a process's output should be read now: not while the parent
-    /// stream is backed up or its credit is used up.
-    fn set_reading(&mut self, slot: usize) {
-        let paused = self.out.is_full();
-        let Some(Some(p)) = self.procs.get_mut(slot) else { return };
-        let want = !paused && (p.window == 0 || p.unacked < p.window as u64);
-        if want == p.reading {
-            return;
-        }
-        p.reading = want;
-        let i = if want { Interest::READ } else { Interest::NONE };
-        for (pipe, fd) in [(Pipe::Stdout, &p.child.stdout), (Pipe::Stderr, &p.child.stderr)] {
-            if let Some(fd) = fd {
-                let _ = self.poller.modify(fd.as_fd(), Token::Command(slot, CommandFd::output(pipe)).into(), i);
-            }
-        }
-    }
-
-    fn proc_output(&mut self, slot: usize, pipe: Pipe, drain: bool) {
-        let mut buf = core::mem::take(&mut self.out_buf);
-        buf.resize(f::OUTPUT_READ_MAX, 0);
-        self.proc_output_with(slot, pipe, drain, &mut buf);
-        self.out_buf = buf;
-    }
-
-    fn proc_output_with(&mut self, slot: usize, pipe: Pipe, drain: bool, buf: &mut [u8]) {
-        let max = self.out.max() as usize - 256;
-        for _ in 0..if drain { usize::MAX } else { 4 } {
-            let Some(Some(p)) = self.procs.get_mut(slot) else { return };
-            if p.window != 0 && p.unacked >= p.window as u64 {
-                return self.set_reading(slot);
-            }
-            let fd = if pipe == Pipe::Stdout { &p.child.stdout } else { &p.child.stderr };
-            let Some(fd) = fd else { return };
-            let r = side::read(fd.as_fd(), buf);
-            match r {
-                Ok(Io::Done(n)) => {
-                    if let Some(handle) = p.stream_to {
-                        p.unacked += n as u64 + u64::from(f::OUTPUT_FRAME_COST);
-                        let caller = p.caller;
-                        let chunk = ExecOutput { fd: pipe as u8, data: ByteBuf::from(&buf[..n]) };
-                        self.out.send(caller, handle, 0, &chunk);
-                    } else if p.out.len() + p.err.len() + n > max {
-                        p.too_large = true;
-                    } else if pipe == Pipe::Stdout {
-                        p.out.extend_from_slice(&buf[..n]);
-                    } else {
-                        p.err.extend_from_slice(&buf[..n]);
-                    }
-                }
-                // Before the exit, an empty pipe means later; after it, the
-                // output is complete (a background grandchild may hold the
-                // pipe open for ever: its later output is not this command's).
-                Ok(Io::WouldBlock) if p.status.is_none() => return,
-                Ok(_) | Err(_) => {
-                    let fd = if pipe == Pipe::Stdout { p.child.stdout.take() } else { p.child.stderr.take() };
-                    if let Some(fd) = fd {
-                        self.poller.delete(fd.as_fd());
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
-    fn proc_exited(&mut self, slot: usize) {
-        let Some(Some(p)) = self.procs.get_mut(slot) else { return };
-        if p.status.is_some() {
-            return;
-        }
-        let Some(st) = spawn::reap(&p.child.pidfd) else { return };
-        p.status = Some(st);
-        self.poller.delete(p.child.pidfd.as_fd());
-        if let Some(t) = p.timer.take() {
-            self.poller.delete(t.as_fd());
-        }
-        let pid = p.child.pid;
-        // What the child wrote before exiting is in the pipes now; take it
-        // (as far as the credit goes) and do not wait for EOF.
-        self.proc_output(slot, Pipe::Stdout, true);
-        self.proc_output(slot, Pipe::Stderr, true);
-        // The command carried a child's stream: the child is lost once its
-        // stream has ended too (what it wrote last, a goodbye, goes first).
-        let Some(cs) = self.children.streams.iter().position(|c| c.as_ref().is_some_and(|c| c.pid == pid)) else {
-            return;
-        };
-        let Some(Some(c)) = self.children.streams.get_mut(cs) else { return };
-        c.status = Some(st);
-        match c.ended {
-            Some(end) => self.drop_child(cs, end),
-            None => c.ending_since = now_ns(),
-        }
-    }
-
-    /// The timeout fired: SIGTERM first, SIGKILL after the grace period.
-    fn proc_timer(&mut self, slot: usize) {
-        let Some(Some(p)) = self.procs.get_mut(slot) else { return };
-        let Some(t) = p.timer.take() else { return };
-        self.poller.delete(t.as_fd());
-        if p.status.is_some() {
-            return;
-        }
-        if p.timed_out {
-            spawn::kill_group(p.child.pid, libc::SIGKILL);
-            return;
-        }
-        p.timed_out = true;
-        spawn::kill_group(p.child.pid, libc::SIGTERM);
-        p.timer = arm_timer(Some(t), KILL_GRACE_MS);
-        if let Some(t) = &p.timer {
-            let _ = self.poller.add(t.as_fd(), Token::Command(slot, CommandFd::Timer).into(), Interest::READ);
-        }
-    }
-
-    fn proc_maybe_done(&mut self, slot: usize) {
-        let Some(Some(p)) = self.procs.get(slot) else { return };
-        let Some((code, signal)) = p.status else { return };
-        if p.child.stdout.is_some() || p.child.stderr.is_some() {
-            // Output still queued behind the caller's credit.
-            return;
-        }
-        let pid = p.child.pid;
-        if self.children.streams.iter().flatten().any(|c| c.pid == pid) {
-            // It carries a child's stream: the DEL_ROUTE goes up first.
-            return;
-        }
-        let Some(p) = self.procs[slot].take() else { return };
-        if let Some(fd) = &p.child.stdin {
-            self.poller.delete(fd.as_fd());
-        }
-        let h = Header { src: p.caller, reply_to: p.reply_to, ..Header::default() };
-        if p.too_large {
-            let e = RemoteError::new(ErrorKind::TooLarge, "exec: output exceeds the maximum message size; stream it");
-            return self.out.reply_error(&h, e);
-        }
-        let reply = ExecReply {
-            code,
-            signal,
-            timed_out: p.timed_out,
-            stdout: ByteBuf::from(p.out),
-            stderr: ByteBuf::from(p.err),
-        };
-        self.out.reply(&h, Ok(reply));
-    }
-
-    fn terminate_children(&mut self) {
+    /// On the way out: unfinished file writes are discarded, and every
+    /// running command's process group gets SIGTERM.
+    fn clean_up_before_exit(&mut self) {
         self.files.discard_all();
-        for p in self.procs.iter().flatten() {
-            if p.status.is_none() {
-                spawn::kill_group(p.child.pid, libc::SIGTERM);
-            }
-        }
+        self.commands.terminate_all();
     }
 
     /// Back-pressure both ways (see the module docs): reads from the
@@ -1085,9 +698,7 @@ impl ExternalContext {
             return;
         }
         let pause = self.out.is_full();
-        for slot in 0..self.procs.len() {
-            self.set_reading(slot);
-        }
+        self.commands.set_all_reading(&self.poller, pause);
         let i = if pause { Interest::NONE } else { Interest::READ };
         // Children's messages go to the parent too.
         for (slot, c) in self.children.streams.iter_mut().enumerate() {
@@ -1129,41 +740,9 @@ fn bytes_frame(
     Ok((frame, start - crate::proto::HEADER_LEN))
 }
 
-/// A one-shot monotonic timer firing in `ms` (a new one unless `reuse`).
-fn arm_timer(reuse: Option<OwnedFd>, ms: u64) -> Option<OwnedFd> {
-    use rustix::time::{timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags};
-    let fd = match reuse {
-        Some(fd) => fd,
-        None => timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK).ok()?,
-    };
-    let ms = ms.max(1);
-    let value = rustix::time::Timespec { tv_sec: (ms / 1000) as _, tv_nsec: ((ms % 1000) * 1_000_000) as _ };
-    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
-    let spec = Itimerspec { it_interval: zero, it_value: value };
-    timerfd_settime(&fd, TimerfdTimerFlags::empty(), &spec).ok()?;
-    Some(fd)
-}
-
 fn now_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
-/// The child's environment: the agent's (unless cleared) with overrides.
-fn build_env(a: &ExecArgs) -> Result<Vec<alloc::ffi::CString>, RemoteError> {
-    let mut vars: Vec<Vec<u8>> =
-        if a.env_clear { Vec::new() } else { super::util::environ().into_iter().map(<[u8]>::to_vec).collect() };
-    for (k, v) in &a.env {
-        if k.is_empty() || k.contains(&b'=') {
-            return Err(RemoteError::new(ErrorKind::BadArgs, "exec: bad environment variable name"));
-        }
-        vars.retain(|e| !(e.len() > k.len() && e.starts_with(k) && e[k.len()] == b'='));
-        let mut e = k.to_vec();
-        e.push(b'=');
-        e.extend_from_slice(v);
-        vars.push(e);
-    }
-    vars.iter().map(|v| cstring(v)).collect()
 }
 
 /// The architecture this agent was compiled for, in `uname -m` spelling.

@@ -19,6 +19,7 @@
 
 pub mod builtins;
 pub mod children;
+pub mod commands;
 pub mod external_context;
 pub mod facts;
 pub mod files;
