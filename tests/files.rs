@@ -210,10 +210,10 @@ fn facts_describe_this_host() {
     let f = ctx.facts().expect("facts");
     let uts = rustix::system::uname();
     assert_eq!(f.hostname, uts.nodename().to_string_lossy());
-    assert_eq!(f.kernel.1, uts.release().to_string_lossy());
+    assert_eq!(f.kernel.release, uts.release().to_string_lossy());
     assert_eq!(f.cpus as usize, std::thread::available_parallelism().map_or(0, |n| n.get()));
-    assert!(f.memory_kib.0 > 0 && f.memory_kib.1 <= f.memory_kib.0);
-    assert!(f.mounts.iter().any(|m| m.mount_point == "/" && m.bytes.0 > 0), "{:?}", f.mounts);
+    assert!(f.memory_kib.total > 0 && f.memory_kib.available <= f.memory_kib.total);
+    assert!(f.mounts.iter().any(|m| m.mount_point == "/" && m.size_bytes > 0), "{:?}", f.mounts);
     let lo = f.interfaces.iter().find(|i| i.name == "lo").expect("lo");
     assert!(lo.ipv4.contains(&[127, 0, 0, 1]));
     assert!(f.users.iter().any(|u| u.name == "root" && u.uid == 0));

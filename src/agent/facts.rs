@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use super::builtins::read_all;
 use crate::core::num::parse_decimal;
-use crate::proto::functions::{FactsReply, InterfaceFact, MountFact, UserFact};
+use crate::proto::functions::{FactsReply, InterfaceFact, KernelFact, MemoryFact, MountFact, UserFact};
 
 fn text(path: &[u8]) -> String {
     read_all(path, 4 << 20).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
@@ -68,7 +68,8 @@ pub fn gather() -> FactsReply {
         .collect();
     let u = rustix::system::uname();
     let s = |c: &core::ffi::CStr| String::from_utf8_lossy(c.to_bytes()).into_owned();
-    f.kernel = (s(u.sysname()), s(u.release()), s(u.version()), s(u.machine()));
+    f.kernel =
+        KernelFact { name: s(u.sysname()), release: s(u.release()), version: s(u.version()), machine: s(u.machine()) };
     f.hostname = s(u.nodename());
     f.fqdn = text(b"/etc/hosts")
         .lines()
@@ -94,7 +95,12 @@ pub fn gather() -> FactsReply {
             .and_then(|v| parse_decimal(v.trim().trim_end_matches("kB").trim().as_bytes()))
             .unwrap_or(0)
     };
-    f.memory_kib = (mem("MemTotal"), mem("MemAvailable"), mem("SwapTotal"), mem("SwapFree"));
+    f.memory_kib = MemoryFact {
+        total: mem("MemTotal"),
+        available: mem("MemAvailable"),
+        swap_total: mem("SwapTotal"),
+        swap_free: mem("SwapFree"),
+    };
     for l in text(b"/proc/self/mounts").lines() {
         let p: Vec<&str> = l.split(' ').collect();
         if p.len() < 4 || PSEUDO_FS.contains(&p[2]) {
@@ -111,7 +117,9 @@ pub fn gather() -> FactsReply {
             mount_point: point,
             fstype: String::from(p[2]),
             options: String::from(p[3]),
-            bytes: (st.f_blocks * bs, st.f_bfree * bs, st.f_bavail * bs),
+            size_bytes: st.f_blocks * bs,
+            free_bytes: st.f_bfree * bs,
+            available_bytes: st.f_bavail * bs,
         });
     }
     f.interfaces = interfaces();

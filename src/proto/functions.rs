@@ -536,8 +536,8 @@ function!(
 pub struct FactsReply {
     /// `/etc/os-release` as (key, value) pairs, quotes removed.
     pub os_release: Vec<(String, String)>,
-    /// uname: sysname, release, version, machine.
-    pub kernel: (String, String, String, String),
+    /// uname: the kernel and the machine.
+    pub kernel: KernelFact,
     /// Host name.
     pub hostname: String,
     /// Fully qualified name from /etc/hosts (no DNS), else the host name.
@@ -546,8 +546,8 @@ pub struct FactsReply {
     pub cpus: u32,
     /// First "model name" of /proc/cpuinfo.
     pub cpu_model: String,
-    /// `MemTotal`, `MemAvailable`, `SwapTotal`, `SwapFree` in KiB.
-    pub memory_kib: (u64, u64, u64, u64),
+    /// Memory and swap from /proc/meminfo, in KiB.
+    pub memory_kib: MemoryFact,
     /// Mounted file systems with storage.
     pub mounts: Vec<MountFact>,
     /// Network interfaces.
@@ -562,6 +562,36 @@ pub struct FactsReply {
     pub virtualization: Option<String>,
 }
 
+// The structs below replace tuples of the same fields in the same order:
+// postcard writes a struct as its fields one after another, exactly as it
+// writes a tuple, so the wire encoding did not change.
+
+/// The kernel and machine, as uname(2) gives them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelFact {
+    /// Operating system name (`sysname`: "Linux").
+    pub name: String,
+    /// Kernel release (`release`, e.g. "6.1.0-18-amd64").
+    pub release: String,
+    /// Kernel build (`version`, e.g. "#1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1").
+    pub version: String,
+    /// Hardware name (`machine`, e.g. "x86_64").
+    pub machine: String,
+}
+
+/// Memory and swap in KiB, from /proc/meminfo (0 when a line is missing).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryFact {
+    /// `MemTotal`: usable RAM.
+    pub total: u64,
+    /// `MemAvailable`: what new programs could get without swapping.
+    pub available: u64,
+    /// `SwapTotal`.
+    pub swap_total: u64,
+    /// `SwapFree`.
+    pub swap_free: u64,
+}
+
 /// One mount.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountFact {
@@ -573,8 +603,12 @@ pub struct MountFact {
     pub fstype: String,
     /// Mount options.
     pub options: String,
-    /// Size, free and available-to-users bytes.
-    pub bytes: (u64, u64, u64),
+    /// Size in bytes (`f_blocks * f_frsize`).
+    pub size_bytes: u64,
+    /// Free bytes, those reserved for root included (`f_bfree`).
+    pub free_bytes: u64,
+    /// Bytes free for unprivileged users (`f_bavail`).
+    pub available_bytes: u64,
 }
 
 /// One network interface.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use mito::functions::{FactsReply, InfoReply, InterfaceFact, MountFact, UserFact};
+use mito::functions::{FactsReply, InfoReply, InterfaceFact, KernelFact, MemoryFact, MountFact, UserFact};
 use mito::{Context, TransferStats, TreeStats};
 use serde::Serialize;
 
@@ -144,13 +144,8 @@ impl<'a> Facts<'a> {
             fqdn: &f.fqdn,
             hostname: &f.hostname,
             interfaces: f.interfaces.iter().map(Interface::new).collect(),
-            kernel: Kernel { name: &f.kernel.0, release: &f.kernel.1, version: &f.kernel.2, machine: &f.kernel.3 },
-            memory_kib: Memory {
-                total: f.memory_kib.0,
-                available: f.memory_kib.1,
-                swap_total: f.memory_kib.2,
-                swap_free: f.memory_kib.3,
-            },
+            kernel: Kernel::new(&f.kernel),
+            memory_kib: Memory::new(&f.memory_kib),
             mounts: f.mounts.iter().map(Mount::new).collect(),
             // A key given twice keeps its last value.
             os_release: f.os_release.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
@@ -200,6 +195,18 @@ impl<'a> Facts<'a> {
     }
 }
 
+impl<'a> Kernel<'a> {
+    fn new(k: &'a KernelFact) -> Self {
+        Kernel { machine: &k.machine, name: &k.name, release: &k.release, version: &k.version }
+    }
+}
+
+impl Memory {
+    fn new(m: &MemoryFact) -> Self {
+        Memory { available: m.available, swap_free: m.swap_free, swap_total: m.swap_total, total: m.total }
+    }
+}
+
 impl<'a> Interface<'a> {
     fn new(i: &'a InterfaceFact) -> Self {
         Interface {
@@ -215,13 +222,13 @@ impl<'a> Interface<'a> {
 impl<'a> Mount<'a> {
     fn new(m: &'a MountFact) -> Self {
         Mount {
-            available_bytes: m.bytes.2,
+            available_bytes: m.available_bytes,
             device: &m.device,
-            free_bytes: m.bytes.1,
+            free_bytes: m.free_bytes,
             fstype: &m.fstype,
             mount: &m.mount_point,
             options: &m.options,
-            size_bytes: m.bytes.0,
+            size_bytes: m.size_bytes,
         }
     }
 }
