@@ -62,6 +62,13 @@ fn errors_are_for_people() {
     assert_eq!(out.status.code(), Some(255));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("on local") && err.contains("/no/such/cmd") && err.contains("No such file"), "{err}");
+    // Seconds that are no duration: a usage error (exit 2), not a panic.
+    for bad in [["--connect-timeout", "inf"], ["--connect-timeout", "-1"], ["--timeout", "NaN"]] {
+        let out = mito(&["run", bad[0], bad[1], "local", "--", "true"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains(bad[1]) && !err.contains("panicked"), "{bad:?}: {err}");
+    }
 }
 
 #[test]

@@ -18,7 +18,7 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     /// Connect timeout in seconds.
-    #[arg(long, default_value_t = 30.0, global = true)]
+    #[arg(long, default_value_t = 30.0, global = true, value_parser = seconds)]
     pub connect_timeout: f64,
     /// ssh: private key file (`ssh -i`).
     #[arg(short = 'i', long, global = true, value_name = "FILE")]
@@ -116,7 +116,7 @@ pub struct RunArgs {
     #[arg(short = 't', long)]
     pub tty: bool,
     /// Stop the command after SECS seconds (SIGTERM, SIGKILL 5 s later); exit status 124.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub timeout: Option<f64>,
     /// Set a variable in the command's environment (repeatable).
     #[arg(short = 'e', long = "env", value_name = "VAR=VALUE")]
@@ -181,4 +181,15 @@ pub struct InfoArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A number of seconds: finite, 0 or more, at most a year (a `Duration`
+/// from `inf`, `NaN` or a negative number would panic).
+fn seconds(s: &str) -> Result<f64, String> {
+    const YEAR: f64 = 365.0 * 24.0 * 3600.0;
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 && v <= YEAR => Ok(v),
+        Ok(_) => Err(format!("{s} is not a number of seconds from 0 to a year ({YEAR})")),
+        Err(e) => Err(e.to_string()),
+    }
 }

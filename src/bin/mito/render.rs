@@ -44,22 +44,32 @@ pub fn info_json(ctx: &Context, info: &InfoReply) -> Result<String, String> {
     serde_json::to_string_pretty(&v).map_err(|e| e.to_string())
 }
 
-/// `mito info`.
+/// `mito info`. Every string came from the target: escaped ([`t`]).
 pub fn info_text(ctx: &Context, info: &InfoReply) -> String {
-    let hash = &info.agent_hash[..info.agent_hash.len().min(16)];
+    let hash = t(info.agent_hash.get(..16).unwrap_or(&info.agent_hash));
     [
         format!("context:   {}", ctx.name()),
         format!("pid:       {} (ppid {})", info.pid, info.ppid),
         format!(
             "user:      {} (uid {}, gid {}, euid {}, egid {})",
-            info.user, info.uid, info.gid, info.euid, info.egid
+            t(&info.user),
+            info.uid,
+            info.gid,
+            info.euid,
+            info.egid
         ),
-        format!("host:      {}", info.hostname),
-        format!("kernel:    {} {}", info.arch, info.kernel),
-        format!("agent:     {} {hash} ({})", info.agent_version, info.exe),
-        format!("cwd:       {}", info.cwd),
+        format!("host:      {}", t(&info.hostname)),
+        format!("kernel:    {} {}", t(&info.arch), t(&info.kernel)),
+        format!("agent:     {} {hash} ({})", t(&info.agent_version), t(&info.exe)),
+        format!("cwd:       {}", t(&info.cwd)),
     ]
     .join("\n")
+}
+
+/// A target's string as it may reach a terminal: control characters
+/// escaped, at most 512 characters (ARCHITECTURE.md, "Security").
+fn t(s: &str) -> String {
+    mito::core::text::printable(s.as_bytes(), 512)
 }
 
 /// The facts of one context as `mito facts` shows them: addresses and
@@ -163,22 +173,27 @@ impl<'a> Facts<'a> {
     /// `mito facts`: a line for the host, one per mount and interface, one
     /// for the rest.
     pub fn text(&self) -> String {
+        // Every string came from the target: escaped ([`t`]).
         let mut lines = vec![
             format!(
                 "{} ({}): {}, {} {}",
-                self.fqdn, self.context, self.pretty_name, self.kernel.name, self.kernel.release
+                t(self.fqdn),
+                self.context,
+                t(self.pretty_name),
+                t(self.kernel.name),
+                t(self.kernel.release)
             ),
             format!(
                 "cpus {} ({}), memory {} MiB ({} MiB available)",
                 self.cpus,
-                self.cpu_model,
+                t(self.cpu_model),
                 self.memory_kib.total / 1024,
                 self.memory_kib.available / 1024
             ),
         ];
         for m in &self.mounts {
             let (free, size) = (m.available_bytes >> 20, m.size_bytes >> 20);
-            lines.push(format!("mount {} {} {}: {free} of {size} MiB free", m.mount, m.fstype, m.device));
+            lines.push(format!("mount {} {} {}: {free} of {size} MiB free", t(m.mount), t(m.fstype), t(m.device)));
         }
         for i in &self.interfaces {
             // Name and addresses as JSON text, quotes and brackets included.
@@ -263,4 +278,21 @@ pub fn tree(s: &TreeStats) -> String {
         secs,
         s.bytes as f64 / 1e6 / secs
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::t;
+
+    /// A target's strings reach the terminal escaped, and a hash that is
+    /// not ASCII is cut without a panic.
+    #[test]
+    fn target_text_is_escaped_and_cut_safely() {
+        assert_eq!(t("web1\x1b]0;owned\x07"), "web1\\u{1b}]0;owned\\u{7}");
+        let hash = "é".repeat(20);
+        let cut = hash.get(..16).unwrap_or(&hash);
+        assert_eq!(t(cut), "é".repeat(8));
+        let odd = format!("a{}", "é".repeat(20));
+        assert_eq!(odd.get(..16).unwrap_or(&odd), odd, "not a char boundary: the whole string");
+    }
 }
