@@ -188,7 +188,7 @@ pub struct InfoArgs {
 fn seconds(s: &str) -> Result<f64, String> {
     const YEAR: f64 = 365.0 * 24.0 * 3600.0;
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 && v <= YEAR => Ok(v),
+        Ok(v) if (0.0..=YEAR).contains(&v) => Ok(v),
         Ok(_) => Err(format!("{s} is not a number of seconds from 0 to a year ({YEAR})")),
         Err(e) => Err(e.to_string()),
     }
