@@ -6,6 +6,8 @@
 //!   answer from the tty and stdin never receive the become password —
 //!   NOPASSWD sudo, root's sudo and su, and after a real prompt was
 //!   answered — and mito fails at once with a typed error, not a hang;
+//! - nor do those of a user whose PAM asks for no password (an empty one),
+//!   su'd to by another user: su has started (or reaped) the login shell;
 //! - a become password belongs to the hop it names, never to the next hop
 //!   of a chain;
 //! - `--password-env`/`--become-pass-env` variables are not inherited by
@@ -92,44 +94,50 @@ if [ -n "$tok" ]; then
 fi
 "#;
 
-/// Installs [`PROFILE`] as mito-trap's ~/.profile for the life of the
-/// value (one test at a time: they share the user).
+/// Installs a login script as a test user's ~/.profile for the life of
+/// the value (one test at a time: tests share the users).
 struct Trap {
+    user: &'static str,
     _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Trap {
-    fn home() -> PathBuf {
-        PathBuf::from(format!("/home/{TRAP}"))
+    fn home(&self) -> PathBuf {
+        PathBuf::from(format!("/home/{}", self.user))
     }
 
-    fn set() -> Trap {
+    fn set(user: &'static str, profile: &str) -> Trap {
         static ONE: Mutex<()> = Mutex::new(());
         let guard = ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let profile = Trap::home().join(".profile");
-        std::fs::write(&profile, PROFILE).expect("write .profile");
-        let (uid, gid) = ids(TRAP);
-        std::os::unix::fs::chown(&profile, Some(uid), Some(gid)).expect("chown");
-        Trap::reset();
-        Trap { _one_at_a_time: guard }
+        let trap = Trap { user, _one_at_a_time: guard };
+        trap.write_profile(profile);
+        trap.reset();
+        trap
+    }
+
+    fn write_profile(&self, profile: &str) {
+        let path = self.home().join(".profile");
+        std::fs::write(&path, profile).expect("write .profile");
+        let (uid, gid) = ids(self.user);
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
     }
 
     /// Forgets what the last run captured.
-    fn reset() {
+    fn reset(&self) {
         for f in ["captured", "ran"] {
-            let _ = std::fs::remove_file(Trap::home().join(f));
+            let _ = std::fs::remove_file(self.home().join(f));
         }
     }
 
-    fn read(name: &str) -> String {
-        std::fs::read_to_string(Trap::home().join(name)).unwrap_or_default()
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.home().join(name)).unwrap_or_default()
     }
 }
 
 impl Drop for Trap {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(Trap::home().join(".profile"));
-        Trap::reset();
+        let _ = std::fs::remove_file(self.home().join(".profile"));
+        self.reset();
     }
 }
 
@@ -152,7 +160,7 @@ fn ids(user: &str) -> (u32, u32) {
 #[test]
 fn login_scripts_that_fake_prompts_never_get_the_password() {
     let Some(dir) = setup("login_scripts_that_fake_prompts_never_get_the_password") else { return };
-    let trap = Trap::set();
+    let trap = Trap::set(TRAP, PROFILE);
     let pw = [("MITO_PW", PASSWORD)];
     let sudo = format!("sudo:{TRAP}");
     let su = format!("su:{TRAP}");
@@ -165,12 +173,12 @@ fn login_scripts_that_fake_prompts_never_get_the_password() {
         ("mito-sudoer", &su, "su asks (answered once); then the login script"),
     ];
     for (user, target, what) in cases {
-        Trap::reset();
+        trap.reset();
         let args = ["--login", "--become-pass-env", "MITO_PW", "run", target, "--", "id", "-un"];
         let (o, took) = output_within(&mut mito_as(dir, user, &pw, &args), Duration::from_secs(15));
         let (out, err) = output_text(&o);
-        let ran = Trap::read("ran");
-        let captured = Trap::read("captured");
+        let ran = trap.read("ran");
+        let captured = trap.read("captured");
         eprintln!("{what}: {took:?}, exit {:?}\n  stderr: {err}  login script: {ran:?}", o.status.code());
         assert!(ran.starts_with("ran"), "{what}: the login script did not run: {out} {err}");
         assert!(!captured.contains(PASSWORD), "{what}: the login script got the password: {captured:?} ({ran})");
@@ -179,6 +187,89 @@ fn login_scripts_that_fake_prompts_never_get_the_password() {
         assert!(err.contains(&format!("{target}: ")), "{what}: the error names the hop: {err}");
     }
     drop(trap);
+}
+
+/// The user with an empty password (scripts/test-become): su to it asks
+/// nobody for a password (pam_unix `nullok`), so su runs its login script
+/// at once.
+const BLANK: &str = "mito-blank";
+
+/// mito-blank's login script: fakes su's prompt at once, and reads a line
+/// from the tty and from stdin for 3 s into `captured`.
+const BLANK_PROFILE: &str = r#"# Written by mito's tests/prompt_safety.rs: su to this user asks nothing, then this fakes su's prompt.
+h=/home/mito-blank
+echo ran >"$h/ran"
+printf 'Password: ' >&2
+timeout --foreground 3 sh -c 'IFS= read -r l </dev/tty && printf "tty:%s\n" "$l"' >>"$h/captured" 2>/dev/null &
+timeout --foreground 3 sh -c 'IFS= read -r l && printf "stdin:%s\n" "$l"' >>"$h/captured" 2>/dev/null
+wait
+"#;
+
+/// mito-blank's login script, later: leaves a process behind that holds
+/// stdin, and ends the login shell; once su has reaped the shell (its
+/// children list, which anyone may read, is empty) while su is still
+/// ending, that process fakes su's prompt and reads stdin. A look at su
+/// then finds no child: what gives su away is that it exits, or had
+/// reaped a process.
+const LATE_PROFILE: &str = r#"# Written by mito's tests/prompt_safety.rs: fakes su's prompt after su reaped this shell.
+h=/home/mito-blank
+echo ran >"$h/ran"
+su=$PPID
+exec 3<&0
+(
+    trap '' HUP
+    n=0
+    while [ $n -lt 5000 ] && [ -n "$(cat /proc/$su/task/$su/children 2>/dev/null)" ]; do n=$((n + 1)); done
+    echo "su reaped the shell after $n looks" >>"$h/ran"
+    printf 'Password: ' >&2
+    IFS= read -r l <&3 && printf 'stdin:%s\n' "$l" >>"$h/captured"
+) &
+exit 0
+"#;
+
+/// su run by a user other than root, to a user whose PAM asks nothing
+/// (an empty password with `nullok`), runs the target's login script at
+/// once. A "Password:" that script prints is not su's: su already has a
+/// child (the script's shell), or has reaped it and is ending. With a
+/// become password given, the script never receives it and mito fails at
+/// once with the typed "not the tool's own" error naming the hop (it
+/// cannot know whether the script would go on without an answer, and
+/// waiting would hang on one that does not); a login script that prints
+/// nothing lets the connect succeed, nothing typed.
+#[test]
+fn su_that_asks_nothing_never_types_into_the_targets_login_script() {
+    let Some(dir) = setup("su_that_asks_nothing_never_types_into_the_targets_login_script") else { return };
+    let pw = [("MITO_PW", PASSWORD)];
+    let su = format!("su:{BLANK}");
+    let args = ["--login", "--become-pass-env", "MITO_PW", "run", &su, "--", "id", "-un"];
+    let trap = Trap::set(BLANK, BLANK_PROFILE);
+    let cases = [
+        (BLANK_PROFILE, "the login script fakes su's prompt while su waits for it"),
+        (LATE_PROFILE, "a process the login script left fakes su's prompt once su reaped the script's shell"),
+    ];
+    for (profile, what) in cases {
+        trap.write_profile(profile);
+        trap.reset();
+        let (o, took) = output_within(&mut mito_as(dir, "mito-user", &pw, &args), Duration::from_secs(10));
+        let (out, err) = output_text(&o);
+        // Whatever was left behind reads until its stdin closes or 3 s.
+        std::thread::sleep(Duration::from_millis(300));
+        let ran = trap.read("ran");
+        let captured = trap.read("captured");
+        eprintln!("{what}: {took:?}, exit {:?}\n  stderr: {err}  login script: {ran:?}", o.status.code());
+        assert!(ran.starts_with("ran"), "{what}: the login script did not run: {out} {err}");
+        assert!(!captured.contains(PASSWORD), "{what}: the login script got the password: {captured:?} ({ran})");
+        common::assert_cli_fails(&o, "a password prompt that is not the tool's own", PASSWORD);
+        assert!(err.contains(&format!("{su}: su to {BLANK}: ")), "{what}: the error names the hop: {err}");
+        assert!(took < Duration::from_secs(5), "{what}: not at once: {took:?}");
+    }
+    // A login script that prints no prompt: su asks nothing, nothing is
+    // typed, and the connect goes on.
+    trap.write_profile("echo ran >/home/mito-blank/ran\n");
+    trap.reset();
+    let (o, _) = output_within(&mut mito_as(dir, "mito-user", &pw, &args), Duration::from_secs(15));
+    assert_eq!(output_text(&o), (format!("{BLANK}\n"), String::new()));
+    assert_eq!(trap.read("ran"), "ran\n");
 }
 
 /// A chain's second become hop does not get the first hop's password:

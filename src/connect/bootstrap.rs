@@ -83,6 +83,11 @@ pub trait Hooks {
     /// (`prompt`'s rules). Called before any stderr text read after that
     /// byte is given to [`Hooks::on_stderr`].
     fn target_spoke(&mut self) {}
+
+    /// The method's program was started on this machine as process `pid`
+    /// (not behind a hop), before the bootstrap reads anything: a prompt
+    /// responder looks at it in /proc before typing (`prompt`'s rules).
+    fn spawned(&mut self, _pid: u32) {}
 }
 
 /// The hooks of a method that has none (local).

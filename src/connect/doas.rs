@@ -1,7 +1,10 @@
 //! The `doas` method: `doas -u USER sh -c '<stage0>'` on a hybrid tty.
 //! Its prompt is `doas (user@host) password:`: public text, but doas runs
 //! our `sh -c` directly, whose first act is to print on stdout, after which
-//! nothing is typed (`prompt`'s module documentation).
+//! nothing is typed (`prompt`'s module documentation). OpenDoas with PAM
+//! also forks that command only once authenticated, so a child of doas'
+//! process means its prompt is over (rule 3; doas without PAM execs the
+//! command in its own process, where rule 1 alone holds).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -66,5 +69,6 @@ pub fn prepare(opts: &DoasOptions, context: &str, stage0: &str) -> (ChildCommand
         let last = t.lines().last().unwrap_or("").trim();
         last.starts_with("doas (") && last.ends_with("password:")
     });
-    (c, Responder::new(context, "doas", &opts.username, opts.password.clone(), is_prompt, FAILURES))
+    let r = Responder::new(context, "doas", &opts.username, opts.password.clone(), is_prompt, FAILURES);
+    (c, r.forks_after_authenticating(false))
 }

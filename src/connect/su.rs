@@ -11,7 +11,12 @@
 //! (and with `-l` its login scripts) before our command, so the responder
 //! must know whether su will ask at all: the wrapper's first line says who
 //! runs su, and root's su never asks (`pam_rootok`), so then no password
-//! is typed whatever appears (`prompt`'s module documentation).
+//! is typed whatever appears. Nor does su ask another user for a target
+//! whose PAM needs no password (an empty one with `nullok`, `pam_wheel
+//! trust`): it starts the target's shell at once, which the responder sees
+//! in /proc as a child of su's process (the wrapper execs su in the process
+//! mito started) before it would type anything (`prompt`'s module
+//! documentation, rule 3).
 //!
 //! `--` ends su's options before the user name: a name such as `-m` or
 //! `--shell=…` is a user that does not exist, never an option.
@@ -85,8 +90,15 @@ const FAILURES: &[(&str, BecomeFailure)] = &[
 /// USER SU ARGS…`: prints [`INVOKER_LINE`] and the uid on the tty (fd 2),
 /// then execs `SU ARGS… USER`. su takes a lone `-` even after `--` for its
 /// login flag (and then becomes root), so that name is refused here.
+///
+/// It starts no process of its own on the way to su (the uid is read from
+/// `/proc/self/status` with builtins; `id -u` only where that file is
+/// missing): the process that becomes su has then reaped nothing, which
+/// the responder's look at su relies on (`prompt::tool_process`).
 const WRAPPER: &str = concat!(
-    "printf '%s%s\\n' \"$0\" \"$(id -u)\" >&2;",
+    "i=;[ -r /proc/self/status ]&&while read -r k v _;do [ \"$k\" != Uid: ]||{ i=$v;break;};done</proc/self/status;",
+    "[ -n \"$i\" ]||i=$(id -u);",
+    "echo \"$0$i\" >&2;",
     "u=$1;shift;",
     "[ \"$u\" != - ]||{ printf 'mito-su: no user is named -\\n' >&2;exit 1;};",
     "command -v \"$1\" >/dev/null 2>&1||{ printf 'mito-su: su not installed: %s\\n' \"$1\" >&2;exit 127;};",
@@ -115,7 +127,10 @@ pub fn prepare(opts: &SuOptions, context: &str, stage0: &str) -> (ChildCommand, 
     // PAM's conversation (misc_conv) prints the prompt on stderr but reads
     // the answer from stdin.
     .answer_on_stdin()
-    .expect_invoker_line();
+    .expect_invoker_line()
+    // su's prompt is public text and su runs the target's shell before our
+    // `echo`: where /proc cannot show su, nothing is typed.
+    .forks_after_authenticating(true);
     (c, r)
 }
 
@@ -143,5 +158,21 @@ mod tests {
         let o = run("-", "echo");
         assert_eq!((o.status.code(), &o.stdout[..]), (Some(1), &b""[..]));
         assert!(String::from_utf8_lossy(&o.stderr).contains("mito-su: no user is named -"));
+    }
+
+    /// The process that becomes su has reaped nothing (the responder's
+    /// look at su counts on it): `sh` in su's place prints its own
+    /// counters of reaped children with builtins.
+    #[test]
+    fn the_wrapper_starts_no_process_before_su() {
+        let (c, _) = super::prepare(&super::SuOptions::new("bob"), "c", "true");
+        let mut args = c.args[..4].to_vec();
+        // exec sh -c SCRIPT -- bob: SCRIPT reads /proc/self/stat.
+        args.extend(["sh", "-c", "read -r s </proc/self/stat; echo \"$s\"", "--"].map(Into::into));
+        let o = std::process::Command::new(&c.program).args(&args).output().expect("sh");
+        let stat = String::from_utf8_lossy(&o.stdout);
+        let f: Vec<&str> = stat[stat.rfind(')').expect("a stat line") + 1..].split_whitespace().collect();
+        // cminflt, cmajflt, cutime, cstime (proc(5)).
+        assert_eq!([f[8], f[10], f[13], f[14]], ["0"; 4], "{stat}");
     }
 }

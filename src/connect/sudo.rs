@@ -147,7 +147,7 @@ pub fn prepare(opts: &SudoOptions, context: &str, stage0: &str) -> (ChildCommand
     let bracketed = format!("[sudo: {tok}]");
     let is_prompt = Box::new(move |t: &str| t.ends_with(tok.as_str()) || (t.contains(&bracketed) && t.ends_with(':')));
     let r = Responder::new(context, "sudo", &opts.username, opts.password.clone(), is_prompt, FAILURES);
-    (c, r.prompt_is_secret())
+    (c, r.prompt_is_secret().forks_after_authenticating(false))
 }
 
 /// `script` as a shell command with no `$` in it, for `sudo -i`.

@@ -279,6 +279,9 @@ impl Connector<'_> {
         side::set_nonblocking(spawned.rx.as_fd(), true).map_err(io)?;
         side::set_nonblocking(spawned.tx.as_fd(), true).map_err(io)?;
         let pipes = Pipes { rx: spawned.rx.as_fd(), tx: spawned.tx.as_fd(), stderr: Some(spawned.stderr.as_fd()) };
+        // Our child, and nobody reaps it before the bootstrap ends: the pid
+        // stays this process's (a zombie at worst) while prompts are judged.
+        hooks.spawned(spawned.pid);
         let boot = match bootstrap::run(&name, &pipes, timeout, self.core.table.max_message_size, hooks) {
             Ok(b) => b,
             Err(e) => {
