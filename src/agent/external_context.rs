@@ -55,16 +55,16 @@ use serde_bytes::ByteBuf;
 use super::builtins::{self, Identity};
 use super::children::Children;
 use super::commands::Commands;
-use super::outbox::{flush_to, Outbox, TX_HIGH, TX_LOW};
+use super::frames::{read_frames, FrameReader, ReadEnd};
+use super::outbox::Outbox;
 use super::panic_goodbye::doing;
-use super::spawn;
 use super::stdio::Loggers;
 use super::token::{CommandFd, Pipe, Token};
+use super::util::now_ns;
 use crate::core::poller::{Event, Interest, Poller};
-use crate::core::side::{self, Io};
-use crate::core::stream::Decoder;
+use crate::core::side;
 use crate::proto::functions::{self as f, Function};
-use crate::proto::message::{decode_call, AddRoute, DelRoute, Goodbye, Hello, LinkEnd, LogLevel, LogSource, Relay};
+use crate::proto::message::{decode_call, AddRoute, Goodbye, Hello, LinkEnd, LogLevel, LogSource};
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, MASTER_ID};
 
 /// After activity the loop polls without sleeping for this long: a request
@@ -74,20 +74,7 @@ use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, MASTER_ID};
 /// epoll.
 const POLL_WINDOW_NS: u64 = 100_000;
 
-/// How long a child may keep reads from the parent stopped without taking
-/// a byte of its queue before it is dropped (see the module docs). Longer
-/// than a busy agent's pause (a large sha256, a deep `du`: one thread, not
-/// reading meanwhile), short enough that siblings behind the same hop are
-/// not held up for long.
-pub const STALL_MS: u64 = 10_000;
-
-/// When a child's stream ends while the command that carries it still runs
-/// (or the command exits while the stream is open), its DEL_ROUTE waits
-/// this long at most for the other half, so that it can say how the command
-/// ended (the agent killed by a signal, ssh's exit status). The two usually
-/// come microseconds apart.
-const EXIT_WAIT_MS: u64 = 500;
-
+pub use super::children::STALL_MS;
 pub use super::panic_goodbye::panic_goodbye;
 
 /// Exit codes of the agent, for the master's diagnostics.
@@ -107,8 +94,8 @@ pub mod exit {
 /// The agent's state.
 pub struct ExternalContext {
     poller: Poller,
-    rx: OwnedFd,
-    decoder: Decoder,
+    /// Frames from the parent.
+    inbox: FrameReader,
     /// Frames to the parent, and whether it keeps up.
     out: Outbox,
     loggers: Loggers,
@@ -121,9 +108,6 @@ pub struct ExternalContext {
     files: super::files::FileTable,
     /// Streams to contexts carried onward (multi-hop).
     children: Children,
-    /// Reads from the parent stopped: a child's queue is backed up (the
-    /// opposite direction of [`Outbox::is_full`]).
-    downstream_full: bool,
 }
 
 /// The agent's entry point: `mito-agent HASH CONTEXT_ID`. Returns the exit code.
@@ -145,8 +129,7 @@ pub fn main(args: &[&[u8]]) -> i32 {
     let Ok(poller) = Poller::new() else { return exit::SETUP };
     let mut cx = ExternalContext {
         poller,
-        rx,
-        decoder: Decoder::new(crate::proto::MAX_MESSAGE_SIZE),
+        inbox: FrameReader::new(rx, crate::proto::MAX_MESSAGE_SIZE),
         out: Outbox::new(tx_fd, id as u32, crate::proto::MAX_MESSAGE_SIZE),
         loggers,
         commands: Commands::default(),
@@ -156,7 +139,6 @@ pub fn main(args: &[&[u8]]) -> i32 {
         signals: super::signals::termination_signals(),
         files: super::files::FileTable::default(),
         children: Children::default(),
-        downstream_full: false,
     };
     if cx.setup().is_err() {
         return exit::SETUP;
@@ -166,9 +148,9 @@ pub fn main(args: &[&[u8]]) -> i32 {
 
 impl ExternalContext {
     fn setup(&mut self) -> Result<(), rustix::io::Errno> {
-        side::set_nonblocking(self.rx.as_fd(), true)?;
+        side::set_nonblocking(self.inbox.fd(), true)?;
         side::set_nonblocking(self.out.fd(), true)?;
-        self.poller.add(self.rx.as_fd(), Token::ParentRx.into(), Interest::READ)?;
+        self.poller.add(self.inbox.fd(), Token::ParentRx.into(), Interest::READ)?;
         self.poller.add(self.out.fd(), Token::ParentTx.into(), Interest::NONE)?;
         self.loggers.register(&self.poller)?;
         if let Some(fd) = &self.signals {
@@ -215,7 +197,7 @@ impl ExternalContext {
                 }
             }
             if events.is_empty() {
-                if let Err(e) = self.poller.wait(self.stall_wait_ms(), &mut buf, &mut events) {
+                if let Err(e) = self.poller.wait(self.children.next_deadline_ms(), &mut buf, &mut events) {
                     return self.fatal("epoll_wait", e.raw_os_error());
                 }
             }
@@ -253,7 +235,7 @@ impl ExternalContext {
                 return Some(exit::SIGNALLED);
             }
             Token::ChildRx(slot) => self.read_child(slot),
-            Token::ChildTx(slot) => self.flush_child(slot),
+            Token::ChildTx(slot) => self.children.flush(slot, &self.poller),
             Token::Log(pipe) => self.loggers.pump(pipe, &self.poller, &mut self.out),
             Token::Command(slot, fd) => {
                 let (poller, out) = (&self.poller, &mut self.out);
@@ -265,7 +247,7 @@ impl ExternalContext {
                     }
                     CommandFd::Exit => {
                         if let Some((pid, status)) = self.commands.exited(slot, poller, out) {
-                            if let Some((child, end)) = self.children.command_exited(pid, status, now_ns()) {
+                            if let Some((child, end)) = self.children.command_exited(pid, status) {
                                 self.drop_child(child, end);
                             }
                         }
@@ -278,52 +260,32 @@ impl ExternalContext {
         None
     }
 
+    /// Reads frames from the parent; `Some(exit code)` when the agent
+    /// ends: the parent is gone, or sent a malformed frame.
     fn read_parent(&mut self) -> Option<i32> {
-        // A bounded number of reads per wake-up keeps the loop fair.
-        for _ in 0..16 {
-            let rx = self.rx.as_fd();
-            let r = self.decoder.read_with(|b| side::read(rx, b));
-            match r {
-                Ok(Io::Done(n)) => {
-                    let drained = n < self.decoder.last_offer();
-                    self.decoder.filled(n);
-                    loop {
-                        match self.decoder.next_message() {
-                            Ok(Some(m)) => self.on_message(m),
-                            Ok(None) => break,
-                            Err(_) => {
-                                self.out.log(
-                                    LogLevel::Error,
-                                    LogSource::Agent,
-                                    b"malformed frame from parent; closing",
-                                );
-                                self.out.say_goodbye(
-                                    Goodbye::Fatal { what: "malformed frame from its parent", errno: 0 },
-                                    &self.poller,
-                                );
-                                return Some(exit::PROTOCOL);
-                            }
-                        }
-                    }
-                    if self.closing || drained {
-                        return None;
-                    }
-                }
-                Ok(Io::WouldBlock) => return None,
-                Ok(Io::Closed) | Err(_) => return Some(exit::OK),
+        let end = read_frames(self, |cx| Some(&mut cx.inbox), Self::on_message, |cx| cx.closing);
+        match end {
+            ReadEnd::Later | ReadEnd::Gone => None,
+            ReadEnd::Closed | ReadEnd::Failed(_) => Some(exit::OK),
+            ReadEnd::Malformed => {
+                self.out.log(LogLevel::Error, LogSource::Agent, b"malformed frame from parent; closing");
+                let bye = Goodbye::Fatal { what: "malformed frame from its parent", errno: 0 };
+                self.out.say_goodbye(bye, &self.poller);
+                Some(exit::PROTOCOL)
             }
         }
-        None
     }
 
+    /// A frame from the parent: forwarded to the child it is for, or
+    /// handled here.
     fn on_message(&mut self, m: Message) {
         let h = m.header;
         if h.dst != self.out.id() {
             match self.children.next_hop(h.dst) {
-                Some(slot) => self.send_down(slot, &h, &m.data),
+                Some(slot) => self.children.send_down(slot, &h, &m.data, &self.poller),
                 None => self.out.dead_route(&h),
             }
-            return self.decoder.recycle(m.data);
+            return self.inbox.recycle(m.data);
         }
         match h.handle {
             handles::CALL_FUNCTION => {
@@ -344,221 +306,65 @@ impl ExternalContext {
         }
     }
 
-    // ---- multi-hop ----------------------------------------------------------
+    // ---- multi-hop: what needs the children and the loop ----------------
 
-    /// One copy per target, every link carrying the bytes once (see
-    /// [`crate::proto::handles::RELAY`]).
+    /// A RELAY: copies go down (see [`Children::relay`]); this agent's own
+    /// copies are handled as if they had come alone.
     fn on_relay(&mut self, m: &Message) {
-        let Ok(r) = postcard::from_bytes::<Relay<'_>>(&m.data) else {
-            return self.out.log(LogLevel::Error, LogSource::Agent, b"malformed relay message; dropped");
-        };
-        let h = m.header;
-        let copy = |dst: u32, reply_to: u32| Header {
-            flags: r.flags,
-            dst,
-            src: h.src,
-            auth: h.auth,
-            handle: r.handle,
-            reply_to,
-            len: 0,
-        };
-        let mut mine = Vec::new();
-        let mut groups: Vec<(usize, Vec<(u32, u32)>)> = Vec::new();
-        for &(dst, reply_to) in &r.targets {
-            if dst == self.out.id() {
-                mine.push(copy(dst, reply_to));
-                continue;
-            }
-            match self.children.next_hop(dst) {
-                Some(slot) => match groups.iter_mut().find(|(s, _)| *s == slot) {
-                    Some((_, g)) => g.push((dst, reply_to)),
-                    None => groups.push((slot, alloc::vec![(dst, reply_to)])),
-                },
-                None => self.out.dead_route(&copy(dst, reply_to)),
-            }
-        }
-        for (slot, targets) in groups {
-            if let [(dst, reply_to)] = targets[..] {
-                self.send_down(slot, &copy(dst, reply_to), r.data);
-                continue;
-            }
-            let Some(Some(child)) = self.children.streams.get(slot) else { continue };
-            let via = child.id;
-            let sub = Relay { targets, handle: r.handle, flags: r.flags, data: r.data };
-            if let Ok(data) = postcard::to_allocvec(&sub) {
-                let mut hh = copy(via, 0);
-                hh.handle = handles::RELAY;
-                hh.flags = 0;
-                self.send_down(slot, &hh, &data);
-            }
-        }
+        let (mine, data) = self.children.relay(m, &self.poller, &mut self.out);
         for header in mine {
-            self.on_message(Message { header, data: r.data.to_vec() });
+            self.on_message(Message { header, data: data.to_vec() });
         }
     }
 
-    /// Queues a message for the child in `slot` and writes what it can.
-    fn send_down(&mut self, slot: usize, h: &Header, data: &[u8]) {
-        let Some(Some(c)) = self.children.streams.get_mut(slot) else { return };
-        c.out.push(h, data);
-        self.flush_child(slot);
-    }
-
-    fn flush_child(&mut self, slot: usize) {
-        let Some(Some(c)) = self.children.streams.get_mut(slot) else { return };
-        let before = c.out.len();
-        // A child that is gone is reported by its read side.
-        flush_to(&self.poller, c.tx.as_fd(), Token::ChildTx(slot), &mut c.out, &mut c.tx_watched);
-        if c.stalled_since != 0 && c.out.len() < before {
-            // Progress: a slow child is not a stalled one.
-            c.stalled_since = now_ns();
-        }
-    }
-
-    /// The stall rule (see the module docs): drops every child that has
-    /// held reads from the parent back for [`STALL_MS`] without progress;
-    /// and every child whose stream or command ended [`EXIT_WAIT_MS`] ago
-    /// without the other.
-    fn check_children(&mut self) {
-        let mut now = 0;
-        for slot in 0..self.children.streams.len() {
-            let Some(Some(c)) = self.children.streams.get(slot) else { continue };
-            if c.stalled_since == 0 && c.ending_since == 0 {
-                continue;
-            }
-            if now == 0 {
-                now = now_ns();
-            }
-            if c.ending_since != 0 && now.saturating_sub(c.ending_since) >= EXIT_WAIT_MS * 1_000_000 {
-                let end = c.ended.unwrap_or(LinkEnd::CommandEnded);
-                self.drop_child(slot, end);
-                continue;
-            }
-            if c.stalled_since == 0 || now.saturating_sub(c.stalled_since) < STALL_MS * 1_000_000 {
-                continue;
-            }
-            let (id, pid) = (c.id, c.pid);
-            let mut line = Vec::from(&b"child context "[..]);
-            super::util::push_decimal(&mut line, u64::from(id));
-            line.extend_from_slice(b" took nothing for ");
-            super::util::push_decimal(&mut line, STALL_MS / 1000);
-            line.extend_from_slice(b" s with its queue full: dropped");
-            self.out.log(LogLevel::Error, LogSource::Agent, &line);
-            spawn::kill_group(pid, libc::SIGKILL);
-            self.drop_child(slot, LinkEnd::Stalled);
-        }
-    }
-
-    /// The epoll timeout: until the first child's stall or exit clock runs
-    /// out, or none (-1).
-    fn stall_wait_ms(&self) -> i32 {
-        let mut first = u64::MAX;
-        for c in self.children.streams.iter().flatten() {
-            if c.stalled_since != 0 {
-                first = first.min(c.stalled_since + STALL_MS * 1_000_000);
-            }
-            if c.ending_since != 0 {
-                first = first.min(c.ending_since + EXIT_WAIT_MS * 1_000_000);
-            }
-        }
-        if first == u64::MAX {
-            return -1;
-        }
-        let left = first.saturating_sub(now_ns());
-        (left / 1_000_000 + 1) as i32
-    }
-
+    /// Reads frames from the child in `slot` and sends them up.
     fn read_child(&mut self, slot: usize) {
-        for _ in 0..16 {
-            let Some(Some(c)) = self.children.streams.get_mut(slot) else { return };
-            let rx = c.rx.as_fd();
-            let r = c.decoder.read_with(|b| side::read(rx, b));
-            match r {
-                Ok(Io::Done(n)) => {
-                    let drained = n < c.decoder.last_offer();
-                    c.decoder.filled(n);
-                    loop {
-                        let Some(Some(c)) = self.children.streams.get_mut(slot) else { return };
-                        match c.decoder.next_message() {
-                            Ok(Some(m)) => self.on_child_message(slot, m),
-                            Ok(None) => break,
-                            Err(_) => {
-                                self.out.log(
-                                    LogLevel::Error,
-                                    LogSource::Agent,
-                                    b"malformed frame from a child; closing its stream",
-                                );
-                                return self.drop_child(slot, LinkEnd::Malformed);
-                            }
-                        }
-                    }
-                    if drained {
-                        return;
-                    }
-                }
-                Ok(Io::WouldBlock) => return,
-                Ok(Io::Closed) => return self.child_ended(slot, LinkEnd::Eof),
-                Err(e) => return self.child_ended(slot, LinkEnd::ReadError(e.raw_os_error())),
+        let end = read_frames(
+            self,
+            |cx| cx.children.reader(slot),
+            |cx, m| cx.children.pass_up(slot, m, &mut cx.out),
+            |_| false,
+        );
+        match end {
+            ReadEnd::Later | ReadEnd::Gone => {}
+            ReadEnd::Closed => self.child_ended(slot, LinkEnd::Eof),
+            ReadEnd::Failed(errno) => self.child_ended(slot, LinkEnd::ReadError(errno)),
+            ReadEnd::Malformed => {
+                self.out.log(LogLevel::Error, LogSource::Agent, b"malformed frame from a child; closing its stream");
+                self.drop_child(slot, LinkEnd::Malformed);
             }
         }
     }
 
-    /// The stream of the child in `slot` ended: dropped now if its command
-    /// has exited too (or there is none), else when it does (see
-    /// [`EXIT_WAIT_MS`]), so the DEL_ROUTE can say how it ended.
+    /// The stream of the child in `slot` ended: the child is dropped now
+    /// if its command has exited too, else when it does.
     fn child_ended(&mut self, slot: usize, end: LinkEnd) {
-        let Some(Some(c)) = self.children.streams.get_mut(slot) else { return };
-        let pid = c.pid;
-        let running = self.commands.running(pid);
-        if c.status.is_some() || !running {
-            return self.drop_child(slot, end);
+        if self.children.stream_ended(slot, end, &self.commands, &self.poller) {
+            self.drop_child(slot, end);
         }
-        c.ended = Some(end);
-        c.reading = false;
-        c.ending_since = now_ns();
-        self.poller.delete(c.rx.as_fd());
     }
 
-    /// A message from the child in `slot`: checked, stamped, sent up.
-    fn on_child_message(&mut self, slot: usize, m: Message) {
-        let mut h = m.header;
-        if !self.children.speaks_for(slot, h.src) {
+    /// The child in `slot` is lost (`end` says how): the master hears of
+    /// every context lost with it, then gets the exec reply of its command
+    /// if that was held back for this.
+    fn drop_child(&mut self, slot: usize, end: LinkEnd) {
+        if let Some(pid) = self.children.drop(slot, end, &self.poller, &mut self.out) {
+            self.commands.finish_pid_if_done(pid, &self.poller, &mut self.out, &self.children);
+        }
+    }
+
+    /// Drops the children whose stall or exit clock ran out (see
+    /// [`Children::overdue`]).
+    fn check_children(&mut self) {
+        if !self.children.clocks_running() {
             return;
         }
-        if let Some(Some(c)) = self.children.streams.get(slot) {
-            h.auth = c.id;
-        }
-        if h.handle == handles::DEL_ROUTE && h.dst == MASTER_ID {
-            // Passed on only for a context that was behind this child: a
-            // child cannot declare a sibling's subtree gone.
-            let ok = postcard::from_bytes::<DelRoute>(&m.data).is_ok_and(|r| self.children.del_route(slot, r.id));
-            if !ok {
-                return;
+        let now = now_ns();
+        for slot in 0..self.children.slots() {
+            if let Some(end) = self.children.overdue(slot, now, &mut self.out) {
+                self.drop_child(slot, end);
             }
         }
-        if h.dst != self.out.id() {
-            self.out.push(&h, &m.data);
-        }
-    }
-
-    /// The child in `slot` is lost (`end` says how): its routes go, and
-    /// the master hears of every context lost with it, then gets the
-    /// exec reply of its command if that was held back for this.
-    fn drop_child(&mut self, slot: usize, end: LinkEnd) {
-        let Some((c, lost)) = self.children.remove(slot) else { return };
-        if c.ended.is_none() {
-            self.poller.delete(c.rx.as_fd());
-        }
-        self.poller.delete(c.tx.as_fd());
-        for id in lost {
-            let r = if id == c.id {
-                DelRoute { id, end, pid: c.pid as u32, status: c.status }
-            } else {
-                DelRoute { id, end: LinkEnd::Behind(c.id), pid: 0, status: None }
-            };
-            self.out.send(MASTER_ID, handles::DEL_ROUTE, 0, &r);
-        }
-        self.commands.finish_pid_if_done(c.pid, &self.poller, &mut self.out, &self.children);
     }
 
     /// A fatal error: goodbye, commands and children ended.
@@ -614,7 +420,7 @@ impl ExternalContext {
                 // The chunk's buffer serves the next chunk.
                 if let alloc::borrow::Cow::Borrowed(_) = payload {
                     drop(payload);
-                    self.decoder.recycle(m.data);
+                    self.inbox.recycle(m.data);
                 }
             }
             f::FileClose::NAME => call!(f::FileClose, |a| self.files.close(a.id, a.commit)),
@@ -666,50 +472,27 @@ impl ExternalContext {
     }
 
     /// Back-pressure both ways (see the module docs): reads from the
-    /// parent stop while a child's queue is backed up; reads of what goes
-    /// up stop while the outbox is full.
+    /// parent stop while a child's queue is backed up
+    /// ([`Children::is_full`]); reads of what goes up stop while the
+    /// outbox is ([`Outbox::is_full`]).
     fn update_back_pressure(&mut self) {
-        // A child that does not drain what the parent sends it: stop
-        // reading the parent (bounded memory; the parent's sender waits),
-        // and start its stall clock. The clock is held while the parent
-        // does not drain us: the child may be blocked writing to us.
-        let limit = if self.downstream_full { TX_LOW } else { TX_HIGH };
-        let mut backed = false;
-        let mut now = 0;
-        for c in self.children.streams.iter_mut().flatten() {
-            if c.out.len() <= limit {
-                c.stalled_since = 0;
-                continue;
-            }
-            backed = true;
-            if c.stalled_since == 0 || self.out.is_full() {
-                if now == 0 {
-                    now = now_ns();
-                }
-                c.stalled_since = now;
-            }
-        }
-        if backed != self.downstream_full {
-            self.downstream_full = backed;
-            let i = if backed { Interest::NONE } else { Interest::READ };
-            let _ = self.poller.modify(self.rx.as_fd(), Token::ParentRx.into(), i);
+        // Before the outbox's own update: a stall clock is held while the
+        // parent has not been draining us.
+        if self.children.update_full(self.out.is_full()) {
+            let downstream_full = self.children.is_full();
+            let i = if downstream_full { Interest::NONE } else { Interest::READ };
+            let _ = self.poller.modify(self.inbox.fd(), Token::ParentRx.into(), i);
         }
         if !self.out.update_full() {
             return;
         }
-        let pause = self.out.is_full();
-        self.commands.set_all_reading(&self.poller, pause);
-        let i = if pause { Interest::NONE } else { Interest::READ };
+        let upstream_full = self.out.is_full();
+        self.commands.set_all_reading(&self.poller, upstream_full);
         // Children's messages go to the parent too.
-        for (slot, c) in self.children.streams.iter_mut().enumerate() {
-            if let Some(c) = c.as_mut().filter(|c| c.ended.is_none()) {
-                c.reading = !pause;
-                let _ = self.poller.modify(c.rx.as_fd(), Token::ChildRx(slot).into(), i);
-            }
-        }
+        self.children.set_reading(!upstream_full, &self.poller);
         // And so do the lines written to our fd 1/2 (by commands run with
         // `Stdio::Log`): left in their pipes, they stop their writers.
-        self.loggers.set_reading(!pause, &self.poller);
+        self.loggers.set_reading(!upstream_full, &self.poller);
     }
 }
 
@@ -738,11 +521,6 @@ fn bytes_frame(
     let hdr = Header { dst: h.src, src: me, auth: me, handle: h.reply_to, len, ..Header::default() }.encode();
     frame[start - crate::proto::HEADER_LEN..start].copy_from_slice(&hdr);
     Ok((frame, start - crate::proto::HEADER_LEN))
-}
-
-fn now_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// The architecture this agent was compiled for, in `uname -m` spelling.

@@ -23,6 +23,7 @@ pub mod commands;
 pub mod external_context;
 pub mod facts;
 pub mod files;
+pub mod frames;
 pub mod fs;
 pub mod iologger;
 pub mod outbox;

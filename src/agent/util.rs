@@ -80,3 +80,10 @@ pub fn write_all(fd: rustix::fd::BorrowedFd<'_>, mut data: &[u8], dest: &[u8]) -
     }
     Ok(())
 }
+
+/// Monotonic time in nanoseconds (the clocks of the loop's poll window and
+/// of the children's stall and exit waits).
+pub fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
