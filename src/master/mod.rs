@@ -2,7 +2,8 @@
 //!
 //! Map:
 //! - [`Router`]: owns the routing table and the Broker thread; creates
-//!   contexts (`local` today; ssh, sudo, … use the same bootstrap).
+//!   contexts (`local`, `ssh`, `sudo`, `su`, `doas`, each through the same
+//!   bootstrap).
 //! - [`context`] holds [`Context`] (calls, typed built-ins)
 //!   and [`Pending`](context::Pending) replies.
 //! - [`error`] holds [`CallError`](error::CallError).
