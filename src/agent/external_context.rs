@@ -50,11 +50,11 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use serde_bytes::ByteBuf;
 
-use super::builtins::{self, Identity};
+use super::builtins::Identity;
 use super::children::Children;
 use super::commands::Commands;
+use super::dispatch::Dispatcher;
 use super::frames::{read_frames, FrameReader, ReadEnd};
 use super::outbox::Outbox;
 use super::panic_goodbye::doing;
@@ -63,8 +63,7 @@ use super::token::{CommandFd, Pipe, Token};
 use super::util::now_ns;
 use crate::core::poller::{Event, Interest, Poller};
 use crate::core::side;
-use crate::proto::functions::{self as f, Function};
-use crate::proto::message::{decode_call, AddRoute, Goodbye, Hello, LinkEnd, LogLevel, LogSource};
+use crate::proto::message::{AddRoute, Goodbye, Hello, LinkEnd, LogLevel, LogSource};
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, MASTER_ID};
 
 /// After activity the loop polls without sleeping for this long: a request
@@ -101,11 +100,10 @@ pub struct ExternalContext {
     loggers: Loggers,
     /// Commands run for `exec` calls.
     commands: Commands,
-    ident: Identity,
-    serial: u64,
+    /// Calls from the parent, and what they keep between them.
+    calls: Dispatcher,
     closing: bool,
     signals: Option<OwnedFd>,
-    files: super::files::FileTable,
     /// Streams to contexts carried onward (multi-hop).
     children: Children,
 }
@@ -133,11 +131,9 @@ pub fn main(args: &[&[u8]]) -> i32 {
         out: Outbox::new(tx_fd, id as u32, crate::proto::MAX_MESSAGE_SIZE),
         loggers,
         commands: Commands::default(),
-        ident: Identity { hash: String::from_utf8_lossy(hash).into_owned(), exe },
-        serial: 0,
+        calls: Dispatcher::new(Identity { hash: String::from_utf8_lossy(hash).into_owned(), exe }),
         closing: false,
         signals: super::signals::termination_signals(),
-        files: super::files::FileTable::default(),
         children: Children::default(),
     };
     if cx.setup().is_err() {
@@ -161,8 +157,8 @@ impl ExternalContext {
             protocol_version: crate::proto::PROTOCOL_VERSION,
             arch: String::from(ARCH),
             pid: rustix::process::getpid().as_raw_nonzero().get() as u32,
-            agent_hash: self.ident.hash.clone(),
-            exe: self.ident.exe.clone(),
+            agent_hash: self.calls.identity().hash.clone(),
+            exe: self.calls.identity().exe.clone(),
         };
         let mut first = Vec::from(&b"\nMITO2\n"[..]);
         let data = postcard::to_allocvec(&hello).map_err(|_| rustix::io::Errno::INVAL)?;
@@ -289,7 +285,8 @@ impl ExternalContext {
         }
         match h.handle {
             handles::CALL_FUNCTION => {
-                self.on_call(m);
+                let (poller, out, inbox) = (&self.poller, &mut self.out, &mut self.inbox);
+                self.calls.on_call(m, poller, out, inbox, &mut self.commands);
                 doing("");
             }
             handles::SHUTDOWN => self.closing = true,
@@ -374,100 +371,10 @@ impl ExternalContext {
         exit::SETUP
     }
 
-    fn on_call(&mut self, m: Message) {
-        let h = m.header;
-        if h.auth != MASTER_ID {
-            return self
-                .out
-                .reply_error(&h, RemoteError::new(ErrorKind::NotPermitted, "calls are accepted from the parent only"));
-        }
-        let Some(payload) = m.payload(self.out.max() as usize) else {
-            return self.out.reply_error(&h, RemoteError::new(ErrorKind::Protocol, "payload does not decompress"));
-        };
-        let Ok((name, args)) = decode_call(&payload) else {
-            return self.out.reply_error(&h, RemoteError::new(ErrorKind::Protocol, "malformed call"));
-        };
-        doing(name);
-        fn decode<F: Function>(args: &[u8]) -> Result<F::Args, RemoteError> {
-            postcard::from_bytes(args).map_err(|_| RemoteError::new(ErrorKind::BadArgs, F::NAME))
-        }
-        let max = self.out.max() as usize - 64;
-        // `call!(F, |a| body)`: decode F's arguments as `a`, run `body`
-        // (a Result), reply. The arms below it need more than that.
-        macro_rules! call {
-            ($f:ty, |$a:pat_param| $body:expr) => {{
-                let r = decode::<$f>(args).and_then(|$a| $body);
-                self.out.reply(&h, r)
-            }};
-        }
-        match name {
-            f::Ping::NAME => call!(f::Ping, |()| Ok(())),
-            f::Info::NAME => call!(f::Info, |()| Ok(builtins::info(&self.ident))),
-            f::Stat::NAME => call!(f::Stat, |a| builtins::stat(a)),
-            f::Remove::NAME => call!(f::Remove, |a| builtins::remove(a)),
-            f::WriteFile::NAME => {
-                self.serial += 1;
-                let serial = self.serial;
-                call!(f::WriteFile, |a| builtins::write_file(a, serial))
-            }
-            f::FileOpenRead::NAME => call!(f::FileOpenRead, |a| self.files.open_read(&a.path)),
-            f::FileOpenWrite::NAME => call!(f::FileOpenWrite, |a| self.files.open_write(&a.path, a.id)),
-            f::FileWrite::NAME => {
-                let r = postcard::from_bytes::<f::FileWriteRef<'_>>(args)
-                    .map_err(|_| RemoteError::new(ErrorKind::BadArgs, f::FileWrite::NAME))
-                    .and_then(|a| self.files.write(a.id, a.data));
-                self.out.reply(&h, r);
-                // The chunk's buffer serves the next chunk.
-                if let alloc::borrow::Cow::Borrowed(_) = payload {
-                    drop(payload);
-                    self.inbox.recycle(m.data);
-                }
-            }
-            f::FileClose::NAME => call!(f::FileClose, |a| self.files.close(a.id, a.commit)),
-            f::Sha256::NAME => call!(f::Sha256, |a| super::files::sha256_file(&a.path).map(|d| ByteBuf::from(&d[..]))),
-            f::Facts::NAME => call!(f::Facts, |()| Ok(super::facts::gather())),
-            f::ListDir::NAME => call!(f::ListDir, |a| super::fs::list_dir(&a.path)),
-            f::MakeDirs::NAME => call!(f::MakeDirs, |a| super::fs::make_dirs(&a.path, a.mode)),
-            f::Chmod::NAME => call!(f::Chmod, |a| super::fs::chmod(&a.path, a.mode)),
-            f::Chown::NAME => call!(f::Chown, |a| super::fs::chown(&a.path, a.uid, a.gid, a.follow)),
-            f::Symlink::NAME => call!(f::Symlink, |a| super::fs::symlink(&a.target, &a.path)),
-            f::ReadLink::NAME => call!(f::ReadLink, |a| super::fs::read_link(&a.path)),
-            f::Rename::NAME => call!(f::Rename, |a| super::fs::rename(&a.from, &a.to)),
-            f::RemoveTree::NAME => call!(f::RemoveTree, |a| super::fs::remove_tree(&a.path)),
-            f::DiskUsage::NAME => call!(f::DiskUsage, |a| super::fs::disk_usage(&a.path)),
-            // Bytes replies are built in place (no copies of the data).
-            f::ReadFile::NAME => match decode::<f::ReadFile>(args) {
-                Ok(a) => {
-                    let buf = self.out.take_spare();
-                    let frame = bytes_frame(buf, &h, self.out.id(), |out| builtins::read_into(&a.path, max, out));
-                    self.out.reply_bytes(&h, frame)
-                }
-                Err(e) => self.out.reply_error(&h, e),
-            },
-            f::FileRead::NAME => match decode::<f::FileRead>(args) {
-                Ok(a) => {
-                    let len = (a.len as usize).min(max);
-                    let buf = self.out.take_spare();
-                    let frame = bytes_frame(buf, &h, self.out.id(), |out| self.files.read(a.id, len, out));
-                    self.out.reply_bytes(&h, frame)
-                }
-                Err(e) => self.out.reply_error(&h, e),
-            },
-            // exec replies later, when the command ends.
-            f::Exec::NAME => {
-                match decode::<f::Exec>(args).and_then(|a| self.commands.start(a, &h, &self.poller, &self.out)) {
-                    Ok(()) => {}
-                    Err(e) => self.out.reply_error(&h, e),
-                }
-            }
-            _ => self.out.reply_error(&h, RemoteError::new(ErrorKind::UnknownFunction, name)),
-        }
-    }
-
     /// On the way out: unfinished file writes are discarded, and every
     /// running command's process group gets SIGTERM.
     fn clean_up_before_exit(&mut self) {
-        self.files.discard_all();
+        self.calls.discard_files();
         self.commands.terminate_all();
     }
 
@@ -494,33 +401,6 @@ impl ExternalContext {
         // `Stdio::Log`): left in their pipes, they stop their writers.
         self.loggers.set_reading(!upstream_full, &self.poller);
     }
-}
-
-/// A bytes reply to `h` built in place (in `frame`, a reused buffer when
-/// there is one): `fill` appends the bytes straight
-/// into the frame (header, postcard length prefix, bytes), which the
-/// transmit buffer then takes without copying. Returns the frame and where
-/// it starts. (The generic path copied a large reply three more times:
-/// staging buffer, postcard, transmit buffer.)
-fn bytes_frame(
-    mut frame: Vec<u8>,
-    h: &Header,
-    me: u32,
-    fill: impl FnOnce(&mut Vec<u8>) -> Result<usize, RemoteError>,
-) -> Result<(Vec<u8>, usize), RemoteError> {
-    // Room for the header and the longest length prefix (10 bytes).
-    const ROOM: usize = crate::proto::HEADER_LEN + 10;
-    frame.clear();
-    frame.resize(ROOM, 0);
-    let n = fill(&mut frame)?;
-    let mut prefix = [0u8; 10];
-    let k = postcard::to_slice(&(n as u64), &mut prefix).map_or(0, |p| p.len());
-    let start = ROOM - k;
-    frame[start..ROOM].copy_from_slice(&prefix[..k]);
-    let len = (frame.len() - ROOM + k) as u32;
-    let hdr = Header { dst: h.src, src: me, auth: me, handle: h.reply_to, len, ..Header::default() }.encode();
-    frame[start - crate::proto::HEADER_LEN..start].copy_from_slice(&hdr);
-    Ok((frame, start - crate::proto::HEADER_LEN))
 }
 
 /// The architecture this agent was compiled for, in `uname -m` spelling.

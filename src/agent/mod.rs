@@ -20,6 +20,7 @@
 pub mod builtins;
 pub mod children;
 pub mod commands;
+pub mod dispatch;
 pub mod external_context;
 pub mod facts;
 pub mod files;
