@@ -15,6 +15,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 use super::error::{format_output, ConnectError};
 use super::stage0;
 use crate::connect::embedded::{self, EmbeddedAgent};
+use crate::core::lines::Lines;
 use crate::core::side::{self, Io};
 use crate::core::stream::Decoder;
 use crate::proto::message::Hello;
@@ -371,76 +372,55 @@ pub fn run(
     if let Some(e) = pipes.stderr {
         let _ = side::set_nonblocking(e, true);
     }
+    let text = text_phase(&mut ph)?;
+    let (hello, decoder) = hello_phase(&mut ph, &text.leftover, max_message_size)?;
+    Ok(Bootstrapped {
+        hello,
+        decoder,
+        upload: text.upload,
+        agent_bytes_sent: text.agent_bytes_sent,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// What the text phase learned.
+struct TextPhase {
+    /// How the agent came to run.
+    upload: Upload,
+    /// Agent bytes written to stage0.
+    agent_bytes_sent: usize,
+    /// What followed the `READY` line: the start of the hello frame.
+    leftover: Vec<u8>,
+}
+
+/// Reads stage0's lines until [`stage0::READY`], sending the agent when
+/// asked; at most [`MAX_TEXT`] bytes in all (a target that never stops
+/// talking is an error, not a growing buffer).
+fn text_phase(ph: &mut Phase<'_>) -> Result<TextPhase, ConnectError> {
     let mut upload = Upload::Cached;
     let mut agent_bytes_sent = 0;
-    let mut text: Vec<u8> = Vec::new();
+    let mut lines = Lines::new(MAX_TEXT);
     let mut seen = 0usize;
     let mut buf = vec![0u8; 65536];
-
-    // Text phase: lines until READY.
-    let leftover = 'text: loop {
-        while let Some(i) = text.iter().position(|&c| c == b'\n') {
-            let line: Vec<u8> = text.drain(..=i).collect();
-            let line = String::from_utf8_lossy(&line[..i]).trim_end_matches('\r').to_string();
+    loop {
+        while let Some(raw) = lines.next_line() {
+            let line = String::from_utf8_lossy(raw).trim_end_matches('\r').to_string();
             if line == stage0::READY {
-                break 'text std::mem::take(&mut text);
+                return Ok(TextPhase { upload, agent_bytes_sent, leftover: lines.take_rest() });
             }
-            let mut words = line.split_whitespace();
-            match words.next() {
-                Some(stage0::NEED) => {
-                    let _need = words.next();
-                    let arch = words.next().unwrap_or("");
-                    let how = words.next().unwrap_or("");
-                    let dir = words.next().unwrap_or("");
-                    let agent = find_agent(context, arch)?;
-                    let gzip = how == "gz";
-                    upload = if dir == "memfd" { Upload::Memfd } else { Upload::Stored { dir: dir.to_string(), gzip } };
-                    if !gzip && ph.hooks.serve_agent(arch, agent.sha256) {
-                        log::debug!("[{context}] stage0 wants the {arch} agent for {dir}: the hop sends its own");
-                        continue;
-                    }
-                    let bytes = if gzip { agent.gz.to_vec() } else { agent.raw() };
-                    log::debug!(
-                        "[{context}] stage0 wants the {arch} agent ({how}) for {dir}: sending {} bytes",
-                        bytes.len()
-                    );
-                    ph.write_all(&bytes)?;
-                    agent_bytes_sent += bytes.len();
-                }
-                Some(stage0::ERR) => {
-                    let what = words.next().unwrap_or("");
-                    let arg = words.next().unwrap_or("").to_string();
-                    ph.drain_stderr_briefly();
-                    return Err(match what {
-                        "arch" => {
-                            ConnectError::UnsupportedArch { context: context.into(), arch: arg, have: embedded_archs() }
-                        }
-                        "noexec" => ConnectError::NoExecDir { context: context.into() },
-                        "write" => ConnectError::WriteFailed { context: context.into(), dir: arg },
-                        "verify" => ConnectError::VerifyFailed { context: context.into(), dir: arg },
-                        _ => ph.fail(format!("stage0 reported: {line}")),
-                    });
-                }
-                _ => {
-                    if !line.is_empty() {
-                        log::debug!("[{context}] bootstrap noise: {line}");
-                        ph.noise.extend_from_slice(line.as_bytes());
-                        ph.noise.push(b'\n');
-                    }
-                }
-            }
+            agent_bytes_sent += on_line(ph, &line, &mut upload)?;
         }
         if seen > MAX_TEXT {
             return Err(ph.fail("more than 1 MiB of text before the agent started"));
         }
-        match side::read(pipes.rx, &mut buf) {
+        match side::read(ph.pipes.rx, &mut buf) {
             Ok(Io::Done(n)) => {
                 seen += n;
                 if n > 0 && !ph.spoke {
                     ph.spoke = true;
                     ph.hooks.target_spoke();
                 }
-                text.extend_from_slice(&buf[..n]);
+                lines.extend(&buf[..n]);
             }
             Ok(Io::WouldBlock) => {
                 if !ph.wait(false) {
@@ -453,13 +433,64 @@ pub fn run(
             }
             Ok(Io::Closed) | Err(_) => {
                 ph.drain_stderr_briefly();
-                ph.noise.extend_from_slice(&text);
+                ph.noise.extend_from_slice(&lines.take_rest());
                 return Err(ph.fail("the target closed the connection before the agent started"));
             }
         }
-    };
+    }
+}
 
-    // Frame phase: the hello is the first frame.
+/// One line of stage0 (not `READY`): `MITO0 need …` sends the agent and
+/// returns how many bytes; `MITOERR …` is the typed error it names;
+/// anything else is noise, kept for the error message.
+fn on_line(ph: &mut Phase<'_>, line: &str, upload: &mut Upload) -> Result<usize, ConnectError> {
+    let context = ph.context;
+    let mut words = line.split_whitespace();
+    match words.next() {
+        Some(stage0::NEED) => {
+            let _need = words.next();
+            let arch = words.next().unwrap_or("");
+            let how = words.next().unwrap_or("");
+            let dir = words.next().unwrap_or("");
+            let agent = find_agent(context, arch)?;
+            let gzip = how == "gz";
+            *upload = if dir == "memfd" { Upload::Memfd } else { Upload::Stored { dir: dir.to_string(), gzip } };
+            if !gzip && ph.hooks.serve_agent(arch, agent.sha256) {
+                log::debug!("[{context}] stage0 wants the {arch} agent for {dir}: the hop sends its own");
+                return Ok(0);
+            }
+            let bytes = if gzip { agent.gz.to_vec() } else { agent.raw() };
+            log::debug!("[{context}] stage0 wants the {arch} agent ({how}) for {dir}: sending {} bytes", bytes.len());
+            ph.write_all(&bytes)?;
+            Ok(bytes.len())
+        }
+        Some(stage0::ERR) => {
+            let what = words.next().unwrap_or("");
+            let arg = words.next().unwrap_or("").to_string();
+            ph.drain_stderr_briefly();
+            Err(match what {
+                "arch" => ConnectError::UnsupportedArch { context: context.into(), arch: arg, have: embedded_archs() },
+                "noexec" => ConnectError::NoExecDir { context: context.into() },
+                "write" => ConnectError::WriteFailed { context: context.into(), dir: arg },
+                "verify" => ConnectError::VerifyFailed { context: context.into(), dir: arg },
+                _ => ph.fail(format!("stage0 reported: {line}")),
+            })
+        }
+        _ => {
+            if !line.is_empty() {
+                log::debug!("[{context}] bootstrap noise: {line}");
+                ph.noise.extend_from_slice(line.as_bytes());
+                ph.noise.push(b'\n');
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Reads the agent's first frame (starting with `leftover`): it must be a
+/// [`Hello`] of this [`PROTOCOL_VERSION`]. Returns it and the decoder,
+/// which may hold the start of the next frames.
+fn hello_phase(ph: &mut Phase<'_>, leftover: &[u8], max_message_size: u32) -> Result<(Hello, Decoder), ConnectError> {
     let mut decoder = Decoder::new(max_message_size);
     let n = decoder.read_with(|b| {
         let n = leftover.len().min(b.len());
@@ -476,7 +507,7 @@ pub fn run(
             Ok(None) => {}
             Err(e) => return Err(ph.fail(format!("malformed first frame from the agent ({e:?})"))),
         }
-        let r = decoder.read_with(|b| side::read(pipes.rx, b));
+        let r = decoder.read_with(|b| side::read(ph.pipes.rx, b));
         match r {
             Ok(Io::Done(n)) => decoder.filled(n),
             Ok(Io::WouldBlock) => {
@@ -493,12 +524,12 @@ pub fn run(
     let hello: Hello = postcard::from_bytes(&hello_msg.data).map_err(|e| ph.fail(format!("malformed hello: {e}")))?;
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(ConnectError::Version {
-            context: context.into(),
+            context: ph.context.into(),
             got: hello.protocol_version,
             want: PROTOCOL_VERSION,
         });
     }
-    Ok(Bootstrapped { hello, decoder, upload, agent_bytes_sent, elapsed: start.elapsed() })
+    Ok((hello, decoder))
 }
 
 fn find_agent(context: &str, arch: &str) -> Result<&'static EmbeddedAgent, ConnectError> {
