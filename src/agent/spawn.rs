@@ -12,7 +12,7 @@ use alloc::ffi::CString;
 use alloc::vec::Vec;
 use core::ptr;
 
-use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use rustix::io::Errno;
 use rustix::pipe::{pipe_with, PipeFlags};
 
@@ -240,21 +240,7 @@ fn spawn_with(
 /// prompt and flushes input typed before — waiting at most 1 s, then turns
 /// it off itself so the password is never echoed into the output.
 pub fn answer_tty(master: &OwnedFd, answer: &[u8]) {
-    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
-    for i in 0..=1000 {
-        let Ok(mut t) = tcgetattr(master) else { break };
-        if !t.local_modes.contains(LocalModes::ECHO) {
-            break;
-        }
-        if i == 1000 {
-            t.local_modes.remove(LocalModes::ECHO);
-            let _ = tcsetattr(master, OptionalActions::Now, &t);
-            break;
-        }
-        // A short blocking wait on the agent's loop: prompts are rare and
-        // answered within milliseconds.
-        let _ = rustix::thread::nanosleep(&rustix::thread::Timespec { tv_sec: 0, tv_nsec: 1_000_000 });
-    }
+    crate::core::tty::wait_for_echo_off(master.as_fd());
     let mut rest = answer;
     while !rest.is_empty() {
         match rustix::io::write(master, rest) {

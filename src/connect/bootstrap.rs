@@ -245,7 +245,7 @@ impl Phase<'_> {
                             self.unscanned.clear();
                             let target = match to {
                                 AnswerTo::Tty => {
-                                    wait_for_echo_off(fd);
+                                    crate::core::tty::wait_for_echo_off(fd);
                                     fd
                                 }
                                 AnswerTo::Stdin => self.pipes.tx,
@@ -320,30 +320,6 @@ impl Phase<'_> {
             let _ = poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 20_000_000 }));
             self.read_stderr();
         }
-    }
-}
-
-/// Before typing a password into a tty: wait (up to 1 s) until the tool
-/// has turned echo off. Tools do that right before reading, and some (PAM's
-/// conversation in su) only after printing the prompt, with TCSAFLUSH,
-/// which would discard an answer typed earlier. If echo is still on after
-/// the wait, turn it off ourselves so the password is never echoed back
-/// into output we keep. Not a tty (no termios): nothing to wait for.
-fn wait_for_echo_off(fd: BorrowedFd<'_>) {
-    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
-    let until = Instant::now() + Duration::from_secs(1);
-    loop {
-        let Ok(t) = tcgetattr(fd) else { return };
-        if !t.local_modes.contains(LocalModes::ECHO) {
-            return;
-        }
-        if Instant::now() >= until {
-            let mut quiet = t;
-            quiet.local_modes.remove(LocalModes::ECHO);
-            let _ = tcsetattr(fd, OptionalActions::Now, &quiet);
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

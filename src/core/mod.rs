@@ -25,6 +25,7 @@ pub mod sha256;
 pub mod side;
 pub mod stream;
 pub mod text;
+pub mod tty;
 pub mod wait;
 pub mod waker;
 
