@@ -5,7 +5,7 @@
 //! How a child gets here: the master starts the next hop's command in this
 //! agent as a streamed command (`ssh …`, `sudo … sh -c <stage0>`), runs the
 //! bootstrap through it, and once the new agent said hello sends
-//! `ExecOp::Adopt(id)`: the command's stdin/stdout become a [`ChildStream`]
+//! `ExecOp::Adopt(id)`: the command's stdin/stdout become a child stream
 //! and messages for `id` are routed to it from then on. Contexts further
 //! down are announced by the master with ADD_ROUTE (`id` via the child that
 //! leads there), so every route is the master's decision, never a child's.

@@ -17,7 +17,7 @@
 //! a slow reader stops the command, not memory growth here or in the master.
 //!
 //! **Timeouts:** SIGTERM to the process group when `timeout_ms` runs out,
-//! SIGKILL [`KILL_GRACE_MS`] later.
+//! SIGKILL `KILL_GRACE_MS` (5 s) later.
 
 use alloc::ffi::CString;
 use alloc::vec::Vec;

@@ -1,9 +1,29 @@
-//! [`ExternalContext`]: the agent's main loop.
+//! [`ExternalContext`]: the agent's event loop, and what it owns.
 //!
 //! One thread, one epoll loop over: the parent stream (read side and, when
-//! output is queued, write side), the two IoLogger pipes, and for every
-//! running command its stdin/stdout/stderr pipes and its pidfd. Nothing
-//! blocks: a long command or a slow parent is a state the loop returns to.
+//! output is queued, write side), the two IoLogger pipes, the termination
+//! signalfd, and for every running command its stdin/stdout/stderr pipes,
+//! pidfd and timeout timer, and for every child (multi-hop) its stream.
+//! Nothing blocks: a long command or a slow parent is a state the loop
+//! returns to. Every watched fd is registered with a [`Token`] naming its
+//! role; [`ExternalContext`] turns each event into a call on the part that
+//! owns the fd, and does the few things that need two parts at once (a
+//! command that carried a child's stream exits, a child is lost and its
+//! command's reply was held for that, back-pressure).
+//!
+//! Who owns what:
+//! - [`FrameReader`] / [`read_frames`] (`frames.rs`): frames from the
+//!   parent, and from each child, read the same way.
+//! - [`Outbox`] (`outbox.rs`): everything that goes up, and upstream
+//!   back-pressure (a parent that does not drain us stops our sources).
+//! - [`Dispatcher`] (`dispatch.rs`): calls, from name to reply.
+//! - [`Commands`] (`commands.rs`): exec'd commands: stdin, output and
+//!   credit, signals, timeouts, exit, reply.
+//! - [`Children`] (`children.rs`): child streams and routes (multi-hop),
+//!   relays, downstream back-pressure and the stall rule.
+//! - [`Loggers`] (`stdio.rs`): the agent's own fd 1/2 as log records.
+//! - `signals.rs`, `panic_goodbye.rs`: termination signals, and the
+//!   goodbye a panic writes.
 //!
 //! **Architecture invariant:** the agent exits when its parent stream
 //! closes, and takes its commands' process groups with it (SIGTERM). So no
@@ -18,33 +38,10 @@
 //! end and exit the same way. So the master tells a clean exit from a crash
 //! and from a broken link.
 //!
-//! Every watched fd is registered with a [`Token`] naming its role.
-//!
-//! Multi-hop: a streamed command that bootstrapped another agent can be
-//! adopted as a child stream (see [`super::children`] for the routing
-//! rules). Back-pressure runs both ways: a child that does not drain its
-//! queue stops reads from the parent; a parent that does not drain ours
-//! stops reads from children and commands.
-//!
-//! **Stall rule:** a child may hold the parent back only while it makes
-//! progress. A child whose queue keeps reads from the parent stopped (above
-//! `TX_HIGH`, then until below `TX_LOW`) and that takes no byte of it for
-//! [`STALL_MS`] is dropped: its transport command's process group gets
-//! SIGKILL, its stream is closed, DEL_ROUTE goes up for it and every
-//! context behind it (the master fails their calls at once, naming this
-//! hop), and reads from the parent resume. So a child that stops reading
-//! stalls its siblings for at most [`STALL_MS`]. A slow but live link
-//! takes bytes all along and is never dropped, however long its queue
-//! stays up; the clock is held while our own parent does not drain us (a
-//! child may then be blocked writing to us). The loop's epoll wait gets a
-//! timeout only while some child's clock runs.
-//!
-//! A streamed command (`stream_to`) is also addressable: EXEC_CONTROL
-//! messages carry more stdin (acknowledged to `stdin_acks_to` as written, so
-//! the master's sender has a bounded window), signals, pty resizes and output
-//! credit (`Ack`). Output is read only while the command's credit lasts and
-//! the parent stream is not backed up: a slow reader stops the command, not
-//! memory growth here or in the master.
+//! **Back-pressure runs both ways:** a child that does not drain its queue
+//! stops reads from the parent ([`Children::is_full`], and the stall rule
+//! bounds how long: [`STALL_MS`]); a parent that does not drain ours stops
+//! reads from children, commands and loggers ([`Outbox::is_full`]).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -90,19 +87,23 @@ pub mod exit {
     pub const SIGNALLED: i32 = 129;
 }
 
-/// The agent's state.
+/// The agent's state: the loop's parts (see the module docs).
 pub struct ExternalContext {
+    /// The one epoll instance; every part registers its fds here.
     poller: Poller,
     /// Frames from the parent.
     inbox: FrameReader,
     /// Frames to the parent, and whether it keeps up.
     out: Outbox,
+    /// The pipes behind the agent's fd 1 and 2.
     loggers: Loggers,
     /// Commands run for `exec` calls.
     commands: Commands,
     /// Calls from the parent, and what they keep between them.
     calls: Dispatcher,
+    /// SHUTDOWN arrived: the loop ends after this round.
     closing: bool,
+    /// The termination signalfd, if it could be set up.
     signals: Option<OwnedFd>,
     /// Streams to contexts carried onward (multi-hop).
     children: Children,
@@ -143,6 +144,8 @@ pub fn main(args: &[&[u8]]) -> i32 {
 }
 
 impl ExternalContext {
+    /// Registers the parent stream, loggers and signals, and queues the
+    /// hello.
     fn setup(&mut self) -> Result<(), rustix::io::Errno> {
         side::set_nonblocking(self.inbox.fd(), true)?;
         side::set_nonblocking(self.out.fd(), true)?;
@@ -170,6 +173,7 @@ impl ExternalContext {
         Ok(())
     }
 
+    /// The loop; returns the exit code.
     fn run(&mut self) -> i32 {
         let mut events = Vec::with_capacity(64);
         let mut buf = crate::core::poller::Events::with_capacity(64);
@@ -218,6 +222,8 @@ impl ExternalContext {
         }
     }
 
+    /// One event, to the part that owns its fd; `Some(exit code)` when the
+    /// agent ends.
     fn on_event(&mut self, ev: Event) -> Option<i32> {
         let token = Token::from_u64(ev.token)?;
         match token {

@@ -2,16 +2,25 @@
 //!
 //! Map:
 //! - [`external_context`] — [`ExternalContext`](external_context::ExternalContext),
-//!   the main loop: parent stream, dispatcher, running commands, loggers.
-//! - [`children`] — streams to contexts carried onward (multi-hop) and the
-//!   routes through them.
+//!   the event loop: one epoll wait, each event to the part that owns its
+//!   fd ([`token`] names them), the exit paths.
+//! - [`frames`] — reading frames, one loop for the parent and children.
+//! - [`outbox`] — everything sent to the parent, and upstream back-pressure.
+//! - [`dispatch`] — calls from the parent: name → function → reply.
+//! - [`commands`] — exec'd commands: stdin, output and credit, signals,
+//!   timeouts, exit, reply.
+//! - [`children`] — streams to contexts carried onward (multi-hop), the
+//!   routes through them, relays, downstream back-pressure, the stall rule.
+//! - [`stdio`] — fds 0/1/2 taken over at start; fds 1/2 as log records
+//!   (through [`iologger`]).
+//! - [`signals`] — SIGHUP/SIGINT/SIGTERM as an fd for the loop.
+//! - [`panic_goodbye`] — the goodbye frame the panic handler writes.
 //! - [`builtins`] — functions that finish at once (ping, info, files).
 //! - [`files`] — the open files of streamed transfers (hash, temp, commit).
 //! - [`facts`] — a host inventory from /proc and /etc.
 //! - [`fs`] — tree walks and changes (list, mkdir -p, chmod/chown, links, rm -rf, du).
 //! - [`spawn`] — posix_spawn + pidfd, the agent's ProcessMonitor.
-//! - [`iologger`] — [`IoLogger`](iologger::IoLogger), fds 1/2 turned into log records.
-//! - [`util`] — number and string helpers that avoid `core::fmt`.
+//! - [`util`] — number and string helpers that avoid `core::fmt`, the clock.
 //!
 //! **Architecture invariant:** nothing here links std, and nothing formats
 //! with `core::fmt` on the agent's paths (errors are kinds + errno; the
