@@ -42,9 +42,9 @@ pub struct Loggers([Option<IoLogger>; 2]);
 impl Loggers {
     /// Registers both pipes for reading.
     pub fn register(&self, poller: &Poller) -> Result<(), Errno> {
-        for (pipe, l) in [Pipe::Stdout, Pipe::Stderr].into_iter().zip(&self.0) {
+        for (i, l) in self.0.iter().enumerate() {
             if let Some(l) = l {
-                poller.add(l.fd.as_fd(), Token::Log(pipe).into(), Interest::READ)?;
+                poller.add(l.fd.as_fd(), Token::Log(Pipe::from_index(i)).into(), Interest::READ)?;
             }
         }
         Ok(())
@@ -69,9 +69,9 @@ impl Loggers {
     /// left in its pipe stops its writer.
     pub fn set_reading(&self, read: bool, poller: &Poller) {
         let i = if read { Interest::READ } else { Interest::NONE };
-        for (pipe, l) in [Pipe::Stdout, Pipe::Stderr].into_iter().zip(&self.0) {
+        for (n, l) in self.0.iter().enumerate() {
             if let Some(l) = l {
-                let _ = poller.modify(l.fd.as_fd(), Token::Log(pipe).into(), i);
+                let _ = poller.modify(l.fd.as_fd(), Token::Log(Pipe::from_index(n)).into(), i);
             }
         }
     }

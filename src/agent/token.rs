@@ -31,6 +31,17 @@ pub enum Pipe {
     Stderr = 2,
 }
 
+impl Pipe {
+    /// The pipe of fd `1 + i` (`i` 0 or 1: an index into a pair).
+    pub fn from_index(i: usize) -> Pipe {
+        if i == 0 {
+            Pipe::Stdout
+        } else {
+            Pipe::Stderr
+        }
+    }
+}
+
 /// Which fd of a running command. The discriminant is the token's offset
 /// in the command's slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +88,9 @@ pub enum Token {
 }
 
 impl From<Token> for u64 {
+    // Inlined: at a registration the token is a constant but for the slot,
+    // and the match folds away (outlined, the agent was 60 bytes larger).
+    #[inline(always)]
     fn from(t: Token) -> u64 {
         match t {
             Token::ParentRx => PARENT_RX,
