@@ -250,7 +250,7 @@ fn main() -> Res<()> {
                 let t = Instant::now();
                 let r = c.exec(&["true"])?;
                 values.push(ms(t.elapsed()));
-                if r.code != Some(0) {
+                if r.status.code != Some(0) {
                     return Err("true failed".into());
                 }
             }

@@ -418,7 +418,11 @@ fn pre_adoption(id: u32) -> Vec<u8> {
         let h = Header { dst: MASTER_ID, src, auth: src, handle: handles::DEL_ROUTE, ..Header::default() };
         out.extend(encode(&h, &del));
     }
-    let forged = ExecReply { code: Some(66), stdout: ByteBuf::from(&b"forged\n"[..]), ..ExecReply::default() };
+    let forged = ExecReply {
+        status: mito::proto::ExitStatus { code: Some(66), signal: None },
+        stdout: ByteBuf::from(&b"forged\n"[..]),
+        ..ExecReply::default()
+    };
     let forged = postcard::to_allocvec(&forged).expect("encode");
     for handle in handles::FIRST_DYNAMIC..handles::FIRST_DYNAMIC + 500 {
         let h = Header { dst: MASTER_ID, src: sibling, auth: sibling, handle, ..Header::default() };
@@ -429,7 +433,7 @@ fn pre_adoption(id: u32) -> Vec<u8> {
 
 /// A DEL_ROUTE payload for `id`, as a hop sends when it lost it.
 fn del_route(id: u32) -> DelRoute {
-    DelRoute { id, end: LinkEnd::Eof, pid: 1, status: Some((None, Some(9))) }
+    DelRoute { id, end: LinkEnd::Eof, pid: 1, status: Some(mito::proto::ExitStatus { code: None, signal: Some(9) }) }
 }
 
 /// Goodbyes "from" the sibling and DEL_ROUTEs for it, sent after adoption
@@ -682,7 +686,13 @@ impl Agent {
                     ..Header::default()
                 };
                 self.send(&h2, &bomb);
-                return self.reply(h, Ok(ExecReply { code: Some(0), ..ExecReply::default() }));
+                return self.reply(
+                    h,
+                    Ok(ExecReply {
+                        status: mito::proto::ExitStatus { code: Some(0), signal: None },
+                        ..ExecReply::default()
+                    }),
+                );
             }
             Flood::None | Flood::ReplyBomb => return,
         };
@@ -708,7 +718,10 @@ impl Agent {
         drop(out);
         let done = Path::new(std::ffi::OsStr::from_bytes(&outside())).join("flood-sent");
         let _ = std::fs::write(done, sent.to_string());
-        self.reply(h, Ok(ExecReply { code: Some(0), ..ExecReply::default() }));
+        self.reply(
+            h,
+            Ok(ExecReply { status: mito::proto::ExitStatus { code: Some(0), signal: None }, ..ExecReply::default() }),
+        );
     }
 }
 

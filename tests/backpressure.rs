@@ -40,7 +40,7 @@ fn slow_reader_keeps_memory_bounded(ctx: &Context, carriers: &[u32]) {
                 }
             }
             ProcessEvent::Exit(r) => {
-                assert_eq!(r.code, Some(0));
+                assert_eq!(r.status.code, Some(0));
                 break;
             }
         }

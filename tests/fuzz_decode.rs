@@ -85,7 +85,12 @@ fn corpus() -> Vec<Vec<u8>> {
     c.push(postcard::to_allocvec(&FactsReply::default()).expect("encode"));
     c.push(postcard::to_allocvec(&DiskUsageReply::default()).expect("encode"));
     c.push(postcard::to_allocvec(&AddRoute { id: 7, via: 3 }).expect("encode"));
-    let del = DelRoute { id: 7, end: LinkEnd::ReadError(5), pid: 300, status: Some((None, Some(9))) };
+    let del = DelRoute {
+        id: 7,
+        end: LinkEnd::ReadError(5),
+        pid: 300,
+        status: Some(mito::proto::ExitStatus { code: None, signal: Some(9) }),
+    };
     c.push(postcard::to_allocvec(&del).expect("encode"));
     c.push(postcard::to_allocvec(&Goodbye::Fatal { what: "epoll_wait", errno: 9 }).expect("encode"));
     c.push(postcard::to_allocvec(&(1u32, "name", u64::MAX, i64::MIN)).expect("encode"));

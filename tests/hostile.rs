@@ -449,6 +449,6 @@ fn frames_sent_with_a_hello_behind_a_hop_cannot_touch_a_sibling() {
     assert_eq!(sibling.disconnect_reason(), None, "the sibling is still connected");
     sibling.ping().expect("the sibling still answers");
     let r = pending.wait().expect("the sibling's exec");
-    assert_eq!((r.code, r.stdout.as_slice()), (Some(0), &b"real\n"[..]), "the sibling's own reply");
+    assert_eq!((r.status.code, r.stdout.as_slice()), (Some(0), &b"real\n"[..]), "the sibling's own reply");
     hop.ping().expect("the hop still answers");
 }

@@ -107,7 +107,7 @@ fn assert_contained(router: &Router, ctx: &Context, honest: &Context) {
     honest.ping().expect("the honest context still answers");
     let argv = ["echo", "still here"].map(|a| ByteBuf::from(a.as_bytes())).to_vec();
     let r = honest.exec_streaming(&ExecArgs { argv, ..ExecArgs::default() }, |_, _| {}).expect("exec");
-    assert_eq!(r.code, Some(0));
+    assert_eq!(r.status.code, Some(0));
     router.local(LocalOptions::default()).expect("a new context").ping().expect("ping");
 }
 
@@ -245,12 +245,12 @@ fn an_honest_agent_never_trips_the_budgets() {
     let mut p = ctx.spawn(&sh("i=0; while [ $i -lt 100000 ]; do printf x; i=$((i+1)); done", 0)).expect("spawn");
     std::thread::sleep(Duration::from_secs(2)); // nothing read meanwhile
     let (got, r) = read_all(&mut p, Duration::ZERO);
-    assert_eq!((got, r.code), (100_000, Some(0)));
+    assert_eq!((got, r.status.code), (100_000, Some(0)));
 
     let mut p = ctx.spawn(&sh("head -c 2000000 /dev/zero", 1000)).expect("spawn");
     std::thread::sleep(Duration::from_millis(200));
     let (got, r) = read_all(&mut p, Duration::from_micros(200));
-    assert_eq!((got, r.code), (2_000_000, Some(0)));
+    assert_eq!((got, r.status.code), (2_000_000, Some(0)));
 
     let mut p = ctx.spawn(&sh("sleep 1; wc -c", 0)).expect("spawn");
     let input = p.take_input().expect("input");
@@ -266,5 +266,5 @@ fn an_honest_agent_never_trips_the_budgets() {
             ProcessEvent::Exit(r) => break r,
         }
     };
-    assert_eq!((String::from_utf8_lossy(&out).trim(), r.code), ("5000", Some(0)));
+    assert_eq!((String::from_utf8_lossy(&out).trim(), r.status.code), ("5000", Some(0)));
 }

@@ -25,7 +25,7 @@ fn escape_sequences_and_endless_lines_from_a_target_are_defused() {
         stdio: ExecStdio::Log,
         ..ExecArgs::default()
     };
-    assert_eq!(ctx.exec_with(&args).expect("exec").code, Some(0));
+    assert_eq!(ctx.exec_with(&args).expect("exec").status.code, Some(0));
     let deadline = Instant::now() + Duration::from_secs(5);
     while common::logs_containing("marker-esc").is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));

@@ -150,7 +150,7 @@ fn garbage_on_agent_stdout_stderr_becomes_log_lines() {
         ..ExecArgs::default()
     };
     let r = ctx.exec_with(&args).expect("exec");
-    assert_eq!(r.code, Some(0));
+    assert_eq!(r.status.code, Some(0));
     for _ in 0..100 {
         ctx.ping().expect("protocol intact");
     }

@@ -41,7 +41,7 @@ fn exec_captures_output_status_env_cwd_stdin() {
     let router = Router::new().expect("router");
     let ctx = router.local(LocalOptions::default()).expect("connect");
     let r = ctx.exec(&["sh", "-c", "echo out; echo err >&2; exit 3"]).expect("exec");
-    assert_eq!((r.code, r.signal), (Some(3), None));
+    assert_eq!((r.status.code, r.status.signal), (Some(3), None));
     assert_eq!(&r.stdout[..], b"out\n");
     assert_eq!(&r.stderr[..], b"err\n");
 
@@ -63,7 +63,7 @@ fn exec_captures_output_status_env_cwd_stdin() {
     assert_eq!(&r.stdout[..], b"ONLY=1\n");
 
     let r = ctx.exec(&["sh", "-c", "kill -9 $$"]).expect("exec");
-    assert_eq!((r.code, r.signal), (None, Some(9)));
+    assert_eq!((r.status.code, r.status.signal), (None, Some(9)));
 
     // A large stdin and stdout pass through the loop without deadlock.
     let big = vec![b'x'; 3 << 20];
@@ -91,7 +91,7 @@ fn exec_streams_output_as_it_arrives() {
     let r = ctx
         .exec_streaming(&args, |fd, data| seen.push((fd, String::from_utf8_lossy(data).into_owned(), t0.elapsed())))
         .expect("exec");
-    assert_eq!(r.code, Some(0));
+    assert_eq!(r.status.code, Some(0));
     assert!(r.stdout.is_empty(), "streamed output is not repeated in the reply");
     let text: Vec<(u8, &str)> = seen.iter().map(|(fd, s, _)| (*fd, s.as_str())).collect();
     assert_eq!(text, vec![(1, "one\n"), (2, "two\n"), (1, "three\n")]);

@@ -51,7 +51,7 @@ fn stdin_streams_in_and_output_streams_out_while_running() {
     drop(input); // the last handle: EOF
     let out = read_until(&mut p, "bye");
     assert!(out.contains("bye"));
-    assert_eq!(p.wait().expect("exit").code, Some(0));
+    assert_eq!(p.wait().expect("exit").status.code, Some(0));
 }
 
 #[test]
@@ -74,7 +74,7 @@ fn large_stdin_round_trips_through_cat_with_a_bounded_window() {
             ProcessEvent::Output { fd: 1, data } => out.extend_from_slice(&data),
             ProcessEvent::Output { fd, data } => panic!("fd {fd}: {:?}", String::from_utf8_lossy(&data)),
             ProcessEvent::Exit(r) => {
-                assert_eq!(r.code, Some(0));
+                assert_eq!(r.status.code, Some(0));
                 break;
             }
         }
@@ -88,7 +88,7 @@ fn writing_to_an_exited_command_is_a_typed_error_not_a_hang() {
     let (_r, ctx) = local();
     let mut p = ctx.spawn(&args(&["true"])).expect("spawn");
     let input = p.take_input().expect("input");
-    assert_eq!(p.wait().expect("exit").code, Some(0));
+    assert_eq!(p.wait().expect("exit").status.code, Some(0));
     let big = vec![b'x'; 4 << 20];
     let t = Instant::now();
     let e = input.write(&big).expect_err("the command has exited");
@@ -126,11 +126,11 @@ fn signals_reach_the_command_and_its_children() {
     assert!(out.contains("parent got TERM"), "{out:?}");
     assert!(common::wait_gone(child, Duration::from_secs(2)).is_some(), "the command's child {child} outlived TERM");
     let r = p.wait().expect("exit");
-    assert_eq!((r.code, r.signal, r.timed_out), (Some(7), None, false));
+    assert_eq!((r.status.code, r.status.signal, r.timed_out), (Some(7), None, false));
 
     let mut p = ctx.spawn(&args(&["sleep", "30"])).expect("spawn");
     p.signal(libc::SIGKILL).expect("signal");
-    assert_eq!(p.wait().expect("exit").signal, Some(libc::SIGKILL));
+    assert_eq!(p.wait().expect("exit").status.signal, Some(libc::SIGKILL));
 }
 
 #[test]
@@ -139,7 +139,7 @@ fn timeout_terminates_then_kills() {
     let t = Instant::now();
     let r = ctx.exec_with(&ExecArgs { timeout_ms: Some(300), ..args(&["sleep", "30"]) }).expect("exec");
     assert!(r.timed_out);
-    assert_eq!(r.signal, Some(libc::SIGTERM));
+    assert_eq!(r.status.signal, Some(libc::SIGTERM));
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 
     // A command that ignores SIGTERM gets SIGKILL after the grace period,
@@ -148,7 +148,7 @@ fn timeout_terminates_then_kills() {
     let script = "trap '' TERM; sleep 30 >/dev/null & echo $!; wait";
     let r = ctx.exec_with(&ExecArgs { timeout_ms: Some(200), ..args(&["sh", "-c", script]) }).expect("exec");
     assert!(r.timed_out);
-    assert_eq!(r.signal, Some(libc::SIGKILL));
+    assert_eq!(r.status.signal, Some(libc::SIGKILL));
     assert!(t.elapsed() >= Duration::from_secs(5) && t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
     let child: u32 = String::from_utf8_lossy(&r.stdout).trim().parse().expect("the command printed its child's pid");
     assert!(
@@ -158,7 +158,7 @@ fn timeout_terminates_then_kills() {
 
     // Finishing in time is not a timeout.
     let r = ctx.exec_with(&ExecArgs { timeout_ms: Some(10_000), ..args(&["true"]) }).expect("exec");
-    assert_eq!((r.code, r.timed_out), (Some(0), false));
+    assert_eq!((r.status.code, r.timed_out), (Some(0), false));
 }
 
 #[test]
@@ -186,7 +186,7 @@ fn pty_is_a_controlling_terminal_with_size_resize_and_ctrl_c() {
             Err(e) => panic!("{e}"),
         }
     };
-    assert_eq!(r.signal, Some(libc::SIGINT), "{r:?}");
+    assert_eq!(r.status.signal, Some(libc::SIGINT), "{r:?}");
 }
 
 #[test]
@@ -202,7 +202,7 @@ fn fifty_commands_at_once_on_one_context() {
                 ProcessEvent::Output { fd: 1, data } => out.extend_from_slice(&data),
                 ProcessEvent::Output { data, .. } => err.extend_from_slice(&data),
                 ProcessEvent::Exit(r) => {
-                    assert_eq!(r.code, Some(0));
+                    assert_eq!(r.status.code, Some(0));
                     break;
                 }
             }

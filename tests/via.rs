@@ -36,7 +36,7 @@ fn local_through_local_routes_calls_and_commands() {
     }
     assert!(found, "child agent {} is a descendant of the hop agent {}", ci.pid, hi.pid);
     let r = child.exec(&["sh", "-c", "echo out; echo err >&2; exit 3"]).expect("exec");
-    assert_eq!((r.code, &r.stdout[..], &r.stderr[..]), (Some(3), &b"out\n"[..], &b"err\n"[..]));
+    assert_eq!((r.status.code, &r.stdout[..], &r.stderr[..]), (Some(3), &b"out\n"[..], &b"err\n"[..]));
     for _ in 0..1000 {
         child.ping().expect("ping");
     }

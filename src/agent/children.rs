@@ -53,7 +53,7 @@ use alloc::vec::Vec;
 
 use rustix::fd::{AsFd, OwnedFd};
 
-use super::commands::{Commands, Status};
+use super::commands::Commands;
 use super::frames::FrameReader;
 use super::outbox::{flush_to, Outbox, TX_HIGH, TX_LOW};
 use super::spawn;
@@ -62,6 +62,7 @@ use super::util::now_ns;
 use crate::core::poller::{Interest, Poller};
 use crate::core::stream::TxBuffer;
 use crate::proto::message::{DelRoute, LinkEnd, LogLevel, LogSource, Relay};
+use crate::proto::ExitStatus;
 use crate::proto::{handles, Header, Message, MASTER_ID};
 
 /// How long a child may keep reads from the parent stopped without taking
@@ -100,7 +101,7 @@ struct ChildStream {
     /// is no longer read; the child is dropped when the command exits).
     ended: Option<LinkEnd>,
     /// The command's exit, once it ended.
-    status: Option<Status>,
+    status: Option<ExitStatus>,
     /// Monotonic ns since when one of the two happened and not the other
     /// (0: neither): the child is dropped [`EXIT_WAIT_MS`] later regardless.
     ending_since: u64,
@@ -276,7 +277,7 @@ impl Children {
     /// ended too (what it wrote last, a goodbye, goes first). Returns the
     /// child to drop now, and how its stream ended; else its exit clock
     /// starts.
-    pub fn command_exited(&mut self, pid: i32, status: Status) -> Option<(usize, LinkEnd)> {
+    pub fn command_exited(&mut self, pid: i32, status: ExitStatus) -> Option<(usize, LinkEnd)> {
         let slot = self.carried_by(pid)?;
         let Some(Some(c)) = self.streams.get_mut(slot) else { return None };
         c.status = Some(status);

@@ -34,13 +34,10 @@ use crate::core::poller::{Interest, Poller};
 use crate::core::side::{self, Io};
 use crate::proto::functions::{self as f, ExecArgs, ExecControl, ExecOp, ExecOutput, ExecReply, Stdio};
 use crate::proto::message::{LogLevel, LogSource};
-use crate::proto::{ErrorKind, Header, Message, RemoteError};
+use crate::proto::{ErrorKind, ExitStatus, Header, Message, RemoteError};
 
 /// After a timeout's SIGTERM, SIGKILL follows this much later.
 const KILL_GRACE_MS: u64 = 5_000;
-
-/// How a command ended: `(exit code, signal)`.
-pub type Status = (Option<i32>, Option<i32>);
 
 /// One running command.
 struct Proc {
@@ -53,7 +50,7 @@ struct Proc {
     stdin_watched: bool,
     out: Vec<u8>,
     err: Vec<u8>,
-    status: Option<Status>,
+    status: Option<ExitStatus>,
     caller: u32,
     reply_to: u32,
     stream_to: Option<u32>,
@@ -363,12 +360,12 @@ impl Commands {
     /// left in its pipes (as far as the credit goes). Returns its process
     /// group and status when it has just exited, for the child stream it
     /// may carry.
-    pub fn exited(&mut self, slot: usize, poller: &Poller, out: &mut Outbox) -> Option<(i32, Status)> {
+    pub fn exited(&mut self, slot: usize, poller: &Poller, out: &mut Outbox) -> Option<(i32, ExitStatus)> {
         let Some(Some(p)) = self.procs.get_mut(slot) else { return None };
         if p.status.is_some() {
             return None;
         }
-        let st = spawn::reap(&p.child.pidfd)?;
+        let st = crate::core::wait::reap(p.child.pidfd.as_fd(), false)?;
         p.status = Some(st);
         poller.delete(p.child.pidfd.as_fd());
         if let Some(t) = p.timer.take() {
@@ -407,7 +404,7 @@ impl Commands {
     /// (that child's DEL_ROUTE goes up first).
     pub fn finish_if_done(&mut self, slot: usize, poller: &Poller, out: &mut Outbox, children: &Children) {
         let Some(Some(p)) = self.procs.get(slot) else { return };
-        let Some((code, signal)) = p.status else { return };
+        let Some(status) = p.status else { return };
         if p.child.stdout.is_some() || p.child.stderr.is_some() {
             // Output still queued behind the caller's credit.
             return;
@@ -425,13 +422,8 @@ impl Commands {
             let e = RemoteError::new(ErrorKind::TooLarge, "exec: output exceeds the maximum message size; stream it");
             return out.reply_error(&h, e);
         }
-        let reply = ExecReply {
-            code,
-            signal,
-            timed_out: p.timed_out,
-            stdout: ByteBuf::from(p.out),
-            stderr: ByteBuf::from(p.err),
-        };
+        let reply =
+            ExecReply { status, timed_out: p.timed_out, stdout: ByteBuf::from(p.out), stderr: ByteBuf::from(p.err) };
         out.reply(&h, Ok(reply));
     }
 

@@ -253,15 +253,6 @@ pub fn answer_tty(master: &OwnedFd, answer: &[u8]) {
     }
 }
 
-/// Exit status of a finished child: `(code, signal)`; reaps it.
-pub fn reap(pidfd: &OwnedFd) -> Option<(Option<i32>, Option<i32>)> {
-    use rustix::process::{waitid, WaitId, WaitIdOptions};
-    match waitid(WaitId::PidFd(rustix::fd::AsFd::as_fd(pidfd)), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
-        Ok(Some(st)) => Some((st.exit_status(), st.terminating_signal())),
-        _ => None,
-    }
-}
-
 /// Kills a child's process group (used on shutdown).
 pub fn kill_group(pid: i32, sig: i32) {
     // SAFETY: kill(2) with a negative pid signals that process group.

@@ -98,8 +98,8 @@ pub fn signal_text(sig: i32) -> String {
 }
 
 /// `exited with status 1` / `was killed by signal 9 (SIGKILL)`.
-fn status_text(code: Option<i32>, signal: Option<i32>) -> String {
-    match (code, signal) {
+fn status_text(st: ExitStatus) -> String {
+    match (st.code, st.signal) {
         (_, Some(s)) => format!("was killed by signal {}", signal_text(s)),
         (Some(c), None) => format!("exited with status {c}"),
         (None, None) => "ended".into(),
@@ -108,10 +108,10 @@ fn status_text(code: Option<i32>, signal: Option<i32>) -> String {
 
 /// The agent's process ended without a goodbye (it carried its own
 /// stream, so its end is the agent's).
-fn agent_died(code: Option<i32>, signal: Option<i32>) -> Disconnected {
-    let r = match (code, signal) {
+fn agent_died(st: ExitStatus) -> Disconnected {
+    let r = match (st.code, st.signal) {
         (Some(code), None) => format!("the agent exited with status {code} without saying why"),
-        _ => format!("the agent {}", status_text(code, signal)),
+        _ => format!("the agent {}", status_text(st)),
     };
     Disconnected::new(EndKind::Crashed, r)
 }
@@ -149,7 +149,7 @@ pub fn link_ended(ctx: &ContextShared, eof: Option<Option<i32>>, status: Option<
     let carrier = ctx.carrier.get();
     let is_agent = carrier.is_some_and(|c| c.transport_is_agent);
     if let (true, Some(st)) = (is_agent, status) {
-        return agent_died(st.code, st.signal);
+        return agent_died(st);
     }
     let who = match carrier {
         Some(c) if c.transport_is_agent => "the agent".to_string(),
@@ -163,7 +163,7 @@ pub fn link_ended(ctx: &ContextShared, eof: Option<Option<i32>>, status: Option<
         None => None,
     };
     let status = match status {
-        Some(st) => Some(format!("{who} {}", status_text(st.code, st.signal))),
+        Some(st) => Some(format!("{who} {}", status_text(st))),
         None if carrier.is_some_and(|c| c.transport.is_some()) => Some(format!("{who} is still running")),
         None => None,
     };
@@ -188,7 +188,7 @@ fn del_route_reason(c: &ContextShared, hop: &str, r: &DelRoute) -> Disconnected 
         }
         (LinkEnd::Behind(_) | LinkEnd::Malformed, _) => {}
         // stage0 exec'd the agent in the command's process: it died.
-        (_, Some((code, signal))) if r.pid != 0 && agent == Some(r.pid) => return agent_died(code, signal),
+        (_, Some(st)) if r.pid != 0 && agent == Some(r.pid) => return agent_died(st),
         _ => {}
     }
     let how = match r.end {
@@ -202,7 +202,7 @@ fn del_route_reason(c: &ContextShared, hop: &str, r: &DelRoute) -> Disconnected 
     };
     let status = match (r.end, r.status) {
         (LinkEnd::Behind(_) | LinkEnd::Malformed, _) => String::new(),
-        (_, Some((code, signal))) => format!("; its command {}", status_text(code, signal)),
+        (_, Some(st)) => format!("; its command {}", status_text(st)),
         (_, None) => "; its command is still running".to_string(),
     };
     Disconnected::new(EndKind::Broken, format!("the connection through {hop} broke ({how}{status})"))
@@ -902,9 +902,9 @@ mod tests {
         }
         let del = |end, pid, status| DelRoute { id: 2, end, pid, status };
         let cases = [
-            (del(LinkEnd::Eof, 200, Some((None, Some(9)))), EndKind::Crashed, "the agent was killed by signal 9 (SIGKILL)"),
+            (del(LinkEnd::Eof, 200, Some(crate::proto::ExitStatus { code: None, signal: Some(9) })), EndKind::Crashed, "the agent was killed by signal 9 (SIGKILL)"),
             (
-                del(LinkEnd::Eof, 300, Some((Some(255), None))),
+                del(LinkEnd::Eof, 300, Some(crate::proto::ExitStatus { code: Some(255), signal: None })),
                 EndKind::Broken,
                 "the connection through hop broke (EOF from its command; its command exited with status 255)",
             ),

@@ -288,7 +288,7 @@ fn pump_out(mut p: Process, rx: UnixStream, tty: UnixStream, watch: Shared, tabl
                 }
             }
             Ok(ProcessEvent::Exit(r)) => {
-                break match (r.code, r.signal) {
+                break match (r.status.code, r.status.signal) {
                     (_, Some(sig)) => format!("its transport command ended (signal {sig})"),
                     (Some(code), _) => format!("its transport command ended (status {code})"),
                     _ => "its transport command ended".to_string(),

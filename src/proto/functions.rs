@@ -228,10 +228,9 @@ pub struct ExecOutput {
 /// Reply of [`Exec`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecReply {
-    /// Exit code, if the child exited.
-    pub code: Option<i32>,
-    /// Signal number, if a signal killed it.
-    pub signal: Option<i32>,
+    /// How the command ended (on the wire: its two fields, as they were
+    /// before this was a type of its own).
+    pub status: super::ExitStatus,
     /// The command outlived `timeout_ms` and was killed.
     pub timed_out: bool,
     /// Captured stdout (empty when streamed or logged).

@@ -204,8 +204,8 @@ pub struct DelRoute {
     /// agent itself when stage0 exec'd it in place, else ssh, sudo, …);
     /// 0 with [`LinkEnd::Behind`].
     pub pid: u32,
-    /// That command's exit, `(code, signal)`, if it had ended.
-    pub status: Option<(Option<i32>, Option<i32>)>,
+    /// That command's exit, if it had ended.
+    pub status: Option<super::ExitStatus>,
 }
 
 /// Payload of [`super::handles::RELAY`]: one message for several contexts

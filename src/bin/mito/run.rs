@@ -137,7 +137,7 @@ fn run(ctx: &Context, args: &ExecArgs, forward_stdin: bool, signals: Option<Sign
         eprintln!("mito: {}: command timed out after {secs} s and was killed", ctx.name());
         return Ok(ExitCode::from(124));
     }
-    Ok(ExitCode::from(exit_status(reply.code, reply.signal)))
+    Ok(ExitCode::from(exit_status(reply.status.code, reply.status.signal)))
 }
 
 /// The exit status for a command's code or signal, as ssh gives it (128 +
