@@ -2,9 +2,9 @@
 //! upstream as log records, so nothing written there can reach the protocol
 //! stream.
 
-use alloc::vec::Vec;
 use rustix::fd::{AsFd, OwnedFd};
 
+use crate::core::lines::Lines;
 use crate::core::side::{self, Io};
 
 /// Longest line forwarded whole; longer ones are cut into pieces this size.
@@ -15,13 +15,13 @@ pub const MAX_LINE: usize = 4096;
 pub struct IoLogger {
     /// Read end of the pipe.
     pub fd: OwnedFd,
-    partial: Vec<u8>,
+    lines: Lines,
 }
 
 impl IoLogger {
     /// Wraps the read end of the pipe now behind fd 1 or 2.
     pub fn new(fd: OwnedFd) -> IoLogger {
-        IoLogger { fd, partial: Vec::new() }
+        IoLogger { fd, lines: Lines::new(MAX_LINE) }
     }
 
     /// Reads what is there (at most 64 KiB per call: the poller is
@@ -33,24 +33,16 @@ impl IoLogger {
         for _ in 0..16 {
             match side::read(self.fd.as_fd(), &mut buf) {
                 Ok(Io::Done(n)) => {
-                    for &b in &buf[..n] {
-                        if b == b'\n' {
-                            emit(&self.partial);
-                            self.partial.clear();
-                        } else {
-                            self.partial.push(b);
-                            if self.partial.len() >= MAX_LINE {
-                                emit(&self.partial);
-                                self.partial.clear();
-                            }
-                        }
+                    self.lines.extend(&buf[..n]);
+                    while let Some(line) = self.lines.next_line() {
+                        emit(line);
                     }
                 }
                 Ok(Io::WouldBlock) => return true,
                 Ok(Io::Closed) | Err(_) => {
-                    if !self.partial.is_empty() {
-                        emit(&self.partial);
-                        self.partial.clear();
+                    let rest = self.lines.finish();
+                    if !rest.is_empty() {
+                        emit(rest);
                     }
                     return false;
                 }

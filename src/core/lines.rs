@@ -29,7 +29,9 @@ impl Lines {
     /// Appends `data`.
     pub fn extend(&mut self, data: &[u8]) {
         if self.start > 0 {
-            self.buf.drain(..self.start);
+            let len = self.buf.len();
+            self.buf.copy_within(self.start..len, 0);
+            self.buf.truncate(len - self.start);
             self.start = 0;
         }
         self.buf.extend_from_slice(data);
@@ -40,10 +42,11 @@ impl Lines {
     /// `None` while the rest is a shorter, unfinished line.
     pub fn next_line(&mut self) -> Option<&[u8]> {
         let rest = &self.buf[self.start..];
-        let (len, used) = match rest.iter().take(self.max + 1).position(|&c| c == b'\n') {
-            Some(i) if i <= self.max => (i, i + 1),
-            _ if rest.len() >= self.max => (self.max, self.max),
-            _ => return None,
+        let window = &rest[..rest.len().min(self.max + 1)];
+        let (len, used) = match window.iter().position(|&c| c == b'\n') {
+            Some(i) => (i, i + 1),
+            None if rest.len() >= self.max => (self.max, self.max),
+            None => return None,
         };
         let at = self.start;
         self.start += used;
@@ -57,6 +60,14 @@ impl Lines {
         self.buf.clear();
         self.start = 0;
         rest
+    }
+
+    /// The unfinished rest (empty if none), as the last line of a stream
+    /// that ended; handed out like a line.
+    pub fn finish(&mut self) -> &[u8] {
+        let at = self.start;
+        self.start = self.buf.len();
+        &self.buf[at..]
     }
 
     /// Bytes not handed out yet.
@@ -100,7 +111,8 @@ mod tests {
         // A newline right after the cap ends that line, not an empty one.
         l.extend(b"wxyz\nq");
         assert_eq!(all(&mut l), [b"wxyz".to_vec()]);
-        assert_eq!(l.take_rest(), b"q");
+        assert_eq!(l.finish(), b"q");
+        assert_eq!(l.finish(), b"");
     }
 
     #[test]
