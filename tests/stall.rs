@@ -23,7 +23,7 @@ use mito::functions::{self as f, ExecArgs};
 use mito::{CallError, Context, Router, TransferError};
 use serde_bytes::ByteBuf;
 
-/// The hop's stall window (`STALL_MS` in `src/agent/external_context.rs`).
+/// The hop's stall window (`STALL_MS` in `src/agent/children.rs`).
 const STALL: Duration = Duration::from_secs(10);
 
 /// Slack for the drop and for the siblings' pings around it.

@@ -33,14 +33,14 @@
 //! ([`Goodbye`] on `GOODBYE`): asked to shut down, a termination signal
 //! (which one), a fatal error (a malformed frame from its parent, a failed
 //! `epoll_wait`), a panic (the panic handler writes the frame straight to
-//! the parent fd, see [`panic_goodbye`]). One whose parent is gone says
+//! the parent fd, see [`panic_goodbye`](super::panic_goodbye)). One whose parent is gone says
 //! nothing: there is no one to tell, and its children see their streams
 //! end and exit the same way. So the master tells a clean exit from a crash
 //! and from a broken link.
 //!
 //! **Back-pressure runs both ways:** a child that does not drain its queue
 //! stops reads from the parent ([`Children::is_full`], and the stall rule
-//! bounds how long: [`STALL_MS`]); a parent that does not drain ours stops
+//! bounds how long: [`STALL_MS`](super::children::STALL_MS)); a parent that does not drain ours stops
 //! reads from children, commands and loggers ([`Outbox::is_full`]).
 
 use alloc::string::String;
@@ -69,9 +69,6 @@ use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, MASTER_ID};
 /// recent gaps were shorter than this (see `run`); an idle agent sleeps in
 /// epoll.
 const POLL_WINDOW_NS: u64 = 100_000;
-
-pub use super::children::STALL_MS;
-pub use super::panic_goodbye::panic_goodbye;
 
 /// Exit codes of the agent, for the master's diagnostics.
 pub mod exit {

@@ -71,7 +71,7 @@ static ALLOC_FAILED: core::sync::atomic::AtomicBool = core::sync::atomic::Atomic
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     let what = if ALLOC_FAILED.load(core::sync::atomic::Ordering::Relaxed) { "memory allocation failed" } else { "" };
-    mito::agent::external_context::panic_goodbye(what);
+    mito::agent::panic_goodbye::panic_goodbye(what);
     // SAFETY: fd 2 is always open in the agent; abort never returns.
     unsafe {
         let msg = b"mito-agent: internal error (panic); aborting\n";

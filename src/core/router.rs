@@ -30,7 +30,7 @@ pub const TX_HIGH: usize = 8 << 20;
 /// does. As long as the default call timeout, because behind a hop a live
 /// but slow child may legitimately hold the hop's reads back for a while
 /// (a child that stopped reading is dropped by its hop much sooner, see
-/// `agent::external_context::STALL_MS`).
+/// `agent::children::STALL_MS`).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Largest payload [`RouterTable::send_control`] takes (control frames are

@@ -16,7 +16,7 @@
 //! relay until the first hop's stream has taken nothing for
 //! [`SEND_TIMEOUT`](crate::core::router::SEND_TIMEOUT); a target behind a
 //! hop that stops reading is dropped by its hop (see
-//! `agent::external_context`) and fails at once. Waits for
+//! `agent::children`) and fails at once. Waits for
 //! acknowledgements end at each target's call timeout.
 
 use std::collections::VecDeque;
