@@ -1,11 +1,14 @@
 //! The message plumbing of every context.
 //!
 //! Map:
-//! - [`side`] — [`Side`](side::Side), one non-blocking fd with mitogen's `io_op` rules.
+//! - [`side`] — reads and writes on a non-blocking fd with mitogen's `io_op` rules.
 //! - [`stream`] — framing ([`Decoder`](stream::Decoder), [`TxBuffer`](stream::TxBuffer)).
 //! - [`poller`] — epoll, shared by the master's Broker and the agent's loop.
 //! - [`waker`] — eventfd that wakes a poller from another thread.
 //! - [`text`] — a target's text made safe for a terminal (escaped, cut).
+//! - [`lines`] — the capped line splitter for a target's text.
+//! - [`tty`] — typing a password into a tty once echo is off.
+//! - [`wait`] — reaping a child through its pidfd.
 //! - master only (`std`): [`broker`] (the I/O thread), [`router`] (delivery
 //!   by context id and handle), [`stream_in`] (the read half a waiting
 //!   caller may read itself), [`latch`] (blocking waits with deadlines),
@@ -13,10 +16,11 @@
 //!   event, always reaped, never a recycled pid).
 //!
 //! The agent is single-threaded and has no Broker thread: its loop in
-//! `agent::external_context` drives the same Side/Stream/Poller pieces.
+//! `agent::external_context` drives the same side/stream/poller pieces.
 //!
-//! **Architecture invariant:** nothing in `side`, `stream`, `poller` or
-//! `waker` uses std; they build into the agent.
+//! **Architecture invariant:** nothing in `side`, `stream`, `poller`,
+//! `waker`, `lines`, `tty`, `wait`, `num`, `sha256` or `text` uses std;
+//! they build into the agent.
 
 pub mod lines;
 pub mod num;

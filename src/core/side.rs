@@ -1,11 +1,11 @@
-//! [`Side`]: one end of a stream, an owned non-blocking fd.
+//! One end of a stream: reads and writes on a non-blocking fd.
 //!
 //! mitogen's `io_op` rules live here so no caller repeats them: EINTR is
 //! retried, EAGAIN means "not now", and EIO (a tty whose other end went
 //! away), ECONNRESET and EPIPE (a socket or pipe whose peer died) mean
 //! "disconnected", reported like end of file.
 
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fd::BorrowedFd;
 use rustix::io::Errno;
 
 /// Result of a read or write on a non-blocking fd.
@@ -17,40 +17,6 @@ pub enum Io {
     WouldBlock,
     /// End of file, or the peer is gone.
     Closed,
-}
-
-/// One end of a stream.
-#[derive(Debug)]
-pub struct Side {
-    fd: OwnedFd,
-}
-
-impl Side {
-    /// Takes ownership of `fd` and makes it non-blocking.
-    pub fn new(fd: OwnedFd) -> Result<Side, Errno> {
-        set_nonblocking(fd.as_fd(), true)?;
-        Ok(Side { fd })
-    }
-
-    /// The fd, for registering with a poller.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
-    /// Reads into `buf`.
-    pub fn read(&self, buf: &mut [u8]) -> Result<Io, Errno> {
-        read(self.fd.as_fd(), buf)
-    }
-
-    /// Writes from `buf`.
-    pub fn write(&self, buf: &[u8]) -> Result<Io, Errno> {
-        write(self.fd.as_fd(), buf)
-    }
-
-    /// Gives the fd back.
-    pub fn into_fd(self) -> OwnedFd {
-        self.fd
-    }
 }
 
 /// Reads with `io_op` semantics from any fd.
