@@ -34,7 +34,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use serde_bytes::ByteBuf;
 use thiserror::Error;
 
-use super::context::{Context, Pending};
+use super::context::{path_bytes, Context, Pending};
 use super::error::CallError;
 use crate::core::sha256::Sha256;
 use crate::proto::functions::{self as f, Commit, FileCloseArgs, FileReadArgs, Function, PathArgs};
@@ -386,7 +386,7 @@ impl Context {
         progress: Progress<'_>,
     ) -> Result<TransferStats, TransferError> {
         let t0 = Instant::now();
-        let opened = self.call::<f::FileOpenRead>(&PathArgs { path: ByteBuf::from(remote.as_os_str().as_bytes()) })?;
+        let opened = self.call::<f::FileOpenRead>(&PathArgs { path: path_bytes(remote) })?;
         let result = (|| {
             let (mut temp, mut out) = Temp::create(dir, name).map_err(local(dest))?;
             let mut hash = Sha256::new();
@@ -485,10 +485,7 @@ impl Context {
         let t0 = Instant::now();
         let mut input = fs::File::open(src).map_err(local(src))?;
         let meta = input.metadata().map_err(local(src))?;
-        let opened = self.call::<f::FileOpenWrite>(&f::OpenWriteArgs {
-            path: ByteBuf::from(remote.as_os_str().as_bytes()),
-            id: 0,
-        })?;
+        let opened = self.call::<f::FileOpenWrite>(&f::OpenWriteArgs { path: path_bytes(remote), id: 0 })?;
         let result = (|| {
             let mut hash = Sha256::new();
             let mut bytes = 0u64;
@@ -551,7 +548,7 @@ impl Context {
 
     /// SHA-256 of a remote file.
     pub fn sha256(&self, path: impl AsRef<Path>) -> Result<[u8; 32], CallError> {
-        let d = self.call::<f::Sha256>(&PathArgs { path: ByteBuf::from(path.as_ref().as_os_str().as_bytes()) })?;
+        let d = self.call::<f::Sha256>(&PathArgs { path: path_bytes(path.as_ref()) })?;
         let mut out = [0u8; 32];
         if d.len() == 32 {
             out.copy_from_slice(&d);
