@@ -29,7 +29,11 @@
 //! files, trees, [`Process`] for streamed commands), [`put_many`], the
 //! errors ([`ConnectError`], [`CallError`], [`TransferError`],
 //! [`RemoteError`]) and the built-in [`functions`] with their argument and
-//! reply types. [`master`] holds the same items by topic, [`proto`] the
+//! reply types. Your own functions: [`declare_function!`] declares one for
+//! both halves, a custom agent serves it (`mito::agent::serve`, with the
+//! features `agent` and `std`), and [`RouterOptions::agents`] takes that
+//! agent ([`Agent`]) to upload instead of the embedded one (README, "Your
+//! own functions"). [`master`] holds the same items by topic, [`proto`] the
 //! wire format they travel in.
 //!
 //! The modules `core` (I/O, framing, the routing table), `connect` (stage0,
@@ -55,6 +59,8 @@ pub mod agent;
 #[cfg(feature = "master")]
 pub mod master;
 
+#[cfg(feature = "master")]
+pub use connect::agents::Agent;
 #[cfg(feature = "master")]
 pub use connect::bootstrap::Upload;
 #[cfg(feature = "master")]

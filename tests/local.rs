@@ -157,10 +157,16 @@ fn unknown_function_and_bad_args_are_typed_errors() {
     let router = Router::new().expect("router");
     let ctx = router.local(LocalOptions::default()).expect("connect");
     let e = ctx.call::<NoSuchFunction>(&()).expect_err("unknown");
-    let re = e.remote().expect("remote error");
-    assert_eq!(re.kind, ErrorKind::UnknownFunction);
-    assert_eq!(re.message, "no_such_function");
-    assert_eq!(re.context, ctx.name());
+    // The agent's UnknownFunction, typed by the master with the agent's hash.
+    match &e {
+        CallError::MissingFunction { context, function, agent_hash } => {
+            assert_eq!(function, "no_such_function");
+            assert_eq!(context, ctx.name());
+            assert_eq!(agent_hash, &ctx.connect_info().agent_hash);
+        }
+        other => panic!("not MissingFunction: {other:?}"),
+    }
+    assert!(e.to_string().contains(&ctx.connect_info().agent_hash), "{e}");
     let e = ctx.call::<StatWithBadArgs>(&7).expect_err("bad args");
     assert_eq!(e.remote().map(|r| r.kind), Some(ErrorKind::BadArgs), "{e}");
     ctx.ping().expect("still serving");

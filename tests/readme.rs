@@ -226,6 +226,14 @@ fn checks() -> Vec<(&'static str, How)> {
             How::NotRun("the full benchmark (~5 minutes); .ci/run runs the --only line"),
         ),
         ("scripts/bench --only rtt_local,ssh_connect", How::ByCi),
+        // Your own functions: cargo builds in the checkout, not in the
+        // README's namespace; tests/custom_agent.rs builds and runs the same
+        // example agent (and a test agent) too.
+        (
+            "cargo build --release --example custom_agent --no-default-features --features agent,std --target x86_64-unknown-linux-musl",
+            How::ByCi,
+        ),
+        ("cargo run --release --example custom_master -- /etc", How::ByCi),
     ]
 }
 

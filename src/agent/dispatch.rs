@@ -39,12 +39,25 @@ pub struct Dispatcher {
     serial: u64,
     /// The open files of streamed transfers.
     files: FileTable,
+    /// A custom agent's own functions (`user.rs`), asked for any name
+    /// that is not a built-in's.
+    #[cfg(feature = "std")]
+    user: super::user::Registry,
 }
 
 impl Dispatcher {
     /// A dispatcher for the agent `ident`, with no open files.
     pub fn new(ident: Identity) -> Dispatcher {
-        Dispatcher { ident, serial: 0, files: FileTable::default() }
+        #[cfg(not(feature = "std"))]
+        return Dispatcher { ident, serial: 0, files: FileTable::default() };
+        #[cfg(feature = "std")]
+        Dispatcher::with_functions(ident, super::user::Registry::default())
+    }
+
+    /// A dispatcher that also runs the user's `functions` (a custom agent).
+    #[cfg(feature = "std")]
+    pub fn with_functions(ident: Identity, functions: super::user::Registry) -> Dispatcher {
+        Dispatcher { ident, serial: 0, files: FileTable::default(), user: functions }
     }
 
     /// The agent's hash and path.
@@ -151,6 +164,20 @@ impl Dispatcher {
                 Ok(()) => {}
                 Err(e) => out.reply_error(&h, e),
             },
+            #[cfg(feature = "std")]
+            _ => match self.user.call(name, args) {
+                Some(Ok(data)) if data.len() <= max => {
+                    let id = out.id();
+                    let r = Header { dst: h.src, src: id, auth: id, handle: h.reply_to, ..Header::default() };
+                    if h.reply_to != 0 {
+                        out.push(&r, &data);
+                    }
+                }
+                Some(Ok(_)) => out.reply_error(&h, RemoteError::new(ErrorKind::TooLarge, name)),
+                Some(Err(e)) => out.reply_error(&h, e),
+                None => out.reply_error(&h, RemoteError::new(ErrorKind::UnknownFunction, name)),
+            },
+            #[cfg(not(feature = "std"))]
             _ => out.reply_error(&h, RemoteError::new(ErrorKind::UnknownFunction, name)),
         }
     }

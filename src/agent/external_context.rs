@@ -108,6 +108,17 @@ pub struct ExternalContext {
 
 /// The agent's entry point: `mito-agent HASH CONTEXT_ID`. Returns the exit code.
 pub fn main(args: &[&[u8]]) -> i32 {
+    start(args, Dispatcher::new)
+}
+
+/// [`main`] of a custom agent: the built-ins and the user's `functions`.
+#[cfg(feature = "std")]
+pub fn main_with(args: &[&[u8]], functions: super::user::Registry) -> i32 {
+    start(args, |ident| Dispatcher::with_functions(ident, functions))
+}
+
+/// Sets up and runs the loop with the dispatcher `calls` makes.
+fn start(args: &[&[u8]], calls: impl FnOnce(Identity) -> Dispatcher) -> i32 {
     // SAFETY: ignoring SIGPIPE so a dead peer is an EPIPE, not a silent death;
     // children get the default back (spawn::spawn resets it).
     unsafe {
@@ -129,7 +140,7 @@ pub fn main(args: &[&[u8]]) -> i32 {
         out: Outbox::new(tx_fd, id as u32, crate::proto::MAX_MESSAGE_SIZE),
         loggers,
         commands: Commands::default(),
-        calls: Dispatcher::new(Identity { hash: String::from_utf8_lossy(hash).into_owned(), exe }),
+        calls: calls(Identity { hash: String::from_utf8_lossy(hash).into_owned(), exe }),
         closing: false,
         signals: super::signals::termination_signals(),
         children: Children::default(),

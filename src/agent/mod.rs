@@ -21,6 +21,9 @@
 //! - [`fs`] — tree walks and changes (list, mkdir -p, chmod/chown, links, rm -rf, du).
 //! - [`spawn`] — posix_spawn + pidfd, the agent's ProcessMonitor.
 //! - [`util`] — number and string helpers that avoid `core::fmt`, the clock.
+//! - `user` — a custom agent's own functions (`std` builds only): the
+//!   registry the dispatcher asks for names that are not built-ins, and
+//!   `serve`, the custom agent's `main`.
 //!
 //! **Architecture invariant:** nothing here links std, and nothing formats
 //! with `core::fmt` on the agent's paths (errors are kinds + errno; the
@@ -42,6 +45,9 @@ pub mod signals;
 pub mod spawn;
 pub mod stdio;
 pub mod token;
+pub mod user;
 pub mod util;
 
 pub use external_context::main;
+#[cfg(feature = "std")]
+pub use user::{function, serve, Registry, UserFunction};

@@ -14,7 +14,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 
 use super::error::{format_output, ConnectError};
 use super::stage0;
-use crate::connect::embedded::{self, EmbeddedAgent};
+use crate::connect::agents::{AgentSet, Chosen};
 use crate::core::lines::Lines;
 use crate::core::side::{self, Io};
 use crate::core::stream::Decoder;
@@ -431,11 +431,11 @@ fn on_line(ph: &mut Phase<'_>, line: &str, upload: &mut Upload) -> Result<usize,
             let agent = find_agent(context, arch)?;
             let gzip = how == "gz";
             *upload = if dir == "memfd" { Upload::Memfd } else { Upload::Stored { dir: dir.to_string(), gzip } };
-            if !gzip && ph.hooks.serve_agent(arch, agent.sha256) {
+            if !gzip && ph.hooks.serve_agent(arch, agent.sha256()) {
                 log::debug!("[{context}] stage0 wants the {arch} agent for {dir}: the hop sends its own");
                 return Ok(0);
             }
-            let bytes = if gzip { agent.gz.to_vec() } else { agent.raw() };
+            let bytes = agent.bytes(gzip);
             log::debug!("[{context}] stage0 wants the {arch} agent ({how}) for {dir}: sending {} bytes", bytes.len());
             ph.write_all(&bytes)?;
             Ok(bytes.len())
@@ -508,14 +508,17 @@ fn hello_phase(ph: &mut Phase<'_>, leftover: &[u8], max_message_size: u32) -> Re
     Ok((hello, decoder))
 }
 
-fn find_agent(context: &str, arch: &str) -> Result<&'static EmbeddedAgent, ConnectError> {
-    embedded::for_arch(arch).ok_or_else(|| ConnectError::UnsupportedArch {
+/// The agent to send for `arch`: the router's (its [`AgentSet::scope`]
+/// on this thread), else the embedded one.
+fn find_agent(context: &str, arch: &str) -> Result<Chosen, ConnectError> {
+    let set = AgentSet::current();
+    set.for_arch(arch).ok_or_else(|| ConnectError::UnsupportedArch {
         context: context.into(),
         arch: arch.into(),
-        have: embedded_archs(),
+        have: set.archs(),
     })
 }
 
 fn embedded_archs() -> String {
-    embedded::AGENTS.iter().map(|a| a.arch).collect::<Vec<_>>().join(", ")
+    AgentSet::current().archs()
 }

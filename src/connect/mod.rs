@@ -8,7 +8,8 @@
 //!   (markers, agent upload, hello) with a deadline; [`local`] is the local
 //!   method (`create_child`: one socketpair, or two pipes, as stdin and
 //!   stdout, a pipe or a pty as stderr);
-//!   [`embedded`] holds the agent binaries build.rs embedded; [`error`] holds
+//!   [`embedded`] holds the agent binaries build.rs embedded, [`agents`]
+//!   the set a router uploads (those, or a user's custom agent); [`error`] holds
 //!   [`ConnectError`](error::ConnectError); [`ssh`] the ssh method;
 //!   [`sudo`], [`su`], [`doas`] the privilege changes, which share
 //!   [`prompt`] (recognising and answering password prompts once).
@@ -18,6 +19,8 @@
 
 pub mod stage0;
 
+#[cfg(feature = "master")]
+pub mod agents;
 #[cfg(feature = "master")]
 pub mod bootstrap;
 #[cfg(feature = "master")]

@@ -91,6 +91,8 @@ pub struct Pending<T> {
     latch: Arc<Latch<Delivery>>,
     timeout: Option<Duration>,
     sent: Instant,
+    /// The agent's hash, for [`CallError::MissingFunction`].
+    info: Arc<ConnectInfo>,
     _reply: PhantomData<fn() -> T>,
 }
 
@@ -115,7 +117,9 @@ impl<T: DeserializeOwned> Pending<T> {
             Ok(Ok(msg)) => {
                 self.shared.record_rtt(self.sent.elapsed());
                 if msg.header.flags & FLAG_ERROR != 0 {
-                    return decode_reply::<()>(&self.shared, self.function, &msg, self.max_reply).map(|()| msg);
+                    return decode_reply::<()>(&self.shared, self.function, &msg, self.max_reply)
+                        .map(|()| msg)
+                        .map_err(|e| missing_function(e, &self.info));
                 }
                 Ok(msg)
             }
@@ -235,6 +239,19 @@ pub(super) fn decode_reply<T: DeserializeOwned>(
         return Err(CallError::Remote(e));
     }
     postcard::from_bytes(&payload).map_err(|e| bad(e.to_string()))
+}
+
+/// The agent's "unknown function" for the function called, as the typed
+/// [`CallError::MissingFunction`] naming the agent's hash: the running
+/// agent is not the one with that function (another custom agent, the
+/// embedded one, an older build).
+fn missing_function(e: CallError, info: &ConnectInfo) -> CallError {
+    match e {
+        CallError::Remote(r) if r.kind == crate::proto::ErrorKind::UnknownFunction => {
+            CallError::MissingFunction { context: r.context, function: r.message, agent_hash: info.agent_hash.clone() }
+        }
+        other => other,
+    }
 }
 
 /// Who carries the context's stream, for wording how it ended: for a
@@ -367,6 +384,7 @@ impl Context {
             latch,
             timeout: self.timeout,
             sent: Instant::now(),
+            info: self.info.clone(),
             _reply: PhantomData,
         };
         (handle, p)

@@ -12,6 +12,21 @@ pub enum CallError {
     /// The function ran (or was looked up) and failed in the context.
     #[error("{0}")]
     Remote(RemoteError),
+    /// The agent running in the context has no function of that name: it
+    /// is another agent than the one that has it (the embedded agent, or
+    /// another custom agent: `RouterOptions::agents`), or an older build.
+    #[error(
+        "{context}: {function}: the agent running there ({agent_hash}) has no function of that name; \
+         is the router uploading the agent that has it (RouterOptions::agents)?"
+    )]
+    MissingFunction {
+        /// Context name.
+        context: String,
+        /// Function called.
+        function: String,
+        /// Hex sha256 of the running agent.
+        agent_hash: String,
+    },
     /// The context is gone, before or while the call was pending; the
     /// reason says how: the agent exited (and why, in its own words), it
     /// crashed, or the link to it broke (see `core::router::EndKind`).

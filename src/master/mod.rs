@@ -32,6 +32,7 @@ mod via;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
+use crate::connect::agents::{Agent, AgentSet};
 use crate::connect::bootstrap::{self, Pipes};
 use crate::connect::doas::{self, DoasOptions};
 use crate::connect::error::ConnectError;
@@ -52,6 +53,8 @@ use context::{ConnectInfo, Context};
 pub(crate) struct Core {
     pub table: Arc<RouterTable>,
     pub broker: Broker,
+    /// The agents this router uploads.
+    pub agents: AgentSet,
 }
 
 /// The common options of sudo, su and doas.
@@ -75,11 +78,17 @@ struct Transport {
 pub struct RouterOptions {
     /// Largest message accepted from an agent (bytes).
     pub max_message_size: u32,
+    /// Agents to upload instead of the embedded one of their architecture:
+    /// a custom agent with the user's own functions
+    /// ([`Agent::from_path`](crate::Agent::from_path); README, "Your own
+    /// functions"). Every context of this router, direct or behind a hop,
+    /// runs it. Empty: the embedded agents.
+    pub agents: Vec<Agent>,
 }
 
 impl Default for RouterOptions {
     fn default() -> Self {
-        RouterOptions { max_message_size: crate::proto::MAX_MESSAGE_SIZE }
+        RouterOptions { max_message_size: crate::proto::MAX_MESSAGE_SIZE, agents: Vec::new() }
     }
 }
 
@@ -100,7 +109,7 @@ impl Router {
     pub fn with_options(opts: RouterOptions) -> std::io::Result<Router> {
         let table = Arc::new(RouterTable::new(opts.max_message_size));
         let broker = Broker::start(table.clone())?;
-        Ok(Router { core: Arc::new(Core { table, broker }) })
+        Ok(Router { core: Arc::new(Core { table, broker, agents: AgentSet::new(opts.agents) }) })
     }
 
     /// Starts an agent on this machine through stage0 (`sh -c`).
@@ -159,7 +168,8 @@ impl Connector<'_> {
     /// agent, stage0 asks for the raw agent, which the hop sends itself
     /// (its own executable): a cold start crosses only the last link.
     fn stage0(&self, id: u32) -> String {
-        let specs = crate::connect::embedded::specs();
+        let agents = self.core.agents.all();
+        let specs: Vec<_> = agents.iter().map(|a| a.spec()).collect();
         let hop = self.via.map(|h| h.connect_info());
         let same = hop.and_then(|i| specs.iter().find(|s| s.sha256 == i.agent_hash && s.arch == i.arch));
         stage0::script_preferring_raw(&specs, id, same.map(|s| s.arch))
@@ -246,6 +256,20 @@ impl Connector<'_> {
     /// the bootstrap, and returns the context. `classify` turns what the
     /// process printed on stderr into a method-specific error.
     pub(crate) fn connect_child(
+        &self,
+        id: u32,
+        name: String,
+        cmd: &ChildCommand,
+        timeout: std::time::Duration,
+        hooks: &mut dyn bootstrap::Hooks,
+    ) -> Result<Context, ConnectError> {
+        // The bootstrap sends the agents of this router's set (through a
+        // hop too: `via` reaches the bootstrap on this thread).
+        self.core.agents.scope(|| self.connect_child_with_agents(id, name, cmd, timeout, hooks))
+    }
+
+    /// [`Connector::connect_child`] within the router's agent scope.
+    fn connect_child_with_agents(
         &self,
         id: u32,
         name: String,

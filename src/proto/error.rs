@@ -30,6 +30,12 @@ pub enum ErrorKind {
     Protocol = 8,
     /// A bug in the agent: it should not happen.
     Internal = 9,
+    /// A user's function (in a custom agent) returned an error; the
+    /// message is its text ([`RemoteError::user`]).
+    User = 10,
+    /// A user's function panicked; the message says where and why. The
+    /// agent goes on serving (a custom agent catches the unwind).
+    Panicked = 11,
 }
 
 /// The error a context sends back instead of a reply.
@@ -57,6 +63,40 @@ impl RemoteError {
     pub fn os(errno: i32, op: impl Into<String>) -> Self {
         RemoteError { errno, ..RemoteError::new(ErrorKind::Os, op) }
     }
+
+    /// The error of a user's function: kind [`ErrorKind::User`] with its
+    /// text as the message.
+    pub fn user(message: impl Into<String>) -> Self {
+        RemoteError::new(ErrorKind::User, message)
+    }
+}
+
+/// A user's function may fail with a `String` (`Err(format!(…))`).
+impl From<String> for RemoteError {
+    fn from(message: String) -> Self {
+        RemoteError::user(message)
+    }
+}
+
+/// A user's function may fail with a `&str`.
+impl From<&str> for RemoteError {
+    fn from(message: &str) -> Self {
+        RemoteError::user(message)
+    }
+}
+
+/// A user's function may fail with an `io::Error` (`?` on `std::fs`): an OS
+/// error keeps its errno (kind [`ErrorKind::Os`]), any other is
+/// [`ErrorKind::User`] with its text.
+#[cfg(feature = "std")]
+impl From<std::io::Error> for RemoteError {
+    fn from(e: std::io::Error) -> Self {
+        use alloc::string::ToString;
+        match e.raw_os_error() {
+            Some(errno) => RemoteError::os(errno, ""),
+            None => RemoteError::user(e.to_string()),
+        }
+    }
 }
 
 impl core::fmt::Display for RemoteError {
@@ -71,6 +111,8 @@ impl core::fmt::Display for RemoteError {
             ErrorKind::ShuttingDown => "context is shutting down",
             ErrorKind::Protocol => "protocol error",
             ErrorKind::Internal => "internal error in agent",
+            ErrorKind::User => "failed",
+            ErrorKind::Panicked => "panicked",
         };
         if !self.context.is_empty() {
             write!(f, "on {}: ", self.context)?;

@@ -10,8 +10,10 @@
 //!   one [`functions::Function`] impl each, so both halves agree on types.
 //! - [`error`] — [`RemoteError`], the typed error that travels instead of text.
 //! - [`compress`] — optional deflate of large payloads (flag bit).
+//! - [`declare`] — `declare_function!`, a user's own function (custom agents).
 
 pub mod compress;
+pub mod declare;
 pub mod error;
 pub mod exit;
 pub mod functions;

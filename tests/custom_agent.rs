@@ -1,0 +1,226 @@
+//! Your own functions in your own agent (issue 15): the example's custom
+//! agent (`examples/custom_agent/`) and a test agent
+//! (`tests/custom_agent/test_agent.rs`), built here as a user builds them
+//! (static musl, `--features agent,std`), uploaded by a master whose
+//! `RouterOptions::agents` names them, on real local contexts.
+
+mod common;
+#[path = "../examples/custom_agent/functions.rs"]
+mod example;
+#[path = "custom_agent/functions.rs"]
+mod functions;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::{local_in, TempDir};
+use example::{DiskUsage, Grep, GrepArgs, Pattern, Usage};
+use functions::{Echo, Fail, Panic, ReadText, Sample, Shape};
+use mito::connect::bootstrap::Upload;
+use mito::{Agent, CallError, ErrorKind, Router, RouterOptions};
+use serde_bytes::ByteBuf;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const TRIPLE: &str = "x86_64-unknown-linux-musl";
+
+/// Builds both agents once per test binary, as the README says (release,
+/// static musl, std), in a target directory of their own: the outer
+/// `cargo test` may hold the lock of the usual one.
+fn agents() -> &'static (PathBuf, PathBuf) {
+    static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target_dir = PathBuf::from(ROOT).join("target").join("custom-agent-test");
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.args(["build", "--release", "--example", "custom_agent", "--example", "test_agent"])
+            .args(["--no-default-features", "--features", "agent,std", "--target", TRIPLE])
+            .arg("--manifest-path")
+            .arg(PathBuf::from(ROOT).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir);
+        for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
+            cmd.env_remove(var);
+        }
+        let status = cmd.status().expect("run cargo to build the custom agents");
+        assert!(status.success(), "building the custom agents failed ({status}); is {TRIPLE} installed?");
+        let dir = target_dir.join(TRIPLE).join("release").join("examples");
+        (dir.join("custom_agent"), dir.join("test_agent"))
+    })
+}
+
+fn example_agent() -> Agent {
+    Agent::from_path(&agents().0).expect("example agent")
+}
+
+fn test_agent() -> Agent {
+    Agent::from_path(&agents().1).expect("test agent")
+}
+
+fn router_with(agent: Agent) -> Router {
+    Router::with_options(RouterOptions { agents: vec![agent], ..Default::default() }).expect("router")
+}
+
+#[test]
+fn the_examples_functions_run_beside_the_built_ins() {
+    let agent = example_agent();
+    assert_eq!(agent.arch(), "x86_64");
+    let cache = TempDir::new("custom-example");
+    let router = router_with(agent.clone());
+    let ctx = router.local(local_in(cache.path())).expect("connect");
+    assert_eq!(ctx.connect_info().agent_hash, agent.sha256());
+    assert!(matches!(ctx.connect_info().upload, Upload::Stored { .. }), "{:?}", ctx.connect_info().upload);
+
+    let dir = TempDir::new("custom-du");
+    std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+    std::fs::write(dir.path().join("a"), b"12345").expect("write");
+    std::fs::write(dir.path().join("sub/b"), b"123").expect("write");
+    let path = dir.path().to_string_lossy().into_owned();
+    let usage = ctx.call::<DiskUsage>(&path).expect("disk_usage");
+    assert_eq!((usage.files, usage.dirs), (2, 2), "{usage:?}");
+    assert!(usage.bytes >= 8, "{usage:?}");
+
+    std::fs::write(dir.path().join("t"), "alpha\nbeta\nalphabet\ngamma alpha\n").expect("write");
+    let t = dir.path().join("t").to_string_lossy().into_owned();
+    let hits = ctx.call::<Grep>(&GrepArgs { path: t.clone(), pattern: Pattern::Prefix("alpha".into()), max: 10 });
+    assert_eq!(hits.expect("grep"), vec![(1, "alpha".to_string()), (3, "alphabet".to_string())]);
+    let hits = ctx.call::<Grep>(&GrepArgs { path: t, pattern: Pattern::Contains("alpha".into()), max: 2 });
+    assert_eq!(hits.expect("grep").len(), 2);
+
+    // The built-ins are all there.
+    ctx.ping().expect("ping");
+    assert_eq!(ctx.exec(&["echo", "hi"]).expect("exec").stdout, b"hi\n");
+}
+
+#[test]
+fn arguments_and_replies_round_trip() {
+    let cache = TempDir::new("custom-echo");
+    let router = router_with(test_agent());
+    let ctx = router.local(local_in(cache.path())).expect("connect");
+    let sample = Sample {
+        name: "ünïcödé\0name".into(),
+        shapes: vec![
+            Shape::Point,
+            Shape::Named("n".into()),
+            Shape::Circle { r: 2.5, label: None },
+            Shape::Circle { r: -0.0, label: Some("l".into()) },
+        ],
+        data: ByteBuf::from((0..=255u8).collect::<Vec<_>>()),
+        // 2 million numbers of every width: ~10 MB of postcard varints.
+        numbers: (0..2_000_000u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect(),
+    };
+    assert_eq!(ctx.call::<Echo>(&sample).expect("echo"), sample);
+    let empty = Sample { name: String::new(), shapes: vec![], data: ByteBuf::new(), numbers: vec![] };
+    assert_eq!(ctx.call::<Echo>(&empty).expect("echo"), empty);
+}
+
+#[test]
+fn a_user_error_arrives_typed() {
+    let cache = TempDir::new("custom-error");
+    let router = router_with(test_agent());
+    let ctx = router.local(local_in(cache.path())).expect("connect");
+    let e = ctx.call::<Fail>(&"the disk is full".to_string()).expect_err("fails");
+    let re = e.remote().unwrap_or_else(|| panic!("not a RemoteError: {e:?}"));
+    assert_eq!((re.kind, re.message.as_str(), re.context.as_str()), (ErrorKind::User, "the disk is full", ctx.name()));
+    // An io::Error keeps its errno.
+    let e = ctx.call::<ReadText>(&"/no/such/file".to_string()).expect_err("fails");
+    assert_eq!(e.remote().map(|r| (r.kind, r.errno)), Some((ErrorKind::Os, libc::ENOENT)), "{e}");
+    let ok = ctx.call::<ReadText>(&format!("{ROOT}/Cargo.toml")).expect("read");
+    assert!(ok.contains("[package]"));
+}
+
+#[test]
+fn a_panic_is_a_typed_error_and_the_agent_keeps_serving() {
+    let cache = TempDir::new("custom-panic");
+    let router = router_with(test_agent());
+    let ctx = router.local(local_in(cache.path())).expect("connect");
+    let pid = ctx.connect_info().pid;
+    for i in 0..3 {
+        let e = ctx.call::<Panic>(&format!("boom {i}")).expect_err("panics");
+        let re = e.remote().unwrap_or_else(|| panic!("not a RemoteError: {e:?}"));
+        assert_eq!(re.kind, ErrorKind::Panicked, "{e}");
+        assert!(re.message.contains(&format!("boom {i}")) && re.message.contains("test.panic"), "{e}");
+        // The same agent answers the next call.
+        let s = Sample { name: "after".into(), shapes: vec![], data: ByteBuf::new(), numbers: vec![i] };
+        assert_eq!(ctx.call::<Echo>(&s).expect("echo after a panic"), s);
+    }
+    assert_eq!(ctx.info().expect("info").pid, pid);
+    assert!(ctx.disconnected().is_none());
+}
+
+#[test]
+fn a_missing_function_names_the_function_and_the_agent() {
+    let cache = TempDir::new("custom-missing");
+    // The example agent lacks the test agent's functions.
+    let agent = example_agent();
+    let router = router_with(agent.clone());
+    let ctx = router.local(local_in(cache.path())).expect("connect");
+    let s = Sample { name: String::new(), shapes: vec![], data: ByteBuf::new(), numbers: vec![] };
+    match ctx.call::<Echo>(&s) {
+        Err(CallError::MissingFunction { context, function, agent_hash }) => {
+            assert_eq!((context.as_str(), function.as_str()), (ctx.name(), "test.echo"));
+            assert_eq!(agent_hash, agent.sha256());
+        }
+        other => panic!("not MissingFunction: {other:?}"),
+    }
+    // The embedded agent lacks the example's.
+    let plain = Router::new().expect("router");
+    let ctx = plain.local(local_in(cache.path())).expect("connect");
+    let e = ctx.call::<DiskUsage>(&"/".to_string()).expect_err("missing");
+    assert!(matches!(&e, CallError::MissingFunction { function, .. } if function == "example.disk_usage"), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("example.disk_usage") && text.contains(&ctx.connect_info().agent_hash), "{text}");
+    assert_ne!(ctx.connect_info().agent_hash, agent.sha256());
+}
+
+#[test]
+fn two_agents_live_side_by_side_in_one_cache() {
+    let cache = TempDir::new("custom-side-by-side");
+    let (a, b) = (example_agent(), test_agent());
+    assert_ne!(a.sha256(), b.sha256());
+    let (ra, rb) = (router_with(a.clone()), router_with(b.clone()));
+    let agent_file = |h: &str| cache.path().join("mito").join(format!("agent-{h}"));
+    // Each is uploaded once, then both run from the same cache.
+    for round in 0..2 {
+        let ca = ra.local(local_in(cache.path())).expect("connect a");
+        let cb = rb.local(local_in(cache.path())).expect("connect b");
+        assert_eq!(ca.connect_info().agent_hash, a.sha256());
+        assert_eq!(cb.connect_info().agent_hash, b.sha256());
+        let cached = |c: &mito::Context| c.connect_info().upload == Upload::Cached;
+        assert_eq!((cached(&ca), cached(&cb)), (round == 1, round == 1), "round {round}");
+        assert!(agent_file(a.sha256()).is_file() && agent_file(b.sha256()).is_file());
+        // Same function name, each agent's own body.
+        let dir = cache.path().to_string_lossy().into_owned();
+        assert_ne!(ca.call::<DiskUsage>(&dir).expect("a").bytes, u64::MAX);
+        assert_eq!(cb.call::<DiskUsage>(&dir).expect("b"), Usage { files: 0, dirs: 0, bytes: u64::MAX });
+    }
+}
+
+#[test]
+fn behind_a_hop_the_router_uploads_its_agent_too() {
+    let cache = TempDir::new("custom-hop");
+    let agent = test_agent();
+    let router = router_with(agent.clone());
+    let hop = router.local(local_in(cache.path())).expect("hop");
+    // A second cache below the hop: the hop sends its own executable (the
+    // same custom agent), not the master.
+    let below = TempDir::new("custom-hop-below");
+    let ctx = hop.local(local_in(below.path())).expect("through the hop");
+    assert_eq!(ctx.connect_info().agent_hash, agent.sha256());
+    assert_eq!(ctx.connect_info().agent_bytes_sent, 0, "the master sent the agent: {:?}", ctx.connect_info());
+    let s =
+        Sample { name: "via".into(), shapes: vec![Shape::Point], data: ByteBuf::from(vec![1, 2]), numbers: vec![7] };
+    assert_eq!(ctx.call::<Echo>(&s).expect("echo behind a hop"), s);
+    let e = ctx.call::<Panic>(&"deep".to_string()).expect_err("panics");
+    assert_eq!(e.remote().map(|r| r.kind), Some(ErrorKind::Panicked), "{e}");
+    ctx.ping().expect("still serving");
+}
+
+#[test]
+fn a_file_that_is_not_an_agent_is_refused() {
+    let dir = TempDir::new("custom-not-agent");
+    let p = dir.path().join("x");
+    std::fs::write(&p, b"#!/bin/sh\necho hi\n").expect("write");
+    let e = Agent::from_path(&p).expect_err("not ELF");
+    assert!(e.to_string().contains("not an agent"), "{e}");
+    assert!(Agent::from_path(dir.path().join("missing")).is_err());
+}
