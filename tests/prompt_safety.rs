@@ -8,6 +8,7 @@
 //!   answered — and mito fails at once with a typed error, not a hang;
 //! - nor do those of a user whose PAM asks for no password (an empty one),
 //!   su'd to by another user: su has started (or reaped) the login shell;
+//!   behind a hop too, where the hop's agent looks at su before typing;
 //! - a become password belongs to the hop it names, never to the next hop
 //!   of a chain;
 //! - `--password-env`/`--become-pass-env` variables are not inherited by
@@ -239,9 +240,34 @@ exit 0
 #[test]
 fn su_that_asks_nothing_never_types_into_the_targets_login_script() {
     let Some(dir) = setup("su_that_asks_nothing_never_types_into_the_targets_login_script") else { return };
+    su_to_blank_never_types_into_its_login_script(dir, &format!("su:{BLANK}"));
+}
+
+/// The same behind a hop (`local,su:mito-blank`: mito-user's local agent
+/// runs su): the master sees su's tty only as relayed text, and the hop's
+/// agent, which runs su, looks at su's process before it types the
+/// answer (`ExecOp::AnswerTool`). It refuses, and mito fails at once with
+/// the same typed error, not a timeout.
+#[test]
+fn su_behind_a_hop_that_asks_nothing_never_types_into_the_targets_login_script() {
+    let test = "su_behind_a_hop_that_asks_nothing_never_types_into_the_targets_login_script";
+    let Some(dir) = setup(test) else { return };
+    su_to_blank_never_types_into_its_login_script(dir, &format!("local,su:{BLANK}"));
+}
+
+/// mito-user's `mito --login --become-pass-env MITO_PW run TARGET -- id
+/// -un`, where TARGET ends in su to mito-blank, against each hostile
+/// login script, then against one that prints no prompt.
+///
+/// Behind a hop, the late prompt may also never reach the master: once su
+/// has exited, the hop's agent takes the command's output as complete (a
+/// grandchild's later output is not the command's), and the connect fails
+/// at once as a target that ended before its agent started. Nothing is
+/// typed either way.
+fn su_to_blank_never_types_into_its_login_script(dir: &Path, target: &str) {
+    let behind_a_hop = target.contains(',');
     let pw = [("MITO_PW", PASSWORD)];
-    let su = format!("su:{BLANK}");
-    let args = ["--login", "--become-pass-env", "MITO_PW", "run", &su, "--", "id", "-un"];
+    let args = ["--login", "--become-pass-env", "MITO_PW", "run", target, "--", "id", "-un"];
     let trap = Trap::set(BLANK, BLANK_PROFILE);
     let cases = [
         (BLANK_PROFILE, "the login script fakes su's prompt while su waits for it"),
@@ -256,11 +282,16 @@ fn su_that_asks_nothing_never_types_into_the_targets_login_script() {
         std::thread::sleep(Duration::from_millis(300));
         let ran = trap.read("ran");
         let captured = trap.read("captured");
-        eprintln!("{what}: {took:?}, exit {:?}\n  stderr: {err}  login script: {ran:?}", o.status.code());
+        eprintln!("{target}: {what}: {took:?}, exit {:?}\n  stderr: {err}  login script: {ran:?}", o.status.code());
         assert!(ran.starts_with("ran"), "{what}: the login script did not run: {out} {err}");
         assert!(!captured.contains(PASSWORD), "{what}: the login script got the password: {captured:?} ({ran})");
-        common::assert_cli_fails(&o, "a password prompt that is not the tool's own", PASSWORD);
-        assert!(err.contains(&format!("{su}: su to {BLANK}: ")), "{what}: the error names the hop: {err}");
+        let ended = "the target closed the connection before the agent started";
+        if behind_a_hop && profile == LATE_PROFILE && err.contains(ended) {
+            common::assert_cli_fails(&o, &format!("{target}: bootstrap failed: {ended}"), PASSWORD);
+        } else {
+            common::assert_cli_fails(&o, "a password prompt that is not the tool's own", PASSWORD);
+            assert!(err.contains(&format!("{target}: su to {BLANK}: ")), "{what}: the error names the hop: {err}");
+        }
         assert!(took < Duration::from_secs(5), "{what}: not at once: {took:?}");
     }
     // A login script that prints no prompt: su asks nothing, nothing is

@@ -186,6 +186,17 @@ fn sudo_and_su_through_a_hop_answer_their_prompts() {
     o.password = Some(PASSWORD.into());
     let user = hop.su(o).expect("su to mito-user through the hop");
     assert_eq!(user.info().expect("info").user, "mito-user");
+    // The hop types it only once its agent has seen su at its prompt; a
+    // wrong one is still su's own refusal.
+    let mut o = SuOptions::new("mito-user");
+    o.password = Some("wrong".into());
+    o.connect_timeout = Duration::from_secs(20);
+    match hop.su(o) {
+        Err(ConnectError::Become { failure: BecomeFailure::WrongPassword, context, .. }) => {
+            assert!(context.starts_with("sudo:mito-sudoer,"), "names the hop: {context}");
+        }
+        other => panic!("expected WrongPassword, got {other:?}"),
+    }
     hop.ping().expect("the hop still answers after the failures");
 
     // A relayed put: root's copy lands, mito-user's is refused (typed, its own).

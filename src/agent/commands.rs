@@ -32,7 +32,8 @@ use super::token::{CommandFd, Pipe, Token};
 use super::util::cstring;
 use crate::core::poller::{Interest, Poller};
 use crate::core::side::{self, Io};
-use crate::proto::functions::{self as f, ExecArgs, ExecControl, ExecOp, ExecOutput, ExecReply, Stdio};
+use crate::core::tool_process::tool_process;
+use crate::proto::functions::{self as f, ExecArgs, ExecControl, ExecOp, ExecOutput, ExecReply, Stdio, ToolState};
 use crate::proto::message::{LogLevel, LogSource};
 use crate::proto::{ErrorKind, ExitStatus, Header, Message, RemoteError};
 
@@ -62,6 +63,37 @@ struct Proc {
     reading: bool,
     timer: Option<OwnedFd>,
     timed_out: bool,
+}
+
+impl Proc {
+    /// Types `data` (a password and newline) where the tool reads it: its
+    /// stdin (`stdin`), else its tty (the hybrid tty or the pty; nowhere
+    /// without one) once the program reading it has turned echo off.
+    /// `check` ([`ExecOp::AnswerTool`]'s `if_unseen`): only while the tool
+    /// is at its prompt, which is looked at last, right before typing
+    /// (`core::tool_process`). Returns what that look saw.
+    fn answer(&self, data: &[u8], stdin: bool, check: Option<bool>) -> ToolState {
+        let c = &self.child;
+        let fd = match (stdin, c.tty, c.pty) {
+            (true, ..) | (false, false, true) => &c.stdin,
+            (false, true, _) => &c.stderr,
+            (false, false, false) => &None,
+        };
+        if let (false, Some(fd)) = (stdin, fd) {
+            crate::core::tty::wait_for_echo_off(fd.as_fd());
+        }
+        let state = match check {
+            None => ToolState::AtItsPrompt,
+            // Reaped: gone, and its pid may be another process's now.
+            Some(_) if self.status.is_some() => ToolState::Exited,
+            Some(_) => tool_process(self.child.pid as u32),
+        };
+        let typed = state == ToolState::AtItsPrompt || (state == ToolState::Unseen && check == Some(true));
+        if let (true, Some(fd)) = (typed, fd) {
+            spawn::type_in(fd, data);
+        }
+        state
+    }
 }
 
 /// The command table.
@@ -160,7 +192,11 @@ impl Commands {
         };
         let Some(slot) = self.find(m.header.src, Some(c.stream)) else {
             // Already finished: its reply is on the way, and the master
-            // closes the stdin credit mailbox when that reply arrives.
+            // closes the stdin credit mailbox when that reply arrives. A
+            // tool's prompt is answered no more.
+            if let (ExecOp::AnswerTool { .. }, true) = (c.op, m.header.reply_to != 0) {
+                out.send(m.header.src, m.header.reply_to, 0, &(ToolState::Exited as u32));
+            }
             return;
         };
         let Some(Some(p)) = self.procs.get_mut(slot) else { return };
@@ -208,9 +244,15 @@ impl Commands {
                 }
             }
             ExecOp::Answer(data) => {
-                let tty = if p.child.tty { &p.child.stderr } else { &p.child.stdin };
-                if let (true, Some(fd)) = (p.child.tty || p.child.pty, tty) {
-                    spawn::answer_tty(fd, &data);
+                p.answer(&data, false, None);
+            }
+            ExecOp::AnswerTool { data, stdin, if_unseen } => {
+                let state = p.answer(&data, stdin, Some(if_unseen));
+                // A unit variant goes on the wire as its index, a varint
+                // like a u32's: this sends a ToolState without another
+                // instantiation of the serialiser.
+                if m.header.reply_to != 0 {
+                    out.send(m.header.src, m.header.reply_to, 0, &(state as u32));
                 }
             }
             ExecOp::SendSelf => {

@@ -12,7 +12,7 @@ use alloc::ffi::CString;
 use alloc::vec::Vec;
 use core::ptr;
 
-use rustix::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
 use rustix::io::Errno;
 use rustix::pipe::{pipe_with, PipeFlags};
 
@@ -235,15 +235,15 @@ fn spawn_with(
     }
 }
 
-/// Writes `answer` (a password) to a tty master once the program on the
-/// other side has turned echo off — PAM turns it off after printing the
-/// prompt and flushes input typed before — waiting at most 1 s, then turns
-/// it off itself so the password is never echoed into the output.
-pub fn answer_tty(master: &OwnedFd, answer: &[u8]) {
-    crate::core::tty::wait_for_echo_off(master.as_fd());
+/// Writes all of `answer` (a password: a few bytes, which a pipe or a tty
+/// takes at once) to a non-blocking `fd`, unless it is closed. For a tty,
+/// the caller first waits until the program on the other side has turned
+/// echo off (`core::tty::wait_for_echo_off`): PAM turns it off after
+/// printing the prompt and flushes input typed before.
+pub fn type_in(fd: &OwnedFd, answer: &[u8]) {
     let mut rest = answer;
     while !rest.is_empty() {
-        match rustix::io::write(master, rest) {
+        match rustix::io::write(fd, rest) {
             Ok(n) if n > 0 => rest = &rest[n..],
             Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {
                 let _ = rustix::thread::nanosleep(&rustix::thread::Timespec { tv_sec: 0, tv_nsec: 1_000_000 });

@@ -46,15 +46,20 @@
 //!    password is needed), and none has a child while it prompts: checked
 //!    on sudo 1.9.13 (`use_pty` or not), util-linux su and OpenDoas with
 //!    PAM, each of which forks right after authenticating and waits.
-//!    So on the master's own machine ([`Hooks::spawned`] gives the tool's
-//!    pid: su's wrapper execs su, so it is su's), right before typing,
-//!    the responder reads the tool's process in /proc (`tool_process`):
-//!    a child of any of its threads (`/proc/PID/task/*/children`, which
-//!    everyone may read, for a setuid tool too; else a scan of every
-//!    process's parent), or a tool that has exited, means the prompt is
-//!    not the tool's. A tool whose child has already ended reaped it,
-//!    which its counters of reaped children show (`cminflt`, … in
-//!    `/proc/PID/stat`; su's wrapper reaps nothing, see `su::WRAPPER`);
+//!    So right before typing, the tool's process is read in /proc
+//!    (`core::tool_process`, one implementation for both places): on the
+//!    master's own machine by the responder ([`Hooks::spawned`] gives the
+//!    tool's pid: su's wrapper execs su, so it is su's); behind a hop by
+//!    the hop's agent, which started the tool and types the answer
+//!    (`master::via` sends it as `ExecOp::AnswerTool`; a refusal comes
+//!    back as this responder's `UnexpectedPrompt`). A child of the tool
+//!    (`/proc/PID/task/PID/children`, which everyone may read, for a
+//!    setuid tool too; for a tool with several threads, or a kernel
+//!    without that file, a scan of every process's parent), or a tool
+//!    that has exited, means the prompt is not the tool's. A tool whose
+//!    child has already ended reaped it, which its counters of reaped
+//!    children show (`cminflt`, … in `/proc/PID/stat`; su's wrapper reaps
+//!    nothing, see `su::WRAPPER`);
 //!    as PAM may reap a helper before the prompt (unix_chkpwd under
 //!    SELinux), such a tool is watched for 200 ms and refused if it exits,
 //!    starts or reaps a process meanwhile — one that reaped the target's
@@ -65,7 +70,9 @@
 //!    they print is refused because su has a child. For su the rule is
 //!    required: where /proc does not show su (`hidepid`), nothing is
 //!    typed. For sudo (a secret prompt) and doas (`sh -c` directly, rule 1)
-//!    it is a second line of defence, skipped where /proc is blind.
+//!    it is a second line of defence, skipped where /proc is blind (behind
+//!    a hop, told apart by where the answer goes: su's on stdin, theirs on
+//!    the tty).
 //! 4. **Once.** After the answer nothing is typed again.
 //!
 //! Anything that looks like a password prompt (`PASSWORD_WORDS` and a
@@ -74,24 +81,20 @@
 //! hang. A second prompt of sudo's secret shape means the first answer was
 //! refused ([`BecomeFailure::WrongPassword`]); su and doas never ask twice.
 //!
-//! What remains: behind a hop (`master::via`, the hop agent types the
-//! answer) the tool runs on the hop's host, and rule 3 is not checked
-//! there yet: su run by a user other than root on a hop, to a target whose
-//! PAM does not ask, runs the target's start-up files while a password
-//! prompt would still be believed; give no password for such a hop. Rule
-//! 3 trusts the tool not to fork before its prompt (a PAM module that
-//! leaves a child running while the tool prompts makes every prompt of
-//! that tool refused, never answered). A tool that reaped the target's
-//! side but is still alive 200 ms later, unchanged (its PAM session close
-//! stalled that long, say, on a badly overloaded host), would be believed
-//! again by a prompt printed in that window. A process
-//! of the target user that is already running and may `ptrace` the new
-//! command could forge output in the microseconds before its first `echo`;
-//! for sudo it would also need the secret, which only `-E` hands to the
-//! command.
+//! What remains: rule 3 trusts the tool not to fork before its prompt (a
+//! PAM module that leaves a child running while the tool prompts makes
+//! every prompt of that tool refused, never answered). A tool that reaped
+//! the target's side but is still alive 200 ms later, unchanged (its PAM
+//! session close stalled that long, say, on a badly overloaded host), would
+//! be believed again by a prompt printed in that window. A process of the
+//! target user that is already running and may `ptrace` the new command
+//! could forge output in the microseconds before its first `echo`; for sudo
+//! it would also need the secret, which only `-E` hands to the command.
 
 use super::bootstrap::{AnswerTo, Hooks, Prompt};
 use super::error::{format_output, ConnectError};
+use crate::core::tool_process;
+use crate::proto::functions::ToolState;
 
 /// Why a privilege change failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -251,12 +254,13 @@ impl Responder {
     }
 
     /// The tool runs the target's side only after authenticating, and in a
-    /// process it starts (sudo, su and doas do): on this machine (not
-    /// behind a hop), before it types or reports a missing password, the
-    /// responder looks at the tool's process in /proc (`tool_process`)
-    /// and refuses once that process has a child, has exited, or goes on
-    /// reaping and ending. `required`: refuse also when /proc does not
-    /// show the process (su, whose prompt any program can print).
+    /// process it starts (sudo, su and doas do): on this machine (behind a
+    /// hop, the hop's agent does it), before it types or reports a missing
+    /// password, the responder looks at the tool's process in /proc
+    /// (`core::tool_process`) and refuses once that process has a child,
+    /// has exited, or goes on reaping and ending. `required`: refuse also
+    /// when /proc does not show the process (su, whose prompt any program
+    /// can print).
     pub fn forks_after_authenticating(mut self, required: bool) -> Responder {
         self.watch = if required { Watch::Required } else { Watch::WhenVisible };
         self
@@ -353,15 +357,14 @@ impl Hooks for Responder {
             return unexpected(self, "a second prompt, where the tool asks once");
         }
         if let (Some(pid), true) = (self.pid, self.watch != Watch::No) {
-            match tool_process(pid) {
-                ToolProcess::AtItsPrompt => {}
-                ToolProcess::Past(why) => return unexpected(self, why),
+            match tool_process::tool_process(pid) {
+                ToolState::AtItsPrompt => {}
                 // With no password there is nothing to protect: say what is
                 // missing rather than what could not be checked.
-                ToolProcess::Unseen if self.watch == Watch::Required && self.password.is_some() => {
-                    return unexpected(self, UNSEEN)
+                ToolState::Unseen if self.watch == Watch::WhenVisible || self.password.is_none() => {
+                    log::debug!("[{}] {}: /proc does not show pid {pid}", self.context, self.tool)
                 }
-                ToolProcess::Unseen => log::debug!("[{}] {}: /proc does not show pid {pid}", self.context, self.tool),
+                past => return unexpected(self, tool_process::why(past)),
             }
         }
         match &self.password {
@@ -379,134 +382,6 @@ impl Hooks for Responder {
         let text = String::from_utf8_lossy(stderr);
         self.failure_in(&text).map(|f| self.error(f, stderr))
     }
-}
-
-/// Why su's prompt is refused when /proc does not show su's process.
-const UNSEEN: &str = "/proc does not show the tool's process (hidepid?), so it may be past its authentication";
-
-/// What /proc shows of a tool's process when a prompt appears.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ToolProcess {
-    /// Alive, no child, and either nothing reaped ever or nothing more
-    /// while watched for [`SETTLE`]: the tool has not authenticated.
-    AtItsPrompt,
-    /// It started a process, exited, or went on reaping: it is past its
-    /// authentication, so the prompt is not its own. Why.
-    Past(&'static str),
-    /// /proc does not show it (not mounted, `hidepid`).
-    Unseen,
-}
-
-const HAS_CHILD: &str = "the tool had started a process, which it does only once authenticated";
-const EXITED: &str = "the tool's process had exited";
-const REAPING: &str = "the tool had reaped a process and was still changing or ending";
-
-/// How long a tool that has reaped a process before is watched (see
-/// [`tool_process`]).
-const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// One look at process `pid` in /proc.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Look {
-    /// Not a zombie.
-    alive: bool,
-    /// Some thread of it has a child (a zombie child too).
-    children: bool,
-    /// What its reaped children left in its counters: minor and major
-    /// faults and cpu ticks. 0 for a process that never reaped one (they
-    /// survive exec, start at 0 on fork and only grow).
-    reaped: u64,
-}
-
-/// Fields of `/proc/<pid>/stat` after the command name (which may hold
-/// spaces and parentheses): state first, then ppid, …
-fn stat_fields(path: &str) -> Option<Vec<String>> {
-    let s = std::fs::read_to_string(path).ok()?;
-    let after = &s[s.rfind(')')? + 1..];
-    Some(after.split_whitespace().map(str::to_string).collect())
-}
-
-fn look(pid: u32) -> Option<Look> {
-    let f = stat_fields(&format!("/proc/{pid}/stat"))?;
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
-    // state, ppid, pgrp, session, tty, tpgid, flags, minflt, cminflt,
-    // majflt, cmajflt, utime, stime, cutime, cstime (proc(5)).
-    let reaped = num(8)? + num(10)? + num(13)? + num(14)?;
-    let alive = !matches!(f.first()?.as_str(), "Z" | "X" | "x");
-    Some(Look { alive, children: has_children(pid)?, reaped })
-}
-
-/// Whether any thread of `pid` has a child: `/proc/PID/task/TID/children`
-/// (readable by everyone, also for a setuid tool), else, on a kernel
-/// without that file, a scan of every process's parent.
-fn has_children(pid: u32) -> Option<bool> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    for t in tasks {
-        match std::fs::read_to_string(t.ok()?.path().join("children")) {
-            Ok(list) if !list.trim().is_empty() => return Some(true),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return any_child_in_proc(pid),
-            Err(_) => return None,
-        }
-    }
-    Some(false)
-}
-
-/// Whether some process in /proc has `pid` as its parent.
-fn any_child_in_proc(pid: u32) -> Option<bool> {
-    let want = pid.to_string();
-    let found = std::fs::read_dir("/proc").ok()?.flatten().any(|e| {
-        let name = e.file_name();
-        let Some(name) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { return false };
-        stat_fields(&format!("/proc/{name}/stat")).is_some_and(|f| f.get(1) == Some(&want))
-    });
-    Some(found)
-}
-
-/// Whether tool process `pid` (our child, not reaped) may still be at
-/// its own prompt.
-///
-/// sudo, su and doas authenticate, then start the target's side in a
-/// child and wait for it; none of them has a child while it prompts
-/// (checked with sudo 1.9 with and without `use_pty`, util-linux su, and
-/// OpenDoas with PAM). So a child means the prompt is not the tool's. A
-/// tool whose child already ended has reaped it, which its counters of
-/// reaped children show ([`Look::reaped`]); that alone is not enough to
-/// refuse, as PAM may have run a helper before the prompt (pam_unix runs
-/// unix_chkpwd under SELinux), but such a tool then sits still at its
-/// prompt, while one that reaped the target's side ends within
-/// milliseconds: it is watched for [`SETTLE`] and refused if it exits,
-/// starts a process or reaps another meanwhile.
-fn tool_process(pid: u32) -> ToolProcess {
-    let Some(first) = look(pid) else { return ToolProcess::Unseen };
-    let verdict = |l: &Look, first: &Look| {
-        if !l.alive {
-            Some(EXITED)
-        } else if l.children {
-            Some(HAS_CHILD)
-        } else if l.reaped != first.reaped {
-            Some(REAPING)
-        } else {
-            None
-        }
-    };
-    if let Some(why) = verdict(&first, &first) {
-        return ToolProcess::Past(why);
-    }
-    if first.reaped == 0 {
-        return ToolProcess::AtItsPrompt;
-    }
-    let until = std::time::Instant::now() + SETTLE;
-    while std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        // Seen once, then gone: it cannot have been reaped (nobody waits
-        // for it during the bootstrap), so it is not there as a tool.
-        let Some(l) = look(pid) else { return ToolProcess::Past(EXITED) };
-        if let Some(why) = verdict(&l, &first) {
-            return ToolProcess::Past(why);
-        }
-    }
-    ToolProcess::AtItsPrompt
 }
 
 /// Words for "password" in su's prompt, in the languages its translations
@@ -548,6 +423,7 @@ pub fn ends_with_password_prompt(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::tool_process::fixture::Tool;
 
     fn prompt(t: &str) -> bool {
         t.ends_with("TOKEN:")
@@ -622,78 +498,6 @@ mod tests {
         assert!(matches!(failure(r.on_stderr(b"Password: ")), BecomeFailure::UnexpectedPrompt { .. }));
     }
 
-    /// A process standing in for the tool: our child, not reaped until
-    /// dropped (as during a bootstrap).
-    struct Tool(std::process::Child);
-
-    impl Tool {
-        fn start(script: &str) -> Tool {
-            Tool(std::process::Command::new("sh").args(["-c", script]).spawn().expect("sh"))
-        }
-
-        fn pid(&self) -> u32 {
-            self.0.id()
-        }
-
-        /// Waits (up to 5 s) until `f` holds of its /proc entries.
-        fn until(&self, what: &str, f: impl Fn(u32) -> bool) {
-            let t0 = std::time::Instant::now();
-            while !f(self.pid()) {
-                assert!(t0.elapsed() < std::time::Duration::from_secs(5), "never: {what}");
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        }
-
-        fn comm_is(&self, name: &str) {
-            let comm = |pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            self.until(name, |pid| comm(pid).trim() == name);
-        }
-    }
-
-    impl Drop for Tool {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    #[test]
-    fn the_tools_process_says_whether_it_is_past_its_prompt() {
-        // Alive, no child, never reaped one: at its prompt, at once.
-        let t = Tool::start("exec sleep 5");
-        t.comm_is("sleep");
-        let t0 = std::time::Instant::now();
-        assert_eq!(tool_process(t.pid()), ToolProcess::AtItsPrompt);
-        assert!(t0.elapsed() < SETTLE, "not watched: {:?}", t0.elapsed());
-
-        // A child (sh waits for sleep): past it.
-        let t = Tool::start("sleep 3; :");
-        t.until("a child", |pid| has_children(pid) == Some(true));
-        assert_eq!(tool_process(t.pid()), ToolProcess::Past(HAS_CHILD));
-        assert_eq!(any_child_in_proc(t.pid()), Some(true), "the scan finds it too");
-        drop(t);
-
-        // Reaped a helper (as PAM's unix_chkpwd), then sits at its prompt:
-        // watched, then believed.
-        let t = Tool::start("/bin/true; exec sleep 5");
-        t.comm_is("sleep");
-        assert!(look(t.pid()).expect("look").reaped > 0, "true's faults count as reaped");
-        let t0 = std::time::Instant::now();
-        assert_eq!(tool_process(t.pid()), ToolProcess::AtItsPrompt);
-        assert!(t0.elapsed() >= SETTLE);
-
-        // Reaped its child (the target's side) and is ending: refused.
-        let t = Tool::start("/bin/true; exec sleep 0.05");
-        t.comm_is("sleep");
-        assert_eq!(tool_process(t.pid()), ToolProcess::Past(EXITED));
-
-        // Exited (a zombie of ours), or not in /proc at all.
-        let t = Tool::start("exit 0");
-        t.until("a zombie", |pid| look(pid).is_some_and(|l| !l.alive));
-        assert_eq!(tool_process(t.pid()), ToolProcess::Past(EXITED));
-        assert_eq!(tool_process(u32::MAX), ToolProcess::Unseen);
-    }
-
     #[test]
     fn a_tool_past_its_prompt_is_never_answered() {
         let su = |pw: Option<&str>, pid: u32| {
@@ -712,22 +516,24 @@ mod tests {
         };
         // su authenticated silently and runs the target's shell, which
         // prints "Password:".
+        let has_child = tool_process::why(ToolState::HasChild);
         let shell = Tool::start("sleep 3; :");
-        shell.until("a child", |pid| has_children(pid) == Some(true));
-        assert_eq!(why(su(Some("pw"), shell.pid()).on_stderr(text)), HAS_CHILD);
-        assert_eq!(why(su(None, shell.pid()).on_stderr(text)), HAS_CHILD, "not 'a password is required'");
+        shell.until_child();
+        assert_eq!(why(su(Some("pw"), shell.pid()).on_stderr(text)), has_child);
+        assert_eq!(why(su(None, shell.pid()).on_stderr(text)), has_child, "not 'a password is required'");
         drop(shell);
         // su at its prompt.
         let waiting = Tool::start("exec sleep 5");
         assert!(matches!(su(Some("pw"), waiting.pid()).on_stderr(text), Prompt::Answer(..)));
         // su not in /proc: nothing typed; without a password, say so.
-        assert_eq!(why(su(Some("pw"), u32::MAX).on_stderr(text)), UNSEEN);
+        assert_eq!(why(su(Some("pw"), u32::MAX).on_stderr(text)), tool_process::why(ToolState::Unseen));
         assert_eq!(failure(su(None, u32::MAX).on_stderr(text)), BecomeFailure::PasswordRequired);
         // sudo and doas: their prompt or rule 1 suffice where /proc is blind.
         let mut r = responder(Some("pw")).prompt_is_secret().forks_after_authenticating(false);
         r.spawned(u32::MAX);
         assert!(matches!(r.on_stderr(b"TOKEN:"), Prompt::Answer(..)));
-        // Behind a hop (no pid): not checked.
+        // Behind a hop (no pid): not checked here; the hop's agent checks
+        // before it types (`ExecOp::AnswerTool`, tests/prompt_safety.rs).
         let mut r = Responder::new("c", "su", "bob", Some("pw".into()), Box::new(ends_with_password_prompt), FAILS)
             .expect_invoker_line()
             .forks_after_authenticating(true);

@@ -8,6 +8,9 @@
 //! - [`text`] — a target's text made safe for a terminal (escaped, cut).
 //! - [`lines`] — the capped line splitter for a target's text.
 //! - [`tty`] — typing a password into a tty once echo is off.
+//! - [`tool_process`] — whether sudo/su/doas may still be at its own
+//!   password prompt, read in /proc (the master's and the hop agent's
+//!   check before typing one).
 //! - [`wait`] — reaping a child through its pidfd.
 //! - master only (`std`): [`broker`] (the I/O thread), [`router`] (delivery
 //!   by context id and handle), [`stream_in`] (the read half a waiting
@@ -19,8 +22,8 @@
 //! `agent::external_context` drives the same side/stream/poller pieces.
 //!
 //! **Architecture invariant:** nothing in `side`, `stream`, `poller`,
-//! `waker`, `lines`, `tty`, `wait`, `num`, `sha256` or `text` uses std;
-//! they build into the agent.
+//! `waker`, `lines`, `tty`, `tool_process`, `wait`, `num`, `sha256` or
+//! `text` uses std; they build into the agent.
 
 pub mod lines;
 pub mod num;
@@ -29,6 +32,7 @@ pub mod sha256;
 pub mod side;
 pub mod stream;
 pub mod text;
+pub mod tool_process;
 pub mod tty;
 pub mod wait;
 pub mod waker;

@@ -58,7 +58,7 @@ use super::Core;
 use crate::core::broker::Cmd;
 use crate::core::latch::{Budget, Latch, Overrun, OverrunFn, WaitError};
 use crate::core::router::{ContextShared, Delivery, CONTROL_MAX, SEND_TIMEOUT};
-use crate::proto::functions::{self as f, ExecArgs, ExecControl, ExecOp, ExecOutput, ExecReply, Function};
+use crate::proto::functions::{self as f, ExecArgs, ExecControl, ExecOp, ExecOutput, ExecReply, Function, ToolState};
 use crate::proto::{handles, Message, MASTER_ID};
 
 /// Output credit per command unless `ExecArgs::window` says otherwise.
@@ -256,6 +256,11 @@ impl Control {
     /// the stream takes nothing for [`SEND_TIMEOUT`]); every other op is a
     /// small control frame that never waits (see the module docs).
     fn send(&self, op: ExecOp) -> Result<(), CallError> {
+        self.send_asking(op, 0)
+    }
+
+    /// [`Control::send`] with a reply asked for, to mailbox `reply_to`.
+    fn send_asking(&self, op: ExecOp, reply_to: u32) -> Result<(), CallError> {
         let stdin = matches!(op, ExecOp::Stdin(_));
         let c = ExecControl { stream: self.stream, op };
         let data = postcard::to_allocvec(&c).map_err(|e| CallError::Encode {
@@ -263,7 +268,7 @@ impl Control {
             function: "exec control".into(),
             detail: e.to_string(),
         })?;
-        let msg = Message::new(self.shared.id, MASTER_ID, handles::EXEC_CONTROL, 0, data);
+        let msg = Message::new(self.shared.id, MASTER_ID, handles::EXEC_CONTROL, reply_to, data);
         let table = &self.core.table;
         let bulk = stdin || msg.data.len() > CONTROL_MAX;
         let sent = if bulk { table.send(&msg, None) } else { table.send_control(&msg) };
@@ -380,6 +385,43 @@ impl ProcessInput {
     /// so the answer is neither flushed nor echoed.
     pub fn answer(&self, data: &[u8]) -> Result<(), CallError> {
         self.inner.control.send(ExecOp::Answer(serde_bytes::ByteBuf::from(data)))
+    }
+
+    /// Types `data` (a password and newline) into the prompt of the tool
+    /// the command runs, on its stdin (`stdin`) or its tty, only while
+    /// that tool is still at its prompt: the agent looks at the tool's
+    /// process right before typing (`ExecOp::AnswerTool`; `if_unseen`:
+    /// type also where /proc does not show it). Returns what the agent saw
+    /// (typed for `AtItsPrompt`, and for `Unseen` with `if_unseen`),
+    /// waiting for it until `deadline` (see `master::via`).
+    pub(crate) fn answer_tool(
+        &self,
+        data: &[u8],
+        stdin: bool,
+        if_unseen: bool,
+        deadline: Instant,
+    ) -> Result<ToolState, CallError> {
+        let c = &self.inner.control;
+        let table = &c.core.table;
+        let (handle, latch) = table.open_mailbox(c.shared.id, true);
+        let op = ExecOp::AnswerTool { data: serde_bytes::ByteBuf::from(data), stdin, if_unseen };
+        let lost = |reason| disconnected(&c.shared, f::Exec::NAME, reason);
+        let sent = Instant::now();
+        let r = c.send_asking(op, handle).and_then(|()| match latch.get(Some(deadline)) {
+            // A unit variant: a few bytes once inflated.
+            Ok(Ok(msg)) => decode_reply(&c.shared, f::Exec::NAME, &msg, ACK_MAX),
+            Ok(Err(d)) => Err(lost(d.reason)),
+            Err(WaitError::Timeout) => Err(CallError::Timeout {
+                context: c.shared.name.clone(),
+                function: f::Exec::NAME.into(),
+                timeout: deadline.saturating_duration_since(sent),
+            }),
+            Err(WaitError::Closed) => {
+                Err(lost(c.shared.disconnected().map_or_else(|| "mailbox closed".into(), |d| d.reason)))
+            }
+        });
+        table.close_mailbox(handle);
+        r
     }
 
     /// Has the context append its own agent executable to the command's

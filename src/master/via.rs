@@ -11,8 +11,15 @@
 //!    bootstrap ([`crate::connect::bootstrap::run`]) drives stage0, prompts
 //!    and the agent upload exactly as for a local process: the command's
 //!    stdout and stderr/tty arrive as output chunks, what the bootstrap
-//!    writes goes back as stdin ([`ProcessInput::write`]) or as a tty answer
-//!    ([`ProcessInput::answer`], typed once echo is off).
+//!    writes goes back as stdin ([`ProcessInput::write`]). A password the
+//!    method's responder would type is not written by the bootstrap: the
+//!    hop types it ([`ProcessInput::answer_tool`]) into the tool's stdin or
+//!    tty (once echo is off), and only after its agent has looked at the
+//!    tool's process in /proc, where the hop runs it: a tool that has
+//!    started a process, exited or goes on reaping is past its
+//!    authentication (rule 3 of `connect::prompt`), so nothing is typed
+//!    and the connect fails at once with the responder's typed
+//!    `UnexpectedPrompt`, as it does on the master's own machine.
 //! 3. After the new agent's hello (it then stays silent until spoken to),
 //!    `ExecOp::Adopt(id)` makes the hop turn the command's pipes into a
 //!    routed child stream; every hop above learns `id` with ADD_ROUTE. From
@@ -34,7 +41,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 
@@ -42,16 +49,18 @@ use super::context::{ConnectInfo, Context};
 use super::error::CallError;
 use super::process::{Process, ProcessEvent, ProcessInput};
 use super::Connector;
-use crate::connect::bootstrap::{self, Hooks, Pipes};
+use crate::connect::bootstrap::{self, AnswerTo, Hooks, Pipes, Prompt};
 use crate::connect::doas::DoasOptions;
 use crate::connect::error::ConnectError;
 use crate::connect::local::{ChildCommand, LocalOptions};
+use crate::connect::prompt::BecomeFailure;
 use crate::connect::ssh::SshOptions;
 use crate::connect::su::SuOptions;
 use crate::connect::sudo::SudoOptions;
 use crate::core::router::{ContextShared, Disconnected, EndKind, RouterTable};
 use crate::core::side;
-use crate::proto::functions::{ExecArgs, Stdio};
+use crate::core::tool_process;
+use crate::proto::functions::{ExecArgs, Stdio, ToolState};
 use crate::proto::message::AddRoute;
 use crate::proto::{handles, Message, MASTER_ID};
 
@@ -120,7 +129,7 @@ pub(super) fn connect(
     let (rx, rx_pump) = UnixStream::pair().map_err(io)?;
     let (tx, tx_pump) = UnixStream::pair().map_err(io)?;
     let (tty, tty_pump) = UnixStream::pair().map_err(io)?;
-    let tty_pump_in = tty_pump.try_clone().map_err(io)?;
+    let deadline = Instant::now() + timeout;
     let mut process = hop.spawn(&exec_args(cmd)).map_err(|e| hop_failed(e.to_string()))?;
     let stream = process.stream();
     let Some(input) = process.take_input() else { return Err(hop_failed("no stdin for the command".into())) };
@@ -130,18 +139,24 @@ pub(super) fn connect(
         .name("mito-via-out".into())
         .spawn(move || pump_out(process, rx_pump, tty_pump, w, table, ctx_name))
         .map_err(io)?;
-    let (i2, answers_on_tty) = (input.clone(), cmd.tty);
-    std::thread::Builder::new()
-        .name("mito-via-in".into())
-        .spawn(move || pump_in(i2, tx_pump, tty_pump_in, answers_on_tty))
-        .map_err(io)?;
+    let i2 = input.clone();
+    std::thread::Builder::new().name("mito-via-in".into()).spawn(move || pump_in(i2, tx_pump)).map_err(io)?;
     let (rx, tx, tty_ours): (OwnedFd, OwnedFd, OwnedFd) = (rx.into(), tx.into(), tty.into());
     for fd in [&rx, &tx, &tty_ours] {
         side::set_nonblocking(fd.as_fd(), true).map_err(|e| io(e.into()))?;
     }
     let pipes = Pipes { rx: rx.as_fd(), tx: tx.as_fd(), stderr: Some(tty_ours.as_fd()) };
     let info = hop.connect_info();
-    let mut hooks = HopHooks { inner: hooks, input: &input, arch: &info.arch, hash: &info.agent_hash };
+    let mut hooks = HopHooks {
+        inner: hooks,
+        input: &input,
+        arch: &info.arch,
+        hash: &info.agent_hash,
+        tty: cmd.tty,
+        deadline,
+        context: &name,
+        hop: hop.name(),
+    };
     let boot = match bootstrap::run(&name, &pipes, timeout, hop.core.table.max_message_size, &mut hooks) {
         Ok(b) => b,
         Err(e) => {
@@ -203,18 +218,82 @@ pub(super) fn connect(
     Ok(Context::new(hop.core.clone(), shared, info))
 }
 
-/// The method's hooks, plus: the hop sends its own executable when stage0
-/// asks for the raw agent of the hop's architecture and hash.
+/// The method's hooks, plus: the hop types the responder's answers, once
+/// its agent has seen the tool still at its prompt; and it sends its own
+/// executable when stage0 asks for the raw agent of the hop's architecture
+/// and hash.
 struct HopHooks<'a> {
     inner: &'a mut dyn Hooks,
     input: &'a ProcessInput,
     arch: &'a str,
     hash: &'a str,
+    /// The command has a tty of its own (sudo, su and doas do).
+    tty: bool,
+    /// The end of the connect's time.
+    deadline: Instant,
+    context: &'a str,
+    hop: &'a str,
+}
+
+impl HopHooks<'_> {
+    /// The hop types `answer` where `to` says, if its agent sees the tool
+    /// still at its prompt; the bootstrap then writes nothing (an empty
+    /// answer: it only forgets the text it has scanned).
+    ///
+    /// Where /proc does not show the tool (`hidepid`), a tty answer is
+    /// typed and a stdin answer is not, as on the master's machine: the
+    /// tools that read the tty (sudo, doas) print a prompt only they can
+    /// (sudo's secret) or run our `sh -c` directly (doas), while su, which
+    /// reads stdin (PAM's conversation), prints public text.
+    fn answer(&mut self, unscanned: &[u8], answer: Vec<u8>, to: AnswerTo) -> Prompt {
+        let if_unseen = to == AnswerTo::Tty;
+        let stdin = to == AnswerTo::Stdin || !self.tty;
+        match self.input.answer_tool(&answer, stdin, if_unseen, self.deadline) {
+            Ok(ToolState::AtItsPrompt) => Prompt::Answer(Vec::new(), to),
+            Ok(ToolState::Unseen) if if_unseen => Prompt::Answer(Vec::new(), to),
+            Ok(state) => Prompt::Fail(self.refused(unscanned, tool_process::why(state))),
+            Err(e) => Prompt::Fail(ConnectError::Hop {
+                context: self.context.into(),
+                hop: self.hop.into(),
+                reason: format!("answering the password prompt: {e}"),
+            }),
+        }
+    }
+
+    /// The error for a prompt the hop found not to be the tool's own:
+    /// the responder's `UnexpectedPrompt` (naming the context, tool and
+    /// user, with the prompt's text), saying `why`. The responder took
+    /// `unscanned` for its tool's prompt; told that no password may be
+    /// typed any more ([`Hooks::target_spoke`]: the hop saw the tool past
+    /// its authentication, so the target's side may run), it refuses the
+    /// same text with that error.
+    fn refused(&mut self, unscanned: &[u8], why: &'static str) -> ConnectError {
+        self.inner.target_spoke();
+        match self.inner.on_stderr(unscanned) {
+            Prompt::Fail(ConnectError::Become {
+                context,
+                tool,
+                user,
+                output,
+                failure: BecomeFailure::UnexpectedPrompt { .. },
+            }) => {
+                ConnectError::Become { context, tool, user, output, failure: BecomeFailure::UnexpectedPrompt { why } }
+            }
+            _ => ConnectError::Hop {
+                context: self.context.into(),
+                hop: self.hop.into(),
+                reason: BecomeFailure::UnexpectedPrompt { why }.to_string(),
+            },
+        }
+    }
 }
 
 impl Hooks for HopHooks<'_> {
-    fn on_stderr(&mut self, unscanned: &[u8]) -> bootstrap::Prompt {
-        self.inner.on_stderr(unscanned)
+    fn on_stderr(&mut self, unscanned: &[u8]) -> Prompt {
+        match self.inner.on_stderr(unscanned) {
+            Prompt::Answer(answer, to) => self.answer(unscanned, answer, to),
+            other => other,
+        }
     }
 
     fn classify(&self, stderr: &[u8]) -> Option<ConnectError> {
@@ -313,50 +392,21 @@ fn pump_out(mut p: Process, rx: UnixStream, tty: UnixStream, watch: Shared, tabl
     }
 }
 
-/// What the bootstrap writes: its stdin socket to the command's stdin, its
-/// tty socket to the tty (an answer typed once echo is off) or, without a
-/// tty, to stdin too. Ends when the bootstrap closes both.
-fn pump_in(input: ProcessInput, mut tx: UnixStream, mut tty: UnixStream, answers_on_tty: bool) {
-    use rustix::event::{poll, PollFd, PollFlags};
-    let (mut tx_open, mut tty_open) = (true, true);
+/// What the bootstrap writes to its stdin socket, to the command's stdin
+/// (passwords do not come this way: see [`HopHooks`]). Ends when the
+/// bootstrap closes it.
+fn pump_in(input: ProcessInput, mut tx: UnixStream) {
     let mut buf = vec![0u8; 128 << 10];
-    while tx_open || tty_open {
-        let mut fds = Vec::new();
-        if tx_open {
-            fds.push(PollFd::new(&tx, PollFlags::IN));
-        }
-        if tty_open {
-            fds.push(PollFd::new(&tty, PollFlags::IN));
-        }
-        if poll(&mut fds, None).is_err() {
-            return;
-        }
-        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
-        drop(fds);
-        let mut k = 0;
-        if tx_open {
-            if ready[k] {
-                match tx.read(&mut buf) {
-                    Ok(0) | Err(_) => tx_open = false,
-                    Ok(n) => {
-                        if input.write(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
+    loop {
+        match tx.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if input.write(&buf[..n]).is_err() {
+                    return;
                 }
             }
-            k += 1;
-        }
-        if tty_open && ready[k] {
-            match tty.read(&mut buf) {
-                Ok(0) | Err(_) => tty_open = false,
-                Ok(n) => {
-                    let r = if answers_on_tty { input.answer(&buf[..n]) } else { input.write(&buf[..n]) };
-                    if r.is_err() {
-                        return;
-                    }
-                }
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     }
 }

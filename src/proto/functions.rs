@@ -201,6 +201,50 @@ pub enum ExecOp {
     /// stream to child context `id` of this one, routed from now on; stderr
     /// and the exit are still reported as for any streamed command.
     Adopt(u32),
+    /// Type a password (and newline) into the prompt of the tool the
+    /// command runs (sudo, su, doas), only if that tool is still at its
+    /// prompt: the agent reads the command's process in /proc right before
+    /// typing (`core::tool_process`, rule 3 of `connect::prompt`) and types
+    /// nothing once it has a child, has exited or goes on reaping. This
+    /// is how the master answers a tool behind a hop (`master::via`).
+    /// The agent replies a [`ToolState`] to the message's `reply_to`.
+    /// Added after `Adopt`, so every other message keeps its bytes and
+    /// `PROTOCOL_VERSION` stays: a master only uploads its own agent, and
+    /// an agent without this variant drops the message as malformed, so
+    /// nothing is typed and the connect fails at its deadline.
+    AnswerTool {
+        /// The password and a newline.
+        data: ByteBuf,
+        /// Where the tool reads it: its stdin (su: PAM's conversation)
+        /// instead of its tty (as [`ExecOp::Answer`], once echo is off).
+        stdin: bool,
+        /// Type it also when /proc does not show the process
+        /// ([`ToolState::Unseen`]; `hidepid`): for a tool whose prompt
+        /// only it can print (sudo's secret), not for su's public text.
+        if_unseen: bool,
+    },
+}
+
+/// What the agent saw of a tool's process right before it would type an
+/// [`ExecOp::AnswerTool`] (and what the master sees of a tool it runs
+/// itself): the tools start the target's side in a child only once
+/// authenticated, so anything but `AtItsPrompt` means the prompt on the
+/// tty is not the tool's own. The answer was typed for `AtItsPrompt`, and
+/// for `Unseen` when `if_unseen` allowed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToolState {
+    /// Alive, no child, and it has reaped nothing, or nothing more while
+    /// watched: not yet authenticated.
+    AtItsPrompt,
+    /// Some thread of it has a child.
+    HasChild,
+    /// It has exited (or the command has ended).
+    Exited,
+    /// It had reaped a process and reaped, started or exited again while
+    /// watched.
+    Reaping,
+    /// /proc does not show it (not mounted, `hidepid`).
+    Unseen,
 }
 
 /// Output credit a streamed frame costs beyond its bytes: the agent counts
