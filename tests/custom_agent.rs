@@ -223,4 +223,12 @@ fn a_file_that_is_not_an_agent_is_refused() {
     let e = Agent::from_path(&p).expect_err("not ELF");
     assert!(e.to_string().contains("not an agent"), "{e}");
     assert!(Agent::from_path(dir.path().join("missing")).is_err());
+    // This test binary is dynamically linked (glibc): it would not run on
+    // a target without the same loader.
+    let e = Agent::from_path(std::env::current_exe().expect("exe")).expect_err("dynamic");
+    assert!(e.to_string().contains("dynamically linked"), "{e}");
+    // A truncated agent.
+    let mut raw = std::fs::read(&agents().0).expect("read");
+    raw.truncate(64);
+    assert!(Agent::from_bytes(raw).is_err());
 }

@@ -54,6 +54,11 @@ impl Agent {
             183 => "aarch64",
             m => return Err(bad(&format!("ELF machine {m} is neither x86_64 nor aarch64"))),
         };
+        if has_interpreter(&raw).ok_or_else(|| bad("truncated ELF program headers"))? {
+            return Err(bad(
+                "dynamically linked (it names an interpreter); build it static: --target x86_64-unknown-linux-musl",
+            ));
+        }
         let sha256 = crate::core::sha256::digest(&raw).iter().fold(String::new(), |mut s, b| {
             let _ = write!(s, "{b:02x}");
             s
@@ -192,6 +197,24 @@ impl AgentSet {
 
 thread_local! {
     static CURRENT: RefCell<Option<AgentSet>> = const { RefCell::new(None) };
+}
+
+/// Whether the 64-bit little-endian ELF file `raw` has a `PT_INTERP`
+/// program header (a dynamic loader it needs on the target); `None` when
+/// its program headers lie outside it.
+fn has_interpreter(raw: &[u8]) -> Option<bool> {
+    const PT_INTERP: u32 = 3;
+    // e_phoff (8 bytes at 32), e_phentsize (2 at 54), e_phnum (2 at 56).
+    let u16_at = |o: usize| raw.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let phoff = raw.get(32..40)?.iter().rev().fold(0u64, |n, &b| n << 8 | u64::from(b));
+    let (entsize, num) = (u16_at(54)?, u16_at(56)?);
+    let phoff = usize::try_from(phoff).ok()?;
+    (0..num)
+        .map(|i| {
+            let at = phoff.checked_add(i.checked_mul(entsize)?)?;
+            raw.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == PT_INTERP)
+        })
+        .try_fold(false, |any, is| Some(any | is?))
 }
 
 /// A gzip member (RFC 1952; what the target's `gzip -dc` reads) around
