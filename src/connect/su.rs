@@ -94,7 +94,7 @@ const FAILURES: &[(&str, BecomeFailure)] = &[
 /// It starts no process of its own on the way to su (the uid is read from
 /// `/proc/self/status` with builtins; `id -u` only where that file is
 /// missing): the process that becomes su has then reaped nothing, which
-/// the responder's look at su relies on (`prompt::tool_process`).
+/// the responder's look at su relies on (`core::tool_process`).
 const WRAPPER: &str = concat!(
     "i=;[ -r /proc/self/status ]&&while read -r k v _;do [ \"$k\" != Uid: ]||{ i=$v;break;};done</proc/self/status;",
     "[ -n \"$i\" ]||i=$(id -u);",

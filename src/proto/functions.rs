@@ -208,10 +208,11 @@ pub enum ExecOp {
     /// nothing once it has a child, has exited or goes on reaping. This
     /// is how the master answers a tool behind a hop (`master::via`).
     /// The agent replies a [`ToolState`] to the message's `reply_to`.
-    /// Added after `Adopt`, so every other message keeps its bytes and
-    /// `PROTOCOL_VERSION` stays: a master only uploads its own agent, and
-    /// an agent without this variant drops the message as malformed, so
-    /// nothing is typed and the connect fails at its deadline.
+    /// Added after `Adopt`, so every other message keeps its bytes; still
+    /// `PROTOCOL_VERSION` went to 5 with it, because a custom agent built
+    /// from an older mito would drop it as malformed (nothing typed, the
+    /// connect failing only at its deadline): the master refuses such an
+    /// agent at its hello instead, with an error naming both versions.
     AnswerTool {
         /// The password and a newline.
         data: ByteBuf,

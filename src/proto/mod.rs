@@ -28,7 +28,7 @@ pub use message::Message;
 
 /// Protocol version announced in the agent's hello; the master refuses any
 /// other number with an error naming both.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Largest payload a stream accepts by default (checked before allocating).
 pub const MAX_MESSAGE_SIZE: u32 = 128 * 1024 * 1024;
