@@ -8,7 +8,6 @@
 //! `agent-<sha256>` in the target's cache and asks for the bytes only when
 //! it is missing, so agents with different hashes live side by side there.
 
-use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -173,30 +172,6 @@ impl AgentSet {
     pub fn archs(&self) -> String {
         self.all().iter().map(|c| c.spec().arch.to_string()).collect::<Vec<_>>().join(", ")
     }
-
-    /// Runs `f` with this set as the one [`AgentSet::current`] returns on
-    /// this thread. The bootstrap reads it there: the path through a hop
-    /// (`master::via`) calls `bootstrap::run` without the router's options.
-    pub fn scope<R>(&self, f: impl FnOnce() -> R) -> R {
-        struct Restore(Option<AgentSet>);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                CURRENT.with(|c| *c.borrow_mut() = self.0.take());
-            }
-        }
-        let _restore = Restore(CURRENT.with(|c| c.borrow_mut().replace(self.clone())));
-        f()
-    }
-
-    /// The set of the [`AgentSet::scope`] this thread is in, else the
-    /// embedded agents.
-    pub fn current() -> AgentSet {
-        CURRENT.with(|c| c.borrow().clone()).unwrap_or_default()
-    }
-}
-
-thread_local! {
-    static CURRENT: RefCell<Option<AgentSet>> = const { RefCell::new(None) };
 }
 
 /// Whether the 64-bit little-endian ELF file `raw` has a `PT_INTERP`

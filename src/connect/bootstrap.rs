@@ -129,6 +129,8 @@ const UNSCANNED_TAIL: usize = 8192;
 
 struct Phase<'a> {
     context: &'a str,
+    /// The agents this master uploads (the router's set).
+    agents: &'a AgentSet,
     hooks: &'a mut dyn Hooks,
     unscanned: Vec<u8>,
     failed: Option<ConnectError>,
@@ -323,17 +325,20 @@ impl Phase<'_> {
     }
 }
 
-/// Runs the text phase and returns once the agent said hello.
+/// Runs the text phase, sending an agent of `agents` if stage0 asks for
+/// one, and returns once the agent said hello.
 pub fn run(
     context: &str,
     pipes: &Pipes<'_>,
     timeout: Duration,
     max_message_size: u32,
+    agents: &AgentSet,
     hooks: &mut dyn Hooks,
 ) -> Result<Bootstrapped, ConnectError> {
     let start = Instant::now();
     let mut ph = Phase {
         context,
+        agents,
         hooks,
         unscanned: Vec::new(),
         failed: None,
@@ -428,7 +433,7 @@ fn on_line(ph: &mut Phase<'_>, line: &str, upload: &mut Upload) -> Result<usize,
             let arch = words.next().unwrap_or("");
             let how = words.next().unwrap_or("");
             let dir = words.next().unwrap_or("");
-            let agent = find_agent(context, arch)?;
+            let agent = find_agent(ph.agents, context, arch)?;
             let gzip = how == "gz";
             *upload = if dir == "memfd" { Upload::Memfd } else { Upload::Stored { dir: dir.to_string(), gzip } };
             if !gzip && ph.hooks.serve_agent(arch, agent.sha256()) {
@@ -445,7 +450,7 @@ fn on_line(ph: &mut Phase<'_>, line: &str, upload: &mut Upload) -> Result<usize,
             let arg = words.next().unwrap_or("").to_string();
             ph.drain_stderr_briefly();
             Err(match what {
-                "arch" => ConnectError::UnsupportedArch { context: context.into(), arch: arg, have: embedded_archs() },
+                "arch" => ConnectError::UnsupportedArch { context: context.into(), arch: arg, have: ph.agents.archs() },
                 "noexec" => ConnectError::NoExecDir { context: context.into() },
                 "write" => ConnectError::WriteFailed { context: context.into(), dir: arg },
                 "verify" => ConnectError::VerifyFailed { context: context.into(), dir: arg },
@@ -508,17 +513,11 @@ fn hello_phase(ph: &mut Phase<'_>, leftover: &[u8], max_message_size: u32) -> Re
     Ok((hello, decoder))
 }
 
-/// The agent to send for `arch`: the router's (its [`AgentSet::scope`]
-/// on this thread), else the embedded one.
-fn find_agent(context: &str, arch: &str) -> Result<Chosen, ConnectError> {
-    let set = AgentSet::current();
-    set.for_arch(arch).ok_or_else(|| ConnectError::UnsupportedArch {
+/// The agent of `agents` to send for `arch`.
+fn find_agent(agents: &AgentSet, context: &str, arch: &str) -> Result<Chosen, ConnectError> {
+    agents.for_arch(arch).ok_or_else(|| ConnectError::UnsupportedArch {
         context: context.into(),
         arch: arch.into(),
-        have: set.archs(),
+        have: agents.archs(),
     })
-}
-
-fn embedded_archs() -> String {
-    AgentSet::current().archs()
 }

@@ -263,20 +263,6 @@ impl Connector<'_> {
         timeout: std::time::Duration,
         hooks: &mut dyn bootstrap::Hooks,
     ) -> Result<Context, ConnectError> {
-        // The bootstrap sends the agents of this router's set (through a
-        // hop too: `via` reaches the bootstrap on this thread).
-        self.core.agents.scope(|| self.connect_child_with_agents(id, name, cmd, timeout, hooks))
-    }
-
-    /// [`Connector::connect_child`] within the router's agent scope.
-    fn connect_child_with_agents(
-        &self,
-        id: u32,
-        name: String,
-        cmd: &ChildCommand,
-        timeout: std::time::Duration,
-        hooks: &mut dyn bootstrap::Hooks,
-    ) -> Result<Context, ConnectError> {
         if let Some(hop) = self.via {
             return via::connect(hop, id, name, cmd, timeout, hooks);
         }
@@ -307,20 +293,21 @@ impl Connector<'_> {
         // Our child, and nobody reaps it before the bootstrap ends: the pid
         // stays this process's (a zombie at worst) while prompts are judged.
         hooks.spawned(spawned.pid);
-        let boot = match bootstrap::run(&name, &pipes, timeout, self.core.table.max_message_size, hooks) {
-            Ok(b) => b,
-            Err(e) => {
-                // A failed bootstrap leaves nothing behind: kill, hang up
-                // (closing the pipes and the tty ends a child that outlived
-                // SIGKILL's permission check — doas execs the command as
-                // root in our child's pid), and reap without blocking the
-                // caller for long.
-                pm.kill();
-                drop(spawned);
-                reap_soon(pm);
-                return Err(e);
-            }
-        };
+        let boot =
+            match bootstrap::run(&name, &pipes, timeout, self.core.table.max_message_size, &self.core.agents, hooks) {
+                Ok(b) => b,
+                Err(e) => {
+                    // A failed bootstrap leaves nothing behind: kill, hang up
+                    // (closing the pipes and the tty ends a child that outlived
+                    // SIGKILL's permission check — doas execs the command as
+                    // root in our child's pid), and reap without blocking the
+                    // caller for long.
+                    pm.kill();
+                    drop(spawned);
+                    reap_soon(pm);
+                    return Err(e);
+                }
+            };
         let transport_pid = pm.pid();
         let t = Transport { rx: spawned.rx, tx: spawned.tx, stderr: Some(spawned.stderr), process: Some(pm) };
         self.attach(id, name, t, boot, Some(transport_pid))

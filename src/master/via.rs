@@ -157,22 +157,23 @@ pub(super) fn connect(
         context: &name,
         hop: hop.name(),
     };
-    let boot = match bootstrap::run(&name, &pipes, timeout, hop.core.table.max_message_size, &mut hooks) {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = input.signal(libc::SIGKILL);
-            let failure = watch.lock().unwrap_or_else(PoisonError::into_inner).failure.take();
-            return Err(match failure {
-                Some(CallError::Remote(r)) if r.errno != 0 => ConnectError::Spawn {
-                    context: name.clone(),
-                    program: cmd.program.to_string_lossy().into_owned(),
-                    source: std::io::Error::from_raw_os_error(r.errno),
-                },
-                Some(other) => hop_failed(other.to_string()),
-                None => e,
-            });
-        }
-    };
+    let boot =
+        match bootstrap::run(&name, &pipes, timeout, hop.core.table.max_message_size, &hop.core.agents, &mut hooks) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = input.signal(libc::SIGKILL);
+                let failure = watch.lock().unwrap_or_else(PoisonError::into_inner).failure.take();
+                return Err(match failure {
+                    Some(CallError::Remote(r)) if r.errno != 0 => ConnectError::Spawn {
+                        context: name.clone(),
+                        program: cmd.program.to_string_lossy().into_owned(),
+                        source: std::io::Error::from_raw_os_error(r.errno),
+                    },
+                    Some(other) => hop_failed(other.to_string()),
+                    None => e,
+                });
+            }
+        };
     // The agent is up and silent: make the hop route it, and every hop
     // above the hop route it towards the one below (control frames: they
     // never wait for room, and are not lost to a full queue).
