@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use crate::core::lines::Lines;
 use crate::core::poller::{Event, Events, Interest, Poller};
 use crate::core::process_monitor::ProcessMonitor;
-use crate::core::router::{link_ended, ContextShared, Disconnected, EndKind, RouterTable, StreamOut};
+use crate::core::router::{link_ended, ContextShared, Disconnected, EndKind, RouterTable};
 use crate::core::side::{self, Io};
 use crate::core::stream::Decoder;
 use crate::core::stream_in::{Pump, StreamIn};
+use crate::core::stream_out::StreamOut;
 use crate::core::waker::Waker;
 
 const T_WAKER: u64 = 0;

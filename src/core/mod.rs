@@ -14,7 +14,8 @@
 //! - [`wait`] — reaping a child through its pidfd.
 //! - master only (`std`): [`broker`] (the I/O thread), [`router`] (delivery
 //!   by context id and handle), [`stream_in`] (the read half a waiting
-//!   caller may read itself), [`latch`] (blocking waits with deadlines),
+//!   caller may read itself), [`stream_out`] (the send half, queued and
+//!   drained by the broker), [`latch`] (blocking waits with deadlines),
 //!   [`process_monitor`] (a child tracked by pidfd: exit as an epoll
 //!   event, always reaped, never a recycled pid).
 //!
@@ -47,3 +48,5 @@ pub mod process_monitor;
 pub mod router;
 #[cfg(feature = "master")]
 pub mod stream_in;
+#[cfg(feature = "master")]
+pub mod stream_out;

@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
-use crate::core::router::{RouterTable, WatchFn};
+use crate::core::router::RouterTable;
 use crate::core::side::{self, Io};
 use crate::core::stream::Decoder;
+use crate::core::stream_out::WatchFn;
 
 /// What one [`StreamIn::pump`] found.
 #[derive(Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@
 //! chunks and gets its own error; the others carry on. No send waits for
 //! ever: a plain call waits for room until the target's call timeout, a
 //! relay until the first hop's stream has taken nothing for
-//! [`SEND_TIMEOUT`](crate::core::router::SEND_TIMEOUT); a target behind a
+//! [`SEND_TIMEOUT`](crate::core::stream_out::SEND_TIMEOUT); a target behind a
 //! hop that stops reading is dropped by its hop (see
 //! `agent::children`) and fails at once. Waits for
 //! acknowledgements end at each target's call timeout.

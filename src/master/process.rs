@@ -57,7 +57,8 @@ use super::error::CallError;
 use super::Core;
 use crate::core::broker::Cmd;
 use crate::core::latch::{Budget, Latch, Overrun, OverrunFn, WaitError};
-use crate::core::router::{ContextShared, Delivery, CONTROL_MAX, SEND_TIMEOUT};
+use crate::core::router::{ContextShared, Delivery, CONTROL_MAX};
+use crate::core::stream_out::SEND_TIMEOUT;
 use crate::proto::functions::{self as f, ExecArgs, ExecControl, ExecOp, ExecOutput, ExecReply, Function, ToolState};
 use crate::proto::{handles, Message, MASTER_ID};
 
