@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
 use super::error::CallError;
-use super::Core;
+use super::RouterState;
 use crate::connect::bootstrap::Upload;
 use crate::core::latch::{Latch, WaitError};
 use crate::core::process_monitor::ExitStatus;
@@ -71,7 +71,7 @@ impl ConnectInfo {
 /// A connected context. Cheap to clone; all clones talk to the same agent.
 #[derive(Clone, Debug)]
 pub struct Context {
-    pub(super) core: Arc<Core>,
+    pub(super) core: Arc<RouterState>,
     pub(super) shared: Arc<ContextShared>,
     info: Arc<ConnectInfo>,
     timeout: Option<Duration>,
@@ -81,7 +81,7 @@ pub struct Context {
 #[derive(Debug)]
 #[must_use = "a Pending reply does nothing unless waited for"]
 pub struct Pending<T> {
-    core: Arc<Core>,
+    core: Arc<RouterState>,
     shared: Arc<ContextShared>,
     function: &'static str,
     /// What the reply may inflate to (the function's bound, within the
@@ -275,7 +275,7 @@ pub(crate) fn path_bytes(p: &Path) -> ByteBuf {
 }
 
 impl Context {
-    pub(crate) fn new(core: Arc<Core>, shared: Arc<ContextShared>, info: ConnectInfo) -> Context {
+    pub(crate) fn new(core: Arc<RouterState>, shared: Arc<ContextShared>, info: ConnectInfo) -> Context {
         let _ = shared.carrier.set(carrier(&info));
         Context { core, shared, info: Arc::new(info), timeout: Some(DEFAULT_CALL_TIMEOUT) }
     }

@@ -48,9 +48,10 @@ use crate::core::router::{ContextShared, RouterTable};
 use crate::core::side;
 use context::{ConnectInfo, Context};
 
-/// Shared by the Router and every Context.
+/// What the Router and every Context share: the routing table, the broker
+/// thread and the agents to upload. (Not `Core`: that is the `core` module.)
 #[derive(Debug)]
-pub(crate) struct Core {
+pub(crate) struct RouterState {
     pub table: Arc<RouterTable>,
     pub broker: Broker,
     /// The agents this router uploads.
@@ -96,7 +97,7 @@ impl Default for RouterOptions {
 /// streams close, agents exit, stragglers are killed after 2 s, all reaped.
 #[derive(Debug)]
 pub struct Router {
-    core: Arc<Core>,
+    core: Arc<RouterState>,
 }
 
 impl Router {
@@ -109,7 +110,7 @@ impl Router {
     pub fn with_options(opts: RouterOptions) -> std::io::Result<Router> {
         let table = Arc::new(RouterTable::new(opts.max_message_size));
         let broker = Broker::start(table.clone())?;
-        Ok(Router { core: Arc::new(Core { table, broker, agents: AgentSet::new(opts.agents) }) })
+        Ok(Router { core: Arc::new(RouterState { table, broker, agents: AgentSet::new(opts.agents) }) })
     }
 
     /// Starts an agent on this machine through stage0 (`sh -c`).
@@ -154,7 +155,7 @@ impl Router {
 /// its command the same way; only where it runs differs.
 #[derive(Clone, Copy, Debug)]
 pub struct Connector<'a> {
-    core: &'a Arc<Core>,
+    core: &'a Arc<RouterState>,
     via: Option<&'a Context>,
 }
 

@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use super::context::{decode_reply, disconnected, Context};
 use super::error::CallError;
-use super::Core;
+use super::RouterState;
 use crate::core::broker::Cmd;
 use crate::core::latch::{Budget, Latch, Overrun, OverrunFn, WaitError};
 use crate::core::router::{ContextShared, Delivery, CONTROL_MAX};
@@ -135,7 +135,7 @@ pub struct Process {
 #[derive(Debug)]
 struct Watchdog {
     /// Weak: the budgets' callbacks live in latches the router holds.
-    core: Weak<Core>,
+    core: Weak<RouterState>,
     shared: Arc<ContextShared>,
     stream: u32,
     output: Weak<Latch<Delivery>>,
@@ -210,7 +210,7 @@ impl Watchdog {
 
 /// Sends SIGKILL to the command of stream `stream` on context `ctx`: a
 /// small control frame that never waits for room (best effort).
-fn kill_command(core: &Core, ctx: u32, stream: u32) {
+fn kill_command(core: &RouterState, ctx: u32, stream: u32) {
     let c = ExecControl { stream, op: ExecOp::Signal(libc::SIGKILL) };
     if let Ok(data) = postcard::to_allocvec(&c) {
         let _ = core.table.send_control(&Message::new(ctx, MASTER_ID, handles::EXEC_CONTROL, 0, data));
@@ -219,7 +219,7 @@ fn kill_command(core: &Core, ctx: u32, stream: u32) {
 
 /// Kills the agent of a context: behind a hop, the command there that
 /// carries it; directly attached, its process (by the broker).
-pub(super) fn kill_agent(core: &Core, shared: &ContextShared) {
+pub(super) fn kill_agent(core: &RouterState, shared: &ContextShared) {
     match shared.transport.get() {
         Some(&(hop, stream)) => kill_command(core, hop, stream),
         None => core.broker.send(Cmd::Kill(shared.id)),
@@ -247,7 +247,7 @@ fn merge_acks(last: &mut Delivery, new: &Delivery) -> bool {
 /// Sends EXEC_CONTROL messages for one command.
 #[derive(Clone, Debug)]
 struct Control {
-    core: Arc<Core>,
+    core: Arc<RouterState>,
     shared: Arc<ContextShared>,
     stream: u32,
 }
