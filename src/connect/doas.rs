@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::local::ChildCommand;
+use super::child::ChildCommand;
 use super::prompt::{announce, BecomeFailure, Responder};
 
 /// Options of [`crate::Router::doas`].

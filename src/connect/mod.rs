@@ -5,9 +5,10 @@
 //!   every hop (a hop runs it as a streamed command); it needs only
 //!   `alloc`, so that an agent may build it too.
 //! - master only: [`bootstrap`] drives stage0's text phase from the master
-//!   (markers, agent upload, hello) with a deadline; [`local`] is the local
-//!   method (`create_child`: one socketpair, or two pipes, as stdin and
-//!   stdout, a pipe or a pty as stderr);
+//!   (markers, agent upload, hello) with a deadline; [`child`] starts what
+//!   every method runs (`create_child`: one socketpair, or two pipes, as
+//!   stdin and stdout, a pipe or a pty as stderr); [`local`] is the local
+//!   method;
 //!   [`embedded`] holds the agent binaries build.rs embedded, [`agents`]
 //!   the set a router uploads (those, or a user's custom agent); [`error`] holds
 //!   [`ConnectError`](error::ConnectError); [`ssh`] the ssh method;
@@ -23,6 +24,8 @@ pub mod stage0;
 pub mod agents;
 #[cfg(feature = "master")]
 pub mod bootstrap;
+#[cfg(feature = "master")]
+pub mod child;
 #[cfg(feature = "master")]
 pub mod doas;
 #[cfg(feature = "master")]

@@ -3,7 +3,7 @@
 //! typed at all.
 //!
 //! The tools write to the pty that is their controlling terminal (see
-//! `local::ChildCommand::tty`); the bootstrap hands every new piece of that
+//! `child::ChildCommand::tty`); the bootstrap hands every new piece of that
 //! output to a [`Responder`], and tells it ([`Hooks::target_spoke`]) when
 //! the command's stdout produced its first byte.
 //!

@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::child::ChildCommand;
 use super::error::ConnectError;
-use super::local::ChildCommand;
 use super::stage0::sh_quote;
 
 /// Host key policy (`StrictHostKeyChecking`).

@@ -25,7 +25,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::local::ChildCommand;
+use super::child::ChildCommand;
 use super::prompt::{announce, ends_with_password_prompt, BecomeFailure, Responder, INVOKER_LINE};
 use super::stage0::sh_quote;
 

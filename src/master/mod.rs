@@ -34,9 +34,10 @@ use std::sync::Arc;
 
 use crate::connect::agents::{Agent, AgentSet};
 use crate::connect::bootstrap::{self, Pipes};
+use crate::connect::child::{self, ChildCommand};
 use crate::connect::doas::{self, DoasOptions};
 use crate::connect::error::ConnectError;
-use crate::connect::local::{self, ChildCommand, LocalOptions};
+use crate::connect::local::{self, LocalOptions};
 use crate::connect::prompt::{self, BecomeFailure};
 use crate::connect::ssh::{self, SshOptions};
 use crate::connect::stage0;
@@ -267,7 +268,7 @@ impl Connector<'_> {
         if let Some(hop) = self.via {
             return via::connect(hop, id, name, cmd, timeout, hooks);
         }
-        let spawned = local::create_child(cmd).map_err(|source| ConnectError::Spawn {
+        let spawned = child::create_child(cmd).map_err(|source| ConnectError::Spawn {
             context: name.clone(),
             program: cmd.program.to_string_lossy().into_owned(),
             source,
