@@ -69,6 +69,29 @@ impl ConnectInfo {
 }
 
 /// A connected context. Cheap to clone; all clones talk to the same agent.
+///
+/// Calls block until the reply (or the context's call timeout); files go
+/// through streamed, checksummed transfers.
+///
+/// ```
+/// use mito::{LocalOptions, Router};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let router = Router::new()?;
+/// let ctx = router.local(LocalOptions::default())?;
+/// let dir = std::env::temp_dir().join(format!("mito-doc-context-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// std::fs::write(dir.join("a"), b"data")?;
+/// let sent = ctx.put(dir.join("a"), dir.join("b"))?; // sha256 checked on both ends
+/// assert_eq!(sent.bytes, 4);
+/// ctx.get(dir.join("b"), dir.join("c"))?;
+/// assert_eq!(std::fs::read(dir.join("c"))?, b"data");
+/// let r = ctx.exec(&["sh", "-c", "echo hi; exit 3"])?;
+/// assert_eq!((r.status.code, &r.stdout[..]), (Some(3), &b"hi\n"[..]));
+/// std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Context {
     pub(super) core: Arc<RouterState>,

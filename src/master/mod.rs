@@ -96,6 +96,22 @@ impl Default for RouterOptions {
 
 /// The root of a tree of contexts. Dropping it shuts every context down:
 /// streams close, agents exit, stragglers are killed after 2 s, all reaped.
+///
+/// A chain: ssh to a host, then sudo there (the second hop is started and
+/// routed through the first; its password prompt is answered there).
+///
+/// ```no_run
+/// use mito::{Router, SshOptions, SudoOptions};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let router = Router::new()?;
+/// let web1 = router.ssh(SshOptions::new("web1"))?;
+/// let root = web1.sudo(SudoOptions::new("root"))?;
+/// let out = root.exec(&["id", "-un"])?;
+/// assert_eq!(&out.stdout[..], b"root\n");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Router {
     core: Arc<RouterState>,

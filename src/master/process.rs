@@ -114,7 +114,30 @@ pub enum ProcessEvent {
     Exit(ExecReply),
 }
 
-/// A running command (see the module docs).
+/// A running command (see the module docs): its output as it comes, then
+/// how it ended.
+///
+/// ```
+/// use mito::functions::ExecArgs;
+/// use mito::{LocalOptions, ProcessEvent, Router};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let router = Router::new()?;
+/// let ctx = router.local(LocalOptions::default())?;
+/// let argv = ["sh", "-c", "echo one; echo two >&2"].map(|a| a.as_bytes().to_vec().into());
+/// let mut p = ctx.spawn(&ExecArgs { argv: argv.to_vec(), ..ExecArgs::default() })?;
+/// let (mut out, mut err) = (Vec::new(), Vec::new());
+/// let status = loop {
+///     match p.next(None)? {
+///         ProcessEvent::Output { fd: 1, data } => out.extend(data),
+///         ProcessEvent::Output { data, .. } => err.extend(data),
+///         ProcessEvent::Exit(r) => break r.status,
+///     }
+/// };
+/// assert_eq!((status.code, &out[..], &err[..]), (Some(0), &b"one\n"[..], &b"two\n"[..]));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Process {
     stream: u32,
