@@ -2,7 +2,9 @@
 //! agent (`examples/custom_agent/`) and a test agent
 //! (`tests/custom_agent/test_agent.rs`), built here as a user builds them
 //! (static musl, `--features agent,std`), uploaded by a master whose
-//! `RouterOptions::agents` names them, on real local contexts.
+//! `RouterOptions::agents` names them, on local contexts, over ssh and
+//! through ssh → sudo (a private sshd); and a master that is its own agent
+//! (`examples/custom_agent/both.rs`).
 
 mod common;
 #[path = "../examples/custom_agent/functions.rs"]
@@ -18,7 +20,7 @@ use common::{local_in, TempDir};
 use example::{DiskUsage, Grep, GrepArgs, Pattern, Usage};
 use functions::{Echo, Fail, Panic, ReadText, Sample, Shape};
 use mito::connect::bootstrap::Upload;
-use mito::{Agent, CallError, ErrorKind, Router, RouterOptions};
+use mito::{Agent, CallError, ErrorKind, Router, RouterOptions, SudoOptions};
 use serde_bytes::ByteBuf;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -45,6 +47,28 @@ fn agents() -> &'static (PathBuf, PathBuf) {
         assert!(status.success(), "building the custom agents failed ({status}); is {TRIPLE} installed?");
         let dir = target_dir.join(TRIPLE).join("release").join("examples");
         (dir.join("custom_agent"), dir.join("test_agent"))
+    })
+}
+
+/// The example that is both master and agent (`custom_both`), built once
+/// as its doc says: static musl, the default features (the master) plus
+/// `agent`. A cargo of its own: its features differ from the agents'.
+fn both() -> &'static PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target_dir = PathBuf::from(ROOT).join("target").join("custom-agent-test");
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.args(["build", "--release", "--example", "custom_both", "--features", "agent", "--target", TRIPLE])
+            .arg("--manifest-path")
+            .arg(PathBuf::from(ROOT).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir);
+        for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
+            cmd.env_remove(var);
+        }
+        let status = cmd.status().expect("run cargo to build custom_both");
+        assert!(status.success(), "building custom_both failed ({status}); is {TRIPLE} installed?");
+        target_dir.join(TRIPLE).join("release").join("examples").join("custom_both")
     })
 }
 
@@ -227,8 +251,116 @@ fn a_file_that_is_not_an_agent_is_refused() {
     // a target without the same loader.
     let e = Agent::from_path(std::env::current_exe().expect("exe")).expect_err("dynamic");
     assert!(e.to_string().contains("dynamically linked"), "{e}");
+    // So this test binary cannot be its own agent either.
+    let e = Agent::this_executable().expect_err("dynamic");
+    assert!(e.to_string().contains("/proc/self/exe") && e.to_string().contains("dynamically linked"), "{e}");
     // A truncated agent.
     let mut raw = std::fs::read(&agents().0).expect("read");
     raw.truncate(64);
     assert!(Agent::from_bytes(raw).is_err());
+}
+
+#[test]
+fn a_master_that_is_its_own_agent_runs_itself_there() {
+    let exe = both();
+    // Its hash: what the master uploads is this very file.
+    let hash = Agent::from_path(exe).expect("a static musl master is an agent too").sha256().to_string();
+    let cache = TempDir::new("custom-both");
+    let run = TempDir::new("custom-both-run");
+    let dir = TempDir::new("custom-both-du");
+    std::fs::write(dir.path().join("a"), b"12345").expect("write");
+    // Run as a person runs it: a master.
+    let out = Command::new(exe)
+        .arg(dir.path())
+        .env("XDG_CACHE_HOME", cache.path())
+        .env("XDG_RUNTIME_DIR", run.path())
+        .output()
+        .expect("run custom_both");
+    let (stdout, stderr) = common::output_text(&out);
+    assert!(out.status.success(), "custom_both failed: {}\nstdout: {stdout}\nstderr: {stderr}", out.status);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].starts_with(&format!("this executable: sha256 {hash}, ")), "{stdout}");
+    // A local context, then one behind it: both run the same file and
+    // answer the example's functions.
+    let d = dir.path().display();
+    for (line, name) in lines[1..].iter().zip(["local.1: ", "local.1,local.2: "]) {
+        assert!(line.starts_with(&format!("{name}agent {hash} pid ")), "{stdout}");
+        assert!(line.contains(&format!(": {d}: 1 files, 1 directories, ")), "{stdout}");
+        assert!(line.contains(r#"; /etc/passwd: [(1, "root:"#), "{stdout}");
+    }
+    // The cache holds it under its hash, byte for byte.
+    let cached = cache.path().join("mito").join(format!("agent-{hash}"));
+    assert_eq!(std::fs::read(cached).expect("cached agent"), std::fs::read(exe).expect("exe"));
+}
+
+#[test]
+fn only_stage0s_command_line_makes_the_master_an_agent() {
+    use std::os::unix::process::CommandExt as _;
+    let exe = both();
+    let hash = Agent::from_path(exe).expect("agent").sha256().to_string();
+    let cache = TempDir::new("custom-both-argv");
+    let run = |argv0: &str| {
+        let mut cmd = Command::new(exe);
+        cmd.arg0(argv0).args([hash.as_str(), "7"]).stdin(std::process::Stdio::piped());
+        cmd.env("XDG_CACHE_HOME", cache.path()).env("XDG_RUNTIME_DIR", cache.path().join("run"));
+        let out = cmd.output().expect("run custom_both");
+        common::output_text(&out).0
+    };
+    // A person typing the agent's arguments gets the master (which then
+    // fails on the path it was given, after saying what it is).
+    for argv0 in [exe.to_str().expect("utf-8 path"), "mito-agent", &format!("agent-{hash}")] {
+        let out = run(argv0);
+        assert!(out.starts_with("this executable: "), "argv[0] {argv0}: {out:?}");
+    }
+    // stage0's line (`<dir>/agent-<hash> <hash> <id>`): the agent, whose
+    // hello follows its marker; its stdin (a pipe: epoll takes no
+    // /dev/null) at EOF ends it.
+    let out = run(&format!("/some/cache/mito/agent-{hash}"));
+    assert!(out.starts_with("\nMITO2\n"), "{out:?}");
+}
+
+#[test]
+fn the_examples_functions_over_ssh_and_through_ssh_then_sudo() {
+    let Some(sshd) = common::sshd::Sshd::start("the_examples_functions_over_ssh_and_through_ssh_then_sudo") else {
+        return;
+    };
+    if !common::become_users("the_examples_functions_over_ssh_and_through_ssh_then_sudo") {
+        return;
+    }
+    let agent = example_agent();
+    let router = router_with(agent.clone());
+    let ssh = router.ssh(sshd.opts("mito-sudoer")).expect("ssh as mito-sudoer");
+    let mut o = SudoOptions::new("root");
+    o.password = Some(common::sshd::PASSWORD.into());
+    let root = ssh.sudo(o).expect("ssh → sudo root");
+    assert!(root.name().starts_with(ssh.name()), "{}", root.name());
+    for ctx in [&ssh, &root] {
+        assert_eq!(ctx.connect_info().agent_hash, agent.sha256(), "{}", ctx.name());
+    }
+
+    // A directory only root can read: the ssh user's agent is refused (the
+    // body's error, typed), root's behind sudo counts it.
+    let dir = TempDir::new("custom-ssh-du");
+    std::fs::write(dir.path().join("a"), b"12345").expect("write");
+    std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+    std::fs::write(dir.path().join("sub/b"), b"123").expect("write");
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
+    let path = dir.path().to_string_lossy().into_owned();
+    let e = ssh.call::<DiskUsage>(&path).expect_err("mito-sudoer cannot read it");
+    let re = e.remote().unwrap_or_else(|| panic!("not a RemoteError: {e:?}"));
+    assert_eq!((re.kind, re.context.as_str()), (ErrorKind::User, ssh.name()), "{e}");
+    assert!(re.message.contains("Permission denied"), "{e}");
+    let usage = root.call::<DiskUsage>(&path).expect("disk_usage as root");
+    assert_eq!((usage.files, usage.dirs), (2, 2), "{usage:?}");
+
+    let who = |ctx: &mito::Context, user: &str| {
+        let args = GrepArgs { path: "/etc/passwd".into(), pattern: Pattern::Prefix(format!("{user}:")), max: 1 };
+        ctx.call::<Grep>(&args).expect("grep")
+    };
+    assert_eq!(who(&ssh, "mito-sudoer").len(), 1);
+    assert_eq!(who(&root, "root").len(), 1);
+    // The built-ins answer beside them, as the right users.
+    assert_eq!(root.exec(&["id", "-u"]).expect("exec").stdout, b"0\n");
+    assert_ne!(ssh.exec(&["id", "-u"]).expect("exec").stdout, b"0\n");
 }

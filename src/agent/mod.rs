@@ -50,4 +50,4 @@ pub mod util;
 
 pub use external_context::main;
 #[cfg(feature = "std")]
-pub use user::{function, serve, Registry, UserFunction};
+pub use user::{function, serve, serve_if_agent, started_as_agent, Registry, UserFunction};

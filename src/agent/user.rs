@@ -116,3 +116,83 @@ pub fn serve(functions: Vec<UserFunction>) -> ! {
     let args: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
     std::process::exit(super::external_context::main_with(&args, registry))
 }
+
+/// One file for both halves: a program that is its own agent calls this
+/// first in its `main`. When stage0 started this process as an agent (see
+/// [`started_as_agent`]) it serves the built-ins and `functions` and never
+/// returns; otherwise it returns at once and `main` goes on as the master,
+/// which uploads this very file (`mito::Agent::this_executable()`).
+///
+/// `functions` is called only in agent mode, so the master builds nothing.
+pub fn serve_if_agent(functions: impl FnOnce() -> Vec<UserFunction>) {
+    if started_as_agent() {
+        serve(functions())
+    }
+}
+
+/// Whether stage0 started this process as an agent. stage0 runs an agent
+/// in one of two ways, and nothing else makes either command line:
+/// - from the target's cache: `<dir>/agent-<sha256> <sha256> <context id>`,
+///   argv\[0\] an absolute path whose name ends in the hash that is
+///   argv\[1\];
+/// - from a memfd (no writable exec-able directory): `mito-agent <sha256>
+///   <context id>` with `/proc/self/exe` a `/memfd:` file, which no
+///   command line can fake.
+///
+/// Both need exactly three arguments, a 64-digit lowercase hex hash and a
+/// decimal id. A command line a person types (`prog <a hash> 3`) has
+/// neither argv\[0\], so it never turns the master into an agent; no
+/// hashing of the executable is needed either (stage0 already checked it).
+pub fn started_as_agent() -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().take(4).collect();
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    is_agent_command_line(&args, || {
+        std::fs::read_link("/proc/self/exe").ok().map(|p| p.as_os_str().as_bytes().to_vec())
+    })
+}
+
+/// [`started_as_agent`] on `args`, with `exe` reading `/proc/self/exe`
+/// (only asked when argv\[0\] is `mito-agent`).
+fn is_agent_command_line(args: &[&[u8]], exe: impl FnOnce() -> Option<Vec<u8>>) -> bool {
+    let [zero, hash, id] = args else { return false };
+    let hex = hash.len() == 64 && hash.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !hex || super::util::parse_decimal(id).is_none() {
+        return false;
+    }
+    let cached = zero.starts_with(b"/")
+        && zero.len() > hash.len() + 7
+        && zero.ends_with(hash)
+        && zero[..zero.len() - hash.len()].ends_with(b"/agent-");
+    cached || (*zero == b"mito-agent" && exe().is_some_and(|p| p.starts_with(b"/memfd:")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_agent_command_line;
+
+    const H: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn check(args: &[&str], exe: &str) -> bool {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        is_agent_command_line(&args, || Some(exe.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn only_stage0s_command_lines_are_agents() {
+        let cached = format!("/home/u/.cache/mito/agent-{H}");
+        let memfd = "/memfd:mito-agent (deleted)";
+        assert!(check(&[&cached, H, "7"], "/x"));
+        assert!(check(&["mito-agent", H, "12"], memfd));
+        // What a person might type.
+        assert!(!check(&["./prog", H, "7"], "/x"));
+        assert!(!check(&["mito-agent", H, "7"], "/usr/bin/mito-agent"));
+        assert!(!check(&[&format!("agent-{H}"), H, "7"], "/x"));
+        assert!(!check(&[&format!("/c/agent-{H}"), &H.replace('a', "b"), "7"], "/x"));
+        assert!(!check(&[&format!("/c/agent-{H}"), H, "7", "more"], "/x"));
+        assert!(!check(&[&format!("/c/agent-{H}"), H, "x"], "/x"));
+        assert!(!check(&[&format!("/c/agent-{}", H.to_uppercase()), &H.to_uppercase(), "7"], "/x"));
+        assert!(!check(&[&format!("/c/xagent-{H}"), H, "7"], "/x"));
+        assert!(!check(&["prog"], memfd));
+    }
+}

@@ -73,6 +73,19 @@ impl Agent {
         Agent::from_bytes(raw).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
     }
 
+    /// This program itself (`/proc/self/exe`), for a master that is its own
+    /// agent: a static musl binary whose `main` first calls
+    /// `mito::agent::serve_if_agent`, so stage0 runs the very same file on
+    /// the target. A dynamically linked build is refused, as by
+    /// [`Agent::from_bytes`]; build it with `--target
+    /// x86_64-unknown-linux-musl` and the features `master,agent`.
+    pub fn this_executable() -> std::io::Result<Agent> {
+        let raw = std::fs::read("/proc/self/exe")
+            .map_err(|e| std::io::Error::new(e.kind(), format!("this executable (/proc/self/exe): {e}")))?;
+        Agent::from_bytes(raw)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("this executable (/proc/self/exe) is {e}")))
+    }
+
     /// `uname -m` name of its architecture.
     pub fn arch(&self) -> &str {
         self.0.arch
