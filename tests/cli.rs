@@ -248,3 +248,37 @@ fn facts_json_names_and_text_lines() {
         format!("users {users}, container {}, virtualization {}", debug(&v["container"]), debug(&v["virtualization"]));
     assert_eq!(lines[2 + mounts.len() + ifs.len()..], [rest.as_str()]);
 }
+
+/// mito with its stdout a pipe whose reader is already gone, as in
+/// `mito … | head` once head has what it wants.
+fn mito_into_a_closed_pipe(args: &[&str]) -> (std::process::Output, std::time::Duration) {
+    let (rd, wr) = rustix::pipe::pipe().expect("pipe");
+    drop(rd);
+    let t0 = std::time::Instant::now();
+    let out = Command::new(MITO)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(wr)))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("mito runs");
+    (out, t0.elapsed())
+}
+
+/// A reader that went away ends mito quietly with 141 (a program killed by
+/// SIGPIPE), not with a panic (`println!` panicked), and `mito run`
+/// passes the SIGPIPE on to the command rather than letting it run
+/// into the void (`yes` never ends by itself; before: mito ran on).
+#[test]
+fn a_closed_stdout_ends_mito_like_sigpipe() {
+    for args in [&["info", "local"][..], &["facts", "local"], &["ping", "local"]] {
+        let (out, _) = mito_into_a_closed_pipe(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    let (out, took) = mito_into_a_closed_pipe(&["run", "local", "--", "yes"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "killed by SIGPIPE: {err}");
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+}

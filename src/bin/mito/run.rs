@@ -14,6 +14,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use mito::functions::ExecArgs;
 use mito::{Context, ProcessEvent, ProcessInput};
@@ -151,15 +152,34 @@ fn exit_status(code: Option<i32>, signal: Option<i32>) -> u8 {
     }
 }
 
-/// Output to our stdout/stderr until the exit.
+/// Output to our stdout/stderr until the exit. When our stdout is a pipe
+/// whose reader went away (`mito run … | head`), the command gets the
+/// SIGPIPE it would have got writing there itself (SIGKILL if it is still
+/// there 2 s later), its further output is dropped, and its end — killed by
+/// signal 13, exit status 141 — is ours, as for any program in a pipeline.
 fn pump(p: &mut mito::Process) -> Result<mito::functions::ExecReply, String> {
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
+    let mut kill_at: Option<Instant> = None;
     loop {
-        match p.next(None).map_err(|e| e.to_string())? {
-            // A closed terminal is not an error worth dying for mid-stream.
-            ProcessEvent::Output { fd: 1, data } => {
-                let _ = out.write_all(&data).and_then(|()| out.flush());
+        let event = match p.next(kill_at) {
+            Err(mito::CallError::Timeout { .. }) if kill_at.is_some() => {
+                let _ = p.signal(libc::SIGKILL);
+                kill_at = None;
+                continue;
             }
+            e => e.map_err(|e| e.to_string())?,
+        };
+        match event {
+            ProcessEvent::Output { .. } if kill_at.is_some() => {}
+            ProcessEvent::Output { fd: 1, data } => {
+                if let Err(e) = out.write_all(&data).and_then(|()| out.flush()) {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        let _ = p.signal(libc::SIGPIPE);
+                        kill_at = Some(Instant::now() + Duration::from_secs(2));
+                    }
+                }
+            }
+            // A closed stderr is not worth stopping the command for.
             ProcessEvent::Output { data, .. } => {
                 let _ = err.write_all(&data);
             }
