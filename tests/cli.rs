@@ -258,7 +258,7 @@ fn mito_into_a_closed_pipe(args: &[&str]) -> (std::process::Output, std::time::D
     let out = Command::new(MITO)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(std::os::fd::OwnedFd::from(wr)))
+        .stdout(Stdio::from(wr))
         .stderr(Stdio::piped())
         .output()
         .expect("mito runs");
