@@ -94,7 +94,7 @@ impl ConnectInfo {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Context {
-    pub(super) core: Arc<RouterState>,
+    pub(super) state: Arc<RouterState>,
     pub(super) shared: Arc<ContextShared>,
     info: Arc<ConnectInfo>,
     timeout: Option<Duration>,
@@ -104,7 +104,7 @@ pub struct Context {
 #[derive(Debug)]
 #[must_use = "a Pending reply does nothing unless waited for"]
 pub struct Pending<T> {
-    core: Arc<RouterState>,
+    state: Arc<RouterState>,
     shared: Arc<ContextShared>,
     function: &'static str,
     /// What the reply may inflate to (the function's bound, within the
@@ -148,7 +148,7 @@ impl<T: DeserializeOwned> Pending<T> {
             }
             Ok(Err(d)) => Err(disconnected(&self.shared, self.function, d.reason)),
             Err(WaitError::Timeout) => {
-                self.core.table.close_mailbox(self.handle);
+                self.state.table.close_mailbox(self.handle);
                 Err(CallError::Timeout {
                     context: self.shared.name.clone(),
                     function: self.function.into(),
@@ -216,7 +216,7 @@ impl<T: DeserializeOwned> Pending<T> {
             };
             let until = deadline.unwrap_or(now + Duration::from_secs(3600));
             while let Some(r) = g.as_mut() {
-                match StreamIn::pump(r, &self.core.table, self.shared.stream_id, &self.shared.name) {
+                match StreamIn::pump(r, &self.state.table, self.shared.stream_id, &self.shared.name) {
                     Pump::Progress => {}
                     Pump::Drained => StreamIn::wait_readable(r, until),
                     // End of file or a bad frame: the broker closes the stream.
@@ -298,9 +298,9 @@ pub(crate) fn path_bytes(p: &Path) -> ByteBuf {
 }
 
 impl Context {
-    pub(crate) fn new(core: Arc<RouterState>, shared: Arc<ContextShared>, info: ConnectInfo) -> Context {
+    pub(crate) fn new(state: Arc<RouterState>, shared: Arc<ContextShared>, info: ConnectInfo) -> Context {
         let _ = shared.carrier.set(carrier(&info));
-        Context { core, shared, info: Arc::new(info), timeout: Some(DEFAULT_CALL_TIMEOUT) }
+        Context { state, shared, info: Arc::new(info), timeout: Some(DEFAULT_CALL_TIMEOUT) }
     }
 
     /// The context id (unique in this router's tree).
@@ -328,7 +328,7 @@ impl Context {
     /// its own, or (behind a hop) the first hop's, shared by every context
     /// behind it. For measuring what crossed the first link.
     pub fn bytes_sent(&self) -> u64 {
-        self.core.table.route(self.shared.stream_id).map_or(0, |o| o.bytes_sent())
+        self.state.table.route(self.shared.stream_id).map_or(0, |o| o.bytes_sent())
     }
 
     /// Why the context is gone, if it is.
@@ -353,7 +353,7 @@ impl Context {
 
     /// Sends an already encoded call payload (see `encode_call`).
     fn send_payload(&self, function: &str, payload: &[u8], reply_to: u32) -> Result<(), CallError> {
-        if payload.len() > self.core.table.max_message_size as usize {
+        if payload.len() > self.state.table.max_message_size as usize {
             return Err(CallError::Encode {
                 context: self.shared.name.clone(),
                 function: function.into(),
@@ -369,7 +369,7 @@ impl Context {
             ..Header::default()
         };
         let deadline = self.timeout.map(|t| Instant::now() + t);
-        self.core.table.send_parts(&h, payload, deadline).map_err(|d| disconnected(&self.shared, function, d.reason))
+        self.state.table.send_parts(&h, payload, deadline).map_err(|d| disconnected(&self.shared, function, d.reason))
     }
 
     /// [`Context::call_async`] with the payload already encoded as
@@ -377,7 +377,7 @@ impl Context {
     pub(super) fn call_async_encoded<F: Function>(&self, payload: &[u8]) -> Result<Pending<F::Reply>, CallError> {
         let (handle, p) = self.expect_reply::<F>();
         if let Err(e) = self.send_payload(F::NAME, payload, handle) {
-            self.core.table.close_mailbox(handle);
+            self.state.table.close_mailbox(handle);
             return Err(e);
         }
         Ok(p)
@@ -387,7 +387,7 @@ impl Context {
     pub fn call_async<F: Function>(&self, args: &F::Args) -> Result<Pending<F::Reply>, CallError> {
         let (handle, p) = self.expect_reply::<F>();
         if let Err(e) = self.send_call::<F>(args, handle) {
-            self.core.table.close_mailbox(handle);
+            self.state.table.close_mailbox(handle);
             return Err(e);
         }
         Ok(p)
@@ -397,12 +397,12 @@ impl Context {
     /// [`Context::call_async`] sends it (a relayed call): its handle, for
     /// `reply_to`, and the reply to wait for.
     pub(super) fn expect_reply<F: Function>(&self) -> (u32, Pending<F::Reply>) {
-        let (handle, latch) = self.core.table.open_mailbox(self.shared.id, true);
+        let (handle, latch) = self.state.table.open_mailbox(self.shared.id, true);
         let p = Pending {
-            core: self.core.clone(),
+            state: self.state.clone(),
             shared: self.shared.clone(),
             function: F::NAME,
-            max_reply: F::MAX_REPLY.min(self.core.table.max_message_size),
+            max_reply: F::MAX_REPLY.min(self.state.table.max_message_size),
             handle,
             latch,
             timeout: self.timeout,
@@ -479,11 +479,11 @@ impl Context {
     pub fn shutdown(&self) -> Option<ExitStatus> {
         if self.shared.disconnected().is_none() {
             let msg = Message::new(self.shared.id, MASTER_ID, handles::SHUTDOWN, 0, Vec::new());
-            let _ = self.core.table.send(&msg, Some(Instant::now() + Duration::from_secs(1)));
+            let _ = self.state.table.send(&msg, Some(Instant::now() + Duration::from_secs(1)));
         }
         if self.shared.gone.get(Some(Instant::now() + Duration::from_secs(3))) == Err(WaitError::Timeout) {
             log::warn!("[{}] agent did not exit within 3 s of SHUTDOWN; killing it", self.shared.name);
-            super::process::kill_agent(&self.core, &self.shared);
+            super::process::kill_agent(&self.state, &self.shared);
             let _ = self.shared.gone.get(Some(Instant::now() + Duration::from_secs(2)));
         }
         *self.shared.exit.lock().unwrap_or_else(PoisonError::into_inner)

@@ -239,11 +239,11 @@ fn send_chunk(
         // The relay serves several targets, each with its own call
         // timeout: it waits for room until the stream stalls for
         // SEND_TIMEOUT (`None`), then fails them all.
-        match targets[group[0]].core.table.send_parts(&header, payload, None) {
+        match targets[group[0]].state.table.send_parts(&header, payload, None) {
             Ok(()) => sent.extend(replies.into_iter().map(|(i, _, p)| (i, p))),
             Err(d) => {
                 for (i, handle, _) in replies {
-                    targets[i].core.table.close_mailbox(handle);
+                    targets[i].state.table.close_mailbox(handle);
                     let e = CallError::Disconnected {
                         context: targets[i].name().into(),
                         function: f::FileWrite::NAME.into(),

@@ -114,7 +114,7 @@ impl Default for RouterOptions {
 /// ```
 #[derive(Debug)]
 pub struct Router {
-    core: Arc<RouterState>,
+    state: Arc<RouterState>,
 }
 
 impl Router {
@@ -127,7 +127,7 @@ impl Router {
     pub fn with_options(opts: RouterOptions) -> std::io::Result<Router> {
         let table = Arc::new(RouterTable::new(opts.max_message_size));
         let broker = Broker::start(table.clone())?;
-        Ok(Router { core: Arc::new(RouterState { table, broker, agents: AgentSet::new(opts.agents) }) })
+        Ok(Router { state: Arc::new(RouterState { table, broker, agents: AgentSet::new(opts.agents) }) })
     }
 
     /// Starts an agent on this machine through stage0 (`sh -c`).
@@ -158,12 +158,12 @@ impl Router {
     /// Creates contexts from the master; the same methods as
     /// [`Context::connector`], for code that connects from either.
     pub fn connector(&self) -> Connector<'_> {
-        Connector { core: &self.core, via: None }
+        Connector { state: &self.state, via: None }
     }
 
     /// Ids of the contexts still connected.
     pub fn contexts(&self) -> Vec<u32> {
-        self.core.table.live_contexts()
+        self.state.table.live_contexts()
     }
 }
 
@@ -172,7 +172,7 @@ impl Router {
 /// its command the same way; only where it runs differs.
 #[derive(Clone, Copy, Debug)]
 pub struct Connector<'a> {
-    core: &'a Arc<RouterState>,
+    state: &'a Arc<RouterState>,
     via: Option<&'a Context>,
 }
 
@@ -186,7 +186,7 @@ impl Connector<'_> {
     /// agent, stage0 asks for the raw agent, which the hop sends itself
     /// (its own executable): a cold start crosses only the last link.
     fn stage0(&self, id: u32) -> String {
-        let agents = self.core.agents.all();
+        let agents = self.state.agents.all();
         let specs: Vec<_> = agents.iter().map(|a| a.spec()).collect();
         let hop = self.via.map(|h| h.connect_info());
         let same = hop.and_then(|i| specs.iter().find(|s| s.sha256 == i.agent_hash && s.arch == i.arch));
@@ -206,7 +206,7 @@ impl Connector<'_> {
     /// Starts an agent through stage0 (`sh -c`) where this connector runs
     /// its commands: this machine, or the hop's host.
     pub fn local(&self, opts: LocalOptions) -> Result<Context, ConnectError> {
-        let id = self.core.table.allocate_context_id();
+        let id = self.state.table.allocate_context_id();
         let name = self.name(&opts.name, || format!("local.{id}"));
         let cmd = local::command(&opts, &self.stage0(id));
         self.connect_child(id, name, &cmd, opts.connect_timeout, &mut bootstrap::NoHooks)
@@ -215,7 +215,7 @@ impl Connector<'_> {
     /// Starts an agent on another host through the system `ssh` client
     /// (the hop's, behind a hop).
     pub fn ssh(&self, opts: SshOptions) -> Result<Context, ConnectError> {
-        let id = self.core.table.allocate_context_id();
+        let id = self.state.table.allocate_context_id();
         let name = self.name(&opts.name, || opts.display_host());
         if self.via.is_some() && opts.password.is_some() {
             // The askpass FIFO lives on the master's host.
@@ -253,7 +253,7 @@ impl Connector<'_> {
         b: Become<'_>,
         prepare: impl FnOnce(&str, &str) -> (ChildCommand, prompt::Responder),
     ) -> Result<Context, ConnectError> {
-        let id = self.core.table.allocate_context_id();
+        let id = self.state.table.allocate_context_id();
         let name = self.name(b.name, || format!("{}:{}", b.tool, b.user));
         let (cmd, mut responder) = prepare(&name, &self.stage0(id));
         match self.connect_child(id, name, &cmd, b.timeout, &mut responder) {
@@ -311,21 +311,27 @@ impl Connector<'_> {
         // Our child, and nobody reaps it before the bootstrap ends: the pid
         // stays this process's (a zombie at worst) while prompts are judged.
         hooks.spawned(spawned.pid);
-        let boot =
-            match bootstrap::run(&name, &pipes, timeout, self.core.table.max_message_size, &self.core.agents, hooks) {
-                Ok(b) => b,
-                Err(e) => {
-                    // A failed bootstrap leaves nothing behind: kill, hang up
-                    // (closing the pipes and the tty ends a child that outlived
-                    // SIGKILL's permission check — doas execs the command as
-                    // root in our child's pid), and reap without blocking the
-                    // caller for long.
-                    pm.kill();
-                    drop(spawned);
-                    reap_soon(pm);
-                    return Err(e);
-                }
-            };
+        let boot = match bootstrap::run(
+            &name,
+            &pipes,
+            timeout,
+            self.state.table.max_message_size,
+            &self.state.agents,
+            hooks,
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                // A failed bootstrap leaves nothing behind: kill, hang up
+                // (closing the pipes and the tty ends a child that outlived
+                // SIGKILL's permission check — doas execs the command as
+                // root in our child's pid), and reap without blocking the
+                // caller for long.
+                pm.kill();
+                drop(spawned);
+                reap_soon(pm);
+                return Err(e);
+            }
+        };
         let transport_pid = pm.pid();
         let t = Transport { rx: spawned.rx, tx: spawned.tx, stderr: Some(spawned.stderr), process: Some(pm) };
         self.attach(id, name, t, boot, Some(transport_pid))
@@ -343,11 +349,11 @@ impl Connector<'_> {
         let Transport { rx, tx, stderr, process } = t;
         let info = ConnectInfo::from_boot(&boot, transport_pid);
         let io = |source| ConnectError::Io { context: name.clone(), source };
-        let out = self.core.broker.stream_out(tx).map_err(io)?;
-        let rx = self.core.broker.stream_in(rx, boot.decoder).map_err(io)?;
+        let out = self.state.broker.stream_out(tx).map_err(io)?;
+        let rx = self.state.broker.stream_in(rx, boot.decoder).map_err(io)?;
         let shared = Arc::new(ContextShared::new(id, name));
         let _ = shared.rx.set(rx.clone());
-        self.core.table.add_route(shared.clone(), out.clone());
+        self.state.table.add_route(shared.clone(), out.clone());
         log::debug!(
             "[{}] connected in {:?}: agent pid {} ({}), {} agent bytes sent ({:?})",
             shared.name,
@@ -357,14 +363,14 @@ impl Connector<'_> {
             info.agent_bytes_sent,
             info.upload
         );
-        self.core.broker.send(Cmd::AddStream(Box::new(StreamSetup { ctx: shared.clone(), rx, out, stderr, process })));
-        Ok(Context::new(self.core.clone(), shared, info))
+        self.state.broker.send(Cmd::AddStream(Box::new(StreamSetup { ctx: shared.clone(), rx, out, stderr, process })));
+        Ok(Context::new(self.state.clone(), shared, info))
     }
 }
 
 impl Drop for Router {
     fn drop(&mut self) {
-        self.core.broker.shutdown();
+        self.state.broker.shutdown();
     }
 }
 

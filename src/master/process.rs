@@ -158,7 +158,7 @@ pub struct Process {
 #[derive(Debug)]
 struct Watchdog {
     /// Weak: the budgets' callbacks live in latches the router holds.
-    core: Weak<RouterState>,
+    state: Weak<RouterState>,
     shared: Arc<ContextShared>,
     stream: u32,
     output: Weak<Latch<Delivery>>,
@@ -184,7 +184,7 @@ impl Watchdog {
         if self.failed.get().is_some_and(|f| f.0 == what) {
             self.excess.fetch_max(o.excess, Ordering::Relaxed);
         }
-        let Some(core) = self.core.upgrade() else { return };
+        let Some(state) = self.state.upgrade() else { return };
         let name = &self.shared.name;
         if first {
             log::warn!(
@@ -193,7 +193,7 @@ impl Watchdog {
                 o.limit
             );
             // The command goes, and both sides of it fail now.
-            kill_command(&core, self.shared.id, self.stream);
+            kill_command(&state, self.shared.id, self.stream);
             for l in [&self.output, &self.acks].into_iter().filter_map(Weak::upgrade) {
                 l.close();
             }
@@ -205,8 +205,8 @@ impl Watchdog {
                 o.excess, o.limit
             );
             log::warn!("[{name}] {reason}");
-            core.table.give_up(self.shared.id, reason);
-            kill_agent(&core, &self.shared);
+            state.table.give_up(self.shared.id, reason);
+            kill_agent(&state, &self.shared);
         }
     }
 
@@ -233,19 +233,19 @@ impl Watchdog {
 
 /// Sends SIGKILL to the command of stream `stream` on context `ctx`: a
 /// small control frame that never waits for room (best effort).
-fn kill_command(core: &RouterState, ctx: u32, stream: u32) {
+fn kill_command(state: &RouterState, ctx: u32, stream: u32) {
     let c = ExecControl { stream, op: ExecOp::Signal(libc::SIGKILL) };
     if let Ok(data) = postcard::to_allocvec(&c) {
-        let _ = core.table.send_control(&Message::new(ctx, MASTER_ID, handles::EXEC_CONTROL, 0, data));
+        let _ = state.table.send_control(&Message::new(ctx, MASTER_ID, handles::EXEC_CONTROL, 0, data));
     }
 }
 
 /// Kills the agent of a context: behind a hop, the command there that
 /// carries it; directly attached, its process (by the broker).
-pub(super) fn kill_agent(core: &RouterState, shared: &ContextShared) {
+pub(super) fn kill_agent(state: &RouterState, shared: &ContextShared) {
     match shared.transport.get() {
-        Some(&(hop, stream)) => kill_command(core, hop, stream),
-        None => core.broker.send(Cmd::Kill(shared.id)),
+        Some(&(hop, stream)) => kill_command(state, hop, stream),
+        None => state.broker.send(Cmd::Kill(shared.id)),
     }
 }
 
@@ -270,7 +270,7 @@ fn merge_acks(last: &mut Delivery, new: &Delivery) -> bool {
 /// Sends EXEC_CONTROL messages for one command.
 #[derive(Clone, Debug)]
 struct Control {
-    core: Arc<RouterState>,
+    state: Arc<RouterState>,
     shared: Arc<ContextShared>,
     stream: u32,
 }
@@ -293,7 +293,7 @@ impl Control {
             detail: e.to_string(),
         })?;
         let msg = Message::new(self.shared.id, MASTER_ID, handles::EXEC_CONTROL, reply_to, data);
-        let table = &self.core.table;
+        let table = &self.state.table;
         let bulk = stdin || msg.data.len() > CONTROL_MAX;
         let sent = if bulk { table.send(&msg, None) } else { table.send_control(&msg) };
         sent.map_err(|d| disconnected(&self.shared, f::Exec::NAME, d.reason))
@@ -329,7 +329,7 @@ impl Drop for InputInner {
             let _ = self.control.send(ExecOp::CloseStdin);
         }
         if !self.watchdog.keeps(ACKS) {
-            self.control.core.table.close_mailbox(self.acks_handle);
+            self.control.state.table.close_mailbox(self.acks_handle);
         }
     }
 }
@@ -426,7 +426,7 @@ impl ProcessInput {
         deadline: Instant,
     ) -> Result<ToolState, CallError> {
         let c = &self.inner.control;
-        let table = &c.core.table;
+        let table = &c.state.table;
         let (handle, latch) = table.open_mailbox(c.shared.id, true);
         let op = ExecOp::AnswerTool { data: serde_bytes::ByteBuf::from(data), stdin, if_unseen };
         let lost = |reason| disconnected(&c.shared, f::Exec::NAME, reason);
@@ -467,7 +467,7 @@ impl Context {
     /// `args.stdin`). `args.window` of 0 means [`DEFAULT_WINDOW`]; `pty`,
     /// `timeout_ms`, env and cwd apply as for [`Context::exec_with`].
     pub fn spawn(&self, args: &ExecArgs) -> Result<Process, CallError> {
-        let table = &self.core.table;
+        let table = &self.state.table;
         let (reply, latch) = table.open_mailbox(self.shared.id, true);
         let (stream, _) = table.open_mailbox_into(self.shared.id, false, latch.clone());
         let (acks_handle, acks) = table.open_mailbox(self.shared.id, false);
@@ -478,7 +478,7 @@ impl Context {
             a.window = DEFAULT_WINDOW;
         }
         let watchdog = Arc::new(Watchdog {
-            core: Arc::downgrade(&self.core),
+            state: Arc::downgrade(&self.state),
             shared: self.shared.clone(),
             stream,
             output: Arc::downgrade(&latch),
@@ -500,7 +500,7 @@ impl Context {
             merge: Some(merge_acks),
             on_overrun: Some(watchdog.on_overrun(ACKS)),
         });
-        let control = Control { core: self.core.clone(), shared: self.shared.clone(), stream };
+        let control = Control { state: self.state.clone(), shared: self.shared.clone(), stream };
         let input = ProcessInput {
             inner: Arc::new(InputInner {
                 control: control.clone(),
@@ -582,7 +582,7 @@ impl Process {
         if let Some(e) = self.watchdog.error() {
             return Err(e);
         }
-        let max = self.control.core.table.max_message_size;
+        let max = self.control.state.table.max_message_size;
         // Credit back for what the caller has taken since the last ack.
         if self.consumed >= self.window / 4 {
             self.control.send(ExecOp::Ack(self.consumed))?;
@@ -633,7 +633,7 @@ impl Process {
     /// [`CallError::InputClosed`]. The one an agent overran stays open (see
     /// [`Watchdog::keeps`]).
     fn finish(&mut self) {
-        let table = &self.control.core.table;
+        let table = &self.control.state.table;
         if !self.watchdog.keeps(OUTPUT) {
             table.close_mailbox(self.stream);
         }

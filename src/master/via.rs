@@ -96,7 +96,7 @@ impl Context {
     /// Creates contexts reached through this one; the same methods as
     /// [`crate::Router::connector`].
     pub fn connector(&self) -> Connector<'_> {
-        Connector { core: &self.core, via: Some(self) }
+        Connector { state: &self.state, via: Some(self) }
     }
 }
 
@@ -135,7 +135,7 @@ pub(super) fn connect(
     let stream = process.stream();
     let Some(input) = process.take_input() else { return Err(hop_failed("no stdin for the command".into())) };
     let watch: Shared = Arc::default();
-    let (w, table, ctx_name) = (watch.clone(), hop.core.table.clone(), name.clone());
+    let (w, table, ctx_name) = (watch.clone(), hop.state.table.clone(), name.clone());
     std::thread::Builder::new()
         .name("mito-via-out".into())
         .spawn(move || pump_out(process, rx_pump, tty_pump, w, table, ctx_name))
@@ -159,7 +159,7 @@ pub(super) fn connect(
         hop: hop.name(),
     };
     let boot =
-        match bootstrap::run(&name, &pipes, timeout, hop.core.table.max_message_size, &hop.core.agents, &mut hooks) {
+        match bootstrap::run(&name, &pipes, timeout, hop.state.table.max_message_size, &hop.state.agents, &mut hooks) {
             Ok(b) => b,
             Err(e) => {
                 let _ = input.signal(libc::SIGKILL);
@@ -187,18 +187,18 @@ pub(super) fn connect(
     for pair in path.windows(2) {
         let data = postcard::to_allocvec(&AddRoute { id, via: pair[1].id }).map_err(|e| give_up(e.to_string()))?;
         let msg = Message::new(pair[0].id, MASTER_ID, handles::ADD_ROUTE, 0, data);
-        hop.core.table.send_control(&msg).map_err(|d| give_up(d.reason))?;
+        hop.state.table.send_control(&msg).map_err(|d| give_up(d.reason))?;
     }
-    let Some(out) = hop.core.table.route(hop.shared.stream_id) else {
+    let Some(out) = hop.state.table.route(hop.shared.stream_id) else {
         return Err(give_up("the hop's stream is gone".into()));
     };
     let shared = Arc::new(ContextShared::behind(id, name, hop.shared.clone()));
     let _ = shared.transport.set((hop.shared.id, stream));
-    hop.core.table.add_route(shared.clone(), out);
+    hop.state.table.add_route(shared.clone(), out);
     {
         let mut w = watch.lock().unwrap_or_else(PoisonError::into_inner);
         match w.ended.clone() {
-            Some(reason) => hop.core.table.on_disconnect(id, Disconnected::new(EndKind::Broken, reason)),
+            Some(reason) => hop.state.table.on_disconnect(id, Disconnected::new(EndKind::Broken, reason)),
             None => w.ctx = Some(shared.clone()),
         }
     }
@@ -217,7 +217,7 @@ pub(super) fn connect(
         log::warn!("[{}] dropped {dropped} frame(s) sent with its hello, before its hop adopted it", shared.name);
     }
     log::debug!("[{}] connected through {} in {:?}: agent pid {}", shared.name, hop.name(), boot.elapsed, info.pid);
-    Ok(Context::new(hop.core.clone(), shared, info))
+    Ok(Context::new(hop.state.clone(), shared, info))
 }
 
 /// The method's hooks, plus: the hop types the responder's answers, once
