@@ -2,7 +2,9 @@
 //!
 //! Exit codes: a command's own exit code for `run` (128 + N when killed by
 //! signal N), 0 for success otherwise, 255 when mito itself failed
-//! (connect, call, lost context) — as ssh does.
+//! (connect, call, lost context) — as ssh does; 141 when the reader of
+//! its stdout went away (as SIGPIPE ends any program in a pipeline; `run`
+//! passes the SIGPIPE on to the command).
 //!
 //! Where things are (`src/bin/mito/`): `cli` is the command line as clap
 //! parses it; `settings` and `secrets` turn it into hop options, command
