@@ -284,14 +284,52 @@ fn a_master_that_is_its_own_agent_runs_itself_there() {
     // A local context, then one behind it: both run the same file and
     // answer the example's functions.
     let d = dir.path().display();
+    let from = format!(" from {}/mito/agent-{hash}: ", cache.path().display());
     for (line, name) in lines[1..].iter().zip(["local.1: ", "local.1,local.2: "]) {
-        assert!(line.starts_with(&format!("{name}agent {hash} pid ")), "{stdout}");
+        assert!(line.starts_with(&format!("{name}agent {hash} pid ")) && line.contains(&from), "{stdout}");
         assert!(line.contains(&format!(": {d}: 1 files, 1 directories, ")), "{stdout}");
         assert!(line.contains(r#"; /etc/passwd: [(1, "root:"#), "{stdout}");
     }
     // The cache holds it under its hash, byte for byte.
     let cached = cache.path().join("mito").join(format!("agent-{hash}"));
     assert_eq!(std::fs::read(cached).expect("cached agent"), std::fs::read(exe).expect("exe"));
+}
+
+/// No directory the agent could run from (every candidate a noexec tmpfs,
+/// in a private mount namespace): stage0 runs it from a memfd as
+/// `mito-agent <hash> <id>`, which the same file recognises too, directly
+/// and behind a hop (which sends its own memfd copy onwards).
+#[test]
+fn a_master_that_is_its_own_agent_runs_from_a_memfd_too() {
+    if !common::is_root() {
+        return common::skip_loudly(
+            "a_master_that_is_its_own_agent_runs_from_a_memfd_too",
+            "a private mount namespace needs root",
+        );
+    }
+    let exe = both();
+    let hash = Agent::from_path(exe).expect("agent").sha256().to_string();
+    let script = r#"
+        set -e
+        for d in /tmp /var/tmp /dev/shm; do mount -t tmpfs -o noexec tmpfs "$d"; done
+        mkdir -p /tmp/cache
+        export XDG_CACHE_HOME=/tmp/cache; unset XDG_RUNTIME_DIR
+        exec "$0" /etc
+    "#;
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", script])
+        .arg(exe)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("unshare");
+    let (stdout, stderr) = common::output_text(&out);
+    assert!(out.status.success(), "custom_both failed: {}\nstdout: {stdout}\nstderr: {stderr}", out.status);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for line in &lines[1..] {
+        assert!(line.contains(&format!(" agent {hash} pid ")) && line.contains(" from /memfd:"), "{stdout}");
+        assert!(line.contains(r#"; /etc/passwd: [(1, "root:"#), "{stdout}");
+    }
 }
 
 #[test]

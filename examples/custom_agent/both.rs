@@ -39,10 +39,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let args = GrepArgs { path: "/etc/passwd".into(), pattern: Pattern::Prefix("root:".into()), max: 1 };
         let root = ctx.call::<Grep>(&args)?;
         println!(
-            "{}: agent {} pid {}: {dir}: {} files, {} directories, {} bytes; /etc/passwd: {root:?}",
+            "{}: agent {} pid {} from {}: {dir}: {} files, {} directories, {} bytes; /etc/passwd: {root:?}",
             ctx.name(),
             ctx.connect_info().agent_hash,
             ctx.connect_info().pid,
+            ctx.connect_info().exe,
             usage.files,
             usage.dirs,
             usage.bytes
