@@ -309,12 +309,15 @@ fn a_master_that_is_its_own_agent_runs_from_a_memfd_too() {
     }
     let exe = both();
     let hash = Agent::from_path(exe).expect("agent").sha256().to_string();
+    // The binary is opened before the mounts: a checkout under /tmp (CI's
+    // clone may be one) is hidden by them.
     let script = r#"
         set -e
+        exec 3<"$0"
         for d in /tmp /var/tmp /dev/shm; do mount -t tmpfs -o noexec tmpfs "$d"; done
         mkdir -p /tmp/cache
         export XDG_CACHE_HOME=/tmp/cache; unset XDG_RUNTIME_DIR
-        exec "$0" /etc
+        exec /proc/self/fd/3 /etc
     "#;
     let out = Command::new("unshare")
         .args(["-m", "sh", "-c", script])
