@@ -32,20 +32,15 @@ const TRIPLE: &str = "x86_64-unknown-linux-musl";
 fn agents() -> &'static (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let target_dir = PathBuf::from(ROOT).join("target").join("custom-agent-test");
-        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        cmd.args(["build", "--release", "--example", "custom_agent", "--example", "test_agent"])
-            .args(["--no-default-features", "--features", "agent,std", "--target", TRIPLE])
-            .arg("--manifest-path")
-            .arg(PathBuf::from(ROOT).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir);
-        for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
-            cmd.env_remove(var);
-        }
-        let status = cmd.status().expect("run cargo to build the custom agents");
-        assert!(status.success(), "building the custom agents failed ({status}); is {TRIPLE} installed?");
-        let dir = target_dir.join(TRIPLE).join("release").join("examples");
+        let dir = build_examples(&[
+            "--example",
+            "custom_agent",
+            "--example",
+            "test_agent",
+            "--no-default-features",
+            "--features",
+            "agent,std",
+        ]);
         (dir.join("custom_agent"), dir.join("test_agent"))
     })
 }
@@ -55,21 +50,26 @@ fn agents() -> &'static (PathBuf, PathBuf) {
 /// `agent`. A cargo of its own: its features differ from the agents'.
 fn both() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let target_dir = PathBuf::from(ROOT).join("target").join("custom-agent-test");
-        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        cmd.args(["build", "--release", "--example", "custom_both", "--features", "agent", "--target", TRIPLE])
-            .arg("--manifest-path")
-            .arg(PathBuf::from(ROOT).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir);
-        for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
-            cmd.env_remove(var);
-        }
-        let status = cmd.status().expect("run cargo to build custom_both");
-        assert!(status.success(), "building custom_both failed ({status}); is {TRIPLE} installed?");
-        target_dir.join(TRIPLE).join("release").join("examples").join("custom_both")
-    })
+    BUILT.get_or_init(|| build_examples(&["--example", "custom_both", "--features", "agent"]).join("custom_both"))
+}
+
+/// `cargo build --release --target <musl> <args>` into this file's own
+/// target directory; returns the directory of the built examples.
+fn build_examples(args: &[&str]) -> PathBuf {
+    let target_dir = PathBuf::from(ROOT).join("target").join("custom-agent-test");
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args(["build", "--release", "--target", TRIPLE])
+        .args(args)
+        .arg("--manifest-path")
+        .arg(PathBuf::from(ROOT).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("run cargo to build the examples");
+    assert!(status.success(), "building {args:?} failed ({status}); is {TRIPLE} installed?");
+    target_dir.join(TRIPLE).join("release").join("examples")
 }
 
 fn example_agent() -> Agent {
