@@ -89,6 +89,14 @@ pub trait Hooks {
     /// (not behind a hop), before the bootstrap reads anything: a prompt
     /// responder looks at it in /proc before typing (`prompt`'s rules).
     fn spawned(&mut self, _pid: u32) {}
+
+    /// Behind a hop: the hop refused to type the answer the hooks asked
+    /// for, because the tool was past its prompt (`why`). Nothing may be
+    /// typed any more; returns the hooks' own error for that prompt
+    /// (`output`: its text), or `None` to let the caller say it.
+    fn refused(&mut self, _why: &'static str, _output: &[u8]) -> Option<ConnectError> {
+        None
+    }
 }
 
 /// The hooks of a method that has none (local).

@@ -324,6 +324,11 @@ impl Hooks for Responder {
         self.pid = Some(pid);
     }
 
+    fn refused(&mut self, why: &'static str, output: &[u8]) -> Option<ConnectError> {
+        self.disarm(why);
+        Some(self.error(BecomeFailure::UnexpectedPrompt { why }, output))
+    }
+
     fn on_stderr(&mut self, unscanned: &[u8]) -> Prompt {
         let all = String::from_utf8_lossy(unscanned);
         let text = if self.invoker == Invoker::Irrelevant {

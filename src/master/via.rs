@@ -262,31 +262,15 @@ impl HopHooks<'_> {
         }
     }
 
-    /// The error for a prompt the hop found not to be the tool's own:
-    /// the responder's `UnexpectedPrompt` (naming the context, tool and
-    /// user, with the prompt's text), saying `why`. The responder took
-    /// `unscanned` for its tool's prompt; told that no password may be
-    /// typed any more ([`Hooks::target_spoke`]: the hop saw the tool past
-    /// its authentication, so the target's side may run), it refuses the
-    /// same text with that error.
+    /// The error for a prompt the hop found not to be the tool's own: the
+    /// responder's `UnexpectedPrompt` (naming the context, tool and user,
+    /// with the prompt's text), saying `why`.
     fn refused(&mut self, unscanned: &[u8], why: &'static str) -> ConnectError {
-        self.inner.target_spoke();
-        match self.inner.on_stderr(unscanned) {
-            Prompt::Fail(ConnectError::Become {
-                context,
-                tool,
-                user,
-                output,
-                failure: BecomeFailure::UnexpectedPrompt { .. },
-            }) => {
-                ConnectError::Become { context, tool, user, output, failure: BecomeFailure::UnexpectedPrompt { why } }
-            }
-            _ => ConnectError::Hop {
-                context: self.context.into(),
-                hop: self.hop.into(),
-                reason: BecomeFailure::UnexpectedPrompt { why }.to_string(),
-            },
-        }
+        self.inner.refused(why, unscanned).unwrap_or_else(|| ConnectError::Hop {
+            context: self.context.into(),
+            hop: self.hop.into(),
+            reason: BecomeFailure::UnexpectedPrompt { why }.to_string(),
+        })
     }
 }
 
