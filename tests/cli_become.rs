@@ -87,10 +87,7 @@ fn ask_become_pass_on_a_terminal() {
     let Some(dir) = setup("ask_become_pass_on_a_terminal") else { return };
     let mut c = mito_as(dir, "mito-sudoer", &[], &["--ask-become-pass", "run", "sudo:root", "--", "id", "-un"]);
     let mut p = tty::OnPty::spawn(&mut c, 24, 80);
-    p.wait_for("become password: ", Duration::from_secs(10));
-    p.type_in(format!("{PASSWORD}\n").as_bytes());
-    let st = p.wait(Duration::from_secs(30));
-    let screen = p.text();
+    let (st, screen) = p.answer("become password: ", Duration::from_secs(10), PASSWORD);
     assert_eq!(st.code(), Some(0), "{screen:?}");
     assert!(screen.contains("root\r\n"), "{screen:?}");
     assert!(!screen.contains(PASSWORD), "the password was echoed: {screen:?}");

@@ -114,10 +114,7 @@ fn ssh_ask_password_on_a_terminal() {
         let mut c = mito(&sshd);
         password_only(&mut c).args(["--ask-password", "run", &t, "--", "id", "-un"]);
         let mut p = tty::OnPty::spawn(&mut c, 24, 80);
-        p.wait_for("ssh password: ", Duration::from_secs(10));
-        p.type_in(format!("{typed}\n").as_bytes());
-        let st = p.wait(Duration::from_secs(30));
-        let screen = p.text();
+        let (st, screen) = p.answer("ssh password: ", Duration::from_secs(10), typed);
         assert!(!screen.contains(typed), "the password was echoed: {screen:?}");
         if ok {
             assert_eq!(st.code(), Some(0), "{screen:?}");

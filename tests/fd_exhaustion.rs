@@ -18,30 +18,12 @@ use std::sync::Mutex;
 
 use mito::{ConnectError, LocalOptions, Router};
 
-/// Children of this process (pid, state), read from /proc.
-fn children() -> Vec<(u32, String)> {
-    let me = std::process::id();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // "pid (comm) S ppid …": the comm may hold spaces, the last ')' ends it.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
-        let mut f = rest.split(' ');
-        let (state, ppid) = (f.next(), f.next().and_then(|p| p.parse::<u32>().ok()));
-        if ppid == Some(me) {
-            out.push((pid, state.unwrap_or("?").to_string()));
-        }
-    }
-    out
-}
-
 /// Waits up to 3 s for this process to have no children left (a child of
 /// a failed connect may take a moment to exit); returns those still there.
-fn children_left() -> Vec<(u32, String)> {
+fn children_left() -> Vec<(u32, char)> {
     let t0 = std::time::Instant::now();
     loop {
-        let left = children();
+        let left = common::children_of(std::process::id());
         if left.is_empty() || t0.elapsed() > std::time::Duration::from_secs(3) {
             return left;
         }

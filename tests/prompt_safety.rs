@@ -350,10 +350,7 @@ fn ask_become_pass_for_a_named_hop() {
     let Some(dir) = setup("ask_become_pass_for_a_named_hop") else { return };
     let args = ["--ask-become-pass=sudo:root", "run", "sudo:mito-sudoer,sudo:root", "--", "id", "-un"];
     let mut p = tty::OnPty::spawn(&mut mito_as(dir, "root", &[], &args), 24, 80);
-    p.wait_for("become password for sudo:root: ", Duration::from_secs(15));
-    p.type_in(format!("{PASSWORD}\n").as_bytes());
-    let st = p.wait(Duration::from_secs(30));
-    let screen = p.text();
+    let (st, screen) = p.answer("become password for sudo:root: ", Duration::from_secs(15), PASSWORD);
     assert_eq!(st.code(), Some(0), "{screen:?}");
     assert!(screen.contains("root\r\n"), "{screen:?}");
     assert!(!screen.contains(PASSWORD), "the password was echoed: {screen:?}");

@@ -133,10 +133,25 @@ pub enum ProcState {
 
 /// State letter and start time (clock ticks after boot) of `pid`.
 fn stat_of(pid: u32) -> Option<(char, u64)> {
+    stat_fields(pid).map(|(state, _, start)| (state, start))
+}
+
+/// State letter, parent pid and start time of `pid`, from
+/// `/proc/<pid>/stat` ("pid (comm) S ppid …": the comm may hold spaces and
+/// parentheses, the last ')' ends it).
+fn stat_fields(pid: u32) -> Option<(char, u32, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let mut fields = s.rsplit_once(')')?.1.split_whitespace();
     let state = fields.next()?.chars().next()?;
-    Some((state, fields.nth(18)?.parse().ok()?))
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid, fields.nth(17)?.parse().ok()?))
+}
+
+/// The children of `ppid` now, with their state letters (`Z`: a zombie).
+pub fn children_of(ppid: u32) -> Vec<(u32, char)> {
+    let pids = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    let pids = pids.filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    pids.filter_map(|pid| stat_fields(pid).filter(|&(_, p, _)| p == ppid).map(|(state, _, _)| (pid, state))).collect()
 }
 
 /// [`ProcState`] of `pid` now.

@@ -110,6 +110,16 @@ impl OnPty {
         t.local_flags.contains(LocalFlags::ICANON | LocalFlags::ECHO)
     }
 
+    /// Answers a prompt as a person does: waits (up to `ask_within`) for
+    /// `prompt`, types `answer` and Enter, then waits up to 30 s for the
+    /// program to end. Returns its status and the whole screen.
+    pub fn answer(&mut self, prompt: &str, ask_within: Duration, answer: &str) -> (ExitStatus, String) {
+        self.wait_for(prompt, ask_within);
+        self.type_in(format!("{answer}\n").as_bytes());
+        let st = self.wait(Duration::from_secs(30));
+        (st, self.text())
+    }
+
     /// Waits for the program to exit (killing it after `limit`), then for
     /// the rest of its output.
     pub fn wait(&mut self, limit: Duration) -> ExitStatus {
