@@ -395,7 +395,7 @@ fn text_phase(ph: &mut Phase<'_>) -> Result<TextPhase, ConnectError> {
         while let Some(raw) = lines.next_line() {
             let line = String::from_utf8_lossy(raw).trim_end_matches('\r').to_string();
             if line == stage0::READY {
-                return Ok(TextPhase { upload, agent_bytes_sent, leftover: lines.take_rest() });
+                return Ok(TextPhase { upload, agent_bytes_sent, leftover: lines.finish().to_vec() });
             }
             agent_bytes_sent += on_line(ph, &line, &mut upload)?;
         }
@@ -422,7 +422,7 @@ fn text_phase(ph: &mut Phase<'_>) -> Result<TextPhase, ConnectError> {
             }
             Ok(Io::Closed) | Err(_) => {
                 ph.drain_stderr_briefly();
-                ph.noise.extend_from_slice(&lines.take_rest());
+                ph.noise.extend_from_slice(lines.finish());
                 return Err(ph.fail("the target closed the connection before the agent started"));
             }
         }

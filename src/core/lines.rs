@@ -53,17 +53,9 @@ impl Lines {
         Some(&self.buf[at..at + len])
     }
 
-    /// Everything not handed out yet (an unfinished line, or what follows
-    /// the line the caller stopped at), leaving the splitter empty.
-    pub fn take_rest(&mut self) -> Vec<u8> {
-        let rest = self.buf.split_off(self.start);
-        self.buf.clear();
-        self.start = 0;
-        rest
-    }
-
-    /// The unfinished rest (empty if none), as the last line of a stream
-    /// that ended; handed out like a line.
+    /// Everything not handed out yet (empty if none): the last, unfinished
+    /// line of a stream that ended, or what follows the line a caller
+    /// stopped at; handed out like a line.
     pub fn finish(&mut self) -> &[u8] {
         let at = self.start;
         self.start = self.buf.len();
@@ -96,7 +88,7 @@ mod tests {
         l.extend(b"o\r\n\nthree");
         assert_eq!(all(&mut l), [b"two\r".to_vec(), b"".to_vec()]);
         assert_eq!(l.pending(), 5);
-        assert_eq!(l.take_rest(), b"three");
+        assert_eq!(l.finish(), b"three");
         assert_eq!(l.pending(), 0);
         assert_eq!(l.next_line(), None);
     }
@@ -121,6 +113,6 @@ mod tests {
         l.extend(b"noise\nMITO2\n\x00\x01frame");
         assert_eq!(l.next_line(), Some(&b"noise"[..]));
         assert_eq!(l.next_line(), Some(&b"MITO2"[..]));
-        assert_eq!(l.take_rest(), b"\x00\x01frame");
+        assert_eq!(l.finish(), b"\x00\x01frame");
     }
 }
