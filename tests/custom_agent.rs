@@ -196,6 +196,47 @@ fn a_missing_function_names_the_function_and_the_agent() {
     assert_ne!(ctx.connect_info().agent_hash, agent.sha256());
 }
 
+// The master's side of a changed declaration: the example agent's
+// `example.grep` takes `GrepArgs` and replies `Vec<(u64, String)>`; this
+// master was built from a version where it took a path and replied line
+// numbers. Without the signature the path would decode as a `GrepArgs`
+// prefix (BadArgs) or, worse, as a valid one.
+mito::declare_function!(
+    /// `example.grep` as another version of the program declared it.
+    SkewedGrep, "example.grep", String, Vec<u64>
+);
+
+#[test]
+fn a_function_declared_differently_is_a_typed_error_and_the_agent_keeps_serving() {
+    use mito::functions::Function as _;
+    assert_ne!(SkewedGrep::SIGNATURE, Grep::SIGNATURE);
+    assert!(Grep::SIGNATURE.is_some() && mito::functions::Ping::SIGNATURE.is_none());
+    let cache = TempDir::new("custom-skew");
+    let agent = example_agent();
+    let router = router_with(agent.clone());
+    let ctx = router.local(local_in(cache.path())).expect("connect");
+    let pid = ctx.connect_info().pid;
+    for _ in 0..2 {
+        let e = ctx.call::<SkewedGrep>(&"/etc/passwd".to_string()).expect_err("declared differently");
+        match &e {
+            CallError::SignatureMismatch { context, function, agent_hash, agent_signature, master_signature } => {
+                assert_eq!((context.as_str(), function.as_str()), (ctx.name(), "example.grep"));
+                assert_eq!(agent_hash, agent.sha256());
+                let hex = |s: Option<u64>| format!("{:016x}", s.expect("a declared function has a signature"));
+                assert_eq!((agent_signature, master_signature), (&hex(Grep::SIGNATURE), &hex(SkewedGrep::SIGNATURE)));
+            }
+            other => panic!("not SignatureMismatch: {other:?}"),
+        }
+        let text = e.to_string();
+        assert!(text.contains("another declaration") && text.contains("rebuild the agent"), "{text}");
+        // The same agent answers the right declaration next.
+        let args = GrepArgs { path: "/etc/passwd".into(), pattern: Pattern::Prefix("root:".into()), max: 1 };
+        assert_eq!(ctx.call::<Grep>(&args).expect("grep after a mismatch").len(), 1);
+    }
+    assert_eq!(ctx.info().expect("info").pid, pid);
+    assert!(ctx.disconnected().is_none());
+}
+
 #[test]
 fn two_agents_live_side_by_side_in_one_cache() {
     let cache = TempDir::new("custom-side-by-side");

@@ -29,7 +29,7 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::proto::declare::is_user_name;
+use crate::proto::declare::{is_user_name, split_signed_name};
 use crate::proto::functions::Function;
 use crate::proto::{ErrorKind, RemoteError};
 
@@ -40,6 +40,9 @@ type Body = Box<dyn Fn(&[u8]) -> Result<Vec<u8>, RemoteError>>;
 /// One registered function: its wire name and its body.
 pub struct UserFunction {
     name: &'static str,
+    /// The declaration's hash ([`Function::SIGNATURE`]), compared with the
+    /// caller's.
+    signature: Option<u64>,
     body: Body,
 }
 
@@ -60,6 +63,7 @@ where
 {
     UserFunction {
         name: F::NAME,
+        signature: F::SIGNATURE,
         body: Box::new(move |args| {
             let a = postcard::from_bytes(args).map_err(|_| RemoteError::new(ErrorKind::BadArgs, F::NAME))?;
             let reply = body(a).map_err(Into::into)?;
@@ -93,8 +97,22 @@ impl Registry {
     /// Runs the function `name` on `args`, or `None` if there is none. A
     /// panic in it is an error of kind [`ErrorKind::Panicked`] carrying
     /// the panic's message.
+    ///
+    /// `name` is the wire name: a declared function's caller sends
+    /// `name@<signature>` and a signature other than this agent's is an
+    /// error of kind [`ErrorKind::SignatureMismatch`] (`name@<ours>, called
+    /// as @<theirs>`): the body is not run, its arguments would not decode
+    /// as its types, or worse, would. A bare name (a `Function` implemented
+    /// by hand, without a signature) is not checked.
     pub fn call(&self, name: &str, args: &[u8]) -> Option<Result<Vec<u8>, RemoteError>> {
+        let (name, theirs) = split_signed_name(name);
         let f = self.functions.iter().find(|f| f.name == name)?;
+        if let (Some(theirs), Some(ours)) = (theirs, f.signature) {
+            if theirs != ours {
+                let why = alloc::format!("{name}@{ours:016x}, called as @{theirs:016x}");
+                return Some(Err(RemoteError::new(ErrorKind::SignatureMismatch, why)));
+            }
+        }
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (f.body)(args)));
         Some(r.unwrap_or_else(|p| {
             let why = p

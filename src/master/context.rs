@@ -116,6 +116,9 @@ pub struct Pending<T> {
     sent: Instant,
     /// The agent's hash, for [`CallError::MissingFunction`].
     info: Arc<ConnectInfo>,
+    /// The function's signature as this master declared it, for
+    /// [`CallError::SignatureMismatch`].
+    signature: Option<u64>,
     _reply: PhantomData<fn() -> T>,
 }
 
@@ -142,7 +145,7 @@ impl<T: DeserializeOwned> Pending<T> {
                 if msg.header.flags & FLAG_ERROR != 0 {
                     return decode_reply::<()>(&self.shared, self.function, &msg, self.max_reply)
                         .map(|()| msg)
-                        .map_err(|e| missing_function(e, &self.info));
+                        .map_err(|e| typed_agent_error(e, &self.info, self.signature));
                 }
                 Ok(msg)
             }
@@ -264,14 +267,34 @@ pub(super) fn decode_reply<T: DeserializeOwned>(
     postcard::from_bytes(&payload).map_err(|e| bad(e.to_string()))
 }
 
-/// The agent's "unknown function" for the function called, as the typed
-/// [`CallError::MissingFunction`] naming the agent's hash: the running
+/// The agent's "unknown function" or "declared differently" for the
+/// function called, as the typed [`CallError::MissingFunction`] or
+/// [`CallError::SignatureMismatch`] naming the agent's hash: the running
 /// agent is not the one with that function (another custom agent, the
-/// embedded one, an older build).
-fn missing_function(e: CallError, info: &ConnectInfo) -> CallError {
+/// embedded one, an older build), or was built from another declaration.
+/// `signature` is the caller's (`Function::SIGNATURE`).
+fn typed_agent_error(e: CallError, info: &ConnectInfo, signature: Option<u64>) -> CallError {
+    use crate::proto::declare::split_signed_name;
+    use crate::proto::ErrorKind;
     match e {
-        CallError::Remote(r) if r.kind == crate::proto::ErrorKind::UnknownFunction => {
-            CallError::MissingFunction { context: r.context, function: r.message, agent_hash: info.agent_hash.clone() }
+        CallError::Remote(r) if r.kind == ErrorKind::UnknownFunction => {
+            // The agent names what it was sent: `name@<signature>` for a
+            // user function.
+            let function = split_signed_name(&r.message).0.to_string();
+            CallError::MissingFunction { context: r.context, function, agent_hash: info.agent_hash.clone() }
+        }
+        CallError::Remote(r) if r.kind == ErrorKind::SignatureMismatch => {
+            // `name@<agent's>, called as @<ours>` (user.rs); an agent that
+            // says it otherwise still gets its text through.
+            let ours = r.message.split_once(", called as").map_or(r.message.as_str(), |(a, _)| a);
+            let (function, agent) = split_signed_name(ours);
+            CallError::SignatureMismatch {
+                context: r.context.clone(),
+                function: function.to_string(),
+                agent_hash: info.agent_hash.clone(),
+                agent_signature: agent.map_or_else(|| r.message.clone(), |a| format!("{a:016x}")),
+                master_signature: signature.map_or_else(|| "none".into(), |s| format!("{s:016x}")),
+            }
         }
         other => other,
     }
@@ -343,7 +366,11 @@ impl Context {
     }
 
     pub(super) fn send_call<F: Function>(&self, args: &F::Args, reply_to: u32) -> Result<(), CallError> {
-        let payload = encode_call(F::NAME, args).map_err(|e| CallError::Encode {
+        // A declared user function goes as `name@<signature>`, which the
+        // agent checks against its own declaration (user.rs); built-ins
+        // keep their bare names.
+        let signed = F::SIGNATURE.map(|sig| crate::proto::declare::signed_name(F::NAME, sig));
+        let payload = encode_call(signed.as_deref().unwrap_or(F::NAME), args).map_err(|e| CallError::Encode {
             context: self.shared.name.clone(),
             function: F::NAME.into(),
             detail: e.to_string(),
@@ -408,6 +435,7 @@ impl Context {
             timeout: self.timeout,
             sent: Instant::now(),
             info: self.info.clone(),
+            signature: F::SIGNATURE,
             _reply: PhantomData,
         };
         (handle, p)

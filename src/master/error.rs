@@ -27,6 +27,28 @@ pub enum CallError {
         /// Hex sha256 of the running agent.
         agent_hash: String,
     },
+    /// The agent running in the context has a user function of that name
+    /// but declared with other argument or reply types: it was built from
+    /// another `declare_function!` than this master's (each call carries
+    /// the declaration's signature, a hash of its name and types). The
+    /// function was not run.
+    #[error(
+        "{context}: {function}: the agent running there ({agent_hash}) was built from another declaration of \
+         this function (its signature {agent_signature}, this master's {master_signature}: the argument or \
+         reply types differ); rebuild the agent from the same declaration as the master (mito build-agent)"
+    )]
+    SignatureMismatch {
+        /// Context name.
+        context: String,
+        /// Function called.
+        function: String,
+        /// Hex sha256 of the running agent.
+        agent_hash: String,
+        /// The agent's signature of the function (16 hex digits).
+        agent_signature: String,
+        /// This master's signature of it (16 hex digits).
+        master_signature: String,
+    },
     /// The context is gone, before or while the call was pending; the
     /// reason says how: the agent exited (and why, in its own words), it
     /// crashed, or the link to it broke (see `core::router::EndKind`).

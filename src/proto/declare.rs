@@ -22,7 +22,18 @@
 ///
 /// The name must contain a `.` (say `crate_name.function`): built-in
 /// names never do, so a built-in added later can never shadow it (checked
-/// at compile time). The master calls it with
+/// at compile time).
+///
+/// The declaration also gets a [signature](signature): a hash of the name
+/// and of the argument and reply types as written, computed at compile
+/// time. The master sends it with each call and the agent compares it with
+/// its own, so an agent built from another declaration (types changed,
+/// agent not rebuilt) is the typed `CallError::SignatureMismatch`, not a
+/// decode error or a wrong value. It hashes the types' spelling, not their
+/// definitions: a field added to `Usage` is not seen; rename the function
+/// (`"example.disk_usage2"`) when a type's shape changes.
+///
+/// The master calls it with
 /// `ctx.call::<DiskUsage>(&args)`; the agent registers its body with
 /// `mito::agent::user::function::<DiskUsage, _>(body)` (ARCHITECTURE.md,
 /// "Your own functions").
@@ -36,6 +47,8 @@ macro_rules! declare_function {
             const NAME: &'static str = $name;
             type Args = $args;
             type Reply = $reply;
+            const SIGNATURE: Option<u64> =
+                Some($crate::proto::declare::signature(&[$name, stringify!($args), stringify!($reply)]));
         }
         const _: () = assert!(
             $crate::proto::declare::is_user_name($name),
@@ -56,4 +69,75 @@ pub const fn is_user_name(name: &str) -> bool {
         i += 1;
     }
     false
+}
+
+/// FNV-1a (64 bits) of `parts`, ASCII whitespace left out (how a compiler
+/// spaces `stringify!` of a type may change between versions; the tokens
+/// do not), each part ended by a 0 byte (so `("ab", "c")` and `("a",
+/// "bc")` differ). A `const fn`: [`declare_function!`](crate::declare_function)
+/// computes it at compile time, and the declaration compiled into both
+/// halves gives both the same value (`core::any::type_name` would not: it
+/// differs between crates).
+pub const fn signature(parts: &[&str]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut p = 0;
+    while p < parts.len() {
+        let b = parts[p].as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if !b[i].is_ascii_whitespace() {
+                h = (h ^ b[i] as u64).wrapping_mul(PRIME);
+            }
+            i += 1;
+        }
+        h = h.wrapping_mul(PRIME); // the 0 byte: h ^ 0 == h
+        p += 1;
+    }
+    h
+}
+
+/// The wire name of a call of a function with `signature`:
+/// `name@<16 hex digits>`. Built-ins (no signature) keep their bare name.
+pub fn signed_name(name: &str, signature: u64) -> alloc::string::String {
+    alloc::format!("{name}@{signature:016x}")
+}
+
+/// Splits a wire name into the function's name and, for a signed one
+/// (`name@<16 hex digits>`), its signature. Anything else is a bare name
+/// (a built-in, or a `Function` implemented by hand without a signature).
+pub fn split_signed_name(wire: &str) -> (&str, Option<u64>) {
+    match wire.rsplit_once('@') {
+        Some((name, hex)) if hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            match u64::from_str_radix(hex, 16) {
+                Ok(sig) => (name, Some(sig)),
+                Err(_) => (wire, None),
+            }
+        }
+        _ => (wire, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{signature, signed_name, split_signed_name};
+
+    #[test]
+    fn a_signature_depends_on_the_tokens_not_their_spacing() {
+        let a = signature(&["x.f", "Vec<(u64, String)>", "()"]);
+        assert_eq!(a, signature(&["x.f", "Vec < (u64,String) >", " ( ) "]));
+        assert_ne!(a, signature(&["x.f", "Vec<(u64, String)>", "u8"]));
+        assert_ne!(a, signature(&["x.g", "Vec<(u64, String)>", "()"]));
+        assert_ne!(signature(&["ab", "c"]), signature(&["a", "bc"]));
+    }
+
+    #[test]
+    fn a_signed_name_splits_back() {
+        let w = signed_name("x.f", 0x0123_4567_89ab_cdef);
+        assert_eq!(w, "x.f@0123456789abcdef");
+        assert_eq!(split_signed_name(&w), ("x.f", Some(0x0123_4567_89ab_cdef)));
+        assert_eq!(split_signed_name("ping"), ("ping", None));
+        assert_eq!(split_signed_name("x.f@12"), ("x.f@12", None));
+        assert_eq!(split_signed_name("x.f@0123456789abcdeg"), ("x.f@0123456789abcdeg", None));
+    }
 }

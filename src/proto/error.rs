@@ -36,6 +36,11 @@ pub enum ErrorKind {
     /// A user's function panicked; the message says where and why. The
     /// agent goes on serving (a custom agent catches the unwind).
     Panicked = 11,
+    /// The agent's user function of that name was declared with other
+    /// types than the caller's (another
+    /// [`declare_function!`](crate::declare_function)): the message is
+    /// `name@<agent's signature>, called as @<caller's>`.
+    SignatureMismatch = 12,
 }
 
 /// The error a context sends back instead of a reply.
@@ -113,6 +118,7 @@ impl core::fmt::Display for RemoteError {
             ErrorKind::Internal => "internal error in agent",
             ErrorKind::User => "failed",
             ErrorKind::Panicked => "panicked",
+            ErrorKind::SignatureMismatch => "declared differently in the agent",
         };
         if !self.context.is_empty() {
             write!(f, "on {}: ", self.context)?;

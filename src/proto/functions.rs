@@ -23,6 +23,10 @@ pub trait Function {
     /// few KiB must not make the caller allocate the whole frame limit
     /// when the reply is a `()` or a stat (ARCHITECTURE.md, "Security").
     const MAX_REPLY: u32 = crate::proto::MAX_MESSAGE_SIZE;
+    /// A user function's declaration hash
+    /// ([`declare_function!`](crate::declare_function) sets it), sent with
+    /// each call and checked by the agent; `None` (built-ins): not sent.
+    const SIGNATURE: Option<u64> = None;
 }
 
 /// [`Function::MAX_REPLY`] of the functions whose replies have a small,
