@@ -402,6 +402,79 @@ fn only_stage0s_command_line_makes_the_master_an_agent() {
     assert!(out.starts_with("\nMITO2\n"), "{out:?}");
 }
 
+/// `mito build-agent` as the README runs it, with the cargo environment of
+/// `build_examples` and this file's target directory (the example is built
+/// there already: no second cold build).
+fn build_agent(args: &[&str], env: &[(&str, &str)]) -> (std::process::Output, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mito"));
+    cmd.arg("build-agent").args(args).stdin(std::process::Stdio::null());
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().expect("run mito build-agent");
+    let (stdout, stderr) = common::output_text(&out);
+    (out, stdout, stderr)
+}
+
+#[test]
+fn mito_build_agent_builds_and_checks_the_example_agent() {
+    let expected = example_agent();
+    let manifest = format!("{ROOT}/Cargo.toml");
+    let target_dir = format!("{ROOT}/target/custom-agent-test");
+    let example = [
+        "--manifest-path",
+        &manifest,
+        "--target-dir",
+        &target_dir,
+        "--example",
+        "custom_agent",
+        "--no-default-features",
+        "--features",
+        "agent,std",
+    ];
+    let (out, stdout, stderr) = build_agent(&example, &[]);
+    assert!(out.status.success(), "{}\nstdout: {stdout}\nstderr: {stderr}", out.status);
+    let path = agents().0.display().to_string();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..3], [format!("agent: {path}"), "arch: x86_64".into(), format!("sha256: {}", expected.sha256())]);
+    let size =
+        lines[3].strip_prefix(&format!("size: {} bytes, ", expected.len())).unwrap_or_else(|| panic!("{stdout}"));
+    let gz: usize = size.strip_suffix(" bytes gzip").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(gz > 0 && gz < expected.len(), "{stdout}");
+
+    let (out, stdout, _) = build_agent(&[&example[..], &["--json"]].concat(), &[]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("--json is JSON");
+    assert_eq!((v["path"].as_str(), v["sha256"].as_str()), (Some(path.as_str()), Some(expected.sha256())), "{v}");
+    assert_eq!(v["gzip_size"].as_u64(), Some(gz as u64), "{v}");
+
+    // Typed failures, each saying what to do.
+    let fail = |args: &[&str], env: &[(&str, &str)], says: &str| {
+        let (out, stdout, stderr) = build_agent(args, env);
+        assert_eq!(out.status.code(), Some(255), "{args:?}\nstdout: {stdout}\nstderr: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {says:?} not in {stderr}");
+    };
+    let no_such = ["--manifest-path", &manifest, "--target-dir", &target_dir, "--example", "no_such_example"];
+    fail(&no_such, &[], "cargo build failed");
+    fail(&example, &[("CARGO", "/nonexistent/cargo")], "cannot run \"/nonexistent/cargo\"");
+    // A toolchain without the target: a sysroot with no rustlib for it.
+    let tc = TempDir::new("build-agent-toolchain");
+    let rustc = tc.path().join("rustc");
+    std::fs::write(&rustc, format!("#!/bin/sh\necho {}\n", tc.path().display())).expect("write");
+    std::fs::set_permissions(&rustc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let rustc = rustc.to_string_lossy().into_owned();
+    fail(
+        &[&example[..], &["--target", "aarch64"]].concat(),
+        &[("RUSTC", &rustc)],
+        "rustup target add aarch64-unknown-linux-musl",
+    );
+    // Neither --bin nor --example: a usage error (clap's exit status 2).
+    let (out, _, stderr) = build_agent(&["--manifest-path", &manifest], &[]);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--bin") && stderr.contains("--example"), "{stderr}");
+}
+
 #[test]
 fn the_examples_functions_over_ssh_and_through_ssh_then_sudo() {
     let Some(sshd) = common::sshd::Sshd::start("the_examples_functions_over_ssh_and_through_ssh_then_sudo") else {

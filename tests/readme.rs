@@ -234,6 +234,13 @@ fn checks() -> Vec<(&'static str, How)> {
             How::ByCi,
         ),
         ("cargo run --release --example custom_master -- /etc", How::ByCi),
+        (
+            "mito build-agent --example custom_agent --no-default-features --features agent,std",
+            How::NotRun(
+                "cargo builds in the checkout, not in the README's namespace; \
+                 tests/custom_agent.rs mito_build_agent_builds_and_checks_the_example_agent runs it there",
+            ),
+        ),
     ]
 }
 

@@ -10,8 +10,8 @@
 //! parses it; `settings` and `secrets` turn it into hop options, command
 //! arguments and passwords; `target` connects targets (chains of hops);
 //! one module per verb does the work (`run`, `copy` for put and get,
-//! `inspect` for ping, facts and info); `render` prints the answers, as
-//! text or JSON.
+//! `inspect` for ping, facts and info; `build_agent` builds a custom agent
+//! with cargo); `render` prints the answers, as text or JSON.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -19,6 +19,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use mito::Router;
 
+#[path = "mito/build_agent.rs"]
+mod build_agent;
 #[path = "mito/cli.rs"]
 mod cli;
 #[path = "mito/copy.rs"]
@@ -50,6 +52,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose);
+    // Builds locally: no broker, no context.
+    if let Command::BuildAgent(a) = &cli.command {
+        return build_agent::run(a);
+    }
     match start(cli, secrets) {
         Ok(code) => code,
         Err(msg) => {
@@ -89,6 +95,8 @@ fn start(cli: Cli, secrets: secrets::Secrets) -> Result<ExitCode, String> {
         Command::Get(a) => copy::get(a, &mut targets),
         Command::Facts(a) => inspect::facts(a, &mut targets),
         Command::Info(a) => inspect::info(a, &mut targets),
+        // main runs it before the broker starts; here for completeness.
+        Command::BuildAgent(a) => Ok(build_agent::run(a)),
     };
     targets.shutdown();
     code

@@ -99,6 +99,12 @@ pub enum Command {
     Facts(FactsArgs),
     /// Who and where the agent is.
     Info(InfoArgs),
+    /// Build your own agent (a static musl binary calling
+    /// `mito::agent::serve`): `cargo build --release --target
+    /// <arch>-unknown-linux-musl` with these options, then check the file
+    /// as the master will (static, right architecture) and print its path,
+    /// sha256 and sizes.
+    BuildAgent(BuildAgentArgs),
 }
 
 // The argument structs carry no doc comment of their own: clap would take
@@ -181,6 +187,68 @@ pub struct InfoArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["bin", "example"]))]
+pub struct BuildAgentArgs {
+    /// The package's Cargo.toml (as for cargo; default: found from the
+    /// current directory).
+    #[arg(long, value_name = "PATH")]
+    pub manifest_path: Option<PathBuf>,
+    /// Build this binary of the package.
+    #[arg(long, value_name = "NAME")]
+    pub bin: Option<String>,
+    /// Build this example of the package.
+    #[arg(long, value_name = "NAME")]
+    pub example: Option<String>,
+    /// Features to enable (as for cargo; the agent needs mito's `agent`
+    /// and `std`).
+    #[arg(long, value_name = "FEATURES")]
+    pub features: Option<String>,
+    /// Do not enable the package's default features.
+    #[arg(long)]
+    pub no_default_features: bool,
+    /// The architecture to build for (aarch64 links with rustup's
+    /// `rust-lld`).
+    #[arg(long, value_enum, default_value_t = AgentTarget::X86_64)]
+    pub target: AgentTarget,
+    /// cargo's target directory (as `cargo --target-dir`).
+    #[arg(long, value_name = "DIR")]
+    pub target_dir: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The targets an agent is built for: static musl, the architectures the
+/// master uploads to.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentTarget {
+    /// Also spelled x86_64.
+    #[value(name = "x86_64-unknown-linux-musl", alias = "x86_64")]
+    X86_64,
+    /// Also spelled aarch64.
+    #[value(name = "aarch64-unknown-linux-musl", alias = "aarch64")]
+    Aarch64,
+}
+
+impl AgentTarget {
+    /// The Rust target triple.
+    pub fn triple(self) -> &'static str {
+        match self {
+            AgentTarget::X86_64 => "x86_64-unknown-linux-musl",
+            AgentTarget::Aarch64 => "aarch64-unknown-linux-musl",
+        }
+    }
+
+    /// Its `uname -m`, as `mito::Agent::arch` says it.
+    pub fn arch(self) -> &'static str {
+        match self {
+            AgentTarget::X86_64 => "x86_64",
+            AgentTarget::Aarch64 => "aarch64",
+        }
+    }
 }
 
 /// A number of seconds: finite, 0 or more, at most a year (a `Duration`
