@@ -70,6 +70,12 @@
 //!   that inflates to 64 MiB; then the reply.
 //! - `reply-bomb`: answers `ping` (whose reply is `()`) with a compressed
 //!   payload of about 64 KiB that inflates to 64 MiB.
+//! - `resource-thief` ([`Thief`]): on each `ping`, asks its parent for
+//!   chunk 0 of the resource `$MITO_HOSTILE_SHA` (hex) for context
+//!   `$MITO_HOSTILE_SIBLING` and for itself, then for `$MITO_HOSTILE_FLOOD`
+//!   made-up hashes; answers the ping once every request has its reply,
+//!   and `read_file` of anything with what came back:
+//!   `refused=<n> served=<n> other=<n>`.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -83,6 +89,7 @@ use mito::proto::functions::{
     FileReadArgs, Function, InfoReply, PathArgs, StatArgs, StatReply,
 };
 use mito::proto::message::{decode_call, DelRoute, Goodbye, Hello, LinkEnd};
+use mito::proto::resource::GetResource;
 use mito::proto::{handles, ErrorKind, Header, RemoteError, FLAG_COMPRESSED, FLAG_ERROR, MASTER_ID, MAX_MESSAGE_SIZE};
 use serde::Serialize;
 use serde_bytes::ByteBuf;
@@ -491,10 +498,89 @@ enum Flood {
     ReplyBomb,
 }
 
+/// `resource-thief`: the requests under way, the ping that waits for
+/// their replies, and what came back.
+#[derive(Default)]
+struct Thief {
+    sha256: [u8; 32],
+    sibling: u32,
+    flood: u32,
+    pending: std::collections::HashSet<u32>,
+    ping: Option<Header>,
+    next: u32,
+    refused: u32,
+    served: u32,
+    other: u32,
+}
+
+impl Thief {
+    fn from_env(sibling: u32) -> Thief {
+        let hex = std::env::var("MITO_HOSTILE_SHA").unwrap_or_default();
+        let mut sha256 = [0u8; 32];
+        for (i, b) in sha256.iter_mut().enumerate() {
+            *b = hex.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
+        }
+        let flood = std::env::var("MITO_HOSTILE_FLOOD").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        Thief { sha256, sibling, flood, next: 50_000, ..Thief::default() }
+    }
+
+    /// The requests (see the module docs), as frames to the parent.
+    fn requests(&mut self, id: u32, ping: &Header) -> Vec<u8> {
+        self.ping = Some(*ping);
+        let mut asks = vec![(self.sha256, self.sibling), (self.sha256, id)];
+        for i in 0..self.flood {
+            let mut sha = [0x5au8; 32];
+            sha[..4].copy_from_slice(&i.to_le_bytes());
+            asks.push((sha, id));
+        }
+        let mut out = Vec::new();
+        for (sha256, for_context) in asks {
+            self.next += 1;
+            self.pending.insert(self.next);
+            let req = postcard::to_allocvec(&GetResource { sha256, chunk: 0, for_context }).expect("encode");
+            let h = Header {
+                dst: MASTER_ID,
+                src: id,
+                auth: id,
+                handle: handles::GET_RESOURCE,
+                reply_to: self.next,
+                ..Header::default()
+            };
+            out.extend(encode(&h, &req));
+        }
+        out
+    }
+
+    /// A reply to one of the requests; the ping's header once all are in.
+    fn reply(&mut self, h: &Header, data: &[u8]) -> Option<Header> {
+        if !self.pending.remove(&h.handle) {
+            return None;
+        }
+        if h.flags & FLAG_ERROR != 0 {
+            match postcard::from_bytes::<RemoteError>(data) {
+                Ok(e) if e.kind == ErrorKind::NotPermitted => self.refused += 1,
+                _ => self.other += 1,
+            }
+        } else {
+            self.served += 1;
+        }
+        if self.pending.is_empty() {
+            self.ping.take()
+        } else {
+            None
+        }
+    }
+
+    fn report(&self) -> String {
+        format!("refused={} served={} other={}", self.refused, self.served, self.other)
+    }
+}
+
 struct Agent {
     id: u32,
     fs: Fs,
     flood: Flood,
+    thief: Option<Thief>,
     open: HashMap<u32, Open>,
     next_open: u32,
     out: std::io::Stdout,
@@ -551,6 +637,16 @@ impl Agent {
                     ..Header::default()
                 };
                 self.send(&h2, &bomb);
+            }
+            f::Ping::NAME if self.thief.is_some() => {
+                let id = self.id;
+                let frames = self.thief.as_mut().map(|t| t.requests(id, h)).unwrap_or_default();
+                let mut o = self.out.lock();
+                let _ = o.write_all(&frames).and_then(|()| o.flush());
+            }
+            f::ReadFile::NAME if self.thief.is_some() => {
+                let report = self.thief.as_ref().map(Thief::report).unwrap_or_default();
+                self.reply(h, Ok(ByteBuf::from(report.into_bytes())));
             }
             f::Ping::NAME => self.reply(h, Ok(())),
             f::Info::NAME => {
@@ -741,6 +837,7 @@ fn main() {
     let mut flood = Flood::None;
     let sibling: u32 = std::env::var("MITO_HOSTILE_SIBLING").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let mut forge = None;
+    let mut thief = None;
     let fs = match scenario.as_str() {
         s if s.starts_with("name-") => bad_name(&s["name-".len()..]),
         "link-then-dir" => link_then_dir(),
@@ -775,6 +872,10 @@ fn main() {
             flood = Flood::ReplyBomb;
             Fs::default()
         }
+        "resource-thief" => {
+            thief = Some(Thief::from_env(sibling));
+            Fs::default()
+        }
         other => {
             eprintln!("hostile_agent: unknown scenario MITO_HOSTILE={other:?}");
             std::process::exit(64);
@@ -788,7 +889,7 @@ fn main() {
             return;
         }
     }
-    let mut agent = Agent { id, fs, flood, open: HashMap::new(), next_open: 0, out };
+    let mut agent = Agent { id, fs, flood, thief, open: HashMap::new(), next_open: 0, out };
     let mut decoder = Decoder::new(MAX_MESSAGE_SIZE);
     let mut input = std::io::stdin().lock();
     let mut buf = vec![0u8; 1 << 16];
@@ -814,7 +915,12 @@ fn main() {
                     }
                     agent.call(&m.header, &payload);
                 }
-                _ => {}
+                _ => {
+                    let done = agent.thief.as_mut().and_then(|t| t.reply(&m.header, &m.data));
+                    if let Some(ping) = done {
+                        agent.reply(&ping, Ok(()));
+                    }
+                }
             }
         }
     }

@@ -83,9 +83,11 @@ pub use master::{
     error::CallError,
     fanout::put_many,
     process::{Process, ProcessEvent, ProcessInput},
+    resources::ResourceStats,
     transfer::{GetOptions, Progress, TransferError, TransferStats},
     tree::{Plan, TreeStats},
     Connector, Router, RouterOptions,
 };
 pub use proto::functions;
+pub use proto::resource::Resource;
 pub use proto::{ErrorKind, RemoteError};

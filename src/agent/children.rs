@@ -79,6 +79,18 @@ pub const STALL_MS: u64 = 10_000;
 /// come microseconds apart.
 pub const EXIT_WAIT_MS: u64 = 500;
 
+/// What [`Children::pass_up`] did with a child's message.
+pub enum Passed {
+    /// Sent up (or, for this agent, dropped as before).
+    Up,
+    /// Dropped: the child may not say that.
+    Dropped,
+    /// A DEL_ROUTE sent up: this context behind the child is gone.
+    Lost(u32),
+    /// A message for this agent to handle (a resource request), stamped.
+    Mine(Message),
+}
+
 /// One adopted child context's stream.
 struct ChildStream {
     /// The child's context id.
@@ -180,8 +192,9 @@ impl Children {
         true
     }
 
-    /// Whether a message from the child in `slot` may carry `src`.
-    fn speaks_for(&self, slot: usize, src: u32) -> bool {
+    /// Whether a message from the child in `slot` may carry `src` (or
+    /// speak for it: a resource request's `for_context`).
+    pub fn speaks_for(&self, slot: usize, src: u32) -> bool {
         let Some(Some(s)) = self.streams.get(slot) else { return false };
         src == s.id || self.routes.iter().any(|&(c, via)| c == src && via == s.id)
     }
@@ -234,26 +247,34 @@ impl Children {
     }
 
     /// A message from the child in `slot`: checked (it may speak only for
-    /// contexts behind it), stamped with its id, and sent up.
-    pub fn pass_up(&mut self, slot: usize, m: Message, out: &mut Outbox) {
+    /// contexts behind it), stamped with its id, and sent up; but a
+    /// resource request is this hop's to answer (see [`super::resources`]),
+    /// whatever its `dst`: a child asks its parent, and never gets past it
+    /// unchecked.
+    pub fn pass_up(&mut self, slot: usize, m: Message, out: &mut Outbox) -> Passed {
         let mut h = m.header;
         if !self.speaks_for(slot, h.src) {
-            return;
+            return Passed::Dropped;
         }
         if let Some(Some(c)) = self.streams.get(slot) {
             h.auth = c.id;
         }
+        if h.handle == handles::GET_RESOURCE {
+            return Passed::Mine(Message { header: h, data: m.data });
+        }
+        let mut lost = None;
         if h.handle == handles::DEL_ROUTE && h.dst == MASTER_ID {
             // Passed on only for a context that was behind this child: a
             // child cannot declare a sibling's subtree gone.
-            let ok = postcard::from_bytes::<DelRoute>(&m.data).is_ok_and(|r| self.del_route(slot, r.id));
-            if !ok {
-                return;
+            match postcard::from_bytes::<DelRoute>(&m.data) {
+                Ok(r) if self.del_route(slot, r.id) => lost = Some(r.id),
+                _ => return Passed::Dropped,
             }
         }
         if h.dst != out.id() {
             out.push(&h, &m.data);
         }
+        lost.map_or(Passed::Up, Passed::Lost)
     }
 
     /// The stream of the child in `slot` ended (`end` says how). True when
@@ -293,14 +314,14 @@ impl Children {
     /// The child in `slot` is lost (`end` says how): its stream is closed,
     /// its routes go, and the master hears of every context lost with it.
     /// Returns the process group of the command that carried it, whose
-    /// exec reply may have been held back for this.
-    pub fn drop(&mut self, slot: usize, end: LinkEnd, poller: &Poller, out: &mut Outbox) -> Option<i32> {
+    /// exec reply may have been held back for this, and the ids lost.
+    pub fn drop(&mut self, slot: usize, end: LinkEnd, poller: &Poller, out: &mut Outbox) -> Option<(i32, Vec<u32>)> {
         let (c, lost) = self.remove(slot)?;
         if c.ended.is_none() {
             poller.delete(c.rx.fd());
         }
         poller.delete(c.tx.as_fd());
-        for id in lost {
+        for &id in &lost {
             let r = if id == c.id {
                 DelRoute { id, end, pid: c.pid as u32, status: c.status }
             } else {
@@ -308,7 +329,7 @@ impl Children {
             };
             out.send(MASTER_ID, handles::DEL_ROUTE, 0, &r);
         }
-        Some(c.pid)
+        Some((c.pid, lost))
     }
 
     // ---- sending down -------------------------------------------------

@@ -29,6 +29,7 @@ use super::{facts, fs};
 use crate::core::poller::Poller;
 use crate::proto::functions::{self as f, Function};
 use crate::proto::message::decode_call;
+use crate::proto::resource::{FetchArgs, FetchResource};
 use crate::proto::{ErrorKind, Header, Message, RemoteError, MASTER_ID};
 
 /// Runs calls, and keeps what the functions keep between them.
@@ -74,6 +75,8 @@ impl Dispatcher {
     /// Runs the call in `m` (from the parent only) and queues its reply;
     /// `exec` starts a command in `commands`, which replies when it ends.
     /// A `file_write` chunk's buffer goes back to `inbox` for the next.
+    /// A `fetch_resource` is returned with its arguments: the loop's
+    /// importer runs it (and replies when it ends).
     pub fn on_call(
         &mut self,
         m: Message,
@@ -81,17 +84,20 @@ impl Dispatcher {
         out: &mut Outbox,
         inbox: &mut FrameReader,
         commands: &mut Commands,
-    ) {
+    ) -> Option<(Header, FetchArgs)> {
         let h = m.header;
+        let fail = |out: &mut Outbox, kind, what| {
+            out.reply_error(&h, RemoteError::new(kind, what));
+            None
+        };
         if h.auth != MASTER_ID {
-            return out
-                .reply_error(&h, RemoteError::new(ErrorKind::NotPermitted, "calls are accepted from the parent only"));
+            return fail(out, ErrorKind::NotPermitted, "calls are accepted from the parent only");
         }
         let Some(payload) = m.payload(out.max() as usize) else {
-            return out.reply_error(&h, RemoteError::new(ErrorKind::Protocol, "payload does not decompress"));
+            return fail(out, ErrorKind::Protocol, "payload does not decompress");
         };
         let Ok((name, args)) = decode_call(&payload) else {
-            return out.reply_error(&h, RemoteError::new(ErrorKind::Protocol, "malformed call"));
+            return fail(out, ErrorKind::Protocol, "malformed call");
         };
         doing(name);
         fn decode<F: Function>(args: &[u8]) -> Result<F::Args, RemoteError> {
@@ -159,6 +165,10 @@ impl Dispatcher {
                 }
                 Err(e) => out.reply_error(&h, e),
             },
+            FetchResource::NAME => match decode::<FetchResource>(args) {
+                Ok(a) => return Some((h, a)),
+                Err(e) => out.reply_error(&h, e),
+            },
             // exec replies later, when the command ends.
             f::Exec::NAME => match decode::<f::Exec>(args).and_then(|a| commands.start(a, &h, poller, out)) {
                 Ok(()) => {}
@@ -180,6 +190,7 @@ impl Dispatcher {
             #[cfg(not(feature = "std"))]
             _ => out.reply_error(&h, RemoteError::new(ErrorKind::UnknownFunction, name)),
         }
+        None
     }
 }
 

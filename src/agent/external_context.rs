@@ -21,6 +21,8 @@
 //!   credit, signals, timeouts, exit, reply.
 //! - [`Children`] (`children.rs`): child streams and routes (multi-hop),
 //!   relays, downstream back-pressure and the stall rule.
+//! - [`Resources`] (`resources.rs`): the importer: grants, the chunk cache
+//!   a hop serves its children from, and this agent's own fetches.
 //! - [`Loggers`] (`stdio.rs`): the agent's own fd 1/2 as log records.
 //! - `signals.rs`, `panic_goodbye.rs`: termination signals, and the
 //!   goodbye a panic writes.
@@ -49,12 +51,13 @@ use alloc::vec::Vec;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::builtins::Identity;
-use super::children::Children;
+use super::children::{Children, Passed};
 use super::commands::Commands;
 use super::dispatch::Dispatcher;
 use super::frames::{read_frames, FrameReader, ReadEnd};
 use super::outbox::Outbox;
 use super::panic_goodbye::doing;
+use super::resources::Resources;
 use super::stdio::Loggers;
 use super::token::{CommandFd, Pipe, Token};
 use super::util::now_ns;
@@ -104,6 +107,8 @@ pub struct ExternalContext {
     signals: Option<OwnedFd>,
     /// Streams to contexts carried onward (multi-hop).
     children: Children,
+    /// The importer (resources fetched, granted, cached).
+    resources: Resources,
 }
 
 /// The agent's entry point: `mito-agent HASH CONTEXT_ID`. Returns the exit code.
@@ -134,6 +139,7 @@ fn start(args: &[&[u8]], calls: impl FnOnce(Identity) -> Dispatcher) -> i32 {
         .map(|p| String::from_utf8_lossy(p.to_bytes()).into_owned())
         .unwrap_or_default();
     let Ok(poller) = Poller::new() else { return exit::SETUP };
+    let resources = Resources::new(&exe);
     let mut cx = ExternalContext {
         poller,
         inbox: FrameReader::new(rx, crate::proto::MAX_MESSAGE_SIZE),
@@ -144,6 +150,7 @@ fn start(args: &[&[u8]], calls: impl FnOnce(Identity) -> Dispatcher) -> i32 {
         closing: false,
         signals: super::signals::termination_signals(),
         children: Children::default(),
+        resources,
     };
     if cx.setup().is_err() {
         return exit::SETUP;
@@ -300,7 +307,9 @@ impl ExternalContext {
         match h.handle {
             handles::CALL_FUNCTION => {
                 let (poller, out, inbox) = (&self.poller, &mut self.out, &mut self.inbox);
-                self.calls.on_call(m, poller, out, inbox, &mut self.commands);
+                if let Some((call, args)) = self.calls.on_call(m, poller, out, inbox, &mut self.commands) {
+                    self.resources.fetch(call, args, &mut self.out);
+                }
                 doing("");
             }
             handles::SHUTDOWN => self.closing = true,
@@ -313,6 +322,13 @@ impl ExternalContext {
                 }
             }
             handles::RELAY if h.auth == MASTER_ID => self.on_relay(&m),
+            handles::GRANT_RESOURCE if h.auth == MASTER_ID => self.resources.grant(&m),
+            // A reply to a resource request this agent sent up.
+            n if n >= handles::FIRST_DYNAMIC => {
+                if !self.resources.on_reply(m, &mut self.children, &mut self.out, &self.poller) {
+                    self.out.reply_error(&h, RemoteError::new(ErrorKind::DeadRoute, "no such handle"));
+                }
+            }
             _ => self.out.reply_error(&h, RemoteError::new(ErrorKind::DeadRoute, "no such handle")),
         }
     }
@@ -333,7 +349,11 @@ impl ExternalContext {
         let end = read_frames(
             self,
             |cx| cx.children.reader(slot),
-            |cx, m| cx.children.pass_up(slot, m, &mut cx.out),
+            |cx, m| match cx.children.pass_up(slot, m, &mut cx.out) {
+                Passed::Mine(m) => cx.resources.from_child(slot, m, &mut cx.children, &mut cx.out, &cx.poller),
+                Passed::Lost(id) => cx.resources.forget(id),
+                Passed::Up | Passed::Dropped => {}
+            },
             |_| false,
         );
         match end {
@@ -359,7 +379,10 @@ impl ExternalContext {
     /// every context lost with it, then gets the exec reply of its command
     /// if that was held back for this.
     fn drop_child(&mut self, slot: usize, end: LinkEnd) {
-        if let Some(pid) = self.children.drop(slot, end, &self.poller, &mut self.out) {
+        if let Some((pid, lost)) = self.children.drop(slot, end, &self.poller, &mut self.out) {
+            for id in lost {
+                self.resources.forget(id);
+            }
             self.commands.finish_pid_if_done(pid, &self.poller, &mut self.out, &self.children);
         }
     }
@@ -389,6 +412,7 @@ impl ExternalContext {
     /// running command's process group gets SIGTERM.
     fn clean_up_before_exit(&mut self) {
         self.calls.discard_files();
+        self.resources.discard_all();
         self.commands.terminate_all();
     }
 

@@ -15,6 +15,8 @@
 //!   (through [`iologger`]).
 //! - [`signals`] — SIGHUP/SIGINT/SIGTERM as an fd for the loop.
 //! - [`panic_goodbye`] — the goodbye frame the panic handler writes.
+//! - [`resources`] — the importer: grants, the chunk cache a hop serves
+//!   its children from, this agent's own fetches (`fetch_resource`).
 //! - [`builtins`] — functions that finish at once (ping, info, files).
 //! - [`files`] — the open files of streamed transfers (hash, temp, commit).
 //! - [`facts`] — a host inventory from /proc and /etc.
@@ -41,6 +43,7 @@ pub mod fs;
 pub mod iologger;
 pub mod outbox;
 pub mod panic_goodbye;
+pub mod resources;
 pub mod signals;
 pub mod spawn;
 pub mod stdio;

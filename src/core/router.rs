@@ -197,6 +197,23 @@ fn del_route_reason(c: &ContextShared, hop: &str, r: &DelRoute) -> Disconnected 
 /// What a mailbox receives: a message, or the news that its context is gone.
 pub type Delivery = Result<Message, Disconnected>;
 
+/// The master's resource server (`master::resources`): takes a
+/// GET_RESOURCE whose `src` the router has checked to be behind the stream
+/// it came on, or refuses it with the error to reply. It must not block:
+/// it runs on whichever thread reads the stream.
+pub type ResourceHandler = Box<dyn Fn(&RouterTable, Message) -> Result<(), RemoteError> + Send + Sync>;
+
+/// The [`ResourceHandler`] of a table, set once (when the first resource
+/// is registered).
+#[derive(Default)]
+struct ResourceHook(std::sync::OnceLock<ResourceHandler>);
+
+impl std::fmt::Debug for ResourceHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "ResourceHook(set)" } else { "ResourceHook(unset)" })
+    }
+}
+
 /// A registered mailbox.
 #[derive(Debug)]
 struct Mailbox {
@@ -306,6 +323,8 @@ pub struct RouterTable {
     routes: RwLock<HashMap<u32, Arc<StreamOut>>>,
     contexts: RwLock<HashMap<u32, Arc<ContextShared>>>,
     shut_down: AtomicBool,
+    /// Where GET_RESOURCE requests to the master go.
+    resources: ResourceHook,
     /// Largest payload accepted from an agent.
     pub max_message_size: u32,
 }
@@ -320,8 +339,16 @@ impl RouterTable {
             routes: RwLock::new(HashMap::new()),
             contexts: RwLock::new(HashMap::new()),
             shut_down: AtomicBool::new(false),
+            resources: ResourceHook::default(),
             max_message_size,
         }
+    }
+
+    /// Sets the handler of GET_RESOURCE requests to the master (once;
+    /// false if one was set already). Without one, every request is
+    /// refused.
+    pub fn set_resource_handler(&self, handler: ResourceHandler) -> bool {
+        self.resources.0.set(handler).is_ok()
     }
 
     /// A fresh context id.
@@ -454,6 +481,7 @@ impl RouterTable {
             handles::HELLO => return,
             handles::DEL_ROUTE => return self.del_route(stream, from, &msg),
             handles::GOODBYE => return self.goodbye(from, &msg),
+            handles::GET_RESOURCE => return self.get_resource(from, msg),
             _ => {}
         }
         let mut boxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -509,6 +537,19 @@ impl RouterTable {
         let name = self.context(from).map(|c| c.name.clone()).unwrap_or_else(|| from.to_string());
         log::debug!("[{name}] goodbye: {}", why.reason);
         self.on_disconnect(from, why);
+    }
+
+    /// A context asks the master for a chunk of a resource: the resource
+    /// server checks its grant and serves it, or it is refused here.
+    fn get_resource(&self, from: u32, msg: Message) {
+        let h = msg.header;
+        let r = match self.resources.0.get() {
+            Some(handler) => handler(self, msg),
+            None => Err(RemoteError::new(ErrorKind::NotPermitted, "no resource is registered")),
+        };
+        if let Err(e) = r {
+            self.reply_error(from, &h, e.kind, &e.message);
+        }
     }
 
     fn reply_error(&self, to: u32, h: &Header, kind: ErrorKind, what: &str) {

@@ -11,6 +11,9 @@
 //!   both ways (stdin, output with credit, signals, pty, timeout).
 //! - `via` connects onward from a context (multi-hop: `ctx.sudo(…)` runs
 //!   sudo on ctx's host, bootstrapped through it, then routed by it).
+//! - [`resources`] holds the importer's master side: resources
+//!   registered on the [`Router`], grants, the server of GET_RESOURCE,
+//!   [`Context::fetch_resource`].
 //! - [`fanout`] puts one file to many contexts, each link crossed once
 //!   (RELAY through shared hops).
 //! - [`transfer`] holds streamed `get`/`put` of files, [`tree`] of
@@ -25,6 +28,7 @@ pub mod error;
 pub mod fanout;
 pub mod fs;
 pub mod process;
+pub mod resources;
 pub mod transfer;
 pub mod tree;
 mod via;
@@ -57,6 +61,8 @@ pub(crate) struct RouterState {
     pub broker: Broker,
     /// The agents this router uploads.
     pub agents: AgentSet,
+    /// Resources registered, grants, the server (the importer).
+    pub resources: Arc<resources::Store>,
 }
 
 /// The common options of sudo, su and doas.
@@ -127,7 +133,8 @@ impl Router {
     pub fn with_options(opts: RouterOptions) -> std::io::Result<Router> {
         let table = Arc::new(RouterTable::new(opts.max_message_size));
         let broker = Broker::start(table.clone())?;
-        Ok(Router { state: Arc::new(RouterState { table, broker, agents: AgentSet::new(opts.agents) }) })
+        let resources = Arc::default();
+        Ok(Router { state: Arc::new(RouterState { table, broker, agents: AgentSet::new(opts.agents), resources }) })
     }
 
     /// Starts an agent on this machine through stage0 (`sh -c`).

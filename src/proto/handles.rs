@@ -13,7 +13,10 @@ pub const ADD_ROUTE: u32 = 3;
 /// From a hop upwards: a context below it is gone, and how the hop lost
 /// it (payload: [`crate::proto::message::DelRoute`]).
 pub const DEL_ROUTE: u32 = 4;
-/// A request for a named resource from the parent (importer; reserved).
+/// A request for a chunk of a resource, to the sender's parent (payload:
+/// [`crate::proto::resource::GetResource`], `reply_to` set; reply: the
+/// chunk's bytes, or an error). A hop answers it from its cache or asks
+/// its own parent; it never passes a child's request on unchecked.
 pub const GET_RESOURCE: u32 = 5;
 /// Asks the context to shut down (no payload).
 pub const SHUTDOWN: u32 = 6;
@@ -30,5 +33,8 @@ pub const RELAY: u32 = 9;
 /// and why (payload: [`crate::proto::message::Goodbye`]). Behind a hop it
 /// is an ordinary frame from the child, checked and forwarded like any.
 pub const GOODBYE: u32 = 10;
+/// From the master to a hop: a context behind it may fetch a resource
+/// (payload: [`crate::proto::resource::Grant`]).
+pub const GRANT_RESOURCE: u32 = 11;
 /// First handle number allocated at run time.
 pub const FIRST_DYNAMIC: u32 = 1000;

@@ -11,6 +11,8 @@
 //! - [`error`] — [`RemoteError`], the typed error that travels instead of text.
 //! - [`compress`] — optional deflate of large payloads (flag bit).
 //! - [`declare`] — `declare_function!`, a user's own function (custom agents).
+//! - [`resource`] — the importer: resources, grants, chunked GET_RESOURCE,
+//!   the `fetch_resource` built-in.
 
 pub mod compress;
 pub mod declare;
@@ -20,6 +22,7 @@ pub mod functions;
 pub mod handles;
 pub mod header;
 pub mod message;
+pub mod resource;
 
 pub use error::{ErrorKind, RemoteError};
 pub use exit::ExitStatus;
@@ -28,7 +31,7 @@ pub use message::Message;
 
 /// Protocol version announced in the agent's hello; the master refuses any
 /// other number with an error naming both.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Largest payload a stream accepts by default (checked before allocating).
 pub const MAX_MESSAGE_SIZE: u32 = 128 * 1024 * 1024;

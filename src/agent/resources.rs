@@ -1,0 +1,446 @@
+//! [`Resources`]: the importer in an agent (ARCHITECTURE.md, "The
+//! importer"): resources fetched for this context (`fetch_resource`), and
+//! at a hop, the chunks its children ask for, served from a bounded cache
+//! or asked for once upstream.
+//!
+//! - **Grants** (`GRANT_RESOURCE`, from the master only): context `c`
+//!   behind this hop may fetch resource `h`. A child's GET_RESOURCE is
+//!   served only for a `for_context` that is the child or behind it, and
+//!   granted; anything else is refused with `NotPermitted` and nothing
+//!   goes upstream, so a child can neither read what it was not given nor
+//!   make this hop fetch (and cache) anything. Grants go with the context's
+//!   route.
+//! - **Asks**: one GET_RESOURCE upstream per chunk not cached, whoever
+//!   wants it; later requests for the same chunk wait on it (coalescing).
+//!   Its reply is checked by size only (the final receiver checks the
+//!   hash) and goes to every waiter.
+//! - **Cache**: chunks that passed through for a child, keyed by (hash,
+//!   chunk), least recently used out first, at most [`CACHE_BYTES`]; it
+//!   outlives the children that caused it.
+//! - **Fetches**: this agent's own `fetch_resource` calls: up to
+//!   [`PIPELINE`] chunks asked at a time, written where they belong in a
+//!   temporary file in the agent's cache directory (a memfd where there is
+//!   none), the hash checked at the end, then renamed to `res-<sha256>`.
+//!   The call is answered when that is done; the loop keeps running.
+//!
+//! Everything a waiter can be is a [`Waiter`]: a later slice (a hop that
+//! writes a cached agent into a child's stdin) adds its own kind and calls
+//! [`Resources::want`] like a fetch does.
+
+use alloc::rc::Rc;
+use alloc::vec::Vec;
+
+use rustix::fd::{AsFd, OwnedFd};
+use serde_bytes::ByteBuf;
+
+use super::children::Children;
+use super::outbox::Outbox;
+use super::util::{os_error, push_decimal};
+use crate::core::poller::Poller;
+use crate::proto::resource::{chunk_len, chunks, FetchArgs, GetResource, Grant, CHUNK};
+use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR};
+
+/// The most bytes of chunks a hop keeps (each entry counts 64 bytes more,
+/// so empty chunks are bounded too).
+pub const CACHE_BYTES: usize = 64 << 20;
+
+/// Chunks a fetch has asked for and not yet received, at most.
+pub const PIPELINE: u32 = 4;
+
+/// Who waits for a chunk.
+enum Waiter {
+    /// A child's request: the reply goes down to `dst`'s `reply_to`.
+    Down { dst: u32, reply_to: u32 },
+    /// This agent's fetch `id`.
+    Fetch(u32),
+}
+
+/// A grant: `context` may fetch `sha256` (of `size` bytes) through us.
+struct Granted {
+    context: u32,
+    sha256: [u8; 32],
+    size: u64,
+}
+
+/// A cached chunk.
+struct Cached {
+    sha256: [u8; 32],
+    chunk: u32,
+    data: Rc<Vec<u8>>,
+    /// The cache's clock when last used (least recently used goes first).
+    used: u64,
+}
+
+/// A GET_RESOURCE sent upstream, its reply awaited on `handle`.
+struct Ask {
+    handle: u32,
+    sha256: [u8; 32],
+    chunk: u32,
+    /// The chunk's length: a reply of another length is refused.
+    len: usize,
+    waiters: Vec<Waiter>,
+}
+
+/// One `fetch_resource` call under way.
+struct Fetch {
+    id: u32,
+    /// The call, answered when the fetch ends.
+    call: Header,
+    sha256: [u8; 32],
+    size: u64,
+    fd: OwnedFd,
+    /// The temporary file and the file it becomes (`None`: a memfd).
+    tmp: Option<(Vec<u8>, Vec<u8>)>,
+    /// Chunks asked for (or found cached) so far.
+    next: u32,
+    /// Chunks written so far.
+    got: u32,
+}
+
+/// The importer's state in one agent (see the module docs).
+pub struct Resources {
+    /// Where this agent asks: its parent (told by the master).
+    parent: u32,
+    grants: Vec<Granted>,
+    cache: Vec<Cached>,
+    /// Bytes the cache holds (with 64 per entry).
+    cached: usize,
+    clock: u64,
+    asks: Vec<Ask>,
+    fetches: Vec<Fetch>,
+    /// The next reply handle (and fetch id).
+    next: u32,
+    /// The agent's cache directory, with its final `/` (`None`: it runs
+    /// from a memfd, fetched files are memfds too).
+    dir: Option<Vec<u8>>,
+    /// The memfds handed out as paths: open for the agent's life.
+    kept: Vec<OwnedFd>,
+}
+
+impl Resources {
+    /// The importer of the agent that runs from `exe`: its cache directory
+    /// is `exe`'s when that is stage0's `…/agent-<hash>` (stage0 checked the
+    /// directory is ours and 0700).
+    pub fn new(exe: &str) -> Resources {
+        let b = exe.as_bytes();
+        let cut = b.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
+        let dir = (cut > 0 && b[cut..].starts_with(b"agent-")).then(|| b[..cut].to_vec());
+        Resources {
+            parent: crate::proto::MASTER_ID,
+            grants: Vec::new(),
+            cache: Vec::new(),
+            cached: 0,
+            clock: 0,
+            asks: Vec::new(),
+            fetches: Vec::new(),
+            next: handles::FIRST_DYNAMIC,
+            dir,
+            kept: Vec::new(),
+        }
+    }
+
+    /// Bytes of chunks cached now (with their per-entry overhead).
+    pub fn cached_bytes(&self) -> usize {
+        self.cached
+    }
+
+    /// GRANT_RESOURCE from the master.
+    pub fn grant(&mut self, m: &Message) {
+        let Ok(g) = postcard::from_bytes::<Grant>(&m.data) else { return };
+        self.parent = g.parent;
+        if !self.grants.iter().any(|x| x.context == g.context && x.sha256 == g.sha256) {
+            self.grants.push(Granted { context: g.context, sha256: g.sha256, size: g.size });
+        }
+    }
+
+    /// Context `id` is gone: its grants go.
+    pub fn forget(&mut self, id: u32) {
+        self.grants.retain(|g| g.context != id);
+    }
+
+    /// A GET_RESOURCE from the child in `slot` (its header checked and
+    /// stamped): served if granted (see the module docs), else refused.
+    pub fn from_child(&mut self, slot: usize, m: Message, kids: &mut Children, out: &mut Outbox, poller: &Poller) {
+        let h = m.header;
+        if h.reply_to == 0 {
+            return;
+        }
+        let req = postcard::from_bytes::<GetResource>(&m.data).ok();
+        let granted = req.as_ref().filter(|r| kids.speaks_for(slot, r.for_context)).and_then(|r| {
+            self.grants.iter().find(|g| g.context == r.for_context && g.sha256 == r.sha256 && r.chunk < chunks(g.size))
+        });
+        let (Some(r), Some(size)) = (req.as_ref(), granted.map(|g| g.size)) else {
+            let e = RemoteError::new(ErrorKind::NotPermitted, "resource not granted");
+            return reply_down(kids, poller, out.id(), h.src, h.reply_to, Err(&e));
+        };
+        let w = Waiter::Down { dst: h.src, reply_to: h.reply_to };
+        if let Some(data) = self.want(r.sha256, r.chunk, size, r.for_context, w, out) {
+            reply_down(kids, poller, out.id(), h.src, h.reply_to, Ok(&data));
+        }
+    }
+
+    /// Chunk `chunk` of `sha256` (`size` bytes) for `waiter`: returned now
+    /// if cached; else `waiter` waits for the one GET_RESOURCE upstream
+    /// for it (sent now unless one is under way), asked for `for_context`.
+    fn want(
+        &mut self,
+        sha256: [u8; 32],
+        chunk: u32,
+        size: u64,
+        for_context: u32,
+        waiter: Waiter,
+        out: &mut Outbox,
+    ) -> Option<Rc<Vec<u8>>> {
+        if let Some(c) = self.cache.iter_mut().find(|c| c.sha256 == sha256 && c.chunk == chunk) {
+            self.clock += 1;
+            c.used = self.clock;
+            return Some(c.data.clone());
+        }
+        if let Some(a) = self.asks.iter_mut().find(|a| a.sha256 == sha256 && a.chunk == chunk) {
+            a.waiters.push(waiter);
+            return None;
+        }
+        let handle = self.handle();
+        let req = GetResource { sha256, chunk, for_context };
+        if let Ok(data) = postcard::to_allocvec(&req) {
+            let me = out.id();
+            let h = Header {
+                dst: self.parent,
+                src: me,
+                auth: me,
+                handle: handles::GET_RESOURCE,
+                reply_to: handle,
+                ..Header::default()
+            };
+            out.push(&h, &data);
+        }
+        let len = chunk_len(size, chunk);
+        self.asks.push(Ask { handle, sha256, chunk, len, waiters: alloc::vec![waiter] });
+        None
+    }
+
+    /// A fresh handle (never a fixed one).
+    fn handle(&mut self) -> u32 {
+        let h = self.next;
+        self.next = self.next.checked_add(1).unwrap_or(handles::FIRST_DYNAMIC);
+        h
+    }
+
+    /// A frame from the parent to one of our handles: the reply to an
+    /// ask, for every waiter. False when the handle is not an ask's.
+    pub fn on_reply(&mut self, m: Message, kids: &mut Children, out: &mut Outbox, poller: &Poller) -> bool {
+        let Some(i) = self.asks.iter().position(|a| a.handle == m.header.handle) else { return false };
+        let ask = self.asks.swap_remove(i);
+        let bad = |what: &'static str| RemoteError::new(ErrorKind::Protocol, what);
+        let r = if m.header.flags & FLAG_ERROR != 0 {
+            Err(postcard::from_bytes::<RemoteError>(&m.data).unwrap_or_else(|_| bad("malformed error reply")))
+        } else {
+            match postcard::take_from_bytes::<u64>(&m.data) {
+                Ok((n, rest)) if m.header.flags == 0 && n == ask.len as u64 && rest.len() == ask.len => {
+                    let mut data = m.data;
+                    data.drain(..data.len() - ask.len);
+                    Ok(Rc::new(data))
+                }
+                _ => Err(bad("resource chunk of the wrong size")),
+            }
+        };
+        if let Ok(d) = &r {
+            if ask.waiters.iter().any(|w| matches!(w, Waiter::Down { .. })) {
+                self.insert(ask.sha256, ask.chunk, d.clone());
+            }
+        }
+        for w in ask.waiters {
+            match w {
+                Waiter::Down { dst, reply_to } => {
+                    let r = r.as_ref().map(|d| &d[..]);
+                    reply_down(kids, poller, out.id(), dst, reply_to, r);
+                }
+                Waiter::Fetch(id) => {
+                    let Some(i) = self.fetches.iter().position(|f| f.id == id) else { continue };
+                    match &r {
+                        Ok(d) => self.written(i, ask.chunk, d, out),
+                        Err(e) => self.fail(i, e.clone(), out),
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Caches a chunk, evicting the least recently used ones beyond the
+    /// budget.
+    fn insert(&mut self, sha256: [u8; 32], chunk: u32, data: Rc<Vec<u8>>) {
+        let cost = data.len() + 64;
+        if cost > CACHE_BYTES {
+            return;
+        }
+        while self.cached + cost > CACHE_BYTES {
+            let Some(i) = (0..self.cache.len()).min_by_key(|&i| self.cache[i].used) else { break };
+            let old = self.cache.swap_remove(i);
+            self.cached -= old.data.len() + 64;
+        }
+        self.clock += 1;
+        self.cached += cost;
+        self.cache.push(Cached { sha256, chunk, data, used: self.clock });
+    }
+
+    // ---- this agent's own fetches ---------------------------------------
+
+    /// `fetch_resource` (the call `call`): answered at once if
+    /// `res-<sha256>` is already in the cache directory with that hash,
+    /// else when the fetch ends (see the module docs).
+    pub fn fetch(&mut self, call: Header, a: FetchArgs, out: &mut Outbox) {
+        self.parent = a.parent;
+        let r = a.resource;
+        let (fd, tmp) = match &self.dir {
+            Some(dir) => {
+                let mut path = dir.clone();
+                path.extend_from_slice(b"res-");
+                for b in r.sha256 {
+                    path.push(b"0123456789abcdef"[usize::from(b >> 4)]);
+                    path.push(b"0123456789abcdef"[usize::from(b & 15)]);
+                }
+                if super::files::sha256_file(&path).is_ok_and(|h| h == r.sha256) {
+                    return out.reply(&call, Ok(ByteBuf::from(path)));
+                }
+                let serial = u64::from(self.handle());
+                match super::util::create_temp_beside(&path, serial) {
+                    Ok((fd, tmp)) => (fd, Some((tmp, path))),
+                    Err(e) => return out.reply_error(&call, e),
+                }
+            }
+            None => match rustix::fs::memfd_create(c"mito-resource", rustix::fs::MemfdFlags::CLOEXEC) {
+                Ok(fd) => (fd, None),
+                Err(e) => return out.reply_error(&call, os_error(e, "memfd_create", b"")),
+            },
+        };
+        let id = self.handle();
+        let f = Fetch { id, call, sha256: r.sha256, size: r.size, fd, tmp, next: 0, got: 0 };
+        self.fetches.push(f);
+        self.pump(self.fetches.len() - 1, out);
+    }
+
+    /// Asks for the next chunks of fetch `i`, up to [`PIPELINE`] under
+    /// way; writes those found cached; ends the fetch when all are in.
+    fn pump(&mut self, i: usize, out: &mut Outbox) {
+        loop {
+            let f = &mut self.fetches[i];
+            let n = chunks(f.size);
+            if f.got == n {
+                return self.finish(i, out);
+            }
+            if f.next == n || f.next - f.got >= PIPELINE {
+                return;
+            }
+            let (id, sha256, size, chunk) = (f.id, f.sha256, f.size, f.next);
+            f.next += 1;
+            // `want` does not touch the fetches: `i` stays this one.
+            if let Some(d) = self.want(sha256, chunk, size, out.id(), Waiter::Fetch(id), out) {
+                if let Err(e) = self.write(i, chunk, &d) {
+                    return self.fail(i, e, out);
+                }
+            }
+        }
+    }
+
+    /// Chunk `chunk` of fetch `i` arrived: written, then more asked for.
+    fn written(&mut self, i: usize, chunk: u32, data: &[u8], out: &mut Outbox) {
+        match self.write(i, chunk, data) {
+            Ok(()) => self.pump(i, out),
+            Err(e) => self.fail(i, e, out),
+        }
+    }
+
+    /// Writes chunk `chunk` of fetch `i` at its place.
+    fn write(&mut self, i: usize, chunk: u32, mut data: &[u8]) -> Result<(), RemoteError> {
+        let f = &mut self.fetches[i];
+        let mut at = u64::from(chunk) * u64::from(CHUNK);
+        while !data.is_empty() {
+            match rustix::io::pwrite(&f.fd, data, at) {
+                Ok(n) => {
+                    data = &data[n..];
+                    at += n as u64;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(os_error(e, "write", f.tmp.as_ref().map_or(b"memfd", |t| &t.0[..]))),
+            }
+        }
+        f.got += 1;
+        Ok(())
+    }
+
+    /// Every chunk of fetch `i` is written: its hash is checked, the file
+    /// made executable and renamed into place, the call answered with its
+    /// path.
+    fn finish(&mut self, i: usize, out: &mut Outbox) {
+        let f = self.fetches.swap_remove(i);
+        let mut path = Vec::new();
+        match &f.tmp {
+            Some((tmp, _)) => path.extend_from_slice(tmp),
+            None => {
+                path.extend_from_slice(b"/proc/");
+                push_decimal(&mut path, u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32));
+                path.extend_from_slice(b"/fd/");
+                push_decimal(&mut path, rustix::fd::AsRawFd::as_raw_fd(&f.fd) as u64);
+            }
+        }
+        let r = super::files::sha256_file(&path).and_then(|h| {
+            if h != f.sha256 {
+                return Err(RemoteError::new(ErrorKind::Protocol, "the resource's sha256 does not match"));
+            }
+            let mode = rustix::fs::Mode::from_bits_truncate(0o700);
+            rustix::fs::fchmod(f.fd.as_fd(), mode).map_err(|e| os_error(e, "chmod", &path))?;
+            if let Some((tmp, dest)) = &f.tmp {
+                rustix::fs::rename(&tmp[..], &dest[..]).map_err(|e| os_error(e, "rename", dest))?;
+                path.clone_from(dest);
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => {
+                out.reply(&f.call, Ok(ByteBuf::from(path)));
+                if f.tmp.is_none() {
+                    self.kept.push(f.fd);
+                }
+            }
+            Err(e) => {
+                discard(&f);
+                out.reply_error(&f.call, e);
+            }
+        }
+    }
+
+    /// Fetch `i` failed with `e`: its file goes, the call gets `e`.
+    fn fail(&mut self, i: usize, e: RemoteError, out: &mut Outbox) {
+        let f = self.fetches.swap_remove(i);
+        discard(&f);
+        out.reply_error(&f.call, e);
+    }
+
+    /// On the way out: unfinished fetches leave no temporary files.
+    pub fn discard_all(&mut self) {
+        for f in self.fetches.drain(..) {
+            discard(&f);
+        }
+    }
+}
+
+/// Removes a fetch's temporary file.
+fn discard(f: &Fetch) {
+    if let Some((tmp, _)) = &f.tmp {
+        let _ = rustix::fs::unlink(&tmp[..]);
+    }
+}
+
+/// A chunk (or an error) to `dst`'s `reply_to`, down the child stream
+/// that leads there (nothing if it is gone meanwhile).
+fn reply_down(kids: &mut Children, poller: &Poller, me: u32, dst: u32, reply_to: u32, r: Result<&[u8], &RemoteError>) {
+    let Some(slot) = kids.next_hop(dst) else { return };
+    let (flags, data) = match r {
+        Ok(d) => (0, postcard::to_allocvec(serde_bytes::Bytes::new(d))),
+        Err(e) => (FLAG_ERROR, postcard::to_allocvec(e)),
+    };
+    let Ok(data) = data else { return };
+    let h = Header { flags, dst, src: me, auth: me, handle: reply_to, ..Header::default() };
+    kids.send_down(slot, &h, &data, poller);
+}

@@ -1,0 +1,242 @@
+//! The importer in the master: resources registered with
+//! [`Router::register_resource`] / [`Router::register_resource_path`],
+//! grants ([`Context::grant`]), the server that answers GET_RESOURCE, and
+//! [`Context::fetch_resource`] (ARCHITECTURE.md, "The importer").
+//!
+//! A context may fetch a resource only once the master granted it: the
+//! grant goes first to every hop on the context's path (a small control
+//! frame each, so a hop has it before anything the master sends after it
+//! reaches the context: one FIFO stream per link), then into the master's
+//! own table. A request is served only for a context granted that hash,
+//! from that context or a hop on its path; anything else, registered or
+//! not, is refused with `NotPermitted` (a context learns nothing of what
+//! exists).
+//!
+//! The requests are checked where they arrive (the broker, or a caller
+//! reading its own replies: cheap, no I/O), then served by one thread of
+//! their own, so reading a file and sending 1 MiB chunks never holds up the
+//! broker. A path-backed resource is hashed once when registered and read
+//! with `pread` when served: a big file is not held in memory, and a file
+//! changed since is a hash mismatch at the receiver.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use super::context::{disconnected, Context};
+use super::error::CallError;
+use super::Router;
+use crate::core::router::RouterTable;
+use crate::core::sha256::Sha256;
+use crate::proto::resource::{chunk_len, chunks, FetchArgs, FetchResource, GetResource, Grant, Resource, CHUNK};
+use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
+
+/// Requests waiting for the server, at most; beyond, a request is refused
+/// (honest requesters keep a few under way each: only a flood gets here).
+const QUEUE: usize = 1024;
+
+/// How long the server waits for room to send one chunk: a context that
+/// stopped reading holds the server (and other requesters) up no longer.
+const SEND_WAIT: Duration = Duration::from_secs(30);
+
+/// What the importer counted in this router (for measurements and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResourceStats {
+    /// GET_RESOURCE requests that reached the master.
+    pub requests: u64,
+    /// Of those, refused (not granted, unknown, malformed, too many).
+    pub refused: u64,
+    /// Chunk bytes sent.
+    pub bytes_served: u64,
+}
+
+/// Where a resource's bytes are.
+#[derive(Clone, Debug)]
+enum Body {
+    Bytes(Arc<Vec<u8>>),
+    File(Arc<std::fs::File>),
+}
+
+/// The master's resources, grants and server (one per router).
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    entries: Mutex<HashMap<[u8; 32], (Resource, Body)>>,
+    grants: Mutex<HashSet<(u32, [u8; 32])>>,
+    /// Whether the server runs (started with the first resource). Its
+    /// queue's sender lives in the table's handler only, so the server
+    /// ends with the table.
+    started: Mutex<bool>,
+    requests: AtomicU64,
+    refused: AtomicU64,
+    bytes_served: AtomicU64,
+}
+
+impl Store {
+    /// Registers `body` as `resource`; starts the server the first time.
+    fn add(self: &Arc<Self>, table: &Arc<RouterTable>, resource: Resource, body: Body) -> std::io::Result<Resource> {
+        let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*started {
+            let (tx, rx) = sync_channel(QUEUE);
+            let (store, weak) = (self.clone(), Arc::downgrade(table));
+            std::thread::Builder::new().name("mito-resources".into()).spawn(move || serve(&store, &weak, rx))?;
+            let store = self.clone();
+            table.set_resource_handler(Box::new(move |t, m| store.accept(t, &tx, m)));
+            *started = true;
+        }
+        drop(started);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.insert(resource.sha256, (resource.clone(), body));
+        Ok(resource)
+    }
+
+    /// A GET_RESOURCE at the master (see the module docs): queued for the
+    /// server if granted, else the error to reply.
+    fn accept(
+        &self,
+        table: &RouterTable,
+        queue: &SyncSender<(Header, GetResource)>,
+        m: Message,
+    ) -> Result<(), RemoteError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let refuse = |what: &str| {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            Err(RemoteError::new(ErrorKind::NotPermitted, what))
+        };
+        let Ok(r) = postcard::from_bytes::<GetResource>(&m.data) else { return refuse("malformed resource request") };
+        let size = self.entries.lock().unwrap_or_else(PoisonError::into_inner).get(&r.sha256).map(|e| e.0.size);
+        let granted = self.grants.lock().unwrap_or_else(PoisonError::into_inner).contains(&(r.for_context, r.sha256));
+        // The requester is the context itself or a hop on its path.
+        let on_path = table.context(r.for_context).is_some_and(|c| c.path().iter().any(|p| p.id == m.header.src));
+        match size {
+            Some(size) if granted && on_path && r.chunk < chunks(size) && m.header.reply_to != 0 => {}
+            _ => return refuse("resource not granted"),
+        }
+        match queue.try_send((m.header, r)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => refuse("too many resource requests"),
+        }
+    }
+}
+
+/// The server thread: one chunk per request, read and sent; ends with the
+/// router's table.
+fn serve(store: &Store, table: &Weak<RouterTable>, rx: Receiver<(Header, GetResource)>) {
+    while let Ok((h, r)) = rx.recv() {
+        let Some(table) = table.upgrade() else { return };
+        let entry = store.entries.lock().unwrap_or_else(PoisonError::into_inner).get(&r.sha256).cloned();
+        let reply = Header { dst: h.src, src: MASTER_ID, auth: MASTER_ID, handle: h.reply_to, ..Header::default() };
+        let chunk = entry.ok_or_else(|| RemoteError::new(ErrorKind::NotPermitted, "resource not granted")).and_then(
+            |(res, body)| {
+                let len = chunk_len(res.size, r.chunk);
+                let mut prefix = [0u8; 10];
+                let p = postcard::to_slice(&(len as u64), &mut prefix).map_or(&[][..], |p| &p[..]);
+                let mut data = Vec::with_capacity(p.len() + len);
+                data.extend_from_slice(p);
+                let at = u64::from(r.chunk) * u64::from(CHUNK);
+                match body {
+                    Body::Bytes(b) => data.extend_from_slice(&b[at as usize..at as usize + len]),
+                    Body::File(f) => {
+                        data.resize(p.len() + len, 0);
+                        f.read_exact_at(&mut data[p.len()..], at)
+                            .map_err(|e| RemoteError::os(e.raw_os_error().unwrap_or(0), res.name.clone()))?;
+                    }
+                }
+                Ok((data, len))
+            },
+        );
+        let deadline = Some(Instant::now() + SEND_WAIT);
+        match chunk {
+            Ok((data, len)) => {
+                if table.send_parts(&reply, &data, deadline).is_ok() {
+                    store.bytes_served.fetch_add(len as u64, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                if let Ok(data) = postcard::to_allocvec(&e) {
+                    let _ = table.send_parts(&Header { flags: FLAG_ERROR, ..reply }, &data, deadline);
+                }
+            }
+        }
+    }
+}
+
+impl Router {
+    /// Registers `bytes` as a resource named `name` (for people; contexts
+    /// ask for it by hash). Returns what a context needs to fetch it
+    /// ([`Context::fetch_resource`]), which may also be passed to a
+    /// function as an argument.
+    pub fn register_resource(&self, name: &str, bytes: Vec<u8>) -> std::io::Result<Resource> {
+        let r = Resource { name: name.into(), sha256: crate::core::sha256::digest(&bytes), size: bytes.len() as u64 };
+        self.state.resources.add(&self.state.table, r, Body::Bytes(Arc::new(bytes)))
+    }
+
+    /// Registers the file at `path` as a resource named `name`: hashed
+    /// now, read when served (not held in memory). A file changed after
+    /// this fails the fetch with a hash mismatch at the receiver.
+    pub fn register_resource_path(&self, name: &str, path: impl AsRef<Path>) -> std::io::Result<Resource> {
+        let file = std::fs::File::open(path)?;
+        let mut h = Sha256::new();
+        let (mut buf, mut at) = (vec![0u8; 1 << 20], 0u64);
+        loop {
+            let n = file.read_at(&mut buf, at)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
+        let r = Resource { name: name.into(), sha256: h.finish(), size: at };
+        self.state.resources.add(&self.state.table, r, Body::File(Arc::new(file)))
+    }
+
+    /// What the importer has counted in this router so far.
+    pub fn resource_stats(&self) -> ResourceStats {
+        let s = &self.state.resources;
+        ResourceStats {
+            requests: s.requests.load(Ordering::Relaxed),
+            refused: s.refused.load(Ordering::Relaxed),
+            bytes_served: s.bytes_served.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Context {
+    /// Lets this context fetch `resource`: every hop on its path learns
+    /// the grant (before anything sent after this reaches the context),
+    /// then the master. Without it, the context's requests are refused.
+    pub fn grant(&self, resource: &Resource) -> Result<(), CallError> {
+        let path = self.shared.path();
+        let hops = &path[..path.len().saturating_sub(1)];
+        for (i, hop) in hops.iter().enumerate() {
+            let parent = if i == 0 { MASTER_ID } else { hops[i - 1].id };
+            let g = Grant { context: self.id(), sha256: resource.sha256, size: resource.size, parent };
+            let data = postcard::to_allocvec(&g).map_err(|e| CallError::Encode {
+                context: self.name().into(),
+                function: "grant".into(),
+                detail: e.to_string(),
+            })?;
+            let msg = Message::new(hop.id, MASTER_ID, handles::GRANT_RESOURCE, 0, data);
+            self.state.table.send_control(&msg).map_err(|d| disconnected(&self.shared, "grant", d.reason))?;
+        }
+        let mut grants = self.state.resources.grants.lock().unwrap_or_else(PoisonError::into_inner);
+        grants.insert((self.id(), resource.sha256));
+        Ok(())
+    }
+
+    /// Grants `resource` to this context and has it fetch it (from its
+    /// parent, which serves it from its cache or asks its own): the path
+    /// of the file holding it there (mode 0700), once its hash checked.
+    /// Fetched again, it is found there and nothing crosses the links.
+    pub fn fetch_resource(&self, resource: &Resource) -> Result<PathBuf, CallError> {
+        self.grant(resource)?;
+        let parent = self.shared.parent.as_ref().map_or(MASTER_ID, |p| p.id);
+        let path = self.call::<FetchResource>(&FetchArgs { resource: resource.clone(), parent })?;
+        Ok(PathBuf::from(OsString::from_vec(path.into_vec())))
+    }
+}

@@ -1,0 +1,249 @@
+//! The importer (issue 15): resources registered in the master, fetched
+//! by contexts through their hops (`Context::fetch_resource`), each hop
+//! caching the chunks that pass through it, bounded, and serving only what
+//! the master granted.
+//!
+//! Bytes on the first link are the master's count of what it sent on the
+//! hop's stream (`Context::bytes_sent`), and what the master served
+//! (`Router::resource_stats`). Every context has its own agent cache
+//! directory, so no fetch finds a file another one left there.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{local_in, TempDir};
+use mito::functions::Function;
+use mito::proto::resource::{FetchArgs, FetchResource};
+use mito::{CallError, Context, ErrorKind, LocalOptions, Resource, Router};
+
+const MIB: u64 = 1 << 20;
+
+/// `n` bytes no compressor shrinks.
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::new();
+    let mut v = vec![0u8; n];
+    rng.fill(&mut v);
+    v
+}
+
+/// A context behind `hop` with a cache directory of its own.
+fn child(hop: &Context, dir: &TempDir, name: &str) -> Context {
+    hop.local(local_in(&dir.path().join(format!("cache-{name}")))).expect("child behind the hop")
+}
+
+/// The hex sha256 of the file at `path` in `ctx`, by `sha256sum` there.
+fn sha256sum(ctx: &Context, path: &Path) -> String {
+    let out = ctx.exec(&[b"sha256sum".as_slice(), path.as_os_str().as_encoded_bytes()]).expect("sha256sum");
+    assert_eq!(out.status.code, Some(0), "sha256sum: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The fetched file in `ctx` holds `want`'s bytes, and is executable.
+fn check_fetched(ctx: &Context, path: &Path, want: &Resource) {
+    assert_eq!(sha256sum(ctx, path), hex(&want.sha256), "{}: {}", ctx.name(), path.display());
+    let st = ctx.stat(path).expect("stat");
+    assert_eq!((st.size, st.mode & 0o777), (want.size, 0o700), "{}", path.display());
+}
+
+/// A field of /proc/<pid>/status, in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn assert_refused<T: std::fmt::Debug>(what: &str, r: Result<T, CallError>) {
+    match r {
+        Err(CallError::Remote(e)) if e.kind == ErrorKind::NotPermitted => {}
+        other => panic!("{what}: expected a NotPermitted error, got {other:?}"),
+    }
+}
+
+#[test]
+fn ten_contexts_behind_a_hop_fetch_a_resource_that_crosses_the_first_link_once() {
+    let dir = TempDir::new("importer-ten");
+    let router = Router::new().expect("router");
+    let data = random_bytes(MIB as usize);
+    let res = router.register_resource("blob", data.clone()).expect("register");
+    let hop = router.local(local_in(&dir.path().join("cache-hop"))).expect("hop");
+    let kids: Vec<Context> = (0..10).map(|i| child(&hop, &dir, &i.to_string())).collect();
+    let before = hop.bytes_sent();
+    // All at once: the hop asks once per chunk and the others wait on it.
+    let paths: Vec<_> = std::thread::scope(|s| {
+        let fetches: Vec<_> = kids.iter().map(|k| s.spawn(|| k.fetch_resource(&res))).collect();
+        fetches.into_iter().map(|f| f.join().expect("thread").expect("fetch_resource")).collect()
+    });
+    let first_link = hop.bytes_sent() - before;
+    eprintln!("first link: {first_link} bytes for 10 fetches of {} bytes", res.size);
+    assert_eq!(router.resource_stats().bytes_served, MIB, "the master served the resource once");
+    assert!(
+        (MIB..MIB + 64 * 1024).contains(&first_link),
+        "the first link carried {first_link} bytes: the resource once plus calls and grants"
+    );
+    for (k, p) in kids.iter().zip(&paths) {
+        check_fetched(k, p, &res);
+        assert!(p.file_name().is_some_and(|n| n.to_string_lossy() == format!("res-{}", hex(&res.sha256))));
+    }
+    assert_eq!(kids[3].read_file(&paths[3]).expect("read back"), data);
+    // Fetched again: found in the context's cache directory, nothing asked.
+    let before = hop.bytes_sent();
+    assert_eq!(kids[0].fetch_resource(&res).expect("again"), paths[0]);
+    assert!(hop.bytes_sent() - before < 4096);
+    assert_eq!(router.resource_stats().bytes_served, MIB);
+}
+
+#[test]
+fn a_direct_context_fetches_a_file_backed_resource_and_a_changed_file_fails_its_hash() {
+    let dir = TempDir::new("importer-path");
+    let router = Router::new().expect("router");
+    let file = dir.path().join("helper.sh");
+    // Three chunks and a bit: pipelined, the last one short.
+    let mut body = b"#!/bin/sh\necho helper ran\nexit 0\n".to_vec();
+    body.resize(3 * MIB as usize + 1000, b'#');
+    std::fs::write(&file, &body).expect("write");
+    let res = router.register_resource_path("helper", &file).expect("register");
+    assert_eq!(res.size, body.len() as u64);
+    let ctx = router.local(local_in(&dir.path().join("cache"))).expect("connect");
+    let path = ctx.fetch_resource(&res).expect("fetch");
+    check_fetched(&ctx, &path, &res);
+    // A helper executable: it runs where it was fetched.
+    let out = ctx.exec(&[path.as_os_str().as_encoded_bytes()]).expect("run the helper");
+    assert_eq!(&out.stdout[..], b"helper ran\n");
+    // Changed since it was registered: the receiver's hash check fails it.
+    let changed = random_bytes(body.len());
+    std::fs::write(&file, &changed).expect("rewrite");
+    let other = router.local(local_in(&dir.path().join("cache-other"))).expect("connect");
+    match other.fetch_resource(&res) {
+        Err(CallError::Remote(e)) if e.kind == ErrorKind::Protocol && e.message.contains("sha256") => {}
+        r => panic!("expected a hash mismatch, got {r:?}"),
+    }
+}
+
+#[test]
+fn the_hops_cache_survives_a_childs_death() {
+    let dir = TempDir::new("importer-survives");
+    let router = Router::new().expect("router");
+    let res = router.register_resource("blob", random_bytes(2 * MIB as usize)).expect("register");
+    let hop = router.local(local_in(&dir.path().join("cache-hop"))).expect("hop");
+    let first = child(&hop, &dir, "first");
+    let p = first.fetch_resource(&res).expect("first fetch");
+    check_fetched(&first, &p, &res);
+    assert_eq!(router.resource_stats().bytes_served, 2 * MIB);
+    let pid = first.info().expect("info").pid;
+    common::kill9(pid);
+    assert!(common::wait_gone(pid, Duration::from_secs(5)).is_some(), "the first child is gone");
+    let second = child(&hop, &dir, "second");
+    let before = hop.bytes_sent();
+    let p = second.fetch_resource(&res).expect("second fetch");
+    check_fetched(&second, &p, &res);
+    let first_link = hop.bytes_sent() - before;
+    assert!(first_link < 16 * 1024, "served from the hop's cache, yet {first_link} bytes crossed the first link");
+    assert_eq!(router.resource_stats().bytes_served, 2 * MIB, "the master served nothing more");
+}
+
+#[test]
+fn the_hops_cache_is_bounded_and_evicted_chunks_are_fetched_again() {
+    let dir = TempDir::new("importer-bounded");
+    let router = Router::new().expect("router");
+    // 120 MiB through a hop whose cache holds 64 MiB.
+    let sizes = [40 * MIB; 3];
+    let res: Vec<Resource> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| router.register_resource(&format!("r{i}"), random_bytes(n as usize)).expect("register"))
+        .collect();
+    let hop = router.local(local_in(&dir.path().join("cache-hop"))).expect("hop");
+    let hop_pid = hop.connect_info().pid;
+    let a = child(&hop, &dir, "a");
+    for r in &res {
+        let p = a.fetch_resource(r).expect("fetch");
+        check_fetched(&a, &p, r);
+    }
+    let served = router.resource_stats().bytes_served;
+    assert_eq!(served, 120 * MIB);
+    let peak = status_kib(hop_pid, "VmHWM:");
+    eprintln!("the hop's peak RSS after 120 MiB through it: {peak} KiB");
+    assert!(peak < 100 << 10, "the hop's peak RSS is {peak} KiB: its cache is not bounded to 64 MiB");
+    // The last one is cached; the first was evicted and comes again.
+    let b = child(&hop, &dir, "b");
+    let p = b.fetch_resource(&res[2]).expect("fetch the cached one");
+    check_fetched(&b, &p, &res[2]);
+    assert_eq!(router.resource_stats().bytes_served, served, "the last resource came from the hop's cache");
+    let p = b.fetch_resource(&res[0]).expect("fetch the evicted one");
+    check_fetched(&b, &p, &res[0]);
+    assert!(router.resource_stats().bytes_served > served, "evicted chunks were fetched again");
+}
+
+#[test]
+fn unregistered_and_ungranted_resources_are_refused_quickly() {
+    let dir = TempDir::new("importer-refused");
+    let router = Router::new().expect("router");
+    let known = router.register_resource("known", random_bytes(1000)).expect("register");
+    let made_up = Resource { name: "made-up".into(), sha256: [7; 32], size: 1000 };
+    let direct = router.local(local_in(&dir.path().join("cache-direct"))).expect("direct");
+    let hop = router.local(local_in(&dir.path().join("cache-hop"))).expect("hop");
+    let behind = child(&hop, &dir, "behind");
+    for ctx in [&direct, &behind] {
+        let t0 = Instant::now();
+        assert_refused("unregistered", ctx.fetch_resource(&made_up));
+        // Asked without a grant (the call `fetch_resource` makes, alone).
+        let parent = if ctx.id() == behind.id() { hop.id() } else { 0 };
+        let args = FetchArgs { resource: known.clone(), parent };
+        assert_refused("ungranted", ctx.call::<FetchResource>(&args));
+        assert!(t0.elapsed() < Duration::from_secs(2), "refusals take {:?}", t0.elapsed());
+    }
+    // Behind the hop, the ungranted request stopped at the hop: the master
+    // saw only the direct context's two and the unregistered one behind.
+    let stats = router.resource_stats();
+    assert_eq!((stats.requests, stats.refused, stats.bytes_served), (3, 3, 0), "{stats:?}");
+    assert!(!FetchResource::NAME.contains('.'), "a built-in's name");
+}
+
+#[test]
+fn a_hostile_child_cannot_read_a_siblings_resource_nor_fill_the_hops_cache() {
+    let dir = TempDir::new("importer-hostile");
+    let router = Router::new().expect("router");
+    let res = router.register_resource("secret", random_bytes(MIB as usize)).expect("register");
+    let hop = router.local(local_in(&dir.path().join("cache-hop"))).expect("hop");
+    let hop_pid = hop.connect_info().pid;
+    let sibling = child(&hop, &dir, "sibling");
+    // Granted to the sibling, not fetched: nothing of it is in the hop.
+    sibling.grant(&res).expect("grant");
+    let flood = 20_000;
+    let thief = hop
+        .local(LocalOptions {
+            name: Some("thief".into()),
+            sh: common::hostile_harness(),
+            env: vec![
+                ("MITO_HOSTILE".into(), "resource-thief".into()),
+                ("MITO_HOSTILE_SIBLING".into(), sibling.id().to_string().into()),
+                ("MITO_HOSTILE_SHA".into(), hex(&res.sha256).into()),
+                ("MITO_HOSTILE_FLOOD".into(), flood.to_string().into()),
+            ],
+            connect_timeout: Duration::from_secs(10),
+        })
+        .expect("the thief says hello");
+    let rss0 = status_kib(hop_pid, "VmRSS:");
+    let (sent0, stats0) = (hop.bytes_sent(), router.resource_stats());
+    let t0 = Instant::now();
+    thief.ping().expect("every request of the thief got its reply");
+    let report = String::from_utf8(thief.read_file("/t/report").expect("report")).expect("text");
+    eprintln!("thief: {report} in {:?}", t0.elapsed());
+    assert_eq!(report, format!("refused={} served=0 other=0", flood + 2));
+    let stats = router.resource_stats();
+    assert_eq!(stats, stats0, "nothing went upstream from the hop");
+    assert!(hop.bytes_sent() - sent0 < 64 * 1024, "the first link carried no resource");
+    let rss = status_kib(hop_pid, "VmRSS:");
+    assert!(rss < rss0 + 8 * 1024, "the hop's RSS grew from {rss0} KiB to {rss} KiB");
+    // The sibling still gets what it was given.
+    let p = sibling.fetch_resource(&res).expect("the sibling fetches");
+    check_fetched(&sibling, &p, &res);
+}
