@@ -66,6 +66,22 @@ mod tests {
         }
     }
 
+    /// Both architectures are embedded, each agent an ELF file of its own
+    /// machine (what the kernel, or qemu, will run), found by either
+    /// `uname -m` spelling.
+    #[test]
+    fn x86_64_and_aarch64_are_embedded_for_their_machines() {
+        let machine = |arch: &str| {
+            let raw = super::for_arch(arch).unwrap_or_else(|| panic!("no {arch} agent")).raw();
+            u16::from_le_bytes([raw[18], raw[19]])
+        };
+        assert_eq!(machine("x86_64"), 62);
+        assert_eq!(machine("aarch64"), 183);
+        assert_eq!(super::for_arch("arm64").map(|a| a.arch), Some("aarch64"));
+        assert_eq!(super::specs().len(), super::AGENTS.len());
+        assert!(super::for_arch("riscv64").is_none());
+    }
+
     /// `sha256sum` from coreutils as the independent check.
     mod sha2_free_check {
         pub fn sha256_hex(data: &[u8]) -> String {
