@@ -75,8 +75,8 @@ fn checks() -> Vec<(&'static str, How)> {
     let pw = common::sshd::PASSWORD.to_string();
     vec![
         // Two commands
-        ("rustup target add x86_64-unknown-linux-musl && cargo run --release -- run local -- uname -a", How::ByCi),
-        ("rustup target add x86_64-unknown-linux-musl && cargo test", How::ByCi),
+        ("rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl && cargo run --release -- run local -- uname -a", How::ByCi),
+        ("rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl && cargo test", How::ByCi),
         // CLI
         ("mito run local -- sh -c 'echo out; echo err >&2; exit 3'", run(3, &["out\n"], &["err\n"])),
         ("echo hi | mito run local -- tr a-z A-Z", run(0, &["HI\n"], &[])),
