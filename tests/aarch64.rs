@@ -1,0 +1,298 @@
+//! The aarch64 agent, for real, under qemu-user on this x86_64 machine.
+//!
+//! build.rs embeds an `aarch64-unknown-linux-musl` agent beside the x86_64
+//! one; stage0 picks by `uname -m`. Here a target *reports* aarch64: a
+//! `uname` wrapper first in the `PATH` that stage0 sees prints `aarch64`
+//! for `-m`, and a fresh cache directory (`XDG_CACHE_HOME`) holds no agent,
+//! so stage0 takes the cold path and asks for the aarch64 agent. The kernel
+//! runs that file through `qemu-aarch64-static` (binfmt_misc, registered
+//! here as root from qemu-user-static's `/usr/lib/binfmt.d/qemu-aarch64.conf`
+//! when it is not already, and unregistered at the end by whoever
+//! registered it: [`Qemu`]). Then the context works as any other: calls,
+//! commands, files, a warm second connect, and behind an x86_64 hop.
+//!
+//! Without root or without qemu-user-static the tests say so loudly
+//! (`skip_loudly`), and fail under `CI=true`.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use common::{local_in, skip_loudly, TempDir};
+use mito::{LocalOptions, Router, Upload};
+
+const BINFMT: &str = "/proc/sys/fs/binfmt_misc";
+/// qemu-user-static's registration line (name, magic, mask, interpreter).
+const CONF: &str = "/usr/lib/binfmt.d/qemu-aarch64.conf";
+const QEMU: &str = "/usr/bin/qemu-aarch64-static";
+/// `e_machine` of an aarch64 ELF file.
+const EM_AARCH64: u16 = 183;
+
+/// What this test binary changed in binfmt_misc, to undo at the end.
+#[derive(Default)]
+struct Changed {
+    mounted: bool,
+    /// The entry's file (`/proc/sys/fs/binfmt_misc/qemu-aarch64`), when we
+    /// registered it.
+    registered: Option<PathBuf>,
+    /// The entry existed but was disabled: we enabled it.
+    enabled: Option<PathBuf>,
+}
+
+impl Changed {
+    fn undo(&self) {
+        if let Some(entry) = &self.registered {
+            let _ = std::fs::write(entry, "-1");
+        }
+        if let Some(entry) = &self.enabled {
+            let _ = std::fs::write(entry, "0");
+        }
+        if self.mounted {
+            let _ = std::process::Command::new("umount").arg(BINFMT).status();
+        }
+    }
+}
+
+/// Makes sure the kernel runs aarch64 ELF files through qemu: mounts
+/// binfmt_misc if needed, registers (or enables) the qemu-aarch64 entry if
+/// needed, and returns what it changed. Undoes its own steps on failure.
+fn setup() -> Result<Changed, String> {
+    let mut changed = Changed::default();
+    let result = (|| {
+        if !Path::new(BINFMT).join("register").exists() {
+            let st = std::process::Command::new("mount")
+                .args(["-t", "binfmt_misc", "binfmt_misc", BINFMT])
+                .status()
+                .map_err(|e| format!("mount: {e}"))?;
+            if !st.success() {
+                return Err(format!("mount -t binfmt_misc binfmt_misc {BINFMT}: {st}"));
+            }
+            changed.mounted = true;
+        }
+        let line = std::fs::read_to_string(CONF).map_err(|e| format!("{CONF}: {e}"))?;
+        // `:name:type:offset:magic:mask:interpreter:flags`
+        let name = line.split(':').nth(1).filter(|n| !n.is_empty()).ok_or(format!("{CONF}: no name"))?;
+        let entry = Path::new(BINFMT).join(name);
+        match std::fs::read_to_string(&entry) {
+            Ok(state) if state.starts_with("enabled") => {}
+            Ok(_) => {
+                std::fs::write(&entry, "1").map_err(|e| format!("enabling {}: {e}", entry.display()))?;
+                changed.enabled = Some(entry);
+            }
+            Err(_) => {
+                std::fs::write(Path::new(BINFMT).join("register"), line.trim_end())
+                    .map_err(|e| format!("registering {CONF}: {e}"))?;
+                changed.registered = Some(entry);
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(changed),
+        Err(e) => {
+            changed.undo();
+            Err(e)
+        }
+    }
+}
+
+/// Tests using qemu, and what the first of them changed. The tests of this
+/// file run in parallel: the first one in sets binfmt_misc up, the last one
+/// out puts it back as it was.
+static USERS: Mutex<(usize, Option<Changed>)> = Mutex::new((0, None));
+
+/// One test's hold on qemu-run aarch64 executables.
+struct Qemu;
+
+impl Qemu {
+    /// `None` (after a loud skip) when this machine cannot run aarch64 here.
+    fn get(test: &str) -> Option<Qemu> {
+        if !common::is_root() {
+            skip_loudly(test, "running the aarch64 agent needs binfmt_misc set up for qemu, which needs root");
+            return None;
+        }
+        if !Path::new(QEMU).exists() || !Path::new(CONF).exists() {
+            skip_loudly(test, "qemu-user-static is not installed (apt-get install qemu-user-static)");
+            return None;
+        }
+        let mut users = USERS.lock().unwrap_or_else(PoisonError::into_inner);
+        if users.0 == 0 {
+            match setup() {
+                Ok(changed) => users.1 = Some(changed),
+                Err(e) => {
+                    drop(users);
+                    skip_loudly(test, &format!("cannot make the kernel run aarch64 files through qemu: {e}"));
+                    return None;
+                }
+            }
+        }
+        users.0 += 1;
+        Some(Qemu)
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let mut users = USERS.lock().unwrap_or_else(PoisonError::into_inner);
+        users.0 -= 1;
+        if users.0 == 0 {
+            if let Some(changed) = users.1.take() {
+                changed.undo();
+            }
+        }
+    }
+}
+
+/// A target that reports aarch64: in `dir`, a `bin/uname` that prints
+/// `aarch64` for `-m` (and runs the real one otherwise) first in `PATH`,
+/// and an empty cache `dir/cache` (with `local_in`'s own runtime dir).
+fn reports_aarch64(dir: &Path) -> LocalOptions {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    let real = std::env::split_paths(&path).map(|d| d.join("uname")).find(|p| p.is_file()).expect("uname in PATH");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    let wrapper = bin.join("uname");
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = -m ]; then echo aarch64; else exec {} \"$@\"; fi\n",
+        mito::connect::stage0::sh_quote(&real.display().to_string())
+    );
+    std::fs::write(&wrapper, script).expect("write uname wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod wrapper");
+    let mut opts = local_in(&dir.join("cache"));
+    let mut dirs = vec![bin];
+    dirs.extend(std::env::split_paths(&path));
+    opts.env.push(("PATH".into(), std::env::join_paths(dirs).expect("PATH")));
+    opts
+}
+
+fn aarch64_agent() -> &'static mito::connect::embedded::EmbeddedAgent {
+    mito::connect::embedded::for_arch("aarch64").expect("build.rs embeds an aarch64 agent")
+}
+
+/// `e_machine` of the ELF file at `path`.
+fn elf_machine(path: &Path) -> u16 {
+    let raw = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&raw[..4], b"\x7fELF", "{} is an ELF file", path.display());
+    u16::from_le_bytes([raw[18], raw[19]])
+}
+
+/// The running agent `pid` is the aarch64 file under qemu: the kernel
+/// started the interpreter binfmt_misc names, and that is qemu.
+fn assert_runs_under_qemu(pid: u32) {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("agent's /proc/pid/exe");
+    assert!(
+        exe.to_string_lossy().contains("qemu-aarch64"),
+        "agent {pid} runs as {} (want qemu-aarch64)",
+        exe.display()
+    );
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn aarch64_agent_cold_then_warm_call_exec_put_get() {
+    let test = "aarch64_agent_cold_then_warm_call_exec_put_get";
+    let Some(_qemu) = Qemu::get(test) else { return };
+    let dir = TempDir::new("aarch64");
+    let opts = reports_aarch64(dir.path());
+    let want = aarch64_agent();
+    let router = Router::new().expect("router");
+
+    // Cold: stage0 asked for the aarch64 agent, stored and ran it.
+    let ctx = router.local(opts.clone()).expect("connect to a target reporting aarch64");
+    let ci = ctx.connect_info().clone();
+    assert_eq!(ci.arch, "aarch64", "the hello says aarch64");
+    assert_eq!(ci.agent_hash, want.sha256, "the embedded aarch64 agent runs");
+    assert!(matches!(ci.upload, Upload::Stored { .. }), "cold path: uploaded and stored ({:?})", ci.upload);
+    assert!(
+        ci.agent_bytes_sent == want.gz.len() || ci.agent_bytes_sent == want.raw_len,
+        "sent the aarch64 agent's bytes: {} (gz {}, raw {})",
+        ci.agent_bytes_sent,
+        want.gz.len(),
+        want.raw_len
+    );
+    let cached = dir.path().join("cache").join("mito").join(format!("agent-{}", want.sha256));
+    assert_eq!(ci.exe, cached.display().to_string());
+    assert_eq!(elf_machine(&cached), EM_AARCH64, "the cached agent is an aarch64 ELF file");
+    assert_runs_under_qemu(ci.pid);
+
+    ctx.ping().expect("ping");
+    let info = ctx.info().expect("info");
+    assert_eq!(info.arch, "aarch64", "uname(2) under qemu-aarch64");
+    assert_eq!(info.agent_hash, want.sha256);
+    assert_eq!(info.pid, ci.pid);
+
+    let r = ctx.exec(&["echo", "hi"]).expect("exec echo");
+    assert_eq!((r.status.code, text(&r.stdout)), (Some(0), "hi\n".into()));
+    let r = ctx.exec(&["uname", "-m"]).expect("exec uname");
+    assert_eq!(text(&r.stdout), "aarch64\n", "commands see the same PATH (the wrapper)");
+    let r = ctx.exec(&["sh", "-c", "cat; echo err >&2; exit 3"]).expect("exec sh");
+    assert_eq!((r.status.code, text(&r.stderr)), (Some(3), "err\n".into()));
+
+    // Files both ways, SHA-256 checked on both ends (the agent's own
+    // SHA-256, compiled for aarch64, run by qemu).
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let src = dir.path().join("src.bin");
+    std::fs::write(&src, &data).expect("write src");
+    let remote = dir.path().join("remote.bin");
+    let put = ctx.put(&src, &remote).expect("put");
+    assert_eq!(put.bytes, data.len() as u64);
+    assert_eq!(std::fs::read(&remote).expect("read remote"), data);
+    let back = dir.path().join("back.bin");
+    let got = ctx.get(&remote, &back).expect("get");
+    assert_eq!((got.bytes, got.sha256), (put.bytes, put.sha256));
+    assert_eq!(std::fs::read(&back).expect("read back"), data);
+    ctx.write_file(dir.path().join("small"), b"small file", None).expect("write_file");
+    assert_eq!(ctx.read_file(dir.path().join("small")).expect("read_file"), b"small file");
+
+    // Warm: the same cache, no bytes sent, the same aarch64 agent.
+    let warm = router.local(opts).expect("second connect");
+    let wi = warm.connect_info();
+    assert_eq!((wi.upload.clone(), wi.agent_bytes_sent), (Upload::Cached, 0), "warm path");
+    assert_eq!((wi.arch.as_str(), wi.agent_hash.as_str()), ("aarch64", want.sha256));
+    assert_eq!(wi.exe, cached.display().to_string());
+    assert_runs_under_qemu(wi.pid);
+    warm.ping().expect("ping warm");
+
+    let status = warm.shutdown().expect("shutdown warm");
+    assert_eq!(status.code, Some(0));
+    let status = ctx.shutdown().expect("shutdown");
+    assert_eq!(status.code, Some(0), "the aarch64 agent exits cleanly");
+}
+
+/// An x86_64 hop and behind it a target reporting aarch64: the master's
+/// aarch64 bytes go through the hop into stage0's stdin.
+#[test]
+fn aarch64_context_behind_an_x86_64_hop() {
+    let test = "aarch64_context_behind_an_x86_64_hop";
+    let Some(_qemu) = Qemu::get(test) else { return };
+    let dir = TempDir::new("aarch64-hop");
+    let router = Router::new().expect("router");
+    let hop = router.local(local_in(&dir.path().join("hop-cache"))).expect("hop");
+    assert_eq!(hop.connect_info().arch, std::env::consts::ARCH);
+    assert_ne!(hop.connect_info().arch, "aarch64");
+
+    let want = aarch64_agent();
+    let ctx = hop.local(reports_aarch64(dir.path())).expect("connect through the hop");
+    let ci = ctx.connect_info().clone();
+    assert_eq!((ci.arch.as_str(), ci.agent_hash.as_str()), ("aarch64", want.sha256));
+    assert!(matches!(ci.upload, Upload::Stored { .. }), "{:?}", ci.upload);
+    assert!(ci.agent_bytes_sent > 10_000, "the master sent the aarch64 agent: {}", ci.agent_bytes_sent);
+    assert_runs_under_qemu(ci.pid);
+    assert_eq!(common::parent_of(ci.pid), Some(hop.connect_info().pid), "the hop's agent started it");
+
+    ctx.ping().expect("ping");
+    assert_eq!(ctx.info().expect("info").arch, "aarch64");
+    let r = ctx.exec(&["echo", "through the hop"]).expect("exec");
+    assert_eq!(text(&r.stdout), "through the hop\n");
+    hop.ping().expect("the hop still answers");
+
+    // Warm behind the hop too.
+    let again = hop.local(reports_aarch64(dir.path())).expect("second connect through the hop");
+    assert_eq!((again.connect_info().upload.clone(), again.connect_info().agent_bytes_sent), (Upload::Cached, 0));
+    again.ping().expect("ping");
+}
