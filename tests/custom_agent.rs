@@ -171,6 +171,35 @@ fn a_panic_is_a_typed_error_and_the_agent_keeps_serving() {
     assert!(ctx.disconnected().is_none());
 }
 
+/// A bug in a custom agent's runtime (not in a user function, whose panics
+/// are caught): the agent says goodbye as the `no_std` agent does, so the
+/// call fails with "it panicked" and the panic's text, not a lost link.
+/// `MITO_AGENT_TEST_RUNTIME_PANIC` (`mito::agent::user::RUNTIME_PANIC_VAR`,
+/// read from the agent's environment at start) makes the runtime panic
+/// when the named function is called.
+#[test]
+fn a_panic_in_a_custom_agents_runtime_says_goodbye() {
+    let cache = TempDir::new("custom-runtime-panic");
+    let router = router_with(test_agent());
+    let mut opts = local_in(cache.path());
+    opts.env.push(("MITO_AGENT_TEST_RUNTIME_PANIC".into(), "test.fail".into()));
+    let ctx = router.local(opts).expect("connect");
+    // Until then it serves, user panics included.
+    let s = Sample { name: "before".into(), shapes: vec![], data: ByteBuf::new(), numbers: vec![] };
+    assert_eq!(ctx.call::<Echo>(&s).expect("echo"), s);
+    let e = ctx.call::<Panic>(&"caught".to_string()).expect_err("panics");
+    assert_eq!(e.remote().map(|r| r.kind), Some(ErrorKind::Panicked), "{e}");
+    match ctx.call::<Fail>(&"unused".to_string()) {
+        Err(CallError::Disconnected { reason, .. }) => {
+            assert!(reason.starts_with("the agent crashed: it panicked ("), "{reason}");
+            assert!(reason.contains("asked for a runtime panic"), "{reason}");
+        }
+        other => panic!("not a goodbye: {other:?}"),
+    }
+    let d = ctx.disconnected().expect("gone");
+    assert_eq!(d.kind, mito::EndKind::Crashed, "{d:?}");
+}
+
 #[test]
 fn a_missing_function_names_the_function_and_the_agent() {
     let cache = TempDir::new("custom-missing");

@@ -76,6 +76,25 @@ where
 #[derive(Debug, Default)]
 pub struct Registry {
     functions: Vec<UserFunction>,
+    /// Test only: the function whose call panics in the runtime itself,
+    /// outside the catch (see [`RUNTIME_PANIC_VAR`]).
+    runtime_panic_on: Option<String>,
+}
+
+/// Test only: a custom agent started with this variable set to a function
+/// name panics in its runtime (not in the function, whose panics are
+/// caught) when that function is called, so a test sees what a bug in the
+/// runtime does: the agent's goodbye. Read once by [`serve`] from the
+/// agent's environment, which only whoever starts the agent sets (the
+/// master's `LocalOptions::env`, a login's environment); no call can set it.
+pub const RUNTIME_PANIC_VAR: &str = "MITO_AGENT_TEST_RUNTIME_PANIC";
+
+std::thread_local! {
+    /// Whether a panic on this thread is the runtime's: set on the thread
+    /// that runs [`serve`]'s loop, cleared while a user function runs on it
+    /// (its panics are caught and replied). Other threads (the user's own)
+    /// never set it: their panics are theirs to handle.
+    static IN_RUNTIME: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
 impl Registry {
@@ -91,7 +110,7 @@ impl Registry {
                 f.name
             );
         }
-        Registry { functions }
+        Registry { functions, runtime_panic_on: None }
     }
 
     /// Runs the function `name` on `args`, or `None` if there is none. A
@@ -113,7 +132,14 @@ impl Registry {
                 return Some(Err(RemoteError::new(ErrorKind::SignatureMismatch, why)));
             }
         }
+        if self.runtime_panic_on.as_deref() == Some(name) {
+            panic!("{RUNTIME_PANIC_VAR} asked for a runtime panic");
+        }
+        // The body's panics are caught below, not the runtime's: the hook
+        // (`install_panic_goodbye`) must leave them alone.
+        let was = IN_RUNTIME.replace(false);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (f.body)(args)));
+        IN_RUNTIME.set(was);
         Some(r.unwrap_or_else(|p| {
             let why = p
                 .downcast_ref::<&str>()
@@ -129,10 +155,36 @@ impl Registry {
 /// CONTEXT_ID`, as stage0 starts it) with the built-ins and `functions`,
 /// and exits with its status.
 pub fn serve(functions: Vec<UserFunction>) -> ! {
-    let registry = Registry::new(functions);
+    let mut registry = Registry::new(functions);
+    registry.runtime_panic_on = std::env::var(RUNTIME_PANIC_VAR).ok();
+    install_panic_goodbye();
     let args: Vec<Vec<u8>> = std::env::args_os().map(std::os::unix::ffi::OsStringExt::into_vec).collect();
     let args: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
     std::process::exit(super::external_context::main_with(&args, registry))
+}
+
+/// Makes a panic in the runtime (a bug: the user's functions' panics are
+/// caught) end the agent as the `no_std` agent's panic handler does: a
+/// goodbye frame naming the panic and the call, so the master reports
+/// "the agent crashed: it panicked (…)" rather than a lost connection, the
+/// standard hook's text on stderr, then abort (the loop's state is not to
+/// be trusted after a panic in it; unwinding through it could write half
+/// frames after the goodbye). Panics on other threads and in the user's
+/// functions go to the standard hook alone.
+fn install_panic_goodbye() {
+    IN_RUNTIME.set(true);
+    let standard = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !IN_RUNTIME.try_with(core::cell::Cell::get).unwrap_or(false) {
+            return standard(info);
+        }
+        let p = info.payload();
+        let why = p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str));
+        let at = info.location().map(|l| alloc::format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        super::panic_goodbye::panic_goodbye(&alloc::format!("{}{at}", why.unwrap_or("")));
+        standard(info);
+        std::process::abort()
+    }));
 }
 
 /// One file for both halves: a program that is its own agent calls this
