@@ -296,3 +296,35 @@ fn aarch64_context_behind_an_x86_64_hop() {
     assert_eq!((again.connect_info().upload.clone(), again.connect_info().agent_bytes_sent), (Upload::Cached, 0));
     again.ping().expect("ping");
 }
+
+/// A cache directory shared by hosts of two architectures (an NFS home):
+/// an aarch64 host stored its agent there, then this x86_64 host connects
+/// with the same cache. stage0's warm path tries only this host's agent
+/// (the kernel's `/proc/sys/kernel/arch`), so it uploads the x86_64 agent
+/// instead of running the aarch64 one it found (which, without qemu,
+/// would end the shell with "Exec format error").
+#[test]
+fn a_cache_shared_with_another_architecture_runs_this_ones_agent() {
+    let test = "a_cache_shared_with_another_architecture_runs_this_ones_agent";
+    let Some(_qemu) = Qemu::get(test) else { return };
+    let dir = TempDir::new("aarch64-shared");
+    let router = Router::new().expect("router");
+    let arm = router.local(reports_aarch64(dir.path())).expect("connect as aarch64");
+    assert_eq!(arm.connect_info().arch, "aarch64");
+    arm.shutdown().expect("shutdown");
+
+    let native = router.local(local_in(&dir.path().join("cache"))).expect("connect natively, same cache");
+    let ci = native.connect_info().clone();
+    assert_eq!(ci.arch, std::env::consts::ARCH, "this host's agent runs, not the cached aarch64 one");
+    assert!(matches!(ci.upload, Upload::Stored { .. }), "{:?}", ci.upload);
+    assert_eq!(native.info().expect("info").arch, std::env::consts::ARCH);
+    // Both agents live side by side in the cache now.
+    let again = router.local(local_in(&dir.path().join("cache"))).expect("warm native connect");
+    assert_eq!(
+        (again.connect_info().arch.as_str(), again.connect_info().agent_bytes_sent),
+        (std::env::consts::ARCH, 0)
+    );
+    // (The played aarch64 host cannot come back warm here: its `uname` is a
+    // wrapper, but the kernel's /proc/sys/kernel/arch, which the warm path
+    // reads, still says x86_64.)
+}

@@ -2,16 +2,18 @@
 //! (`sh -c '<stage0>'`) to get the agent running.
 //!
 //! What it does, in order (the README's "Bootstrap" section says the same):
-//! 1. **Warm:** if `$XDG_CACHE_HOME/mito/agent-<sha256>` (else
-//!    `~/.cache/mito/…`) is in a directory that is ours (below), is itself
-//!    ours and its sha256 matches, exec it. One `sh`, one `ls`, one hash,
-//!    no `uname`, zero bytes of agent sent. With several agents (x86_64,
-//!    aarch64) each hash is tried in turn (a host's cache normally holds
-//!    only its own architecture's agent). A cache directory shared by hosts of
-//!    different architectures (an NFS home) that holds another
-//!    architecture's agent ahead of this one's would be exec'd and fail
-//!    ("Exec format error" ends the shell): give such hosts their own
-//!    `XDG_CACHE_HOME`.
+//! 1. **Warm:** the shell reads the architecture from
+//!    `/proc/sys/kernel/arch` (no fork), and if
+//!    `$XDG_CACHE_HOME/mito/agent-<sha256>` of that architecture's agent
+//!    (else `~/.cache/mito/…`) is in a directory that is ours (below), is
+//!    itself ours and its sha256 matches, exec it. One `sh`, one `ls`, one
+//!    hash, no `uname`, zero bytes of agent sent. Only this architecture's
+//!    agent is tried: a cache directory shared by hosts of several
+//!    architectures (an NFS home) may hold another's, whose `exec` would
+//!    end the shell ("Exec format error"). A kernel without that file
+//!    (older than 6.1, or no /proc) skips to the cold path when several
+//!    agents are embedded (which finds the cached file without an upload);
+//!    with one agent it tries that one.
 //! 2. **Cold:** `uname -m` picks the agent; look for a cached copy in the
 //!    fallback directories (`$XDG_RUNTIME_DIR/mito`, `/dev/shm/mito-<uid>`,
 //!    `/var/tmp/mito-<uid>`, `/tmp/mito-<uid>`), and pick the first of all
@@ -183,23 +185,13 @@ pub fn script_preferring_raw(agents: &[AgentSpec<'_>], context_id: u32, raw_arch
         "esac;done;IFS=$g;set +f;[ $a$k = 00 ]||return 1;return $j;}",
         ";C=\"${XDG_CACHE_HOME:-$HOME/.cache}/mito\";d=$C",
     ));
-    // Warm path: no uname, no id (where /proc is), one ls and one hash.
-    // `[ -x ]` first, as before every exec of a cached file: it is false on
-    // a noexec mount (a home shared over NFS may be one on this host), where
-    // `exec` would fail and end the shell instead of moving on.
-    // Each hash is spelled once: kept in h0, h1, … for the `case` below.
-    for (i, a) in agents.iter().enumerate() {
-        s.push_str(";H=");
-        s.push_str(a.sha256);
-        s.push_str(";h");
-        push_num(&mut s, i);
-        s.push_str("=$H;[ -x \"$d/agent-$H\" ]&&o&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\"");
-    }
-    s.push_str(";P=;A=$(uname -m);case \"$A\" in ");
-    for (i, a) in agents.iter().enumerate() {
+    // s ARCH: the agent for ARCH (H, sizes, memfd syscall), else false.
+    // Each hash is spelled once, here.
+    s.push_str(";s(){ P=;case $1 in ");
+    for a in agents {
         s.push_str(a.arch);
-        s.push_str(")H=$h");
-        push_num(&mut s, i);
+        s.push_str(")H=");
+        s.push_str(a.sha256);
         s.push_str(";N=");
         push_num(&mut s, a.raw_len);
         s.push_str(";Z=");
@@ -211,8 +203,28 @@ pub fn script_preferring_raw(agents: &[AgentSpec<'_>], context_id: u32, raw_arch
         }
         s.push_str(";;");
     }
+    s.push_str("*)return 1;;esac;}");
+    // Warm path: no fork for the architecture (the kernel's name for it,
+    // read by the shell), one ls and one hash. Only this architecture's
+    // agent is tried: a cache shared by hosts of several architectures (an
+    // NFS home) may hold another's, and exec'ing that would end the shell.
+    // Without /proc/sys/kernel/arch (before Linux 6.1, or no /proc) and a
+    // single agent, it is that agent's (a wrong one fails its exec, and the
+    // cold path's `uname` names the architecture); with several, the cold
+    // path decides. `[ -x ]` first, as before every exec of a cached file:
+    // it is false on a noexec mount (a home shared over NFS may be one on
+    // this host), where `exec` would fail and end the shell.
+    s.push_str(";A=;read A 2>/dev/null </proc/sys/kernel/arch");
+    if let [one] = agents {
+        s.push_str(";A=${A:-");
+        s.push_str(one.arch);
+        s.push('}');
+    }
+    s.push_str(";s \"$A\"&&[ -x \"$d/agent-$H\" ]&&o&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\"");
+    // Cold path: `uname -m` is the authority (a test puts a wrapper first
+    // in the PATH to play another architecture).
     s.push_str(concat!(
-        "*)echo \"MITOERR arch $A\";exit 1;;esac",
+        ";A=$(uname -m);s \"$A\"||{ echo \"MITOERR arch $A\";exit 1;}",
         ";D=;for d in \"$C\" ${XDG_RUNTIME_DIR:+\"$XDG_RUNTIME_DIR/mito\"} \"/dev/shm/mito-$u\" \"/var/tmp/mito-$u\" \"/tmp/mito-$u\";do ",
         "[ \"$D\" ]||mkdir -p -m 700 \"$d\" 2>/dev/null",
         ";o;case $? in 0)[ -x \"$f\" ]&&v \"$f\"&&exec \"$f\" \"$H\" \"$I\";;1)continue;esac",
@@ -268,7 +280,9 @@ mod tests {
     /// One agent: 1803 bytes before the ownership checks, 2112 with them,
     /// 2482 with the ancestors', read without a fork, 2427 with each hash
     /// spelled once; the aarch64 agent adds its warm-path line and its
-    /// `case` arm (164 bytes): 2591, so the budget went from 2500 to 2600.
+    /// `case` arm (164 bytes): 2591, so the budget went from 2500 to 2600;
+    /// the warm path reading the kernel's architecture (one `case`, in a
+    /// function both paths call): 2593.
     #[test]
     fn stays_small() {
         let (h1, h2) = ("0".repeat(64), "1".repeat(64));
