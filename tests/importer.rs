@@ -247,3 +247,38 @@ fn a_hostile_child_cannot_read_a_siblings_resource_nor_fill_the_hops_cache() {
     let p = sibling.fetch_resource(&res).expect("the sibling fetches");
     check_fetched(&sibling, &p, &res);
 }
+
+/// No directory the agent could run from (every candidate a noexec tmpfs,
+/// in a private mount namespace): the agent runs from a memfd, and so does
+/// what it fetches, a `/proc/<pid>/fd/<n>` path that works as a helper.
+#[test]
+fn an_agent_without_a_cache_directory_fetches_into_a_memfd() {
+    if !common::is_root() {
+        return common::skip_loudly(
+            "an_agent_without_a_cache_directory_fetches_into_a_memfd",
+            "a private mount namespace needs root",
+        );
+    }
+    let dir = TempDir::new("importer-memfd");
+    let sh = dir.path().join("noexec-sh");
+    let script = r#"#!/bin/sh
+exec unshare -m /bin/sh -c 'set -e
+for d in /tmp /var/tmp /dev/shm; do mount -t tmpfs -o noexec tmpfs "$d"; done
+mkdir -p /tmp/cache; export XDG_CACHE_HOME=/tmp/cache; unset XDG_RUNTIME_DIR
+exec /bin/sh "$@"' sh "$@"
+"#;
+    std::fs::write(&sh, script).expect("write");
+    std::fs::set_permissions(&sh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let router = Router::new().expect("router");
+    let mut body = b"#!/bin/sh\necho from a memfd\n".to_vec();
+    body.resize(MIB as usize + 10, b'#');
+    let res = router.register_resource("helper", body).expect("register");
+    let ctx = router.local(LocalOptions { sh, ..LocalOptions::default() }).expect("connect");
+    assert!(ctx.connect_info().exe.starts_with("/memfd:"), "the agent runs from {}", ctx.connect_info().exe);
+    let path = ctx.fetch_resource(&res).expect("fetch");
+    let want = format!("/proc/{}/fd/", ctx.connect_info().pid);
+    assert!(path.to_string_lossy().starts_with(&want), "fetched into {}", path.display());
+    assert_eq!(sha256sum(&ctx, &path), hex(&res.sha256));
+    let out = ctx.exec(&[path.as_os_str().as_encoded_bytes()]).expect("run the helper");
+    assert_eq!(&out.stdout[..], b"from a memfd\n", "{}", String::from_utf8_lossy(&out.stderr));
+}

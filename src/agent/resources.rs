@@ -170,7 +170,7 @@ impl Resources {
             self.grants.iter().find(|g| g.context == r.for_context && g.sha256 == r.sha256 && r.chunk < chunks(g.size))
         });
         let (Some(r), Some(size)) = (req.as_ref(), granted.map(|g| g.size)) else {
-            let e = RemoteError::new(ErrorKind::NotPermitted, "resource not granted");
+            let e = encode(&RemoteError::new(ErrorKind::NotPermitted, "resource not granted"));
             return reply_down(kids, poller, out.id(), h.src, h.reply_to, Err(&e));
         };
         let w = Waiter::Down { dst: h.src, reply_to: h.reply_to };
@@ -231,17 +231,17 @@ impl Resources {
     pub fn on_reply(&mut self, m: Message, kids: &mut Children, out: &mut Outbox, poller: &Poller) -> bool {
         let Some(i) = self.asks.iter().position(|a| a.handle == m.header.handle) else { return false };
         let ask = self.asks.swap_remove(i);
-        let bad = |what: &'static str| RemoteError::new(ErrorKind::Protocol, what);
-        let r = if m.header.flags & FLAG_ERROR != 0 {
-            Err(postcard::from_bytes::<RemoteError>(&m.data).unwrap_or_else(|_| bad("malformed error reply")))
+        // An error goes on as it came (encoded): the agent needs no
+        // decoder for it.
+        let r = if m.header.flags == FLAG_ERROR {
+            Err(m.data)
         } else {
             match postcard::take_from_bytes::<u64>(&m.data) {
+                // A copy: the frame's buffer may be a larger one reused.
                 Ok((n, rest)) if m.header.flags == 0 && n == ask.len as u64 && rest.len() == ask.len => {
-                    let mut data = m.data;
-                    data.drain(..data.len() - ask.len);
-                    Ok(Rc::new(data))
+                    Ok(Rc::new(rest.to_vec()))
                 }
-                _ => Err(bad("resource chunk of the wrong size")),
+                _ => Err(encode(&RemoteError::new(ErrorKind::Protocol, "resource chunk of the wrong size"))),
             }
         };
         if let Ok(d) = &r {
@@ -252,14 +252,14 @@ impl Resources {
         for w in ask.waiters {
             match w {
                 Waiter::Down { dst, reply_to } => {
-                    let r = r.as_ref().map(|d| &d[..]);
+                    let r = r.as_ref().map(|d| &d[..]).map_err(|e| &e[..]);
                     reply_down(kids, poller, out.id(), dst, reply_to, r);
                 }
                 Waiter::Fetch(id) => {
                     let Some(i) = self.fetches.iter().position(|f| f.id == id) else { continue };
                     match &r {
                         Ok(d) => self.written(i, ask.chunk, d, out),
-                        Err(e) => self.fail(i, e.clone(), out),
+                        Err(e) => self.fail_with(i, e, out),
                     }
                 }
             }
@@ -412,9 +412,18 @@ impl Resources {
 
     /// Fetch `i` failed with `e`: its file goes, the call gets `e`.
     fn fail(&mut self, i: usize, e: RemoteError, out: &mut Outbox) {
+        self.fail_with(i, &encode(&e), out);
+    }
+
+    /// Fetch `i` failed with the encoded error `e` (from upstream).
+    fn fail_with(&mut self, i: usize, e: &[u8], out: &mut Outbox) {
         let f = self.fetches.swap_remove(i);
         discard(&f);
-        out.reply_error(&f.call, e);
+        let me = out.id();
+        let h = Header { flags: FLAG_ERROR, dst: f.call.src, src: me, auth: me, handle: f.call.reply_to, ..f.call };
+        if h.handle != 0 {
+            out.push(&h, e);
+        }
     }
 
     /// On the way out: unfinished fetches leave no temporary files.
@@ -432,15 +441,19 @@ fn discard(f: &Fetch) {
     }
 }
 
-/// A chunk (or an error) to `dst`'s `reply_to`, down the child stream
-/// that leads there (nothing if it is gone meanwhile).
-fn reply_down(kids: &mut Children, poller: &Poller, me: u32, dst: u32, reply_to: u32, r: Result<&[u8], &RemoteError>) {
+/// An error encoded as a reply's payload.
+fn encode(e: &RemoteError) -> Vec<u8> {
+    postcard::to_allocvec(e).unwrap_or_default()
+}
+
+/// A chunk (or an encoded error) to `dst`'s `reply_to`, down the child
+/// stream that leads there (nothing if it is gone meanwhile).
+fn reply_down(kids: &mut Children, poller: &Poller, me: u32, dst: u32, reply_to: u32, r: Result<&[u8], &[u8]>) {
     let Some(slot) = kids.next_hop(dst) else { return };
     let (flags, data) = match r {
-        Ok(d) => (0, postcard::to_allocvec(serde_bytes::Bytes::new(d))),
-        Err(e) => (FLAG_ERROR, postcard::to_allocvec(e)),
+        Ok(d) => (0, postcard::to_allocvec(serde_bytes::Bytes::new(d)).unwrap_or_default()),
+        Err(e) => (FLAG_ERROR, e.to_vec()),
     };
-    let Ok(data) = data else { return };
     let h = Header { flags, dst, src: me, auth: me, handle: reply_to, ..Header::default() };
     kids.send_down(slot, &h, &data, poller);
 }
