@@ -38,6 +38,8 @@ WORKLOADS = [
     ("sudo_connect", "sudo connect + first call (root -> test user)", True, True, False),
     ("bytes_first", "bytes written by the master: first connect", True, True, False),
     ("bytes_repeat", "bytes written by the master: repeat connect", True, True, False),
+    ("userfn_local", "user function, 1 KiB argument: round trip, local", True, True, False),
+    ("userfn_hop", "user function, 1 KiB argument: round trip via a hop", True, True, False),
 ]
 
 # What the "... / plain ssh" row of a workload compares with (same options).
@@ -56,6 +58,7 @@ ITER = {  # iterations per round: (quick, full)
     "bytes_first": (2, 3), "bytes_repeat": (2, 3), "exec_true": (200, 1000),
     "put_local": (1, 2), "get_local": (1, 2), "put_ssh": (1, 2), "get_ssh": (1, 2),
     "via_connect": (10, 40), "rtt_via": (3000, 10000), "putmany_via": (2, 5),
+    "userfn_local": (5000, 20000), "userfn_hop": (3000, 10000),
 }
 
 
@@ -73,6 +76,28 @@ def cold_process(cmd, env, n):
         subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60)
         vals.append((time.perf_counter() - t) * 1e3)
     return {"unit": "ms", "values": vals, "baseline": []}
+
+
+def userfn_binaries(mito_cli, env, cache={}):
+    """The mito side of the userfn rows, built on first use (other runs do
+    not pay for it): examples/bench_userfn.rs as the master (release, host)
+    and as the custom agent it uploads (`mito build-agent`, static musl).
+    Returns (master executable, agent path)."""
+    if not cache:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(["cargo", "build", "--release", "--example", "bench_userfn",
+                              "--message-format=json-render-diagnostics"],
+                             cwd=root, env=env, stdout=subprocess.PIPE, check=True, timeout=1800)
+        for line in out.stdout.decode().splitlines():
+            m = json.loads(line)
+            if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "bench_userfn":
+                cache["master"] = m["executable"]
+        out = subprocess.run([mito_cli, "build-agent", "--manifest-path", os.path.join(root, "Cargo.toml"),
+                              "--example", "bench_userfn", "--no-default-features", "--features", "agent,std", "--json"],
+                             cwd=root, env=env, stdout=subprocess.PIPE, check=True, timeout=1800)
+        cache["agent"] = json.loads(out.stdout.decode())["path"]
+        print("bench_userfn agent: %s" % out.stdout.decode().replace("\n", " "), file=sys.stderr)
+    return cache["master"], cache["agent"]
 
 
 COLD_MITOGEN = ("import os,mitogen.master as m\n"
@@ -115,6 +140,9 @@ def main():
                     if name == "cold_process":
                         cmd = [a.mito_cli, "ping", "local"] if tool == "mito" else [a.python, "-c", COLD_MITOGEN]
                         r = cold_process(cmd, env, n)
+                    elif tool == "mito" and name.startswith("userfn_"):
+                        master, agent = userfn_binaries(a.mito_cli, env)
+                        r = run([master, name, str(n)], dict(env, BENCH_USERFN_AGENT=agent))
                     elif tool == "mito":
                         r = run([a.mito, name, str(n)], env)
                     else:

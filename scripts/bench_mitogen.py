@@ -23,6 +23,12 @@ def read_file(path):
         return f.read()
 
 
+def take(data):
+    """The userfn rows' function: a 1 KiB bytes argument in, its length out
+    (as mito's `bench.take` in examples/bench_userfn.rs)."""
+    return len(data)
+
+
 def getpid():
     return os.getpid()
 
@@ -87,6 +93,19 @@ def rtt(ctx, n):
     return out
 
 
+def userfn_rtt(ctx, n):
+    arg = b"x" * 1024
+    for _ in range(1000):
+        ctx.call(take, arg)
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        if ctx.call(take, arg) != 1024:
+            raise RuntimeError("take did not see 1024 bytes")
+        out.append((time.perf_counter() - t) * 1e6)
+    return out
+
+
 def main():
     workload, n = sys.argv[1], int(sys.argv[2])
     broker = mitogen.master.Broker()
@@ -114,6 +133,10 @@ def main():
                 c.shutdown(wait=True)
         elif workload == "rtt_via":
             values, unit = rtt(router.local(via=router.local()), n), "us"
+        elif workload == "userfn_local":
+            values, unit = userfn_rtt(router.local(), n), "us"
+        elif workload == "userfn_hop":
+            values, unit = userfn_rtt(router.local(via=router.local()), n), "us"
         elif workload == "pipelined":
             c, unit = router.local(), "calls/s"
             for _ in range(n):
