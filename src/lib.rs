@@ -33,8 +33,11 @@
 //! both halves, a custom agent serves it (`mito::agent::serve`, with the
 //! features `agent` and `std`), and [`RouterOptions::agents`] takes that
 //! agent ([`Agent`]) to upload instead of the embedded one (README, "Your
-//! own functions"). [`master`] holds the same items by topic, [`proto`] the
-//! wire format they travel in.
+//! own functions"). Resources on demand (the importer): a [`Resource`]
+//! registered with [`Router::register_resource`] is fetched by a context
+//! with [`Context::fetch_resource`], through hops that cache it.
+//! [`master`] holds the same items by topic, [`proto`] the wire format
+//! they travel in.
 //!
 //! The modules `core` (I/O, framing, the routing table), `connect` (stage0,
 //! bootstrap, the methods) and `agent` (the agent runtime) are public only

@@ -26,6 +26,9 @@
 //!   waits for that exit for at most [`EXIT_WAIT_MS`], and the command's own
 //!   exec reply is held until the DEL_ROUTE is sent, so the master hears
 //!   of the loss first, with its cause.
+//! - a resource request (GET_RESOURCE) from a child is this hop's to
+//!   answer, whatever its `dst` ([`super::resources`]: granted, from the
+//!   cache or asked upstream once; else refused, and nothing goes up).
 //! - a child that stops reading is dropped the same way (and its transport
 //!   command killed) once its queue has kept reads from the parent stopped
 //!   for [`STALL_MS`] without progress: one child cannot stall its hop.
