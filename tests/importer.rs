@@ -282,3 +282,24 @@ exec /bin/sh "$@"' sh "$@"
     let out = ctx.exec(&[path.as_os_str().as_encoded_bytes()]).expect("run the helper");
     assert_eq!(&out.stdout[..], b"from a memfd\n", "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Two hops deep: the lower hop asks the upper one, which asks the master
+/// once; contexts behind either hop get it from the nearest cache.
+#[test]
+fn a_chain_of_hops_caches_at_every_level() {
+    let dir = TempDir::new("importer-chain");
+    let router = Router::new().expect("router");
+    let res = router.register_resource("blob", random_bytes(3 * MIB as usize / 2)).expect("register");
+    let upper = router.local(local_in(&dir.path().join("cache-upper"))).expect("upper hop");
+    let lower = child(&upper, &dir, "lower");
+    let deep: Vec<Context> = (0..3).map(|i| child(&lower, &dir, &format!("deep{i}"))).collect();
+    let beside = child(&upper, &dir, "beside");
+    let before = upper.bytes_sent();
+    for ctx in deep.iter().chain([&beside, &lower]) {
+        let p = ctx.fetch_resource(&res).expect("fetch");
+        check_fetched(ctx, &p, &res);
+    }
+    let first_link = upper.bytes_sent() - before;
+    assert_eq!(router.resource_stats().bytes_served, res.size, "the master served it once");
+    assert!(first_link < res.size + 64 * 1024, "the first link carried {first_link} bytes");
+}
