@@ -43,6 +43,9 @@ const QUEUE: usize = 1024;
 
 /// How long the server waits for room to send one chunk: a context that
 /// stopped reading holds the server (and other requesters) up no longer.
+/// A chunk not sent in time is answered with an error instead (a small
+/// control frame, which never waits), so the hop that asked never waits
+/// for ever on a reply that will not come.
 const SEND_WAIT: Duration = Duration::from_secs(30);
 
 /// What the importer counted in this router (for measurements and tests).
@@ -150,17 +153,23 @@ fn serve(store: &Store, table: &Weak<RouterTable>, rx: Receiver<(Header, GetReso
                 Ok((data, len))
             },
         );
-        let deadline = Some(Instant::now() + SEND_WAIT);
-        match chunk {
-            Ok((data, len)) => {
-                if table.send_parts(&reply, &data, deadline).is_ok() {
+        let sent = match chunk {
+            Ok((data, len)) => match table.send_parts(&reply, &data, Some(Instant::now() + SEND_WAIT)) {
+                Ok(()) => {
                     store.bytes_served.fetch_add(len as u64, Ordering::Relaxed);
+                    Ok(())
                 }
+                Err(d) => Err(RemoteError::os(nix::errno::Errno::ETIMEDOUT as i32, d.reason)),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(mut e) = sent {
+            if e.message.len() > 1024 {
+                e.message = "the resource chunk could not be sent".into();
             }
-            Err(e) => {
-                if let Ok(data) = postcard::to_allocvec(&e) {
-                    let _ = table.send_parts(&Header { flags: FLAG_ERROR, ..reply }, &data, deadline);
-                }
+            if let Ok(data) = postcard::to_allocvec(&e) {
+                let m = Message { header: Header { flags: FLAG_ERROR, ..reply }, data };
+                let _ = table.send_control(&m);
             }
         }
     }
