@@ -23,9 +23,9 @@
 //!   none), the hash checked at the end, then renamed to `res-<sha256>`.
 //!   The call is answered when that is done; the loop keeps running.
 //!
-//! Everything a waiter can be is a [`Waiter`]: a later slice (a hop that
+//! Everything a waiter can be is a `Waiter`: a later slice (a hop that
 //! writes a cached agent into a child's stdin) adds its own kind and calls
-//! [`Resources::want`] like a fetch does.
+//! `Resources::want` like a fetch does.
 
 use alloc::rc::Rc;
 use alloc::vec::Vec;
