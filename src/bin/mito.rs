@@ -4,14 +4,18 @@
 //! signal N), 0 for success otherwise, 255 when mito itself failed
 //! (connect, call, lost context) — as ssh does; 141 when the reader of
 //! its stdout went away (as SIGPIPE ends any program in a pipeline; `run`
-//! passes the SIGPIPE on to the command).
+//! passes the SIGPIPE on to the command). On a host pattern (`fleet`): 0
+//! when every host is ok, 3 when some command failed, 4 when some host
+//! was unreachable; 2 is clap's for a bad command line.
 //!
 //! Where things are (`src/bin/mito/`): `cli` is the command line as clap
 //! parses it; `settings` and `secrets` turn it into hop options, command
 //! arguments and passwords; `target` connects targets (chains of hops);
 //! one module per verb does the work (`run`, `copy` for put and get,
 //! `inspect` for ping, facts and info; `build_agent` builds a custom agent
-//! with cargo); `render` prints the answers, as text or JSON.
+//! with cargo); `render` prints the answers, as text or JSON. `inventory`
+//! reads Ansible inventories, `pattern` selects hosts from them, and
+//! `fleet` runs a verb on every host a pattern selects.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -25,8 +29,14 @@ mod build_agent;
 mod cli;
 #[path = "mito/copy.rs"]
 mod copy;
+#[path = "mito/fleet.rs"]
+mod fleet;
 #[path = "mito/inspect.rs"]
 mod inspect;
+#[path = "mito/inventory.rs"]
+mod inventory;
+#[path = "mito/pattern.rs"]
+mod pattern;
 #[path = "mito/render.rs"]
 mod render;
 #[path = "mito/run.rs"]
@@ -82,8 +92,18 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-/// Starts the broker, runs the verb, shuts every context down.
+/// Starts the broker, runs the verb, shuts every context down. A target
+/// that is a host pattern of the inventory runs on each of its hosts
+/// (`fleet`); any other target as it always has.
 fn start(cli: Cli, secrets: secrets::Secrets) -> Result<ExitCode, String> {
+    let inventory = match &cli.command {
+        Command::Run(_) | Command::Ping(_) | Command::Facts(_) => inventory::load(&cli.inventory)?,
+        _ => None,
+    }
+    .unwrap_or_default();
+    if let Some(job) = fleet::job(&cli, &inventory)? {
+        return fleet::run(job, &inventory, &cli, secrets);
+    }
     // Before any thread exists (the broker's included), so all inherit the mask.
     let signals = matches!(cli.command, Command::Run(_)).then(run::Signals::start);
     let router = Router::new().map_err(|e| format!("cannot start the broker: {e}"))?;

@@ -66,8 +66,41 @@ pub struct Cli {
     /// sudo/su: run through the target user's login shell (`sudo -i`, `su -l`).
     #[arg(long, global = true)]
     pub login: bool,
+    /// An Ansible inventory: an INI or YAML file, a directory of them, or
+    /// a comma list of hosts (`'web1,web2,'`). Repeatable; default
+    /// $MITO_INVENTORY, else ./inventory if it exists. A target that is a
+    /// host pattern of the inventory (`all`, `web*`, `web:&prod`) runs on
+    /// every host it matches; any other target is a plain one, as without
+    /// an inventory. (`-i` is ssh's key file, as in ssh.)
+    #[arg(short = 'I', long = "inventory", global = true, value_name = "FILE|LIST")]
+    pub inventory: Vec<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// What a run on a host pattern takes besides its verb's own options.
+#[derive(Args, Debug, Clone)]
+pub struct FleetArgs {
+    /// Only the hosts this pattern also matches (`@FILE`: the host names
+    /// in FILE, one a line).
+    #[arg(short = 'l', long, value_name = "PATTERN")]
+    pub limit: Option<String>,
+    /// Print the hosts the pattern matches, one a line, and exit.
+    #[arg(long)]
+    pub list_hosts: bool,
+    /// How many hosts are connected and run at a time.
+    #[arg(short = 'f', long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub forks: u32,
+    /// Become on every host whose inventory does not say (as
+    /// `ansible_become=true`): a sudo/su/doas hop after its connection.
+    #[arg(short = 'b', long = "become")]
+    pub become_: bool,
+    /// With --become: the user (default root).
+    #[arg(long, value_name = "USER", requires = "become_")]
+    pub become_user: Option<String>,
+    /// With --become: sudo, su or doas (default sudo).
+    #[arg(long, value_name = "METHOD", requires = "become_", value_parser = ["sudo", "su", "doas"])]
+    pub become_method: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -112,7 +145,7 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, or hops joined by commas (`ssh://web1,sudo:root`).
+    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, hops joined by commas (`ssh://web1,sudo:root`), or a host pattern of the inventory (`all`, `web*`, `web:&prod:!web3`).
     pub target: String,
     /// Do not forward this process's stdin to the command (as `ssh -n`).
     #[arg(short = 'n', long)]
@@ -130,18 +163,29 @@ pub struct RunArgs {
     /// Working directory of the command.
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<String>,
+    /// On a host pattern: one JSON object a line per host (host, status,
+    /// exit_code, signal, stdout, stderr, duration_ms, error, error_kind).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
     /// The command and its arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required_unless_present = "list_hosts")]
     pub argv: Vec<String>,
 }
 
 #[derive(Args, Debug)]
 pub struct PingArgs {
-    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, or hops joined by commas (`ssh://web1,sudo:root`).
+    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, hops joined by commas (`ssh://web1,sudo:root`), or a host pattern of the inventory.
     pub target: String,
     /// Number of round trips.
     #[arg(short, long, default_value_t = 1)]
     pub count: u32,
+    /// On a host pattern: one JSON object a line per host.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 #[derive(Args, Debug)]
@@ -175,9 +219,11 @@ pub struct GetArgs {
 pub struct FactsArgs {
     /// Where (as for `run`).
     pub target: String,
-    /// Machine-readable output.
+    /// Machine-readable output (on a host pattern: one object a line per host).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 #[derive(Args, Debug)]

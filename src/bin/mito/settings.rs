@@ -6,10 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mito::functions::ExecArgs;
-use mito::{DoasOptions, HostKeyPolicy, LocalOptions, SshOptions, SuOptions, SudoOptions};
+use mito::{
+    ConnectError, Connector, Context, DoasOptions, HostKeyPolicy, LocalOptions, SshOptions, SuOptions, SudoOptions,
+};
 use serde_bytes::ByteBuf;
 
 use super::cli::{Cli, HostKeys, RunArgs};
+use super::inventory::{BecomeMethod, SshSpec};
 
 /// What the global options say about connecting.
 pub struct Settings {
@@ -63,45 +66,95 @@ impl Settings {
     /// The hop written `hop` (one hop, no commas) with its options;
     /// `become_pass` is the password of a sudo/su/doas hop.
     pub fn hop(&self, hop: &str, become_pass: Option<String>) -> Result<Hop, String> {
-        let timeout = self.timeout();
         if hop.starts_with("ssh://") {
-            let mut o = SshOptions::from_url(hop)?;
-            o.connect_timeout = timeout;
-            o.identity_file = self.identity.clone();
-            o.ssh_config = self.ssh_config.clone();
-            o.options = self.ssh_options.clone();
-            o.check_host_keys = self.host_keys;
-            return Ok(Hop::Ssh(o));
+            return Ok(Hop::Ssh(self.ssh(SshOptions::from_url(hop)?)));
         }
         let (method, arg) = hop.split_once(':').map_or((hop, None), |(m, n)| (m, Some(n.to_string())));
         let user = || arg.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into());
         Ok(match method {
-            "sudo" => {
-                let mut o = SudoOptions::new(user());
-                o.password = become_pass;
+            "sudo" => self.become_hop(BecomeMethod::Sudo, user(), become_pass),
+            "su" => self.become_hop(BecomeMethod::Su, user(), become_pass),
+            "doas" => self.become_hop(BecomeMethod::Doas, user(), become_pass),
+            "local" => self.local(arg),
+            _ => return Err(format!(
+                "unknown target {hop:?}: expected local, ssh://[user@]host[:port], sudo:USER, su:USER, doas:USER, a chain of them joined by commas, or a host pattern of the inventory (-I)"
+            )),
+        })
+    }
+
+    /// `o` with the global ssh options (timeout, key, config, `-o`, host
+    /// key policy) filled in.
+    pub fn ssh(&self, mut o: SshOptions) -> SshOptions {
+        o.connect_timeout = self.timeout();
+        o.identity_file = self.identity.clone();
+        o.ssh_config = self.ssh_config.clone();
+        o.options = self.ssh_options.clone();
+        o.check_host_keys = self.host_keys;
+        o
+    }
+
+    /// A sudo, su or doas hop to `user` with the global flags.
+    pub fn become_hop(&self, method: BecomeMethod, user: String, password: Option<String>) -> Hop {
+        let timeout = self.timeout();
+        match method {
+            BecomeMethod::Sudo => {
+                let mut o = SudoOptions::new(user);
+                o.password = password;
                 o.preserve_env = self.preserve_env;
                 o.login = self.login;
                 o.connect_timeout = timeout;
                 Hop::Sudo(o)
             }
-            "su" => {
-                let mut o = SuOptions::new(user());
-                o.password = become_pass;
+            BecomeMethod::Su => {
+                let mut o = SuOptions::new(user);
+                o.password = password;
                 o.login = self.login;
                 o.connect_timeout = timeout;
                 Hop::Su(o)
             }
-            "doas" => {
-                let mut o = DoasOptions::new(user());
-                o.password = become_pass;
+            BecomeMethod::Doas => {
+                let mut o = DoasOptions::new(user);
+                o.password = password;
                 o.connect_timeout = timeout;
                 Hop::Doas(o)
             }
-            "local" => Hop::Local(LocalOptions { name: arg, connect_timeout: timeout, ..LocalOptions::default() }),
-            _ => return Err(format!(
-                "unknown target {hop:?}: expected local, ssh://[user@]host[:port], sudo:USER, su:USER, doas:USER, or a chain of them joined by commas"
-            )),
-        })
+        }
+    }
+
+    /// A local hop named `name` (None: the caller's choice, see `Targets`).
+    pub fn local(&self, name: Option<String>) -> Hop {
+        Hop::Local(LocalOptions { name, connect_timeout: self.timeout(), ..LocalOptions::default() })
+    }
+
+    /// The ssh hop of an inventory host: the global options, then what
+    /// the inventory says, which wins where both speak (as Ansible's host
+    /// variables beat its command line). ssh takes the first value of an
+    /// option, so the inventory's `-o` options go first. The password is
+    /// filled in later (from the inventory, else as for any ssh hop).
+    pub fn inventory_ssh(&self, name: &str, spec: &SshSpec) -> SshOptions {
+        let mut o = self.ssh(SshOptions::new(spec.host.clone()));
+        o.name = Some(name.to_string());
+        o.port = spec.port;
+        o.username = spec.user.clone();
+        if spec.key.is_some() {
+            o.identity_file = spec.key.clone();
+        }
+        o.options = spec.options.iter().cloned().chain(std::mem::take(&mut o.options)).collect();
+        o.compression |= spec.compression;
+        o
+    }
+}
+
+impl Hop {
+    /// Connects this hop from `from` (the master, or the hop before it).
+    pub fn connect(self, from: Connector<'_>) -> Result<Context, ConnectError> {
+        match self {
+            Hop::Ssh(o) => from.ssh(o),
+            Hop::Sudo(o) => from.sudo(o),
+            Hop::Su(o) => from.su(o),
+            Hop::Doas(o) => from.doas(o),
+            Hop::Local(o) => from.local(o),
+        }
     }
 }
 

@@ -1,0 +1,655 @@
+//! Runs on many hosts: `mito run|ping|facts PATTERN` where PATTERN is a
+//! host pattern of the inventory (`pattern`, `inventory`).
+//!
+//! Each host becomes a [`Plan`]: the chain of hops `target` would connect
+//! for it, made by `settings` from the host's variables (its `mito_via`
+//! host's chain first, then its connection, then its become hop). Hops
+//! with the same key (a via host's) are one [`Slot`], connected once and
+//! shared, as `Targets` shares chain prefixes.
+//!
+//! Up to `--forks` hosts are in flight at once, each on a thread of its
+//! own that connects its chain and then runs the verb: a thread per
+//! host in flight, bounded by `--forks` (the broker does the I/O; the
+//! threads only wait on it). A host that cannot be reached is reported
+//! and the others go on. The results are printed at the end, grouped by
+//! host with identical outputs folded (`web[01:03] (3 hosts): ok`), or with
+//! `--json` one object a line per host; then a summary line.
+//!
+//! Exit status: 0 every host ok; [`EXIT_FAILED`] some command failed (a
+//! non-zero exit, a signal, a timeout, an error running it) and every host
+//! was reached; [`EXIT_UNREACHABLE`] some host could not be reached (or
+//! was lost), whatever the others did; 255 mito itself failed (a bad
+//! inventory); 141 the reader of stdout went away.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use mito::functions::ExecArgs;
+use mito::{CallError, ConnectError, Context, Router, SshFailure};
+use serde::Serialize;
+
+use super::cli::{Cli, Command, FleetArgs};
+use super::inventory::{BecomeMethod, BecomeSpec, Connection, Inventory};
+use super::secrets::Secrets;
+use super::settings::{exec_args, Hop, Settings};
+use super::{pattern, render};
+
+/// Exit status when some command failed and every host was reached.
+pub const EXIT_FAILED: u8 = 3;
+/// Exit status when some host could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 4;
+
+/// What to do on each host.
+enum Verb {
+    Run(Box<ExecArgs>),
+    Ping,
+    Facts,
+}
+
+/// A run on the hosts a pattern matched.
+pub struct Job<'a> {
+    hosts: Vec<&'a str>,
+    verb: Verb,
+    json: bool,
+    fleet: FleetArgs,
+}
+
+/// The fleet job of `cli`, if its target is a host pattern that matches
+/// hosts of `inv` (or `--list-hosts` was asked): None for a plain target.
+pub fn job<'a>(cli: &Cli, inv: &'a Inventory) -> Result<Option<Job<'a>>, String> {
+    let (target, fleet, json) = match &cli.command {
+        Command::Run(a) => (&a.target, &a.fleet, a.json),
+        Command::Ping(a) => (&a.target, &a.fleet, a.json),
+        Command::Facts(a) => (&a.target, &a.fleet, a.json),
+        _ => return Ok(None),
+    };
+    let (mut hosts, unmatched) = if inv.is_empty() { (Vec::new(), Vec::new()) } else { pattern::select(inv, target)? };
+    if hosts.is_empty() && !fleet.list_hosts {
+        if fleet.limit.is_some() || fleet.become_ {
+            return Err(format!(
+                "{target:?} matches no host of the inventory (-I): --limit and --become are for host patterns"
+            ));
+        }
+        if json && !matches!(cli.command, Command::Facts(_)) {
+            return Err(format!("{target:?} matches no host of the inventory (-I): --json is for host patterns"));
+        }
+        return Ok(None);
+    }
+    for u in unmatched {
+        eprintln!("mito: warning: could not match host pattern {u:?}; ignoring it");
+    }
+    if let Some(l) = &fleet.limit {
+        hosts = pattern::limit(inv, hosts, l)?;
+    }
+    let verb = match &cli.command {
+        Command::Run(a) if a.tty => return Err("-t is for one target, not a host pattern".into()),
+        Command::Run(a) if !fleet.list_hosts => Verb::Run(Box::new(exec_args(a)?)),
+        Command::Facts(_) => Verb::Facts,
+        _ => Verb::Ping,
+    };
+    Ok(Some(Job { hosts, verb, json, fleet: fleet.clone() }))
+}
+
+/// Why a host was not reached: for people, and a kind for scripts.
+#[derive(Clone, Debug)]
+struct Failure {
+    message: String,
+    kind: &'static str,
+}
+
+/// One hop shared by the plans that go through it: connected by the first
+/// that needs it, its result kept for the others.
+struct Slot {
+    hop: Mutex<Option<PlannedHop>>,
+    done: Mutex<Option<Result<Context, Failure>>>,
+}
+
+/// A hop and where its password comes from when the inventory gives none.
+struct PlannedHop {
+    hop: Hop,
+    /// An ssh hop without `ansible_password`: the command line's, if any.
+    cli_ssh_password: bool,
+    /// A become hop without `ansible_become_password`: the command line's
+    /// for this chain (its text, and its index among become hops).
+    cli_become_password: Option<(String, usize)>,
+}
+
+/// The hops of one host, first to last.
+pub struct Plan {
+    name: String,
+    hops: Vec<Arc<Slot>>,
+}
+
+/// Makes plans, sharing the slots of `mito_via` hosts.
+struct Planner<'a> {
+    inv: &'a Inventory,
+    settings: &'a Settings,
+    fleet: &'a FleetArgs,
+    /// Per host planned so far: its slots and their chain texts.
+    made: Vec<(String, Vec<Arc<Slot>>, Vec<String>)>,
+}
+
+impl Planner<'_> {
+    /// The plan of `host`; `stack` the hosts whose `mito_via` led here.
+    fn plan(&mut self, host: &str, stack: &mut Vec<String>) -> Result<(Vec<Arc<Slot>>, Vec<String>), String> {
+        if let Some((_, slots, labels)) = self.made.iter().find(|(h, _, _)| h == host) {
+            return Ok((slots.clone(), labels.clone()));
+        }
+        let spec = self.inv.host_spec(host).map_err(|e| e.to_string())?;
+        let (mut slots, mut labels) = match &spec.via {
+            Some(via) if !self.inv.has_host(via) => {
+                let o = self.inv.host_origin(host);
+                return Err(format!("inventory {}: mito_via of {host}: no host {via:?} in the inventory", o.file));
+            }
+            Some(via) if stack.iter().any(|h| h == via) || via == host => {
+                return Err(format!("mito_via: the hosts {} and {via} are each other's hops", stack.join(" → ")));
+            }
+            Some(via) => {
+                stack.push(host.to_string());
+                let r = self.plan(via, stack);
+                stack.pop();
+                r?
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut push = |planned: PlannedHop, label: String| {
+            labels.push(label);
+            slots.push(Arc::new(Slot { hop: Mutex::new(Some(planned)), done: Mutex::new(None) }));
+        };
+        match &spec.connection {
+            Connection::Local => push(
+                PlannedHop {
+                    hop: self.settings.local(Some(host.into())),
+                    cli_ssh_password: false,
+                    cli_become_password: None,
+                },
+                "local".into(),
+            ),
+            Connection::Ssh(s) => {
+                let mut o = self.settings.inventory_ssh(host, s);
+                let label = format!("ssh://{}", o.display_host());
+                o.password = s.password.as_ref().map(|p| p.0.clone());
+                let cli_ssh_password = o.password.is_none();
+                push(PlannedHop { hop: Hop::Ssh(o), cli_ssh_password, cli_become_password: None }, label);
+            }
+        }
+        let become_ = spec.become_.clone().or_else(|| {
+            self.fleet.become_.then(|| BecomeSpec {
+                method: self
+                    .fleet
+                    .become_method
+                    .as_deref()
+                    .and_then(|m| BecomeMethod::parse(m).ok())
+                    .unwrap_or(BecomeMethod::Sudo),
+                user: self.fleet.become_user.clone().unwrap_or_else(|| "root".into()),
+                password: None,
+            })
+        });
+        if let Some(b) = become_ {
+            let index = labels.iter().filter(|l| super::target::is_become(l)).count();
+            labels.push(format!("{}:{}", b.method.name(), b.user));
+            let cli = b.password.is_none().then(|| (labels.join(","), index));
+            let hop = self.settings.become_hop(b.method, b.user, b.password.map(|p| p.0));
+            slots.push(Arc::new(Slot {
+                hop: Mutex::new(Some(PlannedHop { hop, cli_ssh_password: false, cli_become_password: cli })),
+                done: Mutex::new(None),
+            }));
+        }
+        self.made.push((host.to_string(), slots.clone(), labels.clone()));
+        Ok((slots, labels))
+    }
+}
+
+/// How one host fared.
+struct Outcome {
+    host: String,
+    status: Status,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    timed_out: bool,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    duration: Duration,
+    error: Option<String>,
+    error_kind: Option<&'static str>,
+    facts: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Ok,
+    Failed,
+    Unreachable,
+}
+
+/// Runs `job`: prints the hosts (`--list-hosts`), or connects, runs the
+/// verb on every host and prints the results.
+pub fn run(job: Job<'_>, inv: &Inventory, cli: &Cli, secrets: Secrets) -> Result<ExitCode, String> {
+    if job.fleet.list_hosts {
+        if job.hosts.is_empty() {
+            eprintln!("mito: warning: no hosts matched");
+        }
+        let text: String = job.hosts.iter().map(|h| format!("{h}\n")).collect();
+        return Ok(write_out(&text)?.unwrap_or(ExitCode::SUCCESS));
+    }
+    let settings = Settings::new(cli);
+    let mut planner = Planner { inv, settings: &settings, fleet: &job.fleet, made: Vec::new() };
+    let mut plans = Vec::new();
+    for h in &job.hosts {
+        let (hops, _) = planner.plan(h, &mut Vec::new())?;
+        plans.push(Plan { name: h.to_string(), hops });
+    }
+    drop(planner);
+    let router = Router::new().map_err(|e| format!("cannot start the broker: {e}"))?;
+    let runner = Runner { router: &router, secrets: Mutex::new(secrets) };
+    let outcomes = runner.all(&plans, &job.verb, job.fleet.forks as usize);
+    // Deepest first, so a hop outlives the contexts behind it.
+    for p in &plans {
+        for s in p.hops.iter().rev() {
+            if let Some(Ok(c)) = s.done.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                let _ = c.shutdown();
+            }
+        }
+    }
+    let mut text = if job.json { json_lines(&outcomes)? } else { grouped(&outcomes) };
+    let summary = summary(&outcomes);
+    if job.json {
+        eprintln!("{summary}");
+    } else {
+        text.push_str(&summary);
+        text.push('\n');
+    }
+    if let Some(code) = write_out(&text)? {
+        return Ok(code);
+    }
+    Ok(ExitCode::from(exit_status(&outcomes)))
+}
+
+/// 0, [`EXIT_FAILED`] or [`EXIT_UNREACHABLE`].
+fn exit_status(outcomes: &[Outcome]) -> u8 {
+    if outcomes.iter().any(|o| o.status == Status::Unreachable) {
+        EXIT_UNREACHABLE
+    } else if outcomes.iter().any(|o| o.status == Status::Failed) {
+        EXIT_FAILED
+    } else {
+        0
+    }
+}
+
+/// Connects plans and runs verbs on them.
+struct Runner<'r> {
+    router: &'r Router,
+    secrets: Mutex<Secrets>,
+}
+
+impl Runner<'_> {
+    /// Every plan, `forks` at a time; outcomes in the plans' order.
+    fn all(&self, plans: &[Plan], verb: &Verb, forks: usize) -> Vec<Outcome> {
+        let next = AtomicUsize::new(0);
+        let results: Mutex<Vec<Option<Outcome>>> = Mutex::new((0..plans.len()).map(|_| None).collect());
+        let progress = Progress::new(plans.len());
+        std::thread::scope(|s| {
+            for _ in 0..forks.clamp(1, plans.len().max(1)) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(plan) = plans.get(i) else { break };
+                    let o = self.one(plan, verb);
+                    progress.done(o.status);
+                    results.lock().unwrap_or_else(PoisonError::into_inner)[i] = Some(o);
+                });
+            }
+        });
+        progress.finish();
+        results.into_inner().unwrap_or_else(PoisonError::into_inner).into_iter().flatten().collect()
+    }
+
+    /// Connects `plan` and runs `verb` there.
+    fn one(&self, plan: &Plan, verb: &Verb) -> Outcome {
+        let t0 = Instant::now();
+        let mut o = Outcome {
+            host: plan.name.clone(),
+            status: Status::Ok,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            duration: Duration::ZERO,
+            error: None,
+            error_kind: None,
+            facts: None,
+        };
+        match self.connect(plan) {
+            Ok(ctx) => call(&ctx, verb, &mut o),
+            Err(f) => {
+                o.status = Status::Unreachable;
+                o.error = Some(f.message);
+                o.error_kind = Some(f.kind);
+            }
+        }
+        o.duration = t0.elapsed();
+        o
+    }
+
+    /// The context at the end of `plan`, connecting the hops not yet
+    /// connected (a shared hop once, whoever needs it first).
+    fn connect(&self, plan: &Plan) -> Result<Context, Failure> {
+        let mut prev: Option<Context> = None;
+        for slot in &plan.hops {
+            let mut done = slot.done.lock().unwrap_or_else(PoisonError::into_inner);
+            if done.is_none() {
+                let planned = slot.hop.lock().unwrap_or_else(PoisonError::into_inner).take();
+                *done = Some(match planned {
+                    Some(p) => self.connect_hop(prev.as_ref(), p),
+                    None => Err(Failure { message: "hop already tried".into(), kind: "internal" }),
+                });
+            }
+            match done.as_ref() {
+                Some(Ok(c)) => prev = Some(c.clone()),
+                Some(Err(f)) => return Err(f.clone()),
+                None => return Err(Failure { message: "hop not connected".into(), kind: "internal" }),
+            }
+        }
+        prev.ok_or(Failure { message: format!("{}: no hops", plan.name), kind: "internal" })
+    }
+
+    fn connect_hop(&self, prev: Option<&Context>, mut p: PlannedHop) -> Result<Context, Failure> {
+        let pw_failure = |message: String| Failure { message, kind: "password" };
+        if p.cli_ssh_password {
+            if let Hop::Ssh(o) = &mut p.hop {
+                o.password =
+                    self.secrets.lock().unwrap_or_else(PoisonError::into_inner).ssh_password().map_err(pw_failure)?;
+            }
+        }
+        if let Some((prefix, index)) = &p.cli_become_password {
+            let pw = self
+                .secrets
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .become_password(prefix, *index)
+                .map_err(pw_failure)?;
+            match &mut p.hop {
+                Hop::Sudo(o) => o.password = pw,
+                Hop::Su(o) => o.password = pw,
+                Hop::Doas(o) => o.password = pw,
+                _ => {}
+            }
+        }
+        let from = prev.map_or_else(|| self.router.connector(), Context::connector);
+        p.hop.connect(from).map_err(|e| Failure { kind: connect_kind(&e), message: e.to_string() })
+    }
+}
+
+/// Runs `verb` in `ctx`, filling in `o`.
+fn call(ctx: &Context, verb: &Verb, o: &mut Outcome) {
+    let result = match verb {
+        Verb::Run(args) => ctx.exec_with(args).map(|r| {
+            o.exit_code = r.status.code;
+            o.signal = r.status.signal;
+            o.timed_out = r.timed_out;
+            o.stdout = r.stdout.into_vec();
+            o.stderr = r.stderr.into_vec();
+            if o.exit_code != Some(0) || o.timed_out {
+                o.status = Status::Failed;
+                o.error_kind = Some(if o.timed_out { "timeout" } else { "exit" });
+            }
+        }),
+        Verb::Ping => ctx.ping().map(|()| o.stdout = b"pong\n".to_vec()),
+        Verb::Facts => ctx.facts().map(|f| {
+            let view = render::Facts::new(ctx, &f);
+            o.stdout = format!("{}\n", view.text()).into_bytes();
+            o.facts = serde_json::to_value(&view).ok();
+        }),
+    };
+    if let Err(e) = result {
+        let remote = e.remote().is_some();
+        // A context lost mid-call was not reached, as Ansible counts it; an
+        // error the agent sent back (no such program) is the command's.
+        o.status = if remote { Status::Failed } else { Status::Unreachable };
+        o.error_kind = Some(call_kind(&e));
+        o.error = Some(e.to_string());
+    }
+}
+
+/// A connect error's kind, for `--json`'s `error_kind`.
+fn connect_kind(e: &ConnectError) -> &'static str {
+    match e {
+        ConnectError::Timeout { .. } => "timeout",
+        ConnectError::Ssh { failure, .. } => match failure {
+            SshFailure::HostKeyUnknown => "host-key-unknown",
+            SshFailure::HostKeyChanged => "host-key-changed",
+            SshFailure::WrongPassword | SshFailure::AuthFailed { .. } => "auth-failed",
+            SshFailure::ConnectionRefused => "connection-refused",
+            SshFailure::NameNotResolved => "name-not-resolved",
+            SshFailure::NoRoute => "no-route",
+            SshFailure::ConnectTimedOut => "timeout",
+            SshFailure::RemoteShell => "no-shell",
+        },
+        ConnectError::Become { .. } => "become-failed",
+        ConnectError::Hop { .. } => "hop-failed",
+        ConnectError::Spawn { .. } => "spawn-failed",
+        _ => "connect-failed",
+    }
+}
+
+fn call_kind(e: &CallError) -> &'static str {
+    match e {
+        CallError::Remote(_) => "exec-failed",
+        CallError::Disconnected { .. } => "lost",
+        CallError::Timeout { .. } => "timeout",
+        _ => "call-failed",
+    }
+}
+
+/// `--json`: one object a line per host.
+#[derive(Serialize)]
+struct JsonOutcome<'a> {
+    host: &'a str,
+    status: Status,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    /// UTF-8 (invalid bytes replaced).
+    stdout: String,
+    stderr: String,
+    duration_ms: u64,
+    error: Option<&'a str>,
+    error_kind: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    facts: Option<&'a serde_json::Value>,
+}
+
+fn json_lines(outcomes: &[Outcome]) -> Result<String, String> {
+    let mut out = String::new();
+    for o in outcomes {
+        let j = JsonOutcome {
+            host: &o.host,
+            status: o.status,
+            exit_code: o.exit_code,
+            signal: o.signal,
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            duration_ms: o.duration.as_millis().try_into().unwrap_or(u64::MAX),
+            error: o.error.as_deref(),
+            error_kind: o.error_kind,
+            facts: o.facts.as_ref(),
+        };
+        out.push_str(&serde_json::to_string(&j).map_err(|e| e.to_string())?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The text output: hosts with the same result under one heading, in the
+/// order of their first host.
+fn grouped(outcomes: &[Outcome]) -> String {
+    let mut groups: Vec<(&Outcome, Vec<&str>)> = Vec::new();
+    for o in outcomes {
+        match groups.iter_mut().find(|(first, _)| same(first, o)) {
+            Some((_, hosts)) => hosts.push(&o.host),
+            None => groups.push((o, vec![&o.host])),
+        }
+    }
+    let mut text = String::new();
+    for (o, hosts) in groups {
+        let names = fold_names(&hosts);
+        let count = if hosts.len() > 1 { format!(" ({} hosts)", hosts.len()) } else { String::new() };
+        text.push_str(&format!("{names}{count}: {}\n", status_text(o)));
+        push_output(&mut text, &o.stdout);
+        if !o.stderr.is_empty() {
+            text.push_str("-- stderr --\n");
+            push_output(&mut text, &o.stderr);
+        }
+    }
+    text
+}
+
+/// Same result: status, exit, output and error alike.
+fn same(a: &Outcome, b: &Outcome) -> bool {
+    (a.status, a.exit_code, a.signal, a.timed_out, &a.stdout, &a.stderr, &a.error)
+        == (b.status, b.exit_code, b.signal, b.timed_out, &b.stdout, &b.stderr, &b.error)
+}
+
+fn status_text(o: &Outcome) -> String {
+    match (o.status, &o.error) {
+        (Status::Ok, _) => "ok".into(),
+        (Status::Unreachable, e) => {
+            format!("unreachable ({}): {}", o.error_kind.unwrap_or("?"), without_host(&o.host, e.as_deref()))
+        }
+        (Status::Failed, Some(e)) => format!("failed: {}", without_host(&o.host, Some(e))),
+        (Status::Failed, None) if o.timed_out => "failed (timed out, killed)".into(),
+        (Status::Failed, None) => match (o.exit_code, o.signal) {
+            (Some(c), _) => format!("failed (exit {c})"),
+            (None, Some(s)) => format!("failed (killed by signal {s})"),
+            _ => "failed".into(),
+        },
+    }
+}
+
+/// An error without the `HOST: ` it starts with (the heading names the host).
+fn without_host<'e>(host: &str, e: Option<&'e str>) -> &'e str {
+    let e = e.unwrap_or("");
+    e.strip_prefix(host).and_then(|r| r.strip_prefix(": ")).unwrap_or(e)
+}
+
+/// A target's output as it may reach a terminal: each line with control
+/// characters escaped (ARCHITECTURE.md, "Security"), a newline at the end.
+fn push_output(text: &mut String, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    for line in body.split(|&b| b == b'\n') {
+        // The cap only guards printable's own arithmetic: whole lines are kept.
+        text.push_str(&mito::core::text::printable(line, 1 << 30));
+        text.push('\n');
+    }
+}
+
+/// Host names folded into ranges: web01, web02, web03, db1 →
+/// `web[01:03],db1`. A run is consecutive numbers (the last run of digits
+/// in each name) with the same text around them and the same width.
+pub fn fold_names(names: &[&str]) -> String {
+    /// (before the digits, the digits, after them).
+    fn parts(name: &str) -> Option<(&str, &str, &str)> {
+        let end = name.rfind(|c: char| c.is_ascii_digit())? + 1;
+        let start = name[..end].rfind(|c: char| !c.is_ascii_digit()).map_or(0, |i| i + 1);
+        Some((&name[..start], &name[start..end], &name[end..]))
+    }
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < names.len() {
+        let mut j = i + 1;
+        if let Some((pre, digits, post)) = parts(names[i]) {
+            let mut last: u64 = digits.parse().unwrap_or(u64::MAX);
+            while let Some((p2, d2, s2)) = names.get(j).and_then(|n| parts(n)) {
+                let next = d2.parse::<u64>().ok();
+                let width_ok = d2.len() == digits.len() || (!d2.starts_with('0') && !digits.starts_with('0'));
+                if p2 != pre || s2 != post || !width_ok || next != last.checked_add(1) {
+                    break;
+                }
+                last += 1;
+                j += 1;
+            }
+            if j - i > 1 {
+                let d_last = parts(names[j - 1]).map_or("", |p| p.1);
+                out.push(format!("{pre}[{digits}:{d_last}]{post}"));
+                i = j;
+                continue;
+            }
+        }
+        out.push(names[i].to_string());
+        i += 1;
+    }
+    out.join(",")
+}
+
+/// `3 ok, 1 failed, 1 unreachable`.
+fn summary(outcomes: &[Outcome]) -> String {
+    let n = |s: Status| outcomes.iter().filter(|o| o.status == s).count();
+    format!("{} ok, {} failed, {} unreachable", n(Status::Ok), n(Status::Failed), n(Status::Unreachable))
+}
+
+/// Writes `text` to stdout; `Some(141)` when its reader went away.
+fn write_out(text: &str) -> Result<Option<ExitCode>, String> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Some(ExitCode::from(141))),
+        Err(e) => Err(format!("writing to stdout: {e}")),
+    }
+}
+
+/// A progress line on stderr while hosts run, only when stderr is a
+/// terminal (and without colours, so NO_COLOR has nothing to turn off).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    counts: Mutex<[usize; 3]>,
+}
+
+impl Progress {
+    fn new(hosts: usize) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(hosts as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{pos}/{len} hosts [{elapsed}] {msg}") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Progress { bar, counts: Mutex::new([0; 3]) }
+    }
+
+    fn done(&self, status: Status) {
+        let Some(bar) = &self.bar else { return };
+        let mut c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        c[status as usize] += 1;
+        bar.set_message(format!("{} ok, {} failed, {} unreachable", c[0], c[1], c[2]));
+        bar.inc(1);
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fold_names;
+
+    #[test]
+    fn names_fold_into_ranges() {
+        assert_eq!(fold_names(&["web01", "web02", "web03"]), "web[01:03]");
+        assert_eq!(fold_names(&["web01", "web02", "db1"]), "web[01:02],db1");
+        assert_eq!(fold_names(&["a1", "a3"]), "a1,a3");
+        assert_eq!(fold_names(&["h9", "h10", "h11"]), "h[9:11]");
+        assert_eq!(fold_names(&["x", "y"]), "x,y");
+        assert_eq!(fold_names(&["r1.example", "r2.example"]), "r[1:2].example");
+        assert_eq!(fold_names(&["web09", "web10"]), "web[09:10]");
+    }
+}

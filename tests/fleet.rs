@@ -1,0 +1,276 @@
+//! Runs on host patterns of an Ansible inventory through the `mito` CLI
+//! (README, "Fleets"): `--list-hosts` and patterns, a run on every host
+//! with identical outputs folded, unreachable hosts reported without
+//! stopping the others and within the connect timeout, the exit statuses,
+//! `--json` lines, hosts behind a `mito_via` hop, and (as root, with the
+//! private sshd of scripts/test-sshd and the users of scripts/test-become)
+//! ssh hosts and a become host from inventory variables.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::sshd::Sshd;
+use common::TempDir;
+
+const MITO: &str = env!("CARGO_BIN_EXE_mito");
+
+use common::output_text as text;
+
+/// `mito -I INV --connect-timeout 10 ARGS…`, from /tmp, no stdin, no
+/// user ssh config.
+fn mito(inv: &Path, args: &[&str]) -> Output {
+    Command::new(MITO)
+        .current_dir("/tmp")
+        .env_remove("MITO_INVENTORY")
+        .args(["-F", "/dev/null", "--connect-timeout", "10", "-I"])
+        .arg(inv)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("mito runs")
+}
+
+/// A loopback port nothing listens on: bound, read, let go.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// The JSON lines of a `--json` run, by host.
+fn json_by_host(o: &Output) -> Vec<(String, serde_json::Value)> {
+    text(o)
+        .0
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"));
+            (v["host"].as_str().expect("host").to_string(), v)
+        })
+        .collect()
+}
+
+/// Local hosts only (and one on a closed port): no root needed.
+fn local_inventory(dir: &TempDir) -> std::path::PathBuf {
+    let inv = dir.path().join("hosts.ini");
+    let text = format!(
+        "# hosts that are this machine\n\
+         [web]\n\
+         web[01:03] ansible_connection=local\n\
+         \n\
+         [db]\n\
+         db1 ansible_connection=local mito_via=web01\n\
+         \n\
+         [gone]\n\
+         dead ansible_host=127.0.0.1 ansible_port={}\n\
+         \n\
+         [prod:children]\n\
+         web\n\
+         db\n\
+         \n\
+         [prod:vars]\n\
+         ansible_python_interpreter=/usr/bin/python3\n",
+        closed_port()
+    );
+    std::fs::write(&inv, text).expect("write inventory");
+    inv
+}
+
+/// `--list-hosts` prints what each pattern selects, in inventory order,
+/// and exits 0 without connecting anywhere.
+#[test]
+fn patterns_select_hosts() {
+    let dir = TempDir::new("fleet-patterns");
+    let inv = local_inventory(&dir);
+    for (pattern, want) in [
+        ("all", "web01\nweb02\nweb03\ndb1\ndead\n"),
+        ("prod", "web01\nweb02\nweb03\ndb1\n"),
+        ("web*:db1", "web01\nweb02\nweb03\ndb1\n"),
+        ("prod:!web02", "web01\nweb03\ndb1\n"),
+        ("all:&prod:!db", "web01\nweb02\nweb03\n"),
+        ("web[1:2]", "web02\nweb03\n"),
+    ] {
+        let o = mito(&inv, &["run", pattern, "--list-hosts"]);
+        assert_eq!((o.status.code(), text(&o).0.as_str()), (Some(0), want), "{pattern}: {}", text(&o).1);
+    }
+    let o = mito(&inv, &["ping", "all", "--limit", "db:gone", "--list-hosts"]);
+    assert_eq!(text(&o).0, "db1\ndead\n");
+    // Not a pattern of this inventory: a plain target, as without one.
+    let o = mito(&inv, &["run", "local", "--", "echo", "plain"]);
+    assert_eq!((o.status.code(), text(&o).0.as_str()), (Some(0), "plain\n"), "{}", text(&o).1);
+    let o = mito(&inv, &["run", "local,sudo:root", "--list-hosts"]);
+    assert_eq!((o.status.code(), text(&o).0.as_str()), (Some(0), ""));
+}
+
+/// `mito run all`: identical outputs fold under one heading, the host on
+/// the closed port is unreachable (connection refused) and does not stop
+/// the others, the summary counts them, and the exit status says some
+/// host was unreachable (4), or some command failed (3), or all ok (0).
+#[test]
+fn run_all_folds_outputs_and_reports_the_unreachable() {
+    let dir = TempDir::new("fleet-run");
+    let inv = local_inventory(&dir);
+    let t0 = Instant::now();
+    let o = mito(&inv, &["run", "all", "--", "echo", "same"]);
+    let (out, err) = text(&o);
+    assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
+    assert_eq!(o.status.code(), Some(4), "{out}\n{err}");
+    assert!(out.starts_with("web[01:03],db1 (4 hosts): ok\nsame\n"), "{out}");
+    assert!(out.contains("dead: unreachable (connection-refused): "), "{out}");
+    assert!(out.ends_with("4 ok, 0 failed, 1 unreachable\n"), "{out}");
+
+    let o = mito(&inv, &["run", "prod:!db1", "--", "sh", "-c", "echo \"$1\"; exit 3", "sh", "x"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}\n{err}");
+    assert!(out.starts_with("web[01:03] (3 hosts): failed (exit 3)\nx\n"), "{out}");
+    assert!(out.ends_with("0 ok, 3 failed, 0 unreachable\n"), "{out}");
+
+    let o = mito(&inv, &["ping", "prod", "-f", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert_eq!(text(&o).0, "web[01:03],db1 (4 hosts): ok\npong\n4 ok, 0 failed, 0 unreachable\n");
+}
+
+/// `--json`: one object a line per host with its status, exit code,
+/// output, duration and error kind; the summary goes to stderr. The host
+/// behind `mito_via=web01` runs under web01's agent.
+#[test]
+fn json_lines_and_a_host_behind_a_via_hop() {
+    let dir = TempDir::new("fleet-json");
+    let inv = local_inventory(&dir);
+    // The command's parent is its agent; print that agent's pid and its parent's.
+    let show = "read -r _ _ _ ppid _ < /proc/$PPID/stat; echo $PPID $ppid";
+    let o = mito(&inv, &["run", "all", "--json", "--", "sh", "-c", show]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o).1);
+    assert!(text(&o).1.contains("4 ok, 0 failed, 1 unreachable"), "{}", text(&o).1);
+    let lines = json_by_host(&o);
+    let names: Vec<&str> = lines.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(names, ["web01", "web02", "web03", "db1", "dead"]);
+    for (host, v) in &lines[..4] {
+        assert_eq!((v["status"].as_str(), v["exit_code"].as_i64()), (Some("ok"), Some(0)), "{host}: {v}");
+        assert!(v["duration_ms"].as_u64().is_some() && v["error_kind"].is_null(), "{host}: {v}");
+    }
+    let dead = &lines[4].1;
+    assert_eq!(
+        (dead["status"].as_str(), dead["error_kind"].as_str(), dead["exit_code"].as_i64()),
+        (Some("unreachable"), Some("connection-refused"), None),
+        "{dead}"
+    );
+    assert!(dead["error"].as_str().is_some_and(|e| e.contains("connection refused")), "{dead}");
+    let pids = |i: usize| -> Vec<u32> {
+        let out = lines[i].1["stdout"].as_str().expect("stdout").to_string();
+        out.split_whitespace().map(|p| p.parse().expect("pid")).collect()
+    };
+    let (web01, db1) = (pids(0), pids(3));
+    assert_eq!(db1[1], web01[0], "db1's agent is a child of web01's agent");
+    assert_ne!(pids(1)[0], web01[0], "one agent per host");
+
+    let o = mito(&inv, &["run", "web01", "--json", "--", "sh", "-c", "echo oops >&2; exit 7"]);
+    assert_eq!(o.status.code(), Some(3));
+    let v = &json_by_host(&o)[0].1;
+    assert_eq!(
+        (v["status"].as_str(), v["exit_code"].as_i64(), v["stderr"].as_str(), v["error_kind"].as_str()),
+        (Some("failed"), Some(7), Some("oops\n"), Some("exit")),
+        "{v}"
+    );
+}
+
+/// A bad inventory is an error naming its file and line (exit 255).
+#[test]
+fn a_bad_inventory_names_file_and_line() {
+    let dir = TempDir::new("fleet-bad");
+    let inv = dir.path().join("bad.ini");
+    std::fs::write(&inv, "[web]\nweb1 ansible_connection=local\nweb2 ansible_port\n").expect("write");
+    let o = mito(&inv, &["run", "all", "--", "true"]);
+    let err = text(&o).1;
+    assert_eq!(o.status.code(), Some(255), "{err}");
+    assert!(err.contains(&format!("inventory {}:3: ", inv.display())), "{err}");
+    let yml = dir.path().join("bad.yml");
+    std::fs::write(&yml, "all:\n  hosts:\n    web1:\n      ansible_port: [1, 2\n").expect("write");
+    let o = mito(&yml, &["ping", "all"]);
+    assert_eq!(o.status.code(), Some(255));
+    assert!(text(&o).1.contains(&format!("inventory {}:", yml.display())), "{}", text(&o).1);
+}
+
+/// As root: a YAML inventory with two hosts on the private sshd (key,
+/// user and known_hosts from inventory variables), one become host
+/// (`ansible_become=true ansible_become_user=mito-user`, root's sudo), two
+/// local hosts and one on a closed port: `run all -- id -un` reaches
+/// every host but the closed one, within the connect timeout.
+#[test]
+fn ssh_and_become_hosts_from_inventory_variables() {
+    let Some(sshd) = Sshd::start("ssh_and_become_hosts_from_inventory_variables") else { return };
+    if !common::become_users("ssh_and_become_hosts_from_inventory_variables") {
+        return;
+    }
+    let dir = TempDir::new("fleet-ssh");
+    let inv = dir.path().join("inventory.yml");
+    let key = sshd.dir.path().join("id_ed25519");
+    let kh = sshd.dir.path().join("known_hosts");
+    let yaml = format!(
+        "all:\n\
+         \x20 vars:\n\
+         \x20   ansible_ssh_common_args: '-o UserKnownHostsFile={kh}'\n\
+         \x20 children:\n\
+         \x20   sshd:\n\
+         \x20     hosts:\n\
+         \x20       s[1:2]:\n\
+         \x20         ansible_host: 127.0.0.1\n\
+         \x20     vars:\n\
+         \x20       ansible_port: {port}\n\
+         \x20       ansible_user: mito-user\n\
+         \x20       ansible_ssh_private_key_file: {key}\n\
+         \x20   locals:\n\
+         \x20     vars:\n\
+         \x20       ansible_connection: local\n\
+         \x20     hosts:\n\
+         \x20       l1:\n\
+         \x20       l2:\n\
+         \x20       app:\n\
+         \x20         ansible_become: true\n\
+         \x20         ansible_become_user: mito-user\n\
+         \x20   gone:\n\
+         \x20     hosts:\n\
+         \x20       dead:\n\
+         \x20         ansible_host: 127.0.0.1\n\
+         \x20         ansible_port: {closed}\n",
+        kh = kh.display(),
+        port = sshd.port,
+        key = key.display(),
+        closed = closed_port()
+    );
+    std::fs::write(&inv, yaml).expect("write inventory");
+    let t0 = Instant::now();
+    let o = mito(&inv, &["run", "all", "--json", "--", "id", "-un"]);
+    assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o).1);
+    let lines = json_by_host(&o);
+    let got: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|(h, v)| (h.as_str(), v["status"].as_str().unwrap_or("?"), v["stdout"].as_str().unwrap_or("?")))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("s1", "ok", "mito-user\n"),
+            ("s2", "ok", "mito-user\n"),
+            ("l1", "ok", "root\n"),
+            ("l2", "ok", "root\n"),
+            ("app", "ok", "mito-user\n"),
+            ("dead", "unreachable", "")
+        ],
+        "{}",
+        text(&o).1
+    );
+    // The same run as text: outputs fold across ssh, local and become hosts.
+    let o = mito(&inv, &["run", "all:!gone", "--", "id", "-un"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert_eq!(
+        text(&o).0,
+        "s[1:2],app (3 hosts): ok\nmito-user\nl[1:2] (2 hosts): ok\nroot\n5 ok, 0 failed, 0 unreachable\n"
+    );
+    // --become on the command line: for hosts the inventory says nothing about.
+    let o = mito(&inv, &["run", "locals", "--become", "--become-user", "mito-user", "--", "id", "-un"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert_eq!(text(&o).0, "l[1:2],app (3 hosts): ok\nmito-user\n3 ok, 0 failed, 0 unreachable\n");
+}
