@@ -68,10 +68,12 @@ pub use connect::agents::Agent;
 pub use connect::bootstrap::Upload;
 #[cfg(feature = "master")]
 pub use connect::{
+    chroot::ChrootOptions,
     doas::DoasOptions,
     error::ConnectError,
     local::LocalOptions,
     prompt::BecomeFailure,
+    setns::{EnterFailure, SetnsOptions},
     ssh::{HostKeyPolicy, SshFailure, SshOptions},
     su::SuOptions,
     sudo::SudoOptions,

@@ -77,6 +77,16 @@ fn checks() -> Vec<(&'static str, How)> {
         // Two commands
         ("rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl && cargo run --release -- run local -- uname -a", How::ByCi),
         ("rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl && cargo test", How::ByCi),
+        // Containers
+        ("mito info setns:4242", How::NotRun("needs a container; the setns:PID hop is tested in tests/containers.rs (cli_setns_and_chroot_hops)")),
+        (
+            "mito facts ssh://web1,sudo:root,setns:4242",
+            How::NotRun("needs a container on web1; setns behind a hop is tested in tests/containers.rs (setns_behind_a_hop_starts_the_hops_own_agent)"),
+        ),
+        (
+            "mito get sudo:root,chroot:/srv/rescue:/etc/fstab ./fstab",
+            How::NotRun("needs a rescue tree; chroot hops (direct and behind one) are tested in tests/containers.rs (cli_setns_and_chroot_hops, chroot_runs_the_agent_in_a_tree_directly_and_behind_a_hop)"),
+        ),
         // CLI
         ("mito run local -- sh -c 'echo out; echo err >&2; exit 3'", run(3, &["out\n"], &["err\n"])),
         ("echo hi | mito run local -- tr a-z A-Z", run(0, &["HI\n"], &[])),

@@ -117,17 +117,33 @@ impl Commands {
         if a.stream_to.is_some() && self.find(h.src, a.stream_to).is_some() {
             return Err(RemoteError::new(ErrorKind::BadArgs, "exec: stream handle already in use"));
         }
-        let env = if a.env_clear || !a.env.is_empty() { Some(build_env(&a)?) } else { None };
-        let cwd = a.cwd.as_ref().map(|c| cstring(c)).transpose()?;
-        let cmd = spawn::Command {
-            argv: &argv,
-            env: env.as_deref(),
-            cwd: cwd.as_ref(),
-            capture: a.stdio == Stdio::Capture,
-            pty: a.pty,
-            tty: a.tty && a.pty.is_none(),
+        let child = match &a.enter {
+            // The setns and chroot methods behind this hop.
+            Some(enter) => {
+                let env: Vec<(&[u8], &[u8])> = a.env.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+                let own = || {
+                    if a.env_clear {
+                        Vec::new()
+                    } else {
+                        super::util::environ().into_iter().map(<[u8]>::to_vec).collect()
+                    }
+                };
+                spawn::spawn_entered(enter, &argv, &env, own).map_err(|e| super::util::os_error(e, "enter", b""))?
+            }
+            None => {
+                let env = if a.env_clear || !a.env.is_empty() { Some(build_env(&a)?) } else { None };
+                let cwd = a.cwd.as_ref().map(|c| cstring(c)).transpose()?;
+                let cmd = spawn::Command {
+                    argv: &argv,
+                    env: env.as_deref(),
+                    cwd: cwd.as_ref(),
+                    capture: a.stdio == Stdio::Capture,
+                    pty: a.pty,
+                    tty: a.tty && a.pty.is_none(),
+                };
+                spawn::spawn(&cmd).map_err(|e| super::util::os_error(e, "exec", &a.argv[0]))?
+            }
         };
-        let child = spawn::spawn(&cmd).map_err(|e| super::util::os_error(e, "exec", &a.argv[0]))?;
         let timer = a.timeout_ms.and_then(|ms| arm_timer(None, ms));
         let slot = match self.procs.iter().position(Option::is_none) {
             Some(s) => s,

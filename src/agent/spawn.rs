@@ -268,3 +268,55 @@ pub fn kill_group(pid: i32, sig: i32) {
 pub unsafe fn owned(fd: i32) -> OwnedFd {
     OwnedFd::from_raw_fd(fd)
 }
+
+/// Starts this agent's own executable inside a container or a chroot as
+/// `enter` says (`core::nsenter`: the same code the master runs for a
+/// direct start), with `argv` (`mito-agent HASH ID`), the target's
+/// environment (setns) or `own_env` (chroot) with `env` set on top, and
+/// pipes as stdin, stdout and stderr. The child is ours (by pidfd) and
+/// leads its own process group, like any command. Errors: the errno of the
+/// failing step (EPERM: not root; ENOENT: no such process or directory;
+/// ESRCH: the process is gone, or no such user in the chroot).
+pub fn spawn_entered(
+    enter: &crate::proto::functions::Enter,
+    argv: &[CString],
+    env: &[(&[u8], &[u8])],
+    own_env: impl FnOnce() -> Vec<Vec<u8>>,
+) -> Result<Child, Errno> {
+    use crate::core::nsenter;
+    use rustix::fd::AsFd;
+    let errno = |f: nsenter::Failure| Errno::from_raw_os_error(f.errno);
+    let mut plan = nsenter::Plan::for_enter(enter).map_err(errno)?;
+    let base = if enter.pid.is_some() { core::mem::take(&mut plan.env) } else { own_env() };
+    let envp = nsenter::environment(base, env)?;
+    // Read before any namespace is entered: the agent's file is outside.
+    let exe = nsenter::memfd_of_own_exe()?;
+    let (stdin_r, stdin_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let stdio = [stdin_r.as_fd(), out_w.as_fd(), err_w.as_fd()];
+    let pid = nsenter::launch(&plan, exe.as_fd(), argv, &envp, stdio, 30_000).map_err(errno)?;
+    drop((stdin_r, out_w, err_w));
+    // SAFETY: `launch` returned our child's pid, not reaped yet.
+    let rpid = unsafe { rustix::process::Pid::from_raw_unchecked(pid as i32) };
+    let pidfd = match rustix::process::pidfd_open(rpid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // SAFETY: signalling and reaping our own child.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+                libc::waitpid(pid as i32, ptr::null_mut(), 0);
+            }
+            return Err(e);
+        }
+    };
+    Ok(Child {
+        pid: pid as i32,
+        pidfd,
+        stdin: Some(stdin_w),
+        stdout: Some(out_r),
+        stderr: Some(err_r),
+        pty: false,
+        tty: false,
+    })
+}

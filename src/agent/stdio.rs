@@ -23,7 +23,12 @@ pub fn take_over_stdio() -> Result<(OwnedFd, OwnedFd, Loggers), Errno> {
     let (fd0, fd1) = unsafe { (BorrowedFd::borrow_raw(0), BorrowedFd::borrow_raw(1)) };
     let rx = fcntl_dupfd_cloexec(fd0, 3)?;
     let tx = fcntl_dupfd_cloexec(fd1, 3)?;
-    let null = rustix::fs::open("/dev/null", rustix::fs::OFlags::RDWR, rustix::fs::Mode::empty())?;
+    // A container or chroot may have no /dev (setns, chroot): then an
+    // empty pipe, whose reads end at once as /dev/null's do.
+    let null = match rustix::fs::open("/dev/null", rustix::fs::OFlags::RDWR, rustix::fs::Mode::empty()) {
+        Ok(fd) => fd,
+        Err(_) => pipe_with(PipeFlags::CLOEXEC)?.0,
+    };
     rustix::stdio::dup2_stdin(&null)?;
     let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
     let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC)?;

@@ -2,7 +2,11 @@
 //!
 //! Reads stage0's marker lines (ignoring, but keeping for errors, any other
 //! text a login script may print), uploads the agent when asked, then waits
-//! for `MITO2` and the hello frame. Runs on the connecting thread with
+//! for `MITO2` and the hello frame. An agent started directly, without
+//! stage0 (`mito-agent HASH ID` executed inside a container by setns or
+//! chroot; [`Hooks::stage0`] false, e.g. [`Direct`]), has no text phase:
+//! only its own `MITO2` marker and hello are awaited, and a stage0 request
+//! is not answered (nothing there reads an upload). Runs on the connecting thread with
 //! blocking `poll` and one deadline for the whole phase; only after the
 //! hello does the stream go to the Broker, with the decoder that already
 //! holds any bytes read past the hello.
@@ -35,6 +39,10 @@ pub enum Upload {
     },
     /// The agent was sent raw and run from a memfd (no usable directory).
     Memfd,
+    /// The agent was executed directly from a memfd, without stage0
+    /// (setns, chroot): from the master's embedded copy, or behind a hop
+    /// from the hop's own executable; nothing crossed the last link.
+    Direct,
 }
 
 /// What a method makes of new output on the process's stderr (its tty
@@ -90,6 +98,12 @@ pub trait Hooks {
     /// responder looks at it in /proc before typing (`prompt`'s rules).
     fn spawned(&mut self, _pid: u32) {}
 
+    /// Whether stage0 runs (the default): false for an agent started
+    /// directly, whose only text is its `MITO2` marker.
+    fn stage0(&self) -> bool {
+        true
+    }
+
     /// Behind a hop: the hop refused to type the answer the hooks asked
     /// for, because the tool was past its prompt (`why`). Nothing may be
     /// typed any more; returns the hooks' own error for that prompt
@@ -103,6 +117,16 @@ pub trait Hooks {
 #[derive(Debug)]
 pub struct NoHooks;
 impl Hooks for NoHooks {}
+
+/// The hooks of an agent started directly, without stage0 (setns,
+/// chroot): no text phase, no upload, no prompts.
+#[derive(Debug)]
+pub struct Direct;
+impl Hooks for Direct {
+    fn stage0(&self) -> bool {
+        false
+    }
+}
 
 /// What a successful bootstrap hands on.
 #[derive(Debug)]
@@ -386,7 +410,7 @@ struct TextPhase {
 /// asked; at most [`MAX_TEXT`] bytes in all (a target that never stops
 /// talking is an error, not a growing buffer).
 fn text_phase(ph: &mut Phase<'_>) -> Result<TextPhase, ConnectError> {
-    let mut upload = Upload::Cached;
+    let mut upload = if ph.hooks.stage0() { Upload::Cached } else { Upload::Direct };
     let mut agent_bytes_sent = 0;
     let mut lines = Lines::new(MAX_TEXT);
     let mut seen = 0usize;
@@ -413,7 +437,9 @@ fn text_phase(ph: &mut Phase<'_>) -> Result<TextPhase, ConnectError> {
             }
             Ok(Io::WouldBlock) => {
                 if !ph.wait(false) {
-                    return Err(ph.timeout(if upload == Upload::Cached {
+                    return Err(ph.timeout(if upload == Upload::Direct {
+                        "waiting for the agent to start"
+                    } else if upload == Upload::Cached {
                         "waiting for stage0"
                     } else {
                         "waiting for the uploaded agent to start"
@@ -435,7 +461,9 @@ fn text_phase(ph: &mut Phase<'_>) -> Result<TextPhase, ConnectError> {
 fn on_line(ph: &mut Phase<'_>, line: &str, upload: &mut Upload) -> Result<usize, ConnectError> {
     let context = ph.context;
     let mut words = line.split_whitespace();
-    match words.next() {
+    // Without stage0 every line before the marker is noise.
+    let first = if ph.hooks.stage0() { words.next() } else { None };
+    match first {
         Some(stage0::NEED) => {
             let _need = words.next();
             let arch = words.next().unwrap_or("");

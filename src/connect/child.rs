@@ -32,6 +32,26 @@ pub struct ChildCommand {
     /// password prompt appears there while bulk data never crosses a tty.
     /// Implies `pipes`.
     pub tty: bool,
+    /// Not a program: the agent started inside a container or a chroot
+    /// (`core::nsenter`), with `program` and `args` as its argv
+    /// (`mito-agent HASH ID`). Only `env` applies of the rest.
+    pub enter: Option<Entered>,
+}
+
+/// An agent to start inside a container or a chroot.
+#[derive(Clone)]
+pub struct Entered {
+    /// Where.
+    pub how: crate::proto::functions::Enter,
+    /// The raw agent, for a start from the master; behind a hop the hop
+    /// starts its own executable and this is not sent.
+    pub agent: std::sync::Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Entered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entered").field("how", &self.how).field("agent_len", &self.agent.len()).finish()
+    }
 }
 
 impl ChildCommand {
@@ -64,6 +84,9 @@ pub struct Spawned {
 /// Starts `cmd` with a socketpair (or two pipes) as stdin/stdout and a pipe
 /// as stderr.
 pub fn create_child(cmd: &ChildCommand) -> std::io::Result<Spawned> {
+    if let Some(e) = &cmd.enter {
+        return create_entered(cmd, e, std::time::Duration::from_secs(30));
+    }
     let (rx, tx, child_in, child_out): (OwnedFd, OwnedFd, OwnedFd, OwnedFd) = if cmd.pipes || cmd.tty {
         let flags = rustix::pipe::PipeFlags::CLOEXEC;
         let (in_r, in_w) = rustix::pipe::pipe_with(flags)?;
@@ -108,6 +131,59 @@ pub fn create_child(cmd: &ChildCommand) -> std::io::Result<Spawned> {
     };
     // The Child handle is dropped without waiting: a ProcessMonitor reaps it.
     Ok(Spawned { pid: child.id(), rx, tx, stderr })
+}
+
+/// The agent started inside a container or a chroot (`core::nsenter`):
+/// a socketpair as its stdin and stdout, a pipe as its stderr, its program
+/// a sealed memfd of `e.agent`. Fails with the [`EnterError`] of the step
+/// that failed (inside an `io::Error` of its errno). Waits at most
+/// `timeout` for the exec.
+pub fn create_entered(cmd: &ChildCommand, e: &Entered, timeout: std::time::Duration) -> std::io::Result<Spawned> {
+    use crate::core::nsenter;
+    use std::os::fd::AsFd;
+    use std::os::unix::ffi::OsStrExt;
+    let fail = |f: nsenter::Failure| std::io::Error::from(EnterError(f));
+    let plan = nsenter::Plan::for_enter(&e.how).map_err(fail)?;
+    let exe = nsenter::memfd_with(&e.agent)?;
+    let argv = std::iter::once(&cmd.program)
+        .chain(&cmd.args)
+        .map(|a| std::ffi::CString::new(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let base = if e.how.pid.is_some() {
+        plan.env.clone()
+    } else {
+        std::env::vars_os().map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat()).collect()
+    };
+    let overrides: Vec<(&[u8], &[u8])> = cmd.env.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
+    let envp = nsenter::environment(base, &overrides)?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let (ours, theirs): (OwnedFd, OwnedFd) = (ours.into(), theirs.into());
+    let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let ms = timeout.as_millis().min(u128::from(u32::MAX)) as u32;
+    let pid = nsenter::launch(&plan, exe.as_fd(), &argv, &envp, [theirs.as_fd(), theirs.as_fd(), err_w.as_fd()], ms)
+        .map_err(fail)?;
+    Ok(Spawned { pid, rx: ours.try_clone()?, tx: ours, stderr: err_r })
+}
+
+/// Why an entered start failed: the step and its errno (also the errno of
+/// the `io::Error` that carries it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnterError(pub crate::core::nsenter::Failure);
+
+impl std::fmt::Display for EnterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = std::io::Error::from_raw_os_error(self.0.errno);
+        write!(f, "{}: {e}", self.0.step.name())
+    }
+}
+
+impl std::error::Error for EnterError {}
+
+impl From<EnterError> for std::io::Error {
+    fn from(e: EnterError) -> std::io::Error {
+        let kind = std::io::Error::from_raw_os_error(e.0.errno).kind();
+        std::io::Error::new(kind, e)
+    }
 }
 
 /// A new pty without output post-processing. Echo stays on: a tool turns

@@ -109,6 +109,14 @@ pub enum ConnectError {
         /// What the tool printed (formatted, may be empty).
         output: String,
     },
+    /// Entering a container (setns) or a chroot failed.
+    #[error("{context}: {failure}")]
+    Enter {
+        /// Context name.
+        context: String,
+        /// What went wrong.
+        failure: super::setns::EnterFailure,
+    },
     /// The context to connect through failed or went away.
     #[error("{context}: through {hop}: {reason}")]
     Hop {

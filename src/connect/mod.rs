@@ -15,6 +15,11 @@
 //!   [`sudo`], [`su`], [`doas`] the privilege changes, which share
 //!   [`prompt`] (recognising and answering password prompts once).
 //!
+//! - [`setns`] and [`chroot`] start the agent directly (no stage0, no
+//!   shell) inside a container or a chroot, from a memfd
+//!   (`core::nsenter`; `child::create_entered` from the master, the hop's
+//!   `spawn` behind one).
+//!
 //! Every method ends in the same place: a process running `sh -c <stage0>`
 //! whose stdin/stdout are the stream. Only how that process starts differs.
 
@@ -27,6 +32,8 @@ pub mod bootstrap;
 #[cfg(feature = "master")]
 pub mod child;
 #[cfg(feature = "master")]
+pub mod chroot;
+#[cfg(feature = "master")]
 pub mod doas;
 #[cfg(feature = "master")]
 pub mod embedded;
@@ -36,6 +43,8 @@ pub mod error;
 pub mod local;
 #[cfg(feature = "master")]
 pub mod prompt;
+#[cfg(feature = "master")]
+pub mod setns;
 #[cfg(feature = "master")]
 pub mod ssh;
 #[cfg(feature = "master")]

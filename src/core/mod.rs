@@ -12,6 +12,9 @@
 //!   password prompt, read in /proc (the master's and the hop agent's
 //!   check before typing one).
 //! - [`wait`] — reaping a child through its pidfd.
+//! - [`nsenter`] — entering a container's namespaces or a chroot and
+//!   executing the agent from a memfd (the setns and chroot methods, in
+//!   the master and in a hop).
 //! - master only (`std`): [`broker`] (the I/O thread), [`router`] (delivery
 //!   by context id and handle), [`stream_in`] (the read half a waiting
 //!   caller may read itself), [`stream_out`] (the send half, queued and
@@ -23,10 +26,11 @@
 //! `agent::external_context` drives the same side/stream/poller pieces.
 //!
 //! **Architecture invariant:** nothing in `side`, `stream`, `poller`,
-//! `waker`, `lines`, `tty`, `tool_process`, `wait`, `num`, `sha256` or
+//! `waker`, `lines`, `tty`, `tool_process`, `wait`, `nsenter`, `num`, `sha256` or
 //! `text` uses std; they build into the agent.
 
 pub mod lines;
+pub mod nsenter;
 pub mod num;
 pub mod poller;
 pub mod sha256;

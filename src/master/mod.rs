@@ -23,6 +23,7 @@
 //! **API boundary:** everything a user needs is re-exported from the crate
 //! root; the `core` and `connect` internals may change.
 
+mod containers;
 pub mod context;
 pub mod error;
 pub mod fanout;

@@ -293,6 +293,10 @@ impl Hooks for HopHooks<'_> {
     fn target_spoke(&mut self) {
         self.inner.target_spoke();
     }
+
+    fn stage0(&self) -> bool {
+        self.inner.stage0()
+    }
 }
 
 /// The hop's command for `cmd`. Variables to remove go through `env -u`
@@ -315,6 +319,7 @@ fn exec_args(cmd: &ChildCommand) -> ExecArgs {
         env: cmd.env.iter().map(|(k, v)| (b(k), b(v))).collect(),
         stdio: Stdio::Capture,
         tty: cmd.tty,
+        enter: cmd.enter.as_ref().map(|e| e.how.clone()),
         ..ExecArgs::default()
     }
 }

@@ -169,6 +169,40 @@ pub struct ExecArgs {
     /// so a password prompt (sudo, su, doas) appears there, as fd 2 output,
     /// and [`ExecOp::Answer`] types into it. Ignored with `pty`.
     pub tty: bool,
+    /// Start this agent's own executable (copied into a memfd) inside a
+    /// container or a chroot instead of `argv[0]` (which is then only the
+    /// new process's name): the setns and chroot methods behind a hop.
+    /// `argv` is the new agent's (`mito-agent HASH ID`); stdin, stdout and
+    /// stderr are pipes as with `Stdio::Capture`; `pty`, `tty` and `cwd`
+    /// do not apply. The environment is the target process's (setns) or
+    /// the agent's (chroot), with `env` set on top.
+    pub enter: Option<Enter>,
+}
+
+/// Where [`ExecArgs::enter`] starts the agent (`core::nsenter`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enter {
+    /// Enter this process's namespaces (those that differ from ours), its
+    /// root and working directory, and take its uid, gid, groups,
+    /// capabilities, environment and cgroup.
+    pub pid: Option<u32>,
+    /// Without `pid`: chroot to this directory (and `/` as the working
+    /// directory).
+    pub root: Option<ByteBuf>,
+    /// With `root`: run as this user (the master resolved a name in the
+    /// root's `/etc/passwd` and `/etc/group`); else as the caller.
+    pub user: Option<Ids>,
+}
+
+/// A uid, gid and supplementary groups.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ids {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
 }
 
 /// A message to a running streamed command, sent to

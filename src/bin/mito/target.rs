@@ -1,11 +1,13 @@
 //! Targets: where a command runs. One hop is `local`, `ssh://[user@]host[:port]`,
-//! `sudo:USER`, `su:USER` or `doas:USER`; a chain is hops joined by commas
-//! (`ssh://web1,sudo:root`), each connected through the one before it.
+//! `sudo:USER`, `su:USER`, `doas:USER`, `setns:PID` (inside the container
+//! of that process) or `chroot:/PATH`; a chain is hops joined by commas
+//! (`ssh://web1,sudo:root`, `ssh://web1,sudo:root,setns:1234`), each
+//! connected through the one before it.
 //! [`Targets`] connects each distinct prefix once, so
 //! `ssh://web1,sudo:a` and `ssh://web1,sudo:b` share one ssh connection.
 //! The options of each hop come from `settings`, its password from `secrets`.
 
-use mito::{Connector, Context, Router};
+use mito::{ChrootOptions, Connector, Context, Router, SetnsOptions};
 
 use super::secrets::Secrets;
 use super::settings::{Hop, Settings};
@@ -62,6 +64,9 @@ impl<'a> Targets<'a> {
     }
 
     fn connect_hop(&mut self, from: Connector<'_>, hop: &str, become_pass: Option<String>) -> Result<Context, String> {
+        if let Some(made) = self.container_hop(from, hop) {
+            return made;
+        }
         let made = match self.settings.hop(hop, become_pass)? {
             Hop::Ssh(mut o) => {
                 o.password = self.secrets.ssh_password()?;
@@ -80,6 +85,38 @@ impl<'a> Targets<'a> {
             }
         };
         made.map_err(|e| e.to_string())
+    }
+}
+
+impl Targets<'_> {
+    /// `setns:PID` or `chroot:/PATH` (None for any other hop).
+    fn container_hop(&self, from: Connector<'_>, hop: &str) -> Option<Result<Context, String>> {
+        let (method, arg) = hop.split_once(':')?;
+        // The global --connect-timeout, as every hop gets it.
+        let timeout = match self.settings.hop("local", None) {
+            Ok(Hop::Local(o)) => o.connect_timeout,
+            _ => std::time::Duration::from_secs(30),
+        };
+        let made = match method {
+            "setns" => {
+                let Ok(pid) = arg.parse::<u32>() else {
+                    return Some(Err(format!("{hop:?}: expected setns:PID, the pid of a process in the container")));
+                };
+                let mut o = SetnsOptions::new(pid);
+                o.connect_timeout = timeout;
+                from.setns(o)
+            }
+            "chroot" => {
+                if !arg.starts_with('/') {
+                    return Some(Err(format!("{hop:?}: expected chroot:/absolute/path")));
+                }
+                let mut o = ChrootOptions::new(arg);
+                o.connect_timeout = timeout;
+                from.chroot(o)
+            }
+            _ => return None,
+        };
+        Some(made.map_err(|e| e.to_string()))
     }
 }
 

@@ -1,0 +1,112 @@
+//! The `setns` method: an agent inside a running container, entered from
+//! its host by process id, with nothing written into the container and no
+//! shell or binary needed there (`core::nsenter` does the work; the agent
+//! is executed from a memfd and started directly, without stage0).
+//! Needs root on the container's host (`CAP_SYS_ADMIN`). Also the failure
+//! type shared with [`super::chroot`].
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use super::child::EnterError;
+use super::error::ConnectError;
+use crate::core::nsenter::Step;
+
+/// Options of [`crate::Router::setns`].
+#[derive(Clone, Debug)]
+pub struct SetnsOptions {
+    /// A process of the container (e.g. `podman inspect --format
+    /// '{{.State.Pid}}' NAME`), in the pid namespace of the host that
+    /// enters (the master's, or the hop's).
+    pub pid: u32,
+    /// Name in logs and errors (default `setns:<pid>`).
+    pub name: Option<String>,
+    /// Variables set on top of the container process's environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Limit for the whole start, fork to hello.
+    pub connect_timeout: Duration,
+}
+
+impl SetnsOptions {
+    /// Options to enter the container of process `pid`.
+    pub fn new(pid: u32) -> SetnsOptions {
+        SetnsOptions { pid, name: None, env: Vec::new(), connect_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// Why entering a container or a chroot failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnterFailure {
+    /// No process has this pid (on the host that enters).
+    #[error("no process {0} (setns takes a pid of the container's host)")]
+    NoSuchProcess(u32),
+    /// The process (its pid namespace's init) exited while it was entered.
+    #[error("process {0} is gone (the container stopped)")]
+    ProcessGone(u32),
+    /// Not allowed: the caller is not root where the method runs.
+    #[error("{0}")]
+    NotRoot(&'static str),
+    /// The chroot directory does not exist (or is not a directory).
+    #[error("no directory {0}")]
+    NoSuchDirectory(String),
+    /// The chroot's user is neither in its `/etc/passwd` nor a number.
+    #[error("no user {0:?} in the chroot's /etc/passwd")]
+    NoSuchUser(String),
+    /// Everything was entered, but the agent could not be executed there.
+    #[error("the agent could not be executed inside: {0}")]
+    ExecFailed(std::io::Error),
+    /// Another step failed.
+    #[error("{}{source}", step.map(|s| format!("{s}: ")).unwrap_or_default())]
+    Failed {
+        /// The step (`setns`, `chroot`, `credentials`, …) when known: a
+        /// start behind a hop reports only the errno.
+        step: Option<&'static str>,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// What was being entered, for [`classify`].
+#[derive(Clone, Debug)]
+pub(crate) enum Target {
+    /// A process's container.
+    Pid(u32),
+    /// A chroot directory.
+    Root(String),
+}
+
+/// Turns the spawn error of an entered start (direct: an [`EnterError`]
+/// naming the step; behind a hop: the errno alone) into a typed
+/// [`ConnectError::Enter`]; other errors pass unchanged.
+pub(crate) fn classify(e: ConnectError, target: &Target) -> ConnectError {
+    let ConnectError::Spawn { context, source, program } = e else { return e };
+    let step = source.get_ref().and_then(|r| r.downcast_ref::<EnterError>()).map(|e| e.0);
+    let errno = step.map(|f| f.errno).or(source.raw_os_error());
+    let Some(errno) = errno else { return ConnectError::Spawn { context, program, source } };
+    let step = step.map(|f| f.step);
+    let io = || std::io::Error::from_raw_os_error(errno);
+    let failure = match (step, errno, target) {
+        (Some(Step::Timeout), ..) => {
+            return ConnectError::Timeout {
+                context,
+                phase: "entering",
+                timeout: Duration::from_secs(30),
+                output: String::new(),
+            }
+        }
+        (Some(Step::Exec), ..) | (None, libc::EACCES | libc::ENOEXEC | libc::ETXTBSY | libc::E2BIG, _) => {
+            EnterFailure::ExecFailed(io())
+        }
+        (_, libc::EPERM, Target::Pid(_)) => {
+            EnterFailure::NotRoot("setns needs root (CAP_SYS_ADMIN) on the container's host")
+        }
+        (_, libc::EPERM, Target::Root(_)) => EnterFailure::NotRoot("chroot needs root (CAP_SYS_CHROOT)"),
+        (None | Some(Step::Inspect), libc::ENOENT, Target::Pid(pid)) => EnterFailure::NoSuchProcess(*pid),
+        (_, libc::ESRCH, Target::Pid(pid)) => EnterFailure::ProcessGone(*pid),
+        (None | Some(Step::Inspect), libc::ENOENT | libc::ENOTDIR, Target::Root(path)) => {
+            EnterFailure::NoSuchDirectory(path.clone())
+        }
+        (step, ..) => EnterFailure::Failed { step: step.map(Step::name), source: io() },
+    };
+    ConnectError::Enter { context, failure }
+}

@@ -1,0 +1,350 @@
+//! The container methods against real namespaces: `setns` into a
+//! "container" that `scripts/test-container` builds (new mount, pid, uts,
+//! ipc and net namespaces around a root directory holding one static
+//! binary: no shell, no libc), and `chroot` into a directory tree; each
+//! directly and behind a hop, and their typed errors (no such process or
+//! directory, not root). No command can run inside (there is nothing to
+//! run), so the checks are built-in calls: info, facts, listings, files.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{is_root, skip_loudly, TempDir};
+use mito::{ChrootOptions, ConnectError, Context, EnterFailure, Router, SetnsOptions};
+
+/// A running test container: its sleeper's pid (pid 1 inside), killed on
+/// drop (its namespaces and its private /proc mount go with it).
+struct Container {
+    pid: u32,
+    root: PathBuf,
+    _dir: TempDir,
+}
+
+impl Container {
+    fn start(tag: &str, hostname: &str) -> Container {
+        let dir = TempDir::new(tag);
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir_all(&root).expect("rootfs");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-container");
+        let out = std::process::Command::new(script)
+            .arg("start")
+            .arg(&root)
+            .arg(hostname)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run scripts/test-container");
+        assert!(out.status.success(), "scripts/test-container start failed");
+        let pid = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the script prints a pid");
+        Container { pid, root, _dir: dir }
+    }
+
+    /// The names in the container's root, as the host sees them.
+    fn host_listing(&self) -> BTreeSet<String> {
+        std::fs::read_dir(&self.root)
+            .expect("read rootfs")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-container"))
+            .arg("stop")
+            .arg(self.pid.to_string())
+            .status();
+        let _ = common::wait_reaped(self.pid, Duration::from_secs(5));
+    }
+}
+
+fn names(ctx: &Context, path: &str) -> BTreeSet<String> {
+    ctx.list_dir(path).expect("list_dir").iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()).collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn root_or_skip(test: &str) -> bool {
+    if !is_root() {
+        skip_loudly(test, "setns and chroot need root (CAP_SYS_ADMIN, CAP_SYS_CHROOT)");
+        return false;
+    }
+    true
+}
+
+/// What both the direct and the hop tests check inside the container.
+fn check_inside(ctx: &Context, ct: &Container, hostname: &str) {
+    let info = ctx.info().expect("info");
+    assert_eq!(info.hostname, hostname, "the container's uts namespace");
+    // The agent is in the container's pid namespace: pid 1 is the sleeper,
+    // the agent one of the next few; its host pid is another.
+    assert!(info.pid > 1 && info.pid < 100, "pid inside the container: {}", info.pid);
+    let status = String::from_utf8(ctx.read_file("/proc/self/status").expect("status")).expect("text");
+    assert!(status.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().count() == 2), "{status}");
+    assert_eq!(info.uid, 0);
+    assert_eq!(info.cwd, "/");
+    assert_eq!(names(ctx, "/"), set(&["proc", "sleeper"]), "the container's root, nothing else");
+    let st = ctx.stat("/sleeper").expect("stat");
+    assert_eq!(st.size, std::fs::metadata(ct.root.join("sleeper")).expect("host stat").len());
+    let facts = ctx.facts().expect("facts");
+    assert_eq!(facts.hostname, hostname);
+    // Its mount namespace and root: /proc is the container's own mount.
+    let mounts = String::from_utf8(ctx.read_file("/proc/self/mounts").expect("mounts")).expect("text");
+    assert!(mounts.lines().any(|l| l.starts_with("proc /proc proc ")), "{mounts}");
+    // A net namespace of its own: only lo.
+    assert!(facts.interfaces.iter().all(|i| i.name == "lo"), "{:?}", facts.interfaces);
+    // Writes land inside, and go again: nothing is left behind.
+    let before = ct.host_listing();
+    ctx.write_file("/probe", b"inside\n", Some(0o600)).expect("write inside");
+    assert_eq!(std::fs::read(ct.root.join("probe")).expect("seen from the host"), b"inside\n");
+    assert_eq!(ctx.read_file("/probe").expect("read inside"), b"inside\n");
+    ctx.remove("/probe").expect("remove");
+    assert_eq!(ct.host_listing(), before, "nothing written into the container stays");
+    assert_eq!(before, set(&["proc", "sleeper"]), "the agent wrote nothing into the container");
+}
+
+#[test]
+fn setns_enters_a_container_with_nothing_inside() {
+    if !root_or_skip("setns_enters_a_container_with_nothing_inside") {
+        return;
+    }
+    let ct = Container::start("setns", "mito-ct1");
+    let router = Router::new().expect("router");
+    let t0 = Instant::now();
+    let ctx = router.setns(SetnsOptions::new(ct.pid)).expect("setns");
+    ctx.ping().expect("ping");
+    let first = t0.elapsed();
+    // A second one: no first inflate of the embedded agent in this process.
+    let t1 = Instant::now();
+    router.setns(SetnsOptions::new(ct.pid)).expect("setns again").ping().expect("ping");
+    eprintln!("setns connect + first call: {first:?} (first in this process), {:?} (next)", t1.elapsed());
+    assert_eq!(ctx.name(), format!("setns:{}", ct.pid));
+    assert_eq!(ctx.connect_info().upload, mito::Upload::Direct);
+    let host_pid = ctx.connect_info().transport_pid.expect("the agent is the master's child");
+    assert_ne!(host_pid, ctx.info().expect("info").pid);
+    check_inside(&ctx, &ct, "mito-ct1");
+    // Its cgroup is the container's.
+    let cg = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    assert_eq!(cg(host_pid), cg(ct.pid));
+    drop(ctx);
+    drop(router);
+    common::wait_reaped(host_pid, Duration::from_secs(5)).expect("the agent is gone with its router");
+}
+
+#[test]
+fn setns_behind_a_hop_starts_the_hops_own_agent() {
+    if !root_or_skip("setns_behind_a_hop_starts_the_hops_own_agent") {
+        return;
+    }
+    let ct = Container::start("setns-hop", "mito-ct2");
+    let dir = TempDir::new("setns-hop-cache");
+    let router = Router::new().expect("router");
+    let hop = router.local(common::local_in(&dir.path().join("cache"))).expect("hop");
+    let ctx = hop.setns(SetnsOptions::new(ct.pid)).expect("setns through the hop");
+    assert_eq!(ctx.connect_info().upload, mito::Upload::Direct);
+    assert_eq!(ctx.connect_info().agent_hash, hop.connect_info().agent_hash);
+    check_inside(&ctx, &ct, "mito-ct2");
+    // Its host pid: the hop's child (CLONE_PARENT), in the container's pid ns.
+    let hop_pid = hop.info().expect("hop info").pid;
+    let agent = common::children_of(hop_pid)
+        .into_iter()
+        .map(|(p, _)| p)
+        .find(|p| std::fs::read_link(format!("/proc/{p}/root")).ok().as_deref() == Some(ct.root.as_path()))
+        .expect("the agent is the hop's child, rooted in the container");
+    drop(ctx);
+    drop(hop);
+    drop(router);
+    common::wait_reaped(agent, Duration::from_secs(5)).expect("the agent is gone with its router");
+}
+
+/// Set in the copy of this test binary that plays the master of
+/// [`the_agent_dies_with_its_master`]: the container's pid.
+const MASTER_ENV: &str = "MITO_TEST_CONTAINER_MASTER";
+
+#[test]
+fn the_agent_dies_with_its_master() {
+    if let Ok(pid) = std::env::var(MASTER_ENV) {
+        // The master: connect, say the agent's host pid, wait to be killed.
+        let router = Router::new().expect("router");
+        let ctx = router.setns(SetnsOptions::new(pid.parse().expect("pid"))).expect("setns");
+        ctx.ping().expect("ping");
+        let agent = ctx.connect_info().transport_pid.expect("agent pid");
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), "agent {agent}");
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
+    if !root_or_skip("the_agent_dies_with_its_master") {
+        return;
+    }
+    let ct = Container::start("setns-die", "mito-ct3");
+    let mut master = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "the_agent_dies_with_its_master", "--nocapture", "--test-threads=1"])
+        .env(MASTER_ENV, ct.pid.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("master");
+    let mut out = std::io::BufReader::new(master.stdout.take().expect("stdout"));
+    let mut agent = None;
+    for _ in 0..50 {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut out, &mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        // After libtest's "test … ... " on the same line.
+        if let Some((_, p)) = line.trim().rsplit_once("agent ") {
+            agent = p.parse::<u32>().ok();
+            break;
+        }
+    }
+    let Some(agent) = agent else {
+        let _ = master.kill();
+        let _ = master.wait();
+        panic!("the master did not connect");
+    };
+    assert!(common::alive(agent));
+    // SIGKILL: no shutdown, no goodbye; the agent sees its stdin end.
+    common::kill9(master.id());
+    let _ = master.wait();
+    common::wait_gone(agent, Duration::from_secs(5)).expect("the agent exits when its master dies");
+}
+
+#[test]
+fn chroot_runs_the_agent_in_a_tree_directly_and_behind_a_hop() {
+    if !root_or_skip("chroot_runs_the_agent_in_a_tree_directly_and_behind_a_hop") {
+        return;
+    }
+    let dir = TempDir::new("chroot");
+    let tree = dir.path().join("tree");
+    for d in ["etc", "srv/data"] {
+        std::fs::create_dir_all(tree.join(d)).expect("mkdir");
+    }
+    std::fs::write(tree.join("etc/passwd"), "root:x:0:0::/:/nonexistent\napp:x:1234:2345::/:/nonexistent\n")
+        .expect("passwd");
+    std::fs::write(tree.join("etc/group"), "app:x:2345:\nextra:x:3456:app\n").expect("group");
+    let router = Router::new().expect("router");
+    let ctx = router.chroot(ChrootOptions::new(&tree)).expect("chroot");
+    assert_eq!(names(&ctx, "/"), set(&["etc", "srv"]));
+    assert_eq!(ctx.read_file("/etc/group").expect("read"), b"app:x:2345:\nextra:x:3456:app\n");
+    ctx.write_file("/srv/data/x", b"1", None).expect("write");
+    assert!(tree.join("srv/data/x").exists());
+    // As a user of the tree's own passwd, with its groups.
+    let mut o = ChrootOptions::new(&tree);
+    o.user = Some("app".into());
+    let app = router.chroot(o).expect("chroot as app");
+    let i = app.info().expect("info");
+    assert_eq!((i.uid, i.gid, i.euid, i.user.as_str()), (1234, 2345, 1234, "app"));
+    let status = String::from_utf8(app.read_file("/proc/self/status").unwrap_or_default()).unwrap_or_default();
+    if !status.is_empty() {
+        assert!(status.contains("Groups:\t2345 3456"), "{status}");
+    }
+    // Behind a hop.
+    let hop = router.local(common::local_in(&dir.path().join("cache"))).expect("hop");
+    let behind = hop.chroot(ChrootOptions::new(&tree)).expect("chroot through the hop");
+    assert_eq!(names(&behind, "/srv/data"), set(&["x"]));
+}
+
+fn enter_failure(r: Result<Context, ConnectError>) -> EnterFailure {
+    match r {
+        Err(ConnectError::Enter { failure, .. }) => failure,
+        Err(other) => panic!("not an Enter error: {other}"),
+        Ok(c) => panic!("connected to {}", c.name()),
+    }
+}
+
+#[test]
+fn bad_targets_are_typed_errors_at_once() {
+    if !root_or_skip("bad_targets_are_typed_errors_at_once") {
+        return;
+    }
+    let dir = TempDir::new("enter-bad");
+    let router = Router::new().expect("router");
+    let hop = router.local(common::local_in(&dir.path().join("cache"))).expect("hop");
+    // Above pid_max (at most 2^22): no such process.
+    let missing = 4_194_304 + 17;
+    for (from, c) in [("master", router.connector()), ("hop", hop.connector())] {
+        let t0 = Instant::now();
+        let f = enter_failure(c.setns(SetnsOptions::new(missing)));
+        assert!(matches!(f, EnterFailure::NoSuchProcess(p) if p == missing), "{from}: {f}");
+        let f = enter_failure(c.chroot(ChrootOptions::new("/nonexistent/mito")));
+        assert!(matches!(f, EnterFailure::NoSuchDirectory(_)), "{from}: {f}");
+        let mut o = ChrootOptions::new("/");
+        o.user = Some("no-such-user-here".into());
+        let f = enter_failure(c.chroot(o));
+        assert!(matches!(f, EnterFailure::NoSuchUser(_)), "{from}: {f}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{from}: {:?}", t0.elapsed());
+    }
+}
+
+#[test]
+fn setns_as_a_user_is_refused_as_not_root() {
+    if !root_or_skip("setns_as_a_user_is_refused_as_not_root") {
+        return;
+    }
+    let ct = Container::start("setns-user", "mito-ct4");
+    let dir = TempDir::new("setns-user");
+    // A hop as nobody: its sh drops to uid 65534 before stage0 runs.
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).expect("cache");
+    std::os::unix::fs::chown(&cache, Some(65534), Some(65534)).expect("chown");
+    let sh = dir.path().join("sh-as-nobody");
+    std::fs::write(&sh, "#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups /bin/sh \"$@\"\n")
+        .expect("wrapper");
+    std::fs::set_permissions(&sh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let mut o = common::local_in(&cache);
+    o.sh = sh;
+    o.env.push(("HOME".into(), "/nonexistent".into()));
+    let router = Router::new().expect("router");
+    let nobody = router.local(o).expect("hop as nobody");
+    assert_eq!(nobody.info().expect("info").uid, 65534);
+    let t0 = Instant::now();
+    let r = nobody.setns(SetnsOptions::new(ct.pid));
+    let f = enter_failure(r);
+    assert!(matches!(f, EnterFailure::NotRoot(_)), "{f}");
+    assert!(f.to_string().contains("setns needs root (CAP_SYS_ADMIN) on the container's host"), "{f}");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    let f = enter_failure(nobody.chroot(ChrootOptions::new("/")));
+    assert!(matches!(f, EnterFailure::NotRoot(_)), "{f}");
+}
+
+#[test]
+fn cli_setns_and_chroot_hops() {
+    if !root_or_skip("cli_setns_and_chroot_hops") {
+        return;
+    }
+    let ct = Container::start("setns-cli", "mito-ct5");
+    let mito = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mito")).args(args).output().expect("mito");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let target = format!("setns:{}", ct.pid);
+    for t in [target.clone(), format!("local,{target}")] {
+        let (code, out, err) = mito(&["info", &t]);
+        assert_eq!(code, Some(0), "{t}: {err}");
+        assert!(out.contains("host:      mito-ct5"), "{t}: {out}");
+    }
+    let dest = ct._dir.path().join("copied");
+    let (code, _, err) =
+        mito(&["get", &format!("local,chroot:{}:/sleeper", ct.root.display()), &dest.to_string_lossy()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        std::fs::metadata(&dest).expect("copied").len(),
+        std::fs::metadata(ct.root.join("sleeper")).expect("src").len()
+    );
+    let (code, _, err) = mito(&["info", "setns:web"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("expected setns:PID"), "{err}");
+    let (code, _, err) = mito(&["info", "chroot:/nonexistent/mito"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("no directory /nonexistent/mito"), "{err}");
+}
