@@ -196,7 +196,7 @@ fn unregistered_and_ungranted_resources_are_refused_quickly() {
         assert_refused("unregistered", ctx.fetch_resource(&made_up));
         // Asked without a grant (the call `fetch_resource` makes, alone).
         let parent = if ctx.id() == behind.id() { hop.id() } else { 0 };
-        let args = FetchArgs { resource: known.clone(), parent };
+        let args = FetchArgs { resource: known.clone(), parent, dest: None };
         assert_refused("ungranted", ctx.call::<FetchResource>(&args));
         assert!(t0.elapsed() < Duration::from_secs(2), "refusals take {:?}", t0.elapsed());
     }
@@ -302,4 +302,96 @@ fn a_chain_of_hops_caches_at_every_level() {
     let first_link = upper.bytes_sent() - before;
     assert_eq!(router.resource_stats().bytes_served, res.size, "the master served it once");
     assert!(first_link < res.size + 64 * 1024, "the first link carried {first_link} bytes");
+}
+
+/// `Context::put` to a context behind a hop goes through the importer: put
+/// again to another context behind the same hop, the file comes from the
+/// hop's cache, not across the first link; the copies are byte-identical
+/// with put's mode and mtime; a changed file is sent again; a failed put
+/// fails as a streamed one does; and the master keeps nothing of any put.
+#[test]
+fn a_file_put_again_behind_the_same_hop_does_not_cross_the_first_link_again() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("importer-put");
+    let router = Router::new().expect("router");
+    let hop = router.local(local_in(&dir.path().join("cache-hop"))).expect("hop");
+    let (a, b) = (child(&hop, &dir, "a"), child(&hop, &dir, "b"));
+    let src = dir.path().join("src.bin");
+    let data = random_bytes(5 * MIB as usize);
+    std::fs::write(&src, &data).expect("write");
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let mtime = std::time::SystemTime::UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
+    std::fs::File::options().write(true).open(&src).expect("open").set_modified(mtime).expect("mtime");
+    let check = |dest: &Path, want: &[u8]| {
+        assert!(std::fs::read(dest).expect("read the copy") == want, "{}: not the source's bytes", dest.display());
+        let m = std::fs::metadata(dest).expect("meta");
+        assert_eq!((m.mode() & 0o7777, m.mtime(), m.mtime_nsec()), (0o640, 1_600_000_000, 123_456_789));
+    };
+
+    let (dest_a, dest_b) = (dir.path().join("dest-a"), dir.path().join("dest-b"));
+    let before = hop.bytes_sent();
+    // Progress comes as the destination writes each chunk, as a streamed
+    // put's comes with each chunk acknowledged.
+    let (moved, calls) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u32));
+    let first = a
+        .put_with_progress(&src, &dest_a, &|n| {
+            moved.set(moved.get() + n);
+            calls.set(calls.get() + 1);
+        })
+        .expect("put to a");
+    assert_eq!((moved.get(), calls.get()), (5 * MIB, 5), "progress: one report per chunk");
+    let first_bytes = hop.bytes_sent() - before;
+    assert_eq!((first.bytes, first.sha256), (5 * MIB, mito::core::sha256::digest(&data)));
+    check(&dest_a, &data);
+    let before = hop.bytes_sent();
+    let second = b.put(&src, &dest_b).expect("put to b");
+    let second_bytes = hop.bytes_sent() - before;
+    eprintln!("first link: {first_bytes} bytes for the first put, {second_bytes} for the second");
+    assert_eq!(second, mito::TransferStats { elapsed: second.elapsed, ..first.clone() });
+    check(&dest_b, &data);
+    assert!((5 * MIB..5 * MIB + 64 * 1024).contains(&first_bytes), "the first put carried {first_bytes} bytes");
+    assert!(second_bytes < 8 * 1024, "the second put carried {second_bytes} bytes on the first link");
+    let stats = router.resource_stats();
+    assert_eq!(stats.bytes_served, 5 * MIB, "the master served the file once");
+    assert_eq!((stats.resources, stats.grants), (0, 0), "the master keeps nothing of a finished put: {stats:?}");
+    // The grant went with the put, at the hop too: asked again without
+    // one, the hop refuses (the master sees nothing).
+    let res = Resource { name: "src.bin".into(), sha256: first.sha256, size: first.bytes };
+    let args = FetchArgs { resource: res, parent: hop.id(), dest: None };
+    assert_refused("after the put", b.call::<FetchResource>(&args));
+    assert_eq!(router.resource_stats().requests, stats.requests, "the hop refused it");
+
+    // Changed: a new hash, sent again.
+    let changed = random_bytes(5 * MIB as usize);
+    std::fs::write(&src, &changed).expect("rewrite");
+    std::fs::File::options().write(true).open(&src).expect("open").set_modified(mtime).expect("mtime");
+    let before = hop.bytes_sent();
+    let third = b.put(&src, &dest_b).expect("put the changed file");
+    assert_ne!(third.sha256, first.sha256);
+    assert!(hop.bytes_sent() - before >= 5 * MIB, "the changed file crossed the first link");
+    check(&dest_b, &changed);
+    assert_eq!(router.resource_stats().bytes_served, 10 * MIB);
+
+    // A destination the target cannot write: the error a streamed put to a
+    // direct context gives, and nothing left behind.
+    let direct = router.local(local_in(&dir.path().join("cache-direct"))).expect("direct");
+    let bad = dir.path().join("no/such/dir/f");
+    let streamed = direct.put(&src, &bad).expect_err("streamed put to a missing directory");
+    let imported = b.put(&src, &bad).expect_err("put through the hop to a missing directory");
+    let errno = |e: &mito::TransferError| match e {
+        mito::TransferError::Remote(c) => c.remote().map(|r| (r.kind, r.errno, r.message.clone())),
+        _ => None,
+    };
+    assert!(errno(&streamed).is_some_and(|(_, n, _)| n == libc::ENOENT), "{streamed}");
+    assert_eq!(errno(&imported), errno(&streamed), "{imported} / {streamed}");
+    assert!(imported.to_string().contains("no/such/dir/f"), "{imported}");
+    let stats = router.resource_stats();
+    assert_eq!((stats.resources, stats.grants), (0, 0), "a failed put leaves nothing either: {stats:?}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.contains("mito-tmp"))
+        .collect();
+    assert!(left.is_empty(), "temp files left: {left:?}");
+    b.ping().expect("b keeps working");
 }

@@ -9,7 +9,7 @@
 
 use alloc::vec::Vec;
 
-use rustix::fd::{AsFd, OwnedFd};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self, Mode, OFlags, CWD};
 
 use super::util::os_error;
@@ -150,24 +150,7 @@ impl FileTable {
                 if done.sha256[..] != c.sha256[..] {
                     Err(RemoteError::new(ErrorKind::Protocol, super::util::op_path("checksum mismatch writing", dest)))
                 } else {
-                    (|| {
-                        fs::ftruncate(f.fd.as_fd(), f.bytes).map_err(|e| os_error(e, "truncate", dest))?;
-                        if let (Some((uid, gid)), true) = (c.owner, rustix::process::geteuid().is_root()) {
-                            let (u, g) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
-                            fs::fchown(f.fd.as_fd(), Some(u), Some(g)).map_err(|e| os_error(e, "chown", dest))?;
-                        }
-                        fs::fchmod(f.fd.as_fd(), Mode::from_bits_truncate(c.mode.unwrap_or(0o644)))
-                            .map_err(|e| os_error(e, "chmod", dest))?;
-                        if let Some((s, ns)) = c.mtime {
-                            let t = fs::Timestamps {
-                                last_access: rustix::fs::Timespec { tv_sec: s, tv_nsec: i64::from(ns) },
-                                last_modification: rustix::fs::Timespec { tv_sec: s, tv_nsec: i64::from(ns) },
-                            };
-                            fs::futimens(f.fd.as_fd(), &t).map_err(|e| os_error(e, "utimens", dest))?;
-                        }
-                        fs::renameat(CWD, &tmp[..], CWD, &dest[..]).map_err(|e| os_error(e, "rename", dest))?;
-                        Ok(done)
-                    })()
+                    commit_into(f.fd.as_fd(), f.bytes, &c, tmp, dest).map(|()| done)
                 }
             }
         };
@@ -185,6 +168,27 @@ impl FileTable {
             }
         }
     }
+}
+
+/// Puts the written temp file `tmp` (open as `fd`, `size` bytes) in place
+/// at `dest` with `c`'s mode, mtime and (as root) owner: a streamed put's
+/// commit, and a put through the importer's (`resources.rs`). The owner
+/// first: chown clears setuid/setgid.
+pub fn commit_into(fd: BorrowedFd<'_>, size: u64, c: &Commit, tmp: &[u8], dest: &[u8]) -> Result<(), RemoteError> {
+    fs::ftruncate(fd, size).map_err(|e| os_error(e, "truncate", dest))?;
+    if let (Some((uid, gid)), true) = (c.owner, rustix::process::geteuid().is_root()) {
+        let (u, g) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
+        fs::fchown(fd, Some(u), Some(g)).map_err(|e| os_error(e, "chown", dest))?;
+    }
+    fs::fchmod(fd, Mode::from_bits_truncate(c.mode.unwrap_or(0o644))).map_err(|e| os_error(e, "chmod", dest))?;
+    if let Some((s, ns)) = c.mtime {
+        let t = fs::Timestamps {
+            last_access: rustix::fs::Timespec { tv_sec: s, tv_nsec: i64::from(ns) },
+            last_modification: rustix::fs::Timespec { tv_sec: s, tv_nsec: i64::from(ns) },
+        };
+        fs::futimens(fd, &t).map_err(|e| os_error(e, "utimens", dest))?;
+    }
+    fs::renameat(CWD, tmp, CWD, dest).map_err(|e| os_error(e, "rename", dest))
 }
 
 /// SHA-256 of a whole file.

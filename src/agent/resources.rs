@@ -22,6 +22,9 @@
 //!   temporary file in the agent's cache directory (a memfd where there is
 //!   none), the hash checked at the end, then renamed to `res-<sha256>`.
 //!   The call is answered when that is done; the loop keeps running.
+//!   A fetch with a destination (a put through the importer) writes its
+//!   temporary file beside that path instead and commits it there as a
+//!   streamed put does (`files::commit_into`).
 //!
 //! Everything a waiter can be is a `Waiter`: a later slice (a hop that
 //! writes a cached agent into a child's stdin) adds its own kind and calls
@@ -37,12 +40,13 @@ use super::children::Children;
 use super::outbox::Outbox;
 use super::util::{os_error, push_decimal};
 use crate::core::poller::Poller;
+use crate::proto::functions::Commit;
 use crate::proto::resource::{chunk_len, chunks, FetchArgs, GetResource, Grant, CHUNK};
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR};
 
 /// The most bytes of chunks a hop keeps (each entry counts 64 bytes more,
 /// so empty chunks are bounded too).
-pub const CACHE_BYTES: usize = 64 << 20;
+pub const CACHE_BYTES: usize = crate::proto::resource::CACHE_BYTES;
 
 /// Chunks a fetch has asked for and not yet received, at most.
 pub const PIPELINE: u32 = 4;
@@ -91,6 +95,11 @@ struct Fetch {
     fd: OwnedFd,
     /// The temporary file and the file it becomes (`None`: a memfd).
     tmp: Option<(Vec<u8>, Vec<u8>)>,
+    /// A put's mode, mtime and owner (`None`: a resource in the cache
+    /// directory, mode 0700).
+    commit: Option<Commit>,
+    /// A put's progress handle at the caller (0: none).
+    progress: u32,
     /// Chunks asked for (or found cached) so far.
     next: u32,
     /// Chunks written so far.
@@ -148,6 +157,9 @@ impl Resources {
     pub fn grant(&mut self, m: &Message) {
         let Ok(g) = postcard::from_bytes::<Grant>(&m.data) else { return };
         self.parent = g.parent;
+        if g.revoke {
+            return self.grants.retain(|x| x.context != g.context || x.sha256 != g.sha256);
+        }
         if !self.grants.iter().any(|x| x.context == g.context && x.sha256 == g.sha256) {
             self.grants.push(Granted { context: g.context, sha256: g.sha256, size: g.size });
         }
@@ -292,8 +304,16 @@ impl Resources {
     pub fn fetch(&mut self, call: Header, a: FetchArgs, out: &mut Outbox) {
         self.parent = a.parent;
         let r = a.resource;
-        let (fd, tmp) = match &self.dir {
-            Some(dir) => {
+        let commit = a.dest.as_ref().map(|d| d.commit.clone());
+        let progress = a.dest.as_ref().map_or(0, |d| d.progress);
+        let (fd, tmp) = match (&a.dest, &self.dir) {
+            // A put: beside its destination, whatever the hash (the file
+            // there is to be replaced).
+            (Some(d), _) => match super::util::create_temp_beside(&d.path, u64::from(self.handle())) {
+                Ok((fd, tmp)) => (fd, Some((tmp, d.path.to_vec()))),
+                Err(e) => return out.reply_error(&call, e),
+            },
+            (None, Some(dir)) => {
                 let mut path = dir.clone();
                 path.extend_from_slice(b"res-");
                 for b in r.sha256 {
@@ -309,13 +329,13 @@ impl Resources {
                     Err(e) => return out.reply_error(&call, e),
                 }
             }
-            None => match rustix::fs::memfd_create(c"mito-resource", rustix::fs::MemfdFlags::CLOEXEC) {
+            (None, None) => match rustix::fs::memfd_create(c"mito-resource", rustix::fs::MemfdFlags::CLOEXEC) {
                 Ok(fd) => (fd, None),
                 Err(e) => return out.reply_error(&call, os_error(e, "memfd_create", b"")),
             },
         };
         let id = self.handle();
-        let f = Fetch { id, call, sha256: r.sha256, size: r.size, fd, tmp, next: 0, got: 0 };
+        let f = Fetch { id, call, sha256: r.sha256, size: r.size, fd, tmp, commit, progress, next: 0, got: 0 };
         self.fetches.push(f);
         self.pump(self.fetches.len() - 1, out);
     }
@@ -336,7 +356,7 @@ impl Resources {
             f.next += 1;
             // `want` does not touch the fetches: `i` stays this one.
             if let Some(d) = self.want(sha256, chunk, size, out.id(), Waiter::Fetch(id), out) {
-                if let Err(e) = self.write(i, chunk, &d) {
+                if let Err(e) = self.write(i, chunk, &d, out) {
                     return self.fail(i, e, out);
                 }
             }
@@ -345,15 +365,21 @@ impl Resources {
 
     /// Chunk `chunk` of fetch `i` arrived: written, then more asked for.
     fn written(&mut self, i: usize, chunk: u32, data: &[u8], out: &mut Outbox) {
-        match self.write(i, chunk, data) {
+        match self.write(i, chunk, data, out) {
             Ok(()) => self.pump(i, out),
             Err(e) => self.fail(i, e, out),
         }
     }
 
-    /// Writes chunk `chunk` of fetch `i` at its place.
-    fn write(&mut self, i: usize, chunk: u32, mut data: &[u8]) -> Result<(), RemoteError> {
+    /// Writes chunk `chunk` of fetch `i` at its place (and tells a put's
+    /// caller: its progress).
+    fn write(&mut self, i: usize, chunk: u32, mut data: &[u8], out: &mut Outbox) -> Result<(), RemoteError> {
         let f = &mut self.fetches[i];
+        // A put leaves a hole for a chunk of zeros, as a streamed put does
+        // (its commit sets the length).
+        if f.commit.is_some() && crate::core::num::all_zero(data) {
+            data = &[];
+        }
         let mut at = u64::from(chunk) * u64::from(CHUNK);
         while !data.is_empty() {
             match rustix::io::pwrite(&f.fd, data, at) {
@@ -366,6 +392,10 @@ impl Resources {
             }
         }
         f.got += 1;
+        if f.progress != 0 {
+            let me = out.id();
+            out.push(&Header { dst: f.call.src, src: me, auth: me, handle: f.progress, ..Header::default() }, &[]);
+        }
         Ok(())
     }
 
@@ -387,6 +417,11 @@ impl Resources {
         let r = super::files::sha256_file(&path).and_then(|h| {
             if h != f.sha256 {
                 return Err(RemoteError::new(ErrorKind::Protocol, "the resource's sha256 does not match"));
+            }
+            if let (Some(c), Some((tmp, dest))) = (&f.commit, &f.tmp) {
+                super::files::commit_into(f.fd.as_fd(), f.size, c, tmp, dest)?;
+                path.clone_from(dest);
+                return Ok(());
             }
             let mode = rustix::fs::Mode::from_bits_truncate(0o700);
             rustix::fs::fchmod(f.fd.as_fd(), mode).map_err(|e| os_error(e, "chmod", &path))?;

@@ -18,6 +18,15 @@
 //! broker. A path-backed resource is hashed once when registered and read
 //! with `pread` when served: a big file is not held in memory, and a file
 //! changed since is a hash mismatch at the receiver.
+//!
+//! [`Context::put`] to a context behind a hop goes through here too
+//! ([`Context::put_through_hops`]): the file is registered and granted for
+//! that put only (leases, counted, so concurrent puts of one file share
+//! them), fetched by the destination straight into place, and the entry,
+//! its open file and the grants (at the hops too) go when the last put
+//! using them ends. So puts leave nothing behind in the master, and the
+//! hops keep only the chunks in their bounded caches: the same file put
+//! again behind the same hop is served from there.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -29,12 +38,16 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use super::context::{disconnected, Context};
+use serde_bytes::ByteBuf;
+
+use super::context::{disconnected, path_bytes, Context};
 use super::error::CallError;
+use super::transfer::{local, Progress, TransferError, TransferStats};
 use super::Router;
 use crate::core::router::RouterTable;
 use crate::core::sha256::Sha256;
-use crate::proto::resource::{chunk_len, chunks, FetchArgs, FetchResource, GetResource, Grant, Resource, CHUNK};
+use crate::proto::functions::Commit;
+use crate::proto::resource::{chunk_len, chunks, FetchArgs, FetchResource, GetResource, Grant, PutTo, Resource, CHUNK};
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
 
 /// Requests waiting for the server, at most; beyond, a request is refused
@@ -57,6 +70,10 @@ pub struct ResourceStats {
     pub refused: u64,
     /// Chunk bytes sent.
     pub bytes_served: u64,
+    /// Resources held now (registered, or in use by a put).
+    pub resources: u64,
+    /// Grants held now (given by the program, or in use by a put).
+    pub grants: u64,
 }
 
 /// Where a resource's bytes are.
@@ -66,11 +83,25 @@ enum Body {
     File(Arc<std::fs::File>),
 }
 
+/// A resource in the store.
+#[derive(Debug)]
+struct Entry {
+    resource: Resource,
+    body: Body,
+    /// Registered by the program: kept for the router's life.
+    registered: bool,
+    /// Puts using it now: an entry only puts use goes with the last one.
+    leases: u32,
+}
+
 /// The master's resources, grants and server (one per router).
 #[derive(Debug, Default)]
 pub(crate) struct Store {
-    entries: Mutex<HashMap<[u8; 32], (Resource, Body)>>,
+    entries: Mutex<HashMap<[u8; 32], Entry>>,
     grants: Mutex<HashSet<(u32, [u8; 32])>>,
+    /// Grants puts hold now, counted: each goes (at the hops too) with the
+    /// last put holding it.
+    leased: Mutex<HashMap<(u32, [u8; 32]), u32>>,
     /// Whether the server runs (started with the first resource). Its
     /// queue's sender lives in the table's handler only, so the server
     /// ends with the table.
@@ -81,8 +112,38 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    /// Registers `body` as `resource`; starts the server the first time.
+    /// Registers `body` as `resource` (for the router's life); starts the
+    /// server the first time.
     fn add(self: &Arc<Self>, table: &Arc<RouterTable>, resource: Resource, body: Body) -> std::io::Result<Resource> {
+        self.start(table)?;
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = entries.entry(resource.sha256).or_insert(Entry {
+            resource: resource.clone(),
+            body,
+            registered: true,
+            leases: 0,
+        });
+        e.registered = true;
+        Ok(resource)
+    }
+
+    /// `body` as `resource` for one put: kept until the lease is dropped
+    /// (and as long as other puts or a registration hold it).
+    fn lease(self: &Arc<Self>, table: &Arc<RouterTable>, resource: &Resource, body: Body) -> std::io::Result<Lease> {
+        self.start(table)?;
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = entries.entry(resource.sha256).or_insert(Entry {
+            resource: resource.clone(),
+            body,
+            registered: false,
+            leases: 0,
+        });
+        e.leases += 1;
+        Ok(Lease { store: self.clone(), sha256: resource.sha256 })
+    }
+
+    /// Starts the server, the first time.
+    fn start(self: &Arc<Self>, table: &Arc<RouterTable>) -> std::io::Result<()> {
         let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
         if !*started {
             let (tx, rx) = sync_channel(QUEUE);
@@ -92,10 +153,7 @@ impl Store {
             table.set_resource_handler(Box::new(move |t, m| store.accept(t, &tx, m)));
             *started = true;
         }
-        drop(started);
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.insert(resource.sha256, (resource.clone(), body));
-        Ok(resource)
+        Ok(())
     }
 
     /// A GET_RESOURCE at the master (see the module docs): queued for the
@@ -112,8 +170,10 @@ impl Store {
             Err(RemoteError::new(ErrorKind::NotPermitted, what))
         };
         let Ok(r) = postcard::from_bytes::<GetResource>(&m.data) else { return refuse("malformed resource request") };
-        let size = self.entries.lock().unwrap_or_else(PoisonError::into_inner).get(&r.sha256).map(|e| e.0.size);
-        let granted = self.grants.lock().unwrap_or_else(PoisonError::into_inner).contains(&(r.for_context, r.sha256));
+        let size = self.entries.lock().unwrap_or_else(PoisonError::into_inner).get(&r.sha256).map(|e| e.resource.size);
+        let key = (r.for_context, r.sha256);
+        let granted = self.grants.lock().unwrap_or_else(PoisonError::into_inner).contains(&key)
+            || self.leased.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&key);
         // The requester is the context itself or a hop on its path.
         let on_path = table.context(r.for_context).is_some_and(|c| c.path().iter().any(|p| p.id == m.header.src));
         match size {
@@ -127,12 +187,77 @@ impl Store {
     }
 }
 
+/// A put's hold on a store entry (see [`Store::lease`]); dropped, the
+/// entry goes if nothing else holds it (and with it, its open file).
+struct Lease {
+    store: Arc<Store>,
+    sha256: [u8; 32],
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut entries = self.store.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = entries.get_mut(&self.sha256) {
+            e.leases = e.leases.saturating_sub(1);
+            if e.leases == 0 && !e.registered {
+                entries.remove(&self.sha256);
+            }
+        }
+    }
+}
+
+/// A put's grant (see [`Context::lease_grant`]); dropped, the grant goes
+/// (at the hops too) if no other put holds it and the program did not
+/// grant it itself.
+struct GrantLease<'a> {
+    ctx: &'a Context,
+    resource: &'a Resource,
+}
+
+impl Drop for GrantLease<'_> {
+    fn drop(&mut self) {
+        let store = &self.ctx.state.resources;
+        let key = (self.ctx.id(), self.resource.sha256);
+        let mut leased = store.leased.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(n) = leased.get_mut(&key) else { return };
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            leased.remove(&key);
+            // Under the lock: a put that leases it again now sends its
+            // grant after this revoke, in order on every link.
+            if !store.grants.lock().unwrap_or_else(PoisonError::into_inner).contains(&key) {
+                let _ = self.ctx.send_grants(self.resource, true);
+            }
+        }
+    }
+}
+
+/// SHA-256 and length of everything `file` holds now (read with `pread`).
+fn hash_file(file: &std::fs::File) -> std::io::Result<([u8; 32], u64)> {
+    let mut h = Sha256::new();
+    let (mut buf, mut at) = (vec![0u8; 1 << 20], 0u64);
+    loop {
+        let n = match file.read_at(&mut buf, at) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok((h.finish(), at));
+        }
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+}
+
 /// The server thread: one chunk per request, read and sent; ends with the
 /// router's table.
 fn serve(store: &Store, table: &Weak<RouterTable>, rx: Receiver<(Header, GetResource)>) {
     while let Ok((h, r)) = rx.recv() {
         let Some(table) = table.upgrade() else { return };
-        let entry = store.entries.lock().unwrap_or_else(PoisonError::into_inner).get(&r.sha256).cloned();
+        let entry = (store.entries.lock().unwrap_or_else(PoisonError::into_inner))
+            .get(&r.sha256)
+            .map(|e| (e.resource.clone(), e.body.clone()));
         let reply = Header { dst: h.src, src: MASTER_ID, auth: MASTER_ID, handle: h.reply_to, ..Header::default() };
         let chunk = entry.ok_or_else(|| RemoteError::new(ErrorKind::NotPermitted, "resource not granted")).and_then(
             |(res, body)| {
@@ -190,17 +315,8 @@ impl Router {
     /// this fails the fetch with a hash mismatch at the receiver.
     pub fn register_resource_path(&self, name: &str, path: impl AsRef<Path>) -> std::io::Result<Resource> {
         let file = std::fs::File::open(path)?;
-        let mut h = Sha256::new();
-        let (mut buf, mut at) = (vec![0u8; 1 << 20], 0u64);
-        loop {
-            let n = file.read_at(&mut buf, at)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            at += n as u64;
-        }
-        let r = Resource { name: name.into(), sha256: h.finish(), size: at };
+        let (sha256, size) = hash_file(&file)?;
+        let r = Resource { name: name.into(), sha256, size };
         self.state.resources.add(&self.state.table, r, Body::File(Arc::new(file)))
     }
 
@@ -211,6 +327,9 @@ impl Router {
             requests: s.requests.load(Ordering::Relaxed),
             refused: s.refused.load(Ordering::Relaxed),
             bytes_served: s.bytes_served.load(Ordering::Relaxed),
+            resources: s.entries.lock().unwrap_or_else(PoisonError::into_inner).len() as u64,
+            grants: (s.grants.lock().unwrap_or_else(PoisonError::into_inner).len()
+                + s.leased.lock().unwrap_or_else(PoisonError::into_inner).len()) as u64,
         }
     }
 }
@@ -220,11 +339,20 @@ impl Context {
     /// the grant (before anything sent after this reaches the context),
     /// then the master. Without it, the context's requests are refused.
     pub fn grant(&self, resource: &Resource) -> Result<(), CallError> {
+        self.send_grants(resource, false)?;
+        let mut grants = self.state.resources.grants.lock().unwrap_or_else(PoisonError::into_inner);
+        grants.insert((self.id(), resource.sha256));
+        Ok(())
+    }
+
+    /// Sends the grant of `resource` to this context (or its revocation)
+    /// to every hop on its path.
+    fn send_grants(&self, resource: &Resource, revoke: bool) -> Result<(), CallError> {
         let path = self.shared.path();
         let hops = &path[..path.len().saturating_sub(1)];
         for (i, hop) in hops.iter().enumerate() {
             let parent = if i == 0 { MASTER_ID } else { hops[i - 1].id };
-            let g = Grant { context: self.id(), sha256: resource.sha256, size: resource.size, parent };
+            let g = Grant { context: self.id(), sha256: resource.sha256, size: resource.size, parent, revoke };
             let data = postcard::to_allocvec(&g).map_err(|e| CallError::Encode {
                 context: self.name().into(),
                 function: "grant".into(),
@@ -233,9 +361,87 @@ impl Context {
             let msg = Message::new(hop.id, MASTER_ID, handles::GRANT_RESOURCE, 0, data);
             self.state.table.send_control(&msg).map_err(|d| disconnected(&self.shared, "grant", d.reason))?;
         }
-        let mut grants = self.state.resources.grants.lock().unwrap_or_else(PoisonError::into_inner);
-        grants.insert((self.id(), resource.sha256));
         Ok(())
+    }
+
+    /// Grants `resource` to this context for one put (see [`GrantLease`]).
+    fn lease_grant<'a>(&'a self, resource: &'a Resource) -> Result<GrantLease<'a>, CallError> {
+        let store = &self.state.resources;
+        let key = (self.id(), resource.sha256);
+        let mut leased = store.leased.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = leased.get(&key).copied().unwrap_or(0);
+        if n == 0 {
+            self.send_grants(resource, false)?;
+        }
+        leased.insert(key, n + 1);
+        Ok(GrantLease { ctx: self, resource })
+    }
+
+    /// [`Context::put`] of the regular file `input` (opened from `src`,
+    /// `meta` its metadata then) to a context behind a hop: registered and
+    /// granted for this put only, fetched by the context from its parent
+    /// (whose cache keeps it: put again to another context behind that
+    /// hop, it does not cross the first link again) into a temporary file
+    /// beside `remote`, its hash checked there, then given `meta`'s mode,
+    /// mtime and owner and renamed into place, as a streamed put.
+    pub(super) fn put_through_hops(
+        &self,
+        src: &Path,
+        input: std::fs::File,
+        meta: &std::fs::Metadata,
+        remote: &Path,
+        progress: Progress<'_>,
+    ) -> Result<TransferStats, TransferError> {
+        use std::os::unix::fs::MetadataExt;
+        let t0 = Instant::now();
+        let (sha256, size) = hash_file(&input).map_err(local(src))?;
+        if size != meta.len() {
+            let (context, path) = (self.name().into(), src.into());
+            return Err(TransferError::SourceChanged { context, path, expected: meta.len(), read: size });
+        }
+        let resource = Resource { name: src.to_string_lossy().into_owned(), sha256, size };
+        let store = &self.state.resources;
+        let _entry = store.lease(&self.state.table, &resource, Body::File(Arc::new(input))).map_err(local(src))?;
+        let _grant = self.lease_grant(&resource)?;
+        let commit = Commit {
+            sha256: ByteBuf::from(&sha256[..]),
+            mode: Some(meta.mode() & 0o7777),
+            mtime: Some((meta.mtime(), meta.mtime_nsec() as u32)),
+            owner: Some((meta.uid(), meta.gid())),
+        };
+        // Each chunk written there is reported on a mailbox of its own,
+        // read here (the caller's progress runs on its thread) while a
+        // scoped thread waits for the reply and then closes it.
+        let table = &self.state.table;
+        let (handle, chunks_done) = table.open_mailbox(self.id(), false);
+        let dest = Some(PutTo { path: path_bytes(remote), commit, progress: handle });
+        let parent = self.shared.parent.as_ref().map_or(MASTER_ID, |p| p.id);
+        let pending = match self.call_async::<FetchResource>(&FetchArgs { resource: resource.clone(), parent, dest }) {
+            Ok(p) => p,
+            Err(e) => {
+                table.close_mailbox(handle);
+                return Err(e.into());
+            }
+        };
+        let (mut reported, mut chunk) = (0u64, 0u32);
+        std::thread::scope(|s| {
+            let reply = s.spawn(|| {
+                let r = pending.wait();
+                table.close_mailbox(handle);
+                r
+            });
+            while let Ok(Ok(_)) = chunks_done.get(None) {
+                let n = chunk_len(size, chunk) as u64;
+                chunk += 1;
+                reported += n;
+                progress(n);
+            }
+            reply.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })?;
+        if reported < size {
+            progress(size - reported);
+        }
+        Ok(TransferStats { bytes: size, sha256, elapsed: t0.elapsed() })
     }
 
     /// Grants `resource` to this context and has it fetch it (from its
@@ -245,7 +451,7 @@ impl Context {
     pub fn fetch_resource(&self, resource: &Resource) -> Result<PathBuf, CallError> {
         self.grant(resource)?;
         let parent = self.shared.parent.as_ref().map_or(MASTER_ID, |p| p.id);
-        let path = self.call::<FetchResource>(&FetchArgs { resource: resource.clone(), parent })?;
+        let path = self.call::<FetchResource>(&FetchArgs { resource: resource.clone(), parent, dest: None })?;
         Ok(PathBuf::from(OsString::from_vec(path.into_vec())))
     }
 }

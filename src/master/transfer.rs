@@ -38,6 +38,7 @@ use super::context::{path_bytes, Context, Pending};
 use super::error::CallError;
 use crate::core::sha256::Sha256;
 use crate::proto::functions::{self as f, Commit, FileCloseArgs, FileReadArgs, Function, PathArgs};
+use crate::proto::resource::CACHE_BYTES;
 
 /// Bytes per chunk call.
 pub const CHUNK: usize = 1 << 20;
@@ -485,6 +486,12 @@ impl Context {
         let t0 = Instant::now();
         let mut input = fs::File::open(src).map_err(local(src))?;
         let meta = input.metadata().map_err(local(src))?;
+        // Behind a hop, a file the hop can cache whole goes through the
+        // importer: put again to another context behind that hop, it comes
+        // from the hop's cache instead of crossing the first link again.
+        if self.shared.parent.is_some() && meta.is_file() && meta.len() <= CACHE_BYTES as u64 {
+            return self.put_through_hops(src, input, &meta, remote, progress);
+        }
         let opened = self.call::<f::FileOpenWrite>(&f::OpenWriteArgs { path: path_bytes(remote), id: 0 })?;
         let result = (|| {
             let mut hash = Sha256::new();

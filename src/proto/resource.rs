@@ -14,10 +14,16 @@ use alloc::string::String;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::proto::functions::{Function, SMALL_REPLY};
+use crate::proto::functions::{Commit, Function, SMALL_REPLY};
 
 /// Bytes per chunk of a resource (the last one may be shorter).
 pub const CHUNK: u32 = 1 << 20;
+
+/// The most bytes of chunks a hop caches (least recently used out first).
+/// A put through a hop goes through the importer only for files no bigger
+/// than this: a bigger one could not stay cached whole, so a second put
+/// would cross the first link again anyway.
+pub const CACHE_BYTES: usize = 64 << 20;
 
 /// A resource registered in the master (`Router::register_resource`):
 /// what a context needs to fetch it and check what it got. Serializable,
@@ -82,6 +88,9 @@ pub struct Grant {
     pub size: u64,
     /// The receiving hop's parent.
     pub parent: u32,
+    /// The grant is withdrawn instead (a put through the importer is
+    /// done: the hop keeps no grant per file put).
+    pub revoke: bool,
 }
 
 /// Arguments of [`FetchResource`].
@@ -91,13 +100,33 @@ pub struct FetchArgs {
     pub resource: Resource,
     /// The context's parent, which it asks (a hop's id, or the master's).
     pub parent: u32,
+    /// Where to put it instead of the cache directory (a put through the
+    /// importer, `Context::put` behind a hop), with put's semantics.
+    pub dest: Option<PutTo>,
+}
+
+/// A fetch's destination (a put through the importer): written to a
+/// temporary file beside `path`, its hash checked against the resource's,
+/// then `commit`'s mode, mtime and owner (root only) set and the file
+/// renamed over `path`, as `file_close` commits a streamed put.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutTo {
+    /// The destination path.
+    pub path: ByteBuf,
+    /// What to set on it (its `sha256` is the resource's).
+    pub commit: Commit,
+    /// A handle of the caller's that gets an empty message for each chunk
+    /// written (a put's progress; 0: none).
+    pub progress: u32,
 }
 
 /// `fetch_resource`: the context fetches a resource granted to it (chunks
 /// from its parent, which serves them from its cache or asks its own),
 /// checks its hash, and replies with the path of a file holding it (mode
 /// 0700: usable as a helper executable): `res-<sha256>` in the agent's
-/// cache directory, else a memfd's `/proc/<pid>/fd/<n>`.
+/// cache directory, else a memfd's `/proc/<pid>/fd/<n>`. With
+/// [`FetchArgs::dest`], the file goes there instead (see [`PutTo`]) and
+/// the reply is that path.
 #[derive(Clone, Copy, Debug)]
 pub struct FetchResource;
 
