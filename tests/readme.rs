@@ -172,6 +172,34 @@ fn checks() -> Vec<(&'static str, How)> {
                 })
             }),
         ),
+        // Fleets (tests/fleet.rs covers local, ssh, become, mito_via and unreachable hosts)
+        ("printf '[web]\\nweb[1:2]\\n[db]\\ndb1 ansible_become=true\\n' > hosts.ini", run(0, &[], &[])),
+        ("mito -I hosts.ini run all --list-hosts", run(0, &["web1\nweb2\ndb1\n"], &[])),
+        (
+            "mito -I hosts.ini run all -- id -un",
+            run(0, &["web[1:2] (2 hosts): ok\ndeploy\ndb1: ok\nroot\n3 ok, 0 failed, 0 unreachable\n"], &[]),
+        ),
+        (
+            "mito -I hosts.ini run 'all:!db' --json -- uname -s",
+            with(run(0, &["\"host\":\"web2\""], &["2 ok, 0 failed, 0 unreachable"]), |c| {
+                c.after = Some(|_, out| {
+                    let text = String::from_utf8_lossy(&out.stdout);
+                    let hosts: Vec<String> = text
+                        .lines()
+                        .map(|l| {
+                            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+                            assert_eq!((v["status"].as_str(), v["stdout"].as_str()), (Some("ok"), Some("Linux\n")), "{v}");
+                            v["host"].as_str().unwrap_or_default().to_string()
+                        })
+                        .collect();
+                    assert_eq!(hosts, ["web1", "web2"]);
+                })
+            }),
+        ),
+        (
+            "mito -I 'web1,127.0.0.1:1,' ping all",
+            run(4, &["web1: ok\npong\n", "127.0.0.1: unreachable (connection-refused)", "1 ok, 0 failed, 1 unreachable"], &[]),
+        ),
         // Files and facts
         (
             "mito put ./app.tar.gz ssh://web1:/srv/app.tar.gz",

@@ -7,11 +7,28 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// Targets, patterns and exit statuses, after the options in `--help`.
+const AFTER_HELP: &str = "\
+Targets: local, ssh://[user@]host[:port], sudo[:USER], su[:USER], doas[:USER],
+setns:PID, chroot:/PATH, or hops joined by commas (ssh://web1,sudo:root).
+With an inventory (-I FILE|LIST, $MITO_INVENTORY, ./inventory) a target may
+be a host pattern: all, a group or host, a glob (web*), a:b (union), a:&b
+(intersection), a:!b (exclusion); run, ping and facts then run on every host
+it matches (-f N at a time).
+
+Exit status: one target: run exits with the command's code (128+N if killed
+by signal N, 124 after --timeout); 0 for other verbs; 255 mito failed
+(connect, call, lost context); 141 stdout's reader went away; 2 a bad
+command line. A host pattern: 0 every host ok; 3 some command failed and
+every host was reached; 4 some host was unreachable; 255 mito failed (a bad
+inventory).";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "mito",
     version,
-    about = "Run commands and copy files in contexts (local, ssh, sudo/su/doas, and chains of them) without installing anything there"
+    about = "Run commands and copy files in contexts (local, ssh, sudo/su/doas, and chains of them) without installing anything there",
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// More output: -v debug, -vv trace.
@@ -116,6 +133,8 @@ pub enum HostKeys {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a command in a context, streaming its output; exits with its code.
+    /// On a host pattern: on every host it matches, output at the end.
+    #[command(after_help = AFTER_HELP)]
     Run(RunArgs),
     /// Connect and measure round trips.
     Ping(PingArgs),
@@ -145,7 +164,7 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, hops joined by commas (`ssh://web1,sudo:root`), or a host pattern of the inventory (`all`, `web*`, `web:&prod:!web3`).
+    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, `setns:PID` (inside the container of that process; root), `chroot:/PATH`, hops joined by commas (`ssh://web1,sudo:root`), or a host pattern of the inventory (`all`, `web*`, `web:&prod:!web3`).
     pub target: String,
     /// Do not forward this process's stdin to the command (as `ssh -n`).
     #[arg(short = 'n', long)]
@@ -176,7 +195,7 @@ pub struct RunArgs {
 
 #[derive(Args, Debug)]
 pub struct PingArgs {
-    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, hops joined by commas (`ssh://web1,sudo:root`), or a host pattern of the inventory.
+    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, `setns:PID` (inside the container of that process; root), `chroot:/PATH`, hops joined by commas (`ssh://web1,sudo:root`), or a host pattern of the inventory.
     pub target: String,
     /// Number of round trips.
     #[arg(short, long, default_value_t = 1)]
@@ -228,7 +247,7 @@ pub struct FactsArgs {
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
-    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, or hops joined by commas (`ssh://web1,sudo:root`).
+    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, `setns:PID` (inside the container of that process; root), `chroot:/PATH`, or hops joined by commas (`ssh://web1,sudo:root`).
     pub target: String,
     /// Machine-readable output.
     #[arg(long)]
