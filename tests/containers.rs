@@ -25,6 +25,11 @@ struct Container {
 
 impl Container {
     fn start(tag: &str, hostname: &str) -> Container {
+        Container::start_with(tag, hostname, &[])
+    }
+
+    /// `extra`: `["userns"]` for a user namespace of its own.
+    fn start_with(tag: &str, hostname: &str, extra: &[&str]) -> Container {
         let dir = TempDir::new(tag);
         let root = dir.path().join("rootfs");
         std::fs::create_dir_all(&root).expect("rootfs");
@@ -33,6 +38,7 @@ impl Container {
             .arg("start")
             .arg(&root)
             .arg(hostname)
+            .args(extra)
             .stderr(std::process::Stdio::inherit())
             .output()
             .expect("run scripts/test-container");
@@ -133,6 +139,35 @@ fn setns_enters_a_container_with_nothing_inside() {
     drop(ctx);
     drop(router);
     common::wait_reaped(host_pid, Duration::from_secs(5)).expect("the agent is gone with its router");
+}
+
+#[test]
+fn setns_takes_the_containers_user_namespace_ids_and_capabilities() {
+    if !root_or_skip("setns_takes_the_containers_user_namespace_ids_and_capabilities") {
+        return;
+    }
+    // Its root is host uid 100000: the agent is that root, not the host's.
+    let ct = Container::start_with("setns-userns", "mito-ct6", &["userns"]);
+    let router = Router::new().expect("router");
+    let ctx = router.setns(SetnsOptions::new(ct.pid)).expect("setns");
+    let info = ctx.info().expect("info");
+    assert_eq!((info.uid, info.gid, info.euid, info.hostname.as_str()), (0, 0, 0, "mito-ct6"));
+    assert_eq!(names(&ctx, "/"), set(&["proc", "sleeper"]));
+    let host_pid = ctx.connect_info().transport_pid.expect("agent pid");
+    let status = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |s: &str, k: &str| s.lines().find(|l| l.starts_with(k)).map(str::to_string);
+    let (agent, sleeper) = (status(host_pid), status(ct.pid));
+    for k in ["Uid:", "Gid:", "CapEff:", "CapBnd:", "CapPrm:"] {
+        assert_eq!(field(&agent, k), field(&sleeper, k), "{k}");
+    }
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{host_pid}/ns/user")).ok(),
+        std::fs::read_link(format!("/proc/{}/ns/user", ct.pid)).ok()
+    );
+    // The tree belongs to the host's root: the container's may not write.
+    let e = ctx.write_file("/probe", b"x", None).expect_err("the container's root may not write there");
+    assert!(e.to_string().contains("ermission denied"), "{e}");
+    assert!(!ct.root.join("probe").exists());
 }
 
 #[test]

@@ -250,6 +250,10 @@ struct Creds {
     uid: u32,
     gid: u32,
     groups: Vec<u32>,
+    /// Entering a user namespace: the groups as the host sees them, set
+    /// before it is entered (inside, `setgroups` may be denied, as
+    /// rootless engines do; `groups` is then not used).
+    host_groups: Option<Vec<u32>>,
     /// Capabilities (inheritable, permitted, effective, bounding), applied
     /// when the target is root; `None`: keep ours.
     caps: Option<[u64; 4]>,
@@ -438,14 +442,13 @@ fn creds_from_status(status: &[u8], map: bool, dir: Option<BorrowedFd<'_>>) -> O
     let (mut uid, mut gid) = (second(b"Uid")?, second(b"Gid")?);
     let mut groups: Vec<u32> =
         status_field(status, b"Groups").map(|v| words(v).filter_map(parse_u32).collect()).unwrap_or_default();
+    let mut host_groups = None;
     if map {
         let uid_map = read_file(dir, b"uid_map", MAX_SMALL_FILE).ok()?;
         let gid_map = read_file(dir, b"gid_map", MAX_SMALL_FILE).ok()?;
         uid = map_id(&uid_map, uid);
         gid = map_id(&gid_map, gid);
-        for g in &mut groups {
-            *g = map_id(&gid_map, *g);
-        }
+        host_groups = Some(core::mem::take(&mut groups));
     }
     let cap = |key: &[u8]| status_field(status, key).and_then(|v| words(v).next()).and_then(parse_hex);
     let caps = match (cap(b"CapInh"), cap(b"CapPrm"), cap(b"CapEff"), cap(b"CapBnd")) {
@@ -453,7 +456,7 @@ fn creds_from_status(status: &[u8], map: bool, dir: Option<BorrowedFd<'_>>) -> O
         _ => None,
     };
     let no_new_privs = status_field(status, b"NoNewPrivs").and_then(|v| words(v).next()) == Some(b"1");
-    Some(Creds { uid, gid, groups, caps, no_new_privs })
+    Some(Creds { uid, gid, groups, host_groups, caps, no_new_privs })
 }
 
 /// `KEY=VALUE` entries of an environ text (NUL separated); when `cut`, the
@@ -730,6 +733,11 @@ unsafe fn intermediate(r: &Raw<'_>) -> ! {
         // The user namespace goes at the end of the first pass.
         if pass == 0 {
             if let Some(i) = r.plan.ns.iter().position(|(_, f)| *f == libc::CLONE_NEWUSER) {
+                if let Some(Some(g)) = r.plan.creds.as_ref().map(|c| &c.host_groups) {
+                    if sys::setgroups(g.len(), g.as_ptr()) != 0 {
+                        die(fd, Step::Credentials);
+                    }
+                }
                 if sys::setns(r.plan.ns[i].0.as_raw_fd(), libc::CLONE_NEWUSER) != 0 {
                     die(fd, Step::Setns);
                 }
@@ -788,7 +796,7 @@ unsafe fn agent(r: &Raw<'_>) -> ! {
                 }
             }
         }
-        if sys::setgroups(c.groups.len(), c.groups.as_ptr()) != 0
+        if (c.host_groups.is_none() && sys::setgroups(c.groups.len(), c.groups.as_ptr()) != 0)
             || sys::setresgid(c.gid) != 0
             || sys::setresuid(c.uid) != 0
         {
