@@ -274,3 +274,43 @@ fn ssh_and_become_hosts_from_inventory_variables() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
     assert_eq!(text(&o).0, "l[1:2],app (3 hosts): ok\nmito-user\n3 ok, 0 failed, 0 unreachable\n");
 }
+
+/// Hosts behind an unreachable `mito_via` host are unreachable too, with
+/// its error, and the hop is tried once for all of them; `facts` runs on
+/// the others.
+#[test]
+fn hosts_behind_an_unreachable_hop_and_facts() {
+    let dir = TempDir::new("fleet-via");
+    let inv = dir.path().join("via.ini");
+    let port = closed_port();
+    std::fs::write(
+        &inv,
+        format!(
+            "gw ansible_host=127.0.0.1 ansible_port={port}\n\
+             [behind]\n\
+             b[1:3] ansible_connection=local mito_via=gw\n\
+             [here]\n\
+             h1 ansible_connection=local\n"
+        ),
+    )
+    .expect("write");
+    let o = mito(&inv, &["run", "behind", "--json", "--", "true"]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o).1);
+    for (host, v) in json_by_host(&o) {
+        assert_eq!(v["status"].as_str(), Some("unreachable"), "{host}: {v}");
+        assert_eq!(v["error_kind"].as_str(), Some("connection-refused"), "{host}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| e.starts_with("gw: ")), "names the hop: {v}");
+    }
+    let o = mito(&inv, &["run", "all", "--", "true"]);
+    let out = text(&o).0;
+    assert!(out.contains("gw,b[1:3] (4 hosts): unreachable (connection-refused): "), "{out}");
+    assert!(out.ends_with("h1: ok\n1 ok, 0 failed, 4 unreachable\n"), "{out}");
+
+    let o = mito(&inv, &["facts", "here", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let lines = json_by_host(&o);
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].1["facts"]["kernel"]["name"].as_str().is_some(), "{}", lines[0].1);
+    let o = mito(&inv, &["facts", "here"]);
+    assert!(text(&o).0.starts_with("h1: ok\n"), "{}", text(&o).0);
+}

@@ -32,7 +32,7 @@ use mito::{CallError, ConnectError, Context, Router, SshFailure};
 use serde::Serialize;
 
 use super::cli::{Cli, Command, FleetArgs};
-use super::inventory::{BecomeMethod, BecomeSpec, Connection, Inventory};
+use super::inventory::{BecomeMethod, BecomeSpec, Connection, HostSpec, Inventory};
 use super::secrets::Secrets;
 use super::settings::{exec_args, Hop, Settings};
 use super::{pattern, render};
@@ -144,7 +144,7 @@ impl Planner<'_> {
                 let o = self.inv.host_origin(host);
                 return Err(format!("inventory {}: mito_via of {host}: no host {via:?} in the inventory", o.file));
             }
-            Some(via) if stack.iter().any(|h| h == via) || via == host => {
+            Some(via) if stack.iter().any(|h| h == via) => {
                 return Err(format!("mito_via: the hosts {} and {via} are each other's hops", stack.join(" → ")));
             }
             Some(via) => {
@@ -155,27 +155,33 @@ impl Planner<'_> {
             }
             None => (Vec::new(), Vec::new()),
         };
-        let mut push = |planned: PlannedHop, label: String| {
+        for (planned, label) in self.own_hops(host, &spec, &labels) {
             labels.push(label);
             slots.push(Arc::new(Slot { hop: Mutex::new(Some(planned)), done: Mutex::new(None) }));
-        };
+        }
+        self.made.push((host.to_string(), slots.clone(), labels.clone()));
+        Ok((slots, labels))
+    }
+
+    /// The hops of `host` itself, after its via chain (`before`, as chain
+    /// texts): its connection, then its become hop, each with its chain
+    /// text (what `--become-pass-env HOP=VAR` names).
+    fn own_hops(&self, host: &str, spec: &HostSpec, before: &[String]) -> Vec<(PlannedHop, String)> {
+        let mut hops = Vec::new();
         match &spec.connection {
-            Connection::Local => push(
-                PlannedHop {
-                    hop: self.settings.local(Some(host.into())),
-                    cli_ssh_password: false,
-                    cli_become_password: None,
-                },
-                "local".into(),
-            ),
+            Connection::Local => {
+                let hop = self.settings.local(Some(host.into()));
+                hops.push((PlannedHop { hop, cli_ssh_password: false, cli_become_password: None }, "local".into()));
+            }
             Connection::Ssh(s) => {
                 let mut o = self.settings.inventory_ssh(host, s);
                 let label = format!("ssh://{}", o.display_host());
                 o.password = s.password.as_ref().map(|p| p.0.clone());
                 let cli_ssh_password = o.password.is_none();
-                push(PlannedHop { hop: Hop::Ssh(o), cli_ssh_password, cli_become_password: None }, label);
+                hops.push((PlannedHop { hop: Hop::Ssh(o), cli_ssh_password, cli_become_password: None }, label));
             }
         }
+        // The inventory's word, else --become's.
         let become_ = spec.become_.clone().or_else(|| {
             self.fleet.become_.then(|| BecomeSpec {
                 method: self
@@ -189,17 +195,15 @@ impl Planner<'_> {
             })
         });
         if let Some(b) = become_ {
-            let index = labels.iter().filter(|l| super::target::is_become(l)).count();
-            labels.push(format!("{}:{}", b.method.name(), b.user));
-            let cli = b.password.is_none().then(|| (labels.join(","), index));
+            let mut chain: Vec<String> = before.iter().chain(hops.iter().map(|(_, l)| l)).cloned().collect();
+            let index = chain.iter().filter(|l| super::target::is_become(l)).count();
+            chain.push(format!("{}:{}", b.method.name(), b.user));
+            let cli = b.password.is_none().then(|| (chain.join(","), index));
+            let label = chain.pop().unwrap_or_default();
             let hop = self.settings.become_hop(b.method, b.user, b.password.map(|p| p.0));
-            slots.push(Arc::new(Slot {
-                hop: Mutex::new(Some(PlannedHop { hop, cli_ssh_password: false, cli_become_password: cli })),
-                done: Mutex::new(None),
-            }));
+            hops.push((PlannedHop { hop, cli_ssh_password: false, cli_become_password: cli }, label));
         }
-        self.made.push((host.to_string(), slots.clone(), labels.clone()));
-        Ok((slots, labels))
+        hops
     }
 }
 

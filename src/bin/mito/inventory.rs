@@ -94,6 +94,9 @@ struct Host {
     name: String,
     vars: Vars,
     origin: Origin,
+    /// The groups that list it, by index (kept here so that a group of
+    /// thousands of hosts is not searched for each).
+    groups: Vec<usize>,
 }
 
 /// Hosts and groups read from one or more sources (later sources add to
@@ -216,14 +219,21 @@ impl Inventory {
 
     fn add_host(&mut self, name: &str, origin: &Origin) {
         if !self.host_index.contains_key(name) {
-            self.hosts.push(Host { name: name.to_string(), vars: Vars::new(), origin: origin.clone() });
+            self.hosts.push(Host {
+                name: name.to_string(),
+                vars: Vars::new(),
+                origin: origin.clone(),
+                groups: Vec::new(),
+            });
             self.host_index.insert(name.to_string(), self.hosts.len() - 1);
         }
     }
 
     fn add_host_to(&mut self, group: &str, host: &str) {
         let g = self.group(group);
-        if !self.groups[g].hosts.iter().any(|h| h == host) {
+        let Some(&h) = self.host_index.get(host) else { return };
+        if !self.hosts[h].groups.contains(&g) {
+            self.hosts[h].groups.push(g);
             self.groups[g].hosts.push(host.to_string());
         }
     }
@@ -489,7 +499,8 @@ impl Inventory {
 
     /// The groups that list `host` directly.
     fn direct_groups<'s>(&'s self, host: &'s str) -> impl Iterator<Item = &'s str> + 's {
-        self.groups.iter().filter(move |g| g.hosts.iter().any(|h| h == host)).map(|g| g.name.as_str())
+        let groups = self.host_index.get(host).map_or(&[][..], |&h| &self.hosts[h].groups[..]);
+        groups.iter().map(|&g| self.groups[g].name.as_str())
     }
 
     /// The parents of each group (`all` the parent of every group that has

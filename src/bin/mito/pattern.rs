@@ -9,6 +9,8 @@
 //! Within a term, groups match first; host names are tried when no group
 //! matched or the term is a glob.
 
+use std::collections::HashSet;
+
 use super::inventory::Inventory;
 
 /// The hosts `pattern` selects, in order, each once, and the terms that
@@ -30,20 +32,22 @@ pub fn select<'a>(inv: &'a Inventory, pattern: &str) -> Result<(Vec<&'a str>, Ve
         }
         Ok(hosts)
     };
+    // Sets beside the lists: inventories of thousands of hosts.
     let mut hosts: Vec<&'a str> = Vec::new();
+    let mut seen = HashSet::new();
     for t in plain {
         for h in matched(t)? {
-            if !hosts.contains(&h) {
+            if seen.insert(h) {
                 hosts.push(h);
             }
         }
     }
     for t in terms.iter().filter_map(|t| t.strip_prefix('&')) {
-        let that = matched(t)?;
+        let that: HashSet<&str> = matched(t)?.into_iter().collect();
         hosts.retain(|h| that.contains(h));
     }
     for t in terms.iter().filter_map(|t| t.strip_prefix('!')) {
-        let that = matched(t)?;
+        let that: HashSet<&str> = matched(t)?.into_iter().collect();
         hosts.retain(|h| !that.contains(h));
     }
     Ok((hosts, unmatched))
@@ -62,7 +66,8 @@ pub fn limit<'a>(inv: &'a Inventory, hosts: Vec<&'a str>, limit: &str) -> Result
             .collect(),
         None => select(inv, limit)?.0.into_iter().map(String::from).collect(),
     };
-    Ok(hosts.into_iter().filter(|h| allowed.iter().any(|a| a == h)).collect())
+    let allowed: HashSet<&str> = allowed.iter().map(String::as_str).collect();
+    Ok(hosts.into_iter().filter(|h| allowed.contains(h)).collect())
 }
 
 /// Splits at commas if there is one, else at colons outside brackets (a
@@ -99,9 +104,10 @@ fn match_term<'a>(inv: &'a Inventory, term: &str) -> Result<Vec<&'a str>, String
         return Ok(subscript(inv.host_names().collect(), sub));
     }
     let mut hosts: Vec<&'a str> = Vec::new();
+    let mut seen = HashSet::new();
     let mut add = |hs: Vec<&'a str>| {
         for h in hs {
-            if !hosts.contains(&h) {
+            if seen.insert(h) {
                 hosts.push(h);
             }
         }
