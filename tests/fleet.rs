@@ -314,3 +314,73 @@ fn hosts_behind_an_unreachable_hop_and_facts() {
     let o = mito(&inv, &["facts", "here"]);
     assert!(text(&o).0.starts_with("h1: ok\n"), "{}", text(&o).0);
 }
+
+/// A host whose port accepts the connection and never answers is
+/// unreachable (`timeout`) within the connect timeout, and the others are
+/// not held up by it.
+#[test]
+fn a_silent_host_times_out_within_the_connect_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // Accepts and holds connections, never writing a byte; ends with the test.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().take(16) {
+            held.push(c);
+        }
+    });
+    let dir = TempDir::new("fleet-silent");
+    let inv = dir.path().join("hosts");
+    std::fs::write(&inv, format!("silent ansible_host=127.0.0.1 ansible_port={port}\nl1 ansible_connection=local\n"))
+        .expect("write");
+    let t0 = Instant::now();
+    let o = Command::new(MITO)
+        .current_dir("/tmp")
+        .args(["-F", "/dev/null", "--connect-timeout", "2", "-I"])
+        .arg(&inv)
+        .args(["run", "all", "--json", "--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("mito");
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o).1);
+    let lines = json_by_host(&o);
+    assert_eq!(lines[0].1["error_kind"].as_str(), Some("timeout"), "{}", lines[0].1);
+    assert_eq!(lines[1].1["status"].as_str(), Some("ok"), "{}", lines[1].1);
+    assert!(
+        lines[1].1["duration_ms"].as_u64().is_some_and(|ms| ms < 1500),
+        "l1 did not wait for silent: {}",
+        lines[1].1
+    );
+}
+
+/// Without -I: $MITO_INVENTORY, else ./inventory; an ./inventory that is
+/// not an inventory is a warning and targets stay plain.
+#[test]
+fn default_inventories() {
+    let dir = TempDir::new("fleet-default");
+    std::fs::write(dir.path().join("inventory"), "[here]\nh[1:2] ansible_connection=local\n").expect("write");
+    let run = |cwd: &Path, env: Option<&Path>, args: &[&str]| {
+        let mut c = Command::new(MITO);
+        c.current_dir(cwd).env_remove("MITO_INVENTORY").args(args).stdin(Stdio::null());
+        if let Some(e) = env {
+            c.env("MITO_INVENTORY", e);
+        }
+        c.output().expect("mito")
+    };
+    let o = run(dir.path(), None, &["run", "here", "--list-hosts"]);
+    assert_eq!(text(&o).0, "h1\nh2\n");
+    let o = run(Path::new("/"), Some(&dir.path().join("inventory")), &["run", "here", "--", "echo", "hi"]);
+    assert_eq!(
+        (o.status.code(), text(&o).0.as_str()),
+        (Some(0), "h[1:2] (2 hosts): ok\nhi\n2 ok, 0 failed, 0 unreachable\n")
+    );
+    let other = TempDir::new("fleet-not-inventory");
+    std::fs::write(other.path().join("inventory"), "[unclosed\n").expect("write");
+    let o = run(other.path(), None, &["run", "local", "--", "echo", "plain"]);
+    assert_eq!((o.status.code(), text(&o).0.as_str()), (Some(0), "plain\n"), "{}", text(&o).1);
+    assert!(text(&o).1.contains("warning: ignoring ./inventory"), "{}", text(&o).1);
+    let o = run(other.path(), Some(&other.path().join("inventory")), &["run", "local", "--", "true"]);
+    assert_eq!(o.status.code(), Some(255), "named by $MITO_INVENTORY: an error");
+}

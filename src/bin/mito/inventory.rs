@@ -141,10 +141,13 @@ impl Inventory {
     pub fn add_source(&mut self, source: &str) -> Result<(), InventoryError> {
         let path = Path::new(source);
         if path.is_dir() {
-            return self.add_dir(path);
+            self.add_dir(path)?;
+            return self.add_var_dirs(path);
         }
         if path.exists() {
-            return self.add_file(path);
+            self.add_file(path)?;
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            return self.add_var_dirs(dir);
         }
         if source.contains(',') {
             return self.add_list(source);
@@ -176,6 +179,54 @@ impl Inventory {
             }
         }
         Ok(())
+    }
+
+    /// `group_vars/` and `host_vars/` beside an inventory (Ansible's
+    /// `host_group_vars`): for each group and host of the inventory, the
+    /// file named after it (no extension, `.yml`, `.yaml` or `.json`) or the
+    /// files of the directory so named, in name order. Their variables
+    /// override the inventory file's, as in Ansible. A file encrypted with
+    /// ansible-vault is skipped with a warning (mito cannot decrypt it).
+    fn add_var_dirs(&mut self, dir: &Path) -> Result<(), InventoryError> {
+        for (sub, is_group) in [("group_vars", true), ("host_vars", false)] {
+            let base = dir.join(sub);
+            if !base.is_dir() {
+                continue;
+            }
+            let names: Vec<String> = if is_group {
+                self.groups.iter().map(|g| g.name.clone()).collect()
+            } else {
+                self.hosts.iter().map(|h| h.name.clone()).collect()
+            };
+            for name in names {
+                for file in var_files(&base, &name) {
+                    for (var, value, origin) in self.read_var_file(&file)? {
+                        if is_group {
+                            self.set_group_var(&name, &var, &value, &origin);
+                        } else {
+                            self.set_host_var(&name, &var, &value, &origin);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_var_file(&self, file: &Path) -> Result<Vec<(String, String, Origin)>, InventoryError> {
+        use saphyr::{LoadableYamlNode, MarkedYaml};
+        let name = file.display().to_string();
+        let err = |line: usize, message: String| InventoryError { file: name.clone(), line, message };
+        let text = std::fs::read_to_string(file).map_err(|e| err(0, e.to_string()))?;
+        if text.starts_with("$ANSIBLE_VAULT;") {
+            log::warn!("{name}: encrypted with ansible-vault, which mito cannot read: skipped");
+            return Ok(Vec::new());
+        }
+        let docs = MarkedYaml::load_from_str(&text).map_err(|e| err(e.marker().line(), e.info().to_string()))?;
+        match docs.first() {
+            Some(root) => yaml_vars(root, &name, "variables"),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Reads one inventory file.
@@ -848,6 +899,40 @@ fn json_of(n: &saphyr::MarkedYaml<'_>) -> serde_json::Value {
     }
 }
 
+/// The files of `name` in a `group_vars/` or `host_vars/` directory.
+fn var_files(base: &Path, name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for ext in ["", ".yml", ".yaml", ".json"] {
+        let p = base.join(format!("{name}{ext}"));
+        if p.is_file() {
+            out.push(p);
+        }
+    }
+    let d = base.join(name);
+    if d.is_dir() {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(&d).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+        files.retain(|f| {
+            let n = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            f.is_file()
+                && !n.starts_with('.')
+                && (!n.contains('.') || [".yml", ".yaml", ".json"].iter().any(|e| n.ends_with(e)))
+        });
+        files.sort();
+        out.extend(files);
+    }
+    out
+}
+
+/// Is this node an `!vault` value (ansible-vault ciphertext)?
+fn is_vault(n: &saphyr::MarkedYaml<'_>) -> bool {
+    match &n.data {
+        saphyr::YamlData::Tagged(tag, _) => tag.suffix == "vault",
+        saphyr::YamlData::Representation(_, _, Some(tag)) => tag.suffix == "vault",
+        _ => false,
+    }
+}
+
 /// The variables of a `vars:` mapping or a host's mapping (null: none).
 fn yaml_vars(
     node: &saphyr::MarkedYaml<'_>,
@@ -863,6 +948,15 @@ fn yaml_vars(
     for (k, v) in map {
         let name = scalar_text(k).ok_or_else(|| origin(k).error(format!("{what}: a variable name must be plain")))?;
         check_var_name(&name).map_err(|m| origin(k).error(m))?;
+        if is_vault(v) {
+            // Its ciphertext is no password: left unset, so the usual
+            // flags or prompts give it.
+            log::warn!(
+                "{file}:{}: {what}: {name} is encrypted with ansible-vault, which mito cannot read: skipped",
+                k.span.start.line()
+            );
+            continue;
+        }
         let value = scalar_text(v).unwrap_or_else(|| json_of(v).to_string());
         out.push((name, value, origin(k)));
     }
@@ -1334,6 +1428,32 @@ mod tests {
         assert!(inv.host_spec("w4").expect_err("docker").to_string().contains("ansible_connection=docker"));
         assert!(inv.host_spec("w5").is_err());
         assert!(inv.host_spec("w6").expect_err("-R").to_string().contains("-R"));
+    }
+
+    /// group_vars/ and host_vars/ beside the inventory override its
+    /// variables; vault-encrypted files and values are skipped.
+    #[test]
+    fn group_vars_and_host_vars_directories() {
+        let dir = std::env::temp_dir().join(format!("mito-inv-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("group_vars/web")).expect("mkdir");
+        std::fs::create_dir_all(dir.join("host_vars")).expect("mkdir");
+        let write = |p: &str, t: &str| std::fs::write(dir.join(p), t).expect("write");
+        write("hosts", "[web]\nw1 v=inline\nw2\n[web:vars]\ng=ini\n");
+        write("group_vars/all.yml", "a: from-all\n");
+        write("group_vars/web/main.yml", "g: from-dir\nsecret: !vault |\n  $ANSIBLE_VAULT;1.1;AES256\n  6162\n");
+        write("group_vars/web/vault", "$ANSIBLE_VAULT;1.1;AES256\n6162\n");
+        write("host_vars/w1", "---\nv: from-host-vars\n");
+        let mut inv = Inventory::new();
+        inv.add_source(&dir.join("hosts").display().to_string()).expect("loads");
+        assert_eq!(var(&inv, "w1", "v").as_deref(), Some("from-host-vars"));
+        assert_eq!(var(&inv, "w2", "g").as_deref(), Some("from-dir"));
+        assert_eq!(var(&inv, "w2", "a").as_deref(), Some("from-all"));
+        assert_eq!(var(&inv, "w2", "secret"), None);
+        write("host_vars/w2.yml", "v: [unclosed\n");
+        let e = Inventory::new().add_source(&dir.join("hosts").display().to_string()).expect_err("bad yaml");
+        assert!(e.file.ends_with("host_vars/w2.yml"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
