@@ -259,7 +259,7 @@ pub fn run(job: Job<'_>, inv: &Inventory, cli: &Cli, secrets: Secrets) -> Result
             }
         }
     }
-    let mut text = if job.json { json_lines(&outcomes)? } else { grouped(&outcomes) };
+    let mut text = if job.json { json_lines(&outcomes)? } else { grouped(&outcomes, colour()) };
     let summary = summary(&outcomes);
     if job.json {
         eprintln!("{summary}");
@@ -489,7 +489,7 @@ fn json_lines(outcomes: &[Outcome]) -> Result<String, String> {
 
 /// The text output: hosts with the same result under one heading, in the
 /// order of their first host.
-fn grouped(outcomes: &[Outcome]) -> String {
+fn grouped(outcomes: &[Outcome], colour: bool) -> String {
     let mut groups: Vec<(&Outcome, Vec<&str>)> = Vec::new();
     for o in outcomes {
         match groups.iter_mut().find(|(first, _)| same(first, o)) {
@@ -501,7 +501,7 @@ fn grouped(outcomes: &[Outcome]) -> String {
     for (o, hosts) in groups {
         let names = fold_names(&hosts);
         let count = if hosts.len() > 1 { format!(" ({} hosts)", hosts.len()) } else { String::new() };
-        text.push_str(&format!("{names}{count}: {}\n", status_text(o)));
+        text.push_str(&format!("{names}{count}: {}\n", paint(colour, o.status, status_text(o))));
         push_output(&mut text, &o.stdout);
         if !o.stderr.is_empty() {
             text.push_str("-- stderr --\n");
@@ -509,6 +509,25 @@ fn grouped(outcomes: &[Outcome]) -> String {
         }
     }
     text
+}
+
+/// Colours for the status of each heading: only when stdout is a
+/// terminal and `NO_COLOR` is unset or empty (no-color.org).
+fn colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `text` in the colour of `status` (green, red, yellow) when `on`.
+fn paint(on: bool, status: Status, text: String) -> String {
+    if !on {
+        return text;
+    }
+    let code = match status {
+        Status::Ok => "32",
+        Status::Failed => "31",
+        Status::Unreachable => "33",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
 }
 
 /// Same result: status, exit, output and error alike.
@@ -608,7 +627,8 @@ fn write_out(text: &str) -> Result<Option<ExitCode>, String> {
 }
 
 /// A progress line on stderr while hosts run, only when stderr is a
-/// terminal (and without colours, so NO_COLOR has nothing to turn off).
+/// terminal (and without colours, so NO_COLOR has nothing to turn off
+/// there; the headings' colours follow it).
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
     counts: Mutex<[usize; 3]>,
@@ -631,8 +651,8 @@ impl Progress {
         let Some(bar) = &self.bar else { return };
         let mut c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         c[status as usize] += 1;
-        bar.set_message(format!("{} ok, {} failed, {} unreachable", c[0], c[1], c[2]));
         bar.inc(1);
+        bar.set_message(format!("{} ok, {} failed, {} unreachable", c[0], c[1], c[2]));
     }
 
     fn finish(&self) {
@@ -644,7 +664,13 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
-    use super::fold_names;
+    use super::{fold_names, paint, Status};
+
+    #[test]
+    fn colours_only_when_asked() {
+        assert_eq!(paint(false, Status::Failed, "failed".into()), "failed");
+        assert_eq!(paint(true, Status::Ok, "ok".into()), "\x1b[32mok\x1b[0m");
+    }
 
     #[test]
     fn names_fold_into_ranges() {
