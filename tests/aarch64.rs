@@ -265,7 +265,7 @@ fn aarch64_agent_cold_then_warm_call_exec_put_get() {
 }
 
 /// An x86_64 hop and behind it a target reporting aarch64: the master's
-/// aarch64 bytes go through the hop into stage0's stdin.
+/// aarch64 bytes go through the hop's importer into stage0's stdin.
 #[test]
 fn aarch64_context_behind_an_x86_64_hop() {
     let test = "aarch64_context_behind_an_x86_64_hop";
@@ -281,7 +281,10 @@ fn aarch64_context_behind_an_x86_64_hop() {
     let ci = ctx.connect_info().clone();
     assert_eq!((ci.arch.as_str(), ci.agent_hash.as_str()), ("aarch64", want.sha256));
     assert!(matches!(ci.upload, Upload::Stored { .. }), "{:?}", ci.upload);
-    assert!(ci.agent_bytes_sent > 10_000, "the master sent the aarch64 agent: {}", ci.agent_bytes_sent);
+    // Through the hop's importer, not written by the master into stdin.
+    assert_eq!(ci.agent_bytes_sent, 0, "the master wrote the aarch64 agent into stdin");
+    let served = router.resource_stats().bytes_served;
+    assert!(served > 10_000, "the importer served the aarch64 agent: {served} bytes");
     assert_runs_under_qemu(ci.pid);
     assert_eq!(common::parent_of(ci.pid), Some(hop.connect_info().pid), "the hop's agent started it");
 
@@ -327,4 +330,40 @@ fn a_cache_shared_with_another_architecture_runs_this_ones_agent() {
     // (The played aarch64 host cannot come back warm here: its `uname` is a
     // wrapper, but the kernel's /proc/sys/kernel/arch, which the warm path
     // reads, still says x86_64.)
+}
+
+/// Two targets reporting aarch64, each with a cache directory of its own,
+/// behind one x86_64 hop: the aarch64 agent goes through the importer (the
+/// master registers it and grants it to the hop, which appends it to each
+/// stage0's stdin from its cache), so it crosses the first link once.
+#[test]
+fn two_aarch64_contexts_behind_one_hop_get_the_agent_across_the_first_link_once() {
+    let test = "two_aarch64_contexts_behind_one_hop_get_the_agent_across_the_first_link_once";
+    let Some(_qemu) = Qemu::get(test) else { return };
+    let dir = TempDir::new("aarch64-importer");
+    let router = Router::new().expect("router");
+    let hop = router.local(local_in(&dir.path().join("hop-cache"))).expect("hop");
+    assert_ne!(hop.connect_info().arch, "aarch64");
+    let want = aarch64_agent();
+    let mut crossed = Vec::new();
+    for name in ["first", "second"] {
+        let before = hop.bytes_sent();
+        let ctx = hop.local(reports_aarch64(&dir.path().join(name))).expect("connect through the hop");
+        crossed.push(hop.bytes_sent() - before);
+        let ci = ctx.connect_info().clone();
+        assert_eq!((ci.arch.as_str(), ci.agent_hash.as_str()), ("aarch64", want.sha256), "{name}");
+        assert!(matches!(ci.upload, Upload::Stored { .. }), "{name}: a cold cache, uploaded ({:?})", ci.upload);
+        assert_eq!(ci.agent_bytes_sent, 0, "{name}: the master wrote no agent bytes into stage0's stdin");
+        assert_runs_under_qemu(ci.pid);
+        assert_eq!(ctx.info().expect("info").arch, "aarch64");
+        let r = ctx.exec(&["echo", name]).expect("exec");
+        assert_eq!(text(&r.stdout), format!("{name}\n"));
+    }
+    let served = router.resource_stats().bytes_served;
+    eprintln!("first link: {crossed:?} bytes for the two connects; the importer served {served} bytes");
+    // stage0 asks for the gz form where the target has gzip, else raw.
+    assert!(served == want.gz.len() as u64 || served == want.raw_len as u64, "served the agent once: {served}");
+    assert!(crossed[0] > served, "the first connect carried the agent: {crossed:?}");
+    assert!(crossed[1] < 32 * 1024, "the second connect carried {} bytes: the agent came from the hop", crossed[1]);
+    hop.ping().expect("the hop still answers");
 }

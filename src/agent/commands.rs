@@ -201,10 +201,19 @@ impl Commands {
     }
 
     /// An EXEC_CONTROL message for a streamed command (see the module
-    /// docs). `Adopt` hands its pipes to `children`.
-    pub fn control(&mut self, m: Message, poller: &Poller, out: &mut Outbox, children: &mut Children) {
+    /// docs). `Adopt` hands its pipes to `children`. `SendResource` is
+    /// returned (with the command's caller and stream) for the importer,
+    /// which fetches it and hands it to [`Commands::append_stdin`].
+    pub fn control(
+        &mut self,
+        m: Message,
+        poller: &Poller,
+        out: &mut Outbox,
+        children: &mut Children,
+    ) -> Option<(u32, u32, ExecOp)> {
         let Some(c) = m.payload(out.max() as usize).and_then(|p| postcard::from_bytes::<ExecControl>(&p).ok()) else {
-            return out.log(LogLevel::Error, LogSource::Agent, b"malformed exec control message; ignored");
+            out.log(LogLevel::Error, LogSource::Agent, b"malformed exec control message; ignored");
+            return None;
         };
         let Some(slot) = self.find(m.header.src, Some(c.stream)) else {
             // Already finished: its reply is on the way, and the master
@@ -213,9 +222,9 @@ impl Commands {
             if let (ExecOp::AnswerTool { .. }, true) = (c.op, m.header.reply_to != 0) {
                 out.send(m.header.src, m.header.reply_to, 0, &(ToolState::Exited as u32));
             }
-            return;
+            return None;
         };
-        let Some(Some(p)) = self.procs.get_mut(slot) else { return };
+        let Some(Some(p)) = self.procs.get_mut(slot) else { return None };
         match c.op {
             ExecOp::Stdin(data) => {
                 if p.child.stdin.is_none() {
@@ -225,7 +234,7 @@ impl Commands {
                         let (caller, n) = (p.caller, data.len() as u32);
                         out.send(caller, to, 0, &n);
                     }
-                    return;
+                    return None;
                 }
                 p.stdin_data.extend_from_slice(&data);
                 self.write_stdin(slot, poller, out);
@@ -278,8 +287,9 @@ impl Commands {
                 }
                 self.write_stdin(slot, poller, out);
             }
+            op @ ExecOp::SendResource { .. } => return Some((m.header.src, c.stream, op)),
             ExecOp::Adopt(id) => {
-                let (Some(tx), Some(rx)) = (p.child.stdin.take(), p.child.stdout.take()) else { return };
+                let (Some(tx), Some(rx)) = (p.child.stdin.take(), p.child.stdout.take()) else { return None };
                 p.stdin_open = false;
                 p.stdin_data = Vec::new();
                 let pid = p.child.pid;
@@ -287,6 +297,21 @@ impl Commands {
             }
         }
         self.finish_if_done(slot, poller, out, children);
+        None
+    }
+
+    /// Appends `data` (a resource the importer fetched for `SendResource`)
+    /// to the stdin of `caller`'s command `stream`; `None` (the fetch
+    /// failed) closes it instead, so stage0 fails its size check at once
+    /// rather than waiting.
+    pub fn append_stdin(&mut self, caller: u32, stream: u32, data: Option<&[u8]>, poller: &Poller, out: &mut Outbox) {
+        let Some(slot) = self.find(caller, Some(stream)) else { return };
+        let Some(Some(p)) = self.procs.get_mut(slot) else { return };
+        match data {
+            Some(d) if p.child.stdin.is_some() => p.stdin_data.extend_from_slice(d),
+            _ => p.child.stdin = None,
+        }
+        self.write_stdin(slot, poller, out);
     }
 
     /// Writes what stdin the command in `slot` takes now (its stdin is

@@ -63,6 +63,7 @@ use super::token::{CommandFd, Pipe, Token};
 use super::util::now_ns;
 use crate::core::poller::{Event, Interest, Poller};
 use crate::core::side;
+use crate::proto::functions::ExecOp;
 use crate::proto::message::{AddRoute, Goodbye, Hello, LinkEnd, LogLevel, LogSource};
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, MASTER_ID};
 
@@ -293,6 +294,14 @@ impl ExternalContext {
         }
     }
 
+    /// Resources the importer fetched for commands' stdin go there
+    /// (`ExecOp::SendResource`).
+    fn feed_stdin(&mut self) {
+        for (caller, stream, data) in self.resources.take_fed() {
+            self.commands.append_stdin(caller, stream, data.as_deref(), &self.poller, &mut self.out);
+        }
+    }
+
     /// A frame from the parent: forwarded to the child it is for, or
     /// handled here.
     fn on_message(&mut self, m: Message) {
@@ -314,7 +323,11 @@ impl ExternalContext {
             }
             handles::SHUTDOWN => self.closing = true,
             handles::EXEC_CONTROL if h.auth == MASTER_ID => {
-                self.commands.control(m, &self.poller, &mut self.out, &mut self.children)
+                let op = self.commands.control(m, &self.poller, &mut self.out, &mut self.children);
+                if let Some((caller, stream, ExecOp::SendResource { sha256, size, parent })) = op {
+                    self.resources.feed((caller, stream), &sha256, size, parent, &mut self.out);
+                    self.feed_stdin();
+                }
             }
             handles::ADD_ROUTE if h.auth == MASTER_ID => {
                 if let Ok(r) = postcard::from_bytes::<AddRoute>(&m.data) {
@@ -328,6 +341,7 @@ impl ExternalContext {
                 if !self.resources.on_reply(m, &mut self.children, &mut self.out, &self.poller) {
                     self.out.reply_error(&h, RemoteError::new(ErrorKind::DeadRoute, "no such handle"));
                 }
+                self.feed_stdin();
             }
             _ => self.out.reply_error(&h, RemoteError::new(ErrorKind::DeadRoute, "no such handle")),
         }

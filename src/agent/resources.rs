@@ -26,9 +26,12 @@
 //!   temporary file beside that path instead and commits it there as a
 //!   streamed put does (`files::commit_into`).
 //!
-//! Everything a waiter can be is a `Waiter`: a later slice (a hop that
-//! writes a cached agent into a child's stdin) adds its own kind and calls
-//! `Resources::want` like a fetch does.
+//! - **Feeds**: a resource for a command's stdin (`ExecOp::SendResource`:
+//!   the agent of another architecture for stage0 of a context behind this
+//!   hop, granted to the hop itself): a fetch into a memfd, whose bytes go
+//!   to the command ([`Resources::take_fed`]) instead of a reply. Its
+//!   chunks are cached as a child's are, so the next such context gets
+//!   them from here.
 
 use alloc::rc::Rc;
 use alloc::vec::Vec;
@@ -100,6 +103,8 @@ struct Fetch {
     commit: Option<Commit>,
     /// A put's progress handle at the caller (0: none).
     progress: u32,
+    /// A feed: the bytes go to this caller's command stream's stdin.
+    feed: Option<(u32, u32)>,
     /// Chunks asked for (or found cached) so far.
     next: u32,
     /// Chunks written so far.
@@ -124,6 +129,8 @@ pub struct Resources {
     dir: Option<Vec<u8>>,
     /// The memfds handed out as paths: open for the agent's life.
     kept: Vec<OwnedFd>,
+    /// Feeds done: (caller, stream, the bytes, or `None` if it failed).
+    fed: Vec<(u32, u32, Option<Vec<u8>>)>,
 }
 
 impl Resources {
@@ -145,6 +152,7 @@ impl Resources {
             next: handles::FIRST_DYNAMIC,
             dir,
             kept: Vec::new(),
+            fed: Vec::new(),
         }
     }
 
@@ -257,7 +265,12 @@ impl Resources {
             }
         };
         if let Ok(d) = &r {
-            if ask.waiters.iter().any(|w| matches!(w, Waiter::Down { .. })) {
+            let fetches = &self.fetches;
+            let shared = |w: &Waiter| match w {
+                Waiter::Down { .. } => true,
+                Waiter::Fetch(id) => fetches.iter().any(|f| f.id == *id && f.feed.is_some()),
+            };
+            if ask.waiters.iter().any(shared) {
                 self.insert(ask.sha256, ask.chunk, d.clone());
             }
         }
@@ -335,9 +348,32 @@ impl Resources {
             },
         };
         let id = self.handle();
-        let f = Fetch { id, call, sha256: r.sha256, size: r.size, fd, tmp, commit, progress, next: 0, got: 0 };
+        let f =
+            Fetch { id, call, sha256: r.sha256, size: r.size, fd, tmp, commit, progress, feed: None, next: 0, got: 0 };
         self.fetches.push(f);
         self.pump(self.fetches.len() - 1, out);
+    }
+
+    /// `ExecOp::SendResource` for `caller`'s command `stream`: the resource
+    /// `sha256` (`size` bytes) fetched from `parent` (or this cache) into a
+    /// memfd, then handed out by [`Resources::take_fed`].
+    pub fn feed(&mut self, (caller, stream): (u32, u32), sha256: &[u8], size: u64, parent: u32, out: &mut Outbox) {
+        let fd = rustix::fs::memfd_create(c"mito-feed", rustix::fs::MemfdFlags::CLOEXEC);
+        let (Ok(sha256), Ok(fd), true) = (<[u8; 32]>::try_from(sha256), fd, size <= CACHE_BYTES as u64) else {
+            return self.fed.push((caller, stream, None));
+        };
+        self.parent = parent;
+        let id = self.handle();
+        let call = Header::default();
+        let feed = Some((caller, stream));
+        let f = Fetch { id, call, sha256, size, fd, tmp: None, commit: None, progress: 0, feed, next: 0, got: 0 };
+        self.fetches.push(f);
+        self.pump(self.fetches.len() - 1, out);
+    }
+
+    /// The feeds done since last asked, for the commands' stdin.
+    pub fn take_fed(&mut self) -> Vec<(u32, u32, Option<Vec<u8>>)> {
+        core::mem::take(&mut self.fed)
     }
 
     /// Asks for the next chunks of fetch `i`, up to [`PIPELINE`] under
@@ -418,6 +454,9 @@ impl Resources {
             if h != f.sha256 {
                 return Err(RemoteError::new(ErrorKind::Protocol, "the resource's sha256 does not match"));
             }
+            if f.feed.is_some() {
+                return Ok(());
+            }
             if let (Some(c), Some((tmp, dest))) = (&f.commit, &f.tmp) {
                 super::files::commit_into(f.fd.as_fd(), f.size, c, tmp, dest)?;
                 path.clone_from(dest);
@@ -431,6 +470,11 @@ impl Resources {
             }
             Ok(())
         });
+        if let Some((caller, stream)) = f.feed {
+            let mut data = alloc::vec![0u8; f.size as usize];
+            let read = r.is_ok() && rustix::io::pread(&f.fd, &mut data, 0).is_ok_and(|n| n == data.len());
+            return self.fed.push((caller, stream, read.then_some(data)));
+        }
         match r {
             Ok(()) => {
                 out.reply(&f.call, Ok(ByteBuf::from(path)));
@@ -454,6 +498,9 @@ impl Resources {
     fn fail_with(&mut self, i: usize, e: &[u8], out: &mut Outbox) {
         let f = self.fetches.swap_remove(i);
         discard(&f);
+        if let Some((caller, stream)) = f.feed {
+            return self.fed.push((caller, stream, None));
+        }
         let me = out.id();
         let h = Header { flags: FLAG_ERROR, dst: f.call.src, src: me, auth: me, handle: f.call.reply_to, ..f.call };
         if h.handle != 0 {

@@ -80,10 +80,10 @@ pub trait Hooks {
         None
     }
 
-    /// stage0 asked for the raw agent of `arch` (sha256 `hash`): true when
-    /// the hook had it sent some other way (a hop sending its own
-    /// executable), so the master sends nothing.
-    fn serve_agent(&mut self, _arch: &str, _hash: &str) -> bool {
+    /// stage0 asked for `agent` (of `arch`), gzipped or raw: true when the
+    /// hook had it sent some other way (a hop sending its own executable,
+    /// or one from its importer cache), so the master sends nothing.
+    fn serve_agent(&mut self, _arch: &str, _agent: &Chosen, _gzip: bool) -> bool {
         false
     }
 
@@ -472,8 +472,8 @@ fn on_line(ph: &mut Phase<'_>, line: &str, upload: &mut Upload) -> Result<usize,
             let agent = find_agent(ph.agents, context, arch)?;
             let gzip = how == "gz";
             *upload = if dir == "memfd" { Upload::Memfd } else { Upload::Stored { dir: dir.to_string(), gzip } };
-            if !gzip && ph.hooks.serve_agent(arch, agent.sha256()) {
-                log::debug!("[{context}] stage0 wants the {arch} agent for {dir}: the hop sends its own");
+            if ph.hooks.serve_agent(arch, &agent, gzip) {
+                log::debug!("[{context}] stage0 wants the {arch} agent ({how}) for {dir}: the hop sends it");
                 return Ok(0);
             }
             let bytes = agent.bytes(gzip);

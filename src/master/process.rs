@@ -454,6 +454,13 @@ impl ProcessInput {
         self.inner.control.send(ExecOp::SendSelf)
     }
 
+    /// Has the context append the resource `r` to the command's stdin,
+    /// from its importer cache or its `parent` (see `master::via`).
+    pub(crate) fn send_resource(&self, r: &crate::proto::resource::Resource, parent: u32) -> Result<(), CallError> {
+        let sha256 = serde_bytes::ByteBuf::from(&r.sha256[..]);
+        self.inner.control.send(ExecOp::SendResource { sha256, size: r.size, parent })
+    }
+
     /// The command bootstrapped an agent: its context is `id`, routed by
     /// this command's context from now on (see `master::via`).
     pub(crate) fn adopt(&self, id: u32) -> Result<(), CallError> {

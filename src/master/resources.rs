@@ -377,6 +377,37 @@ impl Context {
         Ok(GrantLease { ctx: self, resource })
     }
 
+    /// This context is a hop whose command `input` runs stage0 of a context
+    /// behind it, which asked for `agent` (of `arch`; `gzip`: the gz form):
+    /// the bytes are registered (once per form and hash: the master keeps
+    /// them, as it keeps its agents), granted to the hop itself, and the
+    /// hop appends them to the command's stdin from its importer cache, or
+    /// fetched from its parent first. So they cross the first link once
+    /// for any number of such contexts behind this hop.
+    pub(super) fn serve_agent_to(
+        &self,
+        input: &super::process::ProcessInput,
+        arch: &str,
+        agent: &crate::connect::agents::Chosen,
+        gzip: bool,
+    ) -> Result<(), String> {
+        let bytes = agent.bytes(gzip);
+        let resource = Resource {
+            name: format!("agent-{arch}-{}{}", agent.sha256(), if gzip { ".gz" } else { "" }),
+            sha256: crate::core::sha256::digest(&bytes),
+            size: bytes.len() as u64,
+        };
+        let store = &self.state.resources;
+        let known = store.entries.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&resource.sha256);
+        if !known {
+            let body = Body::Bytes(Arc::new(bytes));
+            store.add(&self.state.table, resource.clone(), body).map_err(|e| e.to_string())?;
+        }
+        self.grant(&resource).map_err(|e| e.to_string())?;
+        let parent = self.shared.parent.as_ref().map_or(MASTER_ID, |p| p.id);
+        input.send_resource(&resource, parent).map_err(|e| e.to_string())
+    }
+
     /// [`Context::put`] of the regular file `input` (opened from `src`,
     /// `meta` its metadata then) to a context behind a hop: registered and
     /// granted for this put only, fetched by the context from its parent

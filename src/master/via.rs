@@ -49,6 +49,7 @@ use super::context::{ConnectInfo, Context};
 use super::error::CallError;
 use super::process::{Process, ProcessEvent, ProcessInput};
 use super::Connector;
+use crate::connect::agents::Chosen;
 use crate::connect::bootstrap::{self, AnswerTo, Hooks, Pipes, Prompt};
 use crate::connect::child::ChildCommand;
 use crate::connect::doas::DoasOptions;
@@ -150,6 +151,7 @@ pub(super) fn connect(
     let info = hop.connect_info();
     let mut hooks = HopHooks {
         inner: hooks,
+        via: hop,
         input: &input,
         arch: &info.arch,
         hash: &info.agent_hash,
@@ -223,9 +225,11 @@ pub(super) fn connect(
 /// The method's hooks, plus: the hop types the responder's answers, once
 /// its agent has seen the tool still at its prompt; and it sends its own
 /// executable when stage0 asks for the raw agent of the hop's architecture
-/// and hash.
+/// and hash, and any other agent through the importer (from its cache).
 struct HopHooks<'a> {
     inner: &'a mut dyn Hooks,
+    /// The hop.
+    via: &'a Context,
     input: &'a ProcessInput,
     arch: &'a str,
     hash: &'a str,
@@ -286,8 +290,20 @@ impl Hooks for HopHooks<'_> {
         self.inner.classify(stderr)
     }
 
-    fn serve_agent(&mut self, arch: &str, hash: &str) -> bool {
-        arch == self.arch && hash == self.hash && self.input.send_self().is_ok()
+    fn serve_agent(&mut self, arch: &str, agent: &Chosen, gzip: bool) -> bool {
+        if !gzip && arch == self.arch && agent.sha256() == self.hash {
+            return self.input.send_self().is_ok();
+        }
+        // Not the hop's own executable: through the importer, so the next
+        // context behind this hop that needs it gets it from the hop's
+        // cache. If that cannot start, the master writes it as before.
+        match self.via.serve_agent_to(self.input, arch, agent, gzip) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("[{}] the {arch} agent cannot go through {}'s importer: {e}", self.context, self.hop);
+                false
+            }
+        }
     }
 
     fn target_spoke(&mut self) {

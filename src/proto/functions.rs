@@ -262,6 +262,21 @@ pub enum ExecOp {
         /// only it can print (sudo's secret), not for su's public text.
         if_unseen: bool,
     },
+    /// Append the resource `sha256` (`size` bytes) to the command's stdin:
+    /// stage0 of a context behind this one asked for an agent this agent
+    /// is not (another architecture, or the gz form). The master granted
+    /// it to this agent; it comes from this agent's importer cache, else
+    /// from `parent` (which caches it in turn), so it crosses each link
+    /// once whatever the number of such contexts (ARCHITECTURE.md, "The
+    /// importer"). Added last, so every other message keeps its bytes.
+    SendResource {
+        /// The resource's hash.
+        sha256: ByteBuf,
+        /// Its size.
+        size: u64,
+        /// This agent's parent (a hop's id, or the master's).
+        parent: u32,
+    },
 }
 
 /// What the agent saw of a tool's process right before it would type an

@@ -30,8 +30,11 @@ pub use header::{Header, FLAG_COMPRESSED, FLAG_ERROR, HEADER_LEN, MAGIC};
 pub use message::Message;
 
 /// Protocol version announced in the agent's hello; the master refuses any
-/// other number with an error naming both.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// other number with an error naming both. 7: `FetchArgs::dest` and
+/// `Grant::revoke` (puts through the importer) and `ExecOp::SendResource`
+/// (agents of another architecture from a hop's importer cache), which an
+/// agent of version 6 would drop as malformed.
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// Largest payload a stream accepts by default (checked before allocating).
 pub const MAX_MESSAGE_SIZE: u32 = 128 * 1024 * 1024;
