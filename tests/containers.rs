@@ -383,3 +383,30 @@ fn cli_setns_and_chroot_hops() {
     assert_ne!(code, Some(0));
     assert!(err.contains("no directory /nonexistent/mito"), "{err}");
 }
+
+/// The container stops between the look at /proc and the fork into it:
+/// its pid namespace takes no process any more, reported as ESRCH at the
+/// fork (the master's `ProcessGone`), at once.
+#[test]
+fn a_container_gone_before_the_start_is_reported_gone() {
+    use mito::core::nsenter::{launch, Failure, Plan, Step};
+    use std::os::fd::AsFd;
+    if !root_or_skip("a_container_gone_before_the_start_is_reported_gone") {
+        return;
+    }
+    let ct = Container::start("setns-gone", "mito-ct7");
+    let plan = Plan::container(ct.pid).expect("plan");
+    common::kill9(ct.pid);
+    common::wait_reaped(ct.pid, Duration::from_secs(5)).expect("the container stopped");
+    let exe = std::fs::File::open("/bin/true").expect("/bin/true");
+    let null = std::fs::File::options().read(true).write(true).open("/dev/null").expect("null");
+    let argv = [std::ffi::CString::new("true").expect("argv")];
+    let stdio = [null.as_fd(), null.as_fd(), null.as_fd()];
+    let t0 = Instant::now();
+    let r = launch(&plan, exe.as_fd(), &argv, &[], stdio, 5000);
+    assert_eq!(r, Err(Failure { step: Step::Fork, errno: libc::ESRCH }));
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    // And as the master says it.
+    let f = enter_failure(Router::new().expect("router").setns(SetnsOptions::new(ct.pid)));
+    assert!(matches!(f, EnterFailure::NoSuchProcess(_) | EnterFailure::ProcessGone(_)), "{f}");
+}

@@ -20,8 +20,10 @@
 //!   (`core::nsenter`; `child::create_entered` from the master, the hop's
 //!   `spawn` behind one).
 //!
-//! Every method ends in the same place: a process running `sh -c <stage0>`
-//! whose stdin/stdout are the stream. Only how that process starts differs.
+//! Every method but setns and chroot ends in the same place: a process
+//! running `sh -c <stage0>` whose stdin/stdout are the stream (those two
+//! end with the agent itself on the stream). Only how that process starts
+//! differs.
 
 pub mod stage0;
 

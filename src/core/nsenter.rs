@@ -260,17 +260,18 @@ struct Creds {
     no_new_privs: bool,
 }
 
-/// The namespaces, in the order nsenter(1) enters them (user first in the
-/// list, but see [`launch`]: it is entered last by root).
-const NAMESPACES: [(&str, i32); 8] = [
-    ("user", libc::CLONE_NEWUSER),
-    ("cgroup", libc::CLONE_NEWCGROUP),
-    ("ipc", libc::CLONE_NEWIPC),
-    ("uts", libc::CLONE_NEWUTS),
-    ("net", libc::CLONE_NEWNET),
-    ("pid", libc::CLONE_NEWPID),
-    ("mnt", libc::CLONE_NEWNS),
-    ("time", 0x80),
+/// The namespaces (theirs under `/proc/PID`, ours, the type), in the order
+/// nsenter(1) enters them (user first in the list, but see [`launch`]: it
+/// is entered last by root).
+const NAMESPACES: [(&core::ffi::CStr, &core::ffi::CStr, i32); 8] = [
+    (c"ns/user", c"/proc/self/ns/user", libc::CLONE_NEWUSER),
+    (c"ns/cgroup", c"/proc/self/ns/cgroup", libc::CLONE_NEWCGROUP),
+    (c"ns/ipc", c"/proc/self/ns/ipc", libc::CLONE_NEWIPC),
+    (c"ns/uts", c"/proc/self/ns/uts", libc::CLONE_NEWUTS),
+    (c"ns/net", c"/proc/self/ns/net", libc::CLONE_NEWNET),
+    (c"ns/pid", c"/proc/self/ns/pid", libc::CLONE_NEWPID),
+    (c"ns/mnt", c"/proc/self/ns/mnt", libc::CLONE_NEWNS),
+    (c"ns/time", c"/proc/self/ns/time", 0x80),
 ];
 
 /// Everything a start needs, read and opened before the fork.
@@ -290,7 +291,7 @@ pub struct Plan {
 }
 
 /// Opens `path` under `dir` (or absolute) with `flags` and CLOEXEC.
-fn open_at(dir: Option<BorrowedFd<'_>>, path: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
+fn open_at<P: rustix::path::Arg>(dir: Option<BorrowedFd<'_>>, path: P, flags: OFlags) -> Result<OwnedFd, Errno> {
     let flags = flags | OFlags::CLOEXEC;
     match dir {
         Some(d) => rustix::fs::openat(d, path, flags, Mode::empty()),
@@ -299,7 +300,7 @@ fn open_at(dir: Option<BorrowedFd<'_>>, path: &[u8], flags: OFlags) -> Result<Ow
 }
 
 /// Reads at most `max` bytes of `path` (under `dir`).
-fn read_file(dir: Option<BorrowedFd<'_>>, path: &[u8], max: usize) -> Result<Vec<u8>, Errno> {
+fn read_file<P: rustix::path::Arg>(dir: Option<BorrowedFd<'_>>, path: P, max: usize) -> Result<Vec<u8>, Errno> {
     let fd = open_at(dir, path, OFlags::RDONLY)?;
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
@@ -380,14 +381,10 @@ impl Plan {
         let d = Some(dir.as_fd());
         let mut plan = Plan::default();
         let mut own_user_ns = false;
-        for (name, flag) in NAMESPACES {
-            let mut theirs = Vec::from(&b"ns/"[..]);
-            theirs.extend_from_slice(name.as_bytes());
-            let mut ours = Vec::from(&b"/proc/self/ns/"[..]);
-            ours.extend_from_slice(name.as_bytes());
+        for (theirs, ours, flag) in NAMESPACES {
             // This kernel lacks the namespace type: nothing to enter.
-            let Ok(mine) = rustix::fs::stat(ours.as_slice()) else { continue };
-            let fd = open_at(d, &theirs, OFlags::RDONLY).map_err(fail)?;
+            let Ok(mine) = rustix::fs::stat(ours) else { continue };
+            let fd = open_at(d, theirs, OFlags::RDONLY).map_err(fail)?;
             let st = rustix::fs::fstat(&fd).map_err(fail)?;
             if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino) {
                 continue;
@@ -395,22 +392,22 @@ impl Plan {
             own_user_ns |= flag == libc::CLONE_NEWUSER;
             plan.ns.push((fd, flag));
         }
-        plan.root = Some(open_at(d, b"root", OFlags::PATH | OFlags::DIRECTORY).map_err(fail)?);
+        plan.root = Some(open_at(d, c"root", OFlags::PATH | OFlags::DIRECTORY).map_err(fail)?);
         // Its cwd only if it lies under its root (as we see both): a
         // process may keep a cwd outside its chroot, and the agent must
         // not start with a way out of the container's tree.
-        let link = |p: &[u8]| rustix::fs::readlinkat(dir.as_fd(), p, Vec::new()).map(|c| c.into_bytes());
-        if let (Ok(root), Ok(cwd)) = (link(b"root"), link(b"cwd")) {
+        let link = |p: &core::ffi::CStr| rustix::fs::readlinkat(dir.as_fd(), p, Vec::new()).map(|c| c.into_bytes());
+        if let (Ok(root), Ok(cwd)) = (link(c"root"), link(c"cwd")) {
             let root = root.strip_suffix(b"/").unwrap_or(&root);
             if cwd.strip_prefix(root).is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/")) {
-                plan.cwd = open_at(d, b"cwd", OFlags::PATH | OFlags::DIRECTORY).ok();
+                plan.cwd = open_at(d, c"cwd", OFlags::PATH | OFlags::DIRECTORY).ok();
             }
         }
-        let status = read_file(d, b"status", MAX_SMALL_FILE).map_err(fail)?;
+        let status = read_file(d, c"status", MAX_SMALL_FILE).map_err(fail)?;
         plan.creds = Some(creds_from_status(&status, own_user_ns, d).ok_or(Failure::raw(Step::Inspect, libc::EINVAL))?);
-        let environ = read_file(d, b"environ", MAX_ENVIRON).map_err(fail)?;
+        let environ = read_file(d, c"environ", MAX_ENVIRON).map_err(fail)?;
         plan.env = split_environ(&environ, environ.len() >= MAX_ENVIRON);
-        if let Ok(cg) = read_file(d, b"cgroup", MAX_SMALL_FILE) {
+        if let Ok(cg) = read_file(d, c"cgroup", MAX_SMALL_FILE) {
             plan.cgroups = cgroup_files(&cg);
         }
         Ok(plan)
@@ -444,8 +441,8 @@ fn creds_from_status(status: &[u8], map: bool, dir: Option<BorrowedFd<'_>>) -> O
         status_field(status, b"Groups").map(|v| words(v).filter_map(parse_u32).collect()).unwrap_or_default();
     let mut host_groups = None;
     if map {
-        let uid_map = read_file(dir, b"uid_map", MAX_SMALL_FILE).ok()?;
-        let gid_map = read_file(dir, b"gid_map", MAX_SMALL_FILE).ok()?;
+        let uid_map = read_file(dir, c"uid_map", MAX_SMALL_FILE).ok()?;
+        let gid_map = read_file(dir, c"gid_map", MAX_SMALL_FILE).ok()?;
         uid = map_id(&uid_map, uid);
         gid = map_id(&gid_map, gid);
         host_groups = Some(core::mem::take(&mut groups));
@@ -524,7 +521,7 @@ pub fn memfd_with(bytes: &[u8]) -> Result<OwnedFd, Errno> {
 /// the cached agent is mode 0700 and its directory may be noexec or
 /// another user's, while a memfd runs for any uid.
 pub fn memfd_of_own_exe() -> Result<OwnedFd, Errno> {
-    let bytes = read_file(None, b"/proc/self/exe", 64 << 20)?;
+    let bytes = read_file(None, c"/proc/self/exe", 64 << 20)?;
     memfd_with(&bytes)
 }
 
@@ -817,6 +814,25 @@ unsafe fn agent(r: &Raw<'_>) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The classic report: an exec that fails in the child comes back as
+    /// its errno (here: not a program), one that succeeds as its pid.
+    #[test]
+    fn exec_failures_come_back_with_their_errno() {
+        let null = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).expect("null");
+        let stdio = [null.as_fd(), null.as_fd(), null.as_fd()];
+        let argv = [CString::new("x").expect("argv")];
+        let junk = memfd_with(b"not a program\n").expect("memfd");
+        let r = launch(&Plan::default(), junk.as_fd(), &argv, &[], stdio, 5000);
+        assert_eq!(r, Err(Failure { step: Step::Exec, errno: libc::ENOEXEC }));
+        let t = read_file(None, c"/bin/true", 1 << 24).expect("/bin/true");
+        let exe = memfd_with(&t).expect("memfd");
+        let pid = launch(&Plan::default(), exe.as_fd(), &argv, &[], stdio, 5000).expect("started");
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        assert_eq!(unsafe { libc::waitpid(pid as i32, &mut status, 0) }, pid as i32);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{status:#x}");
+    }
 
     #[test]
     fn ids_map_into_a_user_namespace() {
