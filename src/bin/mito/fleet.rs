@@ -251,12 +251,13 @@ pub fn run(job: Job<'_>, inv: &Inventory, cli: &Cli, secrets: Secrets) -> Result
     let router = Router::new().map_err(|e| format!("cannot start the broker: {e}"))?;
     let runner = Runner { router: &router, secrets: Mutex::new(secrets) };
     let outcomes = runner.all(&plans, &job.verb, job.fleet.forks as usize);
-    // Deepest first, so a hop outlives the contexts behind it.
-    for p in &plans {
-        for s in p.hops.iter().rev() {
-            if let Some(Ok(c)) = s.done.lock().unwrap_or_else(PoisonError::into_inner).take() {
-                let _ = c.shutdown();
-            }
+    // Deepest first across all plans, so a shared hop outlives every
+    // context behind it (a slot is shut down once: `take`).
+    let mut slots: Vec<(usize, &Arc<Slot>)> = plans.iter().flat_map(|p| p.hops.iter().enumerate()).collect();
+    slots.sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
+    for (_, s) in slots {
+        if let Some(Ok(c)) = s.done.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = c.shutdown();
         }
     }
     let mut text = if job.json { json_lines(&outcomes)? } else { grouped(&outcomes, colour()) };
