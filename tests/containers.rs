@@ -376,9 +376,9 @@ fn cli_setns_and_chroot_hops() {
         std::fs::metadata(&dest).expect("copied").len(),
         std::fs::metadata(ct.root.join("sleeper")).expect("src").len()
     );
-    let (code, _, err) = mito(&["info", "setns:web"]);
+    let (code, _, err) = mito(&["info", "setns:"]);
     assert_ne!(code, Some(0));
-    assert!(err.contains("expected setns:PID"), "{err}");
+    assert!(err.contains("expected setns:PID or setns:CONTAINER"), "{err}");
     let (code, _, err) = mito(&["info", "chroot:/nonexistent/mito"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("no directory /nonexistent/mito"), "{err}");
@@ -409,4 +409,56 @@ fn a_container_gone_before_the_start_is_reported_gone() {
     // And as the master says it.
     let f = enter_failure(Router::new().expect("router").setns(SetnsOptions::new(ct.pid)));
     assert!(matches!(f, EnterFailure::NoSuchProcess(_) | EnterFailure::ProcessGone(_)), "{f}");
+}
+
+/// A stand-in for `podman`/`docker inspect --format '{{.State.Pid}}' NAME`
+/// (no engine runs in the tests): `web` is the container of `pid`,
+/// `stopped` exists but does not run, anything else is unknown.
+fn fake_engine(dir: &Path, program: &str, pid: u32) -> PathBuf {
+    let path = dir.join(program);
+    let script = format!(
+        "#!/bin/sh\n[ \"$1 $2 $3\" = 'inspect --format {{{{.State.Pid}}}}' ] || exit 2\n\
+         case \"$4\" in web) echo {pid} ;; stopped) echo 0 ;; \
+         *) echo \"Error: no such container $4\" >&2; exit 125 ;; esac\n"
+    );
+    std::fs::write(&path, script).expect("write the fake engine");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    path
+}
+
+#[test]
+fn setns_by_container_name_asks_the_engine() {
+    if !root_or_skip("setns_by_container_name_asks_the_engine") {
+        return;
+    }
+    let ct = Container::start("setns-name", "mito-ct8");
+    let dir = TempDir::new("setns-name-engine");
+    let engine = fake_engine(dir.path(), "podman", ct.pid).to_string_lossy().into_owned();
+    let router = Router::new().expect("router");
+    let hop = router.local(common::local_in(&dir.path().join("cache"))).expect("hop");
+    for (from, c) in [("master", router.connector()), ("hop", hop.connector())] {
+        // The first engine is missing; the second knows the name.
+        let opts = |name: &str| SetnsOptions {
+            engines: vec!["/nonexistent/docker".into(), engine.clone()],
+            ..SetnsOptions::container(name)
+        };
+        let ctx = c.setns(opts("web")).expect("setns:web");
+        assert!(ctx.name().ends_with("setns:web"), "{from}: {}", ctx.name());
+        assert_eq!(ctx.info().expect("info").hostname, "mito-ct8", "{from}");
+        let f = enter_failure(c.setns(opts("stopped")));
+        assert!(matches!(&f, EnterFailure::NotRunning(n) if n == "stopped"), "{from}: {f}");
+        let f = enter_failure(c.setns(opts("db")));
+        let text = f.to_string();
+        assert!(matches!(f, EnterFailure::NoSuchContainer { .. }), "{from}: {text}");
+        assert!(text.contains("/nonexistent/docker: ") && text.contains("podman: no such container"), "{from}: {text}");
+    }
+    // The CLI: setns:NAME asks podman, then docker, from PATH.
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mito"))
+        .args(["info", "setns:web"])
+        .env("PATH", path)
+        .output()
+        .expect("mito");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("host:      mito-ct8"), "{out}{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -15,11 +15,17 @@ use crate::core::nsenter::Step;
 /// Options of [`crate::Router::setns`].
 #[derive(Clone, Debug)]
 pub struct SetnsOptions {
-    /// A process of the container (e.g. `podman inspect --format
-    /// '{{.State.Pid}}' NAME`), in the pid namespace of the host that
-    /// enters (the master's, or the hop's).
+    /// A process of the container, in the pid namespace of the host that
+    /// enters (the master's, or the hop's). Ignored with `container`.
     pub pid: u32,
-    /// Name in logs and errors (default `setns:<pid>`).
+    /// A container name (or id) instead: its pid is asked of the first of
+    /// `engines` that knows it (`ENGINE inspect --format '{{.State.Pid}}'
+    /// NAME`, run where the agent will start: here, or on the hop).
+    pub container: Option<String>,
+    /// The engines' programs tried for `container`, in order (default
+    /// `podman`, then `docker`).
+    pub engines: Vec<String>,
+    /// Name in logs and errors (default `setns:<pid>` or `setns:<name>`).
     pub name: Option<String>,
     /// Variables set on top of the container process's environment.
     pub env: Vec<(OsString, OsString)>,
@@ -30,7 +36,45 @@ pub struct SetnsOptions {
 impl SetnsOptions {
     /// Options to enter the container of process `pid`.
     pub fn new(pid: u32) -> SetnsOptions {
-        SetnsOptions { pid, name: None, env: Vec::new(), connect_timeout: Duration::from_secs(30) }
+        SetnsOptions {
+            pid,
+            container: None,
+            engines: vec!["podman".into(), "docker".into()],
+            name: None,
+            env: Vec::new(),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Options to enter the container called `name` (see `container`).
+    pub fn container(name: impl Into<String>) -> SetnsOptions {
+        SetnsOptions { container: Some(name.into()), ..SetnsOptions::new(0) }
+    }
+}
+
+/// What an engine said of a container name: its pid, or why not.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// Running, with this pid.
+    Pid(u32),
+    /// The engine knows no such container.
+    Unknown,
+    /// Known but not running (pid 0).
+    Stopped,
+    /// The engine could not be asked (missing, permission, daemon down):
+    /// what it printed, or why it did not start.
+    Failed(String),
+}
+
+/// Reads `ENGINE inspect --format '{{.State.Pid}}' NAME`'s result.
+pub(crate) fn read_inspect(code: Option<i32>, stdout: &[u8], stderr: &[u8]) -> Lookup {
+    let out = String::from_utf8_lossy(stdout);
+    let err = String::from_utf8_lossy(stderr);
+    match (code, out.trim().parse::<u32>()) {
+        (Some(0), Ok(0)) => Lookup::Stopped,
+        (Some(0), Ok(pid)) => Lookup::Pid(pid),
+        _ if err.to_ascii_lowercase().contains("no such") => Lookup::Unknown,
+        _ => Lookup::Failed(crate::core::text::printable(err.trim().as_bytes(), 240)),
     }
 }
 
@@ -40,6 +84,17 @@ pub enum EnterFailure {
     /// No process has this pid (on the host that enters).
     #[error("no process {0} (setns takes a pid of the container's host)")]
     NoSuchProcess(u32),
+    /// No engine knows a container of this name.
+    #[error("no container {name:?} ({engines})")]
+    NoSuchContainer {
+        /// The name.
+        name: String,
+        /// What each engine said.
+        engines: String,
+    },
+    /// The container exists but is not running.
+    #[error("container {0:?} is not running")]
+    NotRunning(String),
     /// The process (its pid namespace's init) exited while it was entered.
     #[error("process {0} is gone (the container stopped)")]
     ProcessGone(u32),

@@ -25,8 +25,8 @@ use crate::connect::bootstrap;
 use crate::connect::child::{ChildCommand, Entered};
 use crate::connect::chroot::ChrootOptions;
 use crate::connect::error::ConnectError;
-use crate::connect::setns::{self, SetnsOptions, Target};
-use crate::proto::functions::Enter;
+use crate::connect::setns::{self, EnterFailure, Lookup, SetnsOptions, Target};
+use crate::proto::functions::{Enter, ExecArgs};
 
 impl Router {
     /// Starts an agent inside the container of process `opts.pid` (root
@@ -59,9 +59,46 @@ impl Connector<'_> {
     /// Starts an agent inside the container of process `opts.pid`, where
     /// this connector runs its commands.
     pub fn setns(&self, opts: SetnsOptions) -> Result<Context, ConnectError> {
-        let enter = Enter { pid: Some(opts.pid), ..Enter::default() };
-        let target = Target::Pid(opts.pid);
-        self.enter(&opts.name, || format!("setns:{}", opts.pid), enter, &opts.env, opts.connect_timeout, &target)
+        let label = opts.container.clone().unwrap_or_else(|| opts.pid.to_string());
+        let default = || format!("setns:{label}");
+        let pid = match &opts.container {
+            Some(c) => self.container_pid(c, &opts, &self.name(&opts.name, default))?,
+            None => opts.pid,
+        };
+        let enter = Enter { pid: Some(pid), ..Enter::default() };
+        self.enter(&opts.name, default, enter, &opts.env, opts.connect_timeout, &Target::Pid(pid))
+    }
+
+    /// The pid of container `name`, from the first of `opts.engines` that
+    /// knows it, asked where the agent will start (each within the connect
+    /// timeout).
+    fn container_pid(&self, name: &str, opts: &SetnsOptions, context: &str) -> Result<u32, ConnectError> {
+        let enter_error = |failure| ConnectError::Enter { context: context.into(), failure };
+        let mut said = Vec::new();
+        for engine in &opts.engines {
+            let argv = [engine.as_str(), "inspect", "--format", "{{.State.Pid}}", name];
+            let lookup = match self.via {
+                Some(hop) => {
+                    let args = ExecArgs {
+                        argv: argv.iter().map(|a| ByteBuf::from(a.as_bytes())).collect(),
+                        timeout_ms: Some(opts.connect_timeout.as_millis().max(1) as u64),
+                        ..ExecArgs::default()
+                    };
+                    match hop.exec_with(&args) {
+                        Ok(r) => setns::read_inspect(r.status.code, &r.stdout, &r.stderr),
+                        Err(e) => Lookup::Failed(e.to_string()),
+                    }
+                }
+                None => run_here(&argv, opts.connect_timeout),
+            };
+            match lookup {
+                Lookup::Pid(pid) => return Ok(pid),
+                Lookup::Stopped => return Err(enter_error(EnterFailure::NotRunning(name.into()))),
+                Lookup::Unknown => said.push(format!("{engine}: no such container")),
+                Lookup::Failed(why) => said.push(format!("{engine}: {why}")),
+            }
+        }
+        Err(enter_error(EnterFailure::NoSuchContainer { name: name.into(), engines: said.join("; ") }))
     }
 
     /// Starts an agent with `opts.path` as its root, where this connector
@@ -72,7 +109,7 @@ impl Connector<'_> {
         let user = match &opts.user {
             Some(u) => Some(self.resolve_user(&opts.path, u).ok_or_else(|| ConnectError::Enter {
                 context: self.name(&opts.name, default),
-                failure: setns::EnterFailure::NoSuchUser(u.clone()),
+                failure: EnterFailure::NoSuchUser(u.clone()),
             })?),
             None => None,
         };
@@ -127,4 +164,43 @@ impl Connector<'_> {
         let r = self.connect_child(id, name, &cmd, timeout, &mut bootstrap::Direct);
         r.map_err(|e| setns::classify(e, target))
     }
+}
+
+/// Runs an engine's inspect on this machine, killed after `timeout` (a
+/// daemon that does not answer must not hang the connect).
+fn run_here(argv: &[&str], timeout: Duration) -> Lookup {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let child = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return Lookup::Failed(e.to_string()),
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Lookup::Failed(format!("no answer within {timeout:?}"));
+            }
+            Err(e) => return Lookup::Failed(e.to_string()),
+        }
+    };
+    // Exited: what it wrote is in the pipes (an inspect prints little).
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.by_ref().take(1 << 16).read_to_end(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.by_ref().take(1 << 16).read_to_end(&mut err);
+    }
+    setns::read_inspect(status.code(), &out, &err)
 }

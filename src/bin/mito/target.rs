@@ -1,6 +1,7 @@
 //! Targets: where a command runs. One hop is `local`, `ssh://[user@]host[:port]`,
-//! `sudo:USER`, `su:USER`, `doas:USER`, `setns:PID` (inside the container
-//! of that process) or `chroot:/PATH`; a chain is hops joined by commas
+//! `sudo:USER`, `su:USER`, `doas:USER`, `setns:PID` or `setns:CONTAINER`
+//! (inside the container of that process, or of that name for podman or
+//! docker) or `chroot:/PATH`; a chain is hops joined by commas
 //! (`ssh://web1,sudo:root`, `ssh://web1,sudo:root,setns:1234`), each
 //! connected through the one before it.
 //! [`Targets`] connects each distinct prefix once, so
@@ -89,7 +90,7 @@ impl<'a> Targets<'a> {
 }
 
 impl Targets<'_> {
-    /// `setns:PID` or `chroot:/PATH` (None for any other hop).
+    /// `setns:PID`, `setns:CONTAINER` or `chroot:/PATH` (None for any other hop).
     fn container_hop(&self, from: Connector<'_>, hop: &str) -> Option<Result<Context, String>> {
         let (method, arg) = hop.split_once(':')?;
         // The global --connect-timeout, as every hop gets it.
@@ -99,10 +100,12 @@ impl Targets<'_> {
         };
         let made = match method {
             "setns" => {
-                let Ok(pid) = arg.parse::<u32>() else {
-                    return Some(Err(format!("{hop:?}: expected setns:PID, the pid of a process in the container")));
+                // A pid, else a container name for podman or docker.
+                let mut o = match arg.parse::<u32>() {
+                    Ok(pid) => SetnsOptions::new(pid),
+                    Err(_) if !arg.is_empty() => SetnsOptions::container(arg),
+                    Err(_) => return Some(Err(format!("{hop:?}: expected setns:PID or setns:CONTAINER"))),
                 };
-                let mut o = SetnsOptions::new(pid);
                 o.connect_timeout = timeout;
                 from.setns(o)
             }
