@@ -384,3 +384,76 @@ fn default_inventories() {
     let o = run(other.path(), Some(&other.path().join("inventory")), &["run", "local", "--", "true"]);
     assert_eq!(o.status.code(), Some(255), "named by $MITO_INVENTORY: an error");
 }
+
+/// Passwords from the inventory: `ansible_become_password` typed at
+/// sudo's prompt for mito-sudoer (mito run as that user), a wrong one the
+/// typed `become-failed` for that host only, none in the inventory taken
+/// from `--become-pass-env` as for any target; `ansible_password` logs in
+/// where only a password can. No password shows in the output.
+#[test]
+fn passwords_from_the_inventory() {
+    let test = "passwords_from_the_inventory";
+    let Some(sshd) = Sshd::start(test) else { return };
+    if !common::become_users(test) {
+        return;
+    }
+    let pw = common::sshd::PASSWORD;
+    let dir = TempDir::new("fleet-pw");
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let kh = dir.path().join("known_hosts");
+    std::fs::copy(sshd.dir.path().join("known_hosts"), &kh).expect("copy known_hosts");
+    let inv = dir.path().join("hosts");
+    std::fs::write(
+        &inv,
+        format!(
+            "[root]\n\
+             right ansible_become_password={pw}\n\
+             wrong ansible_become_password=not-the-password\n\
+             asked\n\
+             [root:vars]\n\
+             ansible_connection=local\n\
+             ansible_become=true\n\
+             [ssh]\n\
+             pwlogin ansible_host=127.0.0.1 ansible_port={port} ansible_user=mito-user ansible_password={pw} \
+             ansible_ssh_common_args='-o PubkeyAuthentication=no -o UserKnownHostsFile={kh}'\n",
+            port = sshd.port,
+            kh = kh.display()
+        ),
+    )
+    .expect("write");
+    for p in [&inv, &kh] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    }
+    let mito = common::shared_mito_dir().join("mito");
+    let o = Command::new("runuser")
+        .args(["-u", "mito-sudoer", "--", "env", "-C", "/tmp", "HOME=/home/mito-sudoer"])
+        .arg(format!("ROOT_PW={pw}"))
+        .arg(&mito)
+        .args(["-F", "/dev/null", "--connect-timeout", "20", "--become-pass-env", "ROOT_PW", "-I"])
+        .arg(&inv)
+        .args(["run", "all", "--json", "--", "id", "-un"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("runuser");
+    let (out, err) = text(&o);
+    assert!(!out.contains(pw) && !err.contains(pw), "a password leaked:\n{out}\n{err}");
+    assert!(!out.contains("not-the-password") && !err.contains("not-the-password"), "{out}\n{err}");
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    let got: Vec<(String, String, String)> = json_by_host(&o)
+        .into_iter()
+        .map(|(h, v)| {
+            let status = v["status"].as_str().unwrap_or("?").to_string();
+            let detail = v["stdout"].as_str().filter(|s| !s.is_empty()).or(v["error_kind"].as_str()).unwrap_or("?");
+            (h, status, detail.to_string())
+        })
+        .collect();
+    let want = [
+        ("right", "ok", "root\n"),
+        ("wrong", "unreachable", "become-failed"),
+        ("asked", "ok", "root\n"),
+        ("pwlogin", "ok", "mito-user\n"),
+    ];
+    let want: Vec<(String, String, String)> =
+        want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
+    assert_eq!(got, want, "{err}");
+}
