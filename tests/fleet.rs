@@ -457,3 +457,22 @@ fn passwords_from_the_inventory() {
         want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
     assert_eq!(got, want, "{err}");
 }
+
+/// `-f N`: at most N hosts in flight. Six hosts sleeping 0.4 s take three
+/// rounds with `-f 2`, one with `-f 6`.
+#[test]
+fn forks_bound_the_hosts_in_flight() {
+    let dir = TempDir::new("fleet-forks");
+    let inv = dir.path().join("hosts");
+    std::fs::write(&inv, "h[1:6] ansible_connection=local\n").expect("write");
+    let timed = |forks: &str| {
+        let t0 = Instant::now();
+        let o = mito(&inv, &["run", "all", "-f", forks, "--", "sleep", "0.4"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+        assert!(text(&o).0.ends_with("6 ok, 0 failed, 0 unreachable\n"), "{}", text(&o).0);
+        t0.elapsed()
+    };
+    let (two, six) = (timed("2"), timed("6"));
+    assert!(two >= Duration::from_millis(1200), "-f 2 took {two:?}: more than 2 at a time?");
+    assert!(six < two, "-f 6 ({six:?}) no faster than -f 2 ({two:?})");
+}
