@@ -276,7 +276,9 @@ pub unsafe fn owned(fd: i32) -> OwnedFd {
 /// pipes as stdin, stdout and stderr. The child is ours (by pidfd) and
 /// leads its own process group, like any command. Errors: the errno of the
 /// failing step (EPERM: not root; ENOENT: no such process or directory;
-/// ESRCH: the process is gone, or no such user in the chroot).
+/// ESRCH: the process is gone). The loop waits for the exec's report
+/// (at most 30 s): the steps before it are system calls that do not wait,
+/// so this is a fork's time, not a peer's.
 pub fn spawn_entered(
     enter: &crate::proto::functions::Enter,
     argv: &[CString],

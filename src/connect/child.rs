@@ -46,11 +46,17 @@ pub struct Entered {
     /// The raw agent, for a start from the master; behind a hop the hop
     /// starts its own executable and this is not sent.
     pub agent: std::sync::Arc<Vec<u8>>,
+    /// Limit for the start up to the exec (the connect timeout).
+    pub timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Entered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Entered").field("how", &self.how).field("agent_len", &self.agent.len()).finish()
+        f.debug_struct("Entered")
+            .field("how", &self.how)
+            .field("agent_len", &self.agent.len())
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -85,7 +91,7 @@ pub struct Spawned {
 /// as stderr.
 pub fn create_child(cmd: &ChildCommand) -> std::io::Result<Spawned> {
     if let Some(e) = &cmd.enter {
-        return create_entered(cmd, e, std::time::Duration::from_secs(30));
+        return create_entered(cmd, e, e.timeout);
     }
     let (rx, tx, child_in, child_out): (OwnedFd, OwnedFd, OwnedFd, OwnedFd) = if cmd.pipes || cmd.tty {
         let flags = rustix::pipe::PipeFlags::CLOEXEC;

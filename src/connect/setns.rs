@@ -132,8 +132,9 @@ pub(crate) enum Target {
 
 /// Turns the spawn error of an entered start (direct: an [`EnterError`]
 /// naming the step; behind a hop: the errno alone) into a typed
-/// [`ConnectError::Enter`]; other errors pass unchanged.
-pub(crate) fn classify(e: ConnectError, target: &Target) -> ConnectError {
+/// [`ConnectError::Enter`] (or a `Timeout` of `timeout`); other errors
+/// pass unchanged.
+pub(crate) fn classify(e: ConnectError, target: &Target, timeout: Duration) -> ConnectError {
     let ConnectError::Spawn { context, source, program } = e else { return e };
     let step = source.get_ref().and_then(|r| r.downcast_ref::<EnterError>()).map(|e| e.0);
     let errno = step.map(|f| f.errno).or(source.raw_os_error());
@@ -142,12 +143,7 @@ pub(crate) fn classify(e: ConnectError, target: &Target) -> ConnectError {
     let io = || std::io::Error::from_raw_os_error(errno);
     let failure = match (step, errno, target) {
         (Some(Step::Timeout), ..) => {
-            return ConnectError::Timeout {
-                context,
-                phase: "entering",
-                timeout: Duration::from_secs(30),
-                output: String::new(),
-            }
+            return ConnectError::Timeout { context, phase: "entering", timeout, output: String::new() }
         }
         (Some(Step::Exec), ..) | (None, libc::EACCES | libc::ENOEXEC | libc::ETXTBSY | libc::E2BIG, _) => {
             EnterFailure::ExecFailed(io())

@@ -160,9 +160,9 @@ impl Connector<'_> {
         let mut cmd = ChildCommand::new("mito-agent");
         cmd.arg(hash).arg(id.to_string());
         cmd.env = env.to_vec();
-        cmd.enter = Some(Entered { how, agent });
+        cmd.enter = Some(Entered { how, agent, timeout });
         let r = self.connect_child(id, name, &cmd, timeout, &mut bootstrap::Direct);
-        r.map_err(|e| setns::classify(e, target))
+        r.map_err(|e| setns::classify(e, target, timeout))
     }
 }
 
