@@ -344,6 +344,20 @@ impl Children {
         self.flush(slot, poller);
     }
 
+    /// [`Children::send_down`] of a payload in two parts (a length prefix
+    /// and a large chunk), framed in the stream's spare buffer and queued
+    /// without another copy.
+    pub fn send_down_parts(&mut self, slot: usize, h: &Header, a: &[u8], b: &[u8], poller: &Poller) {
+        let Some(Some(c)) = self.streams.get_mut(slot) else { return };
+        let mut frame = c.out.take_spare();
+        frame.clear();
+        frame.extend_from_slice(&Header { len: (a.len() + b.len()) as u32, ..*h }.encode());
+        frame.extend_from_slice(a);
+        frame.extend_from_slice(b);
+        c.out.push_frame(frame, 0);
+        self.flush(slot, poller);
+    }
+
     /// Writes what the child in `slot` takes now; progress resets its
     /// stall clock.
     pub fn flush(&mut self, slot: usize, poller: &Poller) {
