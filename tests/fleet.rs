@@ -476,3 +476,24 @@ fn forks_bound_the_hosts_in_flight() {
     assert!(two >= Duration::from_millis(1200), "-f 2 took {two:?}: more than 2 at a time?");
     assert!(six < two, "-f 6 ({six:?}) no faster than -f 2 ({two:?})");
 }
+
+/// `--stream`: each line as it comes, prefixed by its host, stdout's on
+/// stdout and stderr's on stderr, a last line without a newline at the
+/// exit; then the statuses, folded.
+#[test]
+fn stream_prefixes_lines_with_their_host() {
+    let dir = TempDir::new("fleet-stream");
+    let inv = dir.path().join("hosts");
+    std::fs::write(&inv, "h[1:2] ansible_connection=local\n").expect("write");
+    let o = mito(
+        &inv,
+        &["run", "all", "--stream", "--", "sh", "-c", "echo out; echo err >&2; printf 'no newline'; exit 2"],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    for h in ["h1", "h2"] {
+        assert!(out.contains(&format!("{h} | out\n")) && out.contains(&format!("{h} | no newline\n")), "{out}");
+        assert!(err.contains(&format!("{h} | err\n")), "{err}");
+    }
+    assert!(out.ends_with("h[1:2] (2 hosts): failed (exit 2)\n0 ok, 2 failed, 0 unreachable\n"), "{out}");
+}

@@ -197,6 +197,10 @@ fn checks() -> Vec<(&'static str, How)> {
             }),
         ),
         (
+            "mito -I hosts.ini run web --stream -- uname -n",
+            run(0, &["web1 | ", "web2 | ", "web[1:2] (2 hosts): ok\n2 ok, 0 failed, 0 unreachable\n"], &[]),
+        ),
+        (
             "mito -I 'web1,127.0.0.1:1,' ping all",
             run(4, &["web1: ok\npong\n", "127.0.0.1: unreachable (connection-refused)", "1 ok, 0 failed, 1 unreachable"], &[]),
         ),

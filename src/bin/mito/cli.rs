@@ -186,6 +186,11 @@ pub struct RunArgs {
     /// exit_code, signal, stdout, stderr, duration_ms, error, error_kind).
     #[arg(long)]
     pub json: bool,
+    /// On a host pattern: print the commands' lines as they come, each
+    /// prefixed `HOST | ` (stdout's on stdout, stderr's on stderr); the
+    /// end gives each host's status only.
+    #[arg(long, conflicts_with = "json")]
+    pub stream: bool,
     #[command(flatten)]
     pub fleet: FleetArgs,
     /// The command and its arguments.

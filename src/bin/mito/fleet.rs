@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use mito::functions::ExecArgs;
-use mito::{CallError, ConnectError, Context, Router, SshFailure};
+use mito::{CallError, ConnectError, Context, ProcessEvent, Router, SshFailure};
 use serde::Serialize;
 
 use super::cli::{Cli, Command, FleetArgs};
@@ -45,6 +45,8 @@ pub const EXIT_UNREACHABLE: u8 = 4;
 /// What to do on each host.
 enum Verb {
     Run(Box<ExecArgs>),
+    /// `run --stream`.
+    Stream(Box<ExecArgs>),
     Ping,
     Facts,
 }
@@ -86,6 +88,7 @@ pub fn job<'a>(cli: &Cli, inv: &'a Inventory) -> Result<Option<Job<'a>>, String>
     }
     let verb = match &cli.command {
         Command::Run(a) if a.tty => return Err("-t is for one target, not a host pattern".into()),
+        Command::Run(a) if !fleet.list_hosts && a.stream => Verb::Stream(Box::new(exec_args(a)?)),
         Command::Run(a) if !fleet.list_hosts => Verb::Run(Box::new(exec_args(a)?)),
         Command::Facts(_) => Verb::Facts,
         _ => Verb::Ping,
@@ -296,7 +299,8 @@ impl Runner<'_> {
     fn all(&self, plans: &[Plan], verb: &Verb, forks: usize) -> Vec<Outcome> {
         let next = AtomicUsize::new(0);
         let results: Mutex<Vec<Option<Outcome>>> = Mutex::new((0..plans.len()).map(|_| None).collect());
-        let progress = Progress::new(plans.len());
+        // Streamed lines would tear a progress line.
+        let progress = Progress::new(plans.len(), !matches!(verb, Verb::Stream(_)));
         std::thread::scope(|s| {
             for _ in 0..forks.clamp(1, plans.len().max(1)) {
                 s.spawn(|| loop {
@@ -392,17 +396,23 @@ impl Runner<'_> {
 /// Runs `verb` in `ctx`, filling in `o`.
 fn call(ctx: &Context, verb: &Verb, o: &mut Outcome) {
     let result = match verb {
-        Verb::Run(args) => ctx.exec_with(args).map(|r| {
-            o.exit_code = r.status.code;
-            o.signal = r.status.signal;
-            o.timed_out = r.timed_out;
-            o.stdout = r.stdout.into_vec();
-            o.stderr = r.stderr.into_vec();
-            if o.exit_code != Some(0) || o.timed_out {
-                o.status = Status::Failed;
-                o.error_kind = Some(if o.timed_out { "timeout" } else { "exit" });
-            }
-        }),
+        Verb::Run(args) | Verb::Stream(args) => {
+            let reply = match verb {
+                Verb::Stream(_) => stream(ctx, args, &o.host),
+                _ => ctx.exec_with(args),
+            };
+            reply.map(|r| {
+                o.exit_code = r.status.code;
+                o.signal = r.status.signal;
+                o.timed_out = r.timed_out;
+                o.stdout = r.stdout.into_vec();
+                o.stderr = r.stderr.into_vec();
+                if o.exit_code != Some(0) || o.timed_out {
+                    o.status = Status::Failed;
+                    o.error_kind = Some(if o.timed_out { "timeout" } else { "exit" });
+                }
+            })
+        }
         Verb::Ping => ctx.ping().map(|()| o.stdout = b"pong\n".to_vec()),
         Verb::Facts => ctx.facts().map(|f| {
             let view = render::Facts::new(ctx, &f);
@@ -418,6 +428,59 @@ fn call(ctx: &Context, verb: &Verb, o: &mut Outcome) {
         o.error_kind = Some(call_kind(&e));
         o.error = Some(e.to_string());
     }
+}
+
+/// Longest line kept waiting for its newline in `--stream`; longer is
+/// printed as it is (a command printing no newline never grows memory).
+const STREAM_LINE_MAX: usize = 64 * 1024;
+
+/// `--stream`: runs `args` in `ctx`, printing its lines as they come,
+/// each prefixed by `host`; a last line without a newline is printed at
+/// the exit. The reply's captured output is empty.
+fn stream(ctx: &Context, args: &ExecArgs, host: &str) -> Result<mito::functions::ExecReply, CallError> {
+    let mut p = ctx.spawn(args)?;
+    if let Some(input) = p.take_input() {
+        let _ = input.close();
+    }
+    let mut partial: [Vec<u8>; 2] = Default::default();
+    loop {
+        match p.next(None)? {
+            ProcessEvent::Output { fd, data } => {
+                let buf = &mut partial[usize::from(fd != 1)];
+                buf.extend_from_slice(&data);
+                let cut = match buf.iter().rposition(|&b| b == b'\n') {
+                    Some(end) => end + 1,
+                    None if buf.len() > STREAM_LINE_MAX => buf.len(),
+                    None => continue,
+                };
+                let rest = buf.split_off(cut);
+                emit(host, fd, buf);
+                *buf = rest;
+            }
+            ProcessEvent::Exit(r) => {
+                for (fd, buf) in [(1, &partial[0]), (2, &partial[1])] {
+                    if !buf.is_empty() {
+                        emit(host, fd, buf);
+                    }
+                }
+                return Ok(r);
+            }
+        }
+    }
+}
+
+/// `HOST | line` for each line of `bytes`, escaped, on stdout (fd 1) or
+/// stderr; one write per chunk, so lines of two hosts never mix.
+fn emit(host: &str, fd: u8, bytes: &[u8]) {
+    let mut text = String::new();
+    push_output(&mut text, bytes);
+    let text: String = text.lines().map(|l| format!("{host} | {l}\n")).collect();
+    // A reader gone from stdout is noticed when the summary is written.
+    let _ = if fd == 1 {
+        std::io::stdout().lock().write_all(text.as_bytes())
+    } else {
+        std::io::stderr().lock().write_all(text.as_bytes())
+    };
 }
 
 /// A connect error's kind, for `--json`'s `error_kind`.
@@ -636,8 +699,8 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(hosts: usize) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
+    fn new(hosts: usize, wanted: bool) -> Progress {
+        let bar = (wanted && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(hosts as u64);
             if let Ok(style) = indicatif::ProgressStyle::with_template("{pos}/{len} hosts [{elapsed}] {msg}") {
                 bar.set_style(style);
