@@ -21,6 +21,8 @@ struct Container {
     pid: u32,
     root: PathBuf,
     _dir: TempDir,
+    /// A cgroup made for it ([`Container::own_cgroup`]), removed on drop.
+    cgroup: Option<PathBuf>,
 }
 
 impl Container {
@@ -44,7 +46,23 @@ impl Container {
             .expect("run scripts/test-container");
         assert!(out.status.success(), "scripts/test-container start failed");
         let pid = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the script prints a pid");
-        Container { pid, root, _dir: dir }
+        Container { pid, root, _dir: dir, cgroup: None }
+    }
+
+    /// Moves the container into a cgroup of its own (v1 `pids`, else the
+    /// v2 root's child), as engines do; its path in `/proc/PID/cgroup`, or
+    /// None where cgroupfs cannot be changed here (read-only).
+    fn own_cgroup(&mut self) -> Option<String> {
+        let name = format!("mito-test-ct-{}", self.pid);
+        let base = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|b| b.join("cgroup.procs").exists())?;
+        let dir = base.join(&name);
+        std::fs::create_dir(&dir).ok()?;
+        self.cgroup = Some(dir.clone());
+        std::fs::write(dir.join("cgroup.procs"), self.pid.to_string()).ok()?;
+        Some(format!("/{name}"))
     }
 
     /// The names in the container's root, as the host sees them.
@@ -63,6 +81,14 @@ impl Drop for Container {
             .arg(self.pid.to_string())
             .status();
         let _ = common::wait_reaped(self.pid, Duration::from_secs(5));
+        if let Some(dir) = &self.cgroup {
+            // Empty once its processes are gone (the agent too: callers
+            // drop their routers first).
+            let t0 = Instant::now();
+            while std::fs::remove_dir(dir).is_err() && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 }
 
@@ -118,7 +144,8 @@ fn setns_enters_a_container_with_nothing_inside() {
     if !root_or_skip("setns_enters_a_container_with_nothing_inside") {
         return;
     }
-    let ct = Container::start("setns", "mito-ct1");
+    let mut ct = Container::start("setns", "mito-ct1");
+    let cgroup = ct.own_cgroup();
     let router = Router::new().expect("router");
     let t0 = Instant::now();
     let ctx = router.setns(SetnsOptions::new(ct.pid)).expect("setns");
@@ -133,9 +160,14 @@ fn setns_enters_a_container_with_nothing_inside() {
     let host_pid = ctx.connect_info().transport_pid.expect("the agent is the master's child");
     assert_ne!(host_pid, ctx.info().expect("info").pid);
     check_inside(&ctx, &ct, "mito-ct1");
-    // Its cgroup is the container's.
+    // Its cgroup is the container's (one of its own where cgroupfs may be
+    // changed here, so that joining it is seen).
     let cg = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
     assert_eq!(cg(host_pid), cg(ct.pid));
+    match cgroup {
+        Some(path) => assert!(cg(host_pid).lines().any(|l| l.ends_with(&format!(":{path}"))), "{}", cg(host_pid)),
+        None => eprintln!("cgroupfs cannot be changed here: the agent's cgroup was compared with the container's only"),
+    }
     drop(ctx);
     drop(router);
     common::wait_reaped(host_pid, Duration::from_secs(5)).expect("the agent is gone with its router");
