@@ -127,6 +127,26 @@ impl Ssh {
     }
 }
 
+/// `n` random bytes (nothing on any link compresses them).
+fn urandom(n: usize) -> Res<Vec<u8>> {
+    use std::io::Read;
+    let mut v = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut v)?;
+    Ok(v)
+}
+
+/// 10 contexts behind `hop`, each with a new, empty cache directory of its
+/// own under `dir` (connecting uploads the agent to each: not measured).
+fn fresh_kids(hop: &Context, dir: &Path, tag: &str) -> Res<Vec<Context>> {
+    (0..10)
+        .map(|i| {
+            let cache = dir.join(format!("mito-{tag}-{}-{i}", std::process::id()));
+            std::fs::create_dir_all(cache.join("run"))?;
+            Ok(hop.local(local(&cache))?)
+        })
+        .collect()
+}
+
 fn rtt(ctx: &Context, n: usize) -> Res<Vec<f64>> {
     for _ in 0..1000 {
         ctx.ping()?;
@@ -212,6 +232,65 @@ fn main() -> Res<()> {
                 std::fs::remove_file(&dest)?;
             }
             "MB/s"
+        }
+        "import_hop" | "import_hop_bytes" => {
+            // 10 contexts behind one hop, each with a cache directory of
+            // its own (what one fetched is not found by another); each
+            // round a new 1 MiB resource, fetched by all 10 at once. Time,
+            // or bytes the master sent on the hop's stream (the first link).
+            let hop = router.local(local(&warm))?;
+            let kids = fresh_kids(&hop, &dir, "import")?;
+            for _ in 0..n {
+                let res = router.register_resource("bench", urandom(1 << 20)?)?;
+                let (sent, t) = (hop.bytes_sent(), Instant::now());
+                std::thread::scope(|s| {
+                    let fetches: Vec<_> = kids.iter().map(|k| s.spawn(|| k.fetch_resource(&res))).collect();
+                    fetches.into_iter().try_for_each(|f| -> Res<()> {
+                        f.join().map_err(|_| "thread panicked")??;
+                        Ok(())
+                    })
+                })?;
+                values.push(if workload == "import_hop" {
+                    ms(t.elapsed())
+                } else {
+                    (hop.bytes_sent() - sent) as f64 / 1024.0
+                });
+            }
+            if workload == "import_hop" {
+                "ms"
+            } else {
+                "KiB"
+            }
+        }
+        "put_hop" | "put_hop_bytes" => {
+            // A 5 MiB file put to 10 contexts behind one hop, one after the
+            // other (`Context::put`: through the importer behind a hop, so
+            // the hop's cache serves all but the first); each round a new
+            // file (a new hash: nothing cached from the round before).
+            let hop = router.local(local(&warm))?;
+            let kids = (0..10).map(|_| hop.local(local(&warm))).collect::<Result<Vec<_>, _>>()?;
+            let src = dir.join(format!("mito-put-hop-{}", std::process::id()));
+            for _ in 0..n {
+                std::fs::write(&src, urandom(5 << 20)?)?;
+                let (sent, t) = (hop.bytes_sent(), Instant::now());
+                for (i, k) in kids.iter().enumerate() {
+                    k.put(&src, format!("/dev/shm/mito-bench-{}-put-hop-{i}", std::process::id()))?;
+                }
+                values.push(if workload == "put_hop" {
+                    ms(t.elapsed())
+                } else {
+                    (hop.bytes_sent() - sent) as f64 / 1024.0
+                });
+                for i in 0..kids.len() {
+                    std::fs::remove_file(format!("/dev/shm/mito-bench-{}-put-hop-{i}", std::process::id()))?;
+                }
+            }
+            std::fs::remove_file(&src)?;
+            if workload == "put_hop" {
+                "ms"
+            } else {
+                "KiB"
+            }
         }
         "pipelined" => {
             let c = router.local(local(&warm))?;

@@ -40,6 +40,10 @@ WORKLOADS = [
     ("bytes_repeat", "bytes written by the master: repeat connect", True, True, False),
     ("userfn_local", "user function, 1 KiB argument: round trip, local", True, True, False),
     ("userfn_hop", "user function, 1 KiB argument: round trip via a hop", True, True, False),
+    ("import_hop", "first use of 1 MiB by 10 contexts behind a hop (mitogen: a 1 MiB module)", True, True, False),
+    ("import_hop_bytes", "  ... bytes on the first link (mitogen: master's wchar)", True, True, False),
+    ("put_hop", "put 5 MiB to 10 contexts behind a hop, one by one (mitogen: FileService)", True, True, False),
+    ("put_hop_bytes", "  ... bytes on the first link (mitogen: master's wchar)", True, True, False),
 ]
 
 # What the "... / plain ssh" row of a workload compares with (same options).
@@ -59,6 +63,7 @@ ITER = {  # iterations per round: (quick, full)
     "put_local": (1, 2), "get_local": (1, 2), "put_ssh": (1, 2), "get_ssh": (1, 2),
     "via_connect": (10, 40), "rtt_via": (3000, 10000), "putmany_via": (2, 5),
     "userfn_local": (5000, 20000), "userfn_hop": (3000, 10000),
+    "import_hop": (2, 5), "import_hop_bytes": (1, 2), "put_hop": (2, 5), "put_hop_bytes": (1, 2),
 }
 
 

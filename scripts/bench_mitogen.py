@@ -106,6 +106,25 @@ def userfn_rtt(ctx, n):
     return out
 
 
+def big_module(n):
+    """A new module of 1 MiB (a base64 string of random bytes, so about
+    1 MiB of source) with a function that uses it, imported here so that
+    mitogen's importer serves it; named for this process and `n`, so each
+    round's module is new to every context and hop."""
+    import base64
+    import importlib
+    d = os.path.join(os.environ["BENCH_DIR"], "mitogen-mods-%d" % os.getpid())
+    os.makedirs(d, exist_ok=True)
+    if d not in sys.path:
+        sys.path.insert(0, d)
+    name = "bigmod_%d_%d" % (os.getpid(), n)
+    data = base64.b64encode(os.urandom(3 << 18)).decode()  # 1 MiB of text
+    with open(os.path.join(d, name + ".py"), "w") as f:
+        f.write("DATA = %r\n\n\ndef size():\n    return len(DATA)\n" % data)
+    importlib.invalidate_caches()
+    return importlib.import_module(name)
+
+
 def main():
     workload, n = sys.argv[1], int(sys.argv[2])
     broker = mitogen.master.Broker()
@@ -177,6 +196,52 @@ def main():
                     values.append(size / 1e6 / (time.perf_counter() - t))
             finally:
                 pool.stop()
+        elif workload in ("import_hop", "import_hop_bytes"):
+            # 10 contexts behind one hop; each round a new 1 MiB module,
+            # used by all 10 at once (its function called): mitogen's hop
+            # forwards it (and caches it for the others). Time, or bytes
+            # the master wrote (its only stream is the hop's: the first link).
+            hop = router.local()
+            kids = [router.local(via=hop) for _ in range(10)]
+            for c in kids:
+                c.call(noop)
+            for i in range(n):
+                mod = big_module(i)
+                w0, t = wchar(), time.perf_counter()
+                recvs = [c.call_async(mod.size) for c in kids]
+                for r in recvs:
+                    if r.get().unpickle() != 1 << 20:
+                        raise RuntimeError("the module's data is not 1 MiB")
+                dt, wrote = time.perf_counter() - t, wchar() - w0
+                values.append(dt * 1e3 if workload == "import_hop" else wrote / 1024.0)
+            unit = "ms" if workload == "import_hop" else "KiB"
+        elif workload in ("put_hop", "put_hop_bytes"):
+            # The mito row's workload with FileService: each of 10 contexts
+            # behind one hop pulls a new 5 MiB file from the master, one
+            # after the other (the hop only routes: nothing is cached).
+            fs = mitogen.service.FileService(router)
+            pool = mitogen.service.Pool(router, services=[fs])
+            hop = router.local()
+            kids = [router.local(via=hop) for _ in range(10)]
+            for c in kids:
+                c.call(noop)
+            try:
+                for i in range(n):
+                    src = os.path.join(os.environ["BENCH_DIR"], "mitogen-put-hop-%d-%d" % (os.getpid(), i))
+                    with open(src, "wb") as f:
+                        f.write(os.urandom(5 << 20))
+                    fs.register(src)
+                    w0, t = wchar(), time.perf_counter()
+                    for k, c in enumerate(kids):
+                        dest = "/dev/shm/mitogen-bench-%d-put-hop-%d" % (os.getpid(), k)
+                        if c.call(fetch, router.myself(), src, dest) != 5 << 20:
+                            raise RuntimeError("FileService did not move 5 MiB")
+                    dt, wrote = time.perf_counter() - t, wchar() - w0
+                    values.append(dt * 1e3 if workload == "put_hop" else wrote / 1024.0)
+                    os.unlink(src)
+            finally:
+                pool.stop()
+            unit = "ms" if workload == "put_hop" else "KiB"
         elif workload in ("fanout", "fanout_threads"):
             for _ in range(n):
                 t = time.perf_counter()
