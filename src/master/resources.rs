@@ -117,13 +117,18 @@ impl Store {
     fn add(self: &Arc<Self>, table: &Arc<RouterTable>, resource: Resource, body: Body) -> std::io::Result<Resource> {
         self.start(table)?;
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let e = entries.entry(resource.sha256).or_insert(Entry {
-            resource: resource.clone(),
-            body,
-            registered: true,
-            leases: 0,
-        });
-        e.registered = true;
+        match entries.get_mut(&resource.sha256) {
+            // In use by a put: from now on served from what the program
+            // registered (the put's file may change once it is done).
+            Some(e) => {
+                e.body = body;
+                e.registered = true;
+            }
+            None => {
+                let e = Entry { resource: resource.clone(), body, registered: true, leases: 0 };
+                entries.insert(resource.sha256, e);
+            }
+        }
         Ok(resource)
     }
 
