@@ -36,7 +36,7 @@ fn password_only(c: &mut Command) -> &mut Command {
 
 /// The test key.
 fn with_key<'a>(c: &'a mut Command, sshd: &Sshd) -> &'a mut Command {
-    c.arg("-i").arg(sshd.dir.path().join("id_ed25519"))
+    c.arg("--private-key").arg(sshd.dir.path().join("id_ed25519"))
 }
 
 fn target(sshd: &Sshd, user: &str) -> String {

@@ -19,13 +19,13 @@ const MITO: &str = env!("CARGO_BIN_EXE_mito");
 
 use common::output_text as text;
 
-/// `mito -I INV --connect-timeout 10 ARGS…`, from /tmp, no stdin, no
+/// `mito -i INV --connect-timeout 10 ARGS…`, from /tmp, no stdin, no
 /// user ssh config.
 fn mito(inv: &Path, args: &[&str]) -> Output {
     Command::new(MITO)
         .current_dir("/tmp")
         .env_remove("MITO_INVENTORY")
-        .args(["-F", "/dev/null", "--connect-timeout", "10", "-I"])
+        .args(["-F", "/dev/null", "--connect-timeout", "10", "-i"])
         .arg(inv)
         .args(args)
         .stdin(Stdio::null())
@@ -336,7 +336,7 @@ fn a_silent_host_times_out_within_the_connect_timeout() {
     let t0 = Instant::now();
     let o = Command::new(MITO)
         .current_dir("/tmp")
-        .args(["-F", "/dev/null", "--connect-timeout", "2", "-I"])
+        .args(["-F", "/dev/null", "--connect-timeout", "2", "-i"])
         .arg(&inv)
         .args(["run", "all", "--json", "--", "true"])
         .stdin(Stdio::null())
@@ -429,7 +429,7 @@ fn passwords_from_the_inventory() {
         .args(["-u", "mito-sudoer", "--", "env", "-C", "/tmp", "HOME=/home/mito-sudoer"])
         .arg(format!("ROOT_PW={pw}"))
         .arg(&mito)
-        .args(["-F", "/dev/null", "--connect-timeout", "20", "--become-pass-env", "ROOT_PW", "-I"])
+        .args(["-F", "/dev/null", "--connect-timeout", "20", "--become-pass-env", "ROOT_PW", "-i"])
         .arg(&inv)
         .args(["run", "all", "--json", "--", "id", "-un"])
         .stdin(Stdio::null())

@@ -113,7 +113,7 @@ fn checks() -> Vec<(&'static str, How)> {
         ("mito -v run local -- true", run(0, &[], &["agent bytes sent"])),
         // ssh
         ("mito run ssh://deploy@web1 -- id -un", run(0, &["deploy\n"], &[])),
-        ("mito run ssh://web1:2222 -i ~/.ssh/id_ed25519 -- uptime", run(0, &["load average"], &[])),
+        ("mito run ssh://web1:2222 --private-key ~/.ssh/id_ed25519 -- uptime", run(0, &["load average"], &[])),
         ("mito -o ProxyJump=bastion run ssh://10.0.0.5 -- df -h", run(0, &["Filesystem", "/srv"], &[])),
         (
             "mito --password-env MITO_PW run ssh://bob@host -- id",
@@ -174,13 +174,13 @@ fn checks() -> Vec<(&'static str, How)> {
         ),
         // Fleets (tests/fleet.rs covers local, ssh, become, mito_via and unreachable hosts)
         ("printf '[web]\\nweb[1:2]\\n[db]\\ndb1 ansible_become=true\\n' > hosts.ini", run(0, &[], &[])),
-        ("mito -I hosts.ini run all --list-hosts", run(0, &["web1\nweb2\ndb1\n"], &[])),
+        ("mito -i hosts.ini run all --list-hosts", run(0, &["web1\nweb2\ndb1\n"], &[])),
         (
-            "mito -I hosts.ini run all -- id -un",
+            "mito -i hosts.ini run all -- id -un",
             run(0, &["web[1:2] (2 hosts): ok\ndeploy\ndb1: ok\nroot\n3 ok, 0 failed, 0 unreachable\n"], &[]),
         ),
         (
-            "mito -I hosts.ini run 'all:!db' --json -- uname -s",
+            "mito -i hosts.ini run 'all:!db' --json -- uname -s",
             with(run(0, &["\"host\":\"web2\""], &["2 ok, 0 failed, 0 unreachable"]), |c| {
                 c.after = Some(|_, out| {
                     let text = String::from_utf8_lossy(&out.stdout);
@@ -197,11 +197,11 @@ fn checks() -> Vec<(&'static str, How)> {
             }),
         ),
         (
-            "mito -I hosts.ini run web --stream -- uname -n",
+            "mito -i hosts.ini run web --stream -- uname -n",
             run(0, &["web1 | ", "web2 | ", "web[1:2] (2 hosts): ok\n2 ok, 0 failed, 0 unreachable\n"], &[]),
         ),
         (
-            "mito -I 'web1,127.0.0.1:1,' ping all",
+            "mito -i 'web1,127.0.0.1:1,' ping all",
             run(4, &["web1: ok\npong\n", "127.0.0.1: unreachable (connection-refused)", "1 ok, 0 failed, 1 unreachable"], &[]),
         ),
         // Files and facts

@@ -180,7 +180,7 @@ fn hundred_megabytes_of_stdout_stream_through() {
     let Some(sshd) = Sshd::start("hundred_megabytes_of_stdout_stream_through") else { return };
     let d = sshd.dir.path();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mito"))
-        .args(["-F", "/dev/null", "-i"])
+        .args(["-F", "/dev/null", "--private-key"])
         .arg(d.join("id_ed25519"))
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", d.join("known_hosts").display()))

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 const AFTER_HELP: &str = "\
 Targets: local, ssh://[user@]host[:port], sudo[:USER], su[:USER], doas[:USER],
 setns:PID|CONTAINER, chroot:/PATH, or hops joined by commas (ssh://web1,sudo:root).
-With an inventory (-I FILE|LIST, $MITO_INVENTORY, ./inventory) a target may
+With an inventory (-i FILE|LIST, $MITO_INVENTORY, ./inventory) a target may
 be a host pattern: all, a group or host, a glob (web*), a:b (union), a:&b
 (intersection), a:!b (exclusion); run, ping and facts then run on every host
 it matches (-f N at a time).
@@ -37,8 +37,8 @@ pub struct Cli {
     /// Connect timeout in seconds.
     #[arg(long, default_value_t = 30.0, global = true, value_parser = seconds)]
     pub connect_timeout: f64,
-    /// ssh: private key file (`ssh -i`).
-    #[arg(short = 'i', long, global = true, value_name = "FILE")]
+    /// ssh: private key file (`ssh -i`), as Ansible's `--private-key`.
+    #[arg(long = "private-key", visible_alias = "key-file", global = true, value_name = "FILE")]
     pub identity: Option<PathBuf>,
     /// ssh: extra option, as for `ssh -o` (repeatable).
     #[arg(short = 'o', long = "ssh-option", global = true, value_name = "KEY=VALUE")]
@@ -88,8 +88,8 @@ pub struct Cli {
     /// $MITO_INVENTORY, else ./inventory if it exists. A target that is a
     /// host pattern of the inventory (`all`, `web*`, `web:&prod`) runs on
     /// every host it matches; any other target is a plain one, as without
-    /// an inventory. (`-i` is ssh's key file, as in ssh.)
-    #[arg(short = 'I', long = "inventory", global = true, value_name = "FILE|LIST")]
+    /// an inventory. `-i` as in Ansible (`-I` is the same).
+    #[arg(short = 'i', visible_short_alias = 'I', long = "inventory", global = true, value_name = "FILE|LIST")]
     pub inventory: Vec<String>,
     #[command(subcommand)]
     pub command: Command,

@@ -1,5 +1,5 @@
 //! Ansible inventories: the INI and YAML formats Ansible's `ini` and `yaml`
-//! inventory plugins read, and a comma list (`-I 'h1,h2,'`).
+//! inventory plugins read, and a comma list (`-i 'h1,h2,'`).
 //!
 //! What is kept is what Ansible documents ("How to build your inventory"):
 //! groups, `[g:children]`, `[g:vars]`, host ranges (`web[01:20]`,

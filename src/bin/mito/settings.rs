@@ -77,7 +77,7 @@ impl Settings {
             "doas" => self.become_hop(BecomeMethod::Doas, user(), become_pass),
             "local" => self.local(arg),
             _ => return Err(format!(
-                "unknown target {hop:?}: expected local, ssh://[user@]host[:port], sudo:USER, su:USER, doas:USER, setns:PID|CONTAINER, chroot:/PATH, a chain of them joined by commas, or a host pattern of the inventory (-I)"
+                "unknown target {hop:?}: expected local, ssh://[user@]host[:port], sudo:USER, su:USER, doas:USER, setns:PID|CONTAINER, chroot:/PATH, a chain of them joined by commas, or a host pattern of the inventory (-i)"
             )),
         })
     }
