@@ -70,6 +70,7 @@ pub use connect::bootstrap::Upload;
 pub use connect::{
     chroot::ChrootOptions,
     doas::DoasOptions,
+    engine::{Engine, EngineFailure, EngineOptions},
     error::ConnectError,
     local::LocalOptions,
     prompt::BecomeFailure,

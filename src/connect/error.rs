@@ -117,6 +117,21 @@ pub enum ConnectError {
         /// What went wrong.
         failure: super::setns::EnterFailure,
     },
+    /// A container engine's tool (docker, podman, nerdctl, kubectl, lxc,
+    /// incus) refused or failed.
+    #[error("{context}: {tool} container {container:?}: {failure}{output}")]
+    Engine {
+        /// Context name.
+        context: String,
+        /// The engine (`docker`, `podman`, …).
+        tool: &'static str,
+        /// The container as the target names it (`web`, `ns/pod/ct`).
+        container: String,
+        /// What went wrong.
+        failure: super::engine::EngineFailure,
+        /// What the tool printed (formatted, escaped; may be empty).
+        output: String,
+    },
     /// The context to connect through failed or went away.
     #[error("{context}: through {hop}: {reason}")]
     Hop {

@@ -20,6 +20,10 @@
 //!   (`core::nsenter`; `child::create_entered` from the master, the hop's
 //!   `spawn` behind one).
 //!
+//! - [`engine`]: the container engines' CLIs (docker, podman, nerdctl,
+//!   kubectl, lxc, incus): `<tool> exec -i … sh -c '<stage0>'`, or, in an
+//!   image without a shell, the agent copied in and executed directly.
+//!
 //! Every method but setns and chroot ends in the same place: a process
 //! running `sh -c <stage0>` whose stdin/stdout are the stream (those two
 //! end with the agent itself on the stream). Only how that process starts
@@ -39,6 +43,8 @@ pub mod chroot;
 pub mod doas;
 #[cfg(feature = "master")]
 pub mod embedded;
+#[cfg(feature = "master")]
+pub mod engine;
 #[cfg(feature = "master")]
 pub mod error;
 #[cfg(feature = "master")]

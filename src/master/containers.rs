@@ -11,6 +11,13 @@
 //! bootstrap then waits for the agent's marker and hello only
 //! ([`bootstrap::Direct`]).
 //!
+//! And [`Router::engine`] / [`Context::engine`]: the engines' CLIs
+//! (`docker`, `podman`, `nerdctl`, `kubectl`, `lxc`, `incus`;
+//! `connect::engine`), an ordinary command through [`Connector::connect_child`]
+//! like sudo's, so the same code runs it from the master or behind a hop;
+//! in an image without a shell the agent is copied in with the tool and
+//! started directly.
+//!
 //! [`ExecArgs::enter`]: crate::proto::functions::ExecArgs::enter
 
 use std::os::unix::ffi::OsStrExt;
@@ -24,6 +31,7 @@ use super::{Connector, Router};
 use crate::connect::bootstrap;
 use crate::connect::child::{ChildCommand, Entered};
 use crate::connect::chroot::ChrootOptions;
+use crate::connect::engine::{self, Engine, EngineFailure, EngineHooks, EngineOptions};
 use crate::connect::error::ConnectError;
 use crate::connect::setns::{self, EnterFailure, Lookup, SetnsOptions, Target};
 use crate::proto::functions::{Enter, ExecArgs};
@@ -40,6 +48,22 @@ impl Router {
     pub fn chroot(&self, opts: ChrootOptions) -> Result<Context, ConnectError> {
         self.connector().chroot(opts)
     }
+
+    /// Starts an agent in a container through its engine's CLI (`docker
+    /// exec`, `podman exec`, `kubectl exec`, …; see [`EngineOptions`]).
+    pub fn engine(&self, opts: EngineOptions) -> Result<Context, ConnectError> {
+        self.connector().engine(opts)
+    }
+
+    /// [`Router::engine`] for podman container `name`, with defaults.
+    pub fn podman(&self, name: &str) -> Result<Context, ConnectError> {
+        self.engine(EngineOptions::new(Engine::Podman, name))
+    }
+
+    /// [`Router::engine`] for docker container `name`, with defaults.
+    pub fn docker(&self, name: &str) -> Result<Context, ConnectError> {
+        self.engine(EngineOptions::new(Engine::Docker, name))
+    }
 }
 
 impl Context {
@@ -52,6 +76,22 @@ impl Context {
     /// Starts an agent in a chroot on this context's host.
     pub fn chroot(&self, opts: ChrootOptions) -> Result<Context, ConnectError> {
         self.connector().chroot(opts)
+    }
+
+    /// Starts an agent in a container through its engine's CLI, run on
+    /// this context's host (`local,podman:web`, `sudo:root,docker:web`).
+    pub fn engine(&self, opts: EngineOptions) -> Result<Context, ConnectError> {
+        self.connector().engine(opts)
+    }
+
+    /// [`Context::engine`] for podman container `name`, with defaults.
+    pub fn podman(&self, name: &str) -> Result<Context, ConnectError> {
+        self.engine(EngineOptions::new(Engine::Podman, name))
+    }
+
+    /// [`Context::engine`] for docker container `name`, with defaults.
+    pub fn docker(&self, name: &str) -> Result<Context, ConnectError> {
+        self.engine(EngineOptions::new(Engine::Docker, name))
     }
 }
 
@@ -166,20 +206,46 @@ impl Connector<'_> {
     }
 }
 
-/// Runs an engine's inspect on this machine, killed after `timeout` (a
-/// daemon that does not answer must not hang the connect).
+/// Runs an engine's inspect on this machine (see [`run_tool_here`]).
 fn run_here(argv: &[&str], timeout: Duration) -> Lookup {
+    let argv: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
+    match run_tool_here(&argv, timeout) {
+        Ok(r) => setns::read_inspect(r.code, &r.stdout, &r.stderr),
+        Err(e) => Lookup::Failed(e.to_string()),
+    }
+}
+
+/// How a short tool command ended.
+struct Ran {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Why a short tool command did not run to its end.
+#[derive(Debug, thiserror::Error)]
+enum RunFailed {
+    /// The program is not there.
+    #[error("not found")]
+    Missing,
+    /// Anything else (no answer in time, the hop's error).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs a short tool command (an inspect, a copy) on this machine, killed
+/// after `timeout` (a daemon that does not answer must not hang the
+/// connect); at most 64 KiB of each output is kept.
+fn run_tool_here(argv: &[std::ffi::OsString], timeout: Duration) -> Result<Ran, RunFailed> {
     use std::io::Read;
     use std::process::{Command, Stdio};
-    let child = Command::new(argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+    let Some((program, args)) = argv.split_first() else { return Err(RunFailed::Other("no program".into())) };
+    let child =
+        Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return Lookup::Failed(e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RunFailed::Missing),
+        Err(e) => return Err(RunFailed::Other(e.to_string())),
     };
     let deadline = std::time::Instant::now() + timeout;
     let status = loop {
@@ -189,12 +255,14 @@ fn run_here(argv: &[&str], timeout: Duration) -> Lookup {
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Lookup::Failed(format!("no answer within {timeout:?}"));
+                return Err(RunFailed::Other(format!("no answer within {timeout:?}")));
             }
-            Err(e) => return Lookup::Failed(e.to_string()),
+            Err(e) => return Err(RunFailed::Other(e.to_string())),
         }
     };
-    // Exited: what it wrote is in the pipes (an inspect prints little).
+    // Exited: what it wrote is in the pipes (an inspect or a copy prints
+    // little; more than a pipe's worth would have blocked it, and it was
+    // killed at the deadline).
     let (mut out, mut err) = (Vec::new(), Vec::new());
     if let Some(mut o) = child.stdout.take() {
         let _ = o.by_ref().take(1 << 16).read_to_end(&mut out);
@@ -202,5 +270,171 @@ fn run_here(argv: &[&str], timeout: Duration) -> Lookup {
     if let Some(mut e) = child.stderr.take() {
         let _ = e.by_ref().take(1 << 16).read_to_end(&mut err);
     }
-    setns::read_inspect(status.code(), &out, &err)
+    Ok(Ran { code: status.code(), stdout: out, stderr: err })
+}
+
+/// The agent written to a private directory of the master's for a copy
+/// into a container (mode 0755: a `-u` user inside must run it); removed
+/// when dropped.
+struct AgentFile {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl AgentFile {
+    fn write(bytes: &[u8], hash: &str, id: u32) -> std::io::Result<AgentFile> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = std::env::temp_dir().join(format!("mito-engine-{}-{id}", std::process::id()));
+        // Ours alone (0700, created now, never an existing one): nobody
+        // can swap the file between its writing and the copy.
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let path = dir.join(format!("mito-agent-{hash}"));
+        let file = AgentFile { dir, path };
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o755).open(&file.path)?;
+        f.write_all(bytes)?;
+        Ok(file)
+    }
+}
+
+impl Drop for AgentFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+impl Connector<'_> {
+    /// Starts an agent in a container through its engine's CLI, where this
+    /// connector runs its commands: through `sh` and stage0 when the image
+    /// has one, else by copying the agent in and starting it directly; all
+    /// within `opts.connect_timeout`.
+    pub fn engine(&self, opts: EngineOptions) -> Result<Context, ConnectError> {
+        let id = self.state.table.allocate_context_id();
+        let name = self.name(&opts.name, || opts.display());
+        if opts.user.is_some() && opts.engine == Engine::Kubectl {
+            return Err(ConnectError::Unsupported {
+                context: name,
+                what: "a user for kubectl (kubectl exec has none)",
+            });
+        }
+        let tool = opts.engine.name();
+        let deadline = std::time::Instant::now() + opts.connect_timeout;
+        let cmd = opts.shell_command(&self.stage0(id));
+        let mut hooks = EngineHooks::new(&opts, &name, false);
+        let shell = self.connect_child(id, name.clone(), &cmd, opts.connect_timeout, &mut hooks);
+        match tool_missing(&opts, shell) {
+            Err(ConnectError::Engine { failure: EngineFailure::NoShell, .. }) if opts.engine.can_copy() => {}
+            Ok(ctx) => {
+                log::debug!("[{name}] started through {tool} exec and sh (stage0)");
+                return Ok(ctx);
+            }
+            r => return r,
+        }
+        log::debug!("[{name}] no shell in the image: copying the agent in ({tool}) and starting it directly");
+        let left = || deadline.saturating_duration_since(std::time::Instant::now());
+        let hash = self.copy_agent(&opts, &name, id, left())?;
+        let timeout = left();
+        if timeout.is_zero() {
+            let phase = "copying the agent in";
+            return Err(ConnectError::Timeout {
+                context: name,
+                phase,
+                timeout: opts.connect_timeout,
+                output: String::new(),
+            });
+        }
+        let cmd = opts.direct_command(&hash, id);
+        let mut hooks = EngineHooks::new(&opts, &name, true);
+        let ctx = tool_missing(&opts, self.connect_child(id, name.clone(), &cmd, timeout, &mut hooks))?;
+        let path = opts.agent_path(&hash, id);
+        log::debug!("[{name}] started directly from {path}");
+        // Running, it needs no name: leave nothing in the container. (A
+        // `-u` user may not remove root's copy from a sticky /tmp: then
+        // it stays, and says so.)
+        if let Err(e) = ctx.remove(&path) {
+            log::debug!("[{name}] could not remove {path}: {e}");
+        }
+        Ok(ctx)
+    }
+
+    /// Copies the agent into the container for a start without a shell;
+    /// returns its hash. From the master the router's agent for this
+    /// machine's architecture (the engine's host: a container runs the
+    /// host's), written to a private file first; behind a hop the hop's own
+    /// executable file, so no agent bytes cross a link.
+    fn copy_agent(&self, opts: &EngineOptions, name: &str, id: u32, timeout: Duration) -> Result<String, ConnectError> {
+        let io = |source| ConnectError::Io { context: name.into(), source };
+        let (hash, source, _file) = match self.via {
+            Some(hop) => {
+                let info = hop.connect_info();
+                let exe = &info.exe;
+                // A hop running from a memfd has no file the tool could copy.
+                if !exe.starts_with('/') || exe.starts_with("/proc/") || exe.contains("memfd:") || exe.ends_with(')') {
+                    return Err(ConnectError::Unsupported {
+                        context: name.into(),
+                        what: "copying the agent into a container without a shell from a hop that runs from memory",
+                    });
+                }
+                (info.agent_hash.clone(), exe.clone(), None)
+            }
+            None => {
+                let arch = std::env::consts::ARCH;
+                let Some(chosen) = self.state.agents.for_arch(arch) else {
+                    return Err(ConnectError::UnsupportedArch {
+                        context: name.into(),
+                        arch: arch.into(),
+                        have: self.state.agents.archs(),
+                    });
+                };
+                let hash = chosen.sha256().to_string();
+                let file = AgentFile::write(&chosen.bytes(false), &hash, id).map_err(io)?;
+                (hash, file.path.to_string_lossy().into_owned(), Some(file))
+            }
+        };
+        let Some(argv) = opts.copy_argv(&source, &hash, id) else {
+            return Err(engine::error(opts, name, EngineFailure::NoShell, b""));
+        };
+        let ran = match self.via {
+            Some(hop) => {
+                let args = ExecArgs {
+                    argv: argv.iter().map(|a| ByteBuf::from(a.as_bytes())).collect(),
+                    timeout_ms: Some(timeout.as_millis().max(1) as u64),
+                    ..ExecArgs::default()
+                };
+                match hop.exec_with(&args) {
+                    Ok(r) => Ok(Ran { code: r.status.code, stdout: r.stdout.into_vec(), stderr: r.stderr.into_vec() }),
+                    Err(crate::CallError::Remote(e)) if e.errno == libc::ENOENT => Err(RunFailed::Missing),
+                    Err(e) => Err(RunFailed::Other(e.to_string())),
+                }
+            }
+            None => run_tool_here(&argv, timeout),
+        };
+        match ran {
+            Ok(r) if r.code == Some(0) => Ok(hash),
+            Ok(r) => {
+                let mut said = r.stderr;
+                said.extend_from_slice(&r.stdout);
+                let failure = match engine::classify_output(&said) {
+                    Some(f) if f != EngineFailure::NoShell => f,
+                    _ => EngineFailure::CopyFailed,
+                };
+                Err(engine::error(opts, name, failure, &said))
+            }
+            Err(RunFailed::Missing) => Err(engine::error(opts, name, EngineFailure::ToolMissing, b"")),
+            Err(RunFailed::Other(why)) => Err(engine::error(opts, name, EngineFailure::CopyFailed, why.as_bytes())),
+        }
+    }
+}
+
+/// A tool that could not be started (from the master, or behind a hop:
+/// the hop's errno) is [`EngineFailure::ToolMissing`].
+fn tool_missing(opts: &EngineOptions, r: Result<Context, ConnectError>) -> Result<Context, ConnectError> {
+    match r {
+        Err(ConnectError::Spawn { context, source, program }) if source.kind() == std::io::ErrorKind::NotFound => {
+            let said = format!("{program}: not found");
+            Err(engine::error(opts, &context, EngineFailure::ToolMissing, said.as_bytes()))
+        }
+        r => r,
+    }
 }

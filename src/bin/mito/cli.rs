@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 /// Targets, patterns and exit statuses, after the options in `--help`.
 const AFTER_HELP: &str = "\
 Targets: local, ssh://[user@]host[:port], sudo[:USER], su[:USER], doas[:USER],
-setns:PID|CONTAINER, chroot:/PATH, or hops joined by commas (ssh://web1,sudo:root).
+setns:PID|CONTAINER, chroot:/PATH, a container through its engine's CLI
+(docker:NAME, podman:NAME, nerdctl:NAME, kubectl:[NS/]POD[/CONTAINER], lxc:NAME,
+incus:NAME), or hops joined by commas (ssh://web1,sudo:root).
 With an inventory (-i FILE|LIST, $MITO_INVENTORY, ./inventory) a target may
 be a host pattern: all, a group or host, a glob (web*), a:b (union), a:&b
 (intersection), a:!b (exclusion); run, ping and facts then run on every host
@@ -164,7 +166,7 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, `setns:PID` or `setns:CONTAINER` (inside that process's container, or a podman/docker container's; root), `chroot:/PATH`, hops joined by commas (`ssh://web1,sudo:root`), or a host pattern of the inventory (`all`, `web*`, `web:&prod:!web3`).
+    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, `setns:PID` or `setns:CONTAINER` (inside that process's container, or a podman/docker container's; root), `chroot:/PATH`, an engine's container (`docker:NAME`, `podman:NAME`, `nerdctl:NAME`, `kubectl:[NS/]POD[/CONTAINER]`, `lxc:NAME`, `incus:NAME`), hops joined by commas (`ssh://web1,sudo:root`), or a host pattern of the inventory (`all`, `web*`, `web:&prod:!web3`).
     pub target: String,
     /// Do not forward this process's stdin to the command (as `ssh -n`).
     #[arg(short = 'n', long)]
@@ -200,7 +202,7 @@ pub struct RunArgs {
 
 #[derive(Args, Debug)]
 pub struct PingArgs {
-    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, `setns:PID` or `setns:CONTAINER` (inside that process's container, or a podman/docker container's; root), `chroot:/PATH`, hops joined by commas (`ssh://web1,sudo:root`), or a host pattern of the inventory.
+    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, `setns:PID` or `setns:CONTAINER` (inside that process's container, or a podman/docker container's; root), `chroot:/PATH`, an engine's container (`docker:NAME`, `podman:NAME`, `nerdctl:NAME`, `kubectl:[NS/]POD[/CONTAINER]`, `lxc:NAME`, `incus:NAME`), hops joined by commas (`ssh://web1,sudo:root`), or a host pattern of the inventory.
     pub target: String,
     /// Number of round trips.
     #[arg(short, long, default_value_t = 1)]
@@ -252,7 +254,7 @@ pub struct FactsArgs {
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
-    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, `setns:PID` or `setns:CONTAINER` (inside that process's container, or a podman/docker container's; root), `chroot:/PATH`, or hops joined by commas (`ssh://web1,sudo:root`).
+    /// Where: `local`, `ssh://[user@]host[:port]`, `sudo:USER`, `su:USER`, `doas:USER`, `setns:PID` or `setns:CONTAINER` (inside that process's container, or a podman/docker container's; root), `chroot:/PATH`, an engine's container (`docker:NAME`, `podman:NAME`, `nerdctl:NAME`, `kubectl:[NS/]POD[/CONTAINER]`, `lxc:NAME`, `incus:NAME`), or hops joined by commas (`ssh://web1,sudo:root`).
     pub target: String,
     /// Machine-readable output.
     #[arg(long)]

@@ -1,14 +1,16 @@
 //! Targets: where a command runs. One hop is `local`, `ssh://[user@]host[:port]`,
 //! `sudo:USER`, `su:USER`, `doas:USER`, `setns:PID` or `setns:CONTAINER`
 //! (inside the container of that process, or of that name for podman or
-//! docker) or `chroot:/PATH`; a chain is hops joined by commas
+//! docker), `chroot:/PATH`, or a container through its engine's CLI
+//! (`docker:NAME`, `podman:NAME`, `nerdctl:NAME`,
+//! `kubectl:[NS/]POD[/CONTAINER]`, `lxc:NAME`, `incus:NAME`); a chain is hops joined by commas
 //! (`ssh://web1,sudo:root`, `ssh://web1,sudo:root,setns:1234`), each
 //! connected through the one before it.
 //! [`Targets`] connects each distinct prefix once, so
 //! `ssh://web1,sudo:a` and `ssh://web1,sudo:b` share one ssh connection.
 //! The options of each hop come from `settings`, its password from `secrets`.
 
-use mito::{ChrootOptions, Connector, Context, Router, SetnsOptions};
+use mito::{ChrootOptions, Connector, Context, Engine, EngineOptions, Router, SetnsOptions};
 
 use super::secrets::Secrets;
 use super::settings::{Hop, Settings};
@@ -68,7 +70,7 @@ impl<'a> Targets<'a> {
         if let Some(made) = self.container_hop(from, hop) {
             return made;
         }
-        let made = match self.settings.hop(hop, become_pass)? {
+        let made = match self.settings.hop(hop, become_pass).map_err(with_engine_forms)? {
             Hop::Ssh(mut o) => {
                 o.password = self.secrets.ssh_password()?;
                 from.ssh(o)
@@ -90,7 +92,8 @@ impl<'a> Targets<'a> {
 }
 
 impl Targets<'_> {
-    /// `setns:PID`, `setns:CONTAINER` or `chroot:/PATH` (None for any other hop).
+    /// `setns:PID`, `setns:CONTAINER`, `chroot:/PATH` or an engine's
+    /// `docker:NAME`, `kubectl:NS/POD/CT`, … (None for any other hop).
     fn container_hop(&self, from: Connector<'_>, hop: &str) -> Option<Result<Context, String>> {
         let (method, arg) = hop.split_once(':')?;
         // The global --connect-timeout, as every hop gets it.
@@ -117,10 +120,36 @@ impl Targets<'_> {
                 o.connect_timeout = timeout;
                 from.chroot(o)
             }
-            _ => return None,
+            "kubectl" => {
+                let Some(mut o) = EngineOptions::kubectl(arg) else {
+                    return Some(Err(format!("{hop:?}: expected kubectl:[NAMESPACE/]POD[/CONTAINER]")));
+                };
+                o.connect_timeout = timeout;
+                from.engine(o)
+            }
+            _ => {
+                let engine = Engine::from_name(method)?;
+                if arg.is_empty() || arg.contains('/') {
+                    return Some(Err(format!("{hop:?}: expected {method}:CONTAINER (a name or id)")));
+                }
+                let mut o = EngineOptions::new(engine, arg);
+                o.connect_timeout = timeout;
+                from.engine(o)
+            }
         };
         Some(made.map_err(|e| e.to_string()))
     }
+}
+
+/// The settings' unknown-target message, with the engines' forms that
+/// [`Targets::container_hop`] connects (it saw none of them in `hop`).
+fn with_engine_forms(e: String) -> String {
+    if !e.starts_with("unknown target") {
+        return e;
+    }
+    let forms =
+        "chroot:/PATH, docker:NAME, podman:NAME, nerdctl:NAME, kubectl:[NS/]POD[/CONTAINER], lxc:NAME, incus:NAME,";
+    e.replacen("chroot:/PATH,", forms, 1)
 }
 
 /// `sudo`, `su` or `doas`, with or without a user.
