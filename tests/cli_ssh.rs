@@ -1,7 +1,9 @@
 //! The README's ssh claims, through the `mito` CLI against the private sshd
 //! (scripts/test-sshd): password flags, host key policies, the ssh command
 //! line mito builds, chains sharing one connection, and typed failures (no
-//! route, connect timeout, no POSIX sh, a password through a hop).
+//! route, connect timeout, no POSIX sh, a password through a hop), and
+//! connection sharing (ControlMaster: reuse, stale sockets, off, a
+//! foreign directory, ssh-close, the agent's end).
 
 mod common;
 mod tty;
@@ -21,9 +23,11 @@ fn mito(sshd: &Sshd) -> Command {
     mito_with_known_hosts(&sshd.dir.path().join("known_hosts"))
 }
 
+/// Without connection sharing: these tests count their own ssh
+/// processes and leave no master behind (the sharing tests are below).
 fn mito_with_known_hosts(kh: &Path) -> Command {
     let mut c = Command::new(MITO);
-    c.args(["-F", "/dev/null", "--connect-timeout", "20", "-o"])
+    c.args(["-F", "/dev/null", "--no-control-master", "--connect-timeout", "20", "-o"])
         .arg(format!("UserKnownHostsFile={}", kh.display()))
         .stdin(Stdio::null());
     c
@@ -445,4 +449,170 @@ fn no_posix_sh_is_a_typed_error() {
     );
     assert!(err.contains("sh: not found"), "shows what the target said: {err}");
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+}
+
+/// `mito` sharing connections (the default) with its control sockets in
+/// `dir`, this sshd's key and known_hosts.
+fn shared(sshd: &Sshd, dir: &Path) -> Command {
+    let mut c = Command::new(MITO);
+    c.args(["-F", "/dev/null", "--connect-timeout", "20", "--control-path-dir"])
+        .arg(dir)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", sshd.dir.path().join("known_hosts").display()))
+        .stdin(Stdio::null());
+    with_key(&mut c, sshd);
+    c
+}
+
+/// Whether a master answers on `dir`'s socket for this sshd (`ssh -O check`).
+fn master_alive(sshd: &Sshd, dir: &Path) -> bool {
+    Command::new("ssh")
+        .args(["-F", "/dev/null", "-p", &sshd.port.to_string(), "-l", "mito-user", "-o"])
+        .arg(format!("ControlPath={}/%C", dir.display()))
+        .args(["-O", "check", "127.0.0.1"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The sockets in `dir`.
+fn sockets(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+/// Ends the master for this sshd in `dir` (`mito ssh-close`), so the test
+/// leaves no ssh behind; says whether one was there.
+fn close_master(sshd: &Sshd, dir: &Path) -> String {
+    let o = shared(sshd, dir).args(["ssh-close", &target(sshd, "mito-user")]).output().expect("mito ssh-close");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    text(&o).0
+}
+
+/// The first run leaves a master (0700 directory, `ssh -O check`); a
+/// second run goes through it alone: with the sshd's listener stopped it
+/// still connects and runs. `ssh-close` ends it; then nothing answers.
+#[test]
+fn a_second_run_reuses_the_shared_connection() {
+    let Some(sshd) = Sshd::start("a_second_run_reuses_the_shared_connection") else { return };
+    let dir = TempDir::new("cm");
+    let cm = dir.path().join("s");
+    let t = target(&sshd, "mito-user");
+    let o = shared(&sshd, &cm).args(["run", &t, "--", "echo", "first"]).output().expect("mito");
+    assert_eq!((o.status.code(), text(&o).0.as_str()), (Some(0), "first\n"), "{}", text(&o).1);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&cm).expect("control dir").permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the control directory is private");
+    assert_eq!(sockets(&cm).len(), 1, "one control socket");
+    assert!(master_alive(&sshd, &cm), "a master answers after mito exited");
+
+    // No new TCP connection can be made now: only the master can serve.
+    let st = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-sshd"))
+        .arg("stop")
+        .arg(sshd.dir.path())
+        .status();
+    assert!(st.is_ok_and(|s| s.success()));
+    let t0 = Instant::now();
+    let o = shared(&sshd, &cm).args(["ping", &t]).output().expect("mito");
+    assert_eq!(o.status.code(), Some(0), "through the master: {}", text(&o).1);
+    eprintln!("second connect through the master: {:?} for the whole run; {}", t0.elapsed(), text(&o).0.trim());
+    let o = shared(&sshd, &cm).args(["--no-control-master", "run", &t, "--", "true"]).output().expect("mito");
+    assert_fails(&o, "connection refused");
+
+    assert_eq!(close_master(&sshd, &cm), format!("mito-user@127.0.0.1:{}: closed\n", sshd.port));
+    assert!(!master_alive(&sshd, &cm), "no master after ssh-close");
+    assert_eq!(close_master(&sshd, &cm), format!("mito-user@127.0.0.1:{}: no shared connection\n", sshd.port));
+}
+
+/// A socket file no master listens on (left by a killed master), or a
+/// plain file where the socket goes: ssh replaces it and connects, no
+/// hang. `--no-control-master` and `--control-persist 0` leave no socket;
+/// a control directory that is not private is not used (a warning, and
+/// the run goes on unshared).
+#[test]
+fn stale_sockets_off_and_a_foreign_directory() {
+    let Some(sshd) = Sshd::start("stale_sockets_off_and_a_foreign_directory") else { return };
+    let dir = TempDir::new("cm");
+    let cm = dir.path().join("s");
+    let t = target(&sshd, "mito-user");
+    let run = |extra: &[&str]| {
+        let t0 = Instant::now();
+        let o = shared(&sshd, &cm).args(extra).args(["run", &t, "--", "echo", "ok"]).output().expect("mito");
+        assert_eq!((o.status.code(), text(&o).0.as_str()), (Some(0), "ok\n"), "{extra:?}: {}", text(&o).1);
+        assert!(t0.elapsed() < Duration::from_secs(15), "{extra:?}: {:?}", t0.elapsed());
+        o
+    };
+    run(&["--no-control-master"]);
+    run(&["--control-persist", "0"]);
+    assert!(sockets(&cm).is_empty(), "off: no socket: {:?}", sockets(&cm));
+
+    run(&[]);
+    let sock = sockets(&cm).pop().expect("a socket");
+    assert!(master_alive(&sshd, &cm));
+    close_master(&sshd, &cm);
+    // A stale socket: bound, then its listener gone.
+    drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind a stale socket"));
+    run(&[]);
+    assert!(master_alive(&sshd, &cm), "ssh replaced the stale socket with a live master");
+    close_master(&sshd, &cm);
+    std::fs::write(&sock, "not a socket").expect("write");
+    run(&[]);
+    close_master(&sshd, &cm);
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cm, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let o = run(&[]);
+    assert!(text(&o).1.contains("not sharing the connection"), "{}", text(&o).1);
+    assert!(sockets(&cm).iter().all(|p| p.file_name() != sock.file_name()) || !master_alive(&sshd, &cm));
+    assert!(!master_alive(&sshd, &cm), "no master in a directory others may use");
+}
+
+/// With a shared connection the agent still ends with mito: killed with
+/// SIGKILL, its pipes close, the master ssh sees EOF on the session's
+/// stdin and the agent exits; and when the ssh that mito started (the
+/// multiplexing client) is killed, the master closes its session too, the
+/// agent exits and mito reports the broken connection. The master itself
+/// lives on (that is its point) until ssh-close.
+#[test]
+fn the_agent_ends_with_mito_through_a_shared_connection() {
+    let Some(sshd) = Sshd::start("the_agent_ends_with_mito_through_a_shared_connection") else { return };
+    let dir = TempDir::new("cm");
+    let cm = dir.path().join("s");
+    let t = target(&sshd, "mito-user");
+    let start = || {
+        let mut c = shared(&sshd, &cm);
+        c.args(["run", "-n", &t, "--", "sh", "-c", "echo $PPID; exec sleep 60"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().expect("mito");
+        let mut out = child.stdout.take().expect("stdout");
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while std::io::Read::read(&mut out, &mut b).map(|n| n == 1).unwrap_or(false) && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        let agent: u32 = String::from_utf8_lossy(&line).trim().parse().expect("the agent's pid");
+        (child, agent)
+    };
+    for round in 0..2 {
+        let (mut child, agent) = start();
+        assert!(common::alive(agent));
+        assert!(master_alive(&sshd, &cm), "round {round}: shared");
+        if round == 0 {
+            common::kill9(child.id());
+            let _ = child.wait();
+        } else {
+            let ssh = common::children_of(child.id())
+                .into_iter()
+                .map(|(p, _)| p)
+                .find(|p| std::fs::read(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with(b"ssh")))
+                .expect("mito's ssh");
+            common::kill9(ssh);
+            let st = child.wait().expect("wait");
+            assert_eq!(st.code(), Some(255), "the lost connection is mito's failure");
+        }
+        assert!(common::wait_gone(agent, Duration::from_secs(10)).is_some(), "round {round}: agent {agent} orphaned");
+        assert!(master_alive(&sshd, &cm), "round {round}: the master lives on");
+    }
+    close_master(&sshd, &cm);
 }

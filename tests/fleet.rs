@@ -20,12 +20,13 @@ const MITO: &str = env!("CARGO_BIN_EXE_mito");
 use common::output_text as text;
 
 /// `mito -i INV --connect-timeout 10 ARGS…`, from /tmp, no stdin, no
-/// user ssh config.
+/// user ssh config, no shared ssh connections (none left behind; the
+/// sharing is tested in tests/cli_ssh.rs).
 fn mito(inv: &Path, args: &[&str]) -> Output {
     Command::new(MITO)
         .current_dir("/tmp")
         .env_remove("MITO_INVENTORY")
-        .args(["-F", "/dev/null", "--connect-timeout", "10", "-i"])
+        .args(["-F", "/dev/null", "--no-control-master", "--connect-timeout", "10", "-i"])
         .arg(inv)
         .args(args)
         .stdin(Stdio::null())
@@ -336,7 +337,7 @@ fn a_silent_host_times_out_within_the_connect_timeout() {
     let t0 = Instant::now();
     let o = Command::new(MITO)
         .current_dir("/tmp")
-        .args(["-F", "/dev/null", "--connect-timeout", "2", "-i"])
+        .args(["-F", "/dev/null", "--no-control-master", "--connect-timeout", "2", "-i"])
         .arg(&inv)
         .args(["run", "all", "--json", "--", "true"])
         .stdin(Stdio::null())
@@ -429,7 +430,16 @@ fn passwords_from_the_inventory() {
         .args(["-u", "mito-sudoer", "--", "env", "-C", "/tmp", "HOME=/home/mito-sudoer"])
         .arg(format!("ROOT_PW={pw}"))
         .arg(&mito)
-        .args(["-F", "/dev/null", "--connect-timeout", "20", "--become-pass-env", "ROOT_PW", "-i"])
+        .args([
+            "-F",
+            "/dev/null",
+            "--no-control-master",
+            "--connect-timeout",
+            "20",
+            "--become-pass-env",
+            "ROOT_PW",
+            "-i",
+        ])
         .arg(&inv)
         .args(["run", "all", "--json", "--", "id", "-un"])
         .stdin(Stdio::null())
@@ -496,4 +506,64 @@ fn stream_prefixes_lines_with_their_host() {
         assert!(err.contains(&format!("{h} | err\n")), "{err}");
     }
     assert!(out.ends_with("h[1:2] (2 hosts): failed (exit 2)\n0 ok, 2 failed, 0 unreachable\n"), "{out}");
+}
+
+/// `put SRC PATTERN:/PATH` copies to every matched host (a host behind a
+/// `mito_via` hop too, an unreachable one reported); `get PATTERN:/PATH
+/// DIR` brings each host's copy into `DIR/<host>/`, files and (`-r`)
+/// trees; host names that are not single file names are refused as
+/// directory names.
+#[test]
+fn put_and_get_on_a_pattern() {
+    let dir = TempDir::new("fleet-copy");
+    let inv = local_inventory(&dir);
+    let src = dir.path().join("motd");
+    std::fs::write(&src, "hello fleet\n").expect("write");
+    let dst = dir.path().join("remote");
+    std::fs::create_dir(&dst).expect("mkdir");
+    let to = format!("web:{}/motd", dst.display());
+    let o = mito(&inv, &["put", src.to_str().expect("utf-8"), &to]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert!(text(&o).0.contains("web[01:03] (3 hosts): ok\nput "), "{}", text(&o).0);
+    assert!(text(&o).0.contains("12 bytes, sha256 verified"), "{}", text(&o).0);
+    assert_eq!(std::fs::read_to_string(dst.join("motd")).expect("put"), "hello fleet\n");
+
+    // db1 is behind web01; dead is unreachable: exit 4, the others done.
+    let out = dir.path().join("fetched");
+    let from = format!("db:web01:dead:{}/motd", dst.display());
+    let o = mito(&inv, &["get", &from, out.to_str().expect("utf-8"), "--json"]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o).1);
+    let by_host = json_by_host(&o);
+    let status: Vec<(&str, &str)> =
+        by_host.iter().map(|(h, v)| (h.as_str(), v["status"].as_str().unwrap_or_default())).collect();
+    assert_eq!(status, [("db1", "ok"), ("web01", "ok"), ("dead", "unreachable")], "in pattern order");
+    for h in ["web01", "db1"] {
+        assert_eq!(std::fs::read_to_string(out.join(h).join("motd")).expect(h), "hello fleet\n");
+    }
+    assert!(!out.join("dead").join("motd").exists());
+
+    // A tree each way.
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).expect("mkdir");
+    std::fs::write(tree.join("sub/f"), "f\n").expect("write");
+    let to = format!("web01:web02:{}/copied", dst.display());
+    let o = mito(&inv, &["put", "-r", tree.to_str().expect("utf-8"), &to]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let from = format!("web01:web02:{}/copied", dst.display());
+    let o = mito(&inv, &["get", "-r", &from, out.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    for h in ["web01", "web02"] {
+        assert_eq!(std::fs::read_to_string(out.join(h).join("copied/sub/f")).expect(h), "f\n");
+    }
+
+    // Names that would leave DIR are refused (the others still copied).
+    let odd = dir.path().join("odd.ini");
+    std::fs::write(&odd, "w/1 ansible_connection=local\n.. ansible_connection=local\nok1 ansible_connection=local\n")
+        .expect("write");
+    let from = format!("all:{}/motd", dst.display());
+    let o = mito(&odd, &["get", &from, out.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o).0);
+    assert!(text(&o).0.contains("the host name \"w/1\" cannot be a directory name"), "{}", text(&o).0);
+    assert!(text(&o).0.contains("the host name \"..\" cannot be a directory name"), "{}", text(&o).0);
+    assert!(out.join("ok1/motd").exists());
 }

@@ -119,6 +119,9 @@ fn checks() -> Vec<(&'static str, How)> {
             "mito --password-env MITO_PW run ssh://bob@host -- id",
             with(run(0, &["(bob)"], &[]), |c| c.env = vec![("MITO_PW", pw.clone())]),
         ),
+        // The README's hosts are all one sshd: web1's shared connection is
+        // newhost's too, and accept-new would have no key to record.
+        ("mito ssh-close web1", run(0, &["web1: closed\n"], &[])),
         (
             "mito --check-host-keys accept-new info ssh://newhost",
             with(run(0, &["user:      deploy"], &[]), |c| {
@@ -199,6 +202,25 @@ fn checks() -> Vec<(&'static str, How)> {
         (
             "mito -i hosts.ini run web --stream -- uname -n",
             run(0, &["web1 | ", "web2 | ", "web[1:2] (2 hosts): ok\n2 ok, 0 failed, 0 unreachable\n"], &[]),
+        ),
+        (
+            "mito -i hosts.ini put motd 'web:/tmp/motd'",
+            with(run(0, &["web[1:2] (2 hosts): ok\nput motd -> /tmp/motd: 18 bytes, sha256 verified\n"], &[]), |c| {
+                c.after = Some(|w, _| {
+                    assert_eq!(std::fs::read(w.path("/tmp/motd")).ok().as_deref(), Some(&b"welcome from mito\n"[..]));
+                })
+            }),
+        ),
+        (
+            "mito -i hosts.ini get 'all:/etc/hostname' fetched",
+            with(run(0, &["3 ok, 0 failed, 0 unreachable"], &[]), |c| {
+                c.after = Some(|w, _| {
+                    for h in ["web1", "web2", "db1"] {
+                        let p = w.path(&format!("/home/deploy/fetched/{h}/hostname"));
+                        assert!(p.exists(), "{} was fetched", p.display());
+                    }
+                })
+            }),
         ),
         (
             "mito -i 'web1,127.0.0.1:1,' ping all",
@@ -361,6 +383,25 @@ impl World {
         chown(&p, Some(owner), Some(owner)).expect("chown");
     }
 
+    /// Kills the master ssh processes the README's ssh commands left
+    /// (mito shares connections for 60 s; an idle master holds SIGTERM
+    /// back, so SIGKILL): by pid, those whose control
+    /// socket is deploy's and whose mount namespace is this world's.
+    fn stop_shared_connections(&self) {
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        let ours = ns(&self.pid.to_string());
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            let Ok(n) = pid.parse::<i32>() else { continue };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.starts_with(b"ssh: /home/deploy/.cache/mito/ssh/") && ours.is_some() && ns(&pid) == ours {
+                if let Some(p) = rustix::process::Pid::from_raw(n) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
+        }
+    }
+
     fn mkdir(&self, path: &str, mode: u32, owner: u32) {
         let p = self.path(path);
         std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -371,6 +412,7 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        self.stop_shared_connections();
         let _ = self.nsenter().args([SSHD_SCRIPT, "stop", "/tmp/sshd"]).status();
         drop(self.stdin.take());
         let _ = self.holder.wait();

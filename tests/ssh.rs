@@ -299,3 +299,36 @@ fn remote_sshd_session_killed() {
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     assert!(wait_gone(agent, Duration::from_secs(5)).is_some(), "agent {agent} outlived its session");
 }
+
+/// The library shares a connection only when asked (`control_persist`):
+/// then a second connect goes through the master alone (the sshd's
+/// listener is stopped in between), `master_control` sees and ends it.
+#[test]
+fn control_persist_shares_one_connection() {
+    use mito::connect::ssh::{master_control, MasterOp};
+    let Some(sshd) = Sshd::start("control_persist_shares_one_connection") else { return };
+    let dir = common::TempDir::new("cm");
+    let router = Router::new().expect("router");
+    let mut o = sshd.opts("mito-user");
+    assert_eq!(o.control_persist, None, "off by default in the library");
+    o.control_dir = Some(dir.path().join("s"));
+    router.ssh(o.clone()).expect("unshared").ping().expect("ping");
+    assert!(!master_control(&o, MasterOp::Check).expect("check"), "no master unless asked");
+    o.control_persist = Some(Duration::from_secs(30));
+    let first = router.ssh(o.clone()).expect("first");
+    first.ping().expect("ping");
+    assert!(master_control(&o, MasterOp::Check).expect("check"), "a master after the first connect");
+    let st = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-sshd"))
+        .arg("stop")
+        .arg(sshd.dir.path())
+        .status();
+    assert!(st.is_ok_and(|s| s.success()));
+    let t0 = Instant::now();
+    let second = router.ssh(o.clone()).expect("second, through the master");
+    second.ping().expect("ping");
+    eprintln!("connect + first call through the master: {:?}", t0.elapsed());
+    let _ = first.shutdown();
+    let _ = second.shutdown();
+    assert!(master_control(&o, MasterOp::Exit).expect("exit"), "ended");
+    assert!(!master_control(&o, MasterOp::Check).expect("check"), "gone");
+}

@@ -12,7 +12,7 @@
 //! parses it; `settings` and `secrets` turn it into hop options, command
 //! arguments and passwords; `target` connects targets (chains of hops);
 //! one module per verb does the work (`run`, `copy` for put and get,
-//! `inspect` for ping, facts and info; `build_agent` builds a custom agent
+//! `inspect` for ping, facts and info; `mux` for ssh-close; `build_agent` builds a custom agent
 //! with cargo); `render` prints the answers, as text or JSON. `inventory`
 //! reads Ansible inventories, `pattern` selects hosts from them, and
 //! `fleet` runs a verb on every host a pattern selects.
@@ -35,6 +35,8 @@ mod fleet;
 mod inspect;
 #[path = "mito/inventory.rs"]
 mod inventory;
+#[path = "mito/mux.rs"]
+mod mux;
 #[path = "mito/pattern.rs"]
 mod pattern;
 #[path = "mito/render.rs"]
@@ -97,10 +99,19 @@ fn init_logging(verbose: u8) {
 /// (`fleet`); any other target as it always has.
 fn start(cli: Cli, secrets: secrets::Secrets) -> Result<ExitCode, String> {
     let inventory = match &cli.command {
-        Command::Run(_) | Command::Ping(_) | Command::Facts(_) => inventory::load(&cli.inventory)?,
+        Command::Run(_)
+        | Command::Ping(_)
+        | Command::Facts(_)
+        | Command::Put(_)
+        | Command::Get(_)
+        | Command::SshClose(_) => inventory::load(&cli.inventory)?,
         _ => None,
     }
     .unwrap_or_default();
+    // Talks to local control sockets only: no broker, no context.
+    if let Command::SshClose(a) = &cli.command {
+        return mux::close(a, &settings::Settings::new(&cli), &inventory);
+    }
     if let Some(job) = fleet::job(&cli, &inventory)? {
         return fleet::run(job, &inventory, &cli, secrets);
     }
@@ -115,6 +126,8 @@ fn start(cli: Cli, secrets: secrets::Secrets) -> Result<ExitCode, String> {
         Command::Get(a) => copy::get(a, &mut targets),
         Command::Facts(a) => inspect::facts(a, &mut targets),
         Command::Info(a) => inspect::info(a, &mut targets),
+        // Returned above; here for completeness.
+        Command::SshClose(a) => mux::close(a, &settings::Settings::new(&cli), &inventory),
         // main runs it before the broker starts; here for completeness.
         Command::BuildAgent(a) => Ok(build_agent::run(a)),
     };

@@ -73,6 +73,30 @@ pub struct SshOptions {
     pub password: Option<String>,
     /// The ssh program.
     pub ssh_path: Option<PathBuf>,
+    /// Connection sharing (OpenSSH multiplexing): with `Some(d)`, `d` not
+    /// zero, ssh runs with `ControlMaster=auto`, `ControlPath=<dir>/%C` and
+    /// `ControlPersist=d`, so the first connect to a host leaves a master
+    /// ssh in the background for `d` after its last session, and later
+    /// connects to the same host, user and port (from this or another
+    /// process) open a session over it without a new handshake. Left out
+    /// when the user's ssh config (`ssh -G`) or `options` already say
+    /// anything of ControlMaster or ControlPath (theirs wins), behind a hop
+    /// (the directory is checked on this host), or when the directory is
+    /// not private (see [`SshOptions::control_dir`]).
+    ///
+    /// `None` (the library's default): every connect is its own ssh
+    /// connection, and nothing outlives the program. A library user's
+    /// contexts already hold one connection each for as long as they live,
+    /// and a master ssh left running after the program exits is a choice
+    /// the program should make; the `mito` CLI, run again and again, makes
+    /// it (60 s, as Ansible).
+    pub control_persist: Option<Duration>,
+    /// The directory of the control sockets; default
+    /// `$XDG_RUNTIME_DIR/mito/ssh`, else `~/.cache/mito/ssh`. Created 0700;
+    /// used only when it is a real directory (not a symlink) owned by our
+    /// effective uid with no group or other permission bits, so no one else
+    /// can put a socket there for us to talk to.
+    pub control_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SshOptions {
@@ -85,6 +109,7 @@ impl std::fmt::Debug for SshOptions {
             .field("options", &self.options)
             .field("check_host_keys", &self.check_host_keys)
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("control_persist", &self.control_persist)
             .finish_non_exhaustive()
     }
 }
@@ -319,8 +344,188 @@ pub fn prepare(opts: &SshOptions, context: &str, stage0: &str) -> std::io::Resul
     for o in &opts.options {
         c.arg("-o").arg(o);
     }
+    for o in multiplex_options(opts) {
+        c.arg("-o").arg(o);
+    }
     c.arg("--").arg(&opts.hostname).arg(format!("sh -c {}", sh_quote(stage0)));
     Ok(Prepared { command: c, askpass, host: opts.display_host(), context: context.into() })
+}
+
+/// The `-o` options that share this connection (none when it is not
+/// shared: see [`SshOptions::control_persist`]). A directory that cannot
+/// be used is said in a warning, and the connect goes on unshared.
+fn multiplex_options(opts: &SshOptions) -> Vec<String> {
+    let Some(persist) = opts.control_persist.filter(|d| !d.is_zero()) else { return Vec::new() };
+    // ssh takes the first value of an option: ours would beat the user's.
+    if opts.options.iter().any(|o| is_control_option(o)) {
+        return Vec::new();
+    }
+    let dir = match control_dir(opts) {
+        Ok(d) => d,
+        Err(e) => {
+            log::warn!("ssh {}: not sharing the connection: {e}", opts.display_host());
+            return Vec::new();
+        }
+    };
+    if user_config_shares(opts) {
+        log::debug!("ssh {}: the ssh config sets ControlMaster/ControlPath; using it", opts.display_host());
+        return Vec::new();
+    }
+    // %-tokens are ssh's: a `%` of the directory is written `%%`.
+    let path = format!("{}/%C", dir.display().to_string().replace('%', "%%"));
+    vec![
+        "ControlMaster=auto".into(),
+        format!("ControlPath={path}"),
+        format!("ControlPersist={}s", persist.as_secs().max(1)),
+    ]
+}
+
+/// `ControlMaster`, `ControlPath` or `ControlPersist` (`-o` spelling, any case).
+fn is_control_option(o: &str) -> bool {
+    let key = o.split(['=', ' ', '\t']).next().unwrap_or("").to_ascii_lowercase();
+    matches!(key.as_str(), "controlmaster" | "controlpath" | "controlpersist")
+}
+
+/// The longest directory whose sockets fit a `sun_path` (108 bytes with
+/// the NUL): ssh binds `<dir>/<40 hex>.<16 random>` and renames it.
+const MAX_CONTROL_DIR: usize = 107 - 1 - 40 - 17;
+
+/// The private directory of the control sockets, created if missing and
+/// checked as stage0 checks its cache: a directory, not a symlink, ours,
+/// 0700. Anything else is an error: a socket in a directory another user
+/// can write may be theirs.
+pub fn control_dir(opts: &SshOptions) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = match &opts.control_dir {
+        Some(d) => d.clone(),
+        None => {
+            default_control_dir().ok_or_else(|| std::io::Error::other("neither $XDG_RUNTIME_DIR nor $HOME is set"))?
+        }
+    };
+    let text = dir.to_str().ok_or_else(|| std::io::Error::other(format!("{}: not UTF-8", dir.display())))?;
+    // ssh splits an option's value at white space and quotes.
+    if text.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') || !dir.is_absolute() {
+        return Err(std::io::Error::other(format!("{text}: not an absolute path without spaces or quotes")));
+    }
+    if text.len() > MAX_CONTROL_DIR {
+        return Err(std::io::Error::other(format!(
+            "{text}: too long for a socket path (at most {MAX_CONTROL_DIR} bytes)"
+        )));
+    }
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let m = fs::symlink_metadata(&dir)?;
+    let euid = rustix::process::geteuid().as_raw();
+    if !m.file_type().is_dir() {
+        return Err(std::io::Error::other(format!("{text} is not a directory (a symlink?)")));
+    }
+    if m.uid() != euid {
+        return Err(std::io::Error::other(format!("{text} is owned by uid {}, not by us ({euid})", m.uid())));
+    }
+    if m.mode() & 0o077 != 0 {
+        return Err(std::io::Error::other(format!("{text} has mode {:o}, not 0700", m.mode() & 0o7777)));
+    }
+    Ok(dir)
+}
+
+/// `$XDG_RUNTIME_DIR/mito/ssh` (a per-user tmpfs, gone at logout), else
+/// `~/.cache/mito/ssh`.
+fn default_control_dir() -> Option<PathBuf> {
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_absolute() && p.is_dir());
+    match runtime {
+        Some(r) => Some(r.join("mito/ssh")),
+        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mito/ssh")),
+    }
+}
+
+/// The ssh command for `opts` with only what selects the host's config
+/// (`-F`, `-p`, `-l`, the `-o` options): for `-G` and `-O`.
+fn ssh_command(opts: &SshOptions) -> std::process::Command {
+    let mut c = std::process::Command::new(opts.ssh_path.clone().unwrap_or_else(|| PathBuf::from("ssh")));
+    if let Some(f) = &opts.ssh_config {
+        c.arg("-F").arg(f);
+    }
+    if let Some(p) = opts.port {
+        c.arg("-p").arg(p.to_string());
+    }
+    if let Some(u) = &opts.username {
+        c.arg("-l").arg(u);
+    }
+    for o in &opts.options {
+        c.arg("-o").arg(o);
+    }
+    c.stdin(std::process::Stdio::null());
+    c
+}
+
+/// Whether the user's ssh config already shares connections to this host
+/// (`ssh -G` says a ControlMaster other than `false`, or a ControlPath):
+/// then theirs is used as they wrote it. If `ssh -G` fails, we do not
+/// share either (the connect itself then says what is wrong).
+fn user_config_shares(opts: &SshOptions) -> bool {
+    let out = ssh_command(opts).arg("-G").arg("--").arg(&opts.hostname).stderr(std::process::Stdio::null()).output();
+    let Ok(out) = out.map_err(|e| log::debug!("ssh -G: {e}")) else { return true };
+    if !out.status.success() {
+        return true;
+    }
+    config_shares(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Reads `ssh -G` output: a ControlMaster other than `false`, or a
+/// ControlPath other than `none`.
+fn config_shares(g: &str) -> bool {
+    g.lines().any(|l| match l.split_once(' ') {
+        Some(("controlmaster", v)) => v.trim() != "false",
+        Some(("controlpath", v)) => v.trim() != "none",
+        _ => false,
+    })
+}
+
+/// What `ssh -O` asks a master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MasterOp {
+    /// Is a master running (`-O check`)?
+    Check,
+    /// End it now, its sessions too (`-O exit`).
+    Exit,
+}
+
+/// Asks the master ssh that connects with `opts` would share (ours, in
+/// [`control_dir`]; the user's own when their config shares) to `op`.
+/// `Ok(true)` when a master answered, `Ok(false)` when there is none.
+/// Bounded: `ssh -O` talks only to the local socket, and is killed
+/// after 5 s if a process holding it never answers.
+pub fn master_control(opts: &SshOptions, op: MasterOp) -> std::io::Result<bool> {
+    let mut c = ssh_command(opts);
+    if !user_config_shares(opts) && !opts.options.iter().any(|o| is_control_option(o)) {
+        let dir = control_dir(opts)?;
+        let path = format!("{}/%C", dir.display().to_string().replace('%', "%%"));
+        c.arg("-o").arg(format!("ControlPath={path}"));
+    }
+    c.arg("-O").arg(match op {
+        MasterOp::Check => "check",
+        MasterOp::Exit => "exit",
+    });
+    c.arg("--").arg(&opts.hostname);
+    c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut child = c.spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st.success());
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "ssh -O: the control socket did not answer"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 impl super::bootstrap::Hooks for Prepared {
@@ -407,6 +612,39 @@ mod tests {
         assert_eq!((o.username, o.port), (None, None));
         assert!(SshOptions::from_url("ssh://h:notaport").is_err());
         assert!(SshOptions::from_url("ssh://").is_err());
+    }
+
+    #[test]
+    fn control_options() {
+        assert!(is_control_option("ControlMaster=no"));
+        assert!(is_control_option("controlpath /x"));
+        assert!(!is_control_option("ControlPathology=1"));
+        assert!(!config_shares("user bob\ncontrolmaster false\ncontrolpersist no\n"));
+        assert!(config_shares("controlmaster auto\ncontrolpath ~/.ssh/cm-%C\n"));
+        assert!(config_shares("controlmaster false\ncontrolpath /s\n"));
+        let mut o = SshOptions::new("h");
+        assert!(multiplex_options(&o).is_empty(), "off by default in the library");
+        o.control_persist = Some(Duration::ZERO);
+        assert!(multiplex_options(&o).is_empty(), "0 is off");
+        o.control_persist = Some(Duration::from_secs(60));
+        o.options = vec!["ControlMaster=no".into()];
+        assert!(multiplex_options(&o).is_empty(), "the user's -o wins");
+    }
+
+    #[test]
+    fn control_dir_must_be_private() {
+        let base = std::env::temp_dir().join(format!("mito-cd-{}", std::process::id()));
+        let mut o = SshOptions::new("h");
+        o.control_dir = Some(base.join("ssh"));
+        assert_eq!(control_dir(&o).expect("created"), base.join("ssh"));
+        fs::set_permissions(base.join("ssh"), fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert!(control_dir(&o).is_err(), "group/other bits refused");
+        fs::remove_dir(base.join("ssh")).expect("rm");
+        std::os::unix::fs::symlink("/tmp", base.join("ssh")).expect("symlink");
+        assert!(control_dir(&o).is_err(), "a symlink refused");
+        o.control_dir = Some(PathBuf::from("/tmp/a b"));
+        assert!(control_dir(&o).is_err(), "spaces refused");
+        let _ = fs::remove_dir_all(&base);
     }
 
     #[test]

@@ -229,6 +229,11 @@ impl Connector<'_> {
             // The askpass FIFO lives on the master's host.
             return Err(ConnectError::Unsupported { context: name, what: "an ssh password through a hop" });
         }
+        let mut opts = opts;
+        if self.via.is_some() {
+            // The control directory is checked on this host, not the hop's.
+            opts.control_persist = None;
+        }
         let mut prepared = ssh::prepare(&opts, &name, &self.stage0(id))
             .map_err(|source| ConnectError::Io { context: name.clone(), source })?;
         let command = prepared.command.clone();

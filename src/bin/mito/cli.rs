@@ -15,8 +15,9 @@ setns:PID|CONTAINER, chroot:/PATH, a container through its engine's CLI
 incus:NAME), or hops joined by commas (ssh://web1,sudo:root).
 With an inventory (-i FILE|LIST, $MITO_INVENTORY, ./inventory) a target may
 be a host pattern: all, a group or host, a glob (web*), a:b (union), a:&b
-(intersection), a:!b (exclusion); run, ping and facts then run on every host
-it matches (-f N at a time).
+(intersection), a:!b (exclusion); run, ping, facts, put (SRC PATTERN:/PATH)
+and get (PATTERN:/PATH DIR, into DIR/<host>/) then run on every host it
+matches (-f N at a time).
 
 Exit status: one target: run exits with the command's code (128+N if killed
 by signal N, 124 after --timeout); 0 for other verbs; 255 mito failed
@@ -48,6 +49,22 @@ pub struct Cli {
     /// ssh: config file (`ssh -F`).
     #[arg(short = 'F', long, global = true, value_name = "FILE")]
     pub ssh_config: Option<PathBuf>,
+    /// ssh: keep a shared connection (OpenSSH ControlMaster) to each host
+    /// for SECS after its last use, so the next mito run to it skips the
+    /// handshake; 0 does not share. Your ssh config's ControlMaster or
+    /// ControlPath, if it sets one, is used instead. `mito ssh-close HOST`
+    /// ends one now.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=31_536_000))]
+    pub control_persist: u32,
+    /// ssh: do not share connections (as --control-persist 0).
+    #[arg(long, global = true)]
+    pub no_control_master: bool,
+    /// ssh: the directory of the shared connections' sockets (as
+    /// Ansible's control_path_dir; default $XDG_RUNTIME_DIR/mito/ssh, else
+    /// ~/.cache/mito/ssh). Created 0700; not used unless it is yours and
+    /// private.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub control_path_dir: Option<PathBuf>,
     /// ssh: host key policy.
     #[arg(long, global = true, value_enum, default_value_t = HostKeys::Enforce)]
     pub check_host_keys: HostKeys,
@@ -143,16 +160,22 @@ pub enum Command {
     /// Copy a local file (or with -r a tree) to contexts: `mito put SRC TARGET:/PATH...`.
     /// One file to several targets with the same path is sent once per
     /// link: targets behind a shared hop get it relayed by that hop.
+    /// `mito put SRC PATTERN:/PATH`: to every host of the pattern.
     Put(PutArgs),
     /// Copy a file (or with -r a tree) from a context: `mito get TARGET:/PATH DST`.
     /// The target is not trusted: a name that is not a single file name is
     /// refused, nothing is written outside DST or through a symlink, and the
     /// copy keeps mode (setuid/setgid dropped) and mtime but is yours.
+    /// `mito get PATTERN:/PATH DIR`: from every host of the pattern, each
+    /// into DIR/<host>/.
     Get(GetArgs),
     /// Host facts: OS, kernel, CPUs, memory, mounts, interfaces, users, …
     Facts(FactsArgs),
     /// Who and where the agent is.
     Info(InfoArgs),
+    /// End the shared ssh connections (ControlMaster) that mito keeps to
+    /// these hosts (`ssh -O exit`), their sessions too.
+    SshClose(SshCloseArgs),
     /// Build your own agent (a static musl binary calling
     /// `mito::agent::serve`): `cargo build --release --target
     /// <arch>-unknown-linux-musl` with these options, then check the file
@@ -221,9 +244,15 @@ pub struct PutArgs {
     pub recursive: bool,
     /// Local file or directory.
     pub src: PathBuf,
-    /// `TARGET:/absolute/path`, e.g. `ssh://web1:/etc/motd`, `ssh://web1,sudo:root:/etc/x`.
+    /// `TARGET:/absolute/path`, e.g. `ssh://web1:/etc/motd`, `ssh://web1,sudo:root:/etc/x`;
+    /// or one `PATTERN:/absolute/path`: to every host of the inventory it matches.
     #[arg(required = true, num_args = 1..)]
     pub dest: Vec<String>,
+    /// On a host pattern: one JSON object a line per host.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 #[derive(Args, Debug)]
@@ -235,10 +264,16 @@ pub struct GetArgs {
     /// when mito runs as root), as `rsync -a` as root does.
     #[arg(long)]
     pub preserve_owner: bool,
-    /// `TARGET:/absolute/path`.
+    /// `TARGET:/absolute/path`, or `PATTERN:/absolute/path`: from every
+    /// host of the inventory it matches, each into `DEST/<host>/`.
     pub src: String,
-    /// Local destination file.
+    /// Local destination file (a directory for a host pattern).
     pub dest: PathBuf,
+    /// On a host pattern: one JSON object a line per host.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 #[derive(Args, Debug)]
@@ -259,6 +294,14 @@ pub struct InfoArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SshCloseArgs {
+    /// `ssh://[user@]host[:port]` or `[user@]host[:port]`, as they were
+    /// connected (or a host pattern of the inventory: its ssh hosts).
+    #[arg(required = true, num_args = 1..)]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Args, Debug)]

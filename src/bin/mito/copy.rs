@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mito::functions::FileKind;
-use mito::{Context, GetOptions};
+use mito::{Context, GetOptions, TransferStats, TreeStats};
 
 use super::cli::{GetArgs, PutArgs};
 use super::render;
@@ -67,8 +67,9 @@ fn bar(total: u64) -> ProgressBar {
     pb
 }
 
-/// Copies `local` ⇄ `remote` in `ctx`; `recursive` allows directories;
-/// `opts` says how a `get` treats the target's owners.
+/// Copies `local` ⇄ `remote` in `ctx` with a progress bar; `recursive`
+/// allows directories; `opts` says how a `get` treats the target's owners.
+/// A line on stderr says what was copied.
 fn copy(
     ctx: &Context,
     dir: Direction,
@@ -77,6 +78,87 @@ fn copy(
     recursive: bool,
     opts: &GetOptions,
 ) -> Result<(), String> {
+    let pb = bar(0);
+    let r = transfer(ctx, dir, local, remote, recursive, opts, &pb);
+    pb.finish_and_clear();
+    let (what, copied) = r?;
+    eprintln!("{what}: {}", copied.summary());
+    Ok(())
+}
+
+/// What a copy did: a file's stats or a tree's.
+enum Copied {
+    File(TransferStats),
+    Tree(TreeStats),
+}
+
+impl Copied {
+    /// With time and rate, for one target.
+    fn summary(&self) -> String {
+        match self {
+            Copied::File(s) => render::transfer(s),
+            Copied::Tree(s) => render::tree(s),
+        }
+    }
+
+    /// Without time and rate, so that hosts that got the same fold into
+    /// one line of a pattern's output.
+    fn plain(&self) -> String {
+        match self {
+            Copied::File(s) => format!("{} bytes, sha256 verified", s.bytes),
+            Copied::Tree(s) => format!(
+                "{} files, {} dirs, {} symlinks: {} bytes, sha256 verified",
+                s.files, s.dirs, s.symlinks, s.bytes
+            ),
+        }
+    }
+}
+
+/// `mito put SRC PATTERN:/PATH` on one host of the pattern: what was
+/// copied, without time or rate (see [`Copied::plain`]).
+pub fn put_on_host(ctx: &Context, src: &Path, remote: &str, recursive: bool) -> Result<String, String> {
+    let pb = ProgressBar::hidden();
+    let (_, copied) = transfer(ctx, Direction::Put, src, remote, recursive, &GetOptions::default(), &pb)?;
+    Ok(format!("put {} -> {remote}: {}\n", src.display(), copied.plain()))
+}
+
+/// `mito get PATTERN:/PATH DIR` on one host of the pattern: into
+/// `DIR/<host>/<the source's name>` (a file or, with `-r`, a tree).
+/// `host` is the inventory's name (the operator's, not the target's);
+/// still, one that is not a single file name is refused.
+pub fn get_on_host(
+    ctx: &Context,
+    host: &str,
+    remote: &str,
+    dir: &Path,
+    recursive: bool,
+    opts: &GetOptions,
+) -> Result<String, String> {
+    if host.is_empty() || host == "." || host == ".." || host.contains(['/', '\0']) {
+        return Err(format!("the host name {host:?} cannot be a directory name"));
+    }
+    let into = dir.join(host);
+    std::fs::create_dir_all(&into).map_err(|e| format!("{}: {e}", into.display()))?;
+    let local = match Path::new(remote).file_name() {
+        Some(name) => into.join(name),
+        None => into,
+    };
+    let pb = ProgressBar::hidden();
+    let (_, copied) = transfer(ctx, Direction::Get, &local, remote, recursive, opts, &pb)?;
+    Ok(format!("get {remote} -> {}: {}\n", local.display(), copied.plain()))
+}
+
+/// The copy itself; `pb` gets the total and the progress. Returns what
+/// was copied (`put A -> host:B`) and its stats.
+fn transfer(
+    ctx: &Context,
+    dir: Direction,
+    local: &Path,
+    remote: &str,
+    recursive: bool,
+    opts: &GetOptions,
+    pb: &ProgressBar,
+) -> Result<(String, Copied), String> {
     let is_dir = source_is_dir(ctx, dir, local, remote)?;
     if is_dir && !recursive {
         let src = match dir {
@@ -98,25 +180,22 @@ fn copy(
         Direction::Put => format!("put {} -> {}:{remote}", local.display(), ctx.name()),
         Direction::Get => format!("get {}:{remote} -> {}", ctx.name(), local.display()),
     };
-    let pb = bar(plan.total_bytes());
+    pb.set_length(plan.total_bytes());
     let tick = |n: u64| pb.inc(n);
-    let summary = if is_dir {
+    let copied = if is_dir {
         let s = match dir {
             Direction::Put => ctx.put_tree(local, remote, &plan, &tick),
             Direction::Get => ctx.get_tree_with(remote, local, &plan, opts, &tick),
         };
-        pb.finish_and_clear();
-        render::tree(&s.map_err(|e| e.to_string())?)
+        Copied::Tree(s.map_err(|e| e.to_string())?)
     } else {
         let s = match dir {
             Direction::Put => ctx.put_with_progress(local, remote, &tick),
             Direction::Get => ctx.get_with(remote, local, opts, &tick),
         };
-        pb.finish_and_clear();
-        render::transfer(&s.map_err(|e| e.to_string())?)
+        Copied::File(s.map_err(|e| e.to_string())?)
     };
-    eprintln!("{what}: {summary}");
-    Ok(())
+    Ok((what, copied))
 }
 
 fn into_dir(ctx: &Context, dir: Direction, local: &Path, remote: &str) -> (PathBuf, String) {

@@ -1,5 +1,6 @@
-//! Runs on many hosts: `mito run|ping|facts PATTERN` where PATTERN is a
-//! host pattern of the inventory (`pattern`, `inventory`).
+//! Runs on many hosts: `mito run|ping|facts PATTERN`, `mito put SRC
+//! PATTERN:/PATH` and `mito get PATTERN:/PATH DIR` (into `DIR/<host>/`),
+//! where PATTERN is a host pattern of the inventory (`pattern`, `inventory`).
 //!
 //! Each host becomes a [`Plan`]: the chain of hops `target` would connect
 //! for it, made by `settings` from the host's variables (its `mito_via`
@@ -28,14 +29,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use mito::functions::ExecArgs;
-use mito::{CallError, ConnectError, Context, ProcessEvent, Router, SshFailure};
+use mito::{CallError, ConnectError, Context, GetOptions, ProcessEvent, Router, SshFailure};
 use serde::Serialize;
 
 use super::cli::{Cli, Command, FleetArgs};
 use super::inventory::{BecomeMethod, BecomeSpec, Connection, HostSpec, Inventory};
 use super::secrets::Secrets;
 use super::settings::{exec_args, Hop, Settings};
-use super::{pattern, render};
+use super::target::split_remote;
+use super::{copy, pattern, render};
 
 /// Exit status when some command failed and every host was reached.
 pub const EXIT_FAILED: u8 = 3;
@@ -49,6 +51,19 @@ enum Verb {
     Stream(Box<ExecArgs>),
     Ping,
     Facts,
+    /// `put SRC PATTERN:/PATH`.
+    Put(Box<Copy>),
+    /// `get PATTERN:/PATH DIR`.
+    Get(Box<Copy>),
+}
+
+/// A copy on each host: `local` (the source of a put, the directory of a
+/// get) and the path there.
+struct Copy {
+    local: std::path::PathBuf,
+    remote: String,
+    recursive: bool,
+    preserve_owner: bool,
 }
 
 /// A run on the hosts a pattern matched.
@@ -63,20 +78,23 @@ pub struct Job<'a> {
 /// hosts of `inv` (or `--list-hosts` was asked): None for a plain target.
 pub fn job<'a>(cli: &Cli, inv: &'a Inventory) -> Result<Option<Job<'a>>, String> {
     let (target, fleet, json) = match &cli.command {
-        Command::Run(a) => (&a.target, &a.fleet, a.json),
-        Command::Ping(a) => (&a.target, &a.fleet, a.json),
-        Command::Facts(a) => (&a.target, &a.fleet, a.json),
+        Command::Run(a) => (a.target.as_str(), &a.fleet, a.json),
+        Command::Ping(a) => (a.target.as_str(), &a.fleet, a.json),
+        Command::Facts(a) => (a.target.as_str(), &a.fleet, a.json),
+        // One destination may be a pattern; several are plain targets.
+        Command::Put(a) if a.dest.len() == 1 => (split_remote(&a.dest[0])?.0, &a.fleet, a.json),
+        Command::Get(a) => (split_remote(&a.src)?.0, &a.fleet, a.json),
         _ => return Ok(None),
     };
     let (mut hosts, unmatched) = if inv.is_empty() { (Vec::new(), Vec::new()) } else { pattern::select(inv, target)? };
     if hosts.is_empty() && !fleet.list_hosts {
         if fleet.limit.is_some() || fleet.become_ {
             return Err(format!(
-                "{target:?} matches no host of the inventory (-I): --limit and --become are for host patterns"
+                "{target:?} matches no host of the inventory (-i): --limit and --become are for host patterns"
             ));
         }
         if json && !matches!(cli.command, Command::Facts(_)) {
-            return Err(format!("{target:?} matches no host of the inventory (-I): --json is for host patterns"));
+            return Err(format!("{target:?} matches no host of the inventory (-i): --json is for host patterns"));
         }
         return Ok(None);
     }
@@ -91,6 +109,18 @@ pub fn job<'a>(cli: &Cli, inv: &'a Inventory) -> Result<Option<Job<'a>>, String>
         Command::Run(a) if !fleet.list_hosts && a.stream => Verb::Stream(Box::new(exec_args(a)?)),
         Command::Run(a) if !fleet.list_hosts => Verb::Run(Box::new(exec_args(a)?)),
         Command::Facts(_) => Verb::Facts,
+        Command::Put(a) => Verb::Put(Box::new(Copy {
+            local: a.src.clone(),
+            remote: split_remote(&a.dest[0])?.1.to_string(),
+            recursive: a.recursive,
+            preserve_owner: false,
+        })),
+        Command::Get(a) => Verb::Get(Box::new(Copy {
+            local: a.dest.clone(),
+            remote: split_remote(&a.src)?.1.to_string(),
+            recursive: a.recursive,
+            preserve_owner: a.preserve_owner,
+        })),
         _ => Verb::Ping,
     };
     Ok(Some(Job { hosts, verb, json, fleet: fleet.clone() }))
@@ -395,6 +425,23 @@ impl Runner<'_> {
 
 /// Runs `verb` in `ctx`, filling in `o`.
 fn call(ctx: &Context, verb: &Verb, o: &mut Outcome) {
+    let copied = match verb {
+        Verb::Put(c) => Some(copy::put_on_host(ctx, &c.local, &c.remote, c.recursive)),
+        Verb::Get(c) => {
+            let opts = GetOptions { preserve_owner: c.preserve_owner };
+            Some(copy::get_on_host(ctx, &o.host, &c.remote, &c.local, c.recursive, &opts))
+        }
+        _ => None,
+    };
+    match copied {
+        Some(Ok(text)) => return o.stdout = text.into_bytes(),
+        Some(Err(e)) => {
+            o.status = Status::Failed;
+            o.error_kind = Some("copy-failed");
+            return o.error = Some(e);
+        }
+        None => {}
+    }
     let result = match verb {
         Verb::Run(args) | Verb::Stream(args) => {
             let reply = match verb {
@@ -414,6 +461,8 @@ fn call(ctx: &Context, verb: &Verb, o: &mut Outcome) {
             })
         }
         Verb::Ping => ctx.ping().map(|()| o.stdout = b"pong\n".to_vec()),
+        // Done above.
+        Verb::Put(_) | Verb::Get(_) => Ok(()),
         Verb::Facts => ctx.facts().map(|f| {
             let view = render::Facts::new(ctx, &f);
             o.stdout = format!("{}\n", view.text()).into_bytes();

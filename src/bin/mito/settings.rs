@@ -22,6 +22,10 @@ pub struct Settings {
     ssh_config: Option<PathBuf>,
     ssh_options: Vec<String>,
     host_keys: HostKeyPolicy,
+    /// `--control-persist`, None with 0 or `--no-control-master`.
+    control_persist: Option<Duration>,
+    /// `--control-path-dir`.
+    control_dir: Option<PathBuf>,
     preserve_env: bool,
     login: bool,
 }
@@ -54,6 +58,9 @@ impl Settings {
                 HostKeys::AcceptNew => HostKeyPolicy::AcceptNew,
                 HostKeys::Ignore => HostKeyPolicy::Ignore,
             },
+            control_persist: (!cli.no_control_master && cli.control_persist > 0)
+                .then(|| Duration::from_secs(cli.control_persist.into())),
+            control_dir: cli.control_path_dir.clone(),
             preserve_env: cli.preserve_env,
             login: cli.login,
         }
@@ -83,13 +90,15 @@ impl Settings {
     }
 
     /// `o` with the global ssh options (timeout, key, config, `-o`, host
-    /// key policy) filled in.
+    /// key policy, connection sharing) filled in.
     pub fn ssh(&self, mut o: SshOptions) -> SshOptions {
         o.connect_timeout = self.timeout();
         o.identity_file = self.identity.clone();
         o.ssh_config = self.ssh_config.clone();
         o.options = self.ssh_options.clone();
         o.check_host_keys = self.host_keys;
+        o.control_persist = self.control_persist;
+        o.control_dir = self.control_dir.clone();
         o
     }
 
