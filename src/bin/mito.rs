@@ -64,6 +64,12 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose);
+    // A pattern of hundreds of hosts holds a few descriptors per host; the
+    // soft limit (often 1024) is lifted to the hard one, as ssh and
+    // Ansible's forks would need too.
+    if let Err(e) = mito::master::limits::raise_fd_limit() {
+        log::debug!("cannot raise RLIMIT_NOFILE: {e}");
+    }
     // Builds locally: no broker, no context.
     if let Command::BuildAgent(a) = &cli.command {
         return build_agent::run(a);

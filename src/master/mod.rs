@@ -28,6 +28,7 @@ pub mod context;
 pub mod error;
 pub mod fanout;
 pub mod fs;
+pub mod limits;
 pub mod process;
 pub mod resources;
 pub mod transfer;
