@@ -164,7 +164,9 @@ impl Podman {
         self.containers.push(name.clone());
         let verb = if start { ["run", "-d"].as_slice() } else { ["create"].as_slice() };
         let mut args = verb.to_vec();
-        args.extend(["--name", &name, image, "/sleeper"]);
+        // No network: nothing here needs one, and no bridge, netavark or
+        // iptables need to work on the test machine.
+        args.extend(["--network", "none", "--name", &name, image, "/sleeper"]);
         self.podman(&args);
         name
     }
@@ -422,6 +424,17 @@ fn shim_behind_a_hop_and_from_the_cli() {
         // hop sends (or copies) its own executable.
         assert_eq!(ctx.connect_info().agent_bytes_sent, 0, "{name}");
     }
+    // A user inside: behind a hop the copy is of a 0755 file made from the
+    // hop's own (which is 0700), removed after.
+    let mut as_user = shim.opts(Engine::Podman, "bare");
+    as_user.user = Some("0".into());
+    let ctx = hop.engine(as_user).expect("podman -u behind a hop");
+    assert_eq!(ctx.connect_info().upload, Upload::Direct);
+    let calls = std::fs::read_to_string(shim.dir.path().join("state/calls")).expect("calls");
+    let cp = calls.lines().rfind(|l| l.starts_with("podman cp ")).expect("a copy");
+    let source = cp.split(' ').nth(2).expect("its source");
+    assert!(source.ends_with("/mito-agent") && !Path::new(source).exists(), "{cp}");
+    drop(ctx);
     let (f, _) = failure_of(hop.engine(shim.opts(Engine::Lxc, "nothere")));
     assert_eq!(f, EngineFailure::NotFound);
     let mut missing = shim.opts(Engine::Docker, "web");

@@ -87,6 +87,22 @@ fn checks() -> Vec<(&'static str, How)> {
             "mito get sudo:root,chroot:/srv/rescue:/etc/fstab ./fstab",
             How::NotRun("needs a rescue tree; chroot hops (direct and behind one) are tested in tests/containers.rs (cli_setns_and_chroot_hops, chroot_runs_the_agent_in_a_tree_directly_and_behind_a_hop)"),
         ),
+        (
+            "mito run docker:web -- cat /etc/os-release",
+            How::NotRun("needs a docker daemon; docker's forms through sh are tested over namespaces in tests/engines.rs (shim_every_tool_through_sh_and_without_a_shell)"),
+        ),
+        (
+            "mito -v info podman:app",
+            How::NotRun("needs a podman container; podman without a shell, with -v, is tested for real in tests/engines.rs (podman_for_real)"),
+        ),
+        (
+            "mito facts ssh://node1,kubectl:prod/api-0/app",
+            How::NotRun("needs a cluster; kubectl's forms, behind a hop too, are tested in tests/engines.rs (shim_behind_a_hop_and_from_the_cli)"),
+        ),
+        (
+            "mito info ssh://host1,sudo:root,incus:c1",
+            How::NotRun("needs incus on a host; incus, lxc and nerdctl are tested in tests/engines.rs (shim_every_tool_through_sh_and_without_a_shell), hops in shim_behind_a_hop_and_from_the_cli"),
+        ),
         // CLI
         ("mito run local -- sh -c 'echo out; echo err >&2; exit 3'", run(3, &["out\n"], &["err\n"])),
         ("echo hi | mito run local -- tr a-z A-Z", run(0, &["HI\n"], &[])),

@@ -304,6 +304,49 @@ impl Drop for AgentFile {
     }
 }
 
+/// The source of a copy made for it, removed when dropped (held only for
+/// that).
+enum Staged<'a> {
+    /// On this machine.
+    Here { _file: AgentFile },
+    /// On the hop.
+    Hop { _file: HopStaged<'a> },
+}
+
+/// The hop's executable copied, mode 0755, into a new private directory
+/// on the hop (`mktemp -d`), for a container user who is not its owner;
+/// removed when dropped.
+struct HopStaged<'a> {
+    hop: &'a Context,
+    dir: String,
+    file: String,
+}
+
+impl<'a> HopStaged<'a> {
+    fn new(hop: &'a Context, exe: &str, timeout: Duration) -> Result<HopStaged<'a>, String> {
+        let script =
+            "d=$(mktemp -d) && cp \"$1\" \"$d/mito-agent\" && chmod 755 \"$d\" \"$d/mito-agent\" && echo \"$d\"";
+        let argv = ["sh", "-c", script, "sh", exe];
+        let args = ExecArgs {
+            argv: argv.iter().map(|a| ByteBuf::from(a.as_bytes())).collect(),
+            timeout_ms: Some(timeout.as_millis().max(1) as u64),
+            ..ExecArgs::default()
+        };
+        let r = hop.exec_with(&args).map_err(|e| e.to_string())?;
+        let dir = String::from_utf8_lossy(&r.stdout).trim().to_string();
+        if r.status.code != Some(0) || !dir.starts_with('/') || dir.contains('\n') {
+            return Err(String::from_utf8_lossy(&r.stderr).into_owned());
+        }
+        Ok(HopStaged { hop, file: format!("{dir}/mito-agent"), dir })
+    }
+}
+
+impl Drop for HopStaged<'_> {
+    fn drop(&mut self) {
+        let _ = self.hop.exec(&["rm", "-rf", "--", &self.dir]);
+    }
+}
+
 impl Connector<'_> {
     /// Starts an agent in a container through its engine's CLI, where this
     /// connector runs its commands: through `sh` and stage0 when the image
@@ -376,7 +419,17 @@ impl Connector<'_> {
                         what: "copying the agent into a container without a shell from a hop that runs from memory",
                     });
                 }
-                (info.agent_hash.clone(), exe.clone(), None)
+                // The hop's file is 0700, and the tools keep a copy's mode:
+                // for a `-u` user inside, a 0755 copy first.
+                let staged = match &opts.user {
+                    Some(_) => Some(
+                        HopStaged::new(hop, exe, timeout)
+                            .map_err(|why| engine::error(opts, name, EngineFailure::CopyFailed, why.as_bytes()))?,
+                    ),
+                    None => None,
+                };
+                let source = staged.as_ref().map_or_else(|| exe.clone(), |s| s.file.clone());
+                (info.agent_hash.clone(), source, staged.map(|f| Staged::Hop { _file: f }))
             }
             None => {
                 let arch = std::env::consts::ARCH;
@@ -389,7 +442,7 @@ impl Connector<'_> {
                 };
                 let hash = chosen.sha256().to_string();
                 let file = AgentFile::write(&chosen.bytes(false), &hash, id).map_err(io)?;
-                (hash, file.path.to_string_lossy().into_owned(), Some(file))
+                (hash, file.path.to_string_lossy().into_owned(), Some(Staged::Here { _file: file }))
             }
         };
         let Some(argv) = opts.copy_argv(&source, &hash, id) else {
