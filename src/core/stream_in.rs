@@ -124,13 +124,20 @@ impl StreamIn {
     }
 
     /// Reads what is there (bounded) and delivers each message from `ctx`.
+    /// `Drained` only when nothing was read: a caller reading for its
+    /// own reply checks its latch after `Progress` but sleeps in
+    /// [`StreamIn::wait_readable`] after `Drained`, so a reply delivered
+    /// by a read that then found the pipe empty must not read as
+    /// `Drained` (it cost every chunk of a `get` a 10 ms wait).
     pub fn pump(r: &mut Reader, table: &RouterTable, ctx: u32, name: &str) -> Pump {
+        let mut read = false;
         for _ in 0..16 {
             let rfd = r.fd.as_fd();
             match r.decoder.read_with(|b| side::read(rfd, b)) {
                 Ok(Io::Done(n)) => {
                     let drained = n < r.decoder.last_offer();
                     r.decoder.filled(n);
+                    read = true;
                     if let Some(p) = Self::drain(r, table, ctx, name) {
                         return p;
                     }
@@ -138,6 +145,7 @@ impl StreamIn {
                         return Pump::Progress;
                     }
                 }
+                Ok(Io::WouldBlock) if read => return Pump::Progress,
                 Ok(Io::WouldBlock) => return Pump::Drained,
                 Ok(Io::Closed) => return Pump::Closed(None),
                 Err(e) => return Pump::Closed(Some(e.raw_os_error())),

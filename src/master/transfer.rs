@@ -44,6 +44,8 @@ use crate::proto::resource::CACHE_BYTES;
 pub const CHUNK: usize = 1 << 20;
 /// Chunk calls in flight per transfer (so at most 8 MiB buffered).
 pub const WINDOW: usize = 8;
+/// A put's chunk buffers: one being read, one being hashed, one spare.
+const HASH_BUFFERS: usize = 3;
 
 /// What a finished transfer moved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -388,9 +390,19 @@ impl Context {
     ) -> Result<TransferStats, TransferError> {
         let t0 = Instant::now();
         let opened = self.call::<f::FileOpenRead>(&PathArgs { path: path_bytes(remote) })?;
-        let result = (|| {
+        // The digest is computed on another thread while this one waits
+        // for chunks and writes them: hashing inline was a third of this
+        // thread's time (perf), serial with the writes.
+        let result = std::thread::scope(|s| {
+            let (to_hash, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(WINDOW);
+            let hasher = s.spawn(move || {
+                let mut hash = Sha256::new();
+                for c in chunks {
+                    hash.update(&c);
+                }
+                hash.finish()
+            });
             let (mut temp, mut out) = Temp::create(dir, name).map_err(local(dest))?;
-            let mut hash = Sha256::new();
             let mut bytes = 0u64;
             let mut inflight: VecDeque<Pending<ByteBuf>> = VecDeque::new();
             let mut eof = false;
@@ -422,7 +434,6 @@ impl Context {
                 if chunk.len() < CHUNK {
                     eof = true;
                 }
-                hash.update(&chunk);
                 bytes += chunk.len() as u64;
                 // More than the file said it had: stop now, not at the
                 // target's leisure (it could send forever).
@@ -431,13 +442,17 @@ impl Context {
                 }
                 write_chunk(&mut out, &chunk).map_err(local(dest))?;
                 progress(chunk.len() as u64);
+                // The hasher only ends early by panicking, which join reports.
+                let _ = to_hash.send(chunk);
             }
+            drop(to_hash);
             if bytes != opened.size {
                 return Err(changed(bytes));
             }
             out.set_len(bytes).map_err(local(dest))?;
             let closed = self.call::<f::FileClose>(&FileCloseArgs { id: opened.id, commit: None })?;
-            let digest = hash.finish();
+            let digest =
+                hasher.join().map_err(|_| local(dest)(std::io::Error::other("the hashing thread panicked")))?;
             if closed.sha256[..] != digest[..] || closed.size != bytes {
                 return Err(TransferError::Checksum { context: self.name().into(), path: dest.into() });
             }
@@ -454,7 +469,7 @@ impl Context {
             rustix::fs::renameat(dir, &temp.name, dir, name).map_err(|e| local(dest)(e.into()))?;
             temp.keep = true;
             Ok(TransferStats { bytes, sha256: digest, elapsed: t0.elapsed() })
-        })();
+        });
         if result.is_err() {
             self.discard(opened.id);
         }
@@ -493,17 +508,39 @@ impl Context {
             return self.put_through_hops(src, input, &meta, remote, progress);
         }
         let opened = self.call::<f::FileOpenWrite>(&f::OpenWriteArgs { path: path_bytes(remote), id: 0 })?;
-        let result = (|| {
-            let mut hash = Sha256::new();
+        // The digest is computed on another thread while this one reads
+        // and sends (hashing inline was a third of this thread's time,
+        // serial with the reads): chunks go to it once sent and come back
+        // to be filled again, three buffers in turn.
+        let result = std::thread::scope(|s| {
+            let (to_hash, hash_rx) = std::sync::mpsc::sync_channel::<Chunk>(HASH_BUFFERS);
+            let (back_tx, back) = std::sync::mpsc::channel::<Chunk>();
+            let hasher = s.spawn(move || {
+                let mut hash = Sha256::new();
+                for c in hash_rx {
+                    hash.update(c.data());
+                    // The sender stops taking buffers back only once it failed.
+                    let _ = back_tx.send(c);
+                }
+                hash.finish()
+            });
+            let hasher_gone = || local(src)(std::io::Error::other("the hashing thread panicked"));
             let mut bytes = 0u64;
             let mut inflight: VecDeque<(Pending<()>, u64)> = VecDeque::new();
-            let mut chunk = Chunk::new(32);
+            let mut fresh = HASH_BUFFERS;
             loop {
+                let mut chunk = match back.try_recv() {
+                    Ok(c) => c,
+                    Err(_) if fresh > 0 => {
+                        fresh -= 1;
+                        Chunk::new(32)
+                    }
+                    Err(_) => back.recv().map_err(|_| hasher_gone())?,
+                };
                 let n = chunk.read_from(&mut input).map_err(local(src))?;
                 if n == 0 {
                     break;
                 }
-                hash.update(chunk.data());
                 bytes += n as u64;
                 let encode = |e: postcard::Error| CallError::Encode {
                     context: self.name().into(),
@@ -513,6 +550,7 @@ impl Context {
                 let front = chunk.call_front(opened.id).map_err(encode)?;
                 let payload = chunk.payload(&front).ok_or_else(|| encode(postcard::Error::SerializeBufferFull))?;
                 let p = self.call_async_encoded::<f::FileWrite>(payload)?;
+                to_hash.send(chunk).map_err(|_| hasher_gone())?;
                 inflight.push_back((p, n as u64));
                 if inflight.len() >= WINDOW {
                     if let Some((p, n)) = inflight.pop_front() {
@@ -521,6 +559,7 @@ impl Context {
                     }
                 }
             }
+            drop(to_hash);
             for (p, n) in inflight {
                 p.wait()?;
                 progress(n);
@@ -534,7 +573,7 @@ impl Context {
                     read,
                 });
             }
-            let digest = hash.finish();
+            let digest = hasher.join().map_err(|_| hasher_gone())?;
             let commit = Commit {
                 sha256: ByteBuf::from(&digest[..]),
                 mode: Some(meta.mode() & 0o7777),
@@ -546,7 +585,7 @@ impl Context {
                 return Err(TransferError::Checksum { context: self.name().into(), path: remote.into() });
             }
             Ok(TransferStats { bytes, sha256: digest, elapsed: t0.elapsed() })
-        })();
+        });
         if result.is_err() {
             self.discard(opened.id);
         }
