@@ -127,6 +127,17 @@ fn checks() -> Vec<(&'static str, How)> {
             }),
         ),
         ("mito -v run local -- true", run(0, &[], &["agent bytes sent"])),
+        (
+            "mito completions bash > ~/.mito.bash",
+            with(run(0, &[], &[]), |c| {
+                c.after = Some(|w, _| {
+                    let script = std::fs::read_to_string(w.path("/home/deploy/.mito.bash")).expect("the script");
+                    assert!(script.contains("ssh-close") && script.contains("--private-key"), "{script}");
+                    let st = Command::new("bash").arg("-n").arg(w.path("/home/deploy/.mito.bash")).status();
+                    assert!(st.is_ok_and(|s| s.success()), "bash -n accepts it");
+                })
+            }),
+        ),
         // ssh
         ("mito run ssh://deploy@web1 -- id -un", run(0, &["deploy\n"], &[])),
         ("mito run ssh://web1:2222 --private-key ~/.ssh/id_ed25519 -- uptime", run(0, &["load average"], &[])),

@@ -74,10 +74,29 @@ fn main() -> ExitCode {
     if let Command::BuildAgent(a) = &cli.command {
         return build_agent::run(a);
     }
+    if let Command::Completions(a) = &cli.command {
+        return completions(a);
+    }
     match start(cli, secrets) {
         Ok(code) => code,
         Err(msg) => {
             eprintln!("mito: error: {msg}");
+            ExitCode::from(255)
+        }
+    }
+}
+
+/// `mito completions SHELL`: the script clap writes from [`Cli`] itself,
+/// so it knows every verb and option there is.
+fn completions(a: &cli::CompletionsArgs) -> ExitCode {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(a.shell, &mut Cli::command(), "mito", &mut out);
+    match std::io::stdout().lock().write_all(&out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(141),
+        Err(e) => {
+            eprintln!("mito: error: writing the completion script: {e}");
             ExitCode::from(255)
         }
     }
@@ -134,9 +153,42 @@ fn start(cli: Cli, secrets: secrets::Secrets) -> Result<ExitCode, String> {
         Command::Info(a) => inspect::info(a, &mut targets),
         // Returned above; here for completeness.
         Command::SshClose(a) => mux::close(a, &settings::Settings::new(&cli), &inventory),
-        // main runs it before the broker starts; here for completeness.
+        // main runs these before the broker starts; here for completeness.
         Command::BuildAgent(a) => Ok(build_agent::run(a)),
+        Command::Completions(a) => Ok(completions(a)),
     };
     targets.shutdown();
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::cli::Cli;
+
+    /// Each shell's script names the verbs and options, and the shells
+    /// that are installed accept its syntax.
+    #[test]
+    fn completion_scripts() {
+        for (shell, check) in [
+            (clap_complete::Shell::Bash, ["bash", "-n"]),
+            (clap_complete::Shell::Zsh, ["zsh", "-n"]),
+            (clap_complete::Shell::Fish, ["fish", "-n"]),
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "mito", &mut out);
+            let text = String::from_utf8(out).expect("UTF-8");
+            for word in ["ssh-close", "private-key", "inventory", "control-persist"] {
+                assert!(text.contains(word), "{shell}: no {word}");
+            }
+            let dir = std::env::temp_dir().join(format!("mito-completions-{}-{shell}", std::process::id()));
+            std::fs::write(&dir, &text).expect("write");
+            match std::process::Command::new(check[0]).arg(check[1]).arg(&dir).output() {
+                Ok(o) => assert!(o.status.success(), "{shell}: {}", String::from_utf8_lossy(&o.stderr)),
+                Err(e) => eprintln!("{}: not checked ({e})", check[0]),
+            }
+            let _ = std::fs::remove_file(&dir);
+        }
+    }
 }

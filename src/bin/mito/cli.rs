@@ -176,6 +176,11 @@ pub enum Command {
     /// End the shared ssh connections (ControlMaster) that mito keeps to
     /// these hosts (`ssh -O exit`), their sessions too.
     SshClose(SshCloseArgs),
+    /// Print a shell completion script: `mito completions bash >
+    /// /etc/bash_completion.d/mito`, `mito completions zsh > ~/.zfunc/_mito`
+    /// (with `fpath+=~/.zfunc`), `mito completions fish >
+    /// ~/.config/fish/completions/mito.fish`.
+    Completions(CompletionsArgs),
     /// Build your own agent (a static musl binary calling
     /// `mito::agent::serve`): `cargo build --release --target
     /// <arch>-unknown-linux-musl` with these options, then check the file
@@ -294,6 +299,13 @@ pub struct InfoArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Args, Debug)]
