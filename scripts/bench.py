@@ -44,6 +44,10 @@ WORKLOADS = [
     ("import_hop_bytes", "  ... bytes on the first link (mitogen: master's wchar)", True, True, False),
     ("put_hop", "put 5 MiB to 10 contexts behind a hop, one by one (mitogen: FileService)", True, True, False),
     ("put_hop_bytes", "  ... bytes on the first link (mitogen: master's wchar)", True, True, False),
+    # BENCH_TREE=HxC (e.g. 100x100: 10,100 local contexts; opt-in, too heavy for CI): examples/bench_tree.rs
+    ("tree_connect", "tree of H local hops x C children: connect all", True, "not wired here", False),
+    ("tree_call", "  ... one info call to every leaf, sent then gathered", True, "not wired here", False),
+    ("tree_rss", "  ... master RSS per context", True, "not wired here", False),
 ]
 
 # What the "... / plain ssh" row of a workload compares with (same options).
@@ -64,6 +68,7 @@ ITER = {  # iterations per round: (quick, full)
     "via_connect": (10, 40), "rtt_via": (3000, 10000), "putmany_via": (2, 5),
     "userfn_local": (5000, 20000), "userfn_hop": (3000, 10000),
     "import_hop": (2, 5), "import_hop_bytes": (1, 2), "put_hop": (2, 5), "put_hop_bytes": (1, 2),
+    "tree_connect": (1, 1), "tree_call": (1, 1), "tree_rss": (1, 1),
 }
 
 
@@ -105,6 +110,20 @@ def userfn_binaries(mito_cli, env, cache={}):
     return cache["master"], cache["agent"]
 
 
+def tree_binary(env, cache={}):
+    """examples/bench_tree.rs (release), built on first use."""
+    if not cache:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(["cargo", "build", "--release", "--example", "bench_tree",
+                              "--message-format=json-render-diagnostics"],
+                             cwd=root, env=env, stdout=subprocess.PIPE, check=True, timeout=1800)
+        for line in out.stdout.decode().splitlines():
+            m = json.loads(line)
+            if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "bench_tree":
+                cache["exe"] = m["executable"]
+    return cache["exe"]
+
+
 COLD_MITOGEN = ("import os,mitogen.master as m\n"
                 "b=m.Broker();r=m.Router(b);c=r.local();c.call(os.getpid);b.shutdown();b.join()\n")
 
@@ -130,7 +149,7 @@ def main():
         if only and name not in only:
             continue
         n = ITER[name][0 if a.quick else 1]
-        needs = {"ssh": "BENCH_SSH", "sudo": "BENCH_SUDO_USER"}
+        needs = {"ssh": "BENCH_SSH", "sudo": "BENCH_SUDO_USER", "tree": "BENCH_TREE"}
         missing = [v for k, v in needs.items() if k in name.split("_") and not env.get(v)]
         if missing:
             rows.append((name, label, None, None, "n/a: not available (%s unset)" % missing[0]))
@@ -148,6 +167,8 @@ def main():
                     elif tool == "mito" and name.startswith("userfn_"):
                         master, agent = userfn_binaries(a.mito_cli, env)
                         r = run([master, name, str(n)], dict(env, BENCH_USERFN_AGENT=agent))
+                    elif tool == "mito" and name.startswith("tree_"):
+                        r = run([tree_binary(env), name, str(n)], env)
                     elif tool == "mito":
                         r = run([a.mito, name, str(n)], env)
                     else:
