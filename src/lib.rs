@@ -87,10 +87,10 @@ pub use core::router::EndKind;
 pub use master::{
     context::{ConnectInfo, Context, Pending},
     error::CallError,
-    fanout::put_many,
+    fanout::{put_many, put_many_with_options},
     process::{Process, ProcessEvent, ProcessInput},
     resources::ResourceStats,
-    transfer::{GetOptions, Progress, TransferError, TransferStats},
+    transfer::{CopyOptions, GetOptions, Progress, TransferError, TransferStats},
     tree::{Plan, TreeStats},
     Connector, Router, RouterOptions,
 };

@@ -30,7 +30,7 @@ use serde_bytes::ByteBuf;
 
 use super::context::{Context, Pending};
 use super::error::CallError;
-use super::transfer::{local, Chunk, Progress, TransferError, TransferStats, WINDOW};
+use super::transfer::{hash_file, local, Chunk, CopyOptions, Progress, TransferError, TransferStats, WINDOW};
 use crate::core::sha256::Sha256;
 use crate::proto::functions::{self as f, Commit, FileCloseArgs, Function, OpenWriteArgs};
 use crate::proto::message::relay_front;
@@ -55,6 +55,20 @@ pub fn put_many(
     remote: impl AsRef<Path>,
     progress: Progress<'_>,
 ) -> Vec<Result<TransferStats, TransferError>> {
+    put_many_with_options(targets, src, remote, &CopyOptions::default(), progress)
+}
+
+/// [`put_many`], and whether to compare first ([`CopyOptions`]): by
+/// default the targets that already hold the file (size, mtime, mode,
+/// SHA-256) are not sent it and report `changed: false`; the others get it
+/// as [`put_many`] sends it.
+pub fn put_many_with_options(
+    targets: &[Context],
+    src: impl AsRef<Path>,
+    remote: impl AsRef<Path>,
+    copy: &CopyOptions,
+    progress: Progress<'_>,
+) -> Vec<Result<TransferStats, TransferError>> {
     // A context named twice gets the file once (and the same result twice).
     let mut unique: Vec<Context> = Vec::new();
     let index: Vec<usize> = targets
@@ -67,7 +81,7 @@ pub fn put_many(
             }
         })
         .collect();
-    let results = put_unique(&unique, src.as_ref(), remote.as_ref(), progress);
+    let results = put_compared(&unique, src.as_ref(), remote.as_ref(), copy, progress);
     let named_twice = |k: usize, e: String| {
         TransferError::Remote(CallError::Encode {
             context: targets[k].name().into(),
@@ -93,6 +107,66 @@ pub fn put_many(
         }
     }
     out.into_iter().enumerate().map(|(k, r)| r.unwrap_or_else(|| Err(named_twice(k, "no result".into())))).collect()
+}
+
+/// [`put_unique`] to those of `targets` whose destination differs (all
+/// of them with `copy.force`); the others' results say `changed: false`.
+fn put_compared(
+    targets: &[Context],
+    src: &Path,
+    remote: &Path,
+    copy: &CopyOptions,
+    progress: Progress<'_>,
+) -> Vec<Result<TransferStats, TransferError>> {
+    let t0 = Instant::now();
+    let same = if copy.force { vec![None; targets.len()] } else { unchanged(targets, src, remote) };
+    let send: Vec<Context> = targets.iter().zip(&same).filter(|(_, s)| s.is_none()).map(|(c, _)| c.clone()).collect();
+    let mut sent = if send.is_empty() { Vec::new() } else { put_unique(&send, src, remote, progress) }.into_iter();
+    if let (true, Some(Some((bytes, _)))) = (send.is_empty(), same.first()) {
+        progress(*bytes);
+    }
+    same.into_iter()
+        .zip(targets)
+        .map(|(s, c)| match s {
+            Some((bytes, sha256)) => Ok(TransferStats { bytes, sha256, elapsed: t0.elapsed(), changed: false }),
+            None => sent.next().unwrap_or_else(|| {
+                Err(TransferError::Remote(CallError::Encode {
+                    context: c.name().into(),
+                    function: f::FileOpenWrite::NAME.into(),
+                    detail: "no result".into(),
+                }))
+            }),
+        })
+        .collect()
+}
+
+/// For each target, the size and digest of `src` when `remote` there
+/// already is that file, else `None`: every `stat` asked at once, then
+/// every `sha256` of those whose size, mtime and mode match, while `src`
+/// is hashed here (once, whatever the number of targets).
+fn unchanged(targets: &[Context], src: &Path, remote: &Path) -> Vec<Option<(u64, [u8; 32])>> {
+    let none = || vec![None; targets.len()];
+    let Ok(input) = fs::File::open(src) else { return none() };
+    let Ok(meta) = input.metadata() else { return none() };
+    if !meta.is_file() {
+        return none();
+    }
+    let path = super::context::path_bytes(remote);
+    let stat = f::StatArgs { path: path.clone(), follow: false };
+    let stats: Vec<_> = targets.iter().map(|c| c.call_async::<f::Stat>(&stat)).collect();
+    let digests: Vec<Option<Pending<ByteBuf>>> = stats
+        .into_iter()
+        .zip(targets)
+        .map(|(p, c)| {
+            let st = p.ok()?.wait().ok()?;
+            c.same_meta(&st, &meta).then(|| c.call_async::<f::Sha256>(&f::PathArgs { path: path.clone() }).ok())?
+        })
+        .collect();
+    if digests.iter().all(Option::is_none) {
+        return none();
+    }
+    let Ok(ours) = hash_file(&input) else { return none() };
+    digests.into_iter().map(|d| d?.wait().ok().filter(|d| d[..] == ours[..]).map(|_| (meta.len(), ours))).collect()
 }
 
 fn put_unique(
@@ -185,7 +259,9 @@ fn put_unique(
                 });
             }
             match closed {
-                Ok(c) if c.size == bytes => Ok(TransferStats { bytes, sha256: digest, elapsed: t0.elapsed() }),
+                Ok(c) if c.size == bytes => {
+                    Ok(TransferStats { bytes, sha256: digest, elapsed: t0.elapsed(), changed: true })
+                }
                 Ok(_) => Err(TransferError::Checksum { context: targets[i].name().into(), path: remote.into() }),
                 Err(e) => Err(e.into()),
             }

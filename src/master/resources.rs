@@ -477,7 +477,7 @@ impl Context {
         if reported < size {
             progress(size - reported);
         }
-        Ok(TransferStats { bytes: size, sha256, elapsed: t0.elapsed() })
+        Ok(TransferStats { bytes: size, sha256, elapsed: t0.elapsed(), changed: true })
     }
 
     /// Grants `resource` to this context and has it fetch it (from its

@@ -61,7 +61,8 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
 use super::context::Context;
 use super::transfer::{
-    ids, local, local_mode, open_parent, set_mtime, split_dest, GetOptions, Progress, TransferError, MTIME_RANGE,
+    ids, local, local_mode, open_parent, set_mtime, split_dest, CopyOptions, GetOptions, Progress, TransferError,
+    MTIME_RANGE,
 };
 use crate::proto::functions::{FileKind, StatReply};
 
@@ -101,6 +102,9 @@ pub struct TreeStats {
     pub symlinks: u64,
     /// Devices, fifos and sockets left out.
     pub skipped: u64,
+    /// Of `files`, those the destination already held (same size, mtime,
+    /// mode and SHA-256): not sent (see [`CopyOptions`]).
+    pub unchanged: u64,
     /// Bytes of file content.
     pub bytes: u64,
     /// Wall time.
@@ -326,6 +330,19 @@ impl Context {
         plan: &Plan,
         progress: Progress<'_>,
     ) -> Result<TreeStats, TransferError> {
+        self.put_tree_with_options(src, remote, plan, &CopyOptions::default(), progress)
+    }
+
+    /// [`Context::put_tree`], and whether to compare each file first
+    /// ([`CopyOptions`]: by default unchanged files are not sent).
+    pub fn put_tree_with_options(
+        &self,
+        src: impl AsRef<Path>,
+        remote: impl AsRef<Path>,
+        plan: &Plan,
+        copy: &CopyOptions,
+        progress: Progress<'_>,
+    ) -> Result<TreeStats, TransferError> {
         let (src, remote) = (src.as_ref(), remote.as_ref());
         let t0 = Instant::now();
         let root = self.info()?.euid == 0;
@@ -341,7 +358,9 @@ impl Context {
                     st.dirs += 1;
                 }
                 FileKind::File => {
-                    st.bytes += self.put_with_progress(&from, &to, progress)?.bytes;
+                    let done = self.put_with_options(&from, &to, copy, progress)?;
+                    st.bytes += done.bytes;
+                    st.unchanged += u64::from(!done.changed);
                     st.files += 1;
                 }
                 FileKind::Symlink => {
@@ -394,6 +413,20 @@ impl Context {
         opts: &GetOptions,
         progress: Progress<'_>,
     ) -> Result<TreeStats, TransferError> {
+        self.get_tree_with_options(remote, dest, plan, opts, &CopyOptions::default(), progress)
+    }
+
+    /// [`Context::get_tree_with`], and whether to compare each file first
+    /// ([`CopyOptions`]: by default unchanged files are not sent).
+    pub fn get_tree_with_options(
+        &self,
+        remote: impl AsRef<Path>,
+        dest: impl AsRef<Path>,
+        plan: &Plan,
+        opts: &GetOptions,
+        copy: &CopyOptions,
+        progress: Progress<'_>,
+    ) -> Result<TreeStats, TransferError> {
         let (remote, dest) = (remote.as_ref(), dest.as_ref());
         let t0 = Instant::now();
         let keep_owner = opts.keeps_owner();
@@ -439,7 +472,9 @@ impl Context {
                     st.dirs += 1;
                 }
                 FileKind::File => {
-                    st.bytes += self.get_at(&from, dir, name, &to, opts, progress)?.bytes;
+                    let done = self.get_at(&from, dir, name, &to, opts, copy, progress)?;
+                    st.bytes += done.bytes;
+                    st.unchanged += u64::from(!done.changed);
                     st.files += 1;
                 }
                 FileKind::Symlink => {

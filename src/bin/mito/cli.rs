@@ -247,6 +247,11 @@ pub struct PutArgs {
     /// Copy directories recursively (DEST becomes the copy of SRC, as `cp -rT`).
     #[arg(short = 'r', long)]
     pub recursive: bool,
+    /// Send even a file the destination already holds (by default one of
+    /// the same size, mtime, mode and SHA-256 is left alone and reported
+    /// `unchanged`, as Ansible's copy says `changed: false`).
+    #[arg(long)]
+    pub force: bool,
     /// Local file or directory.
     pub src: PathBuf,
     /// `TARGET:/absolute/path`, e.g. `ssh://web1:/etc/motd`, `ssh://web1,sudo:root:/etc/x`;
@@ -269,6 +274,9 @@ pub struct GetArgs {
     /// when mito runs as root), as `rsync -a` as root does.
     #[arg(long)]
     pub preserve_owner: bool,
+    /// Fetch even a file the destination already holds (see `put --force`).
+    #[arg(long)]
+    pub force: bool,
     /// `TARGET:/absolute/path`, or `PATTERN:/absolute/path`: from every
     /// host of the inventory it matches, each into `DEST/<host>/`.
     pub src: String,

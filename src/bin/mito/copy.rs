@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mito::functions::FileKind;
-use mito::{Context, GetOptions, TransferStats, TreeStats};
+use mito::{Context, CopyOptions, GetOptions, TransferStats, TreeStats};
 
 use super::cli::{GetArgs, PutArgs};
 use super::render;
@@ -31,15 +31,16 @@ pub fn put(a: &PutArgs, targets: &mut Targets<'_>) -> Result<ExitCode, String> {
         let (target, path) = split_remote(d)?;
         to.push((targets.connect(target)?, path));
     }
+    let force = CopyOptions { force: a.force };
     match &to[..] {
-        [(ctx, path)] => copy(ctx, Direction::Put, &a.src, path, a.recursive, &GetOptions::default())?,
+        [(ctx, path)] => copy(ctx, Direction::Put, &a.src, path, a.recursive, &GetOptions::default(), &force)?,
         [(_, first), ..] if !a.recursive && to.iter().all(|(_, p)| p == first) => {
             let ctxs: Vec<Context> = to.iter().map(|(c, _)| c.clone()).collect();
-            put_many(&ctxs, &a.src, first)?;
+            put_many(&ctxs, &a.src, first, &force)?;
         }
         _ => {
             for (ctx, path) in &to {
-                copy(ctx, Direction::Put, &a.src, path, a.recursive, &GetOptions::default())?;
+                copy(ctx, Direction::Put, &a.src, path, a.recursive, &GetOptions::default(), &force)?;
             }
         }
     }
@@ -51,7 +52,8 @@ pub fn put(a: &PutArgs, targets: &mut Targets<'_>) -> Result<ExitCode, String> {
 pub fn get(a: &GetArgs, targets: &mut Targets<'_>) -> Result<ExitCode, String> {
     let (target, path) = split_remote(&a.src)?;
     let ctx = targets.connect(target)?;
-    copy(&ctx, Direction::Get, &a.dest, path, a.recursive, &GetOptions { preserve_owner: a.preserve_owner })?;
+    let opts = GetOptions { preserve_owner: a.preserve_owner };
+    copy(&ctx, Direction::Get, &a.dest, path, a.recursive, &opts, &CopyOptions { force: a.force })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -68,7 +70,8 @@ fn bar(total: u64) -> ProgressBar {
 }
 
 /// Copies `local` ⇄ `remote` in `ctx` with a progress bar; `recursive`
-/// allows directories; `opts` says how a `get` treats the target's owners.
+/// allows directories; `opts` says how a `get` treats the target's owners,
+/// `force` whether to send what the destination already holds.
 /// A line on stderr says what was copied.
 fn copy(
     ctx: &Context,
@@ -77,9 +80,10 @@ fn copy(
     remote: &str,
     recursive: bool,
     opts: &GetOptions,
+    force: &CopyOptions,
 ) -> Result<(), String> {
     let pb = bar(0);
-    let r = transfer(ctx, dir, local, remote, recursive, opts, &pb);
+    let r = transfer(ctx, dir, local, remote, recursive, opts, force, &pb);
     pb.finish_and_clear();
     let (what, copied) = r?;
     eprintln!("{what}: {}", copied.summary());
@@ -96,8 +100,10 @@ impl Copied {
     /// With time and rate, for one target.
     fn summary(&self) -> String {
         match self {
+            // Ansible's `changed: false`.
+            Copied::File(s) if !s.changed => format!("unchanged ({} bytes, sha256 verified)", s.bytes),
             Copied::File(s) => render::transfer(s),
-            Copied::Tree(s) => render::tree(s),
+            Copied::Tree(s) => render::tree(s) + &unchanged_files(s),
         }
     }
 
@@ -105,12 +111,26 @@ impl Copied {
     /// one line of a pattern's output.
     fn plain(&self) -> String {
         match self {
+            Copied::File(s) if !s.changed => format!("unchanged ({} bytes, sha256 verified)", s.bytes),
             Copied::File(s) => format!("{} bytes, sha256 verified", s.bytes),
             Copied::Tree(s) => format!(
-                "{} files, {} dirs, {} symlinks: {} bytes, sha256 verified",
-                s.files, s.dirs, s.symlinks, s.bytes
+                "{} files, {} dirs, {} symlinks: {} bytes, sha256 verified{}",
+                s.files,
+                s.dirs,
+                s.symlinks,
+                s.bytes,
+                unchanged_files(s)
             ),
         }
+    }
+}
+
+/// How many of a tree's files were left alone, when any were.
+fn unchanged_files(s: &TreeStats) -> String {
+    match s.unchanged {
+        0 => String::new(),
+        n if n == s.files => "; all files unchanged".into(),
+        n => format!("; {n} files unchanged"),
     }
 }
 
@@ -118,7 +138,8 @@ impl Copied {
 /// copied, without time or rate (see [`Copied::plain`]).
 pub fn put_on_host(ctx: &Context, src: &Path, remote: &str, recursive: bool) -> Result<String, String> {
     let pb = ProgressBar::hidden();
-    let (_, copied) = transfer(ctx, Direction::Put, src, remote, recursive, &GetOptions::default(), &pb)?;
+    let (_, copied) =
+        transfer(ctx, Direction::Put, src, remote, recursive, &GetOptions::default(), &CopyOptions::default(), &pb)?;
     Ok(format!("put {} -> {remote}: {}\n", src.display(), copied.plain()))
 }
 
@@ -144,12 +165,13 @@ pub fn get_on_host(
         None => into,
     };
     let pb = ProgressBar::hidden();
-    let (_, copied) = transfer(ctx, Direction::Get, &local, remote, recursive, opts, &pb)?;
+    let (_, copied) = transfer(ctx, Direction::Get, &local, remote, recursive, opts, &CopyOptions::default(), &pb)?;
     Ok(format!("get {remote} -> {}: {}\n", local.display(), copied.plain()))
 }
 
 /// The copy itself; `pb` gets the total and the progress. Returns what
 /// was copied (`put A -> host:B`) and its stats.
+#[allow(clippy::too_many_arguments)]
 fn transfer(
     ctx: &Context,
     dir: Direction,
@@ -157,6 +179,7 @@ fn transfer(
     remote: &str,
     recursive: bool,
     opts: &GetOptions,
+    force: &CopyOptions,
     pb: &ProgressBar,
 ) -> Result<(String, Copied), String> {
     let is_dir = source_is_dir(ctx, dir, local, remote)?;
@@ -184,14 +207,14 @@ fn transfer(
     let tick = |n: u64| pb.inc(n);
     let copied = if is_dir {
         let s = match dir {
-            Direction::Put => ctx.put_tree(local, remote, &plan, &tick),
-            Direction::Get => ctx.get_tree_with(remote, local, &plan, opts, &tick),
+            Direction::Put => ctx.put_tree_with_options(local, remote, &plan, force, &tick),
+            Direction::Get => ctx.get_tree_with_options(remote, local, &plan, opts, force, &tick),
         };
         Copied::Tree(s.map_err(|e| e.to_string())?)
     } else {
         let s = match dir {
-            Direction::Put => ctx.put_with_progress(local, remote, &tick),
-            Direction::Get => ctx.get_with(remote, local, opts, &tick),
+            Direction::Put => ctx.put_with_options(local, remote, force, &tick),
+            Direction::Get => ctx.get_with_options(remote, local, opts, force, &tick),
         };
         Copied::File(s.map_err(|e| e.to_string())?)
     };
@@ -224,19 +247,19 @@ fn source_is_dir(ctx: &Context, dir: Direction, local: &Path, remote: &str) -> R
 /// Copies the local file `local` to `remote` in every context of `ctxs`,
 /// sent once per link (see `mito::put_many`); a line per target, and an
 /// error naming the targets that failed.
-fn put_many(ctxs: &[Context], local: &Path, remote: &str) -> Result<(), String> {
+fn put_many(ctxs: &[Context], local: &Path, remote: &str, force: &CopyOptions) -> Result<(), String> {
     let meta = std::fs::metadata(local).map_err(|e| format!("{}: {e}", local.display()))?;
     if meta.is_dir() {
         return Err(format!("{} is a directory (use -r)", local.display()));
     }
     let pb = bar(meta.len());
     let tick = |n: u64| pb.inc(n);
-    let results = mito::put_many(ctxs, local, remote, &tick);
+    let results = mito::put_many_with_options(ctxs, local, remote, force, &tick);
     pb.finish_and_clear();
     let mut failed = Vec::new();
     for (ctx, r) in ctxs.iter().zip(results) {
         match r {
-            Ok(s) => eprintln!("put {} -> {}:{remote}: {}", local.display(), ctx.name(), render::transfer(&s)),
+            Ok(s) => eprintln!("put {} -> {}:{remote}: {}", local.display(), ctx.name(), Copied::File(s).summary()),
             Err(e) => failed.push(e.to_string()),
         }
     }
