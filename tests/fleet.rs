@@ -524,7 +524,9 @@ fn put_and_get_on_a_pattern() {
     let to = format!("web:{}/motd", dst.display());
     let o = mito(&inv, &["put", src.to_str().expect("utf-8"), &to]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
-    assert!(text(&o).0.contains("web[01:03] (3 hosts): ok\nput "), "{}", text(&o).0);
+    // The three hosts are this machine: one path, put three times (the
+    // later puts may find it already there).
+    assert!(text(&o).0.contains("3 ok, 0 failed, 0 unreachable"), "{}", text(&o).0);
     assert!(text(&o).0.contains("12 bytes, sha256 verified"), "{}", text(&o).0);
     assert_eq!(std::fs::read_to_string(dst.join("motd")).expect("put"), "hello fleet\n");
 

@@ -232,7 +232,8 @@ fn checks() -> Vec<(&'static str, How)> {
         ),
         (
             "mito -i hosts.ini put motd 'web:/tmp/motd'",
-            with(run(0, &["web[1:2] (2 hosts): ok\nput motd -> /tmp/motd: 18 bytes, sha256 verified\n"], &[]), |c| {
+            // web1 and web2 are one machine here: the second put may find the file there.
+            with(run(0, &["put motd -> /tmp/motd: ", "2 ok, 0 failed, 0 unreachable\n"], &[]), |c| {
                 c.after = Some(|w, _| {
                     assert_eq!(std::fs::read(w.path("/tmp/motd")).ok().as_deref(), Some(&b"welcome from mito\n"[..]));
                 })
