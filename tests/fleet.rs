@@ -569,3 +569,51 @@ fn put_and_get_on_a_pattern() {
     assert!(text(&o).0.contains("the host name \"..\" cannot be a directory name"), "{}", text(&o).0);
     assert!(out.join("ok1/motd").exists());
 }
+
+/// A pattern's ssh hosts share connections like any ssh target (on by
+/// default): the hosts that are one host, user and port share one master;
+/// `ssh-close PATTERN` ends it (local hosts have none), and a second close
+/// finds nothing.
+#[test]
+fn ssh_close_on_a_pattern() {
+    let Some(sshd) = Sshd::start("ssh_close_on_a_pattern") else { return };
+    let dir = TempDir::new("fleet-cm");
+    let inv = dir.path().join("hosts.ini");
+    std::fs::write(
+        &inv,
+        format!(
+            "[sshd]\ns[1:2] ansible_host=127.0.0.1 ansible_port={} ansible_user=mito-user \
+             ansible_ssh_private_key_file={} ansible_ssh_common_args='-o UserKnownHostsFile={}'\n\
+             [locals]\nl1 ansible_connection=local\n",
+            sshd.port,
+            sshd.dir.path().join("id_ed25519").display(),
+            sshd.dir.path().join("known_hosts").display()
+        ),
+    )
+    .expect("write");
+    let cm = dir.path().join("s");
+    let shared = |args: &[&str]| {
+        Command::new(MITO)
+            .current_dir("/tmp")
+            .env_remove("MITO_INVENTORY")
+            .args(["-F", "/dev/null", "--connect-timeout", "10", "--control-path-dir"])
+            .arg(&cm)
+            .arg("-i")
+            .arg(&inv)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("mito runs")
+    };
+    let o = shared(&["run", "all", "--", "true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let sockets = std::fs::read_dir(&cm).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(sockets, 1, "s1 and s2 are one host, user and port: one master");
+    let o = shared(&["ssh-close", "all"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let out = text(&o).0;
+    assert!(out.contains("s1: closed\n") ^ out.contains("s2: closed\n"), "one of them closes it: {out}");
+    assert!(out.contains(": no shared connection\n") && !out.contains("l1"), "{out}");
+    let o = shared(&["ssh-close", "sshd"]);
+    assert_eq!(text(&o).0, "s1: no shared connection\ns2: no shared connection\n");
+}
