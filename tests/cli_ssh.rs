@@ -454,8 +454,13 @@ fn no_posix_sh_is_a_typed_error() {
 /// `mito` sharing connections (the default) with its control sockets in
 /// `dir`, this sshd's key and known_hosts.
 fn shared(sshd: &Sshd, dir: &Path) -> Command {
+    shared_timeout(sshd, dir, "20")
+}
+
+/// [`shared`] with a connect timeout of `secs`.
+fn shared_timeout(sshd: &Sshd, dir: &Path, secs: &str) -> Command {
     let mut c = Command::new(MITO);
-    c.args(["-F", "/dev/null", "--connect-timeout", "20", "--control-path-dir"])
+    c.args(["-F", "/dev/null", "--connect-timeout", secs, "--control-path-dir"])
         .arg(dir)
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", sshd.dir.path().join("known_hosts").display()))
@@ -525,8 +530,8 @@ fn a_second_run_reuses_the_shared_connection() {
 }
 
 /// A socket file no master listens on (left by a killed master), or a
-/// plain file where the socket goes: ssh replaces it and connects, no
-/// hang. `--no-control-master` and `--control-persist 0` leave no socket;
+/// plain file where the socket goes: ssh replaces it and connects; one
+/// that accepts and never answers: a typed timeout, no hang. `--no-control-master` and `--control-persist 0` leave no socket;
 /// a control directory that is not private is not used (a warning, and
 /// the run goes on unshared).
 #[test]
@@ -558,6 +563,16 @@ fn stale_sockets_off_and_a_foreign_directory() {
     std::fs::write(&sock, "not a socket").expect("write");
     run(&[]);
     close_master(&sshd, &cm);
+    // A socket something listens on and never answers (a hung master):
+    // no hang, a typed timeout within the connect timeout.
+    let _ = std::fs::remove_file(&sock);
+    let hung = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    let t0 = Instant::now();
+    let o = shared_timeout(&sshd, &cm, "3").args(["run", &t, "--", "true"]).output().expect("mito");
+    assert_fails(&o, "timed out after 3s");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    drop(hung);
+    let _ = std::fs::remove_file(&sock);
 
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&cm, std::fs::Permissions::from_mode(0o755)).expect("chmod");
