@@ -631,3 +631,38 @@ fn the_agent_ends_with_mito_through_a_shared_connection() {
     }
     close_master(&sshd, &cm);
 }
+
+/// The user's ssh config wins: with its own ControlMaster/ControlPath
+/// (here in a `-F` file, through an `Include`), mito adds none of its
+/// options, the master's socket is where that config says, and
+/// `ssh-close` asks that master.
+#[test]
+fn the_users_own_control_master_wins() {
+    let Some(sshd) = Sshd::start("the_users_own_control_master_wins") else { return };
+    let dir = TempDir::new("cm");
+    let (ours, theirs) = (dir.path().join("s"), dir.path().join("u"));
+    std::fs::create_dir(&theirs).expect("mkdir");
+    std::fs::set_permissions(&theirs, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
+    let inc = dir.path().join("cm.conf");
+    std::fs::write(
+        &inc,
+        format!("Host *\n  ControlMaster auto\n  ControlPath {}/%C\n  ControlPersist 30\n", theirs.display()),
+    )
+    .expect("write");
+    let cfg = dir.path().join("config");
+    std::fs::write(&cfg, format!("Include {}\n", inc.display())).expect("write");
+    let t = target(&sshd, "mito-user");
+    let run = |args: &[&str]| {
+        let mut c = Command::new(MITO);
+        c.arg("-F").arg(&cfg).args(["--connect-timeout", "20", "--control-path-dir"]).arg(&ours).arg("-o");
+        c.arg(format!("UserKnownHostsFile={}", sshd.dir.path().join("known_hosts").display()));
+        with_key(&mut c, &sshd).args(args).stdin(Stdio::null()).output().expect("mito")
+    };
+    let o = run(&["run", &t, "--", "echo", "ok"]);
+    assert_eq!((o.status.code(), text(&o).0.as_str()), (Some(0), "ok\n"), "{}", text(&o).1);
+    assert!(sockets(&ours).is_empty(), "mito's directory unused: {:?}", sockets(&ours));
+    assert_eq!(sockets(&theirs).len(), 1, "the user's master");
+    let o = run(&["ssh-close", &t]);
+    assert_eq!(text(&o).0, format!("mito-user@127.0.0.1:{}: closed\n", sshd.port), "{}", text(&o).1);
+    assert!(sockets(&theirs).is_empty(), "ended: {:?}", sockets(&theirs));
+}

@@ -467,13 +467,107 @@ fn ssh_command(opts: &SshOptions) -> std::process::Command {
 /// (`ssh -G` says a ControlMaster other than `false`, or a ControlPath):
 /// then theirs is used as they wrote it. If `ssh -G` fails, we do not
 /// share either (the connect itself then says what is wrong).
+///
+/// `ssh -G` costs an exec (~3-6 ms, a third of a shared connect), so it
+/// runs only when the config files ssh would read (followed through their
+/// `Include`s) say "control" somewhere; text we cannot follow (an include
+/// with tokens or variables, an unreadable file) runs it too.
 fn user_config_shares(opts: &SshOptions) -> bool {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    // A relative include is in ~/.ssh from a user's file (`-F` too), in
+    // /etc/ssh from the system's.
+    let user_dir = home.as_ref().map(|h| h.join(".ssh")).unwrap_or_default();
+    let (user, system): (Vec<PathBuf>, Vec<PathBuf>) = match &opts.ssh_config {
+        Some(f) => (vec![f.clone()], Vec::new()),
+        None => (home.iter().map(|h| h.join(".ssh/config")).collect(), vec![PathBuf::from("/etc/ssh/ssh_config")]),
+    };
+    let may = config_may_share(&user, &user_dir, home.as_deref(), 0)
+        || config_may_share(&system, std::path::Path::new("/etc/ssh"), home.as_deref(), 0);
+    if !may {
+        return false;
+    }
     let out = ssh_command(opts).arg("-G").arg("--").arg(&opts.hostname).stderr(std::process::Stdio::null()).output();
     let Ok(out) = out.map_err(|e| log::debug!("ssh -G: {e}")) else { return true };
     if !out.status.success() {
         return true;
     }
     config_shares(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Whether any of `files` (missing ones are empty, as for ssh), or a file
+/// they include, mentions "control" (any case), or cannot be followed.
+/// `rel` is where a relative include is.
+fn config_may_share(files: &[PathBuf], rel: &std::path::Path, home: Option<&std::path::Path>, depth: usize) -> bool {
+    if depth > 8 {
+        return true;
+    }
+    for f in files {
+        let text = match fs::read(f) {
+            Ok(t) => t.to_ascii_lowercase(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => return true,
+        };
+        if text.windows(7).any(|w| w == b"control") {
+            return true;
+        }
+        let text = String::from_utf8_lossy(&text);
+        for line in text.lines() {
+            let line = line.trim_start();
+            let Some(rest) = line.strip_prefix("include").filter(|r| r.starts_with([' ', '\t', '='])) else { continue };
+            for pattern in rest.trim_start_matches([' ', '\t', '=']).split_whitespace() {
+                match include_files(pattern, rel, home) {
+                    Some(inc) if !config_may_share(&inc, rel, home, depth + 1) => {}
+                    _ => return true,
+                }
+            }
+        }
+    }
+    false
+}
+
+/// The files an `Include` pattern names: `~/` is the home directory, a
+/// relative path is in `rel` (`~/.ssh` or `/etc/ssh`), and `*`/`?` may
+/// appear in the last component only. None for anything else (quotes,
+/// tokens, variables, wildcards elsewhere).
+fn include_files(pattern: &str, rel: &std::path::Path, home: Option<&std::path::Path>) -> Option<Vec<PathBuf>> {
+    if pattern.contains(['%', '$', '"', '\'']) {
+        return None;
+    }
+    let path = match pattern.strip_prefix("~/") {
+        Some(rest) => home?.join(rest),
+        None if pattern.starts_with('/') => PathBuf::from(pattern),
+        None => rel.join(pattern),
+    };
+    let name = path.file_name()?.to_str()?.to_string();
+    let dir = path.parent()?;
+    if dir.to_str()?.contains(['*', '?']) {
+        return None;
+    }
+    if !name.contains(['*', '?']) {
+        return Some(vec![path]);
+    }
+    let mut out: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(d) => d
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(|n| glob_match(name.as_bytes(), n.as_bytes())))
+            .map(|e| e.path())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(_) => return None,
+    };
+    out.sort();
+    Some(out)
+}
+
+/// `*` and `?` wildcards, as ssh's glob of an include's last component.
+fn glob_match(p: &[u8], n: &[u8]) -> bool {
+    match (p.first(), n.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob_match(&p[1..], n) || (!n.is_empty() && glob_match(p, &n[1..])),
+        (Some(b'?'), Some(_)) => glob_match(&p[1..], &n[1..]),
+        (Some(a), Some(b)) if a == b => glob_match(&p[1..], &n[1..]),
+        _ => false,
+    }
 }
 
 /// Reads `ssh -G` output: a ControlMaster other than `false`, or a
@@ -629,6 +723,23 @@ mod tests {
         o.control_persist = Some(Duration::from_secs(60));
         o.options = vec!["ControlMaster=no".into()];
         assert!(multiplex_options(&o).is_empty(), "the user's -o wins");
+    }
+
+    #[test]
+    fn config_files_that_may_share() {
+        let base = std::env::temp_dir().join(format!("mito-cfg-{}", std::process::id()));
+        fs::create_dir_all(base.join("conf.d")).expect("mkdir");
+        let main = base.join("config");
+        fs::write(&main, "Include conf.d/*.conf\nHost x\n  User bob\n").expect("write");
+        fs::write(base.join("conf.d/a.conf"), "Host *\n  ServerAliveInterval 5\n").expect("write");
+        assert!(!config_may_share(std::slice::from_ref(&main), &base, None, 0), "nothing says control");
+        fs::write(base.join("conf.d/b.conf"), "Host *\n  controlpath ~/.ssh/cm-%C\n").expect("write");
+        assert!(config_may_share(std::slice::from_ref(&main), &base, None, 0), "an included file does");
+        fs::write(base.join("conf.d/b.conf"), "Host *\n  Include ${HOME}/x\n").expect("write");
+        assert!(config_may_share(std::slice::from_ref(&main), &base, None, 0), "a variable: cannot follow, ask ssh");
+        assert!(!config_may_share(&[base.join("missing")], &base, None, 0), "a missing file is empty");
+        assert!(glob_match(b"*.conf", b"a.conf") && !glob_match(b"*.conf", b"a.conf~") && glob_match(b"a?c", b"abc"));
+        let _ = fs::remove_dir_all(&base);
     }
 
     #[test]
