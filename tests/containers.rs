@@ -494,3 +494,231 @@ fn setns_by_container_name_asks_the_engine() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && out.contains("host:      mito-ct8"), "{out}{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// Stand-ins for `crictl inspect NAME`, `lxc info NAME` and `incus info
+/// NAME`, printing what the real tools print (formats followed: crictl
+/// 1.28 against containerd 1.7 — JSON `.status.state` and `.info.pid`,
+/// trimmed here of fields not read; LXD 5.21's and Incus 6.0's `info`
+/// header lines): `web` runs as `pid`, `stopped` exists but does not run,
+/// anything else is unknown, with each tool's own words and exit code.
+fn fake_resolvers(dir: &Path, pid: u32) {
+    let crictl = format!(
+        r#"#!/bin/sh
+[ "$1" = inspect ] || exit 2
+case "$2" in
+web|stopped)
+    if [ "$2" = web ]; then state=CONTAINER_RUNNING; p={pid}; else state=CONTAINER_EXITED; p=0; fi
+    cat <<JSON
+{{
+  "status": {{
+    "id": "4b1fd9a6c2e0d7a1",
+    "metadata": {{ "attempt": 0, "name": "$2" }},
+    "state": "$state",
+    "createdAt": "2026-11-28T09:00:00.000000000Z",
+    "exitCode": 0,
+    "image": {{ "image": "docker.io/library/busybox:latest" }}
+  }},
+  "info": {{
+    "sandboxID": "9f2d0c1e5b7a3d4c",
+    "pid": $p,
+    "removing": false,
+    "snapshotter": "overlayfs",
+    "runtimeType": "io.containerd.runc.v2"
+  }}
+}}
+JSON
+    ;;
+*)
+    echo "E1128 09:00:00.000000    4242 remote_runtime.go:432] \"ContainerStatus from runtime service failed\" err=\"rpc error: code = NotFound desc = an error occurred when try to find container \\\"$2\\\": not found\" containerID=\"$2\"" >&2
+    echo "FATA[0000] getting the status of the container \"$2\": rpc error: code = NotFound desc = an error occurred when try to find container \"$2\": not found" >&2
+    exit 1
+    ;;
+esac
+"#
+    );
+    let info = |tool: &str, unknown: &str| {
+        format!(
+            r#"#!/bin/sh
+# {tool}
+[ "$1" = info ] || exit 2
+case "$2" in
+web) printf 'Name: web\nStatus: RUNNING\nType: container\nArchitecture: x86_64\nPID: {pid}\nCreated: 2026/11/28 09:00 UTC\nLast Used: 2026/11/28 09:00 UTC\n\nResources:\n  Processes: 1\n  Disk usage:\n    root: 1.00MiB\n  Network usage:\n    lo:\n      Type: loopback\n      State: UP\n' ;;
+stopped) printf 'Name: stopped\nStatus: STOPPED\nType: container\nArchitecture: x86_64\nCreated: 2026/11/28 09:00 UTC\nLast Used: 2026/11/28 09:00 UTC\n' ;;
+*) echo "{unknown}" >&2; exit 1 ;;
+esac
+"#
+        )
+    };
+    let lxc = info("lxc (LXD 5.21)", "Error: Not Found");
+    let incus = info(
+        "incus (6.0)",
+        "Error: Failed to fetch instance \\\"$2\\\" in project \\\"default\\\": Instance not found",
+    );
+    for (name, text) in [("crictl", crictl), ("lxc", lxc), ("incus", incus)] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write a stand-in");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+}
+
+#[test]
+fn setns_by_name_asks_crictl_lxc_and_incus() {
+    if !root_or_skip("setns_by_name_asks_crictl_lxc_and_incus") {
+        return;
+    }
+    use mito::connect::setns::Resolver;
+    assert_eq!(Resolver::of("/usr/local/bin/crictl"), Resolver::Crictl);
+    assert_eq!(Resolver::of("incus"), Resolver::LxcInfo);
+    assert_eq!(Resolver::of("nerdctl"), Resolver::Inspect);
+    let ct = Container::start("setns-resolvers", "mito-ct9");
+    let dir = TempDir::new("setns-resolvers-tools");
+    fake_resolvers(dir.path(), ct.pid);
+    let router = Router::new().expect("router");
+    let hop = router.local(common::local_in(&dir.path().join("cache"))).expect("hop");
+    for tool in ["crictl", "lxc", "incus"] {
+        let program = dir.path().join(tool).to_string_lossy().into_owned();
+        for (from, c) in [("master", router.connector()), ("hop", hop.connector())] {
+            // Chosen alone, and after an engine that is not there.
+            let opts = |name: &str| SetnsOptions {
+                engines: vec!["/nonexistent/podman".into(), program.clone()],
+                ..SetnsOptions::container(name)
+            };
+            let ctx = c.setns(opts("web")).expect("setns:web");
+            assert_eq!(ctx.info().expect("info").hostname, "mito-ct9", "{tool} from the {from}");
+            let f = enter_failure(c.setns(opts("stopped")));
+            assert!(matches!(&f, EnterFailure::NotRunning(n) if n == "stopped"), "{tool} from the {from}: {f}");
+            let f = enter_failure(c.setns(opts("db")));
+            let text = f.to_string();
+            assert!(matches!(f, EnterFailure::NoSuchContainer { .. }), "{tool} from the {from}: {text}");
+            assert!(text.contains(&format!("{tool}: no such container")), "{tool} from the {from}: {text}");
+        }
+    }
+    // None resolves: each engine's answer in one typed error.
+    let opts = SetnsOptions {
+        engines: vec!["/nonexistent/crictl".into(), dir.path().join("lxc").to_string_lossy().into_owned()],
+        ..SetnsOptions::container("db")
+    };
+    let t0 = Instant::now();
+    let f = enter_failure(router.setns(opts));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let text = f.to_string();
+    assert!(text.contains("/nonexistent/crictl: not found") && text.contains("lxc: no such container"), "{text}");
+    // The default order reaches lxc from PATH when podman and docker do
+    // not know the name (or are not there), and crictl is not there.
+    std::fs::remove_file(dir.path().join("crictl")).expect("rm crictl");
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mito"))
+        .args(["info", "setns:web"])
+        .env("PATH", path)
+        .output()
+        .expect("mito");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("host:      mito-ct9"), "{out}{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The host pid of `outer`'s container's child in a pid namespace of its
+/// own, and its pid as `outer`'s container sees it (`NSpid`: host, outer,
+/// inner).
+fn nested_pids(outer_init: u32, root: &Path) -> Option<(u32, u32)> {
+    for (p, _) in common::children_of(outer_init).into_iter().flat_map(|(c, _)| {
+        let mut all = vec![(c, ' ')];
+        all.extend(common::children_of(c));
+        all
+    }) {
+        if std::fs::read_link(format!("/proc/{p}/root")).ok().as_deref() != Some(root) {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+        let ns: Vec<u32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))?
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if ns.len() == 3 {
+            return Some((ns[0], ns[1]));
+        }
+    }
+    None
+}
+
+#[test]
+fn a_container_inside_a_container() {
+    if !root_or_skip("a_container_inside_a_container") {
+        return;
+    }
+    let ct = Container::start("nested-outer", "mito-outer");
+    // The inner container: made from inside the outer one's namespaces
+    // (as an engine run in a container would: nsenter to join them, then
+    // new mount, pid, uts, ipc and net namespaces), rooted at /inner of
+    // the outer's tree, holding only the sleeper.
+    let inner_root = ct.root.join("inner");
+    std::fs::create_dir_all(inner_root.join("proc")).expect("inner rootfs");
+    std::fs::copy(ct.root.join("sleeper"), inner_root.join("sleeper")).expect("copy the sleeper");
+    let mut maker = std::process::Command::new("nsenter")
+        .arg(format!("--target={}", ct.pid))
+        .args(["--mount", "--uts", "--ipc", "--net", "--pid", "--"])
+        .args(["unshare", "--mount", "--pid", "--uts", "--ipc", "--net", "--fork", "sh", "-c"])
+        .arg("hostname mito-inner && mount -t proc proc \"$1/proc\" && exec chroot \"$1\" /sleeper")
+        .arg("sh")
+        .arg(&inner_root)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("nsenter");
+    let t0 = Instant::now();
+    let found = loop {
+        // nsenter forks into the outer pid namespace; its child unshares.
+        let all = [maker.id()].into_iter().chain(common::children_of(maker.id()).into_iter().map(|(p, _)| p));
+        if let Some(f) = all.into_iter().find_map(|p| nested_pids(p, &inner_root)) {
+            break Some(f);
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let kill_inner = |host: u32| unsafe { libc::kill(host as i32, libc::SIGKILL) };
+    let Some((inner_host, inner_in_outer)) = found else {
+        let _ = maker.kill();
+        let _ = maker.wait();
+        panic!("the inner container did not start");
+    };
+    let dir = TempDir::new("nested-cache");
+    let router = Router::new().expect("router");
+    let hop = router.local(common::local_in(&dir.path().join("cache"))).expect("hop");
+    let outer = hop.setns(SetnsOptions::new(ct.pid)).expect("setns into the outer container");
+    let b0 = (hop.bytes_sent(), outer.bytes_sent());
+    // The inner pid as the outer container sees it: only that names it
+    // there (its host pid is another process, or none, inside).
+    let inner = outer.setns(SetnsOptions::new(inner_in_outer)).expect("setns from inside the outer container");
+    let sent = (hop.bytes_sent() - b0.0, outer.bytes_sent() - b0.1);
+    let info = inner.info().expect("info inside the inner container");
+    assert_eq!(info.hostname, "mito-inner");
+    assert_eq!(outer.info().expect("outer info").hostname, "mito-outer");
+    assert!(info.pid > 1 && info.pid < 100, "pid in the inner pid namespace: {}", info.pid);
+    let status = String::from_utf8(inner.read_file("/proc/self/status").expect("status")).expect("text");
+    // Its /proc is the inner pid namespace's own: one pid, as it sees it.
+    assert!(status.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().count() == 2), "{status}");
+    assert_eq!(names(&inner, "/"), set(&["proc", "sleeper"]), "the inner root");
+    assert_eq!(names(&outer, "/"), set(&["inner", "proc", "sleeper"]), "the outer root");
+    inner.write_file("/probe", b"nested\n", Some(0o600)).expect("write inside");
+    assert_eq!(std::fs::read(inner_root.join("probe")).expect("seen from the host"), b"nested\n");
+    inner.remove("/probe").expect("remove");
+    // The agent at every level is the hop's own executable: the same hash,
+    // started directly, and no agent crossed a link (a start is a few
+    // hundred bytes of messages; the agent is megabytes).
+    for c in [&outer, &inner] {
+        assert_eq!(c.connect_info().upload, mito::Upload::Direct);
+        assert_eq!(c.connect_info().agent_hash, hop.connect_info().agent_hash);
+    }
+    assert!(sent.0 < 16 * 1024 && sent.1 < 16 * 1024, "bytes on the links for the inner start: {sent:?}");
+    // And a chroot inside the outer container, from it.
+    let chrooted = outer.chroot(ChrootOptions::new("/inner")).expect("chroot from inside the outer container");
+    assert_eq!(names(&chrooted, "/"), set(&["proc", "sleeper"]));
+    assert_eq!(chrooted.info().expect("info").hostname, "mito-outer", "a chroot keeps the outer's namespaces");
+    drop((chrooted, inner, outer, hop));
+    drop(router);
+    kill_inner(inner_host);
+    let _ = maker.kill();
+    let _ = maker.wait();
+}

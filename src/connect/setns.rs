@@ -19,11 +19,13 @@ pub struct SetnsOptions {
     /// enters (the master's, or the hop's). Ignored with `container`.
     pub pid: u32,
     /// A container name (or id) instead: its pid is asked of the first of
-    /// `engines` that knows it (`ENGINE inspect --format '{{.State.Pid}}'
-    /// NAME`, run where the agent will start: here, or on the hop).
+    /// `engines` that knows it, run where the agent will start (here, or
+    /// on the hop); see [`Resolver`] for what each program is asked.
     pub container: Option<String>,
     /// The engines' programs tried for `container`, in order (default
-    /// `podman`, then `docker`).
+    /// `podman`, `docker`, `crictl`, `lxc`, `incus`: a missing program
+    /// costs one failed exec). A program is asked as [`Resolver::of`] its
+    /// file name says; one name alone chooses that engine.
     pub engines: Vec<String>,
     /// Name in logs and errors (default `setns:<pid>` or `setns:<name>`).
     pub name: Option<String>,
@@ -39,7 +41,7 @@ impl SetnsOptions {
         SetnsOptions {
             pid,
             container: None,
-            engines: vec!["podman".into(), "docker".into()],
+            engines: DEFAULT_ENGINES.iter().map(|e| e.to_string()).collect(),
             name: None,
             env: Vec::new(),
             connect_timeout: Duration::from_secs(30),
@@ -49,6 +51,60 @@ impl SetnsOptions {
     /// Options to enter the container called `name` (see `container`).
     pub fn container(name: impl Into<String>) -> SetnsOptions {
         SetnsOptions { container: Some(name.into()), ..SetnsOptions::new(0) }
+    }
+}
+
+/// The programs [`SetnsOptions::engines`] tries by default, in order.
+pub const DEFAULT_ENGINES: &[&str] = &["podman", "docker", "crictl", "lxc", "incus"];
+
+/// How a program of [`SetnsOptions::engines`] is asked for a container's
+/// pid: chosen by its file name (`/usr/local/bin/crictl` is [`Crictl`]).
+///
+/// [`Crictl`]: Resolver::Crictl
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolver {
+    /// `ENGINE inspect --format '{{.State.Pid}}' NAME` (docker, podman,
+    /// nerdctl and any other name): the pid, `0` when stopped, "no such"
+    /// on stderr when unknown (podman 4.3, Docker CLI 20-28).
+    Inspect,
+    /// `crictl inspect NAME` (a container id or a unique prefix of one;
+    /// crictl 1.2x against containerd or CRI-O): JSON whose `.info.pid`
+    /// is the pid and `.status.state` `CONTAINER_RUNNING` while it runs;
+    /// "NotFound"/"not found" on stderr when unknown.
+    Crictl,
+    /// `lxc info NAME` / `incus info NAME` (LXD 5.x, Incus 6.x): `Status:
+    /// RUNNING` and `PID: N` lines while it runs (no `PID:` line when
+    /// stopped), `Error: … not found` when unknown. Not the older
+    /// lxc-tools' `lxc-info`.
+    LxcInfo,
+}
+
+impl Resolver {
+    /// The resolver for `program`, by its file name.
+    pub fn of(program: &str) -> Resolver {
+        match program.rsplit('/').next().unwrap_or(program) {
+            "crictl" => Resolver::Crictl,
+            "lxc" | "incus" => Resolver::LxcInfo,
+            _ => Resolver::Inspect,
+        }
+    }
+
+    /// The command that asks `program` for container `name`'s pid.
+    pub(crate) fn argv<'a>(self, program: &'a str, name: &'a str) -> Vec<&'a str> {
+        match self {
+            Resolver::Inspect => vec![program, "inspect", "--format", "{{.State.Pid}}", name],
+            Resolver::Crictl => vec![program, "inspect", name],
+            Resolver::LxcInfo => vec![program, "info", name],
+        }
+    }
+
+    /// Reads the answer of [`Resolver::argv`].
+    pub(crate) fn read(self, code: Option<i32>, stdout: &[u8], stderr: &[u8]) -> Lookup {
+        match self {
+            Resolver::Inspect => read_inspect(code, stdout, stderr),
+            Resolver::Crictl => read_crictl(code, stdout, stderr),
+            Resolver::LxcInfo => read_lxc_info(code, stdout, stderr),
+        }
     }
 }
 
@@ -75,6 +131,59 @@ pub(crate) fn read_inspect(code: Option<i32>, stdout: &[u8], stderr: &[u8]) -> L
         (Some(0), Ok(pid)) => Lookup::Pid(pid),
         _ if err.to_ascii_lowercase().contains("no such") => Lookup::Unknown,
         _ => Lookup::Failed(crate::core::text::printable(err.trim().as_bytes(), 240)),
+    }
+}
+
+/// The engine's complaint, kept short and printable for the error.
+fn failed(stderr: &str) -> Lookup {
+    Lookup::Failed(crate::core::text::printable(stderr.trim().as_bytes(), 240))
+}
+
+/// Reads `crictl inspect NAME`'s result: `{"status": {"state":
+/// "CONTAINER_RUNNING", …}, "info": {"pid": N, …}}`. An answer that is
+/// not that JSON is a failure, never a pid.
+pub(crate) fn read_crictl(code: Option<i32>, stdout: &[u8], stderr: &[u8]) -> Lookup {
+    let err = String::from_utf8_lossy(stderr);
+    if code != Some(0) {
+        // crictl 1.26+: `… code = NotFound desc = could not find container
+        // "x" …`; older ones: `… NotFound … not found`.
+        let lower = err.to_ascii_lowercase();
+        return if lower.contains("notfound") || lower.contains("not found") { Lookup::Unknown } else { failed(&err) };
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(stdout) else {
+        return failed(&format!("crictl inspect printed no JSON {err}"));
+    };
+    let state = v.pointer("/status/state").and_then(|s| s.as_str());
+    let pid = v.pointer("/info/pid").and_then(|p| p.as_u64());
+    match (state, pid) {
+        (Some(s), _) if s != "CONTAINER_RUNNING" => Lookup::Stopped,
+        (_, Some(0)) => Lookup::Stopped,
+        (_, Some(pid)) => u32::try_from(pid).map_or_else(|_| failed("crictl: a pid out of range"), Lookup::Pid),
+        (_, None) => failed("crictl inspect: no .info.pid (is --output json the default here?)"),
+    }
+}
+
+/// Reads `lxc info NAME` / `incus info NAME`: `Status: RUNNING` and `PID:
+/// N` among its `Key: value` lines (the first ones, before `Resources:`).
+pub(crate) fn read_lxc_info(code: Option<i32>, stdout: &[u8], stderr: &[u8]) -> Lookup {
+    let err = String::from_utf8_lossy(stderr);
+    if code != Some(0) {
+        return if err.to_ascii_lowercase().contains("not found") { Lookup::Unknown } else { failed(&err) };
+    }
+    let out = String::from_utf8_lossy(stdout);
+    // Only top-level lines: indented ones (resources, snapshots) are not
+    // the instance's own.
+    let field =
+        |key: &str| out.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')).map(str::trim));
+    match (field("Status"), field("PID")) {
+        (Some(s), _) if !s.eq_ignore_ascii_case("running") => Lookup::Stopped,
+        (_, Some(p)) => match p.parse::<u32>() {
+            Ok(0) => Lookup::Stopped,
+            Ok(pid) => Lookup::Pid(pid),
+            Err(_) => failed(&format!("info: PID {p:?}")),
+        },
+        (Some(_), None) => failed("info: running, but no PID line"),
+        (None, _) => failed("info: no Status line"),
     }
 }
 

@@ -116,7 +116,8 @@ impl Connector<'_> {
         let enter_error = |failure| ConnectError::Enter { context: context.into(), failure };
         let mut said = Vec::new();
         for engine in &opts.engines {
-            let argv = [engine.as_str(), "inspect", "--format", "{{.State.Pid}}", name];
+            let how = setns::Resolver::of(engine);
+            let argv = how.argv(engine, name);
             let lookup = match self.via {
                 Some(hop) => {
                     let args = ExecArgs {
@@ -125,11 +126,11 @@ impl Connector<'_> {
                         ..ExecArgs::default()
                     };
                     match hop.exec_with(&args) {
-                        Ok(r) => setns::read_inspect(r.status.code, &r.stdout, &r.stderr),
+                        Ok(r) => how.read(r.status.code, &r.stdout, &r.stderr),
                         Err(e) => Lookup::Failed(e.to_string()),
                     }
                 }
-                None => run_here(&argv, opts.connect_timeout),
+                None => run_here(how, &argv, opts.connect_timeout),
             };
             match lookup {
                 Lookup::Pid(pid) => return Ok(pid),
@@ -206,11 +207,11 @@ impl Connector<'_> {
     }
 }
 
-/// Runs an engine's inspect on this machine (see [`run_tool_here`]).
-fn run_here(argv: &[&str], timeout: Duration) -> Lookup {
+/// Asks an engine for a pid on this machine (see [`run_tool_here`]).
+fn run_here(how: setns::Resolver, argv: &[&str], timeout: Duration) -> Lookup {
     let argv: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
     match run_tool_here(&argv, timeout) {
-        Ok(r) => setns::read_inspect(r.code, &r.stdout, &r.stderr),
+        Ok(r) => how.read(r.code, &r.stdout, &r.stderr),
         Err(e) => Lookup::Failed(e.to_string()),
     }
 }
