@@ -285,3 +285,51 @@ fn commands_keep_the_users_umask() {
     let r = ctx.exec(&["sh", "-c", "umask"]).expect("exec");
     assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), ours);
 }
+
+/// A master that blocks signals on the thread that connects (`mito run`
+/// blocks HUP, INT, QUIT, TERM and WINCH to read them on a thread of its
+/// own) starts the method's command with none blocked: a mask survives
+/// exec, and an ssh or sudo started with SIGTERM blocked ignores it for
+/// good. stage0's cold path runs `uname -m`; a `uname` first in the PATH
+/// writes down the mask of its parent, the stage0 shell (a shell clears
+/// the mask of the commands it forks, so the wrapper's own says nothing).
+#[test]
+fn the_method_command_starts_with_no_signal_blocked() {
+    let dir = TempDir::new("sigmask");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let seen = dir.path().join("sigblk");
+    let wrapper = bin.join("uname");
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    let real = std::env::split_paths(&path).map(|d| d.join("uname")).find(|p| p.is_file()).expect("uname in PATH");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\ngrep SigBlk /proc/$PPID/status > '{}'\nexec '{}' \"$@\"\n", seen.display(), real.display()),
+    )
+    .expect("write wrapper");
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let mut opts = local_in(&dir.path().join("cache"));
+    let mut dirs = vec![bin];
+    dirs.extend(std::env::split_paths(&path));
+    opts.env.push(("PATH".into(), std::env::join_paths(dirs).expect("PATH")));
+
+    // Block what `mito run` blocks, on this thread only, around the connect.
+    // SAFETY: plain sigset manipulation of this thread's own mask.
+    let old = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGWINCH] {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    };
+    let router = Router::new().expect("router");
+    let ctx = router.local(opts);
+    // SAFETY: restores this thread's mask as it was.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    ctx.expect("connect").ping().expect("ping");
+    let line = std::fs::read_to_string(&seen).expect("the uname wrapper ran (cold path)");
+    assert_eq!(line.split_whitespace().nth(1), Some("0000000000000000"), "stage0's shell had signals blocked: {line}");
+}

@@ -106,19 +106,28 @@ pub fn create_child(cmd: &ChildCommand) -> std::io::Result<Spawned> {
     };
     let mut c = Command::new(&cmd.program);
     c.args(&cmd.args).stdin(Stdio::from(child_in)).stdout(Stdio::from(child_out));
-    let pty_master = if cmd.tty {
+    let tty = cmd.tty;
+    // The master may block the signals it reads on a thread of its own
+    // (`mito run` blocks HUP, INT, QUIT, TERM and WINCH), and a mask
+    // survives fork and exec: ssh, sudo or the stage0 shell would start
+    // with them blocked (an ssh ControlMaster started so ignores SIGTERM
+    // for good). std keeps the parent's mask, so the child clears it.
+    // SAFETY: rt_sigprocmask, setsid and ioctl are async-signal-safe;
+    // nothing else runs between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            if crate::core::nsenter::sys::unblock_all_signals() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if tty && (libc::setsid() < 0 || libc::ioctl(2, libc::TIOCSCTTY as _, 0) < 0) {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let pty_master = if tty {
         let pty = open_pty()?;
         c.stderr(Stdio::from(pty.slave));
-        // SAFETY: setsid and ioctl are async-signal-safe; nothing else runs
-        // between fork and exec.
-        unsafe {
-            c.pre_exec(|| {
-                if libc::setsid() < 0 || libc::ioctl(2, libc::TIOCSCTTY as _, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         Some(pty.master)
     } else {
         c.stderr(Stdio::piped()).process_group(0);
