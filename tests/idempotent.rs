@@ -38,7 +38,7 @@ fn ino(path: &Path) -> u64 {
     std::fs::metadata(path).expect("meta").ino()
 }
 
-const FORCE: CopyOptions = CopyOptions { force: true };
+const FORCE: CopyOptions = CopyOptions { force: true, compress: false };
 
 #[test]
 fn an_unchanged_put_sends_no_file_bytes_and_says_so() {
@@ -234,4 +234,30 @@ fn the_cli_says_unchanged_and_force_sends() {
     assert!(!mito(&["get", &at, b]).contains("unchanged"));
     assert!(mito(&["get", &at, b]).contains("unchanged"));
     assert!(!mito(&["get", "--force", &at, b]).contains("unchanged"));
+}
+
+#[test]
+fn compress_deflates_the_chunks_that_shrink() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("compress");
+    let zip = CopyOptions { force: true, compress: true };
+    // Text: a tenth or less on the wire, the same file at the end.
+    let text: Vec<u8> = (0..SIZE).map(|i| b"mito sends files\n"[i % 17]).collect();
+    let (src, dest) = (d.path().join("text"), d.path().join("text.copy"));
+    write(&src, &text, 0o644);
+    let before = ctx.bytes_sent();
+    let st = ctx.put_with_options(&src, &dest, &zip, &|_| {}).expect("put --compress");
+    let sent = ctx.bytes_sent() - before;
+    assert!(sent < SIZE as u64 / 10, "{sent} bytes sent for {SIZE} compressible bytes");
+    assert_eq!(std::fs::read(&dest).expect("read"), text);
+    assert_eq!(st.sha256, ctx.sha256(&dest).expect("sha256"));
+    // Random bytes do not shrink: sent as they are, still right.
+    let (src, dest) = (d.path().join("random"), d.path().join("random.copy"));
+    let data = random(SIZE, 5);
+    write(&src, &data, 0o644);
+    let before = ctx.bytes_sent();
+    ctx.put_with_options(&src, &dest, &zip, &|_| {}).expect("put --compress");
+    assert!(ctx.bytes_sent() - before > SIZE as u64);
+    assert_eq!(std::fs::read(&dest).expect("read"), data);
 }

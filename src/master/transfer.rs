@@ -95,6 +95,12 @@ pub struct TransferStats {
 pub struct CopyOptions {
     /// Send without comparing (`--force`).
     pub force: bool,
+    /// Deflate each chunk of a streamed put that shrinks by an eighth
+    /// or more (`--compress`; the agent inflates it, bounded by the frame
+    /// limit): for slow links and compressible files. A chunk that does
+    /// not shrink goes as it is. Not for gets, nor for puts through the
+    /// importer (behind a hop, up to the hop cache's size).
+    pub compress: bool,
 }
 
 /// A failed transfer.
@@ -557,6 +563,36 @@ impl Context {
         result
     }
 
+    /// A `file_write` call (`payload`, encoded) sent deflated when that
+    /// saves an eighth or more ([`crate::proto::compress::compress`]),
+    /// else as it is. The frame flag is the whole protocol: the agent
+    /// inflates any flagged call. Like a relay, the send waits for room
+    /// until the stream stalls for `SEND_TIMEOUT`; the reply, for the call
+    /// timeout.
+    fn write_compressed(&self, payload: &[u8]) -> Result<Pending<()>, CallError> {
+        let Some(z) = crate::proto::compress::compress(payload) else {
+            return self.call_async_encoded::<f::FileWrite>(payload);
+        };
+        let (handle, p) = self.expect_reply::<f::FileWrite>();
+        let h = crate::proto::Header {
+            dst: self.shared.id,
+            src: crate::proto::MASTER_ID,
+            auth: crate::proto::MASTER_ID,
+            handle: crate::proto::handles::CALL_FUNCTION,
+            reply_to: handle,
+            flags: crate::proto::FLAG_COMPRESSED,
+            ..crate::proto::Header::default()
+        };
+        match self.state.table.send_parts(&h, &z, None) {
+            Ok(()) => Ok(p),
+            Err(d) => {
+                self.state.table.close_mailbox(handle);
+                let (context, function) = (self.name().into(), f::FileWrite::NAME.into());
+                Err(CallError::Disconnected { context, function, reason: d.reason })
+            }
+        }
+    }
+
     /// The SHA-256 of `path` in this context, asked now and awaited by
     /// the caller (so that the local file is hashed meanwhile); `None` when
     /// the context cannot say (the copy then goes ahead and reports the
@@ -730,7 +766,11 @@ impl Context {
                 };
                 let front = chunk.call_front(opened.id).map_err(encode)?;
                 let payload = chunk.payload(&front).ok_or_else(|| encode(postcard::Error::SerializeBufferFull))?;
-                let p = self.call_async_encoded::<f::FileWrite>(payload)?;
+                let p = if copy.compress {
+                    self.write_compressed(payload)?
+                } else {
+                    self.call_async_encoded::<f::FileWrite>(payload)?
+                };
                 to_hash.send(chunk).map_err(|_| hasher_gone())?;
                 inflight.push_back((p, n as u64));
                 if inflight.len() >= WINDOW {

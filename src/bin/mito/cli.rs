@@ -252,6 +252,10 @@ pub struct PutArgs {
     /// `unchanged`, as Ansible's copy says `changed: false`).
     #[arg(long)]
     pub force: bool,
+    /// Deflate each chunk that shrinks (for slow links and compressible
+    /// files; a chunk that does not shrink goes as it is).
+    #[arg(long)]
+    pub compress: bool,
     /// Local file or directory.
     pub src: PathBuf,
     /// `TARGET:/absolute/path`, e.g. `ssh://web1:/etc/motd`, `ssh://web1,sudo:root:/etc/x`;
