@@ -48,6 +48,12 @@ WORKLOADS = [
     ("tree_connect", "tree of H local hops x C children: connect all", True, "not wired here", False),
     ("tree_call", "  ... one info call to every leaf, sent then gathered", True, "not wired here", False),
     ("tree_rss", "  ... master RSS per context", True, "not wired here", False),
+    # BENCH_CONTAINERS=1 (opt-in: root; podman_connect also podman + runc): examples/bench_containers.rs
+    # mitogen starts python inside: its containers hold the host's root (scripts/bench_mitogen_containers.py)
+    ("setns_connect", "setns connect + first call (mito: nothing inside)", True, True, False),
+    ("podman_connect", "podman exec connect + first call", True, True, False),
+    ("containers_hop", "20 setns containers behind one local hop: connect + call", True, True, False),
+    ("containers_hop_bytes", "  ... KiB on the first link (mitogen: master's wchar)", True, True, False),
 ]
 
 # What the "... / plain ssh" row of a workload compares with (same options).
@@ -57,6 +63,7 @@ BASELINE = {
     "bulk_ssh": "`ssh host cat FILE` (login incl.)",
     "put_ssh": "`ssh host cat FILE` (login incl.)",
     "get_ssh": "`ssh host cat FILE` (login incl.)",
+    "podman_connect": "`podman exec CT true`",
 }
 
 ITER = {  # iterations per round: (quick, full)
@@ -69,6 +76,7 @@ ITER = {  # iterations per round: (quick, full)
     "userfn_local": (5000, 20000), "userfn_hop": (3000, 10000),
     "import_hop": (2, 5), "import_hop_bytes": (1, 2), "put_hop": (2, 5), "put_hop_bytes": (1, 2),
     "tree_connect": (1, 1), "tree_call": (1, 1), "tree_rss": (1, 1),
+    "setns_connect": (10, 40), "podman_connect": (3, 10), "containers_hop": (1, 3), "containers_hop_bytes": (1, 1),
 }
 
 
@@ -110,18 +118,18 @@ def userfn_binaries(mito_cli, env, cache={}):
     return cache["master"], cache["agent"]
 
 
-def tree_binary(env, cache={}):
-    """examples/bench_tree.rs (release), built on first use."""
-    if not cache:
+def tree_binary(env, example="bench_tree", cache={}):
+    """examples/<example>.rs (release; bench_tree by default), built on first use."""
+    if example not in cache:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        out = subprocess.run(["cargo", "build", "--release", "--example", "bench_tree",
+        out = subprocess.run(["cargo", "build", "--release", "--example", example,
                               "--message-format=json-render-diagnostics"],
                              cwd=root, env=env, stdout=subprocess.PIPE, check=True, timeout=1800)
         for line in out.stdout.decode().splitlines():
             m = json.loads(line)
-            if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "bench_tree":
-                cache["exe"] = m["executable"]
-    return cache["exe"]
+            if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == example:
+                cache[example] = m["executable"]
+    return cache[example]
 
 
 COLD_MITOGEN = ("import os,mitogen.master as m\n"
@@ -149,7 +157,8 @@ def main():
         if only and name not in only:
             continue
         n = ITER[name][0 if a.quick else 1]
-        needs = {"ssh": "BENCH_SSH", "sudo": "BENCH_SUDO_USER", "tree": "BENCH_TREE"}
+        needs = {"ssh": "BENCH_SSH", "sudo": "BENCH_SUDO_USER", "tree": "BENCH_TREE",
+                 "setns": "BENCH_CONTAINERS", "podman": "BENCH_CONTAINERS", "containers": "BENCH_CONTAINERS"}
         missing = [v for k, v in needs.items() if k in name.split("_") and not env.get(v)]
         if missing:
             rows.append((name, label, None, None, "n/a: not available (%s unset)" % missing[0]))
@@ -169,8 +178,12 @@ def main():
                         r = run([master, name, str(n)], dict(env, BENCH_USERFN_AGENT=agent))
                     elif tool == "mito" and name.startswith("tree_"):
                         r = run([tree_binary(env), name, str(n)], env)
+                    elif tool == "mito" and name in ("setns_connect", "podman_connect", "containers_hop", "containers_hop_bytes"):
+                        r = run([tree_binary(env, "bench_containers"), name, str(n)], env)
                     elif tool == "mito":
                         r = run([a.mito, name, str(n)], env)
+                    elif name in ("setns_connect", "podman_connect", "containers_hop", "containers_hop_bytes"):
+                        r = run([a.python, os.path.join(here, "bench_mitogen_containers.py"), name, str(n)], env)
                     else:
                         r = run([a.python, os.path.join(here, "bench_mitogen.py"), name, str(n)], env)
                 except Exception as e:  # report, never fake a figure
