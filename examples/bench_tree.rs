@@ -8,9 +8,10 @@
 //! `tree_connect` (s to connect the tree), `tree_call` (ms for the call to
 //! every leaf), `tree_rss` (master KiB of RSS per context); N is ignored
 //! (one tree per run). Every number goes to stderr as well, with the
-//! master's descriptors and threads: each context behind a hop holds two
-//! descriptors and a thread there (`master::via`'s output pump), so
-//! 100x100 needs a hard `RLIMIT_NOFILE` above ~20,500.
+//! master's descriptors and threads: once connected, a context behind a
+//! hop holds neither there (`master::via`'s monitor runs on the router's
+//! deliveries), so the master needs about three descriptors per hop, plus
+//! six per connect in flight (16 here).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -45,13 +46,13 @@ fn main() -> Result<(), String> {
     let workload = std::env::args().nth(1).unwrap_or_default();
     let (hops, children) = shape()?;
     let limit = mito::master::limits::raise_fd_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
-    // A context behind a hop holds two descriptors (and a thread) in the
-    // master: `master::via`'s output pump stays as its monitor.
-    let need = 2 * hops * children + 3 * hops + 256;
+    // A direct context holds three descriptors in the master; one behind a
+    // hop only while it connects (three socketpairs: six).
+    let need = 3 * hops + 6 * 16 + 256;
     if (limit as usize) < need {
         return Err(format!(
-            "a {hops}x{children} tree needs about {need} descriptors in the master (2 per context behind a hop); \
-             the hard RLIMIT_NOFILE is {limit}: raise it, or set BENCH_TREE smaller (e.g. 100x90)"
+            "a {hops}x{children} tree needs about {need} descriptors in the master (3 per hop, 6 per connect in \
+             flight); the hard RLIMIT_NOFILE is {limit}: raise it, or set BENCH_TREE smaller"
         ));
     }
     let base = std::env::var_os("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);

@@ -4,7 +4,8 @@
 //! not asserted as a timing; the numbers are printed (run with
 //! `--nocapture`) and recorded in ARCHITECTURE.md ("Scale"): the master's
 //! RSS, file descriptors and threads per context. `MITO_SCALE_CONTEXTS`
-//! changes the count.
+//! changes the count. Contexts behind a hop hold no thread and no
+//! descriptor in the master once connected (`master::via`'s monitor).
 
 mod common;
 
@@ -30,8 +31,13 @@ fn usage() -> (u64, usize, usize) {
     (field("VmRSS:"), fds, field("Threads:") as usize)
 }
 
+/// The tests here count this process's threads and descriptors: one at a
+/// time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 #[test]
 fn a_thousand_local_contexts_in_one_master() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let n: usize = std::env::var("MITO_SCALE_CONTEXTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let limit = mito::master::limits::raise_fd_limit().expect("raise RLIMIT_NOFILE");
     // Three descriptors per context (measured below), and room for the rest.
@@ -110,4 +116,48 @@ fn a_thousand_local_contexts_in_one_master() {
     assert!(after.1 - before.1 <= 5 * (n - 1), "fds per context: {:?} -> {:?}", before, after);
     assert!(after.2 <= before.2 + 8, "threads grow with contexts: {:?} -> {:?}", before, after);
     assert!(connect < Duration::from_secs(300), "connect took {connect:?}");
+}
+
+#[test]
+fn contexts_behind_a_hop_hold_no_thread_and_no_descriptor_in_the_master() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = TempDir::new("scale-hop");
+    let opts = common::local_in(&dir.path().join("cache"));
+    let router = Router::new().expect("router");
+    let hop = router.local(opts.clone()).expect("hop");
+    // The first child stores the agent's cache on the hop's side.
+    let first = hop.local(opts.clone()).expect("first child");
+    first.ping().expect("ping");
+    // Its connect's pump threads end just after it returns.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = usage();
+    let n = 20;
+    let children: Vec<Context> = (0..n).map(|_| hop.local(opts.clone()).expect("child")).collect();
+    for c in &children {
+        c.ping().expect("ping");
+    }
+    // The bootstrap's threads and sockets go once each context is adopted
+    // (the pump hands the command over to the router, then ends).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let u = usage();
+        if (u.1 <= before.1 && u.2 <= before.2) || Instant::now() > deadline {
+            break u;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("scale: {n} contexts behind a hop: fds {} -> {}, threads {} -> {}", before.1, after.1, before.2, after.2);
+    assert!(after.1 <= before.1, "descriptors held per context behind a hop: {before:?} -> {after:?}");
+    assert!(after.2 <= before.2, "threads held per context behind a hop: {before:?} -> {after:?}");
+    // The monitor still ends a context whose command is gone: killing the
+    // child's agent disconnects it (through its command's exit).
+    let victim = &children[0];
+    let pid = victim.info().expect("info").pid;
+    let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while victim.ping().is_ok() {
+        assert!(Instant::now() < deadline, "a killed child still answers");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    children[1].ping().expect("its siblings live on");
 }

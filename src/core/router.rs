@@ -214,12 +214,31 @@ impl std::fmt::Debug for ResourceHook {
     }
 }
 
+/// Called after a delivery (a message, or the news that the context is
+/// gone) was put into a mailbox's latch: the owner drains the latch there
+/// instead of a thread of its own waiting on it (`master::via`'s monitor
+/// of a context behind a hop). It runs on whichever thread delivered (the
+/// broker's, or a caller reading the stream), never under the table's
+/// locks, so it may use the table; it must not block.
+pub type Notify = Arc<dyn Fn() + Send + Sync>;
+
+/// A mailbox's [`Notify`], if it has one.
+#[derive(Default)]
+struct NotifyHook(Option<Notify>);
+
+impl std::fmt::Debug for NotifyHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "NotifyHook(set)" } else { "NotifyHook(unset)" })
+    }
+}
+
 /// A registered mailbox.
 #[derive(Debug)]
 struct Mailbox {
     ctx: u32,
     latch: Arc<Latch<Delivery>>,
     once: bool,
+    notify: NotifyHook,
 }
 
 /// Per-context state shared by the Context handles, router and broker.
@@ -402,13 +421,29 @@ impl RouterTable {
                 break h;
             }
         };
-        boxes.insert(handle, Mailbox { ctx, latch: latch.clone(), once });
+        boxes.insert(handle, Mailbox { ctx, latch: latch.clone(), once, notify: NotifyHook::default() });
         (handle, latch)
+    }
+
+    /// Has `notify` called after every delivery into mailbox `handle` from
+    /// now on (see [`Notify`]); false if the mailbox is closed. What was
+    /// queued before is the caller's to drain after this returns.
+    pub fn set_notify(&self, handle: u32, notify: Notify) -> bool {
+        let mut boxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        match boxes.get_mut(&handle) {
+            Some(m) => {
+                m.notify = NotifyHook(Some(notify));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Closes a mailbox (late messages for it are dropped).
     pub fn close_mailbox(&self, handle: u32) {
-        if let Some(m) = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).remove(&handle) {
+        // Dropped after the lock: its notify may own what closes mailboxes.
+        let m = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).remove(&handle);
+        if let Some(m) = m {
             m.latch.close();
         }
     }
@@ -495,11 +530,11 @@ impl RouterTable {
             log::warn!("dropping message from context {from} for handle {} of another context", h.handle);
             return;
         }
-        let (latch, once) = (mb.latch.clone(), mb.once);
-        if once {
-            boxes.remove(&h.handle);
-        }
+        let (latch, once, notify) = (mb.latch.clone(), mb.once, mb.notify.0.clone());
+        // Dropped after the lock: its notify may own what closes mailboxes.
+        let removed = if once { boxes.remove(&h.handle) } else { None };
         drop(boxes);
+        drop(removed);
         if once {
             latch.put(Ok(msg));
         } else {
@@ -507,6 +542,9 @@ impl RouterTable {
             // stdin credit) may have a budget: charged by payload size.
             let size = msg.data.len();
             latch.put_charged(Ok(msg), size);
+        }
+        if let Some(n) = notify {
+            n();
         }
     }
 
@@ -628,14 +666,20 @@ impl RouterTable {
                 self.on_disconnect(id, Disconnected::new(EndKind::Broken, why));
             }
         }
-        let failed: Vec<Arc<Latch<Delivery>>> = {
+        // Used after the lock: a notify may close mailboxes.
+        let failed: Vec<Mailbox> = {
             let mut boxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
             let dead: Vec<u32> = boxes.iter().filter(|(_, m)| m.ctx == ctx).map(|(h, _)| *h).collect();
-            dead.into_iter().filter_map(|h| boxes.remove(&h)).map(|m| m.latch).collect()
+            dead.into_iter().filter_map(|h| boxes.remove(&h)).collect()
         };
-        for l in failed {
-            l.put(Err(reason.clone()));
-            l.close();
+        for m in &failed {
+            m.latch.put(Err(reason.clone()));
+            m.latch.close();
+        }
+        for m in &failed {
+            if let Some(n) = &m.notify.0 {
+                n();
+            }
         }
     }
 

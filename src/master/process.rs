@@ -100,6 +100,26 @@ const OUTPUT: &str = "output";
 /// "stdin acknowledgements" in [`CallError::CreditExceeded`].
 const ACKS: &str = "stdin acknowledgements";
 
+/// The handle of the message [`Waker::wake`] puts into a `Process`'s
+/// latch: no mailbox has it (dynamic handles start at
+/// [`handles::FIRST_DYNAMIC`]), so nothing the router delivers is taken
+/// for it.
+const WAKE: u32 = 0;
+
+/// Wakes the thread waiting in [`Process::next_or_woken`] (see
+/// `master::via`: its output pump hands the command over to a router
+/// notify once the context is adopted).
+#[derive(Clone, Debug)]
+pub(crate) struct Waker(Arc<Latch<Delivery>>);
+
+impl Waker {
+    /// Makes the waiter's next (or current) wait return `None`.
+    pub(crate) fn wake(&self) {
+        // Free against the budget: it is not the agent's.
+        self.0.put(Ok(Message::new(MASTER_ID, MASTER_ID, WAKE, 0, Vec::new())));
+    }
+}
+
 /// What a running command produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProcessEvent {
@@ -583,8 +603,42 @@ impl Process {
     /// until one comes or the context is gone). After the exit, returns it
     /// again.
     pub fn next(&mut self, deadline: Option<Instant>) -> Result<ProcessEvent, CallError> {
+        loop {
+            if let Some(e) = self.next_or_woken(deadline)? {
+                return Ok(e);
+            }
+        }
+    }
+
+    /// Wakes [`Process::next_or_woken`] from another thread.
+    pub(crate) fn waker(&self) -> Waker {
+        Waker(self.latch.clone())
+    }
+
+    /// The mailboxes whose deliveries this reads: the output stream and the
+    /// reply (for [`crate::core::router::RouterTable::set_notify`]).
+    pub(crate) fn handles(&self) -> [u32; 2] {
+        [self.stream, self.reply]
+    }
+
+    /// What is queued, without waiting: `None` when nothing is (for a
+    /// notify on the broker thread, which must not block).
+    pub(crate) fn poll(&mut self) -> Option<Result<ProcessEvent, CallError>> {
+        loop {
+            match self.next_or_woken(Some(Instant::now())) {
+                Ok(Some(e)) => return Some(Ok(e)),
+                // A wake left over from the hand-over.
+                Ok(None) => {}
+                Err(CallError::Timeout { .. }) => return None,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// [`Process::next`], or `None` when woken by a [`Waker`].
+    pub(crate) fn next_or_woken(&mut self, deadline: Option<Instant>) -> Result<Option<ProcessEvent>, CallError> {
         if let Some(r) = &self.exit {
-            return Ok(ProcessEvent::Exit(r.clone()));
+            return Ok(Some(ProcessEvent::Exit(r.clone())));
         }
         if let Some(e) = self.watchdog.error() {
             return Err(e);
@@ -596,6 +650,7 @@ impl Process {
             self.consumed = 0;
         }
         match self.latch.get(deadline) {
+            Ok(Ok(msg)) if msg.header.handle == WAKE && msg.header.src == MASTER_ID => Ok(None),
             Ok(Ok(msg)) if msg.header.handle == self.stream => {
                 // Inflated no further than the credit it came under.
                 let credit = (u64::from(self.window) + OUTPUT_SLACK).min(u64::from(max)) as u32;
@@ -603,13 +658,13 @@ impl Process {
                 // As the agent counts it (see `f::OUTPUT_FRAME_COST`).
                 let cost = (chunk.data.len() as u32).saturating_add(f::OUTPUT_FRAME_COST);
                 self.consumed = self.consumed.saturating_add(cost);
-                Ok(ProcessEvent::Output { fd: chunk.fd, data: chunk.data.into_vec() })
+                Ok(Some(ProcessEvent::Output { fd: chunk.fd, data: chunk.data.into_vec() }))
             }
             Ok(Ok(msg)) => {
                 let r: ExecReply = decode_reply(&self.control.shared, f::Exec::NAME, &msg, max)?;
                 self.finish();
                 self.exit = Some(r.clone());
-                Ok(ProcessEvent::Exit(r))
+                Ok(Some(ProcessEvent::Exit(r)))
             }
             Ok(Err(d)) => Err(self
                 .watchdog

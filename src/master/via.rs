@@ -24,12 +24,20 @@
 //!    `ExecOp::Adopt(id)` makes the hop turn the command's pipes into a
 //!    routed child stream; every hop above learns `id` with ADD_ROUTE. From
 //!    then on messages for `id` travel as frames, forwarded by header only.
-//! 4. The output pump stays as the context's monitor: the command's
-//!    stderr/tty lines are logged under the context's name, and its exit
-//!    (or the hop's loss) disconnects the context at once. A child that
-//!    stops reading is dropped by its hop (DEL_ROUTE, see
-//!    `agent::external_context`), which also kills the command, so the
-//!    pump ends then too.
+//! 4. Then the output pump hands the command over to a [`Monitor`] and
+//!    ends, closing its sockets: the connecting thread wakes it once the
+//!    context exists ([`super::process::Waker`]). The monitor holds no
+//!    thread and no descriptor (so 10,000 contexts behind hops cost the
+//!    master none, ARCHITECTURE.md "Scale"): the router calls it after each
+//!    delivery to the command's mailboxes
+//!    ([`crate::core::router::RouterTable::set_notify`]), on the thread
+//!    that delivered, and it takes what is queued without waiting: the
+//!    command's stderr/tty lines are logged under the context's name, and
+//!    its exit (or the hop's loss, which fails those mailboxes) disconnects
+//!    the context at once. A child that stops reading is dropped by its hop
+//!    (DEL_ROUTE, see `agent::external_context`), which also kills the
+//!    command, so the monitor ends then too. Threads (two pumps) and the
+//!    three socketpairs are used only while a connect is in flight.
 //!
 //! No send here waits for ever: the pumps' stdin goes through
 //! [`ProcessInput::write`] (bounded, see `master::process`), tty answers,
@@ -134,6 +142,7 @@ pub(super) fn connect(
     let deadline = Instant::now() + timeout;
     let mut process = hop.spawn(&exec_args(cmd)).map_err(|e| hop_failed(e.to_string()))?;
     let stream = process.stream();
+    let waker = process.waker();
     let Some(input) = process.take_input() else { return Err(hop_failed("no stdin for the command".into())) };
     let watch: Shared = Arc::default();
     let (w, table, ctx_name) = (watch.clone(), hop.state.table.clone(), name.clone());
@@ -201,7 +210,11 @@ pub(super) fn connect(
         let mut w = watch.lock().unwrap_or_else(PoisonError::into_inner);
         match w.ended.clone() {
             Some(reason) => hop.state.table.on_disconnect(id, Disconnected::new(EndKind::Broken, reason)),
-            None => w.ctx = Some(shared.clone()),
+            None => {
+                w.ctx = Some(shared.clone());
+                // The pump hands the command over to the router and ends.
+                waker.wake();
+            }
         }
     }
     let info = ConnectInfo::from_boot(&boot, None);
@@ -353,14 +366,17 @@ fn send_all(s: &UnixStream, mut data: &[u8]) -> bool {
     true
 }
 
-/// The command's output into the bootstrap's sockets; after the hello its
-/// stderr/tty lines into the log, and its end into a disconnect.
+/// The command's output into the bootstrap's sockets, until the context
+/// exists (the connecting thread wakes the pump then): the command then
+/// goes to a [`Monitor`] the router drives, and the pump ends with its
+/// sockets. If the command ends first, its end disconnects the context
+/// (or fails the bootstrap).
 fn pump_out(mut p: Process, rx: UnixStream, tty: UnixStream, watch: Shared, table: Arc<RouterTable>, name: String) {
     let (mut rx, mut tty) = (Some(rx), Some(tty));
     let mut lines = crate::core::lines::Lines::new(crate::core::broker::MAX_LOG_CHARS);
     let ended = loop {
-        match p.next(None) {
-            Ok(ProcessEvent::Output { fd, data }) => {
+        match p.next_or_woken(None) {
+            Ok(Some(ProcessEvent::Output { fd, data })) => {
                 let sink = if fd == 1 { &mut rx } else { &mut tty };
                 if let Some(s) = sink {
                     if send_all(s, &data) {
@@ -373,12 +389,14 @@ fn pump_out(mut p: Process, rx: UnixStream, tty: UnixStream, watch: Shared, tabl
                     crate::core::broker::log_lines(&name, &mut lines, &data);
                 }
             }
-            Ok(ProcessEvent::Exit(r)) => {
-                break match (r.status.code, r.status.signal) {
-                    (_, Some(sig)) => format!("its transport command ended (signal {sig})"),
-                    (Some(code), _) => format!("its transport command ended (status {code})"),
-                    _ => "its transport command ended".to_string(),
-                };
+            Ok(Some(ProcessEvent::Exit(r))) => break exit_reason(&r),
+            Ok(None) => {
+                let ctx = watch.lock().unwrap_or_else(PoisonError::into_inner).ctx.take();
+                if let Some(ctx) = ctx {
+                    // The sockets close here: the bootstrap is done.
+                    drop((rx, tty));
+                    return Monitor::start(p, lines, ctx, table);
+                }
             }
             Err(e) => {
                 let reason = e.to_string();
@@ -396,6 +414,90 @@ fn pump_out(mut p: Process, rx: UnixStream, tty: UnixStream, watch: Shared, tabl
     };
     if let Some(c) = ctx {
         table.on_disconnect(c.id, Disconnected::new(EndKind::Broken, ended));
+    }
+}
+
+/// How the command carrying a context ended, for its disconnect.
+fn exit_reason(r: &crate::proto::functions::ExecReply) -> String {
+    match (r.status.code, r.status.signal) {
+        (_, Some(sig)) => format!("its transport command ended (signal {sig})"),
+        (Some(code), _) => format!("its transport command ended (status {code})"),
+        _ => "its transport command ended".to_string(),
+    }
+}
+
+/// The monitor of a context behind a hop once it is adopted: no thread and
+/// no descriptor of its own. The router calls [`Monitor::drain`] after each
+/// delivery to the command's mailboxes (its output, its exit, or the hop's
+/// loss), on the thread that delivered it: the broker's, or a caller's
+/// reading the stream. So nothing here blocks: output is taken as it is
+/// queued (credit goes back as small control frames that never wait), its
+/// stderr/tty lines are logged under the context's name, and the
+/// command's exit or the hop's loss disconnects the context.
+///
+/// The router's mailboxes own the monitor (through their notify) until
+/// they close: at the command's exit or the hop's loss, when the monitor
+/// drops the command.
+struct Monitor {
+    /// `None` once the command has ended.
+    process: Option<Process>,
+    lines: crate::core::lines::Lines,
+    ctx: Arc<ContextShared>,
+    table: Arc<RouterTable>,
+}
+
+impl Monitor {
+    /// Hands `p` over to the router: what comes after this is drained on
+    /// delivery, what came before is drained here.
+    fn start(p: Process, lines: crate::core::lines::Lines, ctx: Arc<ContextShared>, table: Arc<RouterTable>) {
+        let handles = p.handles();
+        let m = Arc::new(Mutex::new(Monitor { process: Some(p), lines, ctx, table: table.clone() }));
+        let weak = Arc::downgrade(&m);
+        // Weak: the mailboxes hold this closure, the closure must not keep
+        // `m`'s owner (the closure itself) alive in a loop of its own.
+        let hook: crate::core::router::Notify = Arc::new(move || {
+            if let Some(m) = weak.upgrade() {
+                Monitor::drain(&m);
+            }
+        });
+        let owner = m.clone();
+        let keep: crate::core::router::Notify = Arc::new(move || Monitor::drain(&owner));
+        // The first mailbox that is open carries the owning closure (the
+        // reply mailbox goes at the exit, the stream mailbox when the
+        // command is dropped; either outlives what the other may deliver).
+        let mut owned = false;
+        for h in handles {
+            let n = if owned { hook.clone() } else { keep.clone() };
+            if table.set_notify(h, n) {
+                owned = true;
+            }
+        }
+        Monitor::drain(&m);
+    }
+
+    /// Takes what is queued (see the type's docs); never blocks.
+    fn drain(m: &Mutex<Monitor>) {
+        let mut guard = m.lock().unwrap_or_else(PoisonError::into_inner);
+        let me = &mut *guard;
+        let Some(p) = me.process.as_mut() else { return };
+        let ended = loop {
+            match p.poll() {
+                None => return,
+                Some(Ok(ProcessEvent::Output { fd, data })) => {
+                    if fd != 1 {
+                        crate::core::broker::log_lines(&me.ctx.name, &mut me.lines, &data);
+                    }
+                }
+                Some(Ok(ProcessEvent::Exit(r))) => break exit_reason(&r),
+                Some(Err(e)) => break e.to_string(),
+            }
+        };
+        let (p, id, table) = (me.process.take(), me.ctx.id, me.table.clone());
+        drop(guard);
+        // Outside the lock: dropping the command closes its mailboxes,
+        // whose notify is this monitor.
+        drop(p);
+        table.on_disconnect(id, Disconnected::new(EndKind::Broken, ended));
     }
 }
 
