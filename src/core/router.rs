@@ -858,6 +858,30 @@ mod tests {
     }
 
     #[test]
+    fn a_notify_runs_after_each_delivery_and_the_loss_outside_the_lock() {
+        let (t, hop, _child) = table();
+        let t = Arc::new(t);
+        let (h, latch) = t.open_mailbox(hop.id, false);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s, weak, l) = (seen.clone(), Arc::downgrade(&t), latch.clone());
+        let notify: Notify = Arc::new(move || {
+            // The table is usable here: no lock of its own is held.
+            if let Some(t) = weak.upgrade() {
+                let _ = t.open_mailbox(1, true);
+            }
+            while let Some(d) = l.try_get() {
+                s.lock().unwrap_or_else(PoisonError::into_inner).push(d.is_ok());
+            }
+        });
+        assert!(t.set_notify(h, notify.clone()));
+        assert!(!t.set_notify(h + 1000, notify), "no such mailbox");
+        t.deliver(1, frame(1, h, vec![1]));
+        t.deliver(1, frame(1, h, vec![2]));
+        t.on_disconnect(hop.id, Disconnected::new(EndKind::Broken, "gone"));
+        assert_eq!(*seen.lock().unwrap_or_else(PoisonError::into_inner), [true, true, false]);
+    }
+
+    #[test]
     fn handles_wrap_past_the_fixed_ones_and_open_mailboxes() {
         let t = RouterTable::new(1 << 20);
         let (kept, _) = t.open_mailbox(5, false);
