@@ -628,10 +628,16 @@ impl super::bootstrap::Hooks for Prepared {
         let context = &self.context;
         let text = String::from_utf8_lossy(stderr);
         let asked = self.askpass.as_ref().map(|a| a.asked.load(Ordering::SeqCst));
-        let mut failure = classify_text(&text, asked)?;
-        if let (SshFailure::AuthFailed { hint, .. }, Some(true)) =
-            (&mut failure, self.askpass.as_ref().map(Askpass::other_asked))
-        {
+        let other = self.askpass.as_ref().is_some_and(Askpass::other_asked);
+        // With ControlPersist (mito's default connection sharing) ssh sends
+        // a ProxyJump ssh's stderr to /dev/null, so its "Permission denied"
+        // never shows: the askpass marker alone says a jump host asked.
+        let mut failure = match classify_text(&text, asked) {
+            Some(f) => f,
+            None if other => SshFailure::AuthFailed { methods: "password".into(), hint: String::new() },
+            None => return None,
+        };
+        if let (SshFailure::AuthFailed { hint, .. }, true) = (&mut failure, other) {
             *hint = ": a ProxyJump/ProxyCommand host asked for a password, and the password is only for the \
                      target host (give the jump host a key or an agent)"
                 .into();
