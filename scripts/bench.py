@@ -237,6 +237,10 @@ def main():
             if note:
                 rec["note"] = note
             out.write(json.dumps(rec) + "\n")
+    # BENCH_FLEET=1 (opt-in, minutes): fleet_true, fleet_10step on 50 ssh hosts vs xargs ssh, ansible (scripts/bench_fleet.py)
+    if env.get("BENCH_FLEET"):
+        import bench_fleet
+        failures += bench_fleet.run(env, a.mito_cli, a.python, only, rounds, out)
     if out:
         out.close()
     if failures:
