@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod bench_common;
+
+use bench_common::{ms, wchar};
 use mito::functions::ExecArgs;
 use mito::{Context, LocalOptions, Router, SshOptions, SudoOptions};
 use serde_bytes::ByteBuf;
@@ -29,18 +32,6 @@ fn local(cache: &Path) -> LocalOptions {
         ],
         ..LocalOptions::default()
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// Bytes this process has written so far (all write syscalls).
-fn wchar() -> u64 {
-    std::fs::read_to_string("/proc/self/io")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("wchar:"))?.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> f64 {

@@ -20,23 +20,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+mod bench_common;
+
+use bench_common::{ms, wchar};
 use mito::{Engine, EngineOptions, LocalOptions, Router, SetnsOptions};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// Bytes this process has written so far (all write syscalls).
-fn wchar() -> u64 {
-    std::fs::read_to_string("/proc/self/io")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("wchar:"))?.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
 
 fn manifest() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
