@@ -76,6 +76,9 @@
 //!   made-up hashes; answers the ping once every request has its reply,
 //!   and `read_file` of anything with what came back:
 //!   `refused=<n> served=<n> other=<n>`.
+//! - `garbage-reply`: answers every call with three bytes that decode as
+//!   no reply type (`0xff 0xff 0xff`, a varint that never ends).
+//! - `silent`: reads every call and never answers one (nor exits).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -876,6 +879,7 @@ fn main() {
             thief = Some(Thief::from_env(sibling));
             Fs::default()
         }
+        "garbage-reply" | "silent" => Fs::default(),
         other => {
             eprintln!("hostile_agent: unknown scenario MITO_HOSTILE={other:?}");
             std::process::exit(64);
@@ -908,6 +912,16 @@ fn main() {
                 handles::CALL_FUNCTION => {
                     let Some(payload) = m.payload(MAX_MESSAGE_SIZE as usize) else { continue };
                     let payload = payload.into_owned();
+                    match scenario.as_str() {
+                        "silent" => continue,
+                        "garbage-reply" => {
+                            let h = &m.header;
+                            let r = Header { dst: h.src, src: id, auth: id, handle: h.reply_to, ..Header::default() };
+                            agent.send(&r, &[0xff, 0xff, 0xff]);
+                            continue;
+                        }
+                        _ => {}
+                    }
                     if let Some(forged) = &forge {
                         // Before the reply: the reply then shows they went up.
                         let mut o = agent.out.lock();

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+MITOGEN_TREE = "a Python interpreter of ~20 MB per context: ~20 GB for 1,000"
+
 # name, label, mito has it, mitogen has it (or the reason it does not), higher is better
 WORKLOADS = [
     ("local_warm", "local connect + first call (warm)", True, True, False),
@@ -44,10 +46,18 @@ WORKLOADS = [
     ("import_hop_bytes", "  ... bytes on the first link (mitogen: master's wchar)", True, True, False),
     ("put_hop", "put 5 MiB to 10 contexts behind a hop, one by one (mitogen: FileService)", True, True, False),
     ("put_hop_bytes", "  ... bytes on the first link (mitogen: master's wchar)", True, True, False),
-    # BENCH_TREE=HxC (e.g. 100x100: 10,100 local contexts; opt-in, too heavy for CI): examples/bench_tree.rs
-    ("tree_connect", "tree of H local hops x C children: connect all", True, "not wired here", False),
-    ("tree_call", "  ... one info call to every leaf, sent then gathered", True, "not wired here", False),
-    ("tree_rss", "  ... master RSS per context", True, "not wired here", False),
+    # BENCH_TREE=HxC (e.g. 100x100: 10,100 local contexts; opt-in, too heavy for CI): examples/bench_tree.rs;
+    # tree_direct_*: BENCH_TREE_DIRECT (default 1000) direct local contexts. Not for mitogen: each of its
+    # contexts is a Python interpreter of ~20 MB RSS (measured here: 20.7 MB, 135 ms a connect), so 1,000
+    # would take ~20 GB and the 100x100 tree ~200 GB.
+    ("tree_connect", "tree of H local hops x C children: connect all", True, MITOGEN_TREE, False),
+    ("tree_broadcast", "  ... info to every leaf, one broadcast (call_many)", True, MITOGEN_TREE, False),
+    ("tree_call", "  ... info to every leaf, one call each, sent then gathered", True, MITOGEN_TREE, False),
+    ("tree_rss", "  ... master RSS per context", True, MITOGEN_TREE, False),
+    ("tree_direct_connect", "N direct local contexts: connect all", True, MITOGEN_TREE, False),
+    ("tree_direct_broadcast", "  ... info to each, one broadcast (call_many)", True, MITOGEN_TREE, False),
+    ("tree_direct_call", "  ... info to each, one call each, sent then gathered", True, MITOGEN_TREE, False),
+    ("tree_direct_rss", "  ... master RSS per context", True, MITOGEN_TREE, False),
     # BENCH_CONTAINERS=1 (opt-in: root; podman_connect also podman + runc): examples/bench_containers.rs
     # mitogen starts python inside: its containers hold the host's root (scripts/bench_mitogen_containers.py)
     ("setns_connect", "setns connect + first call (mito: nothing inside)", True, True, False),
@@ -75,7 +85,8 @@ ITER = {  # iterations per round: (quick, full)
     "via_connect": (10, 40), "rtt_via": (3000, 10000), "putmany_via": (2, 5),
     "userfn_local": (5000, 20000), "userfn_hop": (3000, 10000),
     "import_hop": (2, 5), "import_hop_bytes": (1, 2), "put_hop": (2, 5), "put_hop_bytes": (1, 2),
-    "tree_connect": (1, 1), "tree_call": (1, 1), "tree_rss": (1, 1),
+    "tree_connect": (1, 1), "tree_broadcast": (1, 1), "tree_call": (1, 1), "tree_rss": (1, 1),
+    "tree_direct_connect": (1, 1), "tree_direct_broadcast": (1, 1), "tree_direct_call": (1, 1), "tree_direct_rss": (1, 1),
     "setns_connect": (10, 40), "podman_connect": (3, 10), "containers_hop": (1, 3), "containers_hop_bytes": (1, 1),
 }
 

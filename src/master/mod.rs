@@ -16,6 +16,8 @@
 //!   [`Context::fetch_resource`].
 //! - [`fanout`] puts one file to many contexts, each link crossed once
 //!   (RELAY through shared hops).
+//! - [`broadcast`] calls one function in many contexts, each link crossed
+//!   once (RELAY through shared hops), and gathers every reply.
 //! - [`transfer`] holds streamed `get`/`put` of files, [`tree`] of
 //!   directory trees (`-r`); [`fs`] the typed
 //!   file system helpers (list, mkdir -p, chmod/chown, links, rm -rf, du).
@@ -23,6 +25,7 @@
 //! **API boundary:** everything a user needs is re-exported from the crate
 //! root; the `core` and `connect` internals may change.
 
+pub mod broadcast;
 mod containers;
 pub mod context;
 pub mod error;
