@@ -3,8 +3,9 @@
 //! broadcast to all and gathered, then all shut down. Bounded in time but
 //! not asserted as a timing; the numbers are printed (run with
 //! `--nocapture`) and recorded in ARCHITECTURE.md ("Scale"): the master's
-//! RSS, file descriptors and threads per context. `MITO_SCALE_CONTEXTS`
-//! changes the count. Contexts behind a hop hold no thread and no
+//! RSS, file descriptors and threads per context; the broadcast is
+//! `call_many` (`master::broadcast`), beside one call each for comparison.
+//! `MITO_SCALE_CONTEXTS` changes the count. Contexts behind a hop hold no thread and no
 //! descriptor in the master once connected (`master::via`'s monitor).
 
 mod common;
@@ -14,6 +15,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::TempDir;
+use mito::functions::Info;
+use mito::master::broadcast::call_many;
 use mito::{Context, Router};
 
 /// This process's resident set (KiB), open descriptors and threads.
@@ -78,12 +81,24 @@ fn a_thousand_local_contexts_in_one_master() {
         c.ping().expect("ping");
     }
     let one_by_one = t1.elapsed();
-    // A broadcast: every call sent, then every reply gathered.
+    // A broadcast (`call_many`), each reply from the agent it was sent to.
     let t2 = Instant::now();
-    let pending: Vec<_> = ctxs.iter().map(|c| c.call_async::<mito::functions::Info>(&()).expect("send")).collect();
-    let pids: std::collections::HashSet<u32> = pending.into_iter().map(|p| p.wait().expect("info").pid).collect();
+    let answers = call_many::<Info>(&ctxs, &(), Duration::from_secs(120));
     let broadcast = t2.elapsed();
+    let mut pids = std::collections::HashSet::new();
+    for (c, r) in answers {
+        let pid = r.expect("info").pid;
+        assert_eq!(pid, c.connect_info().pid, "{}", c.name());
+        pids.insert(pid);
+    }
     assert_eq!(pids.len(), n, "{n} distinct agents");
+    // The same as one call each: every call sent, then every reply gathered.
+    let t2 = Instant::now();
+    let pending: Vec<_> = ctxs.iter().map(|c| c.call_async::<Info>(&()).expect("send")).collect();
+    for p in pending {
+        p.wait().expect("info");
+    }
+    let one_call_each = t2.elapsed();
     let peak = usage();
 
     let t3 = Instant::now();
@@ -94,7 +109,7 @@ fn a_thousand_local_contexts_in_one_master() {
     let per = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / (n - 1) as f64;
     eprintln!(
         "scale: {n} local contexts: connect {connect:.2?} ({:.2} ms each), ping one by one {one_by_one:.2?}, \
-         broadcast info {broadcast:.2?}, shutdown {shutdown:.2?}",
+         broadcast info (call_many) {broadcast:.2?}, one info call each {one_call_each:.2?}, shutdown {shutdown:.2?}",
         connect.as_secs_f64() * 1e3 / (n - 1) as f64
     );
     eprintln!(
@@ -133,8 +148,9 @@ fn contexts_behind_a_hop_hold_no_thread_and_no_descriptor_in_the_master() {
     let before = usage();
     let n = 20;
     let children: Vec<Context> = (0..n).map(|_| hop.local(opts.clone()).expect("child")).collect();
-    for c in &children {
-        c.ping().expect("ping");
+    // One broadcast reaches them all through the hop's stream.
+    for (c, r) in call_many::<Info>(&children, &(), Duration::from_secs(60)) {
+        assert_eq!(r.expect("info").pid, c.connect_info().pid, "{}", c.name());
     }
     // The bootstrap's threads and sockets go once each context is adopted
     // (the pump hands the command over to the router, then ends).
