@@ -25,11 +25,12 @@ use super::files::{self, FileTable};
 use super::frames::FrameReader;
 use super::outbox::Outbox;
 use super::panic_goodbye::doing;
-use super::{facts, fs};
+use super::{facts, fs, sync};
 use crate::core::poller::Poller;
 use crate::proto::functions::{self as f, Function};
 use crate::proto::message::decode_call;
 use crate::proto::resource::{FetchArgs, FetchResource};
+use crate::proto::sync as s;
 use crate::proto::{ErrorKind, Header, Message, RemoteError, MASTER_ID};
 
 /// Runs calls, and keeps what the functions keep between them.
@@ -40,6 +41,8 @@ pub struct Dispatcher {
     serial: u64,
     /// The open files of streamed transfers.
     files: FileTable,
+    /// The open rebuilds of delta sync.
+    sync: super::sync::SyncTable,
     /// A custom agent's own functions (`user.rs`), asked for any name
     /// that is not a built-in's.
     #[cfg(feature = "std")]
@@ -50,7 +53,7 @@ impl Dispatcher {
     /// A dispatcher for the agent `ident`, with no open files.
     pub fn new(ident: Identity) -> Dispatcher {
         #[cfg(not(feature = "std"))]
-        return Dispatcher { ident, serial: 0, files: FileTable::default() };
+        return Dispatcher { ident, serial: 0, files: FileTable::default(), sync: Default::default() };
         #[cfg(feature = "std")]
         Dispatcher::with_functions(ident, super::user::Registry::default())
     }
@@ -58,7 +61,7 @@ impl Dispatcher {
     /// A dispatcher that also runs the user's `functions` (a custom agent).
     #[cfg(feature = "std")]
     pub fn with_functions(ident: Identity, functions: super::user::Registry) -> Dispatcher {
-        Dispatcher { ident, serial: 0, files: FileTable::default(), user: functions }
+        Dispatcher { ident, serial: 0, files: FileTable::default(), sync: Default::default(), user: functions }
     }
 
     /// The agent's hash and path.
@@ -70,6 +73,7 @@ impl Dispatcher {
     /// agent is going.
     pub fn discard_files(&mut self) {
         self.files.discard_all();
+        self.sync.discard_all();
     }
 
     /// Runs the call in `m` (from the parent only) and queues its reply;
@@ -147,6 +151,13 @@ impl Dispatcher {
             f::Rename::NAME => call!(f::Rename, |a| fs::rename(&a.from, &a.to)),
             f::RemoveTree::NAME => call!(f::RemoveTree, |a| fs::remove_tree(&a.path)),
             f::DiskUsage::NAME => call!(f::DiskUsage, |a| fs::disk_usage(&a.path)),
+            s::SyncList::NAME => call!(s::SyncList, |a| sync::list(&a.root, a.max_entries)),
+            s::SyncBegin::NAME => call!(s::SyncBegin, |a| self.sync.begin(&a)),
+            s::SyncSignature::NAME => call!(s::SyncSignature, |a| self.sync.signature(a.id, a.first, a.count)),
+            s::SyncDelta::NAME => call!(s::SyncDelta, |a| self.sync.delta(a.id, &a.ops)),
+            s::SyncCommit::NAME => call!(s::SyncCommit, |a| self.sync.commit(&a)),
+            s::SyncAbort::NAME => call!(s::SyncAbort, |a| self.sync.abort(a)),
+            s::SyncApply::NAME => call!(s::SyncApply, |a| sync::apply(&a)),
             // Bytes replies are built in place (no copies of the data).
             f::ReadFile::NAME => match decode::<f::ReadFile>(args) {
                 Ok(a) => {

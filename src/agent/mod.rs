@@ -21,6 +21,8 @@
 //! - [`files`] — the open files of streamed transfers (hash, temp, commit).
 //! - [`facts`] — a host inventory from /proc and /etc.
 //! - [`fs`] — tree walks and changes (list, mkdir -p, chmod/chown, links, rm -rf, du).
+//! - [`sync`] — delta sync: the destination's listing, rebuilds of files
+//!   from old blocks and literal bytes (temp + rename), tree changes.
 //! - [`spawn`] — posix_spawn + pidfd, the agent's ProcessMonitor.
 //! - [`util`] — number and string helpers that avoid `core::fmt`, the clock.
 //! - `user` — a custom agent's own functions (`std` builds only): the
@@ -47,6 +49,7 @@ pub mod resources;
 pub mod signals;
 pub mod spawn;
 pub mod stdio;
+pub mod sync;
 pub mod token;
 pub mod user;
 pub mod util;

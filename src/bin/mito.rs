@@ -11,7 +11,7 @@
 //! Where things are (`src/bin/mito/`): `cli` is the command line as clap
 //! parses it; `settings` and `secrets` turn it into hop options, command
 //! arguments and passwords; `target` connects targets (chains of hops);
-//! one module per verb does the work (`run`, `copy` for put and get,
+//! one module per verb does the work (`run`, `copy` for put and get, `sync`,
 //! `inspect` for ping, facts and info; `mux` for ssh-close; `build_agent` builds a custom agent
 //! with cargo); `render` prints the answers, as text or JSON. `inventory`
 //! reads Ansible inventories, `pattern` selects hosts from them, and
@@ -47,6 +47,8 @@ mod run;
 mod secrets;
 #[path = "mito/settings.rs"]
 mod settings;
+#[path = "mito/sync.rs"]
+mod sync;
 #[path = "mito/target.rs"]
 mod target;
 
@@ -149,6 +151,7 @@ fn start(cli: Cli, secrets: secrets::Secrets) -> Result<ExitCode, String> {
         Command::Ping(a) => inspect::ping(a, &mut targets),
         Command::Put(a) => copy::put(a, &mut targets),
         Command::Get(a) => copy::get(a, &mut targets),
+        Command::Sync(a) => sync::command(a, &mut targets),
         Command::Facts(a) => inspect::facts(a, &mut targets),
         Command::Info(a) => inspect::info(a, &mut targets),
         // Returned above; here for completeness.

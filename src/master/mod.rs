@@ -20,7 +20,9 @@
 //!   once (RELAY through shared hops), and gathers every reply.
 //! - [`transfer`] holds streamed `get`/`put` of files, [`tree`] of
 //!   directory trees (`-r`); [`fs`] the typed
-//!   file system helpers (list, mkdir -p, chmod/chown, links, rm -rf, du).
+//!   file system helpers (list, mkdir -p, chmod/chown, links, rm -rf, du);
+//!   [`sync`] delta sync of a file or tree ([`Context::sync`]: one listing,
+//!   rolling-checksum deltas, `--delete`).
 //!
 //! **API boundary:** everything a user needs is re-exported from the crate
 //! root; the `core` and `connect` internals may change.
@@ -34,6 +36,7 @@ pub mod fs;
 pub mod limits;
 pub mod process;
 pub mod resources;
+pub mod sync;
 pub mod transfer;
 pub mod tree;
 mod via;

@@ -13,6 +13,8 @@
 //! - [`declare`] — `declare_function!`, a user's own function (custom agents).
 //! - [`resource`] — the importer: resources, grants, chunked GET_RESOURCE,
 //!   the `fetch_resource` built-in.
+//! - [`sync`] — delta sync's built-ins (`sync_list`, `sync_begin`, `sync_signature`,
+//!   `sync_delta`, `sync_commit`, `sync_abort`, `sync_apply`) and the rolling checksum.
 
 pub mod compress;
 pub mod declare;
@@ -23,6 +25,7 @@ pub mod handles;
 pub mod header;
 pub mod message;
 pub mod resource;
+pub mod sync;
 
 pub use error::{ErrorKind, RemoteError};
 pub use exit::ExitStatus;

@@ -169,6 +169,10 @@ pub enum Command {
     /// `mito get PATTERN:/PATH DIR`: from every host of the pattern, each
     /// into DIR/<host>/.
     Get(GetArgs),
+    /// Push a local file (or with -r a tree) to a context, sending only
+    /// what changed: `mito sync [-r] SRC TARGET:/DST [--delete]`.
+    #[command(after_help = SYNC_HELP)]
+    Sync(SyncArgs),
     /// Host facts: OS, kernel, CPUs, memory, mounts, interfaces, users, …
     Facts(FactsArgs),
     /// Who and where the agent is.
@@ -267,6 +271,39 @@ pub struct PutArgs {
     pub json: bool,
     #[command(flatten)]
     pub fleet: FleetArgs,
+}
+
+const SYNC_HELP: &str = "\
+How: one listing call returns the whole destination tree; a file whose
+size and mtime equal the destination's is skipped unread (rsync's quick
+check; `put` hashes both ends instead). A changed file of 64 KiB or more
+is sent as a delta: the target sends its old file's block signatures
+(rolling checksum + SHA-256), mito sends copy-block ops and the bytes
+that differ, the target rebuilds into a temp file, checks the whole
+file's SHA-256 and renames it into place (old or new, never partial).
+Modes and mtimes are kept; symlinks are copied as symlinks; devices,
+fifos and sockets are skipped. --delete removes only below DST, a
+symlink there as a link. Prints `changed`/`unchanged` per file and a
+summary (files checked, changed, bytes sent vs file bytes).
+Exit status: 0 done, 255 failed.";
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Sync directories recursively (DST becomes the copy of SRC, as
+    /// `rsync -a SRC/ DST` or `cp -rT`).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Remove what DST has and SRC lacks (only below DST; a symlink is
+    /// removed as a link, never followed).
+    #[arg(long)]
+    pub delete: bool,
+    /// Print the summary only, not a line per file.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Local file or directory.
+    pub src: PathBuf,
+    /// `TARGET:/absolute/path`, e.g. `local:/srv/www`, `ssh://web1:/srv/www`.
+    pub dest: String,
 }
 
 #[derive(Args, Debug)]

@@ -1,0 +1,1069 @@
+//! Delta sync: [`Context::sync`] pushes a local file or tree to a context,
+//! sending only what differs (the agent's side is `agent/sync.rs`, the
+//! wire types `proto/sync.rs`).
+//!
+//! Map of a sync:
+//! 1. **Compare.** One `sync_list` call returns the whole destination
+//!    tree (names as bytes, kinds, sizes, mtimes, modes, link targets;
+//!    `lstat` only). Its names are checked here ([`check_listing`]: single
+//!    file names, each parent a directory listed before it, no name twice
+//!    in a directory, at most [`MAX_TREE_ENTRIES`]); the source is walked
+//!    locally (`lstat`, symlinks not followed). A file whose size and mtime
+//!    (to the nanosecond) are the destination's is **skipped unread**, as
+//!    rsync's quick check does: a file rewritten in place with its size and
+//!    mtime restored is not seen (use `put`, which hashes both ends).
+//! 2. **Tree changes** in one `sync_apply` call (batched by [`APPLY_BATCH`]):
+//!    removals (a kind that changed; with [`SyncOptions::delete`] what the
+//!    source lacks), new directories, symlinks (copied as symlinks, their
+//!    target as is).
+//! 3. **Files.** A new file, or one under [`DELTA_MIN`] bytes at either end,
+//!    is sent whole (`sync_begin`, literal `sync_delta`s, `sync_commit`,
+//!    pipelined over many files: [`WINDOW`] calls in flight). A changed big
+//!    file is sent as a delta: the agent returns signatures of its old
+//!    file's blocks (rsync's rolling weak sum + 16 bytes of SHA-256), the
+//!    master slides a window over the new file and sends copy-block ops
+//!    where a block matches at any offset, literal bytes elsewhere, in
+//!    messages of at most [`CHUNK`] literal bytes, [`WINDOW`] in flight.
+//!    The agent rebuilds into a temp file beside the destination, checks
+//!    the whole file's SHA-256 and size, sets mode, owner (as root) and
+//!    mtime, and renames it into place: every final name holds the old
+//!    file or the new one.
+//! 4. **Metadata** of directories (mode, mtime) last, children first.
+//!
+//! The target is not trusted: its listing only decides what is compared
+//! and removed below the destination; the master reads only the files of
+//! its own walk of SRC. Its signatures are bounded ([`MAX_BLOCKS`], the
+//! slices asked for) and a target that makes every position a weak-sum
+//! hit stops matching after [`false_alarm_limit`] misses (the rest goes as
+//! literals), so it cannot make the master spin. Every call has the
+//! context's timeout.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+use thiserror::Error;
+
+use super::context::{path_bytes, Context, Pending};
+use super::error::CallError;
+use super::tree::{MAX_TREE_DEPTH, MAX_TREE_ENTRIES};
+use crate::core::sha256::{digest, Sha256};
+use crate::proto::functions::{self as f, FileKind};
+use crate::proto::sync::{
+    bad_name, DeltaOp, Rolling, SyncAbort, SyncApply, SyncApplyArgs, SyncBegin, SyncBeginArgs, SyncCommit,
+    SyncCommitArgs, SyncDelta, SyncDeltaArgs, SyncEntry, SyncList, SyncListArgs, SyncListing, SyncSignature,
+    SyncSignatureArgs, TreeOp, ROOT_PARENT, STRONG_LEN,
+};
+
+/// Literal bytes per `sync_delta` message (and read size of whole files).
+pub const CHUNK: usize = 1 << 20;
+/// Calls in flight per sync.
+pub const WINDOW: usize = 16;
+/// Files smaller than this (at either end) are sent whole: a delta costs
+/// a round trip for the signatures.
+pub const DELTA_MIN: u64 = 64 * 1024;
+/// Most blocks of an old file the master indexes (the block size grows
+/// with the file to stay under it).
+pub const MAX_BLOCKS: u64 = 1 << 21;
+/// Tree ops per `sync_apply` call.
+pub const APPLY_BATCH: usize = 4096;
+/// Blocks per `sync_signature` call (fewer for big blocks: at most 64 MiB read).
+const SIG_SLICE: u64 = 1 << 16;
+
+/// How [`Context::sync_with_report`] syncs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncOptions {
+    /// Allow a directory as the source (the destination becomes its copy,
+    /// as `rsync -a SRC/ DST` or `cp -rT`).
+    pub recursive: bool,
+    /// Remove what the destination has and the source lacks (only below
+    /// the destination; a symlink there is removed as a link).
+    pub delete: bool,
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Regular files of the source compared.
+    pub files: u64,
+    /// Of those, sent (whole or as a delta).
+    pub changed: u64,
+    /// Of the changed, sent as a delta against the old file.
+    pub deltas: u64,
+    /// Directories of the source (the root included).
+    pub dirs: u64,
+    /// Symlinks created or replaced.
+    pub symlinks: u64,
+    /// Entries removed at the destination (each counts once, with what was in it).
+    pub deleted: u64,
+    /// Devices, fifos and sockets of the source, skipped.
+    pub skipped: u64,
+    /// Size of the changed files.
+    pub file_bytes: u64,
+    /// Literal bytes sent (the rest was copied from the old files).
+    pub literal_bytes: u64,
+    /// Bytes of block signatures received.
+    pub signature_bytes: u64,
+    /// Bytes the master sent on the context's stream during the sync
+    /// ([`Context::bytes_sent`]: frames, calls, literals; shared with
+    /// whatever else uses that stream meanwhile).
+    pub wire_bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// One thing a sync did, for a report as it goes (paths relative to the
+/// destination; a single-file sync reports its file name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncEvent {
+    /// A regular file: sent (`changed`) or left alone.
+    File {
+        /// Where.
+        path: PathBuf,
+        /// Sent.
+        changed: bool,
+        /// Its size.
+        size: u64,
+        /// Literal bytes sent for it.
+        literal: u64,
+    },
+    /// Removed at the destination.
+    Deleted {
+        /// What.
+        path: PathBuf,
+    },
+    /// A symlink created or replaced.
+    Symlink {
+        /// Where.
+        path: PathBuf,
+    },
+}
+
+/// A failed sync.
+#[derive(Debug, Error)]
+pub enum SyncError {
+    /// The context side failed (or the context is gone).
+    #[error(transparent)]
+    Remote(#[from] CallError),
+    /// The local side failed.
+    #[error("local {path}: {source}")]
+    Local {
+        /// The local path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The source is a directory and the sync is not recursive.
+    #[error("{0} is a directory (sync it with -r)")]
+    SourceIsDir(PathBuf),
+    /// The destination exists and is of the wrong kind for the source.
+    #[error("{context}: {path} is {what}")]
+    Destination {
+        /// Context name.
+        context: String,
+        /// The destination.
+        path: PathBuf,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// A source file changed size while it was read: nothing was put in
+    /// place for it.
+    #[error("{path} changed during the sync: {expected} bytes at the start, {read} read")]
+    SourceChanged {
+        /// The file.
+        path: PathBuf,
+        /// Size when compared.
+        expected: u64,
+        /// Bytes read.
+        read: u64,
+    },
+    /// The target's listing or signatures are not what was asked for (a
+    /// name that is not a single file name, a parent that is not a
+    /// directory before it, a name twice, too many entries, a short or
+    /// long signature): refused before anything is written.
+    #[error("{context}: bad reply for {dest}: {why} (name \"{}\")", crate::core::text::printable(.name, 240))]
+    BadReply {
+        /// Context name.
+        context: String,
+        /// The destination.
+        dest: PathBuf,
+        /// The name concerned (may be empty).
+        name: Vec<u8>,
+        /// What is wrong.
+        why: &'static str,
+    },
+}
+
+fn local(path: &Path) -> impl Fn(std::io::Error) -> SyncError + '_ {
+    move |source| SyncError::Local { path: path.to_path_buf(), source }
+}
+
+/// An entry of the destination, by its path relative to the root.
+#[derive(Debug)]
+struct Remote {
+    kind: FileKind,
+    mode: u32,
+    size: u64,
+    mtime: (i64, u32),
+    link: Vec<u8>,
+}
+
+/// A refused entry of a listing: its name and what is wrong with it.
+pub type BadEntry = (Vec<u8>, &'static str);
+
+/// The destination's listing as paths relative to the root (and each
+/// one's depth), after
+/// checking it: every name a single file name ([`bad_name`]), every
+/// parent a directory listed before its child, no path twice, at most
+/// `max` entries and [`MAX_TREE_DEPTH`] levels. The `Err` is the name and
+/// what is wrong with it.
+pub fn check_listing(entries: &[SyncEntry], max: usize) -> Result<Vec<(Vec<u8>, usize)>, BadEntry> {
+    if entries.len() > max {
+        return Err((Vec::new(), "more entries than asked for"));
+    }
+    let mut paths: Vec<(Vec<u8>, usize)> = Vec::with_capacity(entries.len());
+    let mut seen: HashSet<&[u8]> = HashSet::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(why) = bad_name(&e.name) {
+            return Err((e.name.to_vec(), why));
+        }
+        let (mut path, depth) = if e.parent == ROOT_PARENT {
+            (Vec::new(), 1)
+        } else {
+            let p = e.parent as usize;
+            if p >= i || entries[p].kind != FileKind::Dir {
+                return Err((e.name.to_vec(), "its parent is not a directory listed before it"));
+            }
+            let mut path = paths[p].0.clone();
+            path.push(b'/');
+            (path, paths[p].1 + 1)
+        };
+        if depth > MAX_TREE_DEPTH {
+            return Err((e.name.to_vec(), "deeper than 256 levels"));
+        }
+        path.extend_from_slice(&e.name);
+        paths.push((path, depth));
+    }
+    for (p, _) in &paths {
+        if !seen.insert(p) {
+            return Err((p.clone(), "listed twice"));
+        }
+    }
+    Ok(paths)
+}
+
+/// A source entry, by its path relative to the source root.
+struct Local {
+    rel: Vec<u8>,
+    path: PathBuf,
+    meta: fs::Metadata,
+}
+
+/// The source tree below `root`, depth first, each directory's entries
+/// by name; `lstat` only.
+fn walk_local(root: &Path) -> Result<Vec<Local>, SyncError> {
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), Vec::new(), 0usize)];
+    while let Some((dir, rel, depth)) = stack.pop() {
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .map_err(local(&dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(local(&dir))?;
+        names.sort();
+        let mut subdirs = Vec::new();
+        for n in names {
+            let path = dir.join(&n);
+            let meta = fs::symlink_metadata(&path).map_err(local(&path))?;
+            let mut r = rel.clone();
+            if !r.is_empty() {
+                r.push(b'/');
+            }
+            r.extend_from_slice(n.as_bytes());
+            if meta.is_dir() {
+                if depth + 1 >= MAX_TREE_DEPTH {
+                    return Err(local(&path)(std::io::Error::other("deeper than 256 levels")));
+                }
+                subdirs.push((path.clone(), r.clone(), depth + 1));
+            }
+            out.push(Local { rel: r, path, meta });
+        }
+        // Depth first, in name order.
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(out)
+}
+
+fn rel_path(rel: &[u8]) -> PathBuf {
+    PathBuf::from(std::ffi::OsStr::from_bytes(rel))
+}
+
+fn mtime_of(m: &fs::Metadata) -> (i64, u32) {
+    (m.mtime(), m.mtime_nsec() as u32)
+}
+
+/// The block size for an old file of `size` bytes: about its square root
+/// (rsync's rule: a changed byte costs one block of literals, the
+/// signature about sqrt(size) entries), a multiple of 1 KiB, at least
+/// 2 KiB, and big enough that the file has at most [`MAX_BLOCKS`] blocks.
+pub fn block_size(size: u64) -> u32 {
+    let root = (size as f64).sqrt() as u64;
+    let mut bs = root.div_ceil(1024).max(2) * 1024;
+    while size / bs > MAX_BLOCKS {
+        bs *= 2;
+    }
+    bs.min(1 << 24) as u32
+}
+
+/// Weak-sum hits whose strong hash matches no block after which the
+/// master stops looking for matches in a file (the rest goes literally):
+/// a hostile target could otherwise make every byte a SHA-256 of a block.
+pub fn false_alarm_limit(blocks: u64) -> u64 {
+    4096 + blocks
+}
+
+/// Rebuild ids, unique in this process (several syncs may share an agent).
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+
+fn next_id() -> u32 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed).max(1)
+}
+
+/// Calls sent and not yet answered, oldest first, with the rebuild ids
+/// begun and not yet committed (aborted if the sync fails).
+struct Flight {
+    calls: VecDeque<Box<dyn FnOnce() -> Result<(), CallError>>>,
+    open: Vec<u32>,
+}
+
+impl Flight {
+    /// Adds a call; waits for the oldest while more than [`WINDOW`] are out.
+    fn push<T: serde::de::DeserializeOwned + 'static>(&mut self, p: Pending<T>) -> Result<(), CallError> {
+        self.calls.push_back(Box::new(move || p.wait().map(drop)));
+        while self.calls.len() > WINDOW {
+            if let Some(p) = self.calls.pop_front() {
+                p()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<(), CallError> {
+        while let Some(p) = self.calls.pop_front() {
+            p()?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a file goes: the root and the path below it.
+struct Dest<'a> {
+    root: &'a [u8],
+    rel: &'a [u8],
+}
+
+impl Context {
+    /// Syncs the local file or (with [`SyncOptions::recursive`]) tree `src`
+    /// to `dst` in this context, sending only what changed (see the module
+    /// documentation).
+    pub fn sync(
+        &self,
+        src: impl AsRef<Path>,
+        dst: impl AsRef<Path>,
+        opts: &SyncOptions,
+    ) -> Result<SyncStats, SyncError> {
+        self.sync_with_report(src, dst, opts, &mut |_| {})
+    }
+
+    /// [`Context::sync`], telling `report` about each file as it goes.
+    pub fn sync_with_report(
+        &self,
+        src: impl AsRef<Path>,
+        dst: impl AsRef<Path>,
+        opts: &SyncOptions,
+        report: &mut dyn FnMut(&SyncEvent),
+    ) -> Result<SyncStats, SyncError> {
+        let (src, dst) = (src.as_ref(), dst.as_ref());
+        let t0 = Instant::now();
+        let sent0 = self.bytes_sent();
+        let mut stats = SyncStats::default();
+        let meta = fs::metadata(src).map_err(local(src))?;
+        let mut flight = Flight { calls: VecDeque::new(), open: Vec::new() };
+        let r = if meta.is_dir() {
+            if !opts.recursive {
+                return Err(SyncError::SourceIsDir(src.into()));
+            }
+            self.sync_tree(src, &meta, dst, opts, &mut stats, &mut flight, report)
+        } else {
+            self.sync_one(src, &meta, dst, &mut stats, &mut flight, report)
+        };
+        let r = r.and_then(|()| flight.drain().map_err(SyncError::from));
+        if r.is_err() {
+            let quick = self.with_timeout(Some(Duration::from_secs(5)));
+            for id in flight.open.drain(..) {
+                let _ = quick.call::<SyncAbort>(&id);
+            }
+        }
+        r?;
+        stats.wire_bytes = self.bytes_sent().saturating_sub(sent0);
+        stats.elapsed = t0.elapsed();
+        Ok(stats)
+    }
+
+    fn bad_reply(&self, dest: &Path, name: Vec<u8>, why: &'static str) -> SyncError {
+        SyncError::BadReply { context: self.name().into(), dest: dest.into(), name, why }
+    }
+
+    /// A single file: `dst` names the file itself.
+    fn sync_one(
+        &self,
+        src: &Path,
+        meta: &fs::Metadata,
+        dst: &Path,
+        stats: &mut SyncStats,
+        flight: &mut Flight,
+        report: &mut dyn FnMut(&SyncEvent),
+    ) -> Result<(), SyncError> {
+        let (Some(parent), Some(name)) = (dst.parent(), dst.file_name()) else {
+            return Err(SyncError::Destination {
+                context: self.name().into(),
+                path: dst.into(),
+                what: "not a path ending in a file name",
+            });
+        };
+        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+        let st = match self.call::<f::Stat>(&f::StatArgs { path: path_bytes(dst), follow: false }) {
+            Ok(st) => Some(st),
+            Err(CallError::Remote(ref error)) if error.errno == 2 => None,
+            Err(e) => return Err(e.into()),
+        };
+        let old = match &st {
+            Some(st) if st.kind == FileKind::Dir => {
+                return Err(SyncError::Destination {
+                    context: self.name().into(),
+                    path: dst.into(),
+                    what: "a directory (name the file itself)",
+                })
+            }
+            Some(st) if st.kind == FileKind::File => Some(Remote {
+                kind: st.kind,
+                mode: st.mode,
+                size: st.size,
+                mtime: (st.mtime, st.mtime_nsec),
+                link: vec![],
+            }),
+            _ => None,
+        };
+        let root = path_bytes(parent);
+        let d = Dest { root: &root, rel: name.as_bytes() };
+        self.file(src, meta, &d, old.as_ref(), Path::new(name), stats, flight, report)?;
+        flight.drain()?;
+        Ok(())
+    }
+
+    /// Compares one source file with what the destination has (`old`) and
+    /// sends it whole, as a delta, or not at all.
+    #[allow(clippy::too_many_arguments)]
+    fn file(
+        &self,
+        src: &Path,
+        meta: &fs::Metadata,
+        d: &Dest<'_>,
+        old: Option<&Remote>,
+        shown: &Path,
+        stats: &mut SyncStats,
+        flight: &mut Flight,
+        report: &mut dyn FnMut(&SyncEvent),
+    ) -> Result<(), SyncError> {
+        stats.files += 1;
+        let mode = meta.mode() & 0o7777;
+        if let Some(o) = old.filter(|o| o.kind == FileKind::File) {
+            if o.size == meta.len() && o.mtime == mtime_of(meta) {
+                if o.mode != mode {
+                    let op = TreeOp::SetMeta { rel: ByteBuf::from(d.rel.to_vec()), mode, mtime: None };
+                    let args = SyncApplyArgs { root: ByteBuf::from(d.root.to_vec()), create_root: None, ops: vec![op] };
+                    flight.push(self.call_async::<SyncApply>(&args)?)?;
+                }
+                report(&SyncEvent::File { path: shown.into(), changed: false, size: meta.len(), literal: 0 });
+                return Ok(());
+            }
+        }
+        let old_size = old.filter(|o| o.kind == FileKind::File).map(|o| o.size);
+        let delta = old_size.is_some_and(|s| s >= DELTA_MIN) && meta.len() >= DELTA_MIN;
+        let literal = if delta {
+            stats.deltas += 1;
+            self.send_delta(src, meta, d, old_size.unwrap_or(0), stats, flight)?
+        } else {
+            self.send_whole(src, meta, d, flight)?
+        };
+        stats.changed += 1;
+        stats.file_bytes += meta.len();
+        stats.literal_bytes += literal;
+        report(&SyncEvent::File { path: shown.into(), changed: true, size: meta.len(), literal });
+        Ok(())
+    }
+
+    fn begin(&self, d: &Dest<'_>, id: u32, old: bool, block_size: u32) -> Result<Pending<u64>, CallError> {
+        let args = SyncBeginArgs {
+            id,
+            root: ByteBuf::from(d.root.to_vec()),
+            rel: ByteBuf::from(d.rel.to_vec()),
+            old,
+            block_size,
+        };
+        self.call_async::<SyncBegin>(&args)
+    }
+
+    fn commit(&self, id: u32, meta: &fs::Metadata, size: u64, sha: [u8; 32]) -> Result<Pending<()>, CallError> {
+        let args = SyncCommitArgs {
+            id,
+            size,
+            sha256: ByteBuf::from(&sha[..]),
+            mode: meta.mode() & 0o7777,
+            mtime: mtime_of(meta),
+            owner: (meta.uid(), meta.gid()),
+        };
+        self.call_async::<SyncCommit>(&args)
+    }
+
+    /// A whole file, pipelined: nothing is awaited here but the window.
+    fn send_whole(&self, src: &Path, meta: &fs::Metadata, d: &Dest<'_>, flight: &mut Flight) -> Result<u64, SyncError> {
+        let mut input = fs::File::open(src).map_err(local(src))?;
+        let id = next_id();
+        flight.push(self.begin(d, id, false, 4096)?)?;
+        flight.open.push(id);
+        let mut hash = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = read_full(&mut input, &mut buf).map_err(local(src))?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            size += n as u64;
+            let args = SyncDeltaArgs { id, ops: vec![DeltaOp::Data(ByteBuf::from(buf[..n].to_vec()))] };
+            flight.push(self.call_async::<SyncDelta>(&args)?)?;
+            if n < buf.len() {
+                break;
+            }
+        }
+        if size != meta.len() {
+            return Err(SyncError::SourceChanged { path: src.into(), expected: meta.len(), read: size });
+        }
+        flight.push(self.commit(id, meta, size, hash.finish())?)?;
+        flight.open.retain(|&i| i != id);
+        Ok(size)
+    }
+
+    /// A changed file as a delta against the old one; the literal bytes.
+    fn send_delta(
+        &self,
+        src: &Path,
+        meta: &fs::Metadata,
+        d: &Dest<'_>,
+        listed_size: u64,
+        stats: &mut SyncStats,
+        flight: &mut Flight,
+    ) -> Result<u64, SyncError> {
+        let dest = rel_path(d.rel);
+        let input = fs::File::open(src).map_err(local(src))?;
+        let bs = block_size(listed_size);
+        let id = next_id();
+        let old_size = self.begin(d, id, true, bs)?.wait()?;
+        flight.open.push(id);
+        // Signatures, a few slices in flight.
+        let blocks = (old_size / u64::from(bs)).min(MAX_BLOCKS);
+        let slice = SIG_SLICE.min((64 << 20) / u64::from(bs)).max(1);
+        let mut index = BlockIndex::default();
+        let mut asked = VecDeque::new();
+        let mut next = 0u64;
+        while next < blocks || !asked.is_empty() {
+            while next < blocks && asked.len() < 4 {
+                let count = slice.min(blocks - next);
+                let args = SyncSignatureArgs { id, first: next, count: count as u32 };
+                asked.push_back((count, self.call_async::<SyncSignature>(&args)?));
+                next += count;
+            }
+            let Some((count, p)) = asked.pop_front() else { break };
+            let sigs = p.wait()?;
+            let n = sigs.weak.len();
+            if n as u64 > count || sigs.strong.len() != n * STRONG_LEN {
+                return Err(self.bad_reply(&dest, vec![], "a signature slice of the wrong length"));
+            }
+            stats.signature_bytes += (n * (4 + STRONG_LEN)) as u64;
+            for (w, s) in sigs.weak.iter().zip(sigs.strong.chunks_exact(STRONG_LEN)) {
+                index.push(*w, s);
+            }
+            if (n as u64) < count {
+                // The old file is shorter than it was: no more blocks.
+                asked.clear();
+                break;
+            }
+        }
+        index.build();
+        let mut m = Matcher::new(self, id, bs as usize, index, flight);
+        let (size, sha, literal) = m.run(input, src)?;
+        if size != meta.len() {
+            return Err(SyncError::SourceChanged { path: src.into(), expected: meta.len(), read: size });
+        }
+        flight.push(self.commit(id, meta, size, sha)?)?;
+        flight.open.retain(|&i| i != id);
+        Ok(literal)
+    }
+
+    /// A tree: list, plan, apply, files, directory metadata.
+    #[allow(clippy::too_many_arguments)]
+    fn sync_tree(
+        &self,
+        src: &Path,
+        meta: &fs::Metadata,
+        dst: &Path,
+        opts: &SyncOptions,
+        stats: &mut SyncStats,
+        flight: &mut Flight,
+        report: &mut dyn FnMut(&SyncEvent),
+    ) -> Result<(), SyncError> {
+        let root = path_bytes(dst).to_vec();
+        let listing: SyncListing = self.call::<SyncList>(&SyncListArgs {
+            root: ByteBuf::from(root.clone()),
+            max_entries: MAX_TREE_ENTRIES as u32,
+        })?;
+        let root_meta = listing.root.as_ref().map(|r| (r.kind, r.mode, (r.mtime, r.mtime_nsec)));
+        let create_root = match root_meta {
+            None => Some(meta.mode() & 0o7777 | 0o700),
+            Some((FileKind::Dir, ..)) => None,
+            Some(_) => {
+                return Err(SyncError::Destination {
+                    context: self.name().into(),
+                    path: dst.into(),
+                    what: "not a directory",
+                })
+            }
+        };
+        let paths =
+            check_listing(&listing.entries, MAX_TREE_ENTRIES).map_err(|(name, why)| self.bad_reply(dst, name, why))?;
+        let mut remote: HashMap<Vec<u8>, Remote> = HashMap::with_capacity(paths.len());
+        for ((p, _), e) in paths.iter().zip(listing.entries) {
+            let r = Remote {
+                kind: e.kind,
+                mode: e.mode,
+                size: e.size,
+                mtime: (e.mtime, e.mtime_nsec),
+                link: e.link.into_vec(),
+            };
+            remote.insert(p.clone(), r);
+        }
+        let locals = walk_local(src)?;
+        stats.dirs += 1;
+        // Plan the tree changes.
+        let mut ops = Vec::new();
+        let mut links = Vec::new();
+        let mut files = Vec::new();
+        let root_same = root_meta.is_some_and(|(_, mode, t)| mode == meta.mode() & 0o7777 && t == mtime_of(meta));
+        // The root's own goes last (first here: the rest is reversed below).
+        let mut dirs_meta =
+            vec![TreeOp::SetMeta { rel: ByteBuf::new(), mode: meta.mode() & 0o7777, mtime: Some(mtime_of(meta)) }];
+        let mut dirs_same = vec![root_same];
+        let mut local_dirs: HashSet<&[u8]> = HashSet::new();
+        let mut local_all: HashSet<&[u8]> = HashSet::new();
+        for l in &locals {
+            local_all.insert(&l.rel);
+            let there = remote.get(&l.rel);
+            let rel = || ByteBuf::from(l.rel.clone());
+            let ft = l.meta.file_type();
+            let mode = l.meta.mode() & 0o7777;
+            if ft.is_dir() {
+                stats.dirs += 1;
+                local_dirs.insert(&l.rel);
+                match there {
+                    Some(r) if r.kind == FileKind::Dir => {}
+                    Some(_) => {
+                        ops.push(TreeOp::Remove { rel: rel() });
+                        stats.deleted += 1;
+                        ops.push(TreeOp::Mkdir { rel: rel(), mode: mode | 0o700 });
+                    }
+                    None => ops.push(TreeOp::Mkdir { rel: rel(), mode: mode | 0o700 }),
+                }
+                let same = there.is_some_and(|r| r.mode == mode && r.mtime == mtime_of(&l.meta));
+                dirs_same.push(same);
+                dirs_meta.push(TreeOp::SetMeta { rel: rel(), mode, mtime: Some(mtime_of(&l.meta)) });
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&l.path).map_err(local(&l.path))?;
+                let target = target.as_os_str().as_bytes();
+                match there {
+                    Some(r) if r.kind == FileKind::Symlink && r.link == target => {}
+                    Some(r) => {
+                        if r.kind == FileKind::Dir {
+                            ops.push(TreeOp::Remove { rel: rel() });
+                            stats.deleted += 1;
+                        }
+                        links.push(TreeOp::Symlink { rel: rel(), target: ByteBuf::from(target.to_vec()) });
+                    }
+                    None => links.push(TreeOp::Symlink { rel: rel(), target: ByteBuf::from(target.to_vec()) }),
+                }
+            } else if ft.is_file() {
+                if there.is_some_and(|r| r.kind == FileKind::Dir) {
+                    ops.push(TreeOp::Remove { rel: rel() });
+                    stats.deleted += 1;
+                }
+                files.push(l);
+            } else {
+                stats.skipped += 1;
+            }
+        }
+        let mut deleted = Vec::new();
+        if opts.delete {
+            // The topmost entries the source lacks (what is inside goes with them).
+            for (p, _) in &paths {
+                let parent = p.iter().rposition(|&c| c == b'/').map(|i| &p[..i]);
+                let parent_is_dir = parent.is_none_or(|q| local_dirs.contains(q));
+                if parent_is_dir && !local_all.contains(&p[..]) {
+                    ops.push(TreeOp::Remove { rel: ByteBuf::from(p.clone()) });
+                    deleted.push(p.clone());
+                }
+            }
+            stats.deleted += deleted.len() as u64;
+        }
+        stats.symlinks += links.len() as u64;
+        // Removals first (kind changes, --delete), then directories, then links.
+        let mut first = true;
+        let mut all: Vec<TreeOp> = ops.into_iter().chain(links.iter().cloned()).collect();
+        // Removals must precede the mkdirs they make room for.
+        all.sort_by_key(|op| !matches!(op, TreeOp::Remove { .. }));
+        let touched = !all.is_empty() || create_root.is_some();
+        while first || !all.is_empty() {
+            let rest = all.split_off(all.len().min(APPLY_BATCH));
+            let args = SyncApplyArgs {
+                root: ByteBuf::from(root.clone()),
+                create_root: if first { create_root } else { None },
+                ops: std::mem::replace(&mut all, rest),
+            };
+            if !args.ops.is_empty() || args.create_root.is_some() {
+                self.call::<SyncApply>(&args)?;
+            }
+            first = false;
+        }
+        for p in deleted {
+            report(&SyncEvent::Deleted { path: rel_path(&p) });
+        }
+        for l in &links {
+            if let TreeOp::Symlink { rel, .. } = l {
+                report(&SyncEvent::Symlink { path: rel_path(rel) });
+            }
+        }
+        for l in files {
+            let d = Dest { root: &root, rel: &l.rel };
+            self.file(&l.path, &l.meta, &d, remote.get(&l.rel), &rel_path(&l.rel), stats, flight, report)?;
+        }
+        flight.drain()?;
+        // Directory modes and mtimes once their contents are in, children
+        // first; all of them when anything changed (a new name in a
+        // directory changes its mtime), else those that differ.
+        let touched = touched || stats.changed > 0;
+        let mut dirs_meta: Vec<TreeOp> =
+            dirs_meta.into_iter().zip(dirs_same).filter(|(_, same)| touched || !same).map(|(op, _)| op).collect();
+        dirs_meta.reverse();
+        for batch in dirs_meta.chunks(APPLY_BATCH) {
+            let args = SyncApplyArgs { root: ByteBuf::from(root.clone()), create_root: None, ops: batch.to_vec() };
+            self.call::<SyncApply>(&args)?;
+        }
+        Ok(())
+    }
+}
+
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The old file's blocks by weak sum: a bitmap of the sums seen (most
+/// positions of a new file miss, and miss here) and the (sum, block,
+/// strong) triples sorted by sum.
+#[derive(Default)]
+struct BlockIndex {
+    bits: Vec<u64>,
+    sorted: Vec<(u32, u32)>,
+    strong: Vec<[u8; STRONG_LEN]>,
+}
+
+const BITMAP_BITS: u32 = 24;
+
+impl BlockIndex {
+    fn push(&mut self, weak: u32, strong: &[u8]) {
+        let mut s = [0u8; STRONG_LEN];
+        s.copy_from_slice(strong);
+        self.sorted.push((weak, self.strong.len() as u32));
+        self.strong.push(s);
+    }
+
+    fn build(&mut self) {
+        self.sorted.sort_unstable();
+        if self.sorted.is_empty() {
+            return;
+        }
+        self.bits = vec![0u64; 1 << (BITMAP_BITS - 6)];
+        for &(w, _) in &self.sorted {
+            let k = (w.wrapping_mul(0x9e37_79b1) >> (32 - BITMAP_BITS)) as usize;
+            self.bits[k >> 6] |= 1 << (k & 63);
+        }
+    }
+
+    #[inline]
+    fn maybe(&self, weak: u32) -> bool {
+        if self.bits.is_empty() {
+            return false;
+        }
+        let k = (weak.wrapping_mul(0x9e37_79b1) >> (32 - BITMAP_BITS)) as usize;
+        self.bits[k >> 6] & (1 << (k & 63)) != 0
+    }
+
+    /// The blocks with this weak sum.
+    fn candidates(&self, weak: u32) -> &[(u32, u32)] {
+        let lo = self.sorted.partition_point(|&(w, _)| w < weak);
+        let hi = self.sorted[lo..].partition_point(|&(w, _)| w == weak) + lo;
+        &self.sorted[lo..hi]
+    }
+}
+
+/// Slides a window over the new file and sends the delta.
+struct Matcher<'a> {
+    ctx: &'a Context,
+    id: u32,
+    bs: usize,
+    index: BlockIndex,
+    flight: &'a mut Flight,
+    /// Ops of the message being built, its literal bytes, the literal run
+    /// being built and the copy run being built.
+    ops: Vec<DeltaOp>,
+    op_bytes: usize,
+    lit: Vec<u8>,
+    copy: Option<(u64, u32)>,
+    literal_total: u64,
+    false_alarms: u64,
+}
+
+impl<'a> Matcher<'a> {
+    fn new(ctx: &'a Context, id: u32, bs: usize, index: BlockIndex, flight: &'a mut Flight) -> Matcher<'a> {
+        Matcher {
+            ctx,
+            id,
+            bs,
+            index,
+            flight,
+            ops: Vec::new(),
+            op_bytes: 0,
+            lit: Vec::new(),
+            copy: None,
+            literal_total: 0,
+            false_alarms: 0,
+        }
+    }
+
+    /// The whole file: its size, SHA-256 and the literal bytes sent.
+    fn run(&mut self, mut input: fs::File, src: &Path) -> Result<(u64, [u8; 32], u64), SyncError> {
+        let bs = self.bs;
+        let read_size = CHUNK.max(4 * bs);
+        let mut hash = Sha256::new();
+        let mut size = 0u64;
+        let mut buf: Vec<u8> = Vec::with_capacity(read_size + bs);
+        let mut pos = 0usize;
+        let mut eof = false;
+        let mut sum: Option<Rolling> = None;
+        let mut expect: u64 = 0;
+        let limit = false_alarm_limit(self.index.strong.len() as u64);
+        loop {
+            if buf.len() - pos < bs + 1 && !eof {
+                buf.drain(..pos);
+                pos = 0;
+                let have = buf.len();
+                buf.resize(have + read_size, 0);
+                let n = read_full(&mut input, &mut buf[have..]).map_err(local(src))?;
+                buf.truncate(have + n);
+                hash.update(&buf[have..]);
+                size += n as u64;
+                eof = n == 0;
+                continue;
+            }
+            if buf.len() - pos < bs {
+                break;
+            }
+            let r = *sum.get_or_insert_with(|| Rolling::new(&buf[pos..pos + bs]));
+            let w = r.sum();
+            if self.false_alarms < limit && self.index.maybe(w) {
+                if let Some(b) = self.find(w, &buf[pos..pos + bs], expect) {
+                    self.copy_block(u64::from(b))?;
+                    expect = u64::from(b) + 1;
+                    pos += bs;
+                    sum = None;
+                    continue;
+                }
+            }
+            self.literal(buf[pos])?;
+            if pos + bs < buf.len() {
+                if let Some(s) = sum.as_mut() {
+                    s.roll(buf[pos], buf[pos + bs]);
+                }
+            } else {
+                sum = None;
+            }
+            pos += 1;
+        }
+        for &b in &buf[pos..] {
+            self.literal(b)?;
+        }
+        self.flush(true)?;
+        Ok((size, hash.finish(), self.literal_total))
+    }
+
+    /// The block of the old file that `window` is, preferring `expect`
+    /// (the one after the last match: runs of copies).
+    fn find(&mut self, weak: u32, window: &[u8], expect: u64) -> Option<u32> {
+        let c = self.index.candidates(weak);
+        if c.is_empty() {
+            return None;
+        }
+        let strong = digest(window);
+        let strong = &strong[..STRONG_LEN];
+        let hit = c
+            .iter()
+            .find(|&&(_, b)| u64::from(b) == expect && self.index.strong[b as usize] == strong)
+            .or_else(|| c.iter().find(|&&(_, b)| self.index.strong[b as usize] == strong));
+        match hit {
+            Some(&(_, b)) => Some(b),
+            None => {
+                self.false_alarms += 1;
+                None
+            }
+        }
+    }
+
+    fn copy_block(&mut self, b: u64) -> Result<(), SyncError> {
+        if !self.lit.is_empty() {
+            let lit = std::mem::take(&mut self.lit);
+            self.op_bytes += lit.len();
+            self.ops.push(DeltaOp::Data(ByteBuf::from(lit)));
+        }
+        match &mut self.copy {
+            Some((start, n)) if *start + u64::from(*n) == b && *n < u32::MAX => *n += 1,
+            _ => {
+                if let Some((block, count)) = self.copy.take() {
+                    self.ops.push(DeltaOp::Copy { block, count });
+                }
+                self.copy = Some((b, 1));
+            }
+        }
+        if self.ops.len() >= 8192 {
+            self.flush(false)?;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn literal(&mut self, byte: u8) -> Result<(), SyncError> {
+        if let Some((block, count)) = self.copy.take() {
+            self.ops.push(DeltaOp::Copy { block, count });
+        }
+        self.lit.push(byte);
+        self.literal_total += 1;
+        if self.lit.len() + self.op_bytes >= CHUNK {
+            self.flush(false)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the ops so far (all of them, the runs being built included).
+    fn flush(&mut self, last: bool) -> Result<(), SyncError> {
+        if let Some((block, count)) = self.copy.take() {
+            self.ops.push(DeltaOp::Copy { block, count });
+        }
+        if !self.lit.is_empty() {
+            self.ops.push(DeltaOp::Data(ByteBuf::from(std::mem::take(&mut self.lit))));
+        }
+        if self.ops.is_empty() && !last {
+            return Ok(());
+        }
+        let args = SyncDeltaArgs { id: self.id, ops: std::mem::take(&mut self.ops) };
+        self.op_bytes = 0;
+        if !args.ops.is_empty() {
+            self.flight.push(self.ctx.call_async::<SyncDelta>(&args)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(parent: u32, name: &[u8], kind: FileKind) -> SyncEntry {
+        SyncEntry {
+            parent,
+            name: ByteBuf::from(name.to_vec()),
+            kind,
+            mode: 0o644,
+            size: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            link: ByteBuf::new(),
+        }
+    }
+
+    #[test]
+    fn a_good_listing_becomes_paths() {
+        let l = [
+            entry(ROOT_PARENT, b"a", FileKind::Dir),
+            entry(ROOT_PARENT, b"f", FileKind::File),
+            entry(0, b"b", FileKind::Dir),
+            entry(2, b"\xffc", FileKind::Symlink),
+        ];
+        let p: Vec<Vec<u8>> = check_listing(&l, 10).unwrap().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(p, vec![b"a".to_vec(), b"f".to_vec(), b"a/b".to_vec(), b"a/b/\xffc".to_vec()]);
+    }
+
+    #[test]
+    fn hostile_listings_are_refused() {
+        let cases: Vec<(Vec<SyncEntry>, &str)> = vec![
+            (vec![entry(ROOT_PARENT, b"..", FileKind::Dir)], "dot"),
+            (vec![entry(ROOT_PARENT, b"../../etc", FileKind::File)], "slash"),
+            (vec![entry(ROOT_PARENT, b"a\0b", FileKind::File)], "nul"),
+            (vec![entry(ROOT_PARENT, b"", FileKind::File)], "empty"),
+            (vec![entry(ROOT_PARENT, b"f", FileKind::File), entry(0, b"x", FileKind::File)], "parent a file"),
+            (vec![entry(1, b"x", FileKind::File), entry(ROOT_PARENT, b"d", FileKind::Dir)], "parent later"),
+            (vec![entry(5, b"x", FileKind::File)], "parent out of range"),
+            (vec![entry(ROOT_PARENT, b"x", FileKind::File), entry(ROOT_PARENT, b"x", FileKind::Dir)], "twice"),
+        ];
+        for (l, what) in cases {
+            assert!(check_listing(&l, 100).is_err(), "{what} accepted");
+        }
+        let many = vec![entry(ROOT_PARENT, b"x", FileKind::File); 3];
+        assert!(check_listing(&many, 2).is_err(), "more entries than asked for accepted");
+        // An endless chain of directories stops at the depth limit.
+        let mut deep = vec![entry(ROOT_PARENT, b"d", FileKind::Dir)];
+        for i in 0..300u32 {
+            deep.push(entry(i, b"d", FileKind::Dir));
+        }
+        assert!(check_listing(&deep, 1000).is_err(), "301 levels accepted");
+    }
+
+    #[test]
+    fn block_sizes_grow_with_the_file() {
+        assert_eq!(block_size(0), 2048);
+        assert_eq!(block_size(100 << 20), 10240);
+        assert!(u64::from(block_size(1 << 40)) * MAX_BLOCKS >= 1 << 40);
+    }
+}

@@ -1,0 +1,327 @@
+//! The built-ins of delta sync (`mito sync`, `Context::sync`): their
+//! names and argument/reply types, one [`Function`] impl each.
+//!
+//! Map of a sync (master side `master/sync.rs`, agent side `agent/sync.rs`):
+//! - [`SyncList`] — the whole destination tree in one reply: names (bytes),
+//!   kinds, sizes, mtimes, modes, link targets; `lstat` only, walked with
+//!   `O_NOFOLLOW` directory fds. Each entry names its parent by index, so
+//!   the master rebuilds paths without trusting a path from the target.
+//! - [`SyncBegin`] — opens the old file (if any) and a temp file beside it;
+//!   [`SyncSignature`] — the old file's block signatures (rolling weak sum
+//!   and truncated SHA-256 per block), asked in bounded slices;
+//!   [`SyncDelta`] — copy-block / literal ops, in bounded messages;
+//!   [`SyncCommit`] — whole-file SHA-256 check, mode, mtime, rename into
+//!   place; [`SyncAbort`] — drop the temp file.
+//! - [`SyncApply`] — the tree's other changes in one call: mkdir, remove
+//!   (never following a symlink), symlink, chmod, directory mtime.
+//!
+//! Every path an agent gets here is a trusted root (the destination the
+//! user named) plus a relative path the agent walks component by
+//! component with `O_NOFOLLOW`, so nothing is written through a symlink
+//! found below the root.
+
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::functions::{FileKind, Function, SMALL_REPLY};
+
+macro_rules! sync_function {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $args:ty, $reply:ty, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug)]
+        pub struct $ty;
+        impl Function for $ty {
+            const NAME: &'static str = $name;
+            type Args = $args;
+            type Reply = $reply;
+            const MAX_REPLY: u32 = $max;
+        }
+    };
+}
+
+sync_function!(
+    /// The destination tree, in one reply.
+    SyncList, "sync_list", SyncListArgs, SyncListing, crate::proto::MAX_MESSAGE_SIZE
+);
+sync_function!(
+    /// Starts rebuilding one file: old file opened, temp file created.
+    SyncBegin, "sync_begin", SyncBeginArgs, u64, SMALL_REPLY
+);
+sync_function!(
+    /// Block signatures of a slice of the old file.
+    SyncSignature, "sync_signature", SyncSignatureArgs, SyncSignatures, crate::proto::MAX_MESSAGE_SIZE
+);
+sync_function!(
+    /// Appends to the new file: blocks of the old one and literal bytes.
+    SyncDelta, "sync_delta", SyncDeltaArgs, (), SMALL_REPLY
+);
+sync_function!(
+    /// Checks the new file's SHA-256 and size, sets mode, owner and mtime,
+    /// renames it into place.
+    SyncCommit, "sync_commit", SyncCommitArgs, (), SMALL_REPLY
+);
+sync_function!(
+    /// Drops a rebuild: its temp file is unlinked.
+    SyncAbort, "sync_abort", u32, (), SMALL_REPLY
+);
+sync_function!(
+    /// Tree changes other than file contents, in order; replies how many
+    /// were done (all, or it fails at the first that failed).
+    SyncApply, "sync_apply", SyncApplyArgs, u32, SMALL_REPLY
+);
+
+/// Arguments of [`SyncList`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncListArgs {
+    /// The destination root (followed if a symlink: the user named it).
+    pub root: ByteBuf,
+    /// The most entries the caller accepts; more is an error, not a cut.
+    pub max_entries: u32,
+}
+
+/// Reply of [`SyncList`]: the tree below the root, each directory's
+/// entries after the directory's own entry (so a parent index is always
+/// smaller than its child's). `root` is `None` when the root does not
+/// exist (then `entries` is empty); its name is empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncListing {
+    /// The root itself (its `lstat`, or its `stat` when it is a symlink
+    /// to a directory), if it exists.
+    pub root: Option<SyncEntry>,
+    /// The entries, depth first.
+    pub entries: Vec<SyncEntry>,
+}
+
+/// Parent index of an entry directly in the root.
+pub const ROOT_PARENT: u32 = u32::MAX;
+
+/// One entry of a [`SyncListing`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncEntry {
+    /// Index of the parent directory's entry, or [`ROOT_PARENT`].
+    pub parent: u32,
+    /// One file name (bytes).
+    pub name: ByteBuf,
+    /// File, directory, symlink or other.
+    pub kind: FileKind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Size (files).
+    pub size: u64,
+    /// Modification time, seconds.
+    pub mtime: i64,
+    /// Its nanoseconds.
+    pub mtime_nsec: u32,
+    /// A symlink's target (empty otherwise).
+    pub link: ByteBuf,
+}
+
+/// Arguments of [`SyncBegin`]; the reply is the old file's size (0 when
+/// `old` is false).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncBeginArgs {
+    /// The caller's id for this rebuild (unique among its open ones).
+    pub id: u32,
+    /// The destination root.
+    pub root: ByteBuf,
+    /// The file below it, `/`-separated single names.
+    pub rel: ByteBuf,
+    /// Whether to open the existing file as the old one (a regular file,
+    /// not through a symlink).
+    pub old: bool,
+    /// Block size of the signatures and copy ops.
+    pub block_size: u32,
+}
+
+/// Arguments of [`SyncSignature`]: blocks `first..first+count` (full
+/// blocks only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncSignatureArgs {
+    /// The rebuild.
+    pub id: u32,
+    /// First block.
+    pub first: u64,
+    /// Number of blocks.
+    pub count: u32,
+}
+
+/// Reply of [`SyncSignature`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncSignatures {
+    /// The rolling (rsync) weak sum of each block.
+    pub weak: Vec<u32>,
+    /// The first [`STRONG_LEN`] bytes of each block's SHA-256, concatenated.
+    pub strong: ByteBuf,
+}
+
+/// Bytes of SHA-256 kept per block (the whole file's SHA-256 is checked
+/// anyway, so a collision cannot go unnoticed).
+pub const STRONG_LEN: usize = 16;
+
+/// One op of a [`SyncDelta`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeltaOp {
+    /// `count` blocks of the old file from block `block`.
+    Copy {
+        /// First block.
+        block: u64,
+        /// Blocks.
+        count: u32,
+    },
+    /// Literal bytes.
+    Data(ByteBuf),
+}
+
+/// Arguments of [`SyncDelta`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncDeltaArgs {
+    /// The rebuild.
+    pub id: u32,
+    /// Applied in order.
+    pub ops: Vec<DeltaOp>,
+}
+
+/// Arguments of [`SyncCommit`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncCommitArgs {
+    /// The rebuild.
+    pub id: u32,
+    /// Size of the new file.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: ByteBuf,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: (i64, u32),
+    /// Owner, applied when the agent is root.
+    pub owner: (u32, u32),
+}
+
+/// One change of a [`SyncApply`]; `rel` is below the root, `/`-separated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TreeOp {
+    /// Create a directory (an existing directory is fine) with this mode.
+    Mkdir {
+        /// Where.
+        rel: ByteBuf,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Remove whatever is there (a directory with its contents; a symlink
+    /// as a link). Missing is fine.
+    Remove {
+        /// What.
+        rel: ByteBuf,
+    },
+    /// Create a symlink (replacing what is there, but a directory).
+    Symlink {
+        /// Where.
+        rel: ByteBuf,
+        /// Its target, as is.
+        target: ByteBuf,
+    },
+    /// Set mode and mtime of a directory or file (not through a symlink).
+    SetMeta {
+        /// What.
+        rel: ByteBuf,
+        /// Permission bits.
+        mode: u32,
+        /// Modification time (seconds, nanoseconds), if to be set.
+        mtime: Option<(i64, u32)>,
+    },
+}
+
+/// Arguments of [`SyncApply`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncApplyArgs {
+    /// The destination root (created first if `create_root`).
+    pub root: ByteBuf,
+    /// Create the root directory (and missing parents) if it is missing.
+    pub create_root: Option<u32>,
+    /// The changes, in order.
+    pub ops: Vec<TreeOp>,
+}
+
+/// rsync's rolling weak checksum of a window: `a` is the sum of the
+/// bytes, `b` the sum of `a` over the window's prefixes (both mod 2^16);
+/// sliding by one byte costs two additions and a multiplication, which is
+/// what lets the master find a block of the old file at any offset of the
+/// new one (an insertion shifts everything after it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rolling {
+    a: u32,
+    b: u32,
+    len: u32,
+}
+
+impl Rolling {
+    /// The sum of `window`.
+    pub fn new(window: &[u8]) -> Rolling {
+        let (mut a, mut b) = (0u32, 0u32);
+        for &x in window {
+            a = a.wrapping_add(u32::from(x));
+            b = b.wrapping_add(a);
+        }
+        Rolling { a, b, len: window.len() as u32 }
+    }
+
+    /// Slides the window one byte: `out` leaves at the front, `inn` enters
+    /// at the back.
+    #[inline]
+    pub fn roll(&mut self, out: u8, inn: u8) {
+        self.a = self.a.wrapping_sub(u32::from(out)).wrapping_add(u32::from(inn));
+        self.b = self.b.wrapping_sub(self.len.wrapping_mul(u32::from(out))).wrapping_add(self.a);
+    }
+
+    /// The 32-bit sum (`a` low, `b` high).
+    #[inline]
+    pub fn sum(&self) -> u32 {
+        (self.a & 0xffff) | (self.b << 16)
+    }
+}
+
+/// Why a name from a target's listing is not a single file name, if it
+/// is not: empty, `.`, `..`, longer than 255 bytes, with a `/` or a NUL.
+pub fn bad_name(name: &[u8]) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty")
+    } else if name == b"." || name == b".." {
+        Some("a dot name")
+    } else if name.len() > 255 {
+        Some("longer than 255 bytes")
+    } else if name.contains(&b'/') {
+        Some("contains '/'")
+    } else if name.contains(&0) {
+        Some("contains a NUL byte")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rolling_matches_a_fresh_sum_at_every_offset() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let w = 700;
+        let mut r = Rolling::new(&data[..w]);
+        for i in 0..data.len() - w {
+            assert_eq!(r.sum(), Rolling::new(&data[i..i + w]).sum(), "offset {i}");
+            r.roll(data[i], data[i + w]);
+        }
+    }
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for n in [&b""[..], b".", b"..", b"a/b", b"/", b"a\0b", &[b'x'; 256][..]] {
+            assert!(bad_name(n).is_some(), "{n:?}");
+        }
+        for n in [&b"a"[..], b"...", b".hidden", b"\xff\xfe", &[b'x'; 255][..]] {
+            assert_eq!(bad_name(n), None, "{n:?}");
+        }
+    }
+}
