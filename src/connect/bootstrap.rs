@@ -6,10 +6,15 @@
 //! stage0 (`mito-agent HASH ID` executed inside a container by setns or
 //! chroot; [`Hooks::stage0`] false, e.g. [`Direct`]), has no text phase:
 //! only its own `MITO2` marker and hello are awaited, and a stage0 request
-//! is not answered (nothing there reads an upload). Runs on the connecting thread with
-//! blocking `poll` and one deadline for the whole phase; only after the
-//! hello does the stream go to the Broker, with the decoder that already
-//! holds any bytes read past the hello.
+//! is not answered (nothing there reads an upload). One deadline covers
+//! the whole phase; only after the hello does the stream go to the Broker,
+//! with the decoder that already holds any bytes read past the hello.
+//!
+//! Map: [`Bootstrap`] is the phase machine (text, upload, hello, the drain
+//! of stderr after a failure, a password waiting for echo off), advanced
+//! without blocking: it says what it waits for ([`Want`]) and a driver
+//! polls. [`run`] drives one with a blocking `poll` on the connecting
+//! thread; `master::connect_many` drives many from one thread.
 
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
@@ -158,99 +163,335 @@ const MAX_TEXT: usize = 1 << 20;
 const STDERR_TAIL: usize = 8192;
 /// How much of the stderr since the last answer the prompt check sees.
 const UNSCANNED_TAIL: usize = 8192;
+/// How long a password waits for the tool to turn its tty's echo off
+/// before the bootstrap turns it off itself and types anyway.
+const ECHO_WAIT: Duration = Duration::from_secs(1);
+/// How often a waiting password looks at the tty's echo flag.
+const ECHO_POLL: Duration = Duration::from_millis(1);
 
-struct Phase<'a> {
-    context: &'a str,
-    /// The agents this master uploads (the router's set).
-    agents: &'a AgentSet,
-    hooks: &'a mut dyn Hooks,
-    unscanned: Vec<u8>,
-    failed: Option<ConnectError>,
-    pipes: &'a Pipes<'a>,
+/// What a [`Bootstrap`] waits for before it can go on: readiness of the
+/// process's fds, or a moment in time (its deadline, the end of a drain
+/// of stderr, the next look at a tty's echo flag), whichever comes first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Want {
+    /// `rx` readable (stage0's text, the hello).
+    pub rx: bool,
+    /// `tx` writable (the agent being uploaded).
+    pub tx: bool,
+    /// `stderr` readable (prompts, the method's complaints).
+    pub stderr: bool,
+    /// Call [`Bootstrap::advance`] again at this moment at the latest.
+    pub wake: Instant,
+}
+
+/// What one [`Bootstrap::advance`] came to.
+#[derive(Debug)]
+pub enum Step {
+    /// Not done: advance again once what [`Want`] names is ready.
+    Pending(Want),
+    /// The agent said hello, or the bootstrap failed.
+    Done(Box<Result<Bootstrapped, ConnectError>>),
+}
+
+/// The bootstrap of one context as a resumable state machine: each
+/// [`Bootstrap::advance`] reads and writes the process's non-blocking fds
+/// as far as they go without waiting and says what it waits for next
+/// ([`Step::Pending`]), so one thread can drive many connects with one
+/// `poll` over all of them (`master::connect_many`). [`run`] drives one
+/// to its end with a blocking `poll`: the same machine, one
+/// implementation.
+///
+/// The process, its fds and the method's [`Hooks`] stay the caller's; they
+/// are passed to every call (the same ones each time).
+#[derive(Debug)]
+pub struct Bootstrap {
+    context: String,
+    start: Instant,
     deadline: Instant,
     timeout: Duration,
+    max_message_size: u32,
+    stage: Stage,
+    /// Whether stage0 runs ([`Hooks::stage0`], asked once).
+    stage0: bool,
+    /// stderr since the last answer (what the prompt check sees).
+    unscanned: Vec<u8>,
+    /// Why a hook gave up.
+    failed: Option<ConnectError>,
+    /// The last [`STDERR_TAIL`] bytes of stderr, for errors.
     stderr: Vec<u8>,
     stderr_open: bool,
+    /// stdout text that was not a marker, for errors.
     noise: Vec<u8>,
     /// Whether [`Hooks::target_spoke`] was called.
     spoke: bool,
+    upload: Upload,
+    agent_bytes_sent: usize,
+    /// stage0's text, split into lines.
+    lines: Lines,
+    /// Bytes of text read so far (capped at [`MAX_TEXT`]).
+    seen: usize,
+    /// Agent bytes still to write to `tx`, and how many are written.
+    out: Vec<u8>,
+    out_at: usize,
+    /// A password waiting for the tool's tty to turn echo off.
+    answer: Option<PendingAnswer>,
+    /// Whether stderr was made non-blocking (the first advance).
+    primed: bool,
 }
 
-impl Phase<'_> {
+/// A bootstrap's end, on its way out of the machine's inner steps.
+type Ended = Box<Result<Bootstrapped, ConnectError>>;
+
+fn ended(e: ConnectError) -> Ended {
+    Box::new(Err(e))
+}
+
+/// Where the machine is.
+#[derive(Debug)]
+enum Stage {
+    /// stage0's lines, up to `READY` (and the upload it may ask for).
+    Text,
+    /// The agent's first frame.
+    Hello(Decoder),
+    /// Failed: stderr gets until `until` to say why, then `then` decides
+    /// the error (a method's program may give up for its own reason at the
+    /// same moment, and its words make the error typed).
+    Drain { until: Instant, then: Finish },
+    /// The result was handed out.
+    Done,
+}
+
+/// The error a drain ends in.
+#[derive(Debug)]
+enum Finish {
+    /// The deadline passed in this phase.
+    Timeout(&'static str),
+    /// The bootstrap failed for this reason (unless a hook or the
+    /// method's classification says better).
+    Fail(String),
+    /// This error, whatever stderr says.
+    Error(ConnectError),
+}
+
+#[derive(Debug)]
+struct PendingAnswer {
+    bytes: Vec<u8>,
+    to: AnswerTo,
+    since: Instant,
+}
+
+impl Bootstrap {
+    /// A bootstrap of `context` that must reach the hello within `timeout`
+    /// from now; `stage0` as the method's [`Hooks::stage0`] says.
+    pub fn new(context: &str, timeout: Duration, max_message_size: u32, stage0: bool) -> Bootstrap {
+        let start = Instant::now();
+        Bootstrap {
+            context: context.into(),
+            start,
+            deadline: start + timeout,
+            timeout,
+            max_message_size,
+            stage: Stage::Text,
+            stage0,
+            unscanned: Vec::new(),
+            failed: None,
+            stderr: Vec::new(),
+            stderr_open: true,
+            noise: Vec::new(),
+            spoke: false,
+            upload: if stage0 { Upload::Cached } else { Upload::Direct },
+            agent_bytes_sent: 0,
+            lines: Lines::new(MAX_TEXT),
+            seen: 0,
+            out: Vec::new(),
+            out_at: 0,
+            answer: None,
+            primed: false,
+        }
+    }
+
+    /// The context's name.
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+
+    /// Goes as far as the fds allow without waiting. `pipes` must have
+    /// `rx`, `tx` (and `stderr`) non-blocking; the first call makes
+    /// `stderr` so. After [`Step::Done`] the machine is spent (a further
+    /// call is an error, not a panic).
+    pub fn advance(&mut self, pipes: &Pipes<'_>, agents: &AgentSet, hooks: &mut dyn Hooks) -> Step {
+        if pipes.stderr.is_none() {
+            self.stderr_open = false;
+        }
+        let r = self.step(pipes, agents, hooks);
+        match r {
+            Ok(w) => Step::Pending(w),
+            Err(e) => {
+                self.stage = Stage::Done;
+                Step::Done(e)
+            }
+        }
+    }
+
+    /// One advance: `Ok(want)` while pending, `Err(result)` when done.
+    fn step(&mut self, pipes: &Pipes<'_>, agents: &AgentSet, hooks: &mut dyn Hooks) -> Result<Want, Ended> {
+        if !self.primed {
+            self.primed = true;
+            if let Some(e) = pipes.stderr {
+                let _ = side::set_nonblocking(e, true);
+            }
+        }
+        loop {
+            if let Stage::Drain { until, .. } = self.stage {
+                self.read_stderr(pipes, hooks);
+                if self.stderr_open && self.failed.is_none() && self.answer.is_none() && Instant::now() < until {
+                    return Ok(Want { rx: false, tx: false, stderr: true, wake: until });
+                }
+                let Stage::Drain { then, .. } = std::mem::replace(&mut self.stage, Stage::Done) else {
+                    unreachable!("matched above")
+                };
+                return Err(ended(self.finish(then, hooks)));
+            }
+            if matches!(self.stage, Stage::Done) {
+                return Err(ended(ConnectError::Bootstrap {
+                    context: self.context.clone(),
+                    reason: "bootstrap advanced after it ended".into(),
+                    output: String::new(),
+                }));
+            }
+            if let Some(w) = self.try_answer(pipes) {
+                return Ok(w);
+            }
+            self.read_stderr(pipes, hooks);
+            if let Some(e) = self.failed.take() {
+                return Err(ended(e));
+            }
+            if self.answer.is_some() {
+                continue;
+            }
+            let blocked = if self.out_at < self.out.len() {
+                self.write_agent(pipes)
+            } else if matches!(self.stage, Stage::Text) {
+                self.text(pipes, agents, hooks)?
+            } else {
+                self.hello(pipes, hooks)?
+            };
+            if !blocked {
+                continue;
+            }
+            if Instant::now() >= self.deadline {
+                // As a blocking wait would: a hook's reason first, then
+                // a second for the method's own.
+                let phase = self.phase();
+                let until = Instant::now() + Duration::from_secs(1);
+                self.stage = Stage::Drain { until, then: Finish::Timeout(phase) };
+                continue;
+            }
+            let writing = self.out_at < self.out.len();
+            return Ok(Want { rx: !writing, tx: writing, stderr: self.stderr_open, wake: self.deadline });
+        }
+    }
+
+    /// Starts the short drain after a failure (200 ms, within the deadline).
+    fn drain_then(&mut self, then: Finish) {
+        let until = (Instant::now() + Duration::from_millis(200)).min(self.deadline);
+        self.stage = Stage::Drain { until, then };
+    }
+
+    /// The phase a timeout names.
+    fn phase(&self) -> &'static str {
+        if self.out_at < self.out.len() {
+            "sending the agent"
+        } else if matches!(self.stage, Stage::Hello(_)) {
+            "waiting for the agent's hello"
+        } else if self.upload == Upload::Direct {
+            "waiting for the agent to start"
+        } else if self.upload == Upload::Cached {
+            "waiting for stage0"
+        } else {
+            "waiting for the uploaded agent to start"
+        }
+    }
+
     fn output(&self) -> String {
         format_output(&self.stderr, &self.noise)
     }
 
-    fn timeout(&mut self, phase: &'static str) -> ConnectError {
-        if let Some(e) = self.failed.take() {
-            return e;
-        }
-        // The method's program may give up at the same moment for its own
-        // reason (ssh's ConnectTimeout is this same limit, started a little
-        // later): give it a moment to say why, so the error is typed
-        // ("ssh: connection timed out") rather than a bare timeout.
-        self.drain_stderr_until(Instant::now() + Duration::from_secs(1));
-        if let Some(e) = self.failed.take() {
-            return e;
-        }
-        if let Some(e) = self.hooks.classify(&self.stderr) {
-            return e;
-        }
-        ConnectError::Timeout { context: self.context.into(), phase, timeout: self.timeout, output: self.output() }
-    }
-
-    fn fail(&mut self, reason: impl Into<String>) -> ConnectError {
-        if let Some(e) = self.failed.take() {
-            return e;
-        }
-        if let Some(e) = self.hooks.classify(&self.stderr) {
-            return e;
-        }
-        ConnectError::Bootstrap { context: self.context.into(), reason: reason.into(), output: self.output() }
-    }
-
-    /// Waits until rx is readable (or, with `write`, tx is writable), while
-    /// collecting stderr. Returns false on timeout or when a hook gave up
-    /// (then `failed` says why).
-    fn wait(&mut self, write: bool) -> bool {
-        loop {
-            let now = Instant::now();
-            if now >= self.deadline || self.failed.is_some() {
-                return false;
-            }
-            let ms = (self.deadline - now).as_millis().min(i32::MAX as u128) as i32;
-            let ts =
-                rustix::event::Timespec { tv_sec: i64::from(ms / 1000), tv_nsec: i64::from(ms % 1000) * 1_000_000 };
-            let main = if write {
-                PollFd::new(&self.pipes.tx, PollFlags::OUT)
-            } else {
-                PollFd::new(&self.pipes.rx, PollFlags::IN)
-            };
-            let mut fds = vec![main];
-            if let (Some(e), true) = (&self.pipes.stderr, self.stderr_open) {
-                fds.push(PollFd::new(e, PollFlags::IN));
-            }
-            match poll(&mut fds, Some(&ts)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(_) => return true,
-            }
-            let main_ready = !fds[0].revents().is_empty();
-            let err_ready = fds.get(1).is_some_and(|f| !f.revents().is_empty());
-            drop(fds);
-            if err_ready {
-                self.read_stderr();
-                if self.failed.is_some() {
-                    return false;
+    /// The error a failure ends in: a hook's, else the method's reading of
+    /// stderr, else `then`'s own.
+    fn finish(&mut self, then: Finish, hooks: &mut dyn Hooks) -> ConnectError {
+        match then {
+            Finish::Error(e) => e,
+            Finish::Timeout(phase) => {
+                if let Some(e) = self.failed.take() {
+                    return e;
+                }
+                if let Some(e) = hooks.classify(&self.stderr) {
+                    return e;
+                }
+                ConnectError::Timeout {
+                    context: self.context.clone(),
+                    phase,
+                    timeout: self.timeout,
+                    output: self.output(),
                 }
             }
-            if main_ready {
-                return true;
-            }
+            Finish::Fail(reason) => self.fail(reason, hooks),
         }
     }
 
-    fn read_stderr(&mut self) {
-        let Some(fd) = self.pipes.stderr else { return };
+    fn fail(&mut self, reason: impl Into<String>, hooks: &mut dyn Hooks) -> ConnectError {
+        if let Some(e) = self.failed.take() {
+            return e;
+        }
+        if let Some(e) = hooks.classify(&self.stderr) {
+            return e;
+        }
+        ConnectError::Bootstrap { context: self.context.clone(), reason: reason.into(), output: self.output() }
+    }
+
+    /// Types a pending password once the tool is ready for it: `Some`
+    /// while it waits for the tty's echo to go off (at most [`ECHO_WAIT`],
+    /// then echo is turned off here, so the password is never echoed back
+    /// into output we keep).
+    fn try_answer(&mut self, pipes: &Pipes<'_>) -> Option<Want> {
+        let a = self.answer.as_ref()?;
+        let target = match a.to {
+            AnswerTo::Tty => {
+                let fd = pipes.stderr?;
+                if !echo_off(fd, a.since.elapsed() >= ECHO_WAIT) {
+                    let wake = Instant::now() + ECHO_POLL;
+                    return Some(Want { rx: false, tx: false, stderr: false, wake });
+                }
+                fd
+            }
+            AnswerTo::Stdin => pipes.tx,
+        };
+        let a = self.answer.take()?;
+        // A password and a newline into an empty tty or pipe: a short
+        // write loop.
+        let mut rest = &a.bytes[..];
+        let mut spins = 0;
+        while !rest.is_empty() && spins < 1000 {
+            match side::write(target, rest) {
+                Ok(Io::Done(n)) => rest = &rest[n..],
+                Ok(Io::WouldBlock) => {
+                    spins += 1;
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                _ => break,
+            }
+        }
+        None
+    }
+
+    /// Reads what stderr has (without waiting), giving new text to the
+    /// hooks; stops at an answer to type or a hook's failure.
+    fn read_stderr(&mut self, pipes: &Pipes<'_>, hooks: &mut dyn Hooks) {
+        let Some(fd) = pipes.stderr else { return };
+        if !self.stderr_open || self.failed.is_some() || self.answer.is_some() {
+            return;
+        }
         let mut b = [0u8; 4096];
         loop {
             match side::read(fd, &mut b) {
@@ -272,27 +513,13 @@ impl Phase<'_> {
                     // Text the target wrote after its first stdout byte must
                     // not be taken for the tool's prompt: look at stdout
                     // now, after reading this text and before judging it.
-                    self.note_stdout();
-                    match self.hooks.on_stderr(&self.unscanned) {
+                    self.note_stdout(pipes, hooks);
+                    match hooks.on_stderr(&self.unscanned) {
                         Prompt::Wait => {}
                         Prompt::Answer(bytes, to) => {
                             self.unscanned.clear();
-                            let target = match to {
-                                AnswerTo::Tty => {
-                                    crate::core::tty::wait_for_echo_off(fd);
-                                    fd
-                                }
-                                AnswerTo::Stdin => self.pipes.tx,
-                            };
-                            // A password and a newline: a short write loop.
-                            let mut rest = &bytes[..];
-                            while !rest.is_empty() {
-                                match side::write(target, rest) {
-                                    Ok(Io::Done(n)) => rest = &rest[n..],
-                                    Ok(Io::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
-                                    _ => break,
-                                }
-                            }
+                            self.answer = Some(PendingAnswer { bytes, to, since: Instant::now() });
+                            return;
                         }
                         Prompt::Fail(e) => {
                             self.failed = Some(e);
@@ -311,54 +538,220 @@ impl Phase<'_> {
 
     /// Calls [`Hooks::target_spoke`] once stdout has something to read
     /// (or has closed).
-    fn note_stdout(&mut self) {
+    fn note_stdout(&mut self, pipes: &Pipes<'_>, hooks: &mut dyn Hooks) {
         if self.spoke {
             return;
         }
-        let mut fds = [PollFd::new(&self.pipes.rx, PollFlags::IN)];
+        let mut fds = [PollFd::new(&pipes.rx, PollFlags::IN)];
         let now = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
         if poll(&mut fds, Some(&now)).is_ok_and(|n| n > 0) {
             self.spoke = true;
-            self.hooks.target_spoke();
+            hooks.target_spoke();
         }
     }
 
-    fn write_all(&mut self, mut data: &[u8]) -> Result<(), ConnectError> {
-        while !data.is_empty() {
-            match side::write(self.pipes.tx, data) {
-                Ok(Io::Done(n)) => data = &data[n..],
-                Ok(Io::WouldBlock) => {
-                    if !self.wait(true) {
-                        return Err(self.timeout("sending the agent"));
-                    }
-                }
+    /// Writes agent bytes; true when `tx` is full (or the write failed and
+    /// a drain started: false, so the drain runs).
+    fn write_agent(&mut self, pipes: &Pipes<'_>) -> bool {
+        while self.out_at < self.out.len() {
+            match side::write(pipes.tx, &self.out[self.out_at..]) {
+                Ok(Io::Done(n)) => self.out_at += n,
+                Ok(Io::WouldBlock) => return true,
                 Ok(Io::Closed) | Err(_) => {
-                    self.drain_stderr_briefly();
-                    return Err(self.fail("the target closed its input while the agent was being sent"));
+                    self.drain_then(Finish::Fail("the target closed its input while the agent was being sent".into()));
+                    return false;
                 }
             }
         }
+        self.out = Vec::new();
+        self.out_at = 0;
+        false
+    }
+
+    /// stage0's lines until [`stage0::READY`], at most [`MAX_TEXT`] bytes
+    /// in all (a target that never stops talking is an error, not a
+    /// growing buffer). Ok(true) when rx has nothing more for now.
+    fn text(&mut self, pipes: &Pipes<'_>, agents: &AgentSet, hooks: &mut dyn Hooks) -> Result<bool, Ended> {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            while let Some(raw) = self.lines.next_line() {
+                let line = String::from_utf8_lossy(raw).trim_end_matches('\r').to_string();
+                if line == stage0::READY {
+                    let leftover = self.lines.finish().to_vec();
+                    self.lines = Lines::new(0);
+                    return self.start_hello(&leftover, hooks).map(|()| false);
+                }
+                self.on_line(&line, agents, hooks).map_err(ended)?;
+                if self.out_at < self.out.len() || matches!(self.stage, Stage::Drain { .. }) {
+                    // The upload first; the drain decides.
+                    return Ok(false);
+                }
+            }
+            if self.seen > MAX_TEXT {
+                return Err(ended(self.fail("more than 1 MiB of text before the agent started", hooks)));
+            }
+            match side::read(pipes.rx, &mut buf) {
+                Ok(Io::Done(n)) => {
+                    self.seen += n;
+                    if n > 0 && !self.spoke {
+                        self.spoke = true;
+                        hooks.target_spoke();
+                    }
+                    self.lines.extend(&buf[..n]);
+                }
+                Ok(Io::WouldBlock) => return Ok(true),
+                Ok(Io::Closed) | Err(_) => {
+                    let rest = self.lines.finish().to_vec();
+                    self.noise.extend_from_slice(&rest);
+                    self.drain_then(Finish::Fail("the target closed the connection before the agent started".into()));
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    /// One line of stage0 (not `READY`): `MITO0 need …` queues the agent;
+    /// `MITOERR …` starts the drain that ends in the error it names;
+    /// anything else is noise, kept for the error message.
+    fn on_line(&mut self, line: &str, agents: &AgentSet, hooks: &mut dyn Hooks) -> Result<(), ConnectError> {
+        let context = self.context.clone();
+        let mut words = line.split_whitespace();
+        // Without stage0 every line before the marker is noise.
+        let first = if self.stage0 { words.next() } else { None };
+        match first {
+            Some(stage0::NEED) => {
+                let _need = words.next();
+                let arch = words.next().unwrap_or("");
+                let how = words.next().unwrap_or("");
+                let dir = words.next().unwrap_or("");
+                let agent = find_agent(agents, &context, arch)?;
+                let gzip = how == "gz";
+                self.upload =
+                    if dir == "memfd" { Upload::Memfd } else { Upload::Stored { dir: dir.to_string(), gzip } };
+                if hooks.serve_agent(arch, &agent, gzip) {
+                    log::debug!("[{context}] stage0 wants the {arch} agent ({how}) for {dir}: the hop sends it");
+                    return Ok(());
+                }
+                let bytes = agent.bytes(gzip);
+                log::debug!(
+                    "[{context}] stage0 wants the {arch} agent ({how}) for {dir}: sending {} bytes",
+                    bytes.len()
+                );
+                self.agent_bytes_sent += bytes.len();
+                self.out = bytes;
+                self.out_at = 0;
+                Ok(())
+            }
+            Some(stage0::ERR) => {
+                let what = words.next().unwrap_or("");
+                let arg = words.next().unwrap_or("").to_string();
+                let then = match what {
+                    "arch" => Finish::Error(ConnectError::UnsupportedArch { context, arch: arg, have: agents.archs() }),
+                    "noexec" => Finish::Error(ConnectError::NoExecDir { context }),
+                    "write" => Finish::Error(ConnectError::WriteFailed { context, dir: arg }),
+                    "verify" => Finish::Error(ConnectError::VerifyFailed { context, dir: arg }),
+                    _ => Finish::Fail(format!("stage0 reported: {line}")),
+                };
+                self.drain_then(then);
+                Ok(())
+            }
+            _ => {
+                if !line.is_empty() {
+                    log::debug!("[{context}] bootstrap noise: {line}");
+                    self.noise.extend_from_slice(line.as_bytes());
+                    self.noise.push(b'\n');
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// After `READY`: a decoder for the hello frame, holding `leftover`.
+    fn start_hello(&mut self, leftover: &[u8], hooks: &mut dyn Hooks) -> Result<(), Ended> {
+        let mut decoder = Decoder::new(self.max_message_size);
+        let n = decoder.read_with(|b| {
+            let n = leftover.len().min(b.len());
+            b[..n].copy_from_slice(&leftover[..n]);
+            n
+        });
+        decoder.filled(n);
+        if n < leftover.len() {
+            return Err(ended(self.fail("hello frame larger than expected", hooks)));
+        }
+        self.stage = Stage::Hello(decoder);
         Ok(())
     }
 
-    /// After a failure, give stderr a moment to deliver the target's reason.
-    fn drain_stderr_briefly(&mut self) {
-        self.drain_stderr_until((Instant::now() + Duration::from_millis(200)).min(self.deadline));
-    }
-
-    /// Reads stderr until it closes, a hook gives up, or `until`.
-    fn drain_stderr_until(&mut self, until: Instant) {
-        while self.stderr_open && self.failed.is_none() && Instant::now() < until {
-            let Some(fd) = self.pipes.stderr else { break };
-            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-            let _ = poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 20_000_000 }));
-            self.read_stderr();
+    /// Reads the agent's first frame: it must be a [`Hello`] of this
+    /// [`PROTOCOL_VERSION`]. Ok(true) while rx has nothing more for now;
+    /// the whole result once the frame is in.
+    fn hello(&mut self, pipes: &Pipes<'_>, hooks: &mut dyn Hooks) -> Result<bool, Ended> {
+        // The decoder is moved out while it reads, and back while pending.
+        let Stage::Hello(mut decoder) = std::mem::replace(&mut self.stage, Stage::Done) else {
+            return Ok(false);
+        };
+        let hello_msg = loop {
+            match decoder.next_message() {
+                Ok(Some(m)) => break m,
+                Ok(None) => {}
+                Err(e) => return Err(ended(self.fail(format!("malformed first frame from the agent ({e:?})"), hooks))),
+            }
+            match decoder.read_with(|b| side::read(pipes.rx, b)) {
+                Ok(Io::Done(n)) => decoder.filled(n),
+                Ok(Io::WouldBlock) => {
+                    self.stage = Stage::Hello(decoder);
+                    return Ok(true);
+                }
+                Ok(Io::Closed) | Err(_) => {
+                    return Err(ended(self.fail("the agent closed the connection before its hello", hooks)))
+                }
+            }
+        };
+        if hello_msg.header.handle != handles::HELLO {
+            let reason = format!("first frame went to handle {}, not HELLO", hello_msg.header.handle);
+            return Err(ended(self.fail(reason, hooks)));
         }
+        let hello: Hello = match postcard::from_bytes(&hello_msg.data) {
+            Ok(h) => h,
+            Err(e) => return Err(ended(self.fail(format!("malformed hello: {e}"), hooks))),
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(ended(ConnectError::Version {
+                context: self.context.clone(),
+                got: hello.protocol_version,
+                want: PROTOCOL_VERSION,
+            }));
+        }
+        Err(Box::new(Ok(Bootstrapped {
+            hello,
+            decoder,
+            upload: self.upload.clone(),
+            agent_bytes_sent: self.agent_bytes_sent,
+            elapsed: self.start.elapsed(),
+        })))
     }
 }
 
+/// Whether the tty's echo is off; with `force`, turns it off if it is
+/// not. Not a tty (no termios, e.g. a socket behind a hop): nothing to
+/// wait for.
+fn echo_off(fd: BorrowedFd<'_>, force: bool) -> bool {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    let Ok(mut t) = tcgetattr(fd) else { return true };
+    if !t.local_modes.contains(LocalModes::ECHO) {
+        return true;
+    }
+    if force {
+        t.local_modes.remove(LocalModes::ECHO);
+        let _ = tcsetattr(fd, OptionalActions::Now, &t);
+        return true;
+    }
+    false
+}
+
 /// Runs the text phase, sending an agent of `agents` if stage0 asks for
-/// one, and returns once the agent said hello.
+/// one, and returns once the agent said hello: a [`Bootstrap`] driven to
+/// its end with a blocking `poll` on this thread.
 pub fn run(
     context: &str,
     pipes: &Pipes<'_>,
@@ -367,186 +760,55 @@ pub fn run(
     agents: &AgentSet,
     hooks: &mut dyn Hooks,
 ) -> Result<Bootstrapped, ConnectError> {
-    let start = Instant::now();
-    let mut ph = Phase {
-        context,
-        agents,
-        hooks,
-        unscanned: Vec::new(),
-        failed: None,
-        pipes,
-        deadline: start + timeout,
-        timeout,
-        stderr: Vec::new(),
-        stderr_open: pipes.stderr.is_some(),
-        noise: Vec::new(),
-        spoke: false,
-    };
-    if let Some(e) = pipes.stderr {
-        let _ = side::set_nonblocking(e, true);
-    }
-    let text = text_phase(&mut ph)?;
-    let (hello, decoder) = hello_phase(&mut ph, &text.leftover, max_message_size)?;
-    Ok(Bootstrapped {
-        hello,
-        decoder,
-        upload: text.upload,
-        agent_bytes_sent: text.agent_bytes_sent,
-        elapsed: start.elapsed(),
-    })
+    let mut machine = Bootstrap::new(context, timeout, max_message_size, hooks.stage0());
+    drive(&mut machine, pipes, agents, hooks)
 }
 
-/// What the text phase learned.
-struct TextPhase {
-    /// How the agent came to run.
-    upload: Upload,
-    /// Agent bytes written to stage0.
-    agent_bytes_sent: usize,
-    /// What followed the `READY` line: the start of the hello frame.
-    leftover: Vec<u8>,
-}
-
-/// Reads stage0's lines until [`stage0::READY`], sending the agent when
-/// asked; at most [`MAX_TEXT`] bytes in all (a target that never stops
-/// talking is an error, not a growing buffer).
-fn text_phase(ph: &mut Phase<'_>) -> Result<TextPhase, ConnectError> {
-    let mut upload = if ph.hooks.stage0() { Upload::Cached } else { Upload::Direct };
-    let mut agent_bytes_sent = 0;
-    let mut lines = Lines::new(MAX_TEXT);
-    let mut seen = 0usize;
-    let mut buf = vec![0u8; 65536];
+/// Drives `machine` to its end on this thread, blocking in `poll` while
+/// it waits.
+pub fn drive(
+    machine: &mut Bootstrap,
+    pipes: &Pipes<'_>,
+    agents: &AgentSet,
+    hooks: &mut dyn Hooks,
+) -> Result<Bootstrapped, ConnectError> {
     loop {
-        while let Some(raw) = lines.next_line() {
-            let line = String::from_utf8_lossy(raw).trim_end_matches('\r').to_string();
-            if line == stage0::READY {
-                return Ok(TextPhase { upload, agent_bytes_sent, leftover: lines.finish().to_vec() });
-            }
-            agent_bytes_sent += on_line(ph, &line, &mut upload)?;
-        }
-        if seen > MAX_TEXT {
-            return Err(ph.fail("more than 1 MiB of text before the agent started"));
-        }
-        match side::read(ph.pipes.rx, &mut buf) {
-            Ok(Io::Done(n)) => {
-                seen += n;
-                if n > 0 && !ph.spoke {
-                    ph.spoke = true;
-                    ph.hooks.target_spoke();
-                }
-                lines.extend(&buf[..n]);
-            }
-            Ok(Io::WouldBlock) => {
-                if !ph.wait(false) {
-                    return Err(ph.timeout(if upload == Upload::Direct {
-                        "waiting for the agent to start"
-                    } else if upload == Upload::Cached {
-                        "waiting for stage0"
-                    } else {
-                        "waiting for the uploaded agent to start"
-                    }));
-                }
-            }
-            Ok(Io::Closed) | Err(_) => {
-                ph.drain_stderr_briefly();
-                ph.noise.extend_from_slice(lines.finish());
-                return Err(ph.fail("the target closed the connection before the agent started"));
-            }
+        let want = match machine.advance(pipes, agents, hooks) {
+            Step::Done(r) => return *r,
+            Step::Pending(w) => w,
+        };
+        wait(pipes, &want);
+    }
+}
+
+/// Waits (blocking) until something `want` names is ready or its wake
+/// time comes.
+pub fn wait(pipes: &Pipes<'_>, want: &Want) {
+    let mut fds = Vec::with_capacity(3);
+    push_fds(pipes, want, &mut fds);
+    let ms = want.wake.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32;
+    // Round up: a poll that returns a little early would spin.
+    let ms = if ms == 0 && want.wake > Instant::now() { 1 } else { ms };
+    let ts = rustix::event::Timespec { tv_sec: i64::from(ms / 1000), tv_nsec: i64::from(ms % 1000) * 1_000_000 };
+    if let Err(e) = poll(&mut fds, Some(&ts)) {
+        if e != rustix::io::Errno::INTR {
+            // Not expected (the fds are ours and open): do not spin.
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
 
-/// One line of stage0 (not `READY`): `MITO0 need …` sends the agent and
-/// returns how many bytes; `MITOERR …` is the typed error it names;
-/// anything else is noise, kept for the error message.
-fn on_line(ph: &mut Phase<'_>, line: &str, upload: &mut Upload) -> Result<usize, ConnectError> {
-    let context = ph.context;
-    let mut words = line.split_whitespace();
-    // Without stage0 every line before the marker is noise.
-    let first = if ph.hooks.stage0() { words.next() } else { None };
-    match first {
-        Some(stage0::NEED) => {
-            let _need = words.next();
-            let arch = words.next().unwrap_or("");
-            let how = words.next().unwrap_or("");
-            let dir = words.next().unwrap_or("");
-            let agent = find_agent(ph.agents, context, arch)?;
-            let gzip = how == "gz";
-            *upload = if dir == "memfd" { Upload::Memfd } else { Upload::Stored { dir: dir.to_string(), gzip } };
-            if ph.hooks.serve_agent(arch, &agent, gzip) {
-                log::debug!("[{context}] stage0 wants the {arch} agent ({how}) for {dir}: the hop sends it");
-                return Ok(0);
-            }
-            let bytes = agent.bytes(gzip);
-            log::debug!("[{context}] stage0 wants the {arch} agent ({how}) for {dir}: sending {} bytes", bytes.len());
-            ph.write_all(&bytes)?;
-            Ok(bytes.len())
-        }
-        Some(stage0::ERR) => {
-            let what = words.next().unwrap_or("");
-            let arg = words.next().unwrap_or("").to_string();
-            ph.drain_stderr_briefly();
-            Err(match what {
-                "arch" => ConnectError::UnsupportedArch { context: context.into(), arch: arg, have: ph.agents.archs() },
-                "noexec" => ConnectError::NoExecDir { context: context.into() },
-                "write" => ConnectError::WriteFailed { context: context.into(), dir: arg },
-                "verify" => ConnectError::VerifyFailed { context: context.into(), dir: arg },
-                _ => ph.fail(format!("stage0 reported: {line}")),
-            })
-        }
-        _ => {
-            if !line.is_empty() {
-                log::debug!("[{context}] bootstrap noise: {line}");
-                ph.noise.extend_from_slice(line.as_bytes());
-                ph.noise.push(b'\n');
-            }
-            Ok(0)
-        }
+/// The poll entries of `want` on `pipes`, appended to `fds`.
+pub fn push_fds<'a>(pipes: &'a Pipes<'a>, want: &Want, fds: &mut Vec<PollFd<'a>>) {
+    if want.rx {
+        fds.push(PollFd::new(&pipes.rx, PollFlags::IN));
     }
-}
-
-/// Reads the agent's first frame (starting with `leftover`): it must be a
-/// [`Hello`] of this [`PROTOCOL_VERSION`]. Returns it and the decoder,
-/// which may hold the start of the next frames.
-fn hello_phase(ph: &mut Phase<'_>, leftover: &[u8], max_message_size: u32) -> Result<(Hello, Decoder), ConnectError> {
-    let mut decoder = Decoder::new(max_message_size);
-    let n = decoder.read_with(|b| {
-        let n = leftover.len().min(b.len());
-        b[..n].copy_from_slice(&leftover[..n]);
-        n
-    });
-    decoder.filled(n);
-    if n < leftover.len() {
-        return Err(ph.fail("hello frame larger than expected"));
+    if want.tx {
+        fds.push(PollFd::new(&pipes.tx, PollFlags::OUT));
     }
-    let hello_msg = loop {
-        match decoder.next_message() {
-            Ok(Some(m)) => break m,
-            Ok(None) => {}
-            Err(e) => return Err(ph.fail(format!("malformed first frame from the agent ({e:?})"))),
-        }
-        let r = decoder.read_with(|b| side::read(ph.pipes.rx, b));
-        match r {
-            Ok(Io::Done(n)) => decoder.filled(n),
-            Ok(Io::WouldBlock) => {
-                if !ph.wait(false) {
-                    return Err(ph.timeout("waiting for the agent's hello"));
-                }
-            }
-            Ok(Io::Closed) | Err(_) => return Err(ph.fail("the agent closed the connection before its hello")),
-        }
-    };
-    if hello_msg.header.handle != handles::HELLO {
-        return Err(ph.fail(format!("first frame went to handle {}, not HELLO", hello_msg.header.handle)));
+    if let (true, Some(e)) = (want.stderr, &pipes.stderr) {
+        fds.push(PollFd::new(e, PollFlags::IN));
     }
-    let hello: Hello = postcard::from_bytes(&hello_msg.data).map_err(|e| ph.fail(format!("malformed hello: {e}")))?;
-    if hello.protocol_version != PROTOCOL_VERSION {
-        return Err(ConnectError::Version {
-            context: ph.context.into(),
-            got: hello.protocol_version,
-            want: PROTOCOL_VERSION,
-        });
-    }
-    Ok((hello, decoder))
 }
 
 /// The agent of `agents` to send for `arch`.

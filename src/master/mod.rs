@@ -28,6 +28,7 @@
 //! root; the `core` and `connect` internals may change.
 
 pub mod broadcast;
+pub mod connect_many;
 mod containers;
 pub mod context;
 pub mod error;
@@ -41,24 +42,23 @@ pub mod transfer;
 pub mod tree;
 mod via;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use crate::connect::agents::{Agent, AgentSet};
-use crate::connect::bootstrap::{self, Pipes};
-use crate::connect::child::{self, ChildCommand};
-use crate::connect::doas::{self, DoasOptions};
+use crate::connect::bootstrap;
+use crate::connect::child::ChildCommand;
+use crate::connect::doas::DoasOptions;
 use crate::connect::error::ConnectError;
-use crate::connect::local::{self, LocalOptions};
-use crate::connect::prompt::{self, BecomeFailure};
-use crate::connect::ssh::{self, SshOptions};
+use crate::connect::local::LocalOptions;
+use crate::connect::ssh::SshOptions;
 use crate::connect::stage0;
-use crate::connect::su::{self, SuOptions};
-use crate::connect::sudo::{self, SudoOptions};
+use crate::connect::su::SuOptions;
+use crate::connect::sudo::SudoOptions;
 use crate::core::broker::{Broker, Cmd, StreamSetup};
 use crate::core::process_monitor::ProcessMonitor;
 use crate::core::router::{ContextShared, RouterTable};
-use crate::core::side;
+pub use connect_many::{ConnectMany, ConnectSpec};
 use context::{ConnectInfo, Context};
 
 /// What the Router and every Context share: the routing table, the broker
@@ -71,14 +71,6 @@ pub(crate) struct RouterState {
     pub agents: AgentSet,
     /// Resources registered, grants, the server (the importer).
     pub resources: Arc<resources::Store>,
-}
-
-/// The common options of sudo, su and doas.
-struct Become<'a> {
-    tool: &'static str,
-    user: &'a str,
-    name: &'a Option<String>,
-    timeout: std::time::Duration,
 }
 
 /// The fds and process behind a bootstrapped stream.
@@ -176,6 +168,16 @@ impl Router {
         Connector { state: &self.state, via: None }
     }
 
+    /// Connects every spec from the master, at most `in_flight` at once,
+    /// all driven by one `poll` on the calling thread (no thread per
+    /// connect): the returned iterator yields `(index in specs, result)`
+    /// as each connect finishes. Each keeps its own connect timeout, so a
+    /// host that never answers fails alone. Dropping the iterator early
+    /// ends the connects still in flight.
+    pub fn connect_many(&self, specs: Vec<ConnectSpec>, in_flight: usize) -> ConnectMany<'_> {
+        ConnectMany::new(&self.state, specs, in_flight)
+    }
+
     /// Ids of the contexts still connected.
     pub fn contexts(&self) -> Vec<u32> {
         self.state.table.live_contexts()
@@ -221,73 +223,28 @@ impl Connector<'_> {
     /// Starts an agent through stage0 (`sh -c`) where this connector runs
     /// its commands: this machine, or the hop's host.
     pub fn local(&self, opts: LocalOptions) -> Result<Context, ConnectError> {
-        let id = self.state.table.allocate_context_id();
-        let name = self.name(&opts.name, || format!("local.{id}"));
-        let cmd = local::command(&opts, &self.stage0(id));
-        self.connect_child(id, name, &cmd, opts.connect_timeout, &mut bootstrap::NoHooks)
+        self.connect_spec(ConnectSpec::Local(opts))
     }
 
     /// Starts an agent on another host through the system `ssh` client
     /// (the hop's, behind a hop).
     pub fn ssh(&self, opts: SshOptions) -> Result<Context, ConnectError> {
-        let id = self.state.table.allocate_context_id();
-        let name = self.name(&opts.name, || opts.display_host());
-        if self.via.is_some() && opts.password.is_some() {
-            // The askpass FIFO lives on the master's host.
-            return Err(ConnectError::Unsupported { context: name, what: "an ssh password through a hop" });
-        }
-        let mut opts = opts;
-        if self.via.is_some() {
-            // The control directory is checked on this host, not the hop's.
-            opts.control_persist = None;
-        }
-        let mut prepared = ssh::prepare(&opts, &name, &self.stage0(id))
-            .map_err(|source| ConnectError::Io { context: name.clone(), source })?;
-        let command = prepared.command.clone();
-        self.connect_child(id, name, &command, opts.connect_timeout, &mut prepared)
+        self.connect_spec(ConnectSpec::Ssh(opts))
     }
 
     /// Starts an agent as another user through `sudo`.
     pub fn sudo(&self, opts: SudoOptions) -> Result<Context, ConnectError> {
-        let b = Become { tool: "sudo", user: &opts.username, name: &opts.name, timeout: opts.connect_timeout };
-        self.become_user(b, |name, stage0| sudo::prepare(&opts, name, stage0))
+        self.connect_spec(ConnectSpec::Sudo(opts))
     }
 
     /// Starts an agent as another user through `su`.
     pub fn su(&self, opts: SuOptions) -> Result<Context, ConnectError> {
-        let b = Become { tool: "su", user: &opts.username, name: &opts.name, timeout: opts.connect_timeout };
-        self.become_user(b, |name, stage0| su::prepare(&opts, name, stage0))
+        self.connect_spec(ConnectSpec::Su(opts))
     }
 
     /// Starts an agent as another user through `doas`.
     pub fn doas(&self, opts: DoasOptions) -> Result<Context, ConnectError> {
-        let b = Become { tool: "doas", user: &opts.username, name: &opts.name, timeout: opts.connect_timeout };
-        self.become_user(b, |name, stage0| doas::prepare(&opts, name, stage0))
-    }
-
-    /// What sudo, su and doas share: name the context `TOOL:USER`, build
-    /// the command with `prepare(name, stage0)`, answer its prompts, and
-    /// report a missing tool as [`BecomeFailure::ToolMissing`].
-    fn become_user(
-        &self,
-        b: Become<'_>,
-        prepare: impl FnOnce(&str, &str) -> (ChildCommand, prompt::Responder),
-    ) -> Result<Context, ConnectError> {
-        let id = self.state.table.allocate_context_id();
-        let name = self.name(b.name, || format!("{}:{}", b.tool, b.user));
-        let (cmd, mut responder) = prepare(&name, &self.stage0(id));
-        match self.connect_child(id, name, &cmd, b.timeout, &mut responder) {
-            Err(ConnectError::Spawn { context, source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                Err(ConnectError::Become {
-                    context,
-                    tool: b.tool,
-                    user: b.user.into(),
-                    failure: BecomeFailure::ToolMissing,
-                    output: format!(" ({} not found)", cmd.program.to_string_lossy()),
-                })
-            }
-            r => r,
-        }
+        self.connect_spec(ConnectSpec::Doas(opts))
     }
 
     /// Starts `cmd` (which ends in `sh -c <stage0>` on the target), runs
@@ -304,57 +261,13 @@ impl Connector<'_> {
         if let Some(hop) = self.via {
             return via::connect(hop, id, name, cmd, timeout, hooks);
         }
-        let spawned = child::create_child(cmd).map_err(|source| ConnectError::Spawn {
-            context: name.clone(),
-            program: cmd.program.to_string_lossy().into_owned(),
-            source,
-        })?;
-        let pm = match ProcessMonitor::new(spawned.pid) {
-            Ok(pm) => pm,
-            Err(source) => {
-                // Our child, not reaped yet, so its pid is still its own:
-                // kill and reap it by pid rather than leave a zombie.
-                drop(spawned.rx);
-                drop(spawned.tx);
-                drop(spawned.stderr);
-                if let Some(p) = rustix::process::Pid::from_raw(spawned.pid as i32) {
-                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-                    let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
-                }
-                return Err(ConnectError::Io { context: name.clone(), source });
-            }
-        };
-        let io = |source: rustix::io::Errno| ConnectError::Io { context: name.clone(), source: source.into() };
-        side::set_nonblocking(spawned.rx.as_fd(), true).map_err(io)?;
-        side::set_nonblocking(spawned.tx.as_fd(), true).map_err(io)?;
-        let pipes = Pipes { rx: spawned.rx.as_fd(), tx: spawned.tx.as_fd(), stderr: Some(spawned.stderr.as_fd()) };
-        // Our child, and nobody reaps it before the bootstrap ends: the pid
-        // stays this process's (a zombie at worst) while prompts are judged.
-        hooks.spawned(spawned.pid);
-        let boot = match bootstrap::run(
-            &name,
-            &pipes,
-            timeout,
-            self.state.table.max_message_size,
-            &self.state.agents,
-            hooks,
-        ) {
-            Ok(b) => b,
-            Err(e) => {
-                // A failed bootstrap leaves nothing behind: kill, hang up
-                // (closing the pipes and the tty ends a child that outlived
-                // SIGKILL's permission check — doas execs the command as
-                // root in our child's pid), and reap without blocking the
-                // caller for long.
-                pm.kill();
-                drop(spawned);
-                reap_soon(pm);
-                return Err(e);
-            }
-        };
-        let transport_pid = pm.pid();
-        let t = Transport { rx: spawned.rx, tx: spawned.tx, stderr: Some(spawned.stderr), process: Some(pm) };
-        self.attach(id, name, t, boot, Some(transport_pid))
+        let mut starting = connect_many::Starting::spawn(self.state, id, name, cmd, timeout, hooks)?;
+        let r = starting.run(self.state, hooks);
+        let mut left = Vec::new();
+        let r = starting.finish(self, r, &mut left);
+        // Reaped without blocking the caller for long.
+        left.into_iter().for_each(reap_soon);
+        r
     }
 
     /// Hands a bootstrapped stream to the broker and returns its Context.

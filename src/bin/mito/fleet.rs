@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use mito::functions::ExecArgs;
+use mito::master::ConnectSpec;
 use mito::{CallError, ConnectError, Context, GetOptions, ProcessEvent, Router, SshFailure};
 use serde::Serialize;
 
@@ -325,28 +326,89 @@ struct Runner<'r> {
 }
 
 impl Runner<'_> {
-    /// Every plan, `forks` at a time; outcomes in the plans' order.
+    /// Every plan; outcomes in the plans' order. The first hop of every
+    /// plan (a shared one once) is connected by `Router::connect_many`,
+    /// `forks` in flight, all on this thread; each plan whose first hop is
+    /// up goes to [`Workers`] for the rest of its chain and the verb.
     fn all(&self, plans: &[Plan], verb: &Verb, forks: usize) -> Vec<Outcome> {
-        let next = AtomicUsize::new(0);
         let results: Mutex<Vec<Option<Outcome>>> = Mutex::new((0..plans.len()).map(|_| None).collect());
         // Streamed lines would tear a progress line.
         let progress = Progress::new(plans.len(), !matches!(verb, Verb::Stream(_)));
-        std::thread::scope(|s| {
-            for _ in 0..forks.clamp(1, plans.len().max(1)) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(plan) = plans.get(i) else { break };
-                    let o = self.one(plan, verb);
-                    progress.done(o.status);
-                    results.lock().unwrap_or_else(PoisonError::into_inner)[i] = Some(o);
-                });
+        // The distinct first slots, and the plans behind each.
+        let mut firsts: Vec<(Arc<Slot>, Vec<usize>)> = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
+            let Some(first) = plan.hops.first() else { continue };
+            match firsts.iter_mut().find(|(s, _)| Arc::ptr_eq(s, first)) {
+                Some((_, behind)) => behind.push(i),
+                None => firsts.push((first.clone(), vec![i])),
             }
+        }
+        let started = Instant::now();
+        let finish = |i: usize, o: Outcome| {
+            progress.done(o.status);
+            results.lock().unwrap_or_else(PoisonError::into_inner)[i] = Some(o);
+        };
+        let job = |i: usize| finish(i, self.one(&plans[i], verb));
+        let workers = Workers::new(forks);
+        std::thread::scope(|s| {
+            let go = |k: usize| {
+                for &i in &firsts[k].1 {
+                    workers.give(s, i, &job);
+                }
+            };
+            // Passwords first (a prompt may ask on the terminal), then the
+            // connects; a hop that cannot even be specified fails at once.
+            let mut specs = Vec::new();
+            let mut spec_slot = Vec::new();
+            for (k, (slot, _)) in firsts.iter().enumerate() {
+                match self.first_spec(slot) {
+                    Ok(spec) => {
+                        specs.push(spec);
+                        spec_slot.push(k);
+                    }
+                    Err(f) => {
+                        *slot.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(Err(f));
+                        go(k);
+                    }
+                }
+            }
+            for (n, r) in self.router.connect_many(specs, forks) {
+                let Some(&k) = spec_slot.get(n) else { continue };
+                let r = r.map_err(|e| Failure { kind: connect_kind(&e), message: e.to_string() });
+                if let Err(f) = &r {
+                    log::debug!("{} (after {:?})", f.message, started.elapsed());
+                }
+                *firsts[k].0.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
+                go(k);
+            }
+            // Plans without hops (none are made) would be left out.
+            for (i, plan) in plans.iter().enumerate() {
+                if plan.hops.is_empty() {
+                    workers.give(s, i, &job);
+                }
+            }
+            workers.close();
         });
         progress.finish();
         results.into_inner().unwrap_or_else(PoisonError::into_inner).into_iter().flatten().collect()
     }
 
-    /// Connects `plan` and runs `verb` there.
+    /// The spec of a plan's first hop (from the master), its passwords
+    /// filled in.
+    fn first_spec(&self, slot: &Slot) -> Result<ConnectSpec, Failure> {
+        let planned = slot.hop.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let p = planned.ok_or_else(|| Failure { message: "hop already tried".into(), kind: "internal" })?;
+        Ok(match self.passwords(p)? {
+            Hop::Ssh(o) => ConnectSpec::Ssh(o),
+            Hop::Sudo(o) => ConnectSpec::Sudo(o),
+            Hop::Su(o) => ConnectSpec::Su(o),
+            Hop::Doas(o) => ConnectSpec::Doas(o),
+            Hop::Local(o) => ConnectSpec::Local(o),
+        })
+    }
+
+    /// Connects `plan` (its first hop is done by now) and runs `verb`
+    /// there.
     fn one(&self, plan: &Plan, verb: &Verb) -> Outcome {
         let t0 = Instant::now();
         let mut o = Outcome {
@@ -362,7 +424,10 @@ impl Runner<'_> {
             error_kind: None,
             facts: None,
         };
-        match self.connect(plan) {
+        // The first hop's connect ran before this (with the others): its
+        // time counts, from spawn to hello.
+        let mut before = Duration::ZERO;
+        match self.connect(plan, &mut before) {
             Ok(ctx) => call(&ctx, verb, &mut o),
             Err(f) => {
                 o.status = Status::Unreachable;
@@ -370,14 +435,19 @@ impl Runner<'_> {
                 o.error_kind = Some(f.kind);
             }
         }
-        o.duration = t0.elapsed();
+        o.duration = before + t0.elapsed();
         o
     }
 
     /// The context at the end of `plan`, connecting the hops not yet
     /// connected (a shared hop once, whoever needs it first).
-    fn connect(&self, plan: &Plan) -> Result<Context, Failure> {
+    fn connect(&self, plan: &Plan, first_time: &mut Duration) -> Result<Context, Failure> {
         let mut prev: Option<Context> = None;
+        if let Some(Some(Ok(c))) =
+            plan.hops.first().map(|s| s.done.lock().unwrap_or_else(PoisonError::into_inner).clone())
+        {
+            *first_time = c.connect_info().bootstrap_time;
+        }
         for slot in &plan.hops {
             let mut done = slot.done.lock().unwrap_or_else(PoisonError::into_inner);
             if done.is_none() {
@@ -396,7 +466,15 @@ impl Runner<'_> {
         prev.ok_or(Failure { message: format!("{}: no hops", plan.name), kind: "internal" })
     }
 
-    fn connect_hop(&self, prev: Option<&Context>, mut p: PlannedHop) -> Result<Context, Failure> {
+    fn connect_hop(&self, prev: Option<&Context>, p: PlannedHop) -> Result<Context, Failure> {
+        let hop = self.passwords(p)?;
+        let from = prev.map_or_else(|| self.router.connector(), Context::connector);
+        hop.connect(from).map_err(|e| Failure { kind: connect_kind(&e), message: e.to_string() })
+    }
+
+    /// The hop of `p` with the command line's passwords where the
+    /// inventory gives none (a prompt may ask on the terminal, once).
+    fn passwords(&self, mut p: PlannedHop) -> Result<Hop, Failure> {
         let pw_failure = |message: String| Failure { message, kind: "password" };
         if p.cli_ssh_password {
             if let Hop::Ssh(o) = &mut p.hop {
@@ -418,8 +496,74 @@ impl Runner<'_> {
                 _ => {}
             }
         }
-        let from = prev.map_or_else(|| self.router.connector(), Context::connector);
-        p.hop.connect(from).map_err(|e| Failure { kind: connect_kind(&e), message: e.to_string() })
+        Ok(p.hop)
+    }
+}
+
+/// Threads for what follows a plan's first hop (the rest of its chain,
+/// then the verb: blocking calls), started only when none is idle, at
+/// most `max` (`--forks`). A plan whose first hop failed, or whose verb is
+/// a quick call, keeps one busy no longer than that.
+struct Workers {
+    queue: Mutex<std::collections::VecDeque<usize>>,
+    ready: std::sync::Condvar,
+    idle: AtomicUsize,
+    started: AtomicUsize,
+    closed: std::sync::atomic::AtomicBool,
+    max: usize,
+}
+
+impl Workers {
+    fn new(max: usize) -> Workers {
+        Workers {
+            queue: Mutex::default(),
+            ready: std::sync::Condvar::new(),
+            idle: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            max: max.max(1),
+        }
+    }
+
+    /// Runs `job(i)` on a worker: an idle one, else a new one while fewer
+    /// than `max` run, else the next that is free.
+    fn give<'s>(&'s self, s: &'s std::thread::Scope<'s, '_>, i: usize, job: &'s (dyn Fn(usize) + Sync)) {
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        q.push_back(i);
+        let waiting = q.len();
+        drop(q);
+        self.ready.notify_one();
+        if self.idle.load(Ordering::SeqCst) < waiting && self.started.load(Ordering::SeqCst) < self.max {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            s.spawn(move || self.work(job));
+        }
+    }
+
+    fn work(&self, job: &(dyn Fn(usize) + Sync)) {
+        loop {
+            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let next = loop {
+                if let Some(i) = q.pop_front() {
+                    break Some(i);
+                }
+                if self.closed.load(Ordering::SeqCst) {
+                    break None;
+                }
+                self.idle.fetch_add(1, Ordering::SeqCst);
+                q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+                self.idle.fetch_sub(1, Ordering::SeqCst);
+            };
+            drop(q);
+            let Some(i) = next else { return };
+            job(i);
+        }
+    }
+
+    /// No more jobs: workers end once the queue is empty.
+    fn close(&self) {
+        let _q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        self.closed.store(true, Ordering::SeqCst);
+        self.ready.notify_all();
     }
 }
 
