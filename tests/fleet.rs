@@ -527,7 +527,7 @@ fn put_and_get_on_a_pattern() {
     // The three hosts are this machine: one path, put three times (the
     // later puts may find it already there).
     assert!(text(&o).0.contains("3 ok, 0 failed, 0 unreachable"), "{}", text(&o).0);
-    assert!(text(&o).0.contains("12 bytes, sha256 verified"), "{}", text(&o).0);
+    assert!(text(&o).0.contains("12 bytes, xxh3-128 verified"), "{}", text(&o).0);
     assert_eq!(std::fs::read_to_string(dst.join("motd")).expect("put"), "hello fleet\n");
 
     // db1 is behind web01; dead is unreachable: exit 4, the others done.
@@ -616,4 +616,172 @@ fn ssh_close_on_a_pattern() {
     assert!(out.contains(": no shared connection\n") && !out.contains("l1"), "{out}");
     let o = shared(&["ssh-close", "sshd"]);
     assert_eq!(text(&o).0, "s1: no shared connection\ns2: no shared connection\n");
+}
+
+/// Accepts TCP connections on a loopback port and holds them without a
+/// byte (a host whose sshd stalls); ends with the test process.
+fn silent_port(hold: usize) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().take(hold) {
+            held.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    port
+}
+
+/// Threads of process `pid` now (0 once it is gone).
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}
+
+/// `mito run -f 50` on 30 hosts whose sshd accepts and never answers: all
+/// 30 connects are in flight at once (30 ssh children), yet the master
+/// keeps a few threads (main, broker, signals), not one per host; each
+/// host times out on its own within the connect timeout.
+#[test]
+fn connects_in_flight_take_no_thread_each() {
+    let port = silent_port(64);
+    let dir = TempDir::new("fleet-threads");
+    let inv = dir.path().join("hosts");
+    std::fs::write(&inv, format!("s[01:30] ansible_host=127.0.0.1 ansible_port={port}\n")).expect("write");
+    let t0 = Instant::now();
+    let mut child = Command::new(MITO)
+        .current_dir("/tmp")
+        .env_remove("MITO_INVENTORY")
+        .args(["-F", "/dev/null", "--no-control-master", "--connect-timeout", "3", "-i"])
+        .arg(&inv)
+        .args(["run", "all", "-f", "50", "--json", "--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mito");
+    let pid = child.id();
+    let (mut most_threads, mut most_children) = (0, 0);
+    while child.try_wait().expect("try_wait").is_none() {
+        most_threads = most_threads.max(threads_of(pid));
+        most_children = most_children.max(common::children_of(pid).len());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let o = child.wait_with_output().expect("output");
+    let took = t0.elapsed();
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o).1);
+    let lines = json_by_host(&o);
+    assert_eq!(lines.len(), 30);
+    for (host, v) in &lines {
+        assert_eq!(v["error_kind"].as_str(), Some("timeout"), "{host}: {v}");
+    }
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert!(most_children >= 25, "only {most_children} connects were seen in flight at once");
+    assert!(most_threads <= 4, "{most_threads} threads in the master with 30 connects in flight");
+}
+
+/// `Router::connect_many` from one thread: local hosts connect, a closed
+/// port is `ConnectionRefused`, a host that accepts and never answers
+/// times out after its own connect timeout, and the good ones are not held
+/// up by it (they finish first); every spec gets exactly one result.
+#[test]
+fn connect_many_mixes_good_refused_and_silent_hosts() {
+    use mito::master::ConnectSpec;
+    use mito::{ConnectError, LocalOptions, Router, SshFailure, SshOptions};
+    let silent = silent_port(8);
+    let closed = closed_port();
+    let local = |i: usize| {
+        ConnectSpec::Local(LocalOptions {
+            name: Some(format!("l{i}")),
+            connect_timeout: Duration::from_secs(20),
+            ..LocalOptions::default()
+        })
+    };
+    let ssh = |port: u16| {
+        let mut o = SshOptions::new("127.0.0.1");
+        o.port = Some(port);
+        o.ssh_config = Some("/dev/null".into());
+        o.options = vec!["BatchMode=yes".into(), "UserKnownHostsFile=/dev/null".into()];
+        o.connect_timeout = Duration::from_secs(2);
+        ConnectSpec::Ssh(o)
+    };
+    let specs = vec![local(0), ssh(closed), ssh(silent), local(3), local(4), ssh(silent), local(6)];
+    let n = specs.len();
+    let router = Router::new().expect("router");
+    let t0 = Instant::now();
+    // Three in flight: the two silent hosts hold two slots for 2 s, the
+    // locals pass through the third.
+    let results: Vec<_> = router.connect_many(specs, 3).map(|(i, r)| (i, t0.elapsed(), r)).collect();
+    let mut seen: Vec<usize> = results.iter().map(|(i, _, _)| *i).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..n).collect::<Vec<_>>(), "one result per spec");
+    let order: Vec<usize> = results.iter().map(|(i, _, _)| *i).collect();
+    for (i, at, r) in &results {
+        match (i, r) {
+            (0 | 3 | 4 | 6, Ok(ctx)) => {
+                assert_eq!(ctx.name(), format!("l{i}"));
+                ctx.ping().expect("ping");
+                assert!(*at < Duration::from_millis(1900), "l{i} waited for the silent hosts: {at:?}");
+            }
+            (1, Err(ConnectError::Ssh { failure: SshFailure::ConnectionRefused, .. })) => {}
+            (2 | 5, Err(e @ (ConnectError::Timeout { .. } | ConnectError::Ssh { .. }))) => {
+                let timed_out = matches!(e, ConnectError::Timeout { .. })
+                    || matches!(e, ConnectError::Ssh { failure: SshFailure::ConnectTimedOut, .. });
+                assert!(timed_out, "silent host {i}: {e}");
+                assert!(*at >= Duration::from_millis(1900) && *at < Duration::from_secs(5), "{i} after {at:?}");
+            }
+            (i, r) => panic!("spec {i}: {:?}", r.as_ref().map(|c| c.name().to_string())),
+        }
+    }
+    let last_two: Vec<usize> = order[n - 2..].to_vec();
+    assert!(last_two.contains(&2) && last_two.contains(&5), "silent hosts finish last: {order:?}");
+    assert_eq!(router.contexts().len(), 4);
+}
+
+/// A sudo password typed by `connect_many`'s driver: sudo run as
+/// mito-sudoer (through a wrapper, since root is never asked) prompts on
+/// the context's tty; the right password connects, a wrong one is a typed
+/// `Become` failure, while a local connect beside them goes on.
+#[test]
+fn connect_many_answers_sudo_prompts() {
+    use mito::master::ConnectSpec;
+    use mito::{BecomeFailure, ConnectError, LocalOptions, Router, SudoOptions};
+    let test = "connect_many_answers_sudo_prompts";
+    if !common::become_users(test) {
+        return;
+    }
+    let dir = TempDir::new("fleet-sudo-driver");
+    let wrapper = dir.path().join("sudo-as-sudoer");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nexec setpriv --reuid=mito-sudoer --regid=mito-sudoer --init-groups env HOME=/home/mito-sudoer /usr/bin/sudo \"$@\"\n",
+    )
+    .expect("write wrapper");
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let sudo = |pw: &str| {
+        let mut o = SudoOptions::new("root");
+        o.sudo_path = Some(wrapper.clone());
+        o.password = Some(pw.into());
+        o.connect_timeout = Duration::from_secs(20);
+        ConnectSpec::Sudo(o)
+    };
+    let specs = vec![
+        sudo(common::sshd::PASSWORD),
+        sudo("not-the-password"),
+        ConnectSpec::Local(LocalOptions { connect_timeout: Duration::from_secs(20), ..LocalOptions::default() }),
+    ];
+    let router = Router::new().expect("router");
+    let mut results: Vec<_> = router.connect_many(specs, 3).collect();
+    results.sort_by_key(|(i, _)| *i);
+    match &results[0].1 {
+        Ok(ctx) => assert_eq!(ctx.exec(&["id", "-un"]).expect("id").stdout.as_slice(), b"root\n"),
+        Err(e) => panic!("sudo with the right password: {e}"),
+    }
+    match &results[1].1 {
+        Err(ConnectError::Become { failure: BecomeFailure::WrongPassword, output, .. }) => {
+            assert!(!output.contains("not-the-password"), "{output}");
+        }
+        other => panic!("wrong password: {:?}", other.as_ref().map(|c| c.name().to_string())),
+    }
+    assert!(results[2].1.is_ok(), "local beside them");
 }

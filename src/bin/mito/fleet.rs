@@ -8,11 +8,14 @@
 //! with the same key (a via host's) are one [`Slot`], connected once and
 //! shared, as `Targets` shares chain prefixes.
 //!
-//! Up to `--forks` hosts are in flight at once, each on a thread of its
-//! own that connects its chain and then runs the verb: a thread per
-//! host in flight, bounded by `--forks` (the broker does the I/O; the
-//! threads only wait on it). A host that cannot be reached is reported
-//! and the others go on. The results are printed at the end, grouped by
+//! The first hop of every plan (a shared one once) is connected by
+//! `Router::connect_many`: up to `--forks` connects in flight, all driven
+//! by one `poll` on the main thread (no thread per host; each keeps its
+//! own connect timeout). A plan whose first hop is up goes to a worker
+//! for the rest of its chain (become and `mito_via` hops, connected
+//! through the hop's agent) and the verb, which are blocking calls:
+//! workers start only when none is idle, at most `--forks` of them. A host
+//! that cannot be reached is reported and the others go on. The results are printed at the end, grouped by
 //! host with identical outputs folded (`web[01:03] (3 hosts): ok`), or with
 //! `--json` one object a line per host; then a summary line.
 //!
