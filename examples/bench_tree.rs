@@ -105,6 +105,22 @@ fn one_call_each(leaves: &[Context]) -> Result<f64, String> {
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
+/// This process's CPU time (user + system) and bytes read so far (`rchar`:
+/// what came up the links, for the replies).
+fn cpu_and_read() -> (Duration, u64) {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage into the struct we own.
+    let cpu = if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+        let tv = |t: libc::timeval| Duration::from_micros(t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64);
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    } else {
+        Duration::ZERO
+    };
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let read = io.lines().find_map(|l| l.strip_prefix("rchar: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    (cpu, read)
+}
+
 /// Bytes the master sent on the streams of `first` (the first links).
 fn first_links(first: &[Context]) -> u64 {
     first.iter().map(Context::bytes_sent).sum()
@@ -161,12 +177,16 @@ fn main() -> Result<(), String> {
     let threads = status_field("Threads:");
     let leaves = if direct { &top } else { &below };
     let (mut each_way, mut bytes) = ((Vec::new(), Vec::new()), (0, 0));
+    let (mut cpu, mut up) = ((Duration::ZERO, Duration::ZERO), (0, 0));
     for _ in 0..5 {
-        let b = first_links(&top);
+        let (b, (cpu0, read0)) = (first_links(&top), cpu_and_read());
         each_way.0.push(broadcast(leaves)?);
-        let c = first_links(&top);
+        let (c, (cpu1, read1)) = (first_links(&top), cpu_and_read());
         each_way.1.push(one_call_each(leaves)?);
+        let (cpu2, read2) = cpu_and_read();
         bytes = (c - b, first_links(&top) - c);
+        cpu = (cpu.0 + (cpu1 - cpu0) / 5, cpu.1 + (cpu2 - cpu1) / 5);
+        up = (read1 - read0, read2 - read1);
     }
     let contexts = top.len() + below.len();
     let per_context = rss1.saturating_sub(rss0) as f64 / contexts as f64;
@@ -174,13 +194,18 @@ fn main() -> Result<(), String> {
     eprintln!(
         "{what}: {contexts} contexts (fd limit {limit}) connected in {:.1} s, master RSS {rss0} -> {rss1} KiB \
          ({per_context:.1} KiB per context), {fds} fds, {threads} threads; info to {} leaves: broadcast {:.0} ms \
-         (median of 5; {} bytes on the first links), one call each {:.0} ms ({} bytes)",
+         (median of 5; {} bytes down the first links, {} read by the master, {:.0} ms of its CPU), one call each \
+         {:.0} ms ({} bytes down, {} read, {:.0} ms of CPU)",
         connect.as_secs_f64(),
         leaves.len(),
         median(&each_way.0),
         bytes.0,
+        up.0,
+        cpu.0.as_secs_f64() * 1e3,
         median(&each_way.1),
         bytes.1,
+        up.1,
+        cpu.1.as_secs_f64() * 1e3,
     );
     let t2 = Instant::now();
     drop((below, top, warm));
