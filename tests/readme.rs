@@ -288,6 +288,23 @@ fn checks() -> Vec<(&'static str, How)> {
                 })
             }),
         ),
+        // Sync
+        (
+            "mito sync -r ./site ssh://web1:/srv/www",
+            with(run(0, &["changed index.html", "changed css/main.css"], &["2 files checked, 2 changed"]), |c| {
+                c.after = Some(|w, _| {
+                    assert_eq!(std::fs::read(w.path("/srv/www/css/main.css")).ok(), Some(b"body{}\n".to_vec()));
+                })
+            }),
+        ),
+        (
+            "mito sync -r --delete ./site local:/tmp/site-mirror",
+            with(run(0, &["index.html"], &["2 files checked"]), |c| {
+                c.after = Some(|w, _| {
+                    assert_eq!(std::fs::read(w.path("/tmp/site-mirror/index.html")).ok(), Some(b"<h1>hi</h1>\n".to_vec()));
+                })
+            }),
+        ),
         (
             "mito get ssh://web1:/etc/hosts ./backup/",
             with(run(0, &[], &["sha256 verified"]), |c| {

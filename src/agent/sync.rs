@@ -253,11 +253,13 @@ impl SyncTable {
         let mut out = SyncSignatures::default();
         for b in first..first.saturating_add(u64::from(count)) {
             let Some(off) = b.checked_mul(r.block) else { break };
-            if off.saturating_add(r.block) > r.old_size || pread_full(old.as_fd(), &mut buf, off)? < bs {
+            // The last block may be short (the file's tail).
+            let want = r.old_size.saturating_sub(off).min(r.block) as usize;
+            if want == 0 || pread_full(old.as_fd(), &mut buf[..want], off)? < want {
                 break;
             }
-            out.weak.push(Rolling::new(&buf).sum());
-            out.strong.extend_from_slice(&crate::core::sha256::digest(&buf)[..STRONG_LEN]);
+            out.weak.push(Rolling::new(&buf[..want]).sum());
+            out.strong.extend_from_slice(&crate::core::sha256::digest(&buf[..want])[..STRONG_LEN]);
         }
         Ok(out)
     }
@@ -273,11 +275,12 @@ impl SyncTable {
                     let Some(old) = &r.old else { return Err(bad("no old file")) };
                     let start = block.checked_mul(r.block).ok_or_else(|| bad("copy past the old file"))?;
                     let len = u64::from(*count).checked_mul(r.block).ok_or_else(|| bad("copy past the old file"))?;
-                    if start.checked_add(len).is_none_or(|end| end > r.old_size) {
+                    // Every block starts in the file; the last may be its short tail.
+                    if *count == 0 || start.checked_add(len - r.block).is_none_or(|last| last >= r.old_size) {
                         return Err(bad("copy past the old file"));
                     }
                     let old = old.try_clone().map_err(|e| os_error(e, "dup", &r.name))?;
-                    let (mut off, end) = (start, start + len);
+                    let (mut off, end) = (start, start.saturating_add(len).min(r.old_size));
                     if buf.is_empty() {
                         buf.resize(COPY_BUF, 0);
                     }

@@ -579,7 +579,10 @@ impl Context {
         let old_size = self.begin(d, id, true, bs)?.wait()?;
         flight.open.push(id);
         // Signatures, a few slices in flight.
-        let blocks = (old_size / u64::from(bs)).min(MAX_BLOCKS);
+        let blocks = old_size.div_ceil(u64::from(bs)).min(MAX_BLOCKS);
+        // The short last block, if any: matched only at the new file's end.
+        let tail_len = (old_size % u64::from(bs)) as usize;
+        let tail_block = (tail_len > 0 && blocks == old_size.div_ceil(u64::from(bs))).then(|| blocks - 1);
         let slice = SIG_SLICE.min((64 << 20) / u64::from(bs)).max(1);
         let mut index = BlockIndex::default();
         let mut asked = VecDeque::new();
@@ -599,6 +602,12 @@ impl Context {
             }
             stats.signature_bytes += (n * (4 + STRONG_LEN)) as u64;
             for (w, s) in sigs.weak.iter().zip(sigs.strong.chunks_exact(STRONG_LEN)) {
+                if Some(index.strong.len() as u64) == tail_block {
+                    let mut strong = [0u8; STRONG_LEN];
+                    strong.copy_from_slice(s);
+                    index.tail = Some((index.strong.len() as u32, tail_len, *w, strong));
+                    break;
+                }
                 index.push(*w, s);
             }
             if (n as u64) < count {
@@ -799,6 +808,8 @@ struct BlockIndex {
     bits: Vec<u64>,
     sorted: Vec<(u32, u32)>,
     strong: Vec<[u8; STRONG_LEN]>,
+    /// The old file's short last block: its number, length, sums.
+    tail: Option<(u32, usize, u32, [u8; STRONG_LEN])>,
 }
 
 const BITMAP_BITS: u32 = 24;
@@ -923,8 +934,16 @@ impl<'a> Matcher<'a> {
             }
             pos += 1;
         }
-        for &b in &buf[pos..] {
-            self.literal(b)?;
+        let rest = &buf[pos..];
+        let tail = self.index.tail.filter(|&(_, len, weak, strong)| {
+            len == rest.len() && Rolling::new(rest).sum() == weak && digest(rest)[..STRONG_LEN] == strong
+        });
+        if let Some((b, ..)) = tail {
+            self.copy_block(u64::from(b))?;
+        } else {
+            for &b in rest {
+                self.literal(b)?;
+            }
         }
         self.flush(true)?;
         Ok((size, hash.finish(), self.literal_total))

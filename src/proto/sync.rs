@@ -134,8 +134,8 @@ pub struct SyncBeginArgs {
     pub block_size: u32,
 }
 
-/// Arguments of [`SyncSignature`]: blocks `first..first+count` (full
-/// blocks only).
+/// Arguments of [`SyncSignature`]: blocks `first..first+count` (the
+/// file's last block is its short tail, if its size is not a multiple).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncSignatureArgs {
     /// The rebuild.
@@ -162,7 +162,8 @@ pub const STRONG_LEN: usize = 16;
 /// One op of a [`SyncDelta`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeltaOp {
-    /// `count` blocks of the old file from block `block`.
+    /// `count` blocks of the old file from block `block` (the last one
+    /// may be the file's short tail).
     Copy {
         /// First block.
         block: u64,

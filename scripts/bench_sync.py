@@ -1,0 +1,170 @@
+"""The sync rows of scripts/bench (opt-in: BENCH_SYNC=1; issue 18,
+"Numbers"): `mito sync` beside `rsync -a`, both over the private loopback
+sshd of scripts/test-sshd (BENCH_SSH: port, directory, user), both whole
+commands (ssh handshake, start-up, the work), no shared ssh connection.
+
+- sync_1block: a 100 MiB file of random bytes at the destination, the
+  source the same but for 4 KiB overwritten in the middle (new mtime).
+  Before each run the destination gets the old file back (not timed).
+  Seconds per run, and the bytes each tool sent (mito's summary line:
+  what the master wrote on the stream; rsync's `--stats` "Total bytes
+  sent"), so both count payload before ssh's encryption.
+- sync_tree_same: a tree of 10,000 small files (100 directories of 100,
+  100 to 2,000 bytes) already at the destination: the time to find that
+  nothing changed.
+
+mito and rsync alternate (A, B, A, B); medians. Standalone:
+    BENCH_SSH="PORT DIR USER" python3 scripts/bench_sync.py --mito-cli target/release/mito [--rounds N]
+"""
+import argparse
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+MIB = 1 << 20
+
+
+class Sync:
+    def __init__(self, env, mito_cli):
+        port, sshd_dir, user = env["BENCH_SSH"].split()
+        key = os.path.join(sshd_dir, "id_ed25519")
+        kh = os.path.join(sshd_dir, "known_hosts")
+        self.env = env
+        self.dir = tempfile.mkdtemp(prefix="sync.", dir=env.get("BENCH_DIR"))
+        self.host = "127.0.0.1"
+        self.user = user
+        self.port = port
+        self.mito = [mito_cli, "-F", "/dev/null", "--private-key", key, "-o", "UserKnownHostsFile=" + kh,
+                     "-o", "IdentitiesOnly=yes", "-o", "Compression=no", "--no-control-master"]
+        self.target = "ssh://%s@%s:%s" % (user, self.host, port)
+        ssh = "ssh -F /dev/null -p %s -i %s -o UserKnownHostsFile=%s -o IdentitiesOnly=yes -o Compression=no -o BatchMode=yes" % (
+            port, key, kh)
+        self.rsync = ["rsync", "-a", "--stats", "-e", ssh]
+
+    def run(self, cmd):
+        t = time.perf_counter()
+        out = subprocess.run(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=900)
+        dt = time.perf_counter() - t
+        if out.returncode != 0:
+            raise RuntimeError("%s exited %d: %s" % (" ".join(cmd[:3]), out.returncode,
+                                                    (out.stderr or out.stdout).decode(errors="replace")[-400:]))
+        return dt, out.stdout.decode(errors="replace") + out.stderr.decode(errors="replace")
+
+    def mito_sync(self, src, dst, recursive):
+        cmd = self.mito + ["sync", "-q"] + (["-r"] if recursive else []) + [src, "%s:%s" % (self.target, dst)]
+        dt, text = self.run(cmd)
+        m = re.search(r"(\d+) bytes sent on the wire", text)
+        return dt, int(m.group(1)) if m else None
+
+    def rsync_sync(self, src, dst, recursive):
+        src = src + "/" if recursive else src
+        dt, text = self.run(self.rsync + [src, "%s@%s:%s" % (self.user, self.host, dst + ("/" if recursive else ""))])
+        m = re.search(r"Total bytes sent: ([\d,.]+)", text)
+        return dt, int(re.sub(r"[,.]", "", m.group(1))) if m else None
+
+
+def make_big(d):
+    old = os.path.join(d, "old")
+    new = os.path.join(d, "new")
+    with open(old, "wb") as f:
+        f.write(os.urandom(100 * MIB))
+    shutil.copyfile(old, new)
+    with open(new, "r+b") as f:
+        f.seek(50 * MIB + 12345)
+        f.write(os.urandom(4096))
+    os.utime(old, (1_600_000_000, 1_600_000_000))
+    os.utime(new, (1_600_000_100, 1_600_000_100))
+    return old, new
+
+
+def make_tree(d):
+    rng = random.Random(18)
+    src = os.path.join(d, "tree")
+    for i in range(100):
+        sub = os.path.join(src, "d%03d" % i)
+        os.makedirs(sub)
+        for j in range(100):
+            with open(os.path.join(sub, "f%03d" % j), "wb") as f:
+                f.write(rng.randbytes(rng.randint(100, 2000)))
+    return src
+
+
+def run(env, mito_cli, rounds, out=None):
+    """Runs both rows; prints them; returns the failures (a list)."""
+    if not env.get("BENCH_SSH") or not shutil.which("rsync"):
+        print("sync rows: need the test sshd (BENCH_SSH) and rsync (apt-get install -y rsync)", file=sys.stderr)
+        return ["sync: no sshd or rsync"]
+    s = Sync(env, mito_cli)
+    failures = []
+    try:
+        old, new = make_big(s.dir)
+        dst = {"mito": os.path.join(s.dir, "big.mito"), "rsync": os.path.join(s.dir, "big.rsync")}
+        # First runs (not timed): the agent reaches the target's cache, rsync's dest exists.
+        for tool in dst:
+            shutil.copy2(old, dst[tool])
+        s.mito_sync(old, dst["mito"], False)
+        times = {"mito": [], "rsync": []}
+        sent = {"mito": [], "rsync": []}
+        for _ in range(rounds):
+            for tool in ("mito", "rsync"):
+                shutil.copy2(old, dst[tool])
+                subprocess.run(["sync"])
+                f = s.mito_sync if tool == "mito" else s.rsync_sync
+                dt, b = f(new, dst[tool], False)
+                if open(dst[tool], "rb").read() != open(new, "rb").read():
+                    failures.append("sync_1block: %s left a different file" % tool)
+                times[tool].append(dt)
+                sent[tool].append(b)
+        row("sync_1block", "sync 100 MiB, one 4 KiB block changed (ssh)", times, sent, out)
+
+        tree = make_tree(s.dir)
+        tdst = {"mito": os.path.join(s.dir, "tree.mito"), "rsync": os.path.join(s.dir, "tree.rsync")}
+        s.mito_sync(tree, tdst["mito"], True)
+        s.rsync_sync(tree, tdst["rsync"], True)
+        times = {"mito": [], "rsync": []}
+        sent = {"mito": [], "rsync": []}
+        for _ in range(rounds):
+            for tool in ("mito", "rsync"):
+                f = s.mito_sync if tool == "mito" else s.rsync_sync
+                dt, b = f(tree, tdst[tool], True)
+                times[tool].append(dt)
+                sent[tool].append(b)
+        row("sync_tree_same", "sync unchanged tree, 10,000 files (ssh)", times, sent, out)
+    except Exception as e:  # a failed tool is a failed row, reported, not a crash
+        failures.append("sync: %s" % e)
+        print("sync rows failed: %s" % e, file=sys.stderr)
+    finally:
+        shutil.rmtree(s.dir, ignore_errors=True)
+    return failures
+
+
+def row(name, label, times, sent, out):
+    m = {t: statistics.median(v) for t, v in times.items()}
+    b = {t: statistics.median([x for x in v if x is not None] or [0]) for t, v in sent.items()}
+    ratio = m["mito"] / m["rsync"] if m["rsync"] else float("nan")
+    print("%-48s mito %7.3f s (%d bytes sent)   rsync -a %7.3f s (%d bytes sent)   %.2fx rsync's time   runs: mito %s rsync %s"
+          % (label, m["mito"], b["mito"], m["rsync"], b["rsync"], ratio,
+             " ".join("%.3f" % x for x in times["mito"]), " ".join("%.3f" % x for x in times["rsync"])))
+    if out:
+        import json
+        out.write(json.dumps({"workload": name, "label": label, "unit": "s", "time": int(time.time()),
+                              "mito_median": m["mito"], "rsync_median": m["rsync"], "ratio": ratio,
+                              "mito_bytes_sent": b["mito"], "rsync_bytes_sent": b["rsync"]}) + "\n")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mito-cli", required=True)
+    p.add_argument("--rounds", type=int, default=5)
+    a = p.parse_args()
+    return 1 if run(dict(os.environ), a.mito_cli, a.rounds) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
