@@ -95,7 +95,9 @@ fn send<F: Function>(targets: &[Context], args: &F::Args, deadline: Instant) -> 
     // A declared user function goes as `name@<signature>`, as
     // `Context::call` sends it (the agent checks it against its own).
     let signed = F::SIGNATURE.map(|sig| crate::proto::declare::signed_name(F::NAME, sig));
-    let max = first.state.table.max_message_size as usize;
+    // A hop reads frames up to the protocol's limit, whatever this
+    // router's own limit for what agents send it.
+    let max = first.state.table.max_message_size.min(crate::proto::MAX_MESSAGE_SIZE) as usize;
     let call = match encode_call(signed.as_deref().unwrap_or(F::NAME), args) {
         Ok(c) if c.len() + 64 <= max => c,
         Ok(c) => {
