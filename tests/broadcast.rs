@@ -242,3 +242,29 @@ fn hostile_leaves_cannot_hang_or_break_a_broadcast() {
     }
     hop.ping().expect("the hop still answers");
 }
+
+mito::declare_function!(
+    /// A user function no agent here has (the embedded agent runs).
+    Absent, "test.absent", String, u32
+);
+
+/// A declared (user) function broadcast through a hop to agents that lack
+/// it: each target's answer is the typed `MissingFunction` naming the
+/// function and that agent (the relayed copies reach the agents and their
+/// errors come back typed, not as decode errors).
+#[test]
+fn a_declared_function_missing_everywhere_is_a_typed_error_per_target() {
+    let dir = TempDir::new("broadcast-declared");
+    let opts = common::local_in(&dir.path().join("cache"));
+    let router = Router::new().expect("router");
+    let (_hops, leaves) = tree(&router, &opts, 1, 3);
+    for (ctx, reply) in call_many::<Absent>(&leaves, &"x".to_string(), Duration::from_secs(30)) {
+        match reply {
+            Err(CallError::MissingFunction { context, function, agent_hash }) => {
+                assert_eq!((context.as_str(), function.as_str()), (ctx.name(), "test.absent"));
+                assert_eq!(agent_hash, ctx.connect_info().agent_hash);
+            }
+            other => panic!("{}: not MissingFunction: {other:?}", ctx.name()),
+        }
+    }
+}
