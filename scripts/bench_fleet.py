@@ -17,6 +17,19 @@ installed into the bench venv on first use), seconds per run.
   a new mito process and agent, as an operator's ten commands are), beside
   the same as a 10-task `ansible-playbook -f 50` (gather_facts off), and
   with mitogen's strategy (`ansible_mitogen`, mitogen_linear) when it loads.
+- fleet_put8get: the issue's other 10-step run, a put of a 1 MiB file, 8
+  commands and a get of the file back, over one connection per host:
+  examples/bench_fleet.rs `put8get` (the ratios are to it) beside a
+  playbook of copy, 8 command and fetch tasks, and ansible_mitogen. Each
+  run starts with no copy on the hosts and none fetched (both tools skip
+  an unchanged file).
+
+The login user: BENCH_FLEET_USER, else mito-user when the bench runs as
+root and scripts/test-become made that user, else BENCH_SSH's. Not root by
+default, because this VM's root ~/.bashrc runs `pyenv init` (~80 ms of CPU
+per ssh session: bash reads ~/.bashrc for every command sshd starts), which
+made every column measure pyenv, not the tools (mito warm on 50 hosts:
+4.1 s as root, 0.38 s as mito-user, same binary).
 
 The 50 hosts are inventory aliases h01..h50 of the one private sshd of
 scripts/test-sshd on 127.0.0.1 (BENCH_SSH: port, directory, user; its config
@@ -40,10 +53,26 @@ HOSTS = ["h%02d" % i for i in range(1, 51)]
 STEPS = ["true", "uname -n", "id -un", "pwd", "date", "uptime", "ls /", "cat /etc/hostname", "echo step9", "true"]
 
 
+def fleet_user(env):
+    """The login user of the fleet rows (see the module doc)."""
+    if env.get("BENCH_FLEET_USER"):
+        return env["BENCH_FLEET_USER"]
+    import pwd
+    user = env["BENCH_SSH"].split()[2]
+    if os.getuid() == 0:
+        try:
+            pwd.getpwnam("mito-user")
+            return "mito-user"
+        except KeyError:
+            pass
+    return user
+
+
 class Fleet:
     def __init__(self, env, mito_cli, python):
-        port, sshd_dir, user = env["BENCH_SSH"].split()
-        self.env = dict(env, ANSIBLE_HOST_KEY_CHECKING="True", ANSIBLE_NOCOLOR="1", NO_COLOR="1",
+        port, sshd_dir, _ = env["BENCH_SSH"].split()
+        user = fleet_user(env)
+        self.env = dict(env, BENCH_FLEET_USER=user, ANSIBLE_HOST_KEY_CHECKING="True", ANSIBLE_NOCOLOR="1", NO_COLOR="1",
                         ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_DEPRECATION_WARNINGS="False")
         self.mito = mito_cli
         self.library_detail = []  # (slowest connect, slowest 10 steps) per library run
@@ -78,6 +107,20 @@ class Fleet:
             f.write("- hosts: all\n  gather_facts: false\n  tasks:\n")
             for i, s in enumerate(STEPS):
                 f.write("    - name: step %d\n      command: \"%s\"\n" % (i + 1, s))
+        # put + 8 commands + get: the file, and the playbook of copy, command x8, fetch.
+        self.put_file = os.path.join(self.dir, "put1m")
+        with open(self.put_file, "wb") as f:
+            f.write(os.urandom(1 << 20))
+        os.chmod(self.dir, 0o755)
+        os.chmod(self.put_file, 0o644)
+        self.fetched = os.path.join(self.dir, "fetched")
+        self.playbook_put = os.path.join(self.dir, "put8get.yml")
+        with open(self.playbook_put, "w") as f:
+            f.write("- hosts: all\n  gather_facts: false\n  tasks:\n")
+            f.write("    - name: put\n      copy:\n        src: %s\n        dest: /tmp/bench-fleet-ans.{{ inventory_hostname }}\n" % self.put_file)
+            for i, s in enumerate(STEPS[1:9]):
+                f.write("    - name: step %d\n      command: \"%s\"\n" % (i + 1, s))
+            f.write("    - name: get\n      fetch:\n        src: /tmp/bench-fleet-ans.{{ inventory_hostname }}\n        dest: %s/\n" % self.fetched)
         self.ssh_cmd = ["ssh", "-F", "/dev/null", "-T", "-p", port, "-l", user, "-i", key, "-o", "IdentitiesOnly=yes",
                         "-o", "UserKnownHostsFile=" + kh, "-o", "LogLevel=ERROR", "-o", "Compression=no", "-o", "BatchMode=yes"]
 
@@ -116,11 +159,18 @@ class Fleet:
     def ansible_true(self):
         return self.timed([os.path.join(self.bin, "ansible"), "all", "-i", self.inv_ansible, "-f", "50", "-m", "command", "-a", "true"])
 
-    def playbook_run(self, strategy=None):
+    def clean_put(self):
+        """No copy on the hosts, none fetched: each put8get run sends and gets everything."""
+        import glob
+        for p in glob.glob("/tmp/bench-fleet-ans.*") + glob.glob("/tmp/bench-fleet-put.*"):
+            os.unlink(p)
+        shutil.rmtree(self.fetched, ignore_errors=True)
+
+    def playbook_run(self, strategy=None, playbook=None):
         env = None
         if strategy:
             env = dict(self.env, ANSIBLE_STRATEGY="mitogen_linear", ANSIBLE_STRATEGY_PLUGINS=strategy)
-        cmd = [os.path.join(self.bin, "ansible-playbook"), "-i", self.inv_ansible, "-f", "50", self.playbook]
+        cmd = [os.path.join(self.bin, "ansible-playbook"), "-i", self.inv_ansible, "-f", "50", playbook or self.playbook]
         if env is None:
             return self.timed(cmd)
         saved, self.env = self.env, env
@@ -129,10 +179,10 @@ class Fleet:
         finally:
             self.env = saved
 
-    def library_10step(self, exe):
-        """examples/bench_fleet.rs: 50 contexts over ssh, 10 execs each over its connection."""
+    def library_10step(self, exe, *mode):
+        """examples/bench_fleet.rs: 50 contexts over ssh, 10 execs (or `put8get FILE`) each over its connection."""
         import json
-        out = subprocess.run([exe, str(len(HOSTS)), str(len(STEPS))], env=self.env, stdout=subprocess.PIPE,
+        out = subprocess.run([exe, str(len(HOSTS)), str(len(STEPS))] + list(mode), env=self.env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, timeout=900)
         if out.returncode != 0:
             raise RuntimeError("bench_fleet exited %d: %s" % (out.returncode, out.stderr.decode(errors="replace")[-400:]))
@@ -185,7 +235,7 @@ def version(python, dist):
 def run(env, mito_cli, python, only, rounds, out=None):
     """Runs the fleet rows, prints their table; returns a list of failures."""
     import json
-    want = [w for w in ("fleet_true", "fleet_10step") if not only or w in only]
+    want = [w for w in ("fleet_true", "fleet_10step", "fleet_put8get") if not only or w in only]
     if not want:
         return []
     if not env.get("BENCH_SSH"):
@@ -206,11 +256,11 @@ def run(env, mito_cli, python, only, rounds, out=None):
             failures.append("%s %s: %s" % (w, col, str(e).strip().splitlines()[-1] if str(e).strip() else e))
     strategy = mitogen_strategy(python)
     lib = None
-    if "fleet_10step" in want:
+    if "fleet_10step" in want or "fleet_put8get" in want:
         try:
             lib = library_binary(env)
         except Exception as e:
-            failures.append("fleet_10step mito library: build: %s" % e)
+            failures.append("mito library (examples/bench_fleet.rs): build: %s" % e)
     try:
         for _ in range(rounds):
             if "fleet_true" in want:
@@ -235,13 +285,28 @@ def run(env, mito_cli, python, only, rounds, out=None):
                     if strategy:
                         add("fleet_10step", "ansible_mitogen", lambda: f.playbook_run(strategy))
                         f.close_masters()
+            if "fleet_put8get" in want:
+                f.close_masters()
+                f.clean_put()
+                if lib:
+                    add("fleet_put8get", "mito library", lambda: f.library_10step(lib, "put8get", f.put_file))
+                f.clean_put()
+                if not err:
+                    add("fleet_put8get", "ansible-playbook", lambda: f.playbook_run(playbook=f.playbook_put))
+                    f.close_masters()
+                    f.clean_put()
+                    if strategy:
+                        add("fleet_put8get", "ansible_mitogen", lambda: f.playbook_run(strategy, f.playbook_put))
+                        f.close_masters()
+                        f.clean_put()
     finally:
         f.close_masters()
+        f.clean_put()
         shutil.rmtree(f.dir, ignore_errors=True)
-    print("\nfleet: 50 loopback-ssh hosts, seconds, median (best) of %d rounds; ansible-core %s, mitogen %s"
-          % (rounds, version(python, "ansible-core"), version(python, "mitogen")))
+    print("\nfleet: 50 loopback-ssh hosts (login user %s), seconds, median (best) of %d rounds; ansible-core %s, mitogen %s"
+          % (f.user, rounds, version(python, "ansible-core"), version(python, "mitogen")))
     for w in want:
-        floor = {"fleet_true": "xargs -P 50 ssh", "fleet_10step": "mito library"}[w]
+        floor = {"fleet_true": "xargs -P 50 ssh", "fleet_10step": "mito library", "fleet_put8get": "mito library"}[w]
         for (ww, col), v in cols.items():
             if ww != w:
                 continue

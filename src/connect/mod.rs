@@ -5,7 +5,9 @@
 //!   every hop (a hop runs it as a streamed command); it needs only
 //!   `alloc`, so that an agent may build it too.
 //! - master only: [`bootstrap`] drives stage0's text phase from the master
-//!   (markers, agent upload, hello) with a deadline; [`child`] starts what
+//!   (markers, agent upload, hello) with a deadline, as a resumable state
+//!   machine (one connect with a blocking `poll`, or many from one thread:
+//!   `master::connect_many`); [`child`] starts what
 //!   every method runs (`create_child`: one socketpair, or two pipes, as
 //!   stdin and stdout, a pipe or a pty as stderr); [`local`] is the local
 //!   method;
