@@ -138,6 +138,27 @@ fn fresh_kids(hop: &Context, dir: &Path, tag: &str) -> Res<Vec<Context>> {
         .collect()
 }
 
+/// Seconds to hash `file` once here with `kind` (a 256 KiB `pread` loop,
+/// as `put`'s unchanged check does).
+fn hash_once(file: &str, kind: mito::HashKind) -> Res<f64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(file)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let t = Instant::now();
+    let mut h = mito::core::xxh3::Hasher::new(kind);
+    let mut at = 0u64;
+    loop {
+        let n = f.read_at(&mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    std::hint::black_box(h.digest());
+    Ok(t.elapsed().as_secs_f64())
+}
+
 fn rtt(ctx: &Context, n: usize) -> Res<Vec<f64>> {
     for _ in 0..1000 {
         ctx.ping()?;
@@ -347,6 +368,39 @@ fn main() -> Res<()> {
                 std::fs::remove_file(&dest)?;
             }
             "MB/s"
+        }
+        "hash_xxh3" => {
+            // The 1 GiB file from the page cache: XXH3-128 here, SHA-256 as the baseline.
+            let file = env("BENCH_GIB")?;
+            let len = std::fs::metadata(&file)?.len() as f64;
+            for _ in 0..n {
+                values.push(len / 1e6 / hash_once(&file, mito::HashKind::Xxh3_128)?);
+                baseline.push(len / 1e6 / hash_once(&file, mito::HashKind::Sha256)?);
+            }
+            "MB/s"
+        }
+        "reput_local" | "reput_ssh" => {
+            // An unchanged 1 GiB file put again: stat, then both ends hash
+            // their copy at once, nothing sent. Baseline: hashing it once here.
+            let file = env("BENCH_GIB")?;
+            let ssh = if workload.ends_with("_ssh") { Some(Ssh::from_env()?) } else { None };
+            let c = match &ssh {
+                Some(s) => router.ssh(s.opts())?,
+                None => router.local(local(&warm))?,
+            };
+            let dest = format!("/dev/shm/mito-bench-{}-{workload}", std::process::id());
+            c.put(&file, &dest)?;
+            for _ in 0..n {
+                baseline.push(hash_once(&file, mito::HashKind::Xxh3_128)? * 1e3);
+                let before = c.bytes_sent();
+                let st = c.put(&file, &dest)?;
+                if st.changed || c.bytes_sent() - before > 64 * 1024 {
+                    return Err("the unchanged re-put sent the file".into());
+                }
+                values.push(ms(st.elapsed));
+            }
+            std::fs::remove_file(&dest)?;
+            "ms"
         }
         "stream_local" => {
             let file = env("BENCH_BIG")?;

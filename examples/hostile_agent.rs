@@ -85,8 +85,8 @@ use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use mito::core::sha256::Sha256;
 use mito::core::stream::{encode, Decoder};
+use mito::core::xxh3::Hasher;
 use mito::proto::functions::{
     self as f, DirEntry, ExecArgs, ExecOutput, ExecReply, FileCloseArgs, FileClosed, FileKind, FileOpened,
     FileReadArgs, Function, InfoReply, PathArgs, StatArgs, StatReply,
@@ -486,7 +486,7 @@ fn context_id() -> u32 {
 struct Open {
     content: Content,
     pos: u64,
-    hash: Sha256,
+    hash: Hasher,
 }
 
 /// What an exec call gets: refused (unknown function), or a flood of
@@ -702,7 +702,7 @@ impl Agent {
                 self.reply(h, r);
             }
             f::FileOpenRead::NAME => {
-                let r = postcard::from_bytes::<PathArgs>(args).map_err(|_| bad()).and_then(|a| {
+                let r = postcard::from_bytes::<f::OpenReadArgs>(args).map_err(|_| bad()).and_then(|a| {
                     let (st, opened_size, content) = match self.lookup(&a.path)? {
                         (st, Body::File { opened_size, content }) => (st.clone(), *opened_size, content.clone()),
                         (_, Body::Dir(_)) => return Err(os_error(libc::EISDIR, &a.path)),
@@ -710,7 +710,7 @@ impl Agent {
                     };
                     self.next_open += 1;
                     let id = self.next_open;
-                    self.open.insert(id, Open { content, pos: 0, hash: Sha256::new() });
+                    self.open.insert(id, Open { content, pos: 0, hash: Hasher::new(a.hash) });
                     Ok(FileOpened {
                         id,
                         size: opened_size,
@@ -735,7 +735,7 @@ impl Agent {
             f::FileClose::NAME => {
                 let r = postcard::from_bytes::<FileCloseArgs>(args).map_err(|_| bad()).and_then(|a| {
                     let o = self.open.remove(&a.id).ok_or_else(|| os_error(libc::EBADF, b"file_close"))?;
-                    Ok(FileClosed { size: o.pos, sha256: ByteBuf::from(&o.hash.finish()[..]) })
+                    Ok(FileClosed { size: o.pos, digest: ByteBuf::from(o.hash.digest().as_bytes()) })
                 });
                 self.reply(h, r);
             }

@@ -90,7 +90,7 @@ pub use master::{
     fanout::{put_many, put_many_with_options},
     process::{Process, ProcessEvent, ProcessInput},
     resources::ResourceStats,
-    transfer::{CopyOptions, GetOptions, Progress, TransferError, TransferStats},
+    transfer::{CopyOptions, Digest, GetOptions, HashKind, Progress, TransferError, TransferStats},
     tree::{Plan, TreeStats},
     Connector, Router, RouterOptions,
 };

@@ -244,7 +244,7 @@ fn aarch64_agent_cold_then_warm_call_exec_put_get() {
     assert_eq!(std::fs::read(&remote).expect("read remote"), data);
     let back = dir.path().join("back.bin");
     let got = ctx.get(&remote, &back).expect("get");
-    assert_eq!((got.bytes, got.sha256), (put.bytes, put.sha256));
+    assert_eq!((got.bytes, got.checksum), (put.bytes, put.checksum));
     assert_eq!(std::fs::read(&back).expect("read back"), data);
     ctx.write_file(dir.path().join("small"), b"small file", None).expect("write_file");
     assert_eq!(ctx.read_file(dir.path().join("small")).expect("read_file"), b"small file");

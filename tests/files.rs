@@ -10,11 +10,18 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{is_root, skip_loudly, TempDir};
-use mito::{LocalOptions, Router, TransferError};
+use mito::functions::{self as f, Commit, FileCloseArgs, FileWriteArgs, HashKind, OpenWriteArgs};
+use mito::master::transfer::CHUNK;
+use mito::{Context, CopyOptions, Digest, GetOptions, LocalOptions, Router, TransferError};
 
 fn random(n: usize, seed: u64) -> Vec<u8> {
     let mut rng = fastrand::Rng::with_seed(seed);
     (0..n).map(|_| rng.u8(..)).collect()
+}
+
+/// What a transfer of `data` reports by default: its XXH3-128.
+fn xxh3(data: &[u8]) -> Digest {
+    Digest::Xxh3_128(mito::core::xxh3::xxh3_128(data).to_be_bytes())
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -45,11 +52,11 @@ fn put_get_round_trips_with_mode_and_mtime() {
         assert_eq!(std::fs::read(&remote).expect("read"), data, "{name}: put content");
         let m = std::fs::metadata(&remote).expect("meta");
         assert_eq!((m.mode() & 0o7777, m.mtime(), m.mtime_nsec()), (0o640, 1_600_000_000, 123_456_789), "{name}");
-        assert_eq!(ctx.sha256(&remote).expect("sha256"), put.sha256);
+        assert_eq!(put.checksum, xxh3(&data), "{name}: the digest of the bytes, XXH3-128 by default");
 
         let back = d.path().join(format!("{name}.back"));
         let got = ctx.get(&remote, &back).expect("get");
-        assert_eq!(got.sha256, put.sha256);
+        assert_eq!(got.checksum, put.checksum);
         assert_eq!(std::fs::read(&back).expect("read"), data, "{name}: get content");
         let m = std::fs::metadata(&back).expect("meta");
         assert_eq!((m.mode() & 0o7777, m.mtime()), (0o640, 1_600_000_000), "{name}");
@@ -356,7 +363,7 @@ fn sparse_file_over_4_gib_round_trips_and_stays_sparse() {
     assert!(allocated(&remote) < 64 << 20, "put wrote the holes: {} bytes allocated", allocated(&remote));
     let back = d.path().join("back.sparse");
     let got = ctx.get(&remote, &back).expect("get");
-    assert_eq!(got.sha256, put.sha256, "same bytes both ways (hashed on both ends of each transfer)");
+    assert_eq!(got.checksum, put.checksum, "same bytes both ways (hashed on both ends of each transfer)");
     assert_eq!(std::fs::metadata(&back).expect("meta").len(), size);
     assert!(allocated(&back) < 64 << 20, "get wrote the holes: {} bytes allocated", allocated(&back));
     let tail = |p: &Path| {
@@ -423,4 +430,124 @@ fn owner_is_kept_where_the_receiver_is_root() {
     ctx.get(&remote, &plain).expect("get");
     let m = std::fs::metadata(&plain).expect("meta");
     assert_eq!((m.uid(), m.gid()), (0, 0), "without preserve_owner the copy is ours");
+}
+
+/// Puts and gets `sizes` through `ctx` (files under `dir`, which the
+/// context can write), checking bytes, mode, mtime and the digest.
+fn round_trips(ctx: &Context, dir: &Path, sizes: &[usize], opts: &CopyOptions) {
+    for &size in sizes {
+        let data = random(size, size as u64 + 7);
+        let src = dir.join(format!("{size}.src"));
+        std::fs::write(&src, &data).expect("write");
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let mtime = std::time::SystemTime::UNIX_EPOCH + Duration::new(1_500_000_000, 5);
+        std::fs::File::options().write(true).open(&src).expect("open").set_modified(mtime).expect("mtime");
+        let want = match opts.checksum {
+            HashKind::Xxh3_128 => xxh3(&data),
+            HashKind::Sha256 => Digest::Sha256(mito::core::sha256::digest(&data)),
+        };
+        let remote = dir.join(format!("{size}.remote"));
+        let put = ctx.put_with_options(&src, &remote, opts, &|_| {}).expect("put");
+        assert_eq!((put.bytes, put.checksum, put.changed), (size as u64, want, true), "put of {size} bytes");
+        assert!(std::fs::read(&remote).expect("read") == data, "put of {size} bytes: content");
+        let m = std::fs::metadata(&remote).expect("meta");
+        assert_eq!((m.mode() & 0o777, m.mtime(), m.mtime_nsec()), (0o644, 1_500_000_000, 5), "put of {size}");
+        let back = dir.join(format!("{size}.back"));
+        let got = ctx.get_with_options(&remote, &back, &GetOptions::default(), opts, &|_| {}).expect("get");
+        assert_eq!((got.bytes, got.checksum, got.changed), (size as u64, want, true), "get of {size} bytes");
+        assert!(std::fs::read(&back).expect("read") == data, "get of {size} bytes: content");
+        assert_eq!(std::fs::metadata(&back).expect("meta").mtime(), 1_500_000_000, "get of {size}");
+    }
+}
+
+/// Sizes where a transfer's chunking changes: none, one byte, a chunk
+/// short by one, a chunk, a chunk and a byte.
+const EDGES: [usize; 5] = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1];
+
+#[test]
+fn round_trips_at_the_chunk_edges_with_either_digest() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("edges");
+    round_trips(&ctx, d.path(), &EDGES, &CopyOptions::default());
+    let sha = CopyOptions { checksum: HashKind::Sha256, ..CopyOptions::default() };
+    let d = TempDir::new("edges-sha");
+    round_trips(&ctx, d.path(), &EDGES, &sha);
+}
+
+#[test]
+fn round_trips_at_the_chunk_edges_over_ssh() {
+    let Some(sshd) = common::sshd::Sshd::start("round_trips_at_the_chunk_edges_over_ssh") else { return };
+    let router = Router::new().expect("router");
+    let ctx = router.ssh(sshd.opts("mito-user")).expect("connect");
+    let d = TempDir::new("edges-ssh");
+    // The agent runs as mito-user: it writes here too.
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    round_trips(&ctx, d.path(), &EDGES, &CopyOptions::default());
+    let sha = CopyOptions { checksum: HashKind::Sha256, ..CopyOptions::default() };
+    let again = d.path().join("sha256");
+    std::fs::create_dir(&again).expect("mkdir");
+    std::fs::set_permissions(&again, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    round_trips(&ctx, &again, &[CHUNK + 1], &sha);
+}
+
+/// `file_open_write`, one chunk, and a commit claiming `digest`.
+fn write_and_commit(ctx: &Context, dest: &Path, hash: HashKind, data: &[u8], digest: &[u8]) -> Result<(), String> {
+    let path = serde_bytes::ByteBuf::from(dest.as_os_str().as_encoded_bytes());
+    let id = ctx.call::<f::FileOpenWrite>(&OpenWriteArgs { path, id: 0, hash }).expect("open").id;
+    ctx.call::<f::FileWrite>(&FileWriteArgs { id, data: serde_bytes::ByteBuf::from(data) }).expect("write");
+    let commit = Commit { digest: serde_bytes::ByteBuf::from(digest), mode: None, mtime: None, owner: None };
+    ctx.call::<f::FileClose>(&FileCloseArgs { id, commit: Some(commit) }).map(drop).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_chunk_that_differs_from_what_was_hashed_is_refused() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("corrupt");
+    let dest = d.path().join("dest");
+    let data = random(100_000, 9);
+    let mut corrupt = data.clone();
+    corrupt[54_321] ^= 0x10;
+    // The agent hashes what arrived; a commit whose digest is of other
+    // bytes (one bit flipped on the way) is refused and leaves nothing.
+    let x = |b: &[u8]| mito::core::xxh3::xxh3_128(b).to_be_bytes();
+    let s = |b: &[u8]| mito::core::sha256::digest(b);
+    for (hash, claimed) in [
+        (HashKind::Xxh3_128, x(&data).to_vec()),
+        (HashKind::Sha256, s(&data).to_vec()),
+        // The right bytes by the other algorithm are no match either.
+        (HashKind::Xxh3_128, s(&corrupt).to_vec()),
+        (HashKind::Sha256, x(&corrupt).to_vec()),
+    ] {
+        let err = write_and_commit(&ctx, &dest, hash, &corrupt, &claimed).expect_err("a corrupted chunk committed");
+        assert!(err.contains("checksum mismatch"), "{hash:?}: {err}");
+        assert!(names(d.path()).is_empty(), "{hash:?}: left {:?}", names(d.path()));
+    }
+    // The same calls with the digest of what was sent go through.
+    write_and_commit(&ctx, &dest, HashKind::Xxh3_128, &corrupt, &x(&corrupt)).expect("commit");
+    assert!(std::fs::read(&dest).expect("read") == corrupt);
+}
+
+#[test]
+fn cli_checksum_sha256_is_used_when_asked() {
+    let d = TempDir::new("cli-checksum");
+    std::fs::write(d.path().join("a"), b"some bytes\n").expect("write");
+    let at = |p: &str| format!("local:{}", d.path().join(p).display());
+    let a = d.path().join("a");
+    let a = a.to_str().expect("utf8");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_mito")).args(args).output().expect("mito");
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    assert!(run(&["put", a, &at("b")]).contains("11 bytes in"), "put");
+    assert!(run(&["put", "--force", a, &at("b")]).contains("xxh3-128 verified"), "the default");
+    assert!(run(&["put", "--force", "--checksum", "sha256", a, &at("b")]).contains("sha256 verified"));
+    assert!(run(&["put", "--checksum", "sha256", a, &at("b")]).contains("unchanged (11 bytes, sha256 verified)"));
+    let back = d.path().join("back");
+    let back = back.to_str().expect("utf8");
+    assert!(run(&["get", "--checksum", "sha256", &at("b"), back]).contains("sha256 verified"));
+    assert!(run(&["get", "--checksum", "xxh3", &at("b"), back]).contains("unchanged (11 bytes, xxh3-128 verified)"));
+    assert_eq!(std::fs::read(back).expect("read"), b"some bytes\n");
 }

@@ -1,5 +1,5 @@
 //! Idempotent copies: a put or get whose destination already holds the
-//! same file (size, mtime, mode, SHA-256) sends nothing and says
+//! same file (size, mtime, mode, digest: XXH3-128, or SHA-256 when asked) sends nothing and says
 //! `changed: false`; anything else, or `force`, is sent.
 //!
 //! "Nothing sent" is measured, not inferred from the stats: for a put,
@@ -14,13 +14,18 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::TempDir;
-use mito::{CopyOptions, GetOptions, LocalOptions, Router};
+use mito::{CopyOptions, Digest, GetOptions, HashKind, LocalOptions, Router};
 
 const SIZE: usize = 3 << 20;
 
 fn random(n: usize, seed: u64) -> Vec<u8> {
     let mut rng = fastrand::Rng::with_seed(seed);
     (0..n).map(|_| rng.u8(..)).collect()
+}
+
+/// The XXH3-128 digest a transfer of `data` reports by default.
+fn xxh3(data: &[u8]) -> Digest {
+    Digest::Xxh3_128(mito::core::xxh3::xxh3_128(data).to_be_bytes())
 }
 
 fn set_mtime(path: &Path, secs: u64, nsec: u32) {
@@ -38,7 +43,7 @@ fn ino(path: &Path) -> u64 {
     std::fs::metadata(path).expect("meta").ino()
 }
 
-const FORCE: CopyOptions = CopyOptions { force: true, compress: false };
+const FORCE: CopyOptions = CopyOptions { force: true, compress: false, checksum: HashKind::Xxh3_128 };
 
 #[test]
 fn an_unchanged_put_sends_no_file_bytes_and_says_so() {
@@ -56,7 +61,7 @@ fn an_unchanged_put_sends_no_file_bytes_and_says_so() {
     let again = ctx.put_with_progress(&src, &dest, &|n| moved.set(moved.get() + n)).expect("put again");
     let sent = ctx.bytes_sent() - before;
     assert!(!again.changed, "{again:?}");
-    assert_eq!((again.bytes, again.sha256), (first.bytes, first.sha256));
+    assert_eq!((again.bytes, again.checksum), (first.bytes, first.checksum));
     assert!(sent < 4096, "an unchanged put sent {sent} bytes");
     assert_eq!(ino(&dest), inode, "the destination was not replaced");
     assert_eq!(moved.get(), SIZE as u64, "progress still adds up to the file");
@@ -127,7 +132,7 @@ fn an_unchanged_get_writes_nothing() {
     let inode = ino(&dest);
     let again = ctx.get(&remote, &dest).expect("get again");
     assert!(!again.changed, "{again:?}");
-    assert_eq!((again.bytes, again.sha256), (first.bytes, first.sha256));
+    assert_eq!((again.bytes, again.checksum), (first.bytes, first.checksum));
     assert_eq!(ino(&dest), inode, "the destination was not replaced");
 
     let forced = ctx.get_with_options(&remote, &dest, &GetOptions::default(), &FORCE, &|_| {}).expect("forced get");
@@ -241,7 +246,7 @@ fn compress_deflates_the_chunks_that_shrink() {
     let router = Router::new().expect("router");
     let ctx = router.local(LocalOptions::default()).expect("connect");
     let d = TempDir::new("compress");
-    let zip = CopyOptions { force: true, compress: true };
+    let zip = CopyOptions { force: true, compress: true, ..CopyOptions::default() };
     // Text: a tenth or less on the wire, the same file at the end.
     let text: Vec<u8> = (0..SIZE).map(|i| b"mito sends files\n"[i % 17]).collect();
     let (src, dest) = (d.path().join("text"), d.path().join("text.copy"));
@@ -251,7 +256,7 @@ fn compress_deflates_the_chunks_that_shrink() {
     let sent = ctx.bytes_sent() - before;
     assert!(sent < SIZE as u64 / 10, "{sent} bytes sent for {SIZE} compressible bytes");
     assert_eq!(std::fs::read(&dest).expect("read"), text);
-    assert_eq!(st.sha256, ctx.sha256(&dest).expect("sha256"));
+    assert_eq!(st.checksum, xxh3(&text));
     // Random bytes do not shrink: sent as they are, still right.
     let (src, dest) = (d.path().join("random"), d.path().join("random.copy"));
     let data = random(SIZE, 5);
@@ -260,4 +265,37 @@ fn compress_deflates_the_chunks_that_shrink() {
     ctx.put_with_options(&src, &dest, &zip, &|_| {}).expect("put --compress");
     assert!(ctx.bytes_sent() - before > SIZE as u64);
     assert_eq!(std::fs::read(&dest).expect("read"), data);
+}
+
+#[test]
+fn the_comparison_uses_the_digest_asked_for() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("idem-kind");
+    let (src, dest) = (d.path().join("src"), d.path().join("dest"));
+    let data = random(SIZE, 11);
+    write(&src, &data, 0o644);
+    let first = ctx.put(&src, &dest).expect("put");
+    assert_eq!((first.changed, first.checksum), (true, xxh3(&data)), "XXH3-128 by default");
+    // Unchanged by either digest: nothing sent, the digest named.
+    let sha = CopyOptions { checksum: HashKind::Sha256, ..CopyOptions::default() };
+    for (opts, want) in
+        [(CopyOptions::default(), xxh3(&data)), (sha, Digest::Sha256(mito::core::sha256::digest(&data)))]
+    {
+        let before = ctx.bytes_sent();
+        let again = ctx.put_with_options(&src, &dest, &opts, &|_| {}).expect("put again");
+        assert!(ctx.bytes_sent() - before < 4096, "{:?}: an unchanged put sent bytes", opts.checksum);
+        assert_eq!((again.changed, again.checksum), (false, want));
+        let back = ctx.get_with_options(&dest, &src, &GetOptions::default(), &opts, &|_| {}).expect("get again");
+        assert_eq!((back.changed, back.checksum), (false, want));
+    }
+    // Same size, mtime and mode, one byte different: both digests see it.
+    for opts in [CopyOptions::default(), sha] {
+        let mut other = data.clone();
+        other[SIZE / 2] ^= 1;
+        write(&dest, &other, 0o644);
+        let st = ctx.put_with_options(&src, &dest, &opts, &|_| {}).expect("put");
+        assert!(st.changed, "{:?}: a changed byte was missed", opts.checksum);
+        assert_eq!(std::fs::read(&dest).expect("read"), data);
+    }
 }

@@ -126,8 +126,8 @@ impl Dispatcher {
                 let serial = self.serial;
                 call!(f::WriteFile, |a| builtins::write_file(a, serial))
             }
-            f::FileOpenRead::NAME => call!(f::FileOpenRead, |a| self.files.open_read(&a.path)),
-            f::FileOpenWrite::NAME => call!(f::FileOpenWrite, |a| self.files.open_write(&a.path, a.id)),
+            f::FileOpenRead::NAME => call!(f::FileOpenRead, |a| self.files.open_read(&a.path, a.hash)),
+            f::FileOpenWrite::NAME => call!(f::FileOpenWrite, |a| self.files.open_write(&a.path, a.id, a.hash)),
             f::FileWrite::NAME => {
                 let r = postcard::from_bytes::<f::FileWriteRef<'_>>(args)
                     .map_err(|_| RemoteError::new(ErrorKind::BadArgs, f::FileWrite::NAME))
@@ -141,6 +141,9 @@ impl Dispatcher {
             }
             f::FileClose::NAME => call!(f::FileClose, |a| self.files.close(a.id, a.commit)),
             f::Sha256::NAME => call!(f::Sha256, |a| files::sha256_file(&a.path).map(|d| ByteBuf::from(&d[..]))),
+            f::FileHash::NAME => {
+                call!(f::FileHash, |a| files::hash_file(&a.path, a.hash).map(|d| ByteBuf::from(d.as_bytes())))
+            }
             f::Facts::NAME => call!(f::Facts, |()| Ok(facts::gather())),
             f::ListDir::NAME => call!(f::ListDir, |a| fs::list_dir(&a.path)),
             f::MakeDirs::NAME => call!(f::MakeDirs, |a| fs::make_dirs(&a.path, a.mode)),

@@ -2,7 +2,8 @@
 //!
 //! Reads hash what they hand out; writes go to a temp file beside the
 //! destination (`.NAME.mito-tmp.PID.N`, 0600) and are renamed into place by
-//! a commit whose SHA-256 matches what arrived. Anything not committed is
+//! a commit whose digest matches what arrived (XXH3-128 by default, SHA-256
+//! when the transfer was opened so: `core::xxh3::Hasher`). Anything not committed is
 //! unlinked: on an explicit discard, on a failed commit, and when the agent
 //! exits with transfers open. So no partial file ever appears under the
 //! final name.
@@ -13,13 +14,13 @@ use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self, Mode, OFlags, CWD};
 
 use super::util::os_error;
-use crate::core::sha256::Sha256;
-use crate::proto::functions::{Commit, FileClosed, FileOpened};
+use crate::core::xxh3::{Digest, Hasher};
+use crate::proto::functions::{Commit, FileClosed, FileOpened, HashKind};
 use crate::proto::{ErrorKind, RemoteError};
 
 struct OpenFile {
     fd: OwnedFd,
-    hash: Sha256,
+    hash: Hasher,
     bytes: u64,
     /// For writes: (temp path, final path).
     write: Option<(Vec<u8>, Vec<u8>)>,
@@ -64,15 +65,17 @@ impl FileTable {
         Some(self.files.swap_remove(i).1)
     }
 
-    /// Opens `path` for reading.
-    pub fn open_read(&mut self, path: &[u8]) -> Result<FileOpened, RemoteError> {
+    /// Opens `path` for reading, hashing what is read with `hash`.
+    pub fn open_read(&mut self, path: &[u8], hash: HashKind) -> Result<FileOpened, RemoteError> {
         let fd = fs::openat(CWD, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| os_error(e, "open", path))?;
         let st = fs::fstat(&fd).map_err(|e| os_error(e, "stat", path))?;
         if fs::FileType::from_raw_mode(st.st_mode) == fs::FileType::Directory {
             return Err(os_error(rustix::io::Errno::ISDIR, "read", path));
         }
-        let id = self.insert(OpenFile { fd, hash: Sha256::new(), bytes: 0, write: None }, 0);
+        // Read front to back once: let the kernel read ahead further.
+        let _ = fs::fadvise(&fd, 0, None, fs::Advice::Sequential);
+        let id = self.insert(OpenFile { fd, hash: Hasher::new(hash), bytes: 0, write: None }, 0);
         Ok(FileOpened {
             id,
             size: st.st_size as u64,
@@ -109,14 +112,16 @@ impl FileTable {
     }
 
     /// Creates the temp file for a write to `path`, as transfer `want` when
-    /// the caller chose the id (0: the agent picks).
-    pub fn open_write(&mut self, path: &[u8], want: u32) -> Result<FileOpened, RemoteError> {
+    /// the caller chose the id (0: the agent picks), hashing what is written
+    /// with `hash`.
+    pub fn open_write(&mut self, path: &[u8], want: u32, hash: HashKind) -> Result<FileOpened, RemoteError> {
         if want != 0 && (want & 0x8000_0000 == 0 || self.get(want).is_some()) {
             return Err(RemoteError::new(ErrorKind::BadArgs, "transfer id in use or not a caller id"));
         }
         self.serial += 1;
         let (fd, tmp) = super::util::create_temp_beside(path, self.serial)?;
-        let id = self.insert(OpenFile { fd, hash: Sha256::new(), bytes: 0, write: Some((tmp, path.to_vec())) }, want);
+        let id =
+            self.insert(OpenFile { fd, hash: Hasher::new(hash), bytes: 0, write: Some((tmp, path.to_vec())) }, want);
         Ok(FileOpened { id, size: 0, mode: 0, mtime: 0, mtime_nsec: 0, owner: (0, 0) })
     }
 
@@ -138,16 +143,14 @@ impl FileTable {
     /// Ends transfer `id`; see [`crate::proto::functions::FileClose`].
     pub fn close(&mut self, id: u32, commit: Option<Commit>) -> Result<FileClosed, RemoteError> {
         let f = self.take(id).ok_or_else(bad_id)?;
-        let closed = |f: &OpenFile| FileClosed {
-            size: f.bytes,
-            sha256: serde_bytes::ByteBuf::from(&f.hash.clone().finish()[..]),
-        };
+        let closed =
+            |f: &OpenFile| FileClosed { size: f.bytes, digest: serde_bytes::ByteBuf::from(f.hash.digest().as_bytes()) };
         let Some((tmp, dest)) = &f.write else { return Ok(closed(&f)) };
         let result = match commit {
             None => Err(RemoteError::new(ErrorKind::ShuttingDown, "transfer discarded")),
             Some(c) => {
                 let done = closed(&f);
-                if done.sha256[..] != c.sha256[..] {
+                if done.digest[..] != c.digest[..] {
                     Err(RemoteError::new(ErrorKind::Protocol, super::util::op_path("checksum mismatch writing", dest)))
                 } else {
                     commit_into(f.fd.as_fd(), f.bytes, &c, tmp, dest).map(|()| done)
@@ -191,10 +194,20 @@ pub fn commit_into(fd: BorrowedFd<'_>, size: u64, c: &Commit, tmp: &[u8], dest: 
     fs::renameat(CWD, tmp, CWD, dest).map_err(|e| os_error(e, "rename", dest))
 }
 
-/// SHA-256 of a whole file.
+/// SHA-256 of a whole file (the importer's resource check, the `sha256`
+/// function).
 pub fn sha256_file(path: &[u8]) -> Result<[u8; 32], RemoteError> {
+    match hash_file(path, HashKind::Sha256)? {
+        Digest::Sha256(d) => Ok(d),
+        Digest::Xxh3_128(_) => Err(RemoteError::new(ErrorKind::Protocol, "sha256")),
+    }
+}
+
+/// The `hash` digest of a whole file (`file_hash`: an idempotent copy's
+/// comparison).
+pub fn hash_file(path: &[u8], hash: HashKind) -> Result<Digest, RemoteError> {
     let mut t = FileTable::default();
-    let id = t.open_read(path)?.id;
+    let id = t.open_read(path, hash)?.id;
     let mut buf = Vec::with_capacity(256 * 1024);
     loop {
         buf.clear();
@@ -202,8 +215,6 @@ pub fn sha256_file(path: &[u8]) -> Result<[u8; 32], RemoteError> {
             break;
         }
     }
-    let c = t.close(id, None)?;
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&c.sha256);
-    Ok(out)
+    let f = t.take(id).ok_or_else(bad_id)?;
+    Ok(f.hash.digest())
 }

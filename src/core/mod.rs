@@ -26,7 +26,7 @@
 //! `agent::external_context` drives the same side/stream/poller pieces.
 //!
 //! **Architecture invariant:** nothing in `side`, `stream`, `poller`,
-//! `waker`, `lines`, `tty`, `tool_process`, `wait`, `nsenter`, `num`, `sha256` or
+//! `waker`, `lines`, `tty`, `tool_process`, `wait`, `nsenter`, `num`, `sha256`, `xxh3` or
 //! `text` uses std; they build into the agent.
 
 pub mod lines;
@@ -41,6 +41,7 @@ pub mod tool_process;
 pub mod tty;
 pub mod wait;
 pub mod waker;
+pub mod xxh3;
 
 #[cfg(feature = "master")]
 pub mod broker;

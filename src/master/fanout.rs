@@ -30,8 +30,10 @@ use serde_bytes::ByteBuf;
 
 use super::context::{Context, Pending};
 use super::error::CallError;
-use super::transfer::{hash_file, local, Chunk, CopyOptions, Progress, TransferError, TransferStats, WINDOW};
-use crate::core::sha256::Sha256;
+use super::transfer::{
+    hash_file, local, Chunk, CopyOptions, Digest, HashKind, Progress, TransferError, TransferStats, WINDOW,
+};
+use crate::core::xxh3::Hasher;
 use crate::proto::functions::{self as f, Commit, FileCloseArgs, Function, OpenWriteArgs};
 use crate::proto::message::relay_front;
 use crate::proto::{handles, Header, MASTER_ID};
@@ -119,16 +121,18 @@ fn put_compared(
     progress: Progress<'_>,
 ) -> Vec<Result<TransferStats, TransferError>> {
     let t0 = Instant::now();
-    let same = if copy.force { vec![None; targets.len()] } else { unchanged(targets, src, remote) };
+    let kind = copy.checksum;
+    let same = if copy.force { vec![None; targets.len()] } else { unchanged(targets, src, remote, kind) };
     let send: Vec<Context> = targets.iter().zip(&same).filter(|(_, s)| s.is_none()).map(|(c, _)| c.clone()).collect();
-    let mut sent = if send.is_empty() { Vec::new() } else { put_unique(&send, src, remote, progress) }.into_iter();
+    let mut sent =
+        if send.is_empty() { Vec::new() } else { put_unique(&send, src, remote, kind, progress) }.into_iter();
     if let (true, Some(Some((bytes, _)))) = (send.is_empty(), same.first()) {
         progress(*bytes);
     }
     same.into_iter()
         .zip(targets)
         .map(|(s, c)| match s {
-            Some((bytes, sha256)) => Ok(TransferStats { bytes, sha256, elapsed: t0.elapsed(), changed: false }),
+            Some((bytes, checksum)) => Ok(TransferStats { bytes, checksum, elapsed: t0.elapsed(), changed: false }),
             None => sent.next().unwrap_or_else(|| {
                 Err(TransferError::Remote(CallError::Encode {
                     context: c.name().into(),
@@ -142,9 +146,9 @@ fn put_compared(
 
 /// For each target, the size and digest of `src` when `remote` there
 /// already is that file, else `None`: every `stat` asked at once, then
-/// every `sha256` of those whose size, mtime and mode match, while `src`
-/// is hashed here (once, whatever the number of targets).
-fn unchanged(targets: &[Context], src: &Path, remote: &Path) -> Vec<Option<(u64, [u8; 32])>> {
+/// every `kind` digest of those whose size, mtime and mode match, while
+/// `src` is hashed here (once, whatever the number of targets).
+fn unchanged(targets: &[Context], src: &Path, remote: &Path, kind: HashKind) -> Vec<Option<(u64, Digest)>> {
     let none = || vec![None; targets.len()];
     let Ok(input) = fs::File::open(src) else { return none() };
     let Ok(meta) = input.metadata() else { return none() };
@@ -159,20 +163,24 @@ fn unchanged(targets: &[Context], src: &Path, remote: &Path) -> Vec<Option<(u64,
         .zip(targets)
         .map(|(p, c)| {
             let st = p.ok()?.wait().ok()?;
-            c.same_meta(&st, &meta).then(|| c.call_async::<f::Sha256>(&f::PathArgs { path: path.clone() }).ok())?
+            c.same_meta(&st, &meta).then(|| c.remote_digest(remote, kind))?
         })
         .collect();
     if digests.iter().all(Option::is_none) {
         return none();
     }
-    let Ok(ours) = hash_file(&input) else { return none() };
-    digests.into_iter().map(|d| d?.wait().ok().filter(|d| d[..] == ours[..]).map(|_| (meta.len(), ours))).collect()
+    let Ok(ours) = hash_file(&input, kind) else { return none() };
+    digests
+        .into_iter()
+        .map(|d| d?.wait().ok().filter(|d| d[..] == *ours.as_bytes()).map(|_| (meta.len(), ours)))
+        .collect()
 }
 
 fn put_unique(
     targets: &[Context],
     src: &Path,
     remote: &Path,
+    kind: HashKind,
     progress: Progress<'_>,
 ) -> Vec<Result<TransferStats, TransferError>> {
     let t0 = Instant::now();
@@ -182,12 +190,14 @@ fn put_unique(
     };
     let id = transfer_id();
     let path = super::context::path_bytes(remote);
-    let opens: Vec<_> =
-        targets.iter().map(|c| c.call_async::<f::FileOpenWrite>(&OpenWriteArgs { path: path.clone(), id })).collect();
+    let opens: Vec<_> = targets
+        .iter()
+        .map(|c| c.call_async::<f::FileOpenWrite>(&OpenWriteArgs { path: path.clone(), id, hash: kind }))
+        .collect();
     // Per target: None while it is still in, Some(error) once it failed.
     let mut failed: Vec<Option<TransferError>> =
         opens.into_iter().map(|p| p.and_then(Pending::wait).err().map(TransferError::from)).collect();
-    let mut hash = Sha256::new();
+    let mut hash = Hasher::new(kind);
     let mut bytes = 0u64;
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     // Room for a relay's front: up to 15 bytes per target, plus the call's.
@@ -222,10 +232,10 @@ fn put_unique(
     while let Some(w) = inflight.pop_front() {
         settle(Some(w), &mut failed, progress);
     }
-    let digest = hash.finish();
+    let digest = hash.digest();
     let changed = local_error.is_none() && bytes != meta.len();
     let commit = Commit {
-        sha256: ByteBuf::from(&digest[..]),
+        digest: ByteBuf::from(digest.as_bytes()),
         mode: Some(meta.mode() & 0o7777),
         mtime: Some((meta.mtime(), meta.mtime_nsec() as u32)),
         owner: Some((meta.uid(), meta.gid())),
@@ -260,7 +270,7 @@ fn put_unique(
             }
             match closed {
                 Ok(c) if c.size == bytes => {
-                    Ok(TransferStats { bytes, sha256: digest, elapsed: t0.elapsed(), changed: true })
+                    Ok(TransferStats { bytes, checksum: digest, elapsed: t0.elapsed(), changed: true })
                 }
                 Ok(_) => Err(TransferError::Checksum { context: targets[i].name().into(), path: remote.into() }),
                 Err(e) => Err(e.into()),

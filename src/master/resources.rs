@@ -440,7 +440,7 @@ impl Context {
         let _entry = store.lease(&self.state.table, &resource, Body::File(Arc::new(input))).map_err(local(src))?;
         let _grant = self.lease_grant(&resource)?;
         let commit = Commit {
-            sha256: ByteBuf::from(&sha256[..]),
+            digest: ByteBuf::from(&sha256[..]),
             mode: Some(meta.mode() & 0o7777),
             mtime: Some((meta.mtime(), meta.mtime_nsec() as u32)),
             owner: Some((meta.uid(), meta.gid())),
@@ -477,7 +477,9 @@ impl Context {
         if reported < size {
             progress(size - reported);
         }
-        Ok(TransferStats { bytes: size, sha256, elapsed: t0.elapsed(), changed: true })
+        // The importer checks SHA-256 (its resource id) on every hop.
+        let checksum = super::transfer::Digest::Sha256(sha256);
+        Ok(TransferStats { bytes: size, checksum, elapsed: t0.elapsed(), changed: true })
     }
 
     /// Grants `resource` to this context and has it fetch it (from its

@@ -55,7 +55,9 @@ use thiserror::Error;
 
 use super::context::{path_bytes, Context, Pending};
 use super::error::CallError;
-use crate::core::sha256::Sha256;
+pub use crate::core::xxh3::Digest;
+use crate::core::xxh3::Hasher;
+pub use crate::proto::functions::HashKind;
 use crate::proto::functions::{self as f, Commit, FileCloseArgs, FileReadArgs, Function, PathArgs};
 use crate::proto::resource::CACHE_BYTES;
 
@@ -71,14 +73,16 @@ const HASH_BUFFERS: usize = 3;
 pub struct TransferStats {
     /// Bytes.
     pub bytes: u64,
-    /// SHA-256 of those bytes, checked on both ends.
-    pub sha256: [u8; 32],
+    /// The digest of those bytes, computed and compared on both ends, with
+    /// its algorithm ([`CopyOptions::checksum`]: XXH3-128 unless SHA-256
+    /// was asked; a put through the importer checks SHA-256).
+    pub checksum: Digest,
     /// Wall time.
     pub elapsed: Duration,
     /// False when the destination already held this file (regular, same
-    /// size, mtime, permission bits and SHA-256, and, where the copy sets
+    /// size, mtime, permission bits and digest, and, where the copy sets
     /// owners, the same owner): nothing was sent, as Ansible's copy
-    /// reports `changed: false`. `bytes` and `sha256` are then the file's.
+    /// reports `changed: false`. `bytes` and `checksum` are then the file's.
     pub changed: bool,
 }
 
@@ -87,10 +91,10 @@ pub struct TransferStats {
 /// trees' `_with_options`).
 ///
 /// By default it does: `stat` first (size, mtime, mode: one round trip),
-/// and only when those match, the SHA-256 of both files (each end hashes
-/// its own, at once), so a file whose content changed while its size and
-/// mtime did not is still sent. Equal: nothing is sent and the stats say
-/// `changed: false`.
+/// and only when those match, the digest of both files (each end hashes
+/// its own, at once, with [`CopyOptions::checksum`]), so a file whose
+/// content changed while its size and mtime did not is still sent. Equal:
+/// nothing is sent and the stats say `changed: false`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CopyOptions {
     /// Send without comparing (`--force`).
@@ -101,6 +105,11 @@ pub struct CopyOptions {
     /// not shrink goes as it is. Not for gets, nor for puts through the
     /// importer (behind a hop, up to the hop cache's size).
     pub compress: bool,
+    /// The digest both ends compute and compare, for the transfer and for
+    /// the comparison before it (`--checksum`): XXH3-128 by default (it
+    /// catches corruption and a file changed under the copy at several
+    /// times SHA-256's speed), SHA-256 for a cryptographic one.
+    pub checksum: HashKind,
 }
 
 /// A failed transfer.
@@ -383,16 +392,17 @@ fn write_chunk(out: &mut fs::File, chunk: &[u8]) -> std::io::Result<()> {
     }
 }
 
-/// SHA-256 of a local file read with `pread` (the file's offset is left
-/// alone for the transfer that may follow).
-pub(super) fn hash_file(file: &fs::File) -> std::io::Result<[u8; 32]> {
+/// The `kind` digest of a local file read with `pread` (the file's offset
+/// is left alone for the transfer that may follow).
+pub(super) fn hash_file(file: &fs::File, kind: HashKind) -> std::io::Result<Digest> {
     use std::os::unix::fs::FileExt;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
+    let mut hash = Hasher::new(kind);
+    // Small enough to stay in L2 between the read and the hash.
+    let mut buf = vec![0u8; 256 * 1024];
     let mut at = 0u64;
     loop {
         match file.read_at(&mut buf, at) {
-            Ok(0) => return Ok(hash.finish()),
+            Ok(0) => return Ok(hash.digest()),
             Ok(n) => {
                 hash.update(&buf[..n]);
                 at += n as u64;
@@ -471,23 +481,24 @@ impl Context {
     ) -> Result<TransferStats, TransferError> {
         let t0 = Instant::now();
         if !copy.force {
-            if let Some((bytes, sha256)) = self.same_here(remote, dir, name, dest, opts)? {
+            if let Some((bytes, checksum)) = self.same_here(remote, dir, name, dest, opts, copy.checksum)? {
                 progress(bytes);
-                return Ok(TransferStats { bytes, sha256, elapsed: t0.elapsed(), changed: false });
+                return Ok(TransferStats { bytes, checksum, elapsed: t0.elapsed(), changed: false });
             }
         }
-        let opened = self.call::<f::FileOpenRead>(&PathArgs { path: path_bytes(remote) })?;
+        let kind = copy.checksum;
+        let opened = self.call::<f::FileOpenRead>(&f::OpenReadArgs { path: path_bytes(remote), hash: kind })?;
         // The digest is computed on another thread while this one waits
         // for chunks and writes them: hashing inline was a third of this
         // thread's time (perf), serial with the writes.
         let result = std::thread::scope(|s| {
             let (to_hash, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(WINDOW);
             let hasher = s.spawn(move || {
-                let mut hash = Sha256::new();
+                let mut hash = Hasher::new(kind);
                 for c in chunks {
                     hash.update(&c);
                 }
-                hash.finish()
+                hash.digest()
             });
             let (mut temp, mut out) = Temp::create(dir, name).map_err(local(dest))?;
             let mut bytes = 0u64;
@@ -540,7 +551,7 @@ impl Context {
             let closed = self.call::<f::FileClose>(&FileCloseArgs { id: opened.id, commit: None })?;
             let digest =
                 hasher.join().map_err(|_| local(dest)(std::io::Error::other("the hashing thread panicked")))?;
-            if closed.sha256[..] != digest[..] || closed.size != bytes {
+            if closed.digest[..] != *digest.as_bytes() || closed.size != bytes {
                 return Err(TransferError::Checksum { context: self.name().into(), path: dest.into() });
             }
             // On the open file: nothing here follows a symlink. The owner
@@ -555,7 +566,7 @@ impl Context {
             drop(out);
             rustix::fs::renameat(dir, &temp.name, dir, name).map_err(|e| local(dest)(e.into()))?;
             temp.keep = true;
-            Ok(TransferStats { bytes, sha256: digest, elapsed: t0.elapsed(), changed: true })
+            Ok(TransferStats { bytes, checksum: digest, elapsed: t0.elapsed(), changed: true })
         });
         if result.is_err() {
             self.discard(opened.id);
@@ -593,12 +604,12 @@ impl Context {
         }
     }
 
-    /// The SHA-256 of `path` in this context, asked now and awaited by
-    /// the caller (so that the local file is hashed meanwhile); `None` when
-    /// the context cannot say (the copy then goes ahead and reports the
-    /// real error, if any).
-    fn remote_digest(&self, path: &Path) -> Option<Pending<ByteBuf>> {
-        self.call_async::<f::Sha256>(&PathArgs { path: path_bytes(path) }).ok()
+    /// The `kind` digest of `path` in this context, asked now and awaited
+    /// by the caller (so that the local file is hashed meanwhile); `None`
+    /// when the context cannot say (the copy then goes ahead and reports
+    /// the real error, if any).
+    pub(super) fn remote_digest(&self, path: &Path, kind: HashKind) -> Option<Pending<ByteBuf>> {
+        self.call_async::<f::FileHash>(&f::HashArgs { path: path_bytes(path), hash: kind }).ok()
     }
 
     /// Whether a put of a file with `meta` would leave `st` (the
@@ -623,15 +634,16 @@ impl Context {
         input: &fs::File,
         meta: &fs::Metadata,
         remote: &Path,
-    ) -> Result<Option<[u8; 32]>, TransferError> {
+        kind: HashKind,
+    ) -> Result<Option<Digest>, TransferError> {
         let stat = f::StatArgs { path: path_bytes(remote), follow: false };
         let Ok(st) = self.call::<f::Stat>(&stat) else { return Ok(None) };
         if !self.same_meta(&st, meta) {
             return Ok(None);
         }
-        let Some(theirs) = self.remote_digest(remote) else { return Ok(None) };
-        let ours = hash_file(input).map_err(local(src))?;
-        Ok(theirs.wait().ok().filter(|d| d[..] == ours[..]).map(|_| ours))
+        let Some(theirs) = self.remote_digest(remote, kind) else { return Ok(None) };
+        let ours = hash_file(input, kind).map_err(local(src))?;
+        Ok(theirs.wait().ok().filter(|d| d[..] == *ours.as_bytes()).map(|_| ours))
     }
 
     /// A get's comparison ([`CopyOptions`]): the digest when `name` in
@@ -646,7 +658,8 @@ impl Context {
         name: &OsStr,
         dest: &Path,
         opts: &GetOptions,
-    ) -> Result<Option<(u64, [u8; 32])>, TransferError> {
+        kind: HashKind,
+    ) -> Result<Option<(u64, Digest)>, TransferError> {
         let Ok(st) = self.call::<f::Stat>(&f::StatArgs { path: path_bytes(remote), follow: true }) else {
             return Ok(None);
         };
@@ -670,9 +683,9 @@ impl Context {
         if !same {
             return Ok(None);
         }
-        let Some(theirs) = self.remote_digest(remote) else { return Ok(None) };
-        let ours = hash_file(&fs::File::from(fd)).map_err(local(dest))?;
-        Ok(theirs.wait().ok().filter(|d| d[..] == ours[..]).map(|_| (st.size, ours)))
+        let Some(theirs) = self.remote_digest(remote, kind) else { return Ok(None) };
+        let ours = hash_file(&fs::File::from(fd), kind).map_err(local(dest))?;
+        Ok(theirs.wait().ok().filter(|d| d[..] == *ours.as_bytes()).map(|_| (st.size, ours)))
     }
 
     /// Ends a failed transfer on the agent (its temp file goes), waiting a
@@ -713,9 +726,9 @@ impl Context {
         let mut input = fs::File::open(src).map_err(local(src))?;
         let meta = input.metadata().map_err(local(src))?;
         if !copy.force && meta.is_file() {
-            if let Some(sha256) = self.same_at_remote(src, &input, &meta, remote)? {
+            if let Some(checksum) = self.same_at_remote(src, &input, &meta, remote, copy.checksum)? {
                 progress(meta.len());
-                return Ok(TransferStats { bytes: meta.len(), sha256, elapsed: t0.elapsed(), changed: false });
+                return Ok(TransferStats { bytes: meta.len(), checksum, elapsed: t0.elapsed(), changed: false });
             }
         }
         // Behind a hop, a file the hop can cache whole goes through the
@@ -724,7 +737,9 @@ impl Context {
         if self.shared.parent.is_some() && meta.is_file() && meta.len() <= CACHE_BYTES as u64 {
             return self.put_through_hops(src, input, &meta, remote, progress);
         }
-        let opened = self.call::<f::FileOpenWrite>(&f::OpenWriteArgs { path: path_bytes(remote), id: 0 })?;
+        let kind = copy.checksum;
+        let opened =
+            self.call::<f::FileOpenWrite>(&f::OpenWriteArgs { path: path_bytes(remote), id: 0, hash: kind })?;
         // The digest is computed on another thread while this one reads
         // and sends (hashing inline was a third of this thread's time,
         // serial with the reads): chunks go to it once sent and come back
@@ -733,13 +748,13 @@ impl Context {
             let (to_hash, hash_rx) = std::sync::mpsc::sync_channel::<Chunk>(HASH_BUFFERS);
             let (back_tx, back) = std::sync::mpsc::channel::<Chunk>();
             let hasher = s.spawn(move || {
-                let mut hash = Sha256::new();
+                let mut hash = Hasher::new(kind);
                 for c in hash_rx {
                     hash.update(c.data());
                     // The sender stops taking buffers back only once it failed.
                     let _ = back_tx.send(c);
                 }
-                hash.finish()
+                hash.digest()
             });
             let hasher_gone = || local(src)(std::io::Error::other("the hashing thread panicked"));
             let mut bytes = 0u64;
@@ -796,7 +811,7 @@ impl Context {
             }
             let digest = hasher.join().map_err(|_| hasher_gone())?;
             let commit = Commit {
-                sha256: ByteBuf::from(&digest[..]),
+                digest: ByteBuf::from(digest.as_bytes()),
                 mode: Some(meta.mode() & 0o7777),
                 mtime: Some((meta.mtime(), meta.mtime_nsec() as u32)),
                 owner: Some((meta.uid(), meta.gid())),
@@ -805,7 +820,7 @@ impl Context {
             if closed.size != bytes {
                 return Err(TransferError::Checksum { context: self.name().into(), path: remote.into() });
             }
-            Ok(TransferStats { bytes, sha256: digest, elapsed: t0.elapsed(), changed: true })
+            Ok(TransferStats { bytes, checksum: digest, elapsed: t0.elapsed(), changed: true })
         });
         if result.is_err() {
             self.discard(opened.id);

@@ -406,7 +406,7 @@ pub struct StatReply {
 
 function!(
     /// Opens a file for a streamed read; chunks with [`FileRead`].
-    FileOpenRead, "file_open_read", PathArgs, FileOpened, small
+    FileOpenRead, "file_open_read", OpenReadArgs, FileOpened, small
 );
 function!(
     /// Reads the next chunk (fewer bytes at end of file, none after it).
@@ -429,6 +429,41 @@ function!(
     /// SHA-256 of a file.
     Sha256, "sha256", PathArgs, ByteBuf
 );
+function!(
+    /// A file's digest by the algorithm asked (the idempotent copy's
+    /// comparison: the same hash as the transfer would use).
+    FileHash, "file_hash", HashArgs, ByteBuf
+);
+
+/// The digest both ends of a transfer compute and compare. XXH3-128 by
+/// default (integrity against corruption and change, several times the
+/// speed of SHA-256); SHA-256 where a user asks for a cryptographic one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HashKind {
+    /// XXH3-128 (xxHash), 16 bytes.
+    #[default]
+    Xxh3_128,
+    /// SHA-256, 32 bytes.
+    Sha256,
+}
+
+/// Arguments of [`FileOpenRead`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenReadArgs {
+    /// The file.
+    pub path: ByteBuf,
+    /// What the reads hash ([`FileClosed::digest`]).
+    pub hash: HashKind,
+}
+
+/// Arguments of [`FileHash`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashArgs {
+    /// The file.
+    pub path: ByteBuf,
+    /// The algorithm.
+    pub hash: HashKind,
+}
 
 /// Reply of [`FileOpenRead`] and [`FileOpenWrite`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -456,6 +491,8 @@ pub struct OpenWriteArgs {
     /// [`FileWrite`] fits every receiver (see `handles::RELAY`), or 0 for
     /// one the agent picks. Caller ids have the top bit set.
     pub id: u32,
+    /// What the writes hash ([`Commit::digest`]).
+    pub hash: HashKind,
 }
 
 /// Arguments of [`FileRead`].
@@ -489,9 +526,10 @@ pub struct FileWriteRef<'a> {
 /// How a written file is put in place.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {
-    /// SHA-256 of everything sent; the file is renamed into place only if
-    /// the agent hashed the same.
-    pub sha256: ByteBuf,
+    /// Digest of everything sent (the algorithm the transfer was opened
+    /// with); the file is renamed into place only if the agent hashed the
+    /// same.
+    pub digest: ByteBuf,
     /// Permission bits (default 0o644).
     pub mode: Option<u32>,
     /// Modification time (seconds, nanoseconds).
@@ -515,8 +553,8 @@ pub struct FileCloseArgs {
 pub struct FileClosed {
     /// Bytes that passed.
     pub size: u64,
-    /// Their SHA-256.
-    pub sha256: ByteBuf,
+    /// Their digest (the algorithm the transfer was opened with).
+    pub digest: ByteBuf,
 }
 
 // ---- file system functions -------------------------------------------------

@@ -36,8 +36,10 @@ pub use message::Message;
 /// other number with an error naming both. 7: `FetchArgs::dest` and
 /// `Grant::revoke` (puts through the importer) and `ExecOp::SendResource`
 /// (agents of another architecture from a hop's importer cache), which an
-/// agent of version 6 would drop as malformed.
-pub const PROTOCOL_VERSION: u16 = 7;
+/// agent of version 6 would drop as malformed. 8: transfers hash with
+/// XXH3-128 by default (`HashKind` in `OpenReadArgs`, `OpenWriteArgs`;
+/// `Commit::digest`, `FileClosed::digest`; the `file_hash` function).
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Largest payload a stream accepts by default (checked before allocating).
 pub const MAX_MESSAGE_SIZE: u32 = 128 * 1024 * 1024;

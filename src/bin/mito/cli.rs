@@ -252,7 +252,7 @@ pub struct PutArgs {
     #[arg(short = 'r', long)]
     pub recursive: bool,
     /// Send even a file the destination already holds (by default one of
-    /// the same size, mtime, mode and SHA-256 is left alone and reported
+    /// the same size, mtime, mode and digest is left alone and reported
     /// `unchanged`, as Ansible's copy says `changed: false`).
     #[arg(long)]
     pub force: bool,
@@ -260,6 +260,9 @@ pub struct PutArgs {
     /// files; a chunk that does not shrink goes as it is).
     #[arg(long)]
     pub compress: bool,
+    /// The digest both ends compute and compare (and the unchanged check).
+    #[arg(long, value_enum, default_value_t)]
+    pub checksum: super::copy::Checksum,
     /// Local file or directory.
     pub src: PathBuf,
     /// `TARGET:/absolute/path`, e.g. `ssh://web1:/etc/motd`, `ssh://web1,sudo:root:/etc/x`;
@@ -318,6 +321,9 @@ pub struct GetArgs {
     /// Fetch even a file the destination already holds (see `put --force`).
     #[arg(long)]
     pub force: bool,
+    /// The digest both ends compute and compare (see `put --checksum`).
+    #[arg(long, value_enum, default_value_t)]
+    pub checksum: super::copy::Checksum,
     /// `TARGET:/absolute/path`, or `PATTERN:/absolute/path`: from every
     /// host of the inventory it matches, each into `DEST/<host>/`.
     pub src: String,

@@ -8,11 +8,32 @@ use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mito::functions::FileKind;
-use mito::{Context, CopyOptions, GetOptions, TransferStats, TreeStats};
+use mito::{Context, CopyOptions, GetOptions, HashKind, TransferStats, TreeStats};
 
 use super::cli::{GetArgs, PutArgs};
 use super::render;
 use super::target::{split_remote, Targets};
+
+/// `--checksum`: the digest both ends of a put or get compare.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Checksum {
+    /// XXH3-128: catches corruption and a file changed during the copy,
+    /// several times faster than SHA-256.
+    #[default]
+    #[value(name = "xxh3-128", alias = "xxh3")]
+    Xxh3,
+    /// SHA-256: a cryptographic digest.
+    Sha256,
+}
+
+impl From<Checksum> for HashKind {
+    fn from(c: Checksum) -> HashKind {
+        match c {
+            Checksum::Xxh3 => HashKind::Xxh3_128,
+            Checksum::Sha256 => HashKind::Sha256,
+        }
+    }
+}
 
 /// Which way the bytes go.
 #[derive(Clone, Copy, Debug)]
@@ -31,7 +52,7 @@ pub fn put(a: &PutArgs, targets: &mut Targets<'_>) -> Result<ExitCode, String> {
         let (target, path) = split_remote(d)?;
         to.push((targets.connect(target)?, path));
     }
-    let force = CopyOptions { force: a.force, compress: a.compress };
+    let force = CopyOptions { force: a.force, compress: a.compress, checksum: a.checksum.into() };
     match &to[..] {
         [(ctx, path)] => copy(ctx, Direction::Put, &a.src, path, a.recursive, &GetOptions::default(), &force)?,
         [(_, first), ..] if !a.recursive && to.iter().all(|(_, p)| p == first) => {
@@ -60,7 +81,7 @@ pub fn get(a: &GetArgs, targets: &mut Targets<'_>) -> Result<ExitCode, String> {
         path,
         a.recursive,
         &opts,
-        &CopyOptions { force: a.force, ..CopyOptions::default() },
+        &CopyOptions { force: a.force, checksum: a.checksum.into(), ..CopyOptions::default() },
     )?;
     Ok(ExitCode::SUCCESS)
 }
@@ -98,10 +119,11 @@ fn copy(
     Ok(())
 }
 
-/// What a copy did: a file's stats or a tree's.
+/// What a copy did: a file's stats or a tree's (with the digest its
+/// files were compared by).
 enum Copied {
     File(TransferStats),
-    Tree(TreeStats),
+    Tree(TreeStats, HashKind),
 }
 
 impl Copied {
@@ -109,9 +131,9 @@ impl Copied {
     fn summary(&self) -> String {
         match self {
             // Ansible's `changed: false`.
-            Copied::File(s) if !s.changed => format!("unchanged ({} bytes, sha256 verified)", s.bytes),
+            Copied::File(s) if !s.changed => format!("unchanged ({} bytes, {} verified)", s.bytes, s.checksum.name()),
             Copied::File(s) => render::transfer(s),
-            Copied::Tree(s) => render::tree(s) + &unchanged_files(s),
+            Copied::Tree(s, kind) => render::tree(s, *kind) + &unchanged_files(s),
         }
     }
 
@@ -119,14 +141,15 @@ impl Copied {
     /// one line of a pattern's output.
     fn plain(&self) -> String {
         match self {
-            Copied::File(s) if !s.changed => format!("unchanged ({} bytes, sha256 verified)", s.bytes),
-            Copied::File(s) => format!("{} bytes, sha256 verified", s.bytes),
-            Copied::Tree(s) => format!(
-                "{} files, {} dirs, {} symlinks: {} bytes, sha256 verified{}",
+            Copied::File(s) if !s.changed => format!("unchanged ({} bytes, {} verified)", s.bytes, s.checksum.name()),
+            Copied::File(s) => format!("{} bytes, {} verified", s.bytes, s.checksum.name()),
+            Copied::Tree(s, kind) => format!(
+                "{} files, {} dirs, {} symlinks: {} bytes, {} verified{}",
                 s.files,
                 s.dirs,
                 s.symlinks,
                 s.bytes,
+                kind.name(),
                 unchanged_files(s)
             ),
         }
@@ -218,7 +241,7 @@ fn transfer(
             Direction::Put => ctx.put_tree_with_options(local, remote, &plan, force, &tick),
             Direction::Get => ctx.get_tree_with_options(remote, local, &plan, opts, force, &tick),
         };
-        Copied::Tree(s.map_err(|e| e.to_string())?)
+        Copied::Tree(s.map_err(|e| e.to_string())?, force.checksum)
     } else {
         let s = match dir {
             Direction::Put => ctx.put_with_options(local, remote, force, &tick),

@@ -262,21 +262,24 @@ fn json_text(v: &impl Serialize) -> String {
 /// The end of a copy's line: bytes, time, rate.
 pub fn transfer(s: &TransferStats) -> String {
     let secs = s.elapsed.as_secs_f64().max(1e-9);
-    format!("{} bytes in {:.2} s ({:.1} MB/s), sha256 verified", s.bytes, secs, s.bytes as f64 / 1e6 / secs)
+    let (rate, sum) = (s.bytes as f64 / 1e6 / secs, s.checksum.name());
+    format!("{} bytes in {secs:.2} s ({rate:.1} MB/s), {sum} verified", s.bytes)
 }
 
-/// The end of a tree copy's line: what was copied, bytes, time, rate.
-pub fn tree(s: &TreeStats) -> String {
+/// The end of a tree copy's line: what was copied, bytes, time, rate, and
+/// the digest its files were checked with.
+pub fn tree(s: &TreeStats, checksum: mito::HashKind) -> String {
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     let skipped = if s.skipped > 0 { format!(", {} skipped (not file/dir/symlink)", s.skipped) } else { String::new() };
     format!(
-        "{} files, {} dirs, {} symlinks{skipped}: {} bytes in {:.2} s ({:.1} MB/s), sha256 verified",
+        "{} files, {} dirs, {} symlinks{skipped}: {} bytes in {:.2} s ({:.1} MB/s), {} verified",
         s.files,
         s.dirs,
         s.symlinks,
         s.bytes,
         secs,
-        s.bytes as f64 / 1e6 / secs
+        s.bytes as f64 / 1e6 / secs,
+        checksum.name()
     )
 }
 
