@@ -12,6 +12,10 @@ commands (ssh handshake, start-up, the work), no shared ssh connection.
 - sync_tree_same: a tree of 10,000 small files (100 directories of 100,
   100 to 2,000 bytes) already at the destination: the time to find that
   nothing changed.
+- *_warm: the same with a shared ssh connection already up (mito's own
+  ControlMaster, `--control-persist`; rsync's ssh with ControlMaster=auto
+  and a ControlPath of its own), so the handshake is out of both; the
+  masters are stopped at the end (`mito ssh-close`, `ssh -O exit`).
 
 mito and rsync alternate (A, B, A, B); medians. Standalone:
     BENCH_SSH="PORT DIR USER" python3 scripts/bench_sync.py --mito-cli target/release/mito [--rounds N]
@@ -40,12 +44,36 @@ class Sync:
         self.host = "127.0.0.1"
         self.user = user
         self.port = port
-        self.mito = [mito_cli, "-F", "/dev/null", "--private-key", key, "-o", "UserKnownHostsFile=" + kh,
-                     "-o", "IdentitiesOnly=yes", "-o", "Compression=no", "--no-control-master"]
+        self.mito_base = [mito_cli, "-F", "/dev/null", "--private-key", key, "-o", "UserKnownHostsFile=" + kh,
+                          "-o", "IdentitiesOnly=yes", "-o", "Compression=no"]
+        self.cp_dir = os.path.join(self.dir, "cp")
+        os.mkdir(self.cp_dir, 0o700)
+        self.warm = False
         self.target = "ssh://%s@%s:%s" % (user, self.host, port)
         ssh = "ssh -F /dev/null -p %s -i %s -o UserKnownHostsFile=%s -o IdentitiesOnly=yes -o Compression=no -o BatchMode=yes" % (
             port, key, kh)
-        self.rsync = ["rsync", "-a", "--stats", "-e", ssh]
+        self.rsync_ssh = ssh
+        self.rs_sock = os.path.join(self.cp_dir, "rsync-%C")
+
+    @property
+    def mito(self):
+        if self.warm:
+            return self.mito_base + ["--control-path-dir", self.cp_dir, "--control-persist", "120"]
+        return self.mito_base + ["--no-control-master"]
+
+    @property
+    def rsync(self):
+        ssh = self.rsync_ssh
+        if self.warm:
+            ssh += " -o ControlMaster=auto -o ControlPersist=120 -o ControlPath=" + self.rs_sock
+        return ["rsync", "-a", "--stats", "-e", ssh]
+
+    def close_masters(self):
+        subprocess.run(self.mito_base + ["--control-path-dir", self.cp_dir, "ssh-close", self.target],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        for name in os.listdir(self.cp_dir):
+            subprocess.run(["ssh", "-F", "/dev/null", "-o", "ControlPath=" + os.path.join(self.cp_dir, name), "-O", "exit",
+                            self.host], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
 
     def run(self, cmd):
         t = time.perf_counter()
@@ -103,12 +131,30 @@ def run(env, mito_cli, rounds, out=None):
     s = Sync(env, mito_cli)
     failures = []
     try:
+        for warm in (False, True):
+            s.warm = warm
+            failures += rows(s, rounds, out)
+    except Exception as e:  # a failed tool is a failed row, reported, not a crash
+        failures.append("sync: %s" % e)
+        print("sync rows failed: %s" % e, file=sys.stderr)
+    finally:
+        s.close_masters()
+        shutil.rmtree(s.dir, ignore_errors=True)
+    return failures
+
+
+def rows(s, rounds, out):
+    failures = []
+    suffix = ", warm" if s.warm else ""
+    tag = "_warm" if s.warm else ""
+    if True:
         old, new = make_big(s.dir)
         dst = {"mito": os.path.join(s.dir, "big.mito"), "rsync": os.path.join(s.dir, "big.rsync")}
         # First runs (not timed): the agent reaches the target's cache, rsync's dest exists.
         for tool in dst:
             shutil.copy2(old, dst[tool])
         s.mito_sync(old, dst["mito"], False)
+        s.rsync_sync(old, dst["rsync"], False)
         times = {"mito": [], "rsync": []}
         sent = {"mito": [], "rsync": []}
         for _ in range(rounds):
@@ -121,7 +167,7 @@ def run(env, mito_cli, rounds, out=None):
                     failures.append("sync_1block: %s left a different file" % tool)
                 times[tool].append(dt)
                 sent[tool].append(b)
-        row("sync_1block", "sync 100 MiB, one 4 KiB block changed (ssh)", times, sent, out)
+        row("sync_1block" + tag, "sync 100 MiB, one 4 KiB block changed (ssh%s)" % suffix, times, sent, out)
 
         tree = make_tree(s.dir)
         tdst = {"mito": os.path.join(s.dir, "tree.mito"), "rsync": os.path.join(s.dir, "tree.rsync")}
@@ -135,12 +181,12 @@ def run(env, mito_cli, rounds, out=None):
                 dt, b = f(tree, tdst[tool], True)
                 times[tool].append(dt)
                 sent[tool].append(b)
-        row("sync_tree_same", "sync unchanged tree, 10,000 files (ssh)", times, sent, out)
-    except Exception as e:  # a failed tool is a failed row, reported, not a crash
-        failures.append("sync: %s" % e)
-        print("sync rows failed: %s" % e, file=sys.stderr)
-    finally:
-        shutil.rmtree(s.dir, ignore_errors=True)
+        row("sync_tree_same" + tag, "sync unchanged tree, 10,000 files (ssh%s)" % suffix, times, sent, out)
+        shutil.rmtree(tree)
+        for p in list(dst.values()) + [old, new]:
+            os.unlink(p)
+        for p in tdst.values():
+            shutil.rmtree(p)
     return failures
 
 

@@ -572,8 +572,41 @@ impl Context {
         stats: &mut SyncStats,
         flight: &mut Flight,
     ) -> Result<u64, SyncError> {
-        let dest = rel_path(d.rel);
         let input = fs::File::open(src).map_err(local(src))?;
+        let whole = fs::File::open(src).map_err(local(src))?;
+        // The whole file's digest on a thread of its own, meanwhile: the
+        // agent computes signatures and this thread matches (it was a
+        // third of the master's time, serial).
+        std::thread::scope(|s| {
+            let hasher = s.spawn(move || hash_file(whole));
+            let r = self.delta_body(src, d, listed_size, input, stats, flight);
+            let digest = hasher.join().map_err(|_| local(src)(std::io::Error::other("the hashing thread panicked")))?;
+            let (literal, id, size) = r?;
+            let (hashed, sha) = digest.map_err(local(src))?;
+            if size != meta.len() || hashed != size {
+                return Err(SyncError::SourceChanged { path: src.into(), expected: meta.len(), read: size });
+            }
+            flight.push(self.commit(id, meta, size, sha)?)?;
+            flight.open.retain(|&i| i != id);
+            flight.drain()?;
+            log::debug!("[{}] sync {}: committed", self.name(), src.display());
+            Ok(literal)
+        })
+    }
+
+    /// [`Context::send_delta`] but the digest: signatures, matching, ops;
+    /// the literal bytes, the rebuild's id and the bytes read.
+    fn delta_body(
+        &self,
+        src: &Path,
+        d: &Dest<'_>,
+        listed_size: u64,
+        input: fs::File,
+        stats: &mut SyncStats,
+        flight: &mut Flight,
+    ) -> Result<(u64, u32, u64), SyncError> {
+        let dest = rel_path(d.rel);
+        let t0 = Instant::now();
         let bs = block_size(listed_size);
         let id = next_id();
         let old_size = self.begin(d, id, true, bs)?.wait()?;
@@ -617,14 +650,18 @@ impl Context {
             }
         }
         index.build();
+        let t_sig = t0.elapsed();
         let mut m = Matcher::new(self, id, bs as usize, index, flight);
-        let (size, sha, literal) = m.run(input, src)?;
-        if size != meta.len() {
-            return Err(SyncError::SourceChanged { path: src.into(), expected: meta.len(), read: size });
-        }
-        flight.push(self.commit(id, meta, size, sha)?)?;
-        flight.open.retain(|&i| i != id);
-        Ok(literal)
+        let (size, literal) = m.run(input, src)?;
+        log::debug!(
+            "[{}] sync {}: {} blocks of {bs} bytes: signatures in {:?}, matched by {:?} ({literal} literal bytes)",
+            self.name(),
+            dest.display(),
+            blocks,
+            t_sig,
+            t0.elapsed()
+        );
+        Ok((literal, id, size))
     }
 
     /// A tree: list, plan, apply, files, directory metadata.
@@ -787,6 +824,21 @@ impl Context {
     }
 }
 
+/// The size and SHA-256 of a file, read to its end.
+fn hash_file(mut f: fs::File) -> std::io::Result<(u64, [u8; 32])> {
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = read_full(&mut f, &mut buf)?;
+        if n == 0 {
+            return Ok((size, hash.finish()));
+        }
+        hash.update(&buf[..n]);
+        size += n as u64;
+    }
+}
+
 fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -886,10 +938,9 @@ impl<'a> Matcher<'a> {
     }
 
     /// The whole file: its size, SHA-256 and the literal bytes sent.
-    fn run(&mut self, mut input: fs::File, src: &Path) -> Result<(u64, [u8; 32], u64), SyncError> {
+    fn run(&mut self, mut input: fs::File, src: &Path) -> Result<(u64, u64), SyncError> {
         let bs = self.bs;
         let read_size = CHUNK.max(4 * bs);
-        let mut hash = Sha256::new();
         let mut size = 0u64;
         let mut buf: Vec<u8> = Vec::with_capacity(read_size + bs);
         let mut pos = 0usize;
@@ -905,7 +956,6 @@ impl<'a> Matcher<'a> {
                 buf.resize(have + read_size, 0);
                 let n = read_full(&mut input, &mut buf[have..]).map_err(local(src))?;
                 buf.truncate(have + n);
-                hash.update(&buf[have..]);
                 size += n as u64;
                 eof = n == 0;
                 continue;
@@ -946,7 +996,7 @@ impl<'a> Matcher<'a> {
             }
         }
         self.flush(true)?;
-        Ok((size, hash.finish(), self.literal_total))
+        Ok((size, self.literal_total))
     }
 
     /// The block of the old file that `window` is, preferring `expect`

@@ -50,7 +50,7 @@ sync_function!(
 );
 sync_function!(
     /// Block signatures of a slice of the old file.
-    SyncSignature, "sync_signature", SyncSignatureArgs, SyncSignatures, crate::proto::MAX_MESSAGE_SIZE
+    SyncSignature, "sync_signature", SyncSignatureArgs, SyncSignatures, SIGNATURE_REPLY
 );
 sync_function!(
     /// Appends to the new file: blocks of the old one and literal bytes.
@@ -70,6 +70,10 @@ sync_function!(
     /// were done (all, or it fails at the first that failed).
     SyncApply, "sync_apply", SyncApplyArgs, u32, SMALL_REPLY
 );
+
+/// The most a [`SyncSignature`] reply may inflate to: the master asks
+/// at most 65,536 blocks a slice (5 + 16 bytes each at most).
+pub const SIGNATURE_REPLY: u32 = 4 << 20;
 
 /// Arguments of [`SyncList`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,7 +37,6 @@ pub fn command(a: &SyncArgs, targets: &mut Targets<'_>) -> Result<ExitCode, Stri
     let stats = ctx
         .sync_with_report(&a.src, path, &opts, &mut report)
         .map_err(|e| format!("sync {} to {}: {e}", a.src.display(), a.dest))?;
-    drop(report);
     let _ = out.flush();
     eprintln!("{}: {}", a.dest, summary(&stats));
     Ok(ExitCode::SUCCESS)
