@@ -58,6 +58,9 @@ WORKLOADS = [
     ("tree_direct_broadcast", "  ... info to each, one broadcast (call_many)", True, MITOGEN_TREE, False),
     ("tree_direct_call", "  ... info to each, one call each, sent then gathered", True, MITOGEN_TREE, False),
     ("tree_direct_rss", "  ... master RSS per context", True, MITOGEN_TREE, False),
+    # ... and at a size mitogen can afford (~2 GB of interpreters): 100 direct contexts, 16 connecting threads each
+    ("tree_small_connect", "100 direct local contexts: connect all", True, True, False),
+    ("tree_small_broadcast", "  ... a call to each, gathered (mito: call_many info; mitogen: call_async getpid + Select)", True, True, False),
     # BENCH_CONTAINERS=1 (opt-in: root; podman_connect also podman + runc): examples/bench_containers.rs
     # mitogen starts python inside: its containers hold the host's root (scripts/bench_mitogen_containers.py)
     ("setns_connect", "setns connect + first call (mito: nothing inside)", True, True, False),
@@ -87,6 +90,7 @@ ITER = {  # iterations per round: (quick, full)
     "import_hop": (2, 5), "import_hop_bytes": (1, 2), "put_hop": (2, 5), "put_hop_bytes": (1, 2),
     "tree_connect": (1, 1), "tree_broadcast": (1, 1), "tree_call": (1, 1), "tree_rss": (1, 1),
     "tree_direct_connect": (1, 1), "tree_direct_broadcast": (1, 1), "tree_direct_call": (1, 1), "tree_direct_rss": (1, 1),
+    "tree_small_connect": (1, 1), "tree_small_broadcast": (1, 1),
     "setns_connect": (10, 40), "podman_connect": (3, 10), "containers_hop": (1, 3), "containers_hop_bytes": (1, 1),
 }
 
@@ -143,6 +147,35 @@ def tree_binary(env, example="bench_tree", cache={}):
     return cache[example]
 
 
+# The tree_small_* rows for mitogen: 100 local contexts connected from 16 threads, then five times a
+# call to each, all sent then gathered (mitogen's own fan-out idiom), as bench_tree does for mito.
+MITOGEN_SMALL = """
+import json, os, sys, threading, time
+import mitogen.master as m, mitogen.select
+b = m.Broker(); r = m.Router(b); n = 100
+ctxs, lock, left = [], threading.Lock(), [n]
+def connect():
+    while True:
+        with lock:
+            if left[0] == 0: return
+            left[0] -= 1
+        c = r.local()
+        with lock: ctxs.append(c)
+t = time.perf_counter(); ts = [threading.Thread(target=connect) for _ in range(16)]
+for th in ts: th.start()
+for th in ts: th.join()
+connect_s = time.perf_counter() - t
+calls = []
+for _ in range(5):
+    t = time.perf_counter(); sel = mitogen.select.Select([c.call_async(os.getpid) for c in ctxs], oneshot=False)
+    pids = set(msg.unpickle() for _, msg in zip(ctxs, sel))
+    assert len(pids) == n, len(pids)
+    calls.append((time.perf_counter() - t) * 1e3)
+b.shutdown(); b.join()
+w = sys.argv[1]
+print(json.dumps({"unit": "s" if w.endswith("connect") else "ms", "values": [connect_s] if w.endswith("connect") else calls, "baseline": []}))
+"""
+
 COLD_MITOGEN = ("import os,mitogen.master as m\n"
                 "b=m.Broker();r=m.Router(b);c=r.local();c.call(os.getpid);b.shutdown();b.join()\n")
 
@@ -187,6 +220,10 @@ def main():
                     elif tool == "mito" and name.startswith("userfn_"):
                         master, agent = userfn_binaries(a.mito_cli, env)
                         r = run([master, name, str(n)], dict(env, BENCH_USERFN_AGENT=agent))
+                    elif tool == "mito" and name.startswith("tree_small_"):
+                        r = run([tree_binary(env), name.replace("tree_small_", "tree_direct_"), str(n)], dict(env, BENCH_TREE_DIRECT="100"))
+                    elif name.startswith("tree_small_"):
+                        r = run([a.python, "-c", MITOGEN_SMALL, name], env)
                     elif tool == "mito" and name.startswith("tree_"):
                         r = run([tree_binary(env), name, str(n)], env)
                     elif tool == "mito" and name in ("setns_connect", "podman_connect", "containers_hop", "containers_hop_bytes"):
