@@ -819,3 +819,92 @@ fn find_agent(agents: &AgentSet, context: &str, arch: &str) -> Result<Chosen, Co
         have: agents.archs(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    use super::{wait, Bootstrap, NoHooks, Pipes, Step, Upload};
+    use crate::connect::agents::AgentSet;
+    use crate::connect::error::ConnectError;
+    use crate::proto::header::Header;
+    use crate::proto::message::Hello;
+    use crate::proto::{handles, PROTOCOL_VERSION};
+
+    fn hello_frame() -> Vec<u8> {
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            arch: "x86_64".into(),
+            pid: 42,
+            agent_hash: "h".into(),
+            exe: "e".into(),
+        };
+        let data = postcard::to_allocvec(&hello).expect("encode");
+        let h = Header { dst: 0, src: 1, auth: 1, handle: handles::HELLO, len: data.len() as u32, ..Header::default() };
+        let mut frame = h.encode().to_vec();
+        frame.extend(data);
+        frame
+    }
+
+    /// The machine's end, or `None` while it waits.
+    fn ended(s: Step) -> Option<Result<super::Bootstrapped, ConnectError>> {
+        match s {
+            Step::Pending(_) => None,
+            Step::Done(r) => Some(*r),
+        }
+    }
+
+    /// Two bootstraps advanced from one thread: `advance` never waits for
+    /// a silent target, one target's text arriving in pieces ends in its
+    /// hello, and the silent one times out on its own deadline (no stderr
+    /// to drain); a spent machine answers with an error, not a panic.
+    #[test]
+    fn machines_advance_without_blocking_and_keep_their_own_deadlines() {
+        let agents = AgentSet::new(Vec::new());
+        let (a, mut a_target) = UnixStream::pair().expect("pair");
+        let (b, _b_target) = UnixStream::pair().expect("pair");
+        a.set_nonblocking(true).expect("nonblocking");
+        b.set_nonblocking(true).expect("nonblocking");
+        let pa = Pipes { rx: a.as_fd(), tx: a.as_fd(), stderr: None };
+        let pb = Pipes { rx: b.as_fd(), tx: b.as_fd(), stderr: None };
+        let start = Instant::now();
+        let mut ma = Bootstrap::new("a", Duration::from_secs(10), 1 << 20, true);
+        let mut mb = Bootstrap::new("b", Duration::from_millis(300), 1 << 20, true);
+        for _ in 0..3 {
+            assert!(ended(ma.advance(&pa, &agents, &mut NoHooks)).is_none());
+            assert!(ended(mb.advance(&pb, &agents, &mut NoHooks)).is_none());
+        }
+        assert!(start.elapsed() < Duration::from_millis(200), "advance waited: {:?}", start.elapsed());
+        let frame = hello_frame();
+        a_target.write_all(b"a login banner\nMITO2\n").expect("write");
+        a_target.write_all(&frame[..10]).expect("write");
+        assert!(ended(ma.advance(&pa, &agents, &mut NoHooks)).is_none(), "half a hello");
+        a_target.write_all(&frame[10..]).expect("write");
+        match ended(ma.advance(&pa, &agents, &mut NoHooks)) {
+            Some(Ok(boot)) => {
+                assert_eq!((boot.hello.pid, boot.upload, boot.agent_bytes_sent), (42, Upload::Cached, 0));
+            }
+            Some(Err(e)) => panic!("a: {e}"),
+            None => panic!("a: still pending with its whole hello there"),
+        }
+        assert!(
+            matches!(ended(ma.advance(&pa, &agents, &mut NoHooks)), Some(Err(ConnectError::Bootstrap { .. }))),
+            "a spent machine"
+        );
+        let err = loop {
+            match mb.advance(&pb, &agents, &mut NoHooks) {
+                Step::Pending(w) => {
+                    assert!(w.wake <= start + Duration::from_secs(2), "b wakes at its deadline");
+                    wait(&pb, &w);
+                }
+                Step::Done(r) => break (*r).err().expect("b cannot succeed"),
+            }
+        };
+        assert!(matches!(err, ConnectError::Timeout { phase: "waiting for stage0", .. }), "{err}");
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "b ended after {took:?}");
+    }
+}
