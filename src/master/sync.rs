@@ -18,12 +18,13 @@
 //!    target as is).
 //! 3. **Files.** A new file, or one under [`DELTA_MIN`] bytes at either end,
 //!    is sent whole (`sync_begin`, literal `sync_delta`s, `sync_commit`,
-//!    pipelined over many files: [`WINDOW`] calls in flight). A changed big
+//!    pipelined over many files: [`WINDOW`] calls, [`WINDOW_BYTES`] in
+//!    flight). A changed big
 //!    file is sent as a delta: the agent returns signatures of its old
 //!    file's blocks (rsync's rolling weak sum + 16 bytes of SHA-256), the
 //!    master slides a window over the new file and sends copy-block ops
 //!    where a block matches at any offset, literal bytes elsewhere, in
-//!    messages of at most [`CHUNK`] literal bytes, [`WINDOW`] in flight.
+//!    messages of at most [`CHUNK`] literal bytes, within the same window.
 //!    The agent rebuilds into a temp file beside the destination, checks
 //!    the whole file's SHA-256 and size, sets mode, owner (as root) and
 //!    mtime, and renames it into place: every final name holds the old
@@ -63,8 +64,10 @@ use crate::proto::sync::{
 
 /// Literal bytes per `sync_delta` message (and read size of whole files).
 pub const CHUNK: usize = 1 << 20;
-/// Calls in flight per sync.
-pub const WINDOW: usize = 16;
+/// Calls in flight per sync (small files: three calls each)...
+pub const WINDOW: usize = 64;
+/// ...and at most this many literal bytes in them (16 MiB).
+pub const WINDOW_BYTES: usize = 16 * CHUNK;
 /// Files smaller than this (at either end) are sent whole: a delta costs
 /// a round trip for the signatures.
 pub const DELTA_MIN: u64 = 64 * 1024;
@@ -271,16 +274,16 @@ fn walk_local(root: &Path) -> Result<Vec<Local>, SyncError> {
     let mut out = Vec::new();
     let mut stack = vec![(root.to_path_buf(), Vec::new(), 0usize)];
     while let Some((dir, rel, depth)) = stack.pop() {
-        let mut names: Vec<_> = fs::read_dir(&dir)
+        // `DirEntry::metadata` is an lstat relative to the open directory.
+        let mut entries: Vec<(std::ffi::OsString, fs::Metadata)> = fs::read_dir(&dir)
             .map_err(local(&dir))?
-            .map(|e| e.map(|e| e.file_name()))
+            .map(|e| e.and_then(|e| Ok((e.file_name(), e.metadata()?))))
             .collect::<Result<_, _>>()
             .map_err(local(&dir))?;
-        names.sort();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut subdirs = Vec::new();
-        for n in names {
+        for (n, meta) in entries {
             let path = dir.join(&n);
-            let meta = fs::symlink_metadata(&path).map_err(local(&path))?;
             let mut r = rel.clone();
             if !r.is_empty() {
                 r.push(b'/');
@@ -338,16 +341,36 @@ fn next_id() -> u32 {
 /// Calls sent and not yet answered, oldest first, with the rebuild ids
 /// begun and not yet committed (aborted if the sync fails).
 struct Flight {
-    calls: VecDeque<Box<dyn FnOnce() -> Result<(), CallError>>>,
+    calls: VecDeque<(Waiter, usize)>,
+    bytes: usize,
     open: Vec<u32>,
 }
 
+type Waiter = Box<dyn FnOnce() -> Result<(), CallError>>;
+
 impl Flight {
-    /// Adds a call; waits for the oldest while more than [`WINDOW`] are out.
+    fn new() -> Flight {
+        Flight { calls: VecDeque::new(), bytes: 0, open: Vec::new() }
+    }
+
+    /// Adds a call.
     fn push<T: serde::de::DeserializeOwned + 'static>(&mut self, p: Pending<T>) -> Result<(), CallError> {
-        self.calls.push_back(Box::new(move || p.wait().map(drop)));
-        while self.calls.len() > WINDOW {
-            if let Some(p) = self.calls.pop_front() {
+        self.push_sized(p, 0)
+    }
+
+    /// Adds a call carrying `bytes` of data; waits for the oldest while
+    /// more than [`WINDOW`] calls or [`WINDOW_BYTES`] are out.
+    fn push_sized<T: serde::de::DeserializeOwned + 'static>(
+        &mut self,
+        p: Pending<T>,
+        bytes: usize,
+    ) -> Result<(), CallError> {
+        let w: Waiter = Box::new(move || p.wait().map(drop));
+        self.calls.push_back((w, bytes));
+        self.bytes += bytes;
+        while self.calls.len() > WINDOW || self.bytes > WINDOW_BYTES {
+            if let Some((p, n)) = self.calls.pop_front() {
+                self.bytes -= n;
                 p()?;
             }
         }
@@ -355,7 +378,8 @@ impl Flight {
     }
 
     fn drain(&mut self) -> Result<(), CallError> {
-        while let Some(p) = self.calls.pop_front() {
+        while let Some((p, n)) = self.calls.pop_front() {
+            self.bytes -= n;
             p()?;
         }
         Ok(())
@@ -394,7 +418,7 @@ impl Context {
         let sent0 = self.bytes_sent();
         let mut stats = SyncStats::default();
         let meta = fs::metadata(src).map_err(local(src))?;
-        let mut flight = Flight { calls: VecDeque::new(), open: Vec::new() };
+        let mut flight = Flight::new();
         let r = if meta.is_dir() {
             if !opts.recursive {
                 return Err(SyncError::SourceIsDir(src.into()));
@@ -540,7 +564,9 @@ impl Context {
         flight.open.push(id);
         let mut hash = Sha256::new();
         let mut size = 0u64;
-        let mut buf = vec![0u8; CHUNK];
+        // Sized to the file (one byte more shows its end): a 1 MiB buffer
+        // per small file was most of a 10,000-file sync's time.
+        let mut buf = vec![0u8; usize::try_from(meta.len()).unwrap_or(CHUNK).saturating_add(1).min(CHUNK)];
         loop {
             let n = read_full(&mut input, &mut buf).map_err(local(src))?;
             if n == 0 {
@@ -548,8 +574,8 @@ impl Context {
             }
             hash.update(&buf[..n]);
             size += n as u64;
-            let args = SyncDeltaArgs { id, ops: vec![DeltaOp::Data(ByteBuf::from(buf[..n].to_vec()))] };
-            flight.push(self.call_async::<SyncDelta>(&args)?)?;
+            let args = SyncDeltaArgs { id, ops: vec![DeltaOp::Data(ByteBuf::from(&buf[..n]))] };
+            flight.push_sized(self.call_async::<SyncDelta>(&args)?, n)?;
             if n < buf.len() {
                 break;
             }
@@ -677,10 +703,13 @@ impl Context {
         report: &mut dyn FnMut(&SyncEvent),
     ) -> Result<(), SyncError> {
         let root = path_bytes(dst).to_vec();
-        let listing: SyncListing = self.call::<SyncList>(&SyncListArgs {
+        // The target lists while this side walks the source.
+        let listing = self.call_async::<SyncList>(&SyncListArgs {
             root: ByteBuf::from(root.clone()),
             max_entries: MAX_TREE_ENTRIES as u32,
         })?;
+        let locals = walk_local(src)?;
+        let listing: SyncListing = listing.wait()?;
         let root_meta = listing.root.as_ref().map(|r| (r.kind, r.mode, (r.mtime, r.mtime_nsec)));
         let create_root = match root_meta {
             None => Some(meta.mode() & 0o7777 | 0o700),
@@ -706,7 +735,6 @@ impl Context {
             };
             remote.insert(p.clone(), r);
         }
-        let locals = walk_local(src)?;
         stats.dirs += 1;
         // Plan the tree changes.
         let mut ops = Vec::new();
@@ -1061,15 +1089,16 @@ impl<'a> Matcher<'a> {
             self.ops.push(DeltaOp::Copy { block, count });
         }
         if !self.lit.is_empty() {
+            self.op_bytes += self.lit.len();
             self.ops.push(DeltaOp::Data(ByteBuf::from(std::mem::take(&mut self.lit))));
         }
         if self.ops.is_empty() && !last {
             return Ok(());
         }
         let args = SyncDeltaArgs { id: self.id, ops: std::mem::take(&mut self.ops) };
-        self.op_bytes = 0;
+        let bytes = std::mem::take(&mut self.op_bytes);
         if !args.ops.is_empty() {
-            self.flight.push(self.ctx.call_async::<SyncDelta>(&args)?)?;
+            self.flight.push_sized(self.ctx.call_async::<SyncDelta>(&args)?, bytes)?;
         }
         Ok(())
     }
