@@ -900,7 +900,7 @@ mod tests {
                     assert!(w.wake <= start + Duration::from_secs(2), "b wakes at its deadline");
                     wait(&pb, &w);
                 }
-                Step::Done(r) => break (*r).err().expect("b cannot succeed"),
+                Step::Done(r) => break (*r).expect_err("b cannot succeed"),
             }
         };
         assert!(matches!(err, ConnectError::Timeout { phase: "waiting for stage0", .. }), "{err}");
