@@ -269,3 +269,20 @@ fn a_declared_function_missing_everywhere_is_a_typed_error_per_target() {
         }
     }
 }
+
+/// Contexts of two routers in one broadcast: ids are per router, so each
+/// router's first context has the same id; each must still get its own
+/// copy through its own router.
+#[test]
+fn contexts_of_two_routers_each_get_their_own_call() {
+    let dir = TempDir::new("broadcast-routers");
+    let opts = common::local_in(&dir.path().join("cache"));
+    let (a, b) = (Router::new().expect("router"), Router::new().expect("router"));
+    let mut targets = vec![a.local(opts.clone()).expect("a"), b.local(opts.clone()).expect("b")];
+    assert_eq!(targets[0].id(), targets[1].id(), "the same id in two routers");
+    targets.push(targets[0].local(opts.clone()).expect("behind a"));
+    targets.push(targets[1].local(opts.clone()).expect("behind b"));
+    for (ctx, reply) in call_many::<Info>(&targets, &(), Duration::from_secs(30)) {
+        assert_eq!(reply.expect("info").pid, ctx.connect_info().pid, "{}", ctx.name());
+    }
+}

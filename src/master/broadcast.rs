@@ -29,10 +29,12 @@
 //! them in one `read` (a reply to `info` is ~150 bytes: 10,000 leaves send
 //! the master ~1.5 MB). What crosses once per hop is the call.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::context::{disconnected, Context, Pending};
 use super::error::CallError;
+use super::RouterState;
 use crate::proto::functions::Function;
 use crate::proto::message::{encode_call, relay_front};
 use crate::proto::{handles, Header, MASTER_ID};
@@ -107,24 +109,26 @@ fn send<F: Function>(targets: &[Context], args: &F::Args, deadline: Instant) -> 
         Err(e) => return targets.iter().map(|c| Err(encode_error(c, &e.to_string()))).collect(),
     };
     let mut out: Vec<Option<Sent<F::Reply>>> = targets.iter().map(|_| None).collect();
-    // Those already gone fail now; the others are grouped by their stream.
-    let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
+    // Those already gone fail now; the others are grouped by their stream,
+    // in their router (ids are per router: contexts of two routers may
+    // share a stream id and still not a stream).
+    let mut groups: Vec<((*const RouterState, u32), Vec<usize>)> = Vec::new();
     for (i, c) in targets.iter().enumerate() {
         if let Some(d) = c.shared.disconnected() {
             out[i] = Some(Err(disconnected(&c.shared, F::NAME, d.reason)));
             continue;
         }
-        let stream = c.shared.stream_id;
-        match groups.iter_mut().find(|(s, _)| *s == stream) {
+        let key = (Arc::as_ptr(&c.state), c.shared.stream_id);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, g)) => g.push(i),
-            None => groups.push((stream, vec![i])),
+            None => groups.push((key, vec![i])),
         }
     }
     // A relay stays within the message size: a group too large for one
     // (over ~10 million targets behind one hop at the default size) goes
     // as several.
     let per_relay = (max.saturating_sub(call.len() + 64) / FRONT_PER_TARGET).max(1);
-    for (stream, group) in groups {
+    for ((_, stream), group) in groups {
         for part in group.chunks(per_relay) {
             for (i, r) in send_group::<F>(targets, stream, part, &call, deadline) {
                 out[i] = Some(r);
