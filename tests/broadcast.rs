@@ -286,3 +286,26 @@ fn contexts_of_two_routers_each_get_their_own_call() {
         assert_eq!(reply.expect("info").pid, ctx.connect_info().pid, "{}", ctx.name());
     }
 }
+
+/// A hop killed just before the broadcast: every leaf behind it fails with
+/// its own `Disconnected` (the master sent them nothing, or lost them with
+/// the hop), the other hop's leaves answer.
+#[test]
+fn a_dead_hop_fails_its_leaves_and_the_other_hops_answer() {
+    let dir = TempDir::new("broadcast-dead-hop");
+    let opts = common::local_in(&dir.path().join("cache"));
+    let router = Router::new().expect("router");
+    let (hops, leaves) = tree(&router, &opts, 2, 5);
+    common::kill9(hops[0].connect_info().pid);
+    let t0 = Instant::now();
+    let answers = call_many::<Info>(&leaves, &(), Duration::from_secs(60));
+    for (i, (ctx, reply)) in answers.iter().enumerate() {
+        if i < 5 {
+            assert!(matches!(reply, Err(CallError::Disconnected { .. })), "{}: {reply:?}", ctx.name());
+        } else {
+            assert_eq!(reply.as_ref().expect("info").pid, ctx.connect_info().pid, "{}", ctx.name());
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(30), "the dead hop did not hold the broadcast: {:?}", t0.elapsed());
+    eprintln!("behind the dead hop: {:?}", answers[0].1.as_ref().err());
+}
