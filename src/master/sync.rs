@@ -34,9 +34,10 @@
 //! The target is not trusted: its listing only decides what is compared
 //! and removed below the destination; the master reads only the files of
 //! its own walk of SRC. Its signatures are bounded ([`MAX_BLOCKS`], the
-//! slices asked for) and a target that makes every position a weak-sum
-//! hit stops matching after [`false_alarm_limit`] misses (the rest goes as
-//! literals), so it cannot make the master spin. Every call has the
+//! slices asked for), and a target that makes every position a weak-sum
+//! hit compares at most 16 blocks a hit and stops being matched once its
+//! misses have cost [`false_alarm_limit`] bytes of hashing (the rest goes
+//! as literals), so it cannot make the master spin. Every call has the
 //! context's timeout.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -324,12 +325,17 @@ pub fn block_size(size: u64) -> u32 {
     bs.min(1 << 24) as u32
 }
 
-/// Weak-sum hits whose strong hash matches no block after which the
-/// master stops looking for matches in a file (the rest goes literally):
-/// a hostile target could otherwise make every byte a SHA-256 of a block.
-pub fn false_alarm_limit(blocks: u64) -> u64 {
-    4096 + blocks
+/// Bytes hashed for weak-sum hits that matched no block, after which the
+/// master stops looking for matches in a file of `new_size` bytes (the
+/// rest goes literally): a hostile target could otherwise make every byte
+/// a SHA-256 of a block. So misses cost at most about one more hash of
+/// the file.
+pub fn false_alarm_limit(new_size: u64) -> u64 {
+    new_size.saturating_add(64 << 20)
 }
+
+/// Blocks with the same weak sum compared with a window, at most.
+const MAX_CANDIDATES: usize = 16;
 
 /// Rebuild ids, unique in this process (several syncs may share an agent).
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
@@ -677,7 +683,8 @@ impl Context {
         }
         index.build();
         let t_sig = t0.elapsed();
-        let mut m = Matcher::new(self, id, bs as usize, index, flight);
+        let new_size = input.metadata().map_err(local(src))?.len();
+        let mut m = Matcher::new(self, id, bs as usize, index, flight, new_size);
         let (size, literal) = m.run(input, src)?;
         log::debug!(
             "[{}] sync {}: {} blocks of {bs} bytes: signatures in {:?}, matched by {:?} ({literal} literal bytes)",
@@ -923,6 +930,26 @@ impl BlockIndex {
         self.bits[k >> 6] & (1 << (k & 63)) != 0
     }
 
+    /// The block `window` is (its weak sum `weak`): `expect` (the block
+    /// after the last match: runs of copies) if it is, else one of at most
+    /// [`MAX_CANDIDATES`] others with this sum, compared by SHA-256: a
+    /// target that gives every block the same sum must not make each hit
+    /// a scan of all.
+    fn find(&self, weak: u32, window: &[u8], expect: u64) -> Option<u32> {
+        let c = self.candidates(weak);
+        if c.is_empty() {
+            return None;
+        }
+        let strong = digest(window);
+        let strong = &strong[..STRONG_LEN];
+        let expected = u32::try_from(expect).ok().filter(|&e| {
+            c.binary_search(&(weak, e)).is_ok() && self.strong.get(e as usize).is_some_and(|s| s == strong)
+        });
+        expected.or_else(|| {
+            c.iter().take(MAX_CANDIDATES).find(|&&(_, b)| self.strong[b as usize] == strong).map(|&(_, b)| b)
+        })
+    }
+
     /// The blocks with this weak sum.
     fn candidates(&self, weak: u32) -> &[(u32, u32)] {
         let lo = self.sorted.partition_point(|&(w, _)| w < weak);
@@ -946,10 +973,19 @@ struct Matcher<'a> {
     copy: Option<(u64, u32)>,
     literal_total: u64,
     false_alarms: u64,
+    /// The new file's size (the false-alarm budget).
+    new_size: u64,
 }
 
 impl<'a> Matcher<'a> {
-    fn new(ctx: &'a Context, id: u32, bs: usize, index: BlockIndex, flight: &'a mut Flight) -> Matcher<'a> {
+    fn new(
+        ctx: &'a Context,
+        id: u32,
+        bs: usize,
+        index: BlockIndex,
+        flight: &'a mut Flight,
+        new_size: u64,
+    ) -> Matcher<'a> {
         Matcher {
             ctx,
             id,
@@ -962,6 +998,7 @@ impl<'a> Matcher<'a> {
             copy: None,
             literal_total: 0,
             false_alarms: 0,
+            new_size,
         }
     }
 
@@ -975,7 +1012,7 @@ impl<'a> Matcher<'a> {
         let mut eof = false;
         let mut sum: Option<Rolling> = None;
         let mut expect: u64 = 0;
-        let limit = false_alarm_limit(self.index.strong.len() as u64);
+        let limit = false_alarm_limit(self.new_size);
         loop {
             if buf.len() - pos < bs + 1 && !eof {
                 buf.drain(..pos);
@@ -1030,23 +1067,11 @@ impl<'a> Matcher<'a> {
     /// The block of the old file that `window` is, preferring `expect`
     /// (the one after the last match: runs of copies).
     fn find(&mut self, weak: u32, window: &[u8], expect: u64) -> Option<u32> {
-        let c = self.index.candidates(weak);
-        if c.is_empty() {
-            return None;
+        let hit = self.index.find(weak, window, expect);
+        if hit.is_none() && !self.index.candidates(weak).is_empty() {
+            self.false_alarms += window.len() as u64;
         }
-        let strong = digest(window);
-        let strong = &strong[..STRONG_LEN];
-        let hit = c
-            .iter()
-            .find(|&&(_, b)| u64::from(b) == expect && self.index.strong[b as usize] == strong)
-            .or_else(|| c.iter().find(|&&(_, b)| self.index.strong[b as usize] == strong));
-        match hit {
-            Some(&(_, b)) => Some(b),
-            None => {
-                self.false_alarms += 1;
-                None
-            }
-        }
+        hit
     }
 
     fn copy_block(&mut self, b: u64) -> Result<(), SyncError> {
@@ -1156,6 +1181,22 @@ mod tests {
             deep.push(entry(i, b"d", FileKind::Dir));
         }
         assert!(check_listing(&deep, 1000).is_err(), "301 levels accepted");
+    }
+
+    #[test]
+    fn a_hostile_signature_costs_a_bounded_search() {
+        // 100,000 blocks with one weak sum: a hit compares at most 16 of
+        // them, but always the expected one.
+        let mut index = BlockIndex::default();
+        let block = |i: u32| -> Vec<u8> { i.to_le_bytes().repeat(8) };
+        for i in 0..100_000u32 {
+            index.push(7, &digest(&block(i))[..STRONG_LEN]);
+        }
+        index.build();
+        assert_eq!(index.find(7, &block(5), 0), Some(5), "within the first candidates");
+        assert_eq!(index.find(7, &block(60_000), 60_000), Some(60_000), "the expected block");
+        assert_eq!(index.find(7, &block(60_000), 0), None, "past the candidates compared");
+        assert_eq!(index.find(8, &block(5), 5), None, "another weak sum");
     }
 
     #[test]
