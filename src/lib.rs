@@ -26,7 +26,9 @@
 //! What a library user needs is at the crate root: [`Router`] and its
 //! options ([`RouterOptions`], [`LocalOptions`], [`SshOptions`],
 //! [`SudoOptions`], [`SuOptions`], [`DoasOptions`]), [`Context`] (calls,
-//! files, trees, [`Process`] for streamed commands), [`put_many`], the
+//! files, trees, [`Process`] for streamed commands), [`put_many`] (a file
+//! to many contexts) and [`call_many`] (a call to many, each link crossed
+//! once), the
 //! errors ([`ConnectError`], [`CallError`], [`TransferError`],
 //! [`RemoteError`]) and the built-in [`functions`] with their argument and
 //! reply types. Your own functions: [`declare_function!`] declares one for
@@ -85,6 +87,7 @@ pub use core::process_monitor::ExitStatus;
 pub use core::router::EndKind;
 #[cfg(feature = "master")]
 pub use master::{
+    broadcast::{call_many, Answer},
     context::{ConnectInfo, Context, Pending},
     error::CallError,
     fanout::{put_many, put_many_with_options},
