@@ -349,3 +349,44 @@ fn odd_but_legal_names_round_trip() {
     assert_eq!(std::fs::read(dst.join(odd)).expect("read"), b"odd");
     assert_same_tree(&src, &dst);
 }
+
+/// Sizes around the edges (empty, one byte, the delta threshold, whole
+/// blocks with no short tail, a file shrinking or growing past a block):
+/// each sync leaves exactly the new file.
+#[test]
+fn edge_sizes_round_trip() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("sync-edges");
+    let (src, dst) = (d.path().join("f.src"), d.path().join("f.dst"));
+    let cases: [(usize, usize); 9] = [
+        (0, 1),
+        (1, 0),
+        (100_000, 0),
+        (0, 100_000),
+        (65_536, 65_536),
+        (7 * 3072, 7 * 3072),
+        (200_000, 70_000),
+        (70_000, 200_000),
+        (1 << 20, (1 << 20) + 1),
+    ];
+    for (i, (old, new)) in cases.into_iter().enumerate() {
+        let old_data = random(old, i as u64);
+        write(&src, &old_data, 1_500_000_000);
+        ctx.sync(&src, &dst, &SyncOptions::default()).expect("old");
+        assert!(std::fs::read(&dst).expect("read") == old_data, "case {i}: old");
+        // The new file shares the old one's start and end where it can.
+        let mut new_data = random(new, 100 + i as u64);
+        let keep = old.min(new) / 2;
+        new_data[..keep].copy_from_slice(&old_data[..keep]);
+        if new > 0 {
+            let last = new_data.len() - 1;
+            new_data[last] ^= 1;
+        }
+        write(&src, &new_data, 1_500_000_100 + i as u64);
+        let s = ctx.sync(&src, &dst, &SyncOptions::default()).expect("new");
+        assert_eq!(s.changed, 1, "case {i}: {s:?}");
+        assert!(std::fs::read(&dst).expect("read") == new_data, "case {i} ({old} -> {new} bytes): {s:?}");
+        assert!(tmp_files(d.path()).is_empty(), "case {i}: temp files left");
+    }
+}
