@@ -75,6 +75,9 @@ pub const DELTA_MIN: u64 = 64 * 1024;
 /// Most blocks of an old file the master indexes (the block size grows
 /// with the file to stay under it).
 pub const MAX_BLOCKS: u64 = 1 << 21;
+/// Bytes of the new file a `sync_delta` message stands for, at most
+/// (copies and literals), so the agent rebuilds while the master matches.
+const FLUSH_SPAN: u64 = 8 << 20;
 /// Tree ops per `sync_apply` call.
 pub const APPLY_BATCH: usize = 4096;
 /// Blocks per `sync_signature` call (fewer for big blocks: at most 64 MiB read).
@@ -973,6 +976,8 @@ struct Matcher<'a> {
     copy: Option<(u64, u32)>,
     literal_total: u64,
     false_alarms: u64,
+    /// Bytes of the new file the message being built stands for.
+    span: u64,
     /// The new file's size (the false-alarm budget).
     new_size: u64,
 }
@@ -998,6 +1003,7 @@ impl<'a> Matcher<'a> {
             copy: None,
             literal_total: 0,
             false_alarms: 0,
+            span: 0,
             new_size,
         }
     }
@@ -1089,7 +1095,11 @@ impl<'a> Matcher<'a> {
                 self.copy = Some((b, 1));
             }
         }
-        if self.ops.len() >= 8192 {
+        // Send what is decided every few MiB of the new file: the agent
+        // rebuilds while this side goes on matching (sent only at the end,
+        // a one-byte change made the rebuild wait for the whole match).
+        self.span += self.bs as u64;
+        if self.ops.len() >= 8192 || self.span >= FLUSH_SPAN {
             self.flush(false)?;
         }
         Ok(())
@@ -1120,6 +1130,7 @@ impl<'a> Matcher<'a> {
         if self.ops.is_empty() && !last {
             return Ok(());
         }
+        self.span = 0;
         let args = SyncDeltaArgs { id: self.id, ops: std::mem::take(&mut self.ops) };
         let bytes = std::mem::take(&mut self.op_bytes);
         if !args.ops.is_empty() {
