@@ -385,6 +385,21 @@ fn main() -> Res<()> {
             }
             "MB/s"
         }
+        "hash_agent" => {
+            // The agent's `file_hash` of the 1 GiB file (XXH3-128, its size-built
+            // code): wall ms; baseline, the same hash here.
+            let file = env("BENCH_GIB")?;
+            let c = router.local(local(&warm))?;
+            let args =
+                mito::functions::HashArgs { path: ByteBuf::from(file.as_bytes()), hash: mito::HashKind::Xxh3_128 };
+            for _ in 0..n {
+                let t = Instant::now();
+                c.call::<mito::functions::FileHash>(&args)?;
+                values.push(ms(t.elapsed()));
+                baseline.push(hash_once(&file, mito::HashKind::Xxh3_128)?.0 * 1e3);
+            }
+            "ms"
+        }
         "reput_local" | "reput_ssh" => {
             // An unchanged 1 GiB file put again: stat, then both ends hash
             // their copy at once, nothing sent. Baseline: hashing it once here.
