@@ -354,9 +354,16 @@ impl Runner<'_> {
         let job = |i: usize| finish(i, self.one(&plans[i], verb));
         let workers = Workers::new(forks);
         std::thread::scope(|s| {
+            // A failed first hop fails its plans at once, here: no worker
+            // is started for them (a burst of timeouts would start many).
             let go = |k: usize| {
+                let failed = matches!(*firsts[k].0.done.lock().unwrap_or_else(PoisonError::into_inner), Some(Err(_)));
                 for &i in &firsts[k].1 {
-                    workers.give(s, i, &job);
+                    if failed {
+                        job(i);
+                    } else {
+                        workers.give(s, i, &job);
+                    }
                 }
             };
             // Passwords first (a prompt may ask on the terminal), then the
