@@ -785,3 +785,39 @@ fn connect_many_answers_sudo_prompts() {
     }
     assert!(results[2].1.is_ok(), "local beside them");
 }
+
+/// `connect_many`'s `in_flight` bounds the connects started at once: four
+/// silent hosts with a 2 s timeout take two rounds two at a time, one
+/// round four at a time (each ends within 1 s after its timeout: the
+/// wait for the method's own reason).
+#[test]
+fn connect_many_keeps_at_most_in_flight_connects() {
+    use mito::master::ConnectSpec;
+    use mito::{Router, SshOptions};
+    let silent = silent_port(16);
+    let spec = || {
+        let mut o = SshOptions::new("127.0.0.1");
+        o.port = Some(silent);
+        o.ssh_config = Some("/dev/null".into());
+        o.options = vec!["BatchMode=yes".into(), "UserKnownHostsFile=/dev/null".into()];
+        o.connect_timeout = Duration::from_secs(2);
+        ConnectSpec::Ssh(o)
+    };
+    let router = Router::new().expect("router");
+    let timed = |in_flight: usize| {
+        let t0 = Instant::now();
+        let ends: Vec<Duration> = router
+            .connect_many((0..4).map(|_| spec()).collect(), in_flight)
+            .map(|(_, r)| {
+                assert!(r.is_err(), "a silent host connected");
+                t0.elapsed()
+            })
+            .collect();
+        ends
+    };
+    let two = timed(2);
+    assert!(two[1] < Duration::from_millis(3900), "the first two end after one timeout: {two:?}");
+    assert!(two[2] >= Duration::from_millis(3900), "the last two start when the first two end: {two:?}");
+    let four = timed(4);
+    assert!(four[3] < Duration::from_millis(3900), "four at once end together: {four:?}");
+}
