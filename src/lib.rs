@@ -25,13 +25,13 @@
 //!
 //! What a library user needs is at the crate root: [`Router`] and its
 //! options ([`RouterOptions`], [`LocalOptions`], [`SshOptions`],
-//! [`SudoOptions`], [`SuOptions`], [`DoasOptions`]), [`Context`] (calls,
-//! files, trees, [`Process`] for streamed commands), [`put_many`] (a file
-//! to many contexts) and [`call_many`] (a call to many, each link crossed
-//! once), the
-//! errors ([`ConnectError`], [`CallError`], [`TransferError`],
-//! [`RemoteError`]) and the built-in [`functions`] with their argument and
-//! reply types. Your own functions: [`declare_function!`] declares one for
+//! [`SudoOptions`], [`SuOptions`], [`DoasOptions`]; many connects at once
+//! from one thread: [`Router::connect_many`] with [`ConnectSpec`]s),
+//! [`Context`] (calls, files, trees, [`Process`] for streamed commands),
+//! [`put_many`] (a file to many contexts) and [`call_many`] (a call to
+//! many, each link crossed once), the errors ([`ConnectError`],
+//! [`CallError`], [`TransferError`], [`RemoteError`]) and the built-in
+//! [`functions`] with their argument and reply types. Your own functions: [`declare_function!`] declares one for
 //! both halves, a custom agent serves it (`mito::agent::serve`, with the
 //! features `agent` and `std`), and [`RouterOptions::agents`] takes that
 //! agent ([`Agent`]) to upload instead of the embedded one (README, "Your
@@ -88,6 +88,7 @@ pub use core::router::EndKind;
 #[cfg(feature = "master")]
 pub use master::{
     broadcast::{call_many, Answer},
+    connect_many::{ConnectMany, ConnectSpec},
     context::{ConnectInfo, Context, Pending},
     error::CallError,
     fanout::{put_many, put_many_with_options},
