@@ -183,18 +183,18 @@ fn checks() -> Vec<(&'static str, How)> {
         ("mito run ssh://bastion,ssh://db1,sudo:www-data -- id -un", run(0, &["www-data\n"], &[])),
         (
             "mito put ./motd ssh://web1,sudo:root:/etc/motd ssh://web2,sudo:root:/etc/motd",
-            with(run(0, &[], &["sha256 verified"]), |c| {
+            with(run(0, &[], &["xxh3-128 verified"]), |c| {
                 c.after = Some(|w, out| {
-                    assert_eq!(String::from_utf8_lossy(&out.stderr).matches("sha256 verified").count(), 2);
+                    assert_eq!(String::from_utf8_lossy(&out.stderr).matches("xxh3-128 verified").count(), 2);
                     assert_eq!(std::fs::read(w.path("/etc/motd")).ok(), Some(b"welcome from mito\n".to_vec()));
                 })
             }),
         ),
         (
             "mito put ./pkg.deb ssh://gw,local:/tmp/a ssh://gw,sudo:root:/tmp/a",
-            with(run(0, &[], &["sha256 verified"]), |c| {
+            with(run(0, &[], &["xxh3-128 verified"]), |c| {
                 c.after = Some(|w, out| {
-                    assert_eq!(String::from_utf8_lossy(&out.stderr).matches("sha256 verified").count(), 2);
+                    assert_eq!(String::from_utf8_lossy(&out.stderr).matches("xxh3-128 verified").count(), 2);
                     assert_eq!(
                         std::fs::read(w.path("/tmp/a")).ok(),
                         std::fs::read(w.path("/home/deploy/pkg.deb")).ok()
@@ -257,7 +257,7 @@ fn checks() -> Vec<(&'static str, How)> {
         // Files and facts
         (
             "mito put ./app.tar.gz ssh://web1:/srv/app.tar.gz",
-            with(run(0, &[], &["sha256 verified"]), |c| {
+            with(run(0, &[], &["xxh3-128 verified"]), |c| {
                 c.after = Some(|w, _| {
                     let (a, b) = (w.path("/home/deploy/app.tar.gz"), w.path("/srv/app.tar.gz"));
                     assert_eq!(std::fs::read(b).expect("/srv/app.tar.gz"), std::fs::read(a).expect("app.tar.gz"));
@@ -266,7 +266,7 @@ fn checks() -> Vec<(&'static str, How)> {
         ),
         (
             "mito get sudo:root:/etc/shadow ./shadow.copy",
-            with(run(0, &[], &["sha256 verified"]), |c| {
+            with(run(0, &[], &["xxh3-128 verified"]), |c| {
                 c.after = Some(|w, _| {
                     // Compared without printing it; other test binaries may
                     // change test users' hashes meanwhile, so line by name.
@@ -307,7 +307,7 @@ fn checks() -> Vec<(&'static str, How)> {
         ),
         (
             "mito get ssh://web1:/etc/hosts ./backup/",
-            with(run(0, &[], &["sha256 verified"]), |c| {
+            with(run(0, &[], &["xxh3-128 verified"]), |c| {
                 c.after = Some(|w, _| {
                     assert_eq!(
                         std::fs::read(w.path("/home/deploy/backup/hosts")).ok(),
