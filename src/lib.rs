@@ -28,14 +28,15 @@
 //! [`SudoOptions`], [`SuOptions`], [`DoasOptions`]; many connects at once
 //! from one thread: [`Router::connect_many`] with [`ConnectSpec`]s),
 //! [`Context`] (calls, files, trees, [`Process`] for streamed commands),
-//! [`put_many`] (a file to many contexts) and [`call_many`] (a call to
-//! many, each link crossed once), the errors ([`ConnectError`],
-//! [`CallError`], [`TransferError`], [`RemoteError`]) and the built-in
-//! [`functions`] with their argument and reply types. Your own functions: [`declare_function!`] declares one for
-//! both halves, a custom agent serves it (`mito::agent::serve`, with the
-//! features `agent` and `std`), and [`RouterOptions::agents`] takes that
-//! agent ([`Agent`]) to upload instead of the embedded one (README, "Your
-//! own functions"). Resources on demand (the importer): a [`Resource`]
+//! [`put_many`] (a file to many contexts), [`call_many`] (a call to many,
+//! each link crossed once), [`Context::sync`] (delta sync, [`SyncOptions`]),
+//! the errors ([`ConnectError`], [`CallError`], [`TransferError`],
+//! [`SyncError`], [`RemoteError`]) and the built-in [`functions`] with
+//! their argument and reply types. Your own functions:
+//! [`declare_function!`] declares one for both halves, a custom agent
+//! serves it (`mito::agent::serve`, with the features `agent` and `std`),
+//! and [`RouterOptions::agents`] takes that agent ([`Agent`]) to upload
+//! instead of the embedded one (README, "Your own functions"). Resources on demand (the importer): a [`Resource`]
 //! registered with [`Router::register_resource`] is fetched by a context
 //! with [`Context::fetch_resource`], through hops that cache it.
 //! [`master`] holds the same items by topic, [`proto`] the wire format
@@ -94,6 +95,7 @@ pub use master::{
     fanout::{put_many, put_many_with_options},
     process::{Process, ProcessEvent, ProcessInput},
     resources::ResourceStats,
+    sync::{SyncError, SyncEvent, SyncOptions, SyncStats},
     transfer::{CopyOptions, Digest, GetOptions, HashKind, Progress, TransferError, TransferStats},
     tree::{Plan, TreeStats},
     Connector, Router, RouterOptions,
