@@ -11,17 +11,29 @@
 //! registered it: [`Qemu`]). Then the context works as any other: calls,
 //! commands, files, a warm second connect, and behind an x86_64 hop.
 //!
+//! A user's own agent built for aarch64 too: `mito build-agent --target
+//! aarch64` of the example (`examples/custom_agent/`) into the target
+//! directory `tests/custom_agent.rs` builds the x86_64 one in (cached
+//! across runs), uploaded by a router whose `RouterOptions::agents` name
+//! it, its functions called under qemu; and a router holding both builds,
+//! which picks each target's by `uname -m`, directly and behind a hop.
+//!
 //! Without root or without qemu-user-static the tests say so loudly
 //! (`skip_loudly`), and fail under `CI=true`.
 
 mod common;
+#[path = "../examples/custom_agent/functions.rs"]
+mod example;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use common::{local_in, skip_loudly, TempDir};
-use mito::{LocalOptions, Router, Upload};
+use example::{DiskUsage, Grep, GrepArgs, Pattern, Usage};
+use mito::connect::agents::Chosen;
+use mito::{Agent, ErrorKind, LocalOptions, Router, RouterOptions, Upload};
 
 const BINFMT: &str = "/proc/sys/fs/binfmt_misc";
 /// qemu-user-static's registration line (name, magic, mask, interpreter).
@@ -366,4 +378,178 @@ fn two_aarch64_contexts_behind_one_hop_get_the_agent_across_the_first_link_once(
     assert!(crossed[0] > served, "the first connect carried the agent: {crossed:?}");
     assert!(crossed[1] < 32 * 1024, "the second connect carried {} bytes: the agent came from the hop", crossed[1]);
     hop.ping().expect("the hop still answers");
+}
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// `e_machine` of an x86_64 ELF file.
+const EM_X86_64: u16 = 62;
+
+/// The example agent built by `mito build-agent --target <target>` as the
+/// README says (release, static musl, `--features agent,std`), into
+/// `target/custom-agent-test`: the directory `tests/custom_agent.rs`
+/// builds it in, so the x86_64 one is built there already and both stay
+/// cached across runs. Returns the agent and the file built.
+fn build_example_agent(target: &str) -> (Agent, PathBuf) {
+    let manifest = format!("{ROOT}/Cargo.toml");
+    let target_dir = format!("{ROOT}/target/custom-agent-test");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mito"));
+    cmd.args(["build-agent", "--target", target, "--manifest-path", &manifest, "--target-dir", &target_dir]).args([
+        "--example",
+        "custom_agent",
+        "--no-default-features",
+        "--features",
+        "agent,std",
+        "--json",
+    ]);
+    // As tests/custom_agent.rs builds it: the outer cargo's settings would
+    // change the build (and so its cache key) or its place.
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.stdin(Stdio::null()).stderr(Stdio::inherit()).output().expect("run mito build-agent");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "mito build-agent --target {target} failed ({}): {stdout}", out.status);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let path = PathBuf::from(v["path"].as_str().unwrap_or_else(|| panic!("no path in {v}")));
+    let agent = Agent::from_path(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((v["arch"].as_str(), v["sha256"].as_str()), (Some(agent.arch()), Some(agent.sha256())), "{v}");
+    (agent, path)
+}
+
+/// The example agent for x86_64 and for aarch64, built once per test
+/// binary.
+fn example_agents() -> &'static [(Agent, PathBuf); 2] {
+    static BUILT: OnceLock<[(Agent, PathBuf); 2]> = OnceLock::new();
+    BUILT.get_or_init(|| [build_example_agent("x86_64"), build_example_agent("aarch64")])
+}
+
+/// A small tree: `a` (5 bytes), `sub/b` (3 bytes) and `t` (text for grep).
+fn example_tree(dir: &Path) -> String {
+    std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+    std::fs::write(dir.join("a"), b"12345").expect("write");
+    std::fs::write(dir.join("sub/b"), b"123").expect("write");
+    std::fs::write(dir.join("t"), "alpha\nbeta\nalphabet\ngamma alpha\n").expect("write");
+    dir.to_string_lossy().into_owned()
+}
+
+/// The example's functions on `ctx`, typed replies checked: what its
+/// agent computed (under qemu or not) from the tree of [`example_tree`].
+fn call_the_examples_functions(ctx: &mito::Context, tree: &str) -> Usage {
+    let usage = ctx.call::<DiskUsage>(&tree.to_string()).expect("disk_usage");
+    assert_eq!((usage.files, usage.dirs), (3, 2), "{}: {usage:?}", ctx.name());
+    assert!(usage.bytes >= 5 + 3 + 32, "{}: {usage:?}", ctx.name());
+    let t = format!("{tree}/t");
+    let hits = ctx.call::<Grep>(&GrepArgs { path: t.clone(), pattern: Pattern::Prefix("alpha".into()), max: 10 });
+    assert_eq!(hits.expect("grep"), vec![(1, "alpha".to_string()), (3, "alphabet".to_string())], "{}", ctx.name());
+    let hits = ctx.call::<Grep>(&GrepArgs { path: t, pattern: Pattern::Contains("alpha".into()), max: 2 });
+    assert_eq!(hits.expect("grep").len(), 2, "{}", ctx.name());
+    usage
+}
+
+/// `mito build-agent --target aarch64` of the example, uploaded to a target
+/// reporting aarch64 by a router whose agents name it: the aarch64 build
+/// runs under qemu, and its functions and the built-ins answer.
+#[test]
+fn a_custom_agent_built_for_aarch64_answers_its_functions_under_qemu() {
+    let test = "a_custom_agent_built_for_aarch64_answers_its_functions_under_qemu";
+    let Some(_qemu) = Qemu::get(test) else { return };
+    let (arm, arm_path) = &example_agents()[1];
+    assert_eq!(arm.arch(), "aarch64");
+    assert_eq!(elf_machine(arm_path), EM_AARCH64, "mito build-agent --target aarch64 built an aarch64 file");
+    assert_ne!(arm.sha256(), aarch64_agent().sha256, "the custom agent, not the embedded one");
+    let dir = TempDir::new("aarch64-custom");
+    let router =
+        Router::with_options(RouterOptions { agents: vec![arm.clone()], ..Default::default() }).expect("router");
+
+    let ctx = router.local(reports_aarch64(dir.path())).expect("connect to a target reporting aarch64");
+    let ci = ctx.connect_info().clone();
+    assert_eq!((ci.arch.as_str(), ci.agent_hash.as_str()), ("aarch64", arm.sha256()), "the custom aarch64 agent");
+    assert!(matches!(ci.upload, Upload::Stored { .. }), "cold path: uploaded and stored ({:?})", ci.upload);
+    let spec = Chosen::Custom(arm.clone());
+    let spec = spec.spec();
+    assert!(
+        ci.agent_bytes_sent == spec.gz_len || ci.agent_bytes_sent == spec.raw_len,
+        "sent the custom aarch64 agent's bytes: {} (gz {}, raw {})",
+        ci.agent_bytes_sent,
+        spec.gz_len,
+        spec.raw_len
+    );
+    let cached = dir.path().join("cache").join("mito").join(format!("agent-{}", arm.sha256()));
+    assert_eq!(ci.exe, cached.display().to_string());
+    assert_eq!(std::fs::read(&cached).expect("cached agent"), std::fs::read(arm_path).expect("built agent"));
+    assert_runs_under_qemu(ci.pid);
+
+    // The built-ins, from mito's agent runtime compiled into the user's
+    // aarch64 binary.
+    ctx.ping().expect("ping");
+    let info = ctx.info().expect("info");
+    assert_eq!((info.arch.as_str(), info.agent_hash.as_str(), info.pid), ("aarch64", arm.sha256(), ci.pid));
+    assert_eq!(ctx.exec(&["echo", "hi"]).expect("exec").stdout, b"hi\n");
+
+    // The example's own functions, typed replies.
+    let tree = TempDir::new("aarch64-custom-tree");
+    let tree = example_tree(tree.path());
+    call_the_examples_functions(&ctx, &tree);
+    // A user error from the aarch64 body arrives typed, and it goes on.
+    let e = ctx.call::<DiskUsage>(&format!("{tree}/no/such/dir")).expect_err("no such dir");
+    let re = e.remote().unwrap_or_else(|| panic!("not a RemoteError: {e:?}"));
+    assert_eq!((re.kind, re.context.as_str()), (ErrorKind::User, ctx.name()), "{e}");
+    assert!(re.message.contains("No such file"), "{e}");
+    ctx.ping().expect("still serving");
+
+    let status = ctx.shutdown().expect("shutdown");
+    assert_eq!(status.code, Some(0), "the custom aarch64 agent exits cleanly");
+}
+
+/// One router with the example built for both architectures: each target
+/// gets the build of its `uname -m` (x86_64 natively, aarch64 under qemu),
+/// directly and behind an x86_64 hop (whose importer serves the aarch64
+/// build), and both builds compute the same answers.
+#[test]
+fn a_router_with_both_custom_builds_picks_each_targets_own() {
+    let test = "a_router_with_both_custom_builds_picks_each_targets_own";
+    let Some(_qemu) = Qemu::get(test) else { return };
+    let [(x86, x86_path), (arm, _)] = example_agents();
+    assert_eq!((x86.arch(), elf_machine(x86_path)), ("x86_64", EM_X86_64));
+    assert_eq!(std::env::consts::ARCH, "x86_64", "this test plays aarch64 under qemu on an x86_64 host");
+    let dir = TempDir::new("aarch64-custom-both");
+    let agents = vec![x86.clone(), arm.clone()];
+    let router = Router::with_options(RouterOptions { agents, ..Default::default() }).expect("router");
+    let tree = TempDir::new("aarch64-custom-both-tree");
+    let tree = example_tree(tree.path());
+
+    let native = router.local(local_in(&dir.path().join("native-cache"))).expect("connect natively");
+    let ni = native.connect_info().clone();
+    assert_eq!((ni.arch.as_str(), ni.agent_hash.as_str()), ("x86_64", x86.sha256()), "the x86_64 build");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", ni.pid)).expect("native agent's exe");
+    assert_eq!(exe.display().to_string(), ni.exe, "the x86_64 build runs natively, not under qemu");
+
+    let arm_ctx = router.local(reports_aarch64(&dir.path().join("arm"))).expect("connect as aarch64");
+    let ai = arm_ctx.connect_info().clone();
+    assert_eq!((ai.arch.as_str(), ai.agent_hash.as_str()), ("aarch64", arm.sha256()), "the aarch64 build");
+    assert_runs_under_qemu(ai.pid);
+    assert_eq!(elf_machine(Path::new(&ai.exe)), EM_AARCH64);
+
+    let by_x86 = call_the_examples_functions(&native, &tree);
+    let by_arm = call_the_examples_functions(&arm_ctx, &tree);
+    assert_eq!(by_x86, by_arm, "both builds count the same tree alike");
+    assert_eq!(native.info().expect("info").agent_hash, x86.sha256());
+    assert_eq!(arm_ctx.info().expect("info").agent_hash, arm.sha256());
+
+    // Behind the x86_64 hop (running the x86_64 build), an aarch64 target
+    // gets the aarch64 build through the hop's importer: the master writes
+    // no agent bytes into its stage0.
+    let behind = native.local(reports_aarch64(&dir.path().join("behind"))).expect("aarch64 behind the hop");
+    let bi = behind.connect_info().clone();
+    assert_eq!((bi.arch.as_str(), bi.agent_hash.as_str()), ("aarch64", arm.sha256()), "behind the hop");
+    assert!(matches!(bi.upload, Upload::Stored { .. }), "{:?}", bi.upload);
+    assert_eq!(bi.agent_bytes_sent, 0, "the master wrote the agent into stdin: {bi:?}");
+    assert_runs_under_qemu(bi.pid);
+    assert_eq!(common::parent_of(bi.pid), Some(ni.pid), "the hop's agent started it");
+    assert_eq!(call_the_examples_functions(&behind, &tree), by_arm);
+    // And an x86_64 target behind the same hop gets the hop's own build.
+    let beside = native.local(local_in(&dir.path().join("beside-cache"))).expect("x86_64 behind the hop");
+    assert_eq!(beside.connect_info().agent_hash, x86.sha256());
+    assert_eq!(call_the_examples_functions(&beside, &tree), by_x86);
+    native.ping().expect("the hop still answers");
 }
