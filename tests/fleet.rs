@@ -570,6 +570,49 @@ fn put_and_get_on_a_pattern() {
     assert!(out.join("ok1/motd").exists());
 }
 
+/// A pattern's `put` and `get` take the options one target takes: a
+/// copy the destination already holds is `unchanged` unless `--force`,
+/// and `--checksum sha256` is the digest both ends compare (before,
+/// the pattern's copies ignored all three).
+#[test]
+fn copy_options_hold_on_a_pattern() {
+    let dir = TempDir::new("fleet-copy-opts");
+    let inv = local_inventory(&dir);
+    let src = dir.path().join("motd");
+    std::fs::write(&src, "hello options\n").expect("write");
+    let dst = dir.path().join("remote");
+    std::fs::create_dir(&dst).expect("mkdir");
+    let to = format!("web01:{}/motd", dst.display());
+    let put = |extra: &[&str]| {
+        let mut args = vec!["put", src.to_str().expect("utf-8"), &to];
+        args.extend_from_slice(extra);
+        let o = mito(&inv, &args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+        text(&o).0
+    };
+    assert!(put(&[]).contains("14 bytes, xxh3-128 verified"));
+    assert!(put(&[]).contains("unchanged (14 bytes, xxh3-128 verified)"));
+    let forced = put(&["--force"]);
+    assert!(forced.contains("14 bytes, xxh3-128 verified") && !forced.contains("unchanged"), "{forced}");
+    assert!(put(&["--checksum", "sha256"]).contains("unchanged (14 bytes, sha256 verified)"));
+    assert!(put(&["--force", "--compress"]).contains("14 bytes, xxh3-128 verified"));
+
+    let out = dir.path().join("fetched");
+    let from = format!("web01:{}/motd", dst.display());
+    let get = |extra: &[&str]| {
+        let mut args = vec!["get", &from[..], out.to_str().expect("utf-8")];
+        args.extend_from_slice(extra);
+        let o = mito(&inv, &args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+        text(&o).0
+    };
+    assert!(get(&[]).contains("14 bytes, xxh3-128 verified"));
+    assert!(get(&[]).contains("unchanged (14 bytes"));
+    let forced = get(&["--force", "--checksum", "sha256"]);
+    assert!(forced.contains("14 bytes, sha256 verified") && !forced.contains("unchanged"), "{forced}");
+    assert_eq!(std::fs::read_to_string(out.join("web01/motd")).expect("get"), "hello options\n");
+}
+
 /// A pattern's ssh hosts share connections like any ssh target (on by
 /// default): the hosts that are one host, user and port share one master;
 /// `ssh-close PATTERN` ends it (local hosts have none), and a second close

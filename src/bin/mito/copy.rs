@@ -165,12 +165,18 @@ fn unchanged_files(s: &TreeStats) -> String {
     }
 }
 
-/// `mito put SRC PATTERN:/PATH` on one host of the pattern: what was
-/// copied, without time or rate (see [`Copied::plain`]).
-pub fn put_on_host(ctx: &Context, src: &Path, remote: &str, recursive: bool) -> Result<String, String> {
+/// `mito put SRC PATTERN:/PATH` on one host of the pattern, with the
+/// command line's `--force`/`--compress`/`--checksum` as for one target:
+/// what was copied, without time or rate (see [`Copied::plain`]).
+pub fn put_on_host(
+    ctx: &Context,
+    src: &Path,
+    remote: &str,
+    recursive: bool,
+    force: &CopyOptions,
+) -> Result<String, String> {
     let pb = ProgressBar::hidden();
-    let (_, copied) =
-        transfer(ctx, Direction::Put, src, remote, recursive, &GetOptions::default(), &CopyOptions::default(), &pb)?;
+    let (_, copied) = transfer(ctx, Direction::Put, src, remote, recursive, &GetOptions::default(), force, &pb)?;
     Ok(format!("put {} -> {remote}: {}\n", src.display(), copied.plain()))
 }
 
@@ -185,6 +191,7 @@ pub fn get_on_host(
     dir: &Path,
     recursive: bool,
     opts: &GetOptions,
+    force: &CopyOptions,
 ) -> Result<String, String> {
     if host.is_empty() || host == "." || host == ".." || host.contains(['/', '\0']) {
         return Err(format!("the host name {host:?} cannot be a directory name"));
@@ -196,7 +203,7 @@ pub fn get_on_host(
         None => into,
     };
     let pb = ProgressBar::hidden();
-    let (_, copied) = transfer(ctx, Direction::Get, &local, remote, recursive, opts, &CopyOptions::default(), &pb)?;
+    let (_, copied) = transfer(ctx, Direction::Get, &local, remote, recursive, opts, force, &pb)?;
     Ok(format!("get {remote} -> {}: {}\n", local.display(), copied.plain()))
 }
 

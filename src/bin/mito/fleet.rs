@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use mito::functions::ExecArgs;
 use mito::master::ConnectSpec;
-use mito::{CallError, ConnectError, Context, GetOptions, ProcessEvent, Router, SshFailure};
+use mito::{CallError, ConnectError, Context, CopyOptions, GetOptions, ProcessEvent, Router, SshFailure};
 use serde::Serialize;
 
 use super::cli::{Cli, Command, FleetArgs};
@@ -68,6 +68,8 @@ struct Copy {
     remote: String,
     recursive: bool,
     preserve_owner: bool,
+    /// `--force`, `--compress` (put), `--checksum`: as for one target.
+    opts: CopyOptions,
 }
 
 /// A run on the hosts a pattern matched.
@@ -118,12 +120,14 @@ pub fn job<'a>(cli: &Cli, inv: &'a Inventory) -> Result<Option<Job<'a>>, String>
             remote: split_remote(&a.dest[0])?.1.to_string(),
             recursive: a.recursive,
             preserve_owner: false,
+            opts: CopyOptions { force: a.force, compress: a.compress, checksum: a.checksum.into() },
         })),
         Command::Get(a) => Verb::Get(Box::new(Copy {
             local: a.dest.clone(),
             remote: split_remote(&a.src)?.1.to_string(),
             recursive: a.recursive,
             preserve_owner: a.preserve_owner,
+            opts: CopyOptions { force: a.force, checksum: a.checksum.into(), ..CopyOptions::default() },
         })),
         _ => Verb::Ping,
     };
@@ -580,10 +584,10 @@ impl Workers {
 /// Runs `verb` in `ctx`, filling in `o`.
 fn call(ctx: &Context, verb: &Verb, o: &mut Outcome) {
     let copied = match verb {
-        Verb::Put(c) => Some(copy::put_on_host(ctx, &c.local, &c.remote, c.recursive)),
+        Verb::Put(c) => Some(copy::put_on_host(ctx, &c.local, &c.remote, c.recursive, &c.opts)),
         Verb::Get(c) => {
             let opts = GetOptions { preserve_owner: c.preserve_owner };
-            Some(copy::get_on_host(ctx, &o.host, &c.remote, &c.local, c.recursive, &opts))
+            Some(copy::get_on_host(ctx, &o.host, &c.remote, &c.local, c.recursive, &opts, &c.opts))
         }
         _ => None,
     };
