@@ -17,6 +17,19 @@ commands (ssh handshake, start-up, the work), no shared ssh connection.
   and a ControlPath of its own), so the handshake is out of both; the
   masters are stopped at the end (`mito ssh-close`, `ssh -O exit`).
 
+The login user: BENCH_SYNC_USER, else mito-user when the bench runs as
+root and scripts/test-become made that user (its shell is /bin/sh), else
+BENCH_SSH's. Not root by default: this VM's root ~/.bashrc runs `pyenv
+init` (~80 ms of CPU per ssh session), which both tools pay on every
+login and which is neither's work. Both tools log in as the same user,
+over the same sshd, with the same cipher (aes128-gcm, pinned) and no
+compression. The destinations are in a directory that user owns.
+
+mito's summary line also gives its own split: the sync's wall time in a
+connected context (`, N s`: what `Context::sync` costs a library caller)
+and of it the listing (`listing N s`); the rest of the command's time is
+process start, the ssh connect and the agent's start.
+
 mito and rsync alternate (A, B, A, B); medians. Standalone:
     BENCH_SSH="PORT DIR USER" python3 scripts/bench_sync.py --mito-cli target/release/mito [--rounds N]
 """
@@ -34,24 +47,52 @@ import time
 MIB = 1 << 20
 
 
+def sync_user(env):
+    """The login user of the sync rows (see the module doc)."""
+    if env.get("BENCH_SYNC_USER"):
+        return env["BENCH_SYNC_USER"]
+    import pwd
+    user = env["BENCH_SSH"].split()[2]
+    if os.getuid() == 0:
+        try:
+            pwd.getpwnam("mito-user")
+            return "mito-user"
+        except KeyError:
+            pass
+    return user
+
+
+CIPHER = "aes128-gcm@openssh.com"
+
+
 class Sync:
     def __init__(self, env, mito_cli):
-        port, sshd_dir, user = env["BENCH_SSH"].split()
+        port, sshd_dir, _ = env["BENCH_SSH"].split()
+        user = sync_user(env)
         key = os.path.join(sshd_dir, "id_ed25519")
         kh = os.path.join(sshd_dir, "known_hosts")
         self.env = env
         self.dir = tempfile.mkdtemp(prefix="sync.", dir=env.get("BENCH_DIR"))
+        # The login user writes the destinations (in self.dst, its own).
+        os.chmod(self.dir, 0o755)
+        self.dst = os.path.join(self.dir, "dst")
+        os.mkdir(self.dst, 0o755)
+        if os.getuid() == 0:
+            import pwd
+            pw = pwd.getpwnam(user)
+            os.chown(self.dst, pw.pw_uid, pw.pw_gid)
         self.host = "127.0.0.1"
         self.user = user
         self.port = port
         self.mito_base = [mito_cli, "-F", "/dev/null", "--private-key", key, "-o", "UserKnownHostsFile=" + kh,
-                          "-o", "IdentitiesOnly=yes", "-o", "Compression=no"]
+                          "-o", "IdentitiesOnly=yes", "-o", "Compression=no", "-o", "Ciphers=" + CIPHER]
         self.cp_dir = os.path.join(self.dir, "cp")
         os.mkdir(self.cp_dir, 0o700)
         self.warm = False
+        self.split = []
         self.target = "ssh://%s@%s:%s" % (user, self.host, port)
-        ssh = "ssh -F /dev/null -p %s -i %s -o UserKnownHostsFile=%s -o IdentitiesOnly=yes -o Compression=no -o BatchMode=yes" % (
-            port, key, kh)
+        ssh = "ssh -F /dev/null -p %s -i %s -o UserKnownHostsFile=%s -o IdentitiesOnly=yes -o Compression=no -o BatchMode=yes -c %s" % (
+            port, key, kh, CIPHER)
         self.rsync_ssh = ssh
         self.rs_sock = os.path.join(self.cp_dir, "rsync-%C")
 
@@ -88,6 +129,10 @@ class Sync:
         cmd = self.mito + ["sync", "-q"] + (["-r"] if recursive else []) + [src, "%s:%s" % (self.target, dst)]
         dt, text = self.run(cmd)
         m = re.search(r"(\d+) bytes sent on the wire", text)
+        # The library's share: the sync in the connected context, and of it the listing.
+        lib = re.search(r"literal\), ([\d.]+) s", text)
+        listed = re.search(r"listing ([\d.]+) s", text)
+        self.split.append((dt, float(lib.group(1)) if lib else None, float(listed.group(1)) if listed else None))
         return dt, int(m.group(1)) if m else None
 
     def rsync_sync(self, src, dst, recursive):
@@ -149,7 +194,7 @@ def rows(s, rounds, out):
     tag = "_warm" if s.warm else ""
     if True:
         old, new = make_big(s.dir)
-        dst = {"mito": os.path.join(s.dir, "big.mito"), "rsync": os.path.join(s.dir, "big.rsync")}
+        dst = {"mito": os.path.join(s.dst, "big.mito"), "rsync": os.path.join(s.dst, "big.rsync")}
         # First runs (not timed): the agent reaches the target's cache, rsync's dest exists.
         for tool in dst:
             shutil.copy2(old, dst[tool])
@@ -157,6 +202,7 @@ def rows(s, rounds, out):
         s.rsync_sync(old, dst["rsync"], False)
         times = {"mito": [], "rsync": []}
         sent = {"mito": [], "rsync": []}
+        s.split = []
         for _ in range(rounds):
             for tool in ("mito", "rsync"):
                 shutil.copy2(old, dst[tool])
@@ -168,13 +214,15 @@ def rows(s, rounds, out):
                 times[tool].append(dt)
                 sent[tool].append(b)
         row("sync_1block" + tag, "sync 100 MiB, one 4 KiB block changed (ssh%s)" % suffix, times, sent, out)
+        split(s.split)
 
         tree = make_tree(s.dir)
-        tdst = {"mito": os.path.join(s.dir, "tree.mito"), "rsync": os.path.join(s.dir, "tree.rsync")}
+        tdst = {"mito": os.path.join(s.dst, "tree.mito"), "rsync": os.path.join(s.dst, "tree.rsync")}
         s.mito_sync(tree, tdst["mito"], True)
         s.rsync_sync(tree, tdst["rsync"], True)
         times = {"mito": [], "rsync": []}
         sent = {"mito": [], "rsync": []}
+        s.split = []
         for _ in range(rounds):
             for tool in ("mito", "rsync"):
                 f = s.mito_sync if tool == "mito" else s.rsync_sync
@@ -182,12 +230,25 @@ def rows(s, rounds, out):
                 times[tool].append(dt)
                 sent[tool].append(b)
         row("sync_tree_same" + tag, "sync unchanged tree, 10,000 files (ssh%s)" % suffix, times, sent, out)
+        split(s.split)
         shutil.rmtree(tree)
         for p in list(dst.values()) + [old, new]:
             os.unlink(p)
         for p in tdst.values():
             shutil.rmtree(p)
     return failures
+
+
+def split(runs):
+    """mito's medians: whole command, the sync in a connected context
+    (the library's cost), of it the listing; command minus sync is process
+    start + ssh connect + agent start."""
+    med = lambda xs: statistics.median(xs) if xs else float("nan")
+    total = med([t for t, _, _ in runs])
+    lib = med([x for _, x, _ in runs if x is not None])
+    listed = med([x for _, _, x in runs if x is not None])
+    print("    mito split: command %.3f s = start+connect %.3f s + sync in a connected context %.3f s (listing %.3f s, "
+          "compare+changes %.3f s)" % (total, total - lib, lib, listed, lib - listed))
 
 
 def row(name, label, times, sent, out):

@@ -18,16 +18,20 @@ use crate::proto::{ErrorKind, RemoteError};
 /// Deepest directory nesting a walk follows.
 pub const MAX_DEPTH: usize = 256;
 
-/// A `stat` result as the wire type.
-pub fn stat_reply(st: &fs::Stat) -> StatReply {
-    let kind = match fs::FileType::from_raw_mode(st.st_mode) {
+/// The wire kind of a `st_mode`.
+pub(super) fn kind_of(mode: u32) -> FileKind {
+    match fs::FileType::from_raw_mode(mode) {
         fs::FileType::RegularFile => FileKind::File,
         fs::FileType::Directory => FileKind::Dir,
         fs::FileType::Symlink => FileKind::Symlink,
         _ => FileKind::Other,
-    };
+    }
+}
+
+/// A `stat` result as the wire type.
+pub fn stat_reply(st: &fs::Stat) -> StatReply {
     StatReply {
-        kind,
+        kind: kind_of(st.st_mode),
         mode: st.st_mode & 0o7777,
         size: st.st_size as u64,
         uid: st.st_uid,
@@ -37,13 +41,18 @@ pub fn stat_reply(st: &fs::Stat) -> StatReply {
     }
 }
 
-fn open_dir(at: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<OwnedFd, RemoteError> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    fs::openat(at, name, flags, Mode::empty()).map_err(|e| os_error(e, "open", path))
+/// Flags of a directory opened below a trusted one: never through a symlink.
+pub(super) const DIR_FLAGS: OFlags =
+    OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
+/// `name` in `at` opened as a directory, not following a symlink (errors
+/// name `path`).
+pub(super) fn open_dir(at: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<OwnedFd, RemoteError> {
+    fs::openat(at, name, DIR_FLAGS, Mode::empty()).map_err(|e| os_error(e, "open", path))
 }
 
 /// Entries of a directory (without `.` and `..`), each with its lstat.
-fn entries(dir: &OwnedFd, path: &[u8]) -> Result<Vec<(Vec<u8>, fs::Stat)>, RemoteError> {
+pub(super) fn entries(dir: &OwnedFd, path: &[u8]) -> Result<Vec<(Vec<u8>, fs::Stat)>, RemoteError> {
     let mut out = Vec::new();
     let d = fs::Dir::read_from(dir).map_err(|e| os_error(e, "list", path))?;
     for e in d {
@@ -131,22 +140,30 @@ fn too_deep(path: &[u8]) -> RemoteError {
 
 /// `remove_tree`.
 pub fn remove_tree(path: &[u8]) -> Result<u64, RemoteError> {
-    let st = match fs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
+    remove_at(CWD, path, path)
+}
+
+/// Removes `name` in `at`: a directory with everything in it, anything
+/// else (a symlink too) unlinked as itself; missing is fine. Returns the
+/// entries removed. Shared by `remove_tree` and sync's removals.
+pub(super) fn remove_at(at: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<u64, RemoteError> {
+    let st = match fs::statat(at, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(rustix::io::Errno::NOENT) => return Ok(0),
         Err(e) => return Err(os_error(e, "stat", path)),
     };
     if fs::FileType::from_raw_mode(st.st_mode) != fs::FileType::Directory {
-        fs::unlinkat(CWD, path, AtFlags::empty()).map_err(|e| os_error(e, "unlink", path))?;
+        fs::unlinkat(at, name, AtFlags::empty()).map_err(|e| os_error(e, "unlink", path))?;
         return Ok(1);
     }
-    let dir = open_dir(CWD, path, path)?;
+    let dir = open_dir(at, name, path)?;
     let n = empty_dir(&dir, path, 0)?;
-    fs::unlinkat(CWD, path, AtFlags::REMOVEDIR).map_err(|e| os_error(e, "rmdir", path))?;
+    fs::unlinkat(at, name, AtFlags::REMOVEDIR).map_err(|e| os_error(e, "rmdir", path))?;
     Ok(n + 1)
 }
 
-fn empty_dir(dir: &OwnedFd, path: &[u8], depth: usize) -> Result<u64, RemoteError> {
+/// Removes everything in `dir` (not following symlinks); the entries removed.
+pub(super) fn empty_dir(dir: &OwnedFd, path: &[u8], depth: usize) -> Result<u64, RemoteError> {
     if depth >= MAX_DEPTH {
         return Err(too_deep(path));
     }

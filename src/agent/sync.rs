@@ -8,12 +8,15 @@
 //! - [`SyncTable`] — the open rebuilds (`sync_begin` … `sync_commit`): the
 //!   old file and a temp file beside it (`.NAME.mito-tmp.PID.N`, 0600);
 //!   the new file is the old one's blocks and literal bytes, hashed as
-//!   written, renamed into place only when its SHA-256 and size are the
+//!   written, renamed into place only when its XXH3-128 and size are the
 //!   master's. Anything not committed is unlinked (abort, failed commit,
 //!   the agent exiting), so a final name holds the old file or the new
 //!   one, never a part.
 //! - [`apply`] — `sync_apply`: mkdir, remove (recursive, never through a
 //!   symlink), symlink, chmod + mtime.
+//!
+//! The tree walks are `fs.rs`'s (`entries`, `remove_at`, `open_dir`): one
+//! copy of each in the agent, which is size-budgeted.
 //!
 //! Every path is a root (opened as given: the user named it) and a
 //! relative path walked one name at a time with `O_NOFOLLOW|O_DIRECTORY`,
@@ -27,12 +30,12 @@ use rustix::fs::{self, AtFlags, Mode, OFlags, CWD};
 use rustix::io::Errno;
 use serde_bytes::ByteBuf;
 
+use super::fs::{entries, kind_of, open_dir, remove_at, stat_reply};
 use super::util::{os_error, push_decimal};
-use crate::core::sha256::Sha256;
+use crate::core::xxh3::{xxh3_128, Xxh3};
 use crate::proto::functions::FileKind;
 use crate::proto::sync::{
     DeltaOp, Rolling, SyncBeginArgs, SyncCommitArgs, SyncEntry, SyncListing, SyncSignatures, TreeOp, ROOT_PARENT,
-    STRONG_LEN,
 };
 use crate::proto::{ErrorKind, RemoteError};
 
@@ -49,21 +52,17 @@ fn bad(what: &'static str) -> RemoteError {
     RemoteError::new(ErrorKind::BadArgs, what)
 }
 
-fn kind_of(mode: u32) -> FileKind {
-    match fs::FileType::from_raw_mode(mode) {
-        fs::FileType::RegularFile => FileKind::File,
-        fs::FileType::Directory => FileKind::Dir,
-        fs::FileType::Symlink => FileKind::Symlink,
-        _ => FileKind::Other,
-    }
-}
-
-const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
-
 /// The root, opened as a directory (following a symlink: the user named it).
 fn open_root(root: &[u8]) -> Result<OwnedFd, RemoteError> {
     fs::openat(CWD, root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| os_error(e, "open", root))
+}
+
+/// `name` in `dir` opened for reading, not through a symlink (a FIFO
+/// does not block the open).
+fn open_nofollow(dir: &OwnedFd, name: &[u8], path: &[u8]) -> Result<OwnedFd, RemoteError> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    fs::openat(dir, name, flags, Mode::empty()).map_err(|e| os_error(e, "open", path))
 }
 
 /// The directory holding `rel` below `root` and `rel`'s last name: each
@@ -72,12 +71,12 @@ fn open_root(root: &[u8]) -> Result<OwnedFd, RemoteError> {
 fn walk<'a>(root: &OwnedFd, rel: &'a [u8], path: &[u8]) -> Result<(OwnedFd, &'a [u8]), RemoteError> {
     let mut names = rel.split(|&c| c == b'/');
     let mut last = names.next().unwrap_or_default();
-    let mut dir = fs::openat(root, ".", DIR_FLAGS, Mode::empty()).map_err(|e| os_error(e, "open", path))?;
+    let mut dir = open_dir(root.as_fd(), b".", path)?;
     for next in names {
         if crate::proto::sync::bad_name(last).is_some() {
             return Err(bad("not a relative path of single names"));
         }
-        dir = fs::openat(&dir, last, DIR_FLAGS, Mode::empty()).map_err(|e| os_error(e, "open", path))?;
+        dir = open_dir(dir.as_fd(), last, path)?;
         last = next;
     }
     if crate::proto::sync::bad_name(last).is_some() {
@@ -115,24 +114,16 @@ fn list_into(
         return Err(RemoteError::new(ErrorKind::TooLarge, "tree deeper than 256 levels"));
     }
     let first = out.len();
-    let d = fs::Dir::read_from(dir).map_err(|e| os_error(e, "list", path))?;
-    for e in d {
-        let e = e.map_err(|e| os_error(e, "list", path))?;
-        let name = e.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
+    for (name, st) in entries(dir, path)? {
         if out.len() >= max {
             return Err(RemoteError::new(ErrorKind::TooLarge, "more entries than the caller accepts"));
         }
-        let st = fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| os_error(e, "stat", path))?;
-        let kind = kind_of(st.st_mode);
-        let link = if kind == FileKind::Symlink {
-            fs::readlinkat(dir, name, Vec::new()).map_err(|e| os_error(e, "readlink", path))?.into_bytes()
+        let link = if kind_of(st.st_mode) == FileKind::Symlink {
+            fs::readlinkat(dir, &name[..], Vec::new()).map_err(|e| os_error(e, "readlink", path))?.into_bytes()
         } else {
             Vec::new()
         };
-        out.push(entry(parent, name.to_vec(), &st, link));
+        out.push(entry(parent, name, &st, link));
     }
     let end = out.len();
     for i in first..end {
@@ -141,21 +132,22 @@ fn list_into(
         }
         // Replaced by something else since the stat: skip it, the master
         // sees a directory it will find out about when it writes there.
-        let Ok(sub) = fs::openat(dir, &out[i].name[..], DIR_FLAGS, Mode::empty()) else { continue };
+        let Ok(sub) = open_dir(dir.as_fd(), &out[i].name, path) else { continue };
         list_into(&sub, i as u32, depth + 1, max, path, out)?;
     }
     Ok(())
 }
 
 fn entry(parent: u32, name: Vec<u8>, st: &fs::Stat, link: Vec<u8>) -> SyncEntry {
+    let s = stat_reply(st);
     SyncEntry {
         parent,
         name: ByteBuf::from(name),
-        kind: kind_of(st.st_mode),
-        mode: st.st_mode & 0o7777,
-        size: st.st_size as u64,
-        mtime: st.st_mtime,
-        mtime_nsec: st.st_mtime_nsec as u32,
+        kind: s.kind,
+        mode: s.mode,
+        size: s.size,
+        mtime: s.mtime,
+        mtime_nsec: s.mtime_nsec,
         link: ByteBuf::from(link),
     }
 }
@@ -169,7 +161,7 @@ struct Rebuild {
     old: Option<OwnedFd>,
     old_size: u64,
     out: OwnedFd,
-    hash: Sha256,
+    hash: Xxh3,
     size: u64,
     block: u64,
 }
@@ -206,8 +198,7 @@ impl SyncTable {
         let root = open_root(&a.root)?;
         let (dir, name) = walk(&root, &a.rel, &a.root)?;
         let (old, old_size) = if a.old {
-            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-            let fd = fs::openat(&dir, name, flags, Mode::empty()).map_err(|e| os_error(e, "open", &a.rel))?;
+            let fd = open_nofollow(&dir, name, &a.rel)?;
             let st = fs::fstat(&fd).map_err(|e| os_error(e, "stat", &a.rel))?;
             if kind_of(st.st_mode) != FileKind::File {
                 return Err(os_error(Errno::INVAL, "not a regular file:", &a.rel));
@@ -233,7 +224,7 @@ impl SyncTable {
             old,
             old_size,
             out,
-            hash: Sha256::new(),
+            hash: Xxh3::new(),
             size: 0,
             block: u64::from(a.block_size),
         };
@@ -259,7 +250,7 @@ impl SyncTable {
                 break;
             }
             out.weak.push(Rolling::new(&buf[..want]).sum());
-            out.strong.extend_from_slice(&crate::core::sha256::digest(&buf[..want])[..STRONG_LEN]);
+            out.strong.extend_from_slice(&xxh3_128(&buf[..want]).to_be_bytes());
         }
         Ok(out)
     }
@@ -336,7 +327,7 @@ impl Rebuild {
     /// Checks, sets metadata on the open temp file (owner first: chown
     /// clears setuid/setgid), renames it over the name.
     fn commit(&self, c: &SyncCommitArgs) -> Result<(), RemoteError> {
-        if self.size != c.size || self.hash.clone().finish()[..] != c.sha256[..] {
+        if self.size != c.size || self.hash.finish()[..] != c.xxh3[..] {
             return Err(RemoteError::new(
                 ErrorKind::Protocol,
                 super::util::op_path("checksum mismatch writing", &self.name),
@@ -393,12 +384,12 @@ pub fn apply(a: &crate::proto::sync::SyncApplyArgs) -> Result<u32, RemoteError> 
                 }
                 // Opened without following: a symlink there is an error,
                 // not a way out; chmod on the fd (mkdir's mode had the umask).
-                let fd = fs::openat(&dir, name, DIR_FLAGS, Mode::empty()).map_err(|e| os_error(e, "open", rel))?;
+                let fd = open_dir(dir.as_fd(), name, rel)?;
                 fs::fchmod(&fd, mode).map_err(|e| os_error(e, "chmod", rel))?;
             }
             TreeOp::Remove { rel } => {
                 let (dir, name) = walk(&root, rel, rel)?;
-                remove_at(dir.as_fd(), name, rel, 0)?;
+                remove_at(dir.as_fd(), name, rel)?;
             }
             TreeOp::Symlink { rel, target } => {
                 let (dir, name) = walk(&root, rel, rel)?;
@@ -409,14 +400,13 @@ pub fn apply(a: &crate::proto::sync::SyncApplyArgs) -> Result<u32, RemoteError> 
                 fs::symlinkat(&target[..], &dir, name).map_err(|e| os_error(e, "symlink", rel))?;
             }
             TreeOp::SetMeta { rel, mode, mtime } => {
-                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
                 let is_root = rel.is_empty();
                 let rel: &[u8] = if is_root { &a.root } else { rel };
                 let fd = if is_root {
                     root.try_clone().map_err(|e| os_error(e, "dup", rel))?
                 } else {
                     let (dir, name) = walk(&root, rel, rel)?;
-                    fs::openat(&dir, name, flags, Mode::empty()).map_err(|e| os_error(e, "open", rel))?
+                    open_nofollow(&dir, name, rel)?
                 };
                 fs::fchmod(&fd, Mode::from_bits_truncate(*mode)).map_err(|e| os_error(e, "chmod", rel))?;
                 if let Some(t) = mtime {
@@ -427,34 +417,4 @@ pub fn apply(a: &crate::proto::sync::SyncApplyArgs) -> Result<u32, RemoteError> 
         done += 1;
     }
     Ok(done)
-}
-
-/// Removes `name` in `dir`: a directory with everything in it (each one
-/// opened with `O_NOFOLLOW`, entries unlinked relative to it), anything
-/// else (a symlink too) unlinked as itself. Missing is fine.
-fn remove_at(dir: BorrowedFd<'_>, name: &[u8], path: &[u8], depth: usize) -> Result<(), RemoteError> {
-    if depth >= MAX_DEPTH {
-        return Err(RemoteError::new(ErrorKind::TooLarge, "tree deeper than 256 levels"));
-    }
-    let st = match fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(os_error(e, "stat", path)),
-    };
-    if kind_of(st.st_mode) != FileKind::Dir {
-        return fs::unlinkat(dir, name, AtFlags::empty()).map_err(|e| os_error(e, "unlink", path));
-    }
-    let sub = fs::openat(dir, name, DIR_FLAGS, Mode::empty()).map_err(|e| os_error(e, "open", path))?;
-    let mut names = Vec::new();
-    for e in fs::Dir::read_from(&sub).map_err(|e| os_error(e, "list", path))? {
-        let e = e.map_err(|e| os_error(e, "list", path))?;
-        let n = e.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(n.to_vec());
-        }
-    }
-    for n in names {
-        remove_at(sub.as_fd(), &n, path, depth + 1)?;
-    }
-    fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(|e| os_error(e, "rmdir", path))
 }

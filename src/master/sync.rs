@@ -21,12 +21,12 @@
 //!    pipelined over many files: [`WINDOW`] calls, [`WINDOW_BYTES`] in
 //!    flight). A changed big
 //!    file is sent as a delta: the agent returns signatures of its old
-//!    file's blocks (rsync's rolling weak sum + 16 bytes of SHA-256), the
+//!    file's blocks (rsync's rolling weak sum + XXH3-128), the
 //!    master slides a window over the new file and sends copy-block ops
 //!    where a block matches at any offset, literal bytes elsewhere, in
 //!    messages of at most [`CHUNK`] literal bytes, within the same window.
 //!    The agent rebuilds into a temp file beside the destination, checks
-//!    the whole file's SHA-256 and size, sets mode, owner (as root) and
+//!    the whole file's XXH3-128 and size, sets mode, owner (as root) and
 //!    mtime, and renames it into place: every final name holds the old
 //!    file or the new one.
 //! 4. **Metadata** of directories (mode, mtime) last, children first.
@@ -55,7 +55,7 @@ use thiserror::Error;
 use super::context::{path_bytes, Context, Pending};
 use super::error::CallError;
 use super::tree::{MAX_TREE_DEPTH, MAX_TREE_ENTRIES};
-use crate::core::sha256::{digest, Sha256};
+use crate::core::xxh3::{xxh3_128, Xxh3};
 use crate::proto::functions::{self as f, FileKind};
 use crate::proto::sync::{
     bad_name, DeltaOp, Rolling, SyncAbort, SyncApply, SyncApplyArgs, SyncBegin, SyncBeginArgs, SyncCommit,
@@ -123,6 +123,10 @@ pub struct SyncStats {
     pub wire_bytes: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// Of it, until the destination's listing had arrived (a tree sync:
+    /// the `sync_list` call, overlapped with the walk of the source);
+    /// the rest is the comparison and the changes.
+    pub listed: Duration,
 }
 
 /// One thing a sync did, for a report as it goes (paths relative to the
@@ -331,7 +335,7 @@ pub fn block_size(size: u64) -> u32 {
 /// Bytes hashed for weak-sum hits that matched no block, after which the
 /// master stops looking for matches in a file of `new_size` bytes (the
 /// rest goes literally): a hostile target could otherwise make every byte
-/// a SHA-256 of a block. So misses cost at most about one more hash of
+/// an XXH3-128 of a block. So misses cost at most about one more hash of
 /// the file.
 pub fn false_alarm_limit(new_size: u64) -> u64 {
     new_size.saturating_add(64 << 20)
@@ -553,11 +557,11 @@ impl Context {
         self.call_async::<SyncBegin>(&args)
     }
 
-    fn commit(&self, id: u32, meta: &fs::Metadata, size: u64, sha: [u8; 32]) -> Result<Pending<()>, CallError> {
+    fn commit(&self, id: u32, meta: &fs::Metadata, size: u64, digest: [u8; 16]) -> Result<Pending<()>, CallError> {
         let args = SyncCommitArgs {
             id,
             size,
-            sha256: ByteBuf::from(&sha[..]),
+            xxh3: ByteBuf::from(&digest[..]),
             mode: meta.mode() & 0o7777,
             mtime: mtime_of(meta),
             owner: (meta.uid(), meta.gid()),
@@ -571,7 +575,7 @@ impl Context {
         let id = next_id();
         flight.push(self.begin(d, id, false, 4096)?)?;
         flight.open.push(id);
-        let mut hash = Sha256::new();
+        let mut hash = Xxh3::new();
         let mut size = 0u64;
         // Sized to the file (one byte more shows its end): a 1 MiB buffer
         // per small file was most of a 10,000-file sync's time.
@@ -617,11 +621,11 @@ impl Context {
             let r = self.delta_body(src, d, listed_size, input, stats, flight);
             let digest = hasher.join().map_err(|_| local(src)(std::io::Error::other("the hashing thread panicked")))?;
             let (literal, id, size) = r?;
-            let (hashed, sha) = digest.map_err(local(src))?;
+            let (hashed, digest) = digest.map_err(local(src))?;
             if size != meta.len() || hashed != size {
                 return Err(SyncError::SourceChanged { path: src.into(), expected: meta.len(), read: size });
             }
-            flight.push(self.commit(id, meta, size, sha)?)?;
+            flight.push(self.commit(id, meta, size, digest)?)?;
             flight.open.retain(|&i| i != id);
             flight.drain()?;
             log::debug!("[{}] sync {}: committed", self.name(), src.display());
@@ -714,12 +718,14 @@ impl Context {
     ) -> Result<(), SyncError> {
         let root = path_bytes(dst).to_vec();
         // The target lists while this side walks the source.
+        let t0 = Instant::now();
         let listing = self.call_async::<SyncList>(&SyncListArgs {
             root: ByteBuf::from(root.clone()),
             max_entries: MAX_TREE_ENTRIES as u32,
         })?;
         let locals = walk_local(src)?;
         let listing: SyncListing = listing.wait()?;
+        stats.listed = t0.elapsed();
         let root_meta = listing.root.as_ref().map(|r| (r.kind, r.mode, (r.mtime, r.mtime_nsec)));
         let create_root = match root_meta {
             None => Some(meta.mode() & 0o7777 | 0o700),
@@ -862,9 +868,14 @@ impl Context {
     }
 }
 
-/// The size and SHA-256 of a file, read to its end.
-fn hash_file(mut f: fs::File) -> std::io::Result<(u64, [u8; 32])> {
-    let mut hash = Sha256::new();
+/// A block's strong hash as on the wire: XXH3-128, big-endian.
+fn strong(data: &[u8]) -> [u8; STRONG_LEN] {
+    xxh3_128(data).to_be_bytes()
+}
+
+/// The size and XXH3-128 of a file, read to its end.
+fn hash_file(mut f: fs::File) -> std::io::Result<(u64, [u8; 16])> {
+    let mut hash = Xxh3::new();
     let mut buf = vec![0u8; CHUNK];
     let mut size = 0u64;
     loop {
@@ -935,7 +946,7 @@ impl BlockIndex {
 
     /// The block `window` is (its weak sum `weak`): `expect` (the block
     /// after the last match: runs of copies) if it is, else one of at most
-    /// [`MAX_CANDIDATES`] others with this sum, compared by SHA-256: a
+    /// [`MAX_CANDIDATES`] others with this sum, compared by XXH3-128: a
     /// target that gives every block the same sum must not make each hit
     /// a scan of all.
     fn find(&self, weak: u32, window: &[u8], expect: u64) -> Option<u32> {
@@ -943,13 +954,12 @@ impl BlockIndex {
         if c.is_empty() {
             return None;
         }
-        let strong = digest(window);
-        let strong = &strong[..STRONG_LEN];
+        let strong = &strong(window);
         let expected = u32::try_from(expect).ok().filter(|&e| {
             c.binary_search(&(weak, e)).is_ok() && self.strong.get(e as usize).is_some_and(|s| s == strong)
         });
         expected.or_else(|| {
-            c.iter().take(MAX_CANDIDATES).find(|&&(_, b)| self.strong[b as usize] == strong).map(|&(_, b)| b)
+            c.iter().take(MAX_CANDIDATES).find(|&&(_, b)| self.strong[b as usize] == *strong).map(|&(_, b)| b)
         })
     }
 
@@ -1008,7 +1018,7 @@ impl<'a> Matcher<'a> {
         }
     }
 
-    /// The whole file: its size, SHA-256 and the literal bytes sent.
+    /// The whole file: its size, XXH3-128 and the literal bytes sent.
     fn run(&mut self, mut input: fs::File, src: &Path) -> Result<(u64, u64), SyncError> {
         let bs = self.bs;
         let read_size = CHUNK.max(4 * bs);
@@ -1056,8 +1066,8 @@ impl<'a> Matcher<'a> {
             pos += 1;
         }
         let rest = &buf[pos..];
-        let tail = self.index.tail.filter(|&(_, len, weak, strong)| {
-            len == rest.len() && Rolling::new(rest).sum() == weak && digest(rest)[..STRONG_LEN] == strong
+        let tail = self.index.tail.filter(|&(_, len, weak, hash)| {
+            len == rest.len() && Rolling::new(rest).sum() == weak && strong(rest) == hash
         });
         if let Some((b, ..)) = tail {
             self.copy_block(u64::from(b))?;
@@ -1201,7 +1211,7 @@ mod tests {
         let mut index = BlockIndex::default();
         let block = |i: u32| -> Vec<u8> { i.to_le_bytes().repeat(8) };
         for i in 0..100_000u32 {
-            index.push(7, &digest(&block(i))[..STRONG_LEN]);
+            index.push(7, &strong(&block(i)));
         }
         index.build();
         assert_eq!(index.find(7, &block(5), 0), Some(5), "within the first candidates");

@@ -46,7 +46,7 @@ pub fn command(a: &SyncArgs, targets: &mut Targets<'_>) -> Result<ExitCode, Stri
 fn summary(s: &SyncStats) -> String {
     let mut line = format!(
         "{} files checked, {} changed ({} as deltas), {} bytes sent on the wire for {} bytes of changed files \
-         ({} literal), {:.2} s",
+         ({} literal), {:.3} s",
         s.files,
         s.changed,
         s.deltas,
@@ -55,6 +55,9 @@ fn summary(s: &SyncStats) -> String {
         s.literal_bytes,
         s.elapsed.as_secs_f64()
     );
+    if !s.listed.is_zero() {
+        line += &format!(" (listing {:.3} s)", s.listed.as_secs_f64());
+    }
     if s.deleted > 0 {
         line += &format!(", {} deleted", s.deleted);
     }
