@@ -70,6 +70,9 @@
 //!   that inflates to 64 MiB; then the reply.
 //! - `reply-bomb`: answers `ping` (whose reply is `()`) with a compressed
 //!   payload of about 64 KiB that inflates to 64 MiB.
+//! - `read-bomb`: serves `/t/bomb` (said to be 1 MiB) whose every
+//!   `file_read` reply is a compressed chunk of about 64 KiB that inflates
+//!   to 64 MiB (a `get --compress` from a hostile target).
 //! - `resource-thief` ([`Thief`]): on each `ping`, asks its parent for
 //!   chunk 0 of the resource `$MITO_HOSTILE_SHA` (hex) for context
 //!   `$MITO_HOSTILE_SIBLING` and for itself, then for `$MITO_HOSTILE_FLOOD`
@@ -499,6 +502,8 @@ enum Flood {
     Bomb,
     /// `reply-bomb`: pings answered with a compressed reply.
     ReplyBomb,
+    /// `read-bomb`: `file_read` answered with a compressed chunk.
+    ReadBomb,
 }
 
 /// `resource-thief`: the requests under way, the ping that waits for
@@ -722,6 +727,20 @@ impl Agent {
                 });
                 self.reply(h, r);
             }
+            f::FileRead::NAME if matches!(self.flood, Flood::ReadBomb) => {
+                // A bytes reply of about 64 KiB that inflates to 64 MiB.
+                let chunk = postcard::to_allocvec(&ByteBuf::from(vec![0u8; 64 << 20])).expect("encodes");
+                let bomb = mito::proto::compress::compress(&chunk).expect("compressible");
+                let h2 = Header {
+                    flags: FLAG_COMPRESSED,
+                    dst: h.src,
+                    src: self.id,
+                    auth: self.id,
+                    handle: h.reply_to,
+                    ..Header::default()
+                };
+                self.send(&h2, &bomb);
+            }
             f::FileRead::NAME => {
                 let r = postcard::from_bytes::<FileReadArgs>(args).map_err(|_| bad()).and_then(|a| {
                     let o = self.open.get_mut(&a.id).ok_or_else(|| os_error(libc::EBADF, b"file_read"))?;
@@ -739,7 +758,7 @@ impl Agent {
                 });
                 self.reply(h, r);
             }
-            f::Exec::NAME if !matches!(self.flood, Flood::None | Flood::ReplyBomb) => {
+            f::Exec::NAME if !matches!(self.flood, Flood::None | Flood::ReplyBomb | Flood::ReadBomb) => {
                 match postcard::from_bytes::<ExecArgs>(args) {
                     Ok(a) => self.flood(h, &a),
                     Err(_) => self.reply::<()>(h, Err(bad())),
@@ -793,7 +812,7 @@ impl Agent {
                     }),
                 );
             }
-            Flood::None | Flood::ReplyBomb => return,
+            Flood::None | Flood::ReplyBomb | Flood::ReadBomb => return,
         };
         let Some(handle) = handle else {
             return self.reply::<()>(h, Err(RemoteError::new(ErrorKind::BadArgs, "nothing to flood")));
@@ -874,6 +893,13 @@ fn main() {
         "reply-bomb" => {
             flood = Flood::ReplyBomb;
             Fs::default()
+        }
+        "read-bomb" => {
+            flood = Flood::ReadBomb;
+            let mut fs = Fs::default();
+            let bomb = stat(FileKind::File, 0o644, 1 << 20);
+            fs.file(b"/t/bomb", bomb, 1 << 20, Content::Pattern(1 << 20));
+            fs
         }
         "resource-thief" => {
             thief = Some(Thief::from_env(sibling));

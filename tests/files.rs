@@ -551,3 +551,117 @@ fn cli_checksum_sha256_is_used_when_asked() {
     assert!(run(&["get", "--checksum", "xxh3", &at("b"), back]).contains("unchanged (11 bytes, xxh3-128 verified)"));
     assert_eq!(std::fs::read(back).expect("read"), b"some bytes\n");
 }
+
+/// Bytes the process `pid` has written (`wchar` of `/proc/PID/io`): for
+/// an agent, what it sent its parent. `None` when this user may not read it.
+fn written(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|l| l.strip_prefix("wchar:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// 8 MiB of log lines: compressible (deflate takes it to a few percent).
+fn log_text() -> Vec<u8> {
+    let mut data = Vec::with_capacity(8 << 20);
+    let mut i = 0u64;
+    while data.len() < 8 << 20 {
+        data.extend_from_slice(
+            format!("2026-11-28 12:00:{:02} host{} GET /index.html 200 {}\n", i % 60, i % 7, i % 997).as_bytes(),
+        );
+        i += 1;
+    }
+    data.truncate(8 << 20);
+    data
+}
+
+/// `get --compress` in `ctx` (whose agent is `pid`, writing in `dir`): a
+/// compressible 8 MiB file comes back byte for byte while the agent
+/// writes under a quarter of it (and all of it without `--compress`); an
+/// incompressible file still round-trips; a tree get compresses too.
+fn get_compressed(ctx: &Context, pid: u32, dir: &Path, test: &str) {
+    if written(pid).is_none() {
+        return skip_loudly(test, "this user cannot read the agent's /proc/PID/io");
+    }
+    let text = log_text();
+    let tree = dir.join("tree");
+    std::fs::create_dir(&tree).expect("mkdir");
+    let src = tree.join("log");
+    std::fs::write(&src, &text).expect("write");
+    let noise = random(3 << 20, 11);
+    std::fs::write(tree.join("noise"), &noise).expect("write");
+    let force = |compress| CopyOptions { force: true, compress, ..CopyOptions::default() };
+    let get = |compress: bool, name: &str| {
+        let before = written(pid).expect("wchar");
+        let back = dir.join(name);
+        let st = ctx.get_with_options(&src, &back, &GetOptions::default(), &force(compress), &|_| {}).expect("get");
+        let sent = written(pid).expect("wchar") - before;
+        assert_eq!(st.bytes, text.len() as u64);
+        assert!(std::fs::read(&back).expect("read") == text, "get (compress: {compress}): content");
+        sent
+    };
+    let plain = get(false, "plain");
+    let deflated = get(true, "deflated");
+    eprintln!("{test}: 8 MiB of text: the agent wrote {plain} bytes plain, {deflated} with --compress");
+    assert!(plain >= text.len() as u64, "plain: {plain}");
+    assert!(deflated < text.len() as u64 / 4, "compressed: {deflated}");
+    // Incompressible: sent as it is, still whole.
+    let back = dir.join("noise.back");
+    ctx.get_with_options(tree.join("noise"), &back, &GetOptions::default(), &force(true), &|_| {}).expect("get");
+    assert!(std::fs::read(&back).expect("read") == noise, "incompressible get: content");
+    // A tree (`get -r --compress`) takes the same options.
+    let plan = ctx.plan_remote_tree(&tree).expect("plan");
+    let before = written(pid).expect("wchar");
+    let copy = dir.join("tree.back");
+    ctx.get_tree_with_options(&tree, &copy, &plan, &GetOptions::default(), &force(true), &|_| {}).expect("tree");
+    let sent = written(pid).expect("wchar") - before;
+    assert!(std::fs::read(copy.join("log")).expect("read") == text, "tree get: content");
+    assert!(std::fs::read(copy.join("noise")).expect("read") == noise, "tree get: content");
+    assert!(sent < (text.len() / 4 + noise.len() + (1 << 20)) as u64, "tree get wrote {sent}");
+}
+
+#[test]
+fn get_compress_sends_less_and_round_trips() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let pid = ctx.info().expect("info").pid;
+    let d = TempDir::new("get-compress");
+    get_compressed(&ctx, pid, d.path(), "get_compress_sends_less_and_round_trips");
+}
+
+#[test]
+fn get_compress_over_ssh() {
+    let Some(sshd) = common::sshd::Sshd::start("get_compress_over_ssh") else { return };
+    let router = Router::new().expect("router");
+    let ctx = router.ssh(sshd.opts("mito-user")).expect("connect");
+    let pid = ctx.info().expect("info").pid;
+    let d = TempDir::new("get-compress-ssh");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    get_compressed(&ctx, pid, d.path(), "get_compress_over_ssh");
+}
+
+/// A hostile target's compressed `file_read` reply of ~64 KiB that would
+/// inflate to 64 MiB: the master stops inflating at a chunk
+/// (`MAX_FILE_READ`), a typed decode error, and no file is left.
+#[test]
+fn a_compressed_chunk_bomb_is_refused() {
+    let router = Router::new().expect("router");
+    let d = TempDir::new("read-bomb");
+    let ctx = router
+        .local(LocalOptions {
+            name: Some("hostile-read-bomb".into()),
+            sh: common::hostile_harness(),
+            env: vec![("MITO_HOSTILE".into(), "read-bomb".into()), ("MITO_HOSTILE_OUTSIDE".into(), d.path().into())],
+            connect_timeout: Duration::from_secs(10),
+        })
+        .expect("the harness says hello");
+    let dest = d.path().join("bomb");
+    let copy = CopyOptions { force: true, compress: true, ..CopyOptions::default() };
+    match ctx.get_with_options("/t/bomb", &dest, &GetOptions::default(), &copy, &|_| {}) {
+        Err(TransferError::Remote(mito::CallError::Decode { function, detail, .. })) => {
+            assert_eq!(function, "file_read");
+            assert!(detail.contains("decompress"), "{detail}");
+        }
+        other => panic!("wanted a decode error, got {other:?}"),
+    }
+    assert!(!dest.exists());
+    assert_eq!(names(d.path()), Vec::<String>::new());
+}

@@ -174,7 +174,10 @@ impl Dispatcher {
                 Ok(a) => {
                     let len = (a.len as usize).min(max);
                     let buf = out.take_spare();
-                    let frame = bytes_frame(buf, &h, out.id(), |frame| self.files.read(a.id, len, frame));
+                    let mut frame = bytes_frame(buf, &h, out.id(), |frame| self.files.read(a.id, len, frame));
+                    if a.compress {
+                        frame = frame.map(files::deflate_reply);
+                    }
                     out.reply_bytes(&h, frame)
                 }
                 Err(e) => out.reply_error(&h, e),

@@ -73,6 +73,8 @@ use crate::proto::resource::CACHE_BYTES;
 
 /// Bytes per chunk call.
 pub const CHUNK: usize = 1 << 20;
+// A get's reply is inflated no further than `MAX_FILE_READ`.
+const _: () = assert!(CHUNK + 16 <= f::MAX_FILE_READ as usize);
 /// Chunk calls in flight per transfer (so at most 8 MiB buffered).
 pub const WINDOW: usize = 8;
 /// A put's chunk buffers: one being read, one being hashed, one spare.
@@ -109,11 +111,14 @@ pub struct TransferStats {
 pub struct CopyOptions {
     /// Send without comparing (`--force`).
     pub force: bool,
-    /// Deflate each chunk of a streamed put that shrinks by an eighth
-    /// or more (`--compress`; the agent inflates it, bounded by the frame
-    /// limit): for slow links and compressible files. A chunk that does
-    /// not shrink goes as it is. Not for gets, nor for puts through the
-    /// importer (behind a hop, up to the hop cache's size).
+    /// Deflate each chunk that shrinks by an eighth or more
+    /// (`--compress`): for slow links and compressible files. A chunk that
+    /// does not shrink goes as it is. On a put the master deflates and
+    /// the agent inflates (bounded by the frame limit); on a get the agent
+    /// deflates and the master inflates no further than a chunk
+    /// ([`f::MAX_FILE_READ`]: a hostile target's bomb is a typed
+    /// `CallError::Decode`). Not for puts through the importer (behind a
+    /// hop, up to the hop cache's size).
     pub compress: bool,
     /// The digest both ends compute and compare, for the transfer and for
     /// the comparison before it (`--checksum`): XXH3-128 by default (it
@@ -514,7 +519,7 @@ impl Context {
             let mut bytes = 0u64;
             let mut inflight: VecDeque<Pending<ByteBuf>> = VecDeque::new();
             let mut eof = false;
-            let read = FileReadArgs { id: opened.id, len: CHUNK as u32 };
+            let read = FileReadArgs { id: opened.id, len: CHUNK as u32, compress: copy.compress };
             let changed = |read: u64| TransferError::SourceChanged {
                 context: self.name().into(),
                 path: remote.into(),

@@ -410,7 +410,7 @@ function!(
 );
 function!(
     /// Reads the next chunk (fewer bytes at end of file, none after it).
-    FileRead, "file_read", FileReadArgs, ByteBuf
+    FileRead, "file_read", FileReadArgs, ByteBuf, max = MAX_FILE_READ
 );
 function!(
     /// Creates a temp file beside `path` for a streamed write.
@@ -495,13 +495,22 @@ pub struct OpenWriteArgs {
     pub hash: HashKind,
 }
 
+/// [`Function::MAX_REPLY`] of [`FileRead`]: a chunk of at most 1 MiB
+/// (the most a transfer asks for) and its length prefix. A compressed
+/// reply inflates no further, so a hostile target's small "bomb" costs the
+/// master a chunk, not the frame limit.
+pub const MAX_FILE_READ: u32 = (1 << 20) + 16;
+
 /// Arguments of [`FileRead`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileReadArgs {
     /// From [`FileOpened::id`].
     pub id: u32,
-    /// Largest chunk wanted.
+    /// Largest chunk wanted (at most 1 MiB: see [`MAX_FILE_READ`]).
     pub len: u32,
+    /// Deflate the reply when that saves an eighth (`get --compress`): the
+    /// reply frame is then flagged [`crate::proto::FLAG_COMPRESSED`].
+    pub compress: bool,
 }
 
 /// Arguments of [`FileWrite`].

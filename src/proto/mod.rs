@@ -38,7 +38,8 @@ pub use message::Message;
 /// (agents of another architecture from a hop's importer cache), which an
 /// agent of version 6 would drop as malformed. 8: transfers hash with
 /// XXH3-128 by default (`HashKind` in `OpenReadArgs`, `OpenWriteArgs`;
-/// `Commit::digest`, `FileClosed::digest`; the `file_hash` function).
+/// `Commit::digest`, `FileClosed::digest`; the `file_hash` function;
+/// `FileReadArgs::compress`, for `get --compress`).
 pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Largest payload a stream accepts by default (checked before allocating).

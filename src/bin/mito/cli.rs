@@ -321,6 +321,10 @@ pub struct GetArgs {
     /// Fetch even a file the destination already holds (see `put --force`).
     #[arg(long)]
     pub force: bool,
+    /// Ask the target to deflate each chunk that shrinks (slow links,
+    /// compressible files; the master inflates no more than a chunk).
+    #[arg(long)]
+    pub compress: bool,
     /// The digest both ends compute and compare (see `put --checksum`).
     #[arg(long, value_enum, default_value_t)]
     pub checksum: super::copy::Checksum,

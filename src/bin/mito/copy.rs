@@ -81,7 +81,7 @@ pub fn get(a: &GetArgs, targets: &mut Targets<'_>) -> Result<ExitCode, String> {
         path,
         a.recursive,
         &opts,
-        &CopyOptions { force: a.force, checksum: a.checksum.into(), ..CopyOptions::default() },
+        &CopyOptions { force: a.force, compress: a.compress, checksum: a.checksum.into() },
     )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -68,7 +68,7 @@ struct Copy {
     remote: String,
     recursive: bool,
     preserve_owner: bool,
-    /// `--force`, `--compress` (put), `--checksum`: as for one target.
+    /// `--force`, `--compress`, `--checksum`: as for one target.
     opts: CopyOptions,
 }
 
@@ -127,7 +127,7 @@ pub fn job<'a>(cli: &Cli, inv: &'a Inventory) -> Result<Option<Job<'a>>, String>
             remote: split_remote(&a.src)?.1.to_string(),
             recursive: a.recursive,
             preserve_owner: a.preserve_owner,
-            opts: CopyOptions { force: a.force, checksum: a.checksum.into(), ..CopyOptions::default() },
+            opts: CopyOptions { force: a.force, compress: a.compress, checksum: a.checksum.into() },
         })),
         _ => Verb::Ping,
     };
