@@ -100,10 +100,20 @@ impl Outbox {
 
     /// Queues `value` from this agent to `dst`'s `handle`; a value too
     /// large for a frame becomes a `TooLarge` error to the same handle.
+    ///
+    /// Only the encoding is generic (one copy per type): the queueing is
+    /// [`Outbox::send_encoded`], shared by every type (the agent's size).
     pub fn send<T: Serialize>(&mut self, dst: u32, handle: u32, flags: u16, value: &T) {
+        self.send_encoded(dst, handle, flags, postcard::to_allocvec(value).ok());
+    }
+
+    /// [`Outbox::send`]'s non-generic half: queues `data` (the encoded
+    /// value, `None` if it did not encode), or `TooLarge` in its place.
+    #[inline(never)]
+    fn send_encoded(&mut self, dst: u32, handle: u32, flags: u16, data: Option<Vec<u8>>) {
         let h = Header { flags, dst, src: self.id, auth: self.id, handle, ..Header::default() };
-        match postcard::to_allocvec(value) {
-            Ok(data) if data.len() <= self.max as usize => self.queue.push(&h, &data),
+        match data {
+            Some(data) if data.len() <= self.max as usize => self.queue.push(&h, &data),
             _ => {
                 let e = RemoteError::new(ErrorKind::TooLarge, "reply exceeds the maximum message size");
                 if let Ok(data) = postcard::to_allocvec(&e) {
@@ -120,6 +130,7 @@ impl Outbox {
     }
 
     /// Queues the error `e` in reply to `h` (nothing if `h` wants none).
+    #[inline(never)]
     pub fn reply_error(&mut self, h: &Header, e: RemoteError) {
         if h.reply_to != 0 {
             self.send(h.src, h.reply_to, FLAG_ERROR, &e);
@@ -133,7 +144,7 @@ impl Outbox {
         }
         match r {
             Ok(v) => self.send(h.src, h.reply_to, 0, &v),
-            Err(e) => self.send(h.src, h.reply_to, FLAG_ERROR, &e),
+            Err(e) => self.reply_error(h, e),
         }
     }
 
