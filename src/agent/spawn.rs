@@ -109,7 +109,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, Errno> {
     if let Some((rows, cols)) = cmd.pty {
         let (master, tty) = open_pty(rows, cols)?;
         let input = rustix::io::fcntl_dupfd_cloexec(&master, 3)?;
-        let (pid, pidfd) = spawn_with(cmd, true, |actions| {
+        let (pid, pidfd) = spawn_with(cmd, true, &|actions| {
             // After setsid (musl applies attributes before file actions),
             // opening the terminal without O_NOCTTY makes it the controlling tty.
             // SAFETY: `actions` is initialised; the path outlives the call.
@@ -125,7 +125,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, Errno> {
         let (master, tty) = open_pty(24, 80)?;
         let (stdin_r, stdin_w) = pipe_with(PipeFlags::CLOEXEC)?;
         let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
-        let (pid, pidfd) = spawn_with(cmd, true, |actions| {
+        let (pid, pidfd) = spawn_with(cmd, true, &|actions| {
             // SAFETY: `actions` is initialised; the fds and path outlive the call.
             // Opened after setsid without O_NOCTTY: the controlling tty.
             unsafe {
@@ -150,7 +150,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, Errno> {
         if cmd.capture { pipe_with(PipeFlags::CLOEXEC).map(|(r, w)| (Some(r), Some(w)))? } else { (None, None) };
     let (err_r, err_w) =
         if cmd.capture { pipe_with(PipeFlags::CLOEXEC).map(|(r, w)| (Some(r), Some(w)))? } else { (None, None) };
-    let (pid, pidfd) = spawn_with(cmd, false, |actions| {
+    let (pid, pidfd) = spawn_with(cmd, false, &|actions| {
         // SAFETY: `actions` is initialised; the fds outlive the call.
         unsafe {
             check(libc::posix_spawn_file_actions_adddup2(actions, stdin_r.as_raw_fd(), 0))?;
@@ -167,11 +167,12 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, Errno> {
 
 /// posix_spawnp with the child in its own process group (or, with
 /// `session`, its own session), default SIGPIPE, an empty signal mask, the
-/// fd actions `fds` adds, and `cmd`'s cwd; then a pidfd for it.
+/// fd actions `fds` adds, and `cmd`'s cwd; then a pidfd for it. (`fds` is
+/// a `dyn`: one copy of this function instead of one per caller.)
 fn spawn_with(
     cmd: &Command<'_>,
     session: bool,
-    fds: impl FnOnce(*mut libc::posix_spawn_file_actions_t) -> Result<(), Errno>,
+    fds: &dyn Fn(*mut libc::posix_spawn_file_actions_t) -> Result<(), Errno>,
 ) -> Result<(i32, OwnedFd), Errno> {
     let mut argv: Vec<*const libc::c_char> = cmd.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(ptr::null());
