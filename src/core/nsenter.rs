@@ -650,8 +650,11 @@ pub fn launch(
 }
 
 /// A monotonic clock in milliseconds (the report's deadline).
+/// (libc's clock, not rustix's: see `agent::util::now_ns`.)
 fn now_ms() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec to write; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
     t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
 }
 
