@@ -75,8 +75,38 @@ pub fn list_dir(path: &[u8]) -> Result<Vec<DirEntry>, RemoteError> {
         .into_iter()
         .map(|(n, st)| DirEntry { name: ByteBuf::from(n), stat: stat_reply(&st) })
         .collect();
-    v.sort_unstable_by(|a, b| a.name.cmp(&b.name)); // names are unique; the stable sort costs the agent 3 KB
+    sort_by_name(&mut v);
     Ok(v)
+}
+
+/// Sorts `v` by name (unique names: stability does not matter). A heap
+/// sort, O(n log n) like the library's: `sort_unstable_by` is 2 KB of the
+/// agent (its stable sort, 3 KB) for this one list.
+fn sort_by_name(v: &mut [DirEntry]) {
+    fn sift(v: &mut [DirEntry], mut root: usize, end: usize) {
+        loop {
+            let mut child = 2 * root + 1;
+            if child >= end {
+                return;
+            }
+            if child + 1 < end && v[child].name < v[child + 1].name {
+                child += 1;
+            }
+            if v[root].name >= v[child].name {
+                return;
+            }
+            v.swap(root, child);
+            root = child;
+        }
+    }
+    let n = v.len();
+    for i in (0..n / 2).rev() {
+        sift(v, i, n);
+    }
+    for end in (1..n).rev() {
+        v.swap(0, end);
+        sift(v, 0, end);
+    }
 }
 
 /// `make_dirs`: every missing component is created with exactly `mode`
@@ -212,4 +242,33 @@ fn usage(dir: &OwnedFd, dev: u64, path: &[u8], depth: usize, r: &mut DiskUsageRe
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::functions::FileKind;
+
+    /// The heap sort orders like the library's sort, for every length up
+    /// to 70 and a larger pseudo-random list (names unique, as in a directory).
+    #[test]
+    fn sort_by_name_orders_like_the_library() {
+        let stat = StatReply { kind: FileKind::File, mode: 0, size: 0, uid: 0, gid: 0, mtime: 0, mtime_nsec: 0 };
+        let mut x = 0x9e37_79b9u32;
+        for n in (0..70).chain([1000]) {
+            let mut names: Vec<Vec<u8>> = (0..n)
+                .map(|i| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    alloc::format!("{}-{i}", x % 97).into_bytes()
+                })
+                .collect();
+            let mut v: Vec<DirEntry> =
+                names.iter().map(|n| DirEntry { name: ByteBuf::from(n.clone()), stat: stat.clone() }).collect();
+            sort_by_name(&mut v);
+            names.sort();
+            assert_eq!(v.iter().map(|e| e.name.to_vec()).collect::<Vec<_>>(), names, "n = {n}");
+        }
+    }
 }

@@ -274,7 +274,7 @@ impl SyncTable {
                     if *count == 0 || start.checked_add(len - r.block).is_none_or(|last| last >= r.old_size) {
                         return Err(bad("copy past the old file"));
                     }
-                    let old = old.try_clone().map_err(|e| os_error(e, "dup", &r.name))?;
+                    let old = rustix::io::fcntl_dupfd_cloexec(old, 0).map_err(|e| os_error(e, "dup", &r.name))?;
                     let (mut off, end) = (start, start.saturating_add(len).min(r.old_size));
                     if buf.is_empty() {
                         buf.resize(COPY_BUF, 0);
@@ -409,7 +409,7 @@ pub fn apply(a: &crate::proto::sync::SyncApplyArgs) -> Result<u32, RemoteError> 
                 let is_root = rel.is_empty();
                 let rel: &[u8] = if is_root { &a.root } else { rel };
                 let fd = if is_root {
-                    root.try_clone().map_err(|e| os_error(e, "dup", rel))?
+                    rustix::io::fcntl_dupfd_cloexec(&root, 0).map_err(|e| os_error(e, "dup", rel))?
                 } else {
                     let (dir, name) = walk(&root, rel, rel)?;
                     open_nofollow(&dir, name, rel)?
