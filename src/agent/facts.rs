@@ -1,5 +1,8 @@
 //! `facts`: a quick inventory of the host from /proc, /etc and a few
 //! syscalls (no commands run, no DNS), raw for the master to format.
+//!
+//! Whitespace is ASCII's (`trim_ascii`, `split_ascii_whitespace`): these
+//! files are ASCII, and the Unicode whitespace table was 1 KB of the agent.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -13,7 +16,7 @@ fn text(path: &[u8]) -> String {
 }
 
 fn unquote(v: &str) -> String {
-    String::from(v.trim().trim_matches('"').trim_matches('\''))
+    String::from(v.trim_ascii().trim_matches('"').trim_matches('\''))
 }
 
 /// `/proc/mounts` escapes spaces and friends as `\040`.
@@ -63,8 +66,8 @@ pub fn gather() -> FactsReply {
     f.os_release = os
         .lines()
         .filter_map(|l| l.split_once('='))
-        .filter(|(k, _)| !k.trim_start().starts_with('#'))
-        .map(|(k, v)| (String::from(k.trim()), unquote(v)))
+        .filter(|(k, _)| !k.trim_ascii_start().starts_with('#'))
+        .map(|(k, v)| (String::from(k.trim_ascii()), unquote(v)))
         .collect();
     let u = rustix::system::uname();
     let s = |c: &core::ffi::CStr| String::from_utf8_lossy(c.to_bytes()).into_owned();
@@ -75,7 +78,7 @@ pub fn gather() -> FactsReply {
         .lines()
         .map(|l| l.split('#').next().unwrap_or(""))
         .find_map(|l| {
-            let names: Vec<&str> = l.split_whitespace().skip(1).collect();
+            let names: Vec<&str> = l.split_ascii_whitespace().skip(1).collect();
             names
                 .contains(&f.hostname.as_str())
                 .then(|| names.iter().find(|n| n.contains('.')).map(|n| String::from(*n)))?
@@ -85,14 +88,16 @@ pub fn gather() -> FactsReply {
     let cpuinfo = text(b"/proc/cpuinfo");
     f.cpu_model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| String::from(v.trim())))
+        .find_map(|l| {
+            l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| String::from(v.trim_ascii()))
+        })
         .unwrap_or_default();
     let meminfo = text(b"/proc/meminfo");
     let mem = |key: &str| {
         meminfo
             .lines()
             .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-            .and_then(|v| parse_decimal(v.trim().trim_end_matches("kB").trim().as_bytes()))
+            .and_then(|v| parse_decimal(v.trim_ascii().trim_end_matches("kB").trim_ascii().as_bytes()))
             .unwrap_or(0)
     };
     f.memory_kib = MemoryFact {
@@ -140,13 +145,13 @@ pub fn gather() -> FactsReply {
     }
     f.boot_time = text(b"/proc/stat")
         .lines()
-        .find_map(|l| l.strip_prefix("btime ").and_then(|v| parse_decimal(v.trim().as_bytes())))
+        .find_map(|l| l.strip_prefix("btime ").and_then(|v| parse_decimal(v.trim_ascii().as_bytes())))
         .unwrap_or(0);
     f.container = container();
     let product = text(b"/sys/class/dmi/id/product_name");
-    f.virtualization = if !product.trim().is_empty() {
-        Some(String::from(product.trim()))
-    } else if cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|w| w == "hypervisor")) {
+    f.virtualization = if !product.trim_ascii().is_empty() {
+        Some(String::from(product.trim_ascii()))
+    } else if cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_ascii_whitespace().any(|w| w == "hypervisor")) {
         Some(String::from("hypervisor"))
     } else {
         None
