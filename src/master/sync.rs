@@ -1044,6 +1044,21 @@ impl<'a> Matcher<'a> {
             if buf.len() - pos < bs {
                 break;
             }
+            if sum.is_none() && expect > 0 && self.false_alarms < limit {
+                // Right after a match the old file's next block is the
+                // likely one: its strong hash alone decides, and a run of
+                // unchanged blocks costs no rolling sum (that was a second
+                // pass over the file). A miss here costs one block's hash,
+                // counted as a false alarm.
+                let window = &buf[pos..pos + bs];
+                if self.index.strong.get(expect as usize).is_some_and(|s| *s == strong(window)) {
+                    self.copy_block(expect)?;
+                    expect += 1;
+                    pos += bs;
+                    continue;
+                }
+                self.false_alarms += bs as u64;
+            }
             let r = *sum.get_or_insert_with(|| Rolling::new(&buf[pos..pos + bs]));
             let w = r.sum();
             if self.false_alarms < limit && self.index.maybe(w) {
