@@ -2,7 +2,8 @@
 //! source text: layers point one way — `proto` ← `core` ← `connect` ←
 //! `master`, and `agent` ← `core`/`proto` — and what builds into the
 //! `no_std` agent uses no `std`. A `use` that breaks one fails here, naming
-//! the file and line, before it becomes a knot.
+//! the file and line, before it becomes a knot. Also what build.rs promises
+//! of the agents it embeds (no unwind tables).
 
 use std::path::{Path, PathBuf};
 
@@ -103,4 +104,42 @@ fn what_the_agent_links_needs_no_std() {
     bad.extend(offenders("agent", &["std::"], None, true));
     bad.extend(offenders("core", &["std::"], Some(core_no_std), true));
     assert!(bad.is_empty(), "std in what the no_std agent links:\n{}", bad.join("\n"));
+}
+
+/// The embedded agents carry no unwind tables (`build.rs`,
+/// `blank_unwind_tables`): `panic = "abort"` never reads them and they
+/// were ~13 KiB of every compressed upload. Their sections stay where the
+/// linker put them, zeroed, and no `PT_GNU_EH_FRAME` header points at them.
+#[test]
+fn embedded_agents_ship_without_unwind_tables() {
+    fn num(b: &[u8], at: usize, len: usize) -> u64 {
+        b[at..at + len].iter().rev().fold(0u64, |n, &x| (n << 8) | u64::from(x))
+    }
+    for agent in mito::connect::embedded::AGENTS {
+        let elf = agent.raw();
+        let (phoff, phentsize, phnum) = (num(&elf, 0x20, 8), num(&elf, 0x36, 2), num(&elf, 0x38, 2));
+        for i in 0..phnum {
+            assert_ne!(num(&elf, (phoff + i * phentsize) as usize, 4), 0x6474_e550, "{}: PT_GNU_EH_FRAME", agent.arch);
+        }
+        let (shoff, shentsize, shnum, shstrndx) =
+            (num(&elf, 0x28, 8), num(&elf, 0x3a, 2), num(&elf, 0x3c, 2), num(&elf, 0x3e, 2));
+        let sh = |i: u64, field: usize, len: usize| num(&elf, (shoff + i * shentsize) as usize + field, len);
+        let strtab = sh(shstrndx, 24, 8) as usize;
+        let mut seen = 0;
+        for i in 0..shnum {
+            let name = &elf[strtab + sh(i, 0, 4) as usize..];
+            let name = &name[..name.iter().position(|&b| b == 0).expect("NUL-terminated name")];
+            if name == b".eh_frame" || name == b".eh_frame_hdr" {
+                let (off, size) = (sh(i, 24, 8) as usize, sh(i, 32, 8) as usize);
+                assert!(
+                    elf[off..off + size].iter().all(|&b| b == 0),
+                    "{}: {} not zeroed",
+                    agent.arch,
+                    String::from_utf8_lossy(name)
+                );
+                seen += size;
+            }
+        }
+        assert!(seen > 0, "{}: no unwind sections found: did the layout change?", agent.arch);
+    }
 }
