@@ -262,19 +262,20 @@ impl SyncTable {
     #[inline(never)] // cold beside the dispatcher: one copy, not inlined into it
     pub fn delta(&mut self, id: u32, ops: &[DeltaOp]) -> Result<(), RemoteError> {
         let r = self.get(id)?;
+        // The old file borrowed beside the output (no dup per copy op).
+        let (old, mut out) = (&r.old, Output { hash: &mut r.hash, size: &mut r.size, fd: &r.out, name: &r.name });
         let mut buf = Vec::new();
         for op in ops {
             match op {
-                DeltaOp::Data(d) => r.append(d)?,
+                DeltaOp::Data(d) => out.append(d)?,
                 DeltaOp::Copy { block, count } => {
-                    let Some(old) = &r.old else { return Err(bad("no old file")) };
+                    let Some(old) = old else { return Err(bad("no old file")) };
                     let start = block.checked_mul(r.block).ok_or_else(|| bad("copy past the old file"))?;
                     let len = u64::from(*count).checked_mul(r.block).ok_or_else(|| bad("copy past the old file"))?;
                     // Every block starts in the file; the last may be its short tail.
                     if *count == 0 || start.checked_add(len - r.block).is_none_or(|last| last >= r.old_size) {
                         return Err(bad("copy past the old file"));
                     }
-                    let old = rustix::io::fcntl_dupfd_cloexec(old, 0).map_err(|e| os_error(e, "dup", &r.name))?;
                     let (mut off, end) = (start, start.saturating_add(len).min(r.old_size));
                     if buf.is_empty() {
                         buf.resize(COPY_BUF, 0);
@@ -287,7 +288,7 @@ impl SyncTable {
                             // at commit would fail anyway; say why now.
                             return Err(os_error(Errno::IO, "old file changed:", &r.name));
                         }
-                        r.append(&buf[..n])?;
+                        out.append(&buf[..n])?;
                         off += n as u64;
                     }
                 }
@@ -321,13 +322,23 @@ impl SyncTable {
     }
 }
 
-impl Rebuild {
+/// The writing half of a [`Rebuild`], borrowed apart from its old file.
+struct Output<'a> {
+    hash: &'a mut Xxh3,
+    size: &'a mut u64,
+    fd: &'a OwnedFd,
+    name: &'a [u8],
+}
+
+impl Output<'_> {
     fn append(&mut self, data: &[u8]) -> Result<(), RemoteError> {
         self.hash.update(data);
-        self.size += data.len() as u64;
-        super::util::write_all(self.out.as_fd(), data, &self.name)
+        *self.size += data.len() as u64;
+        super::util::write_all(self.fd.as_fd(), data, self.name)
     }
+}
 
+impl Rebuild {
     /// Checks, sets metadata on the open temp file (owner first: chown
     /// clears setuid/setgid), renames it over the name.
     #[inline(never)] // cold beside the dispatcher: one copy, not inlined into it
