@@ -281,9 +281,9 @@ How: one listing call returns the whole destination tree; a file whose
 size and mtime equal the destination's is skipped unread (rsync's quick
 check; `put` hashes both ends instead). A changed file of 64 KiB or more
 is sent as a delta: the target sends its old file's block signatures
-(rolling checksum + SHA-256), mito sends copy-block ops and the bytes
+(rolling checksum + XXH3-128), mito sends copy-block ops and the bytes
 that differ, the target rebuilds into a temp file, checks the whole
-file's SHA-256 and renames it into place (old or new, never partial).
+file's XXH3-128 and renames it into place (old or new, never partial).
 Modes and mtimes are kept; symlinks are copied as symlinks; devices,
 fifos and sockets are skipped. --delete removes only below DST, a
 symlink there as a link. Prints `changed`/`unchanged` per file and a
