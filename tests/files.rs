@@ -550,6 +550,9 @@ fn cli_checksum_sha256_is_used_when_asked() {
     assert!(run(&["get", "--checksum", "sha256", &at("b"), back]).contains("sha256 verified"));
     assert!(run(&["get", "--checksum", "xxh3", &at("b"), back]).contains("unchanged (11 bytes, xxh3-128 verified)"));
     assert_eq!(std::fs::read(back).expect("read"), b"some bytes\n");
+    // `get --compress` parses and fetches (that it compresses: get_compress_*).
+    assert!(run(&["get", "--force", "--compress", &at("b"), back]).contains("xxh3-128 verified"));
+    assert_eq!(std::fs::read(back).expect("read"), b"some bytes\n");
 }
 
 /// Bytes the process `pid` has written (`wchar` of `/proc/PID/io`): for

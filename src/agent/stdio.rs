@@ -23,6 +23,11 @@ pub fn take_over_stdio() -> Result<(OwnedFd, OwnedFd, Loggers), Errno> {
     let (fd0, fd1) = unsafe { (BorrowedFd::borrow_raw(0), BorrowedFd::borrow_raw(1)) };
     let rx = fcntl_dupfd_cloexec(fd0, 3)?;
     let tx = fcntl_dupfd_cloexec(fd1, 3)?;
+    // Pipes from sshd (or a hop) hold 64 KiB by default, 16 writes and
+    // wake-ups per 1 MiB chunk: 1 MiB if the system allows it (best
+    // effort: a socket, or a limit, leaves them as they are).
+    let _ = rustix::pipe::fcntl_setpipe_size(&rx, 1 << 20);
+    let _ = rustix::pipe::fcntl_setpipe_size(&tx, 1 << 20);
     // A container or chroot may have no /dev (setns, chroot): then an
     // empty pipe, whose reads end at once as /dev/null's do.
     let null = match rustix::fs::open("/dev/null", rustix::fs::OFlags::RDWR, rustix::fs::Mode::empty()) {
