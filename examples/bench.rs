@@ -41,6 +41,18 @@ fn rss_kib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The context a transfer workload (`*_local`, `*_ssh`) runs against, the
+/// sshd it goes through, and the destination path in /dev/shm (so the
+/// disk is not what is measured).
+fn transfer_target(router: &Router, workload: &str, warm: &Path) -> Res<(Option<Ssh>, Context, String)> {
+    let ssh = if workload.ends_with("_ssh") { Some(Ssh::from_env()?) } else { None };
+    let c = match &ssh {
+        Some(s) => router.ssh(s.opts())?,
+        None => router.local(local(warm))?,
+    };
+    Ok((ssh, c, format!("/dev/shm/mito-bench-{}-{workload}", std::process::id())))
+}
+
 struct Ssh {
     port: u16,
     dir: PathBuf,
@@ -355,12 +367,7 @@ fn main() -> Res<()> {
         "put_local" | "get_local" | "put_ssh" | "get_ssh" => {
             // 1 GiB of random bytes; the copy lands in /dev/shm so the disk is not what is measured.
             let file = env("BENCH_GIB")?;
-            let ssh = if workload.ends_with("_ssh") { Some(Ssh::from_env()?) } else { None };
-            let c = match &ssh {
-                Some(s) => router.ssh(s.opts())?,
-                None => router.local(local(&warm))?,
-            };
-            let dest = format!("/dev/shm/mito-bench-{}-{workload}", std::process::id());
+            let (ssh, c, dest) = transfer_target(&router, workload, &warm)?;
             for _ in 0..n {
                 if let Some(s) = &ssh {
                     baseline.push(s.ssh_cat(&file)?);
@@ -404,12 +411,7 @@ fn main() -> Res<()> {
             // An unchanged 1 GiB file put again: stat, then both ends hash
             // their copy at once, nothing sent. Baseline: hashing it once here.
             let file = env("BENCH_GIB")?;
-            let ssh = if workload.ends_with("_ssh") { Some(Ssh::from_env()?) } else { None };
-            let c = match &ssh {
-                Some(s) => router.ssh(s.opts())?,
-                None => router.local(local(&warm))?,
-            };
-            let dest = format!("/dev/shm/mito-bench-{}-{workload}", std::process::id());
+            let (_ssh, c, dest) = transfer_target(&router, workload, &warm)?;
             c.put(&file, &dest)?;
             for _ in 0..n {
                 baseline.push(hash_once(&file, mito::HashKind::Xxh3_128)?.0 * 1e3);

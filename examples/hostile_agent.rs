@@ -627,6 +627,21 @@ impl Agent {
         self.fs.generated.and_then(|g| g.node(path))
     }
 
+    /// Replies to `h` with `body` deflated: a small frame that inflates to
+    /// all of `body` (a bomb when `body` is far larger than the reply may be).
+    fn reply_bomb(&mut self, h: &Header, body: &[u8]) {
+        let bomb = mito::proto::compress::compress(body).expect("compressible");
+        let h2 = Header {
+            flags: FLAG_COMPRESSED,
+            dst: h.src,
+            src: self.id,
+            auth: self.id,
+            handle: h.reply_to,
+            ..Header::default()
+        };
+        self.send(&h2, &bomb);
+    }
+
     fn call(&mut self, h: &Header, payload: &[u8]) {
         let Ok((name, args)) = decode_call(payload) else {
             return self.reply::<()>(h, Err(RemoteError::new(ErrorKind::Protocol, "bad call")));
@@ -635,16 +650,7 @@ impl Agent {
         match name {
             f::Ping::NAME if matches!(self.flood, Flood::ReplyBomb) => {
                 // A `()` reply of about 64 KiB that inflates to 64 MiB.
-                let bomb = mito::proto::compress::compress(&vec![0u8; 64 << 20]).expect("compressible");
-                let h2 = Header {
-                    flags: FLAG_COMPRESSED,
-                    dst: h.src,
-                    src: self.id,
-                    auth: self.id,
-                    handle: h.reply_to,
-                    ..Header::default()
-                };
-                self.send(&h2, &bomb);
+                self.reply_bomb(h, &vec![0u8; 64 << 20]);
             }
             f::Ping::NAME if self.thief.is_some() => {
                 let id = self.id;
@@ -729,17 +735,7 @@ impl Agent {
             }
             f::FileRead::NAME if matches!(self.flood, Flood::ReadBomb) => {
                 // A bytes reply of about 64 KiB that inflates to 64 MiB.
-                let chunk = postcard::to_allocvec(&ByteBuf::from(vec![0u8; 64 << 20])).expect("encodes");
-                let bomb = mito::proto::compress::compress(&chunk).expect("compressible");
-                let h2 = Header {
-                    flags: FLAG_COMPRESSED,
-                    dst: h.src,
-                    src: self.id,
-                    auth: self.id,
-                    handle: h.reply_to,
-                    ..Header::default()
-                };
-                self.send(&h2, &bomb);
+                self.reply_bomb(h, &postcard::to_allocvec(&ByteBuf::from(vec![0u8; 64 << 20])).expect("encodes"));
             }
             f::FileRead::NAME => {
                 let r = postcard::from_bytes::<FileReadArgs>(args).map_err(|_| bad()).and_then(|a| {

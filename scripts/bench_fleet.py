@@ -53,10 +53,11 @@ HOSTS = ["h%02d" % i for i in range(1, 51)]
 STEPS = ["true", "uname -n", "id -un", "pwd", "date", "uptime", "ls /", "cat /etc/hostname", "echo step9", "true"]
 
 
-def fleet_user(env):
-    """The login user of the fleet rows (see the module doc)."""
-    if env.get("BENCH_FLEET_USER"):
-        return env["BENCH_FLEET_USER"]
+def fleet_user(env, override="BENCH_FLEET_USER"):
+    """The login user of the fleet rows (see the module doc); bench_sync.py
+    picks its own the same way, with its own override variable."""
+    if env.get(override):
+        return env[override]
     import pwd
     user = env["BENCH_SSH"].split()[2]
     if os.getuid() == 0:

@@ -48,18 +48,12 @@ MIB = 1 << 20
 
 
 def sync_user(env):
-    """The login user of the sync rows (see the module doc)."""
-    if env.get("BENCH_SYNC_USER"):
-        return env["BENCH_SYNC_USER"]
-    import pwd
-    user = env["BENCH_SSH"].split()[2]
-    if os.getuid() == 0:
-        try:
-            pwd.getpwnam("mito-user")
-            return "mito-user"
-        except KeyError:
-            pass
-    return user
+    """The login user of the sync rows (see the module doc): chosen as the
+    fleet rows choose theirs."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_fleet import fleet_user
+
+    return fleet_user(env, override="BENCH_SYNC_USER")
 
 
 CIPHER = "aes128-gcm@openssh.com"

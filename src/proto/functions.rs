@@ -52,6 +52,8 @@ macro_rules! function {
         }
     };
 }
+/// For the built-ins declared beside their own types (`proto::sync`).
+pub(crate) use function;
 
 function!(
     /// Does nothing and replies: a round trip.

@@ -32,51 +32,37 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::functions::{FileKind, Function, SMALL_REPLY};
+use super::functions::{function, FileKind, Function, SMALL_REPLY};
 
-macro_rules! sync_function {
-    ($(#[$doc:meta])* $ty:ident, $name:literal, $args:ty, $reply:ty, $max:expr) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, Debug)]
-        pub struct $ty;
-        impl Function for $ty {
-            const NAME: &'static str = $name;
-            type Args = $args;
-            type Reply = $reply;
-            const MAX_REPLY: u32 = $max;
-        }
-    };
-}
-
-sync_function!(
+function!(
     /// The destination tree, in one reply.
-    SyncList, "sync_list", SyncListArgs, SyncListing, crate::proto::MAX_MESSAGE_SIZE
+    SyncList, "sync_list", SyncListArgs, SyncListing, max = crate::proto::MAX_MESSAGE_SIZE
 );
-sync_function!(
+function!(
     /// Starts rebuilding one file: old file opened, temp file created.
-    SyncBegin, "sync_begin", SyncBeginArgs, u64, SMALL_REPLY
+    SyncBegin, "sync_begin", SyncBeginArgs, u64, small
 );
-sync_function!(
+function!(
     /// Block signatures of a slice of the old file.
-    SyncSignature, "sync_signature", SyncSignatureArgs, SyncSignatures, SIGNATURE_REPLY
+    SyncSignature, "sync_signature", SyncSignatureArgs, SyncSignatures, max = SIGNATURE_REPLY
 );
-sync_function!(
+function!(
     /// Appends to the new file: blocks of the old one and literal bytes.
-    SyncDelta, "sync_delta", SyncDeltaArgs, (), SMALL_REPLY
+    SyncDelta, "sync_delta", SyncDeltaArgs, (), small
 );
-sync_function!(
+function!(
     /// Checks the new file's XXH3-128 and size, sets mode, owner and mtime,
     /// renames it into place.
-    SyncCommit, "sync_commit", SyncCommitArgs, (), SMALL_REPLY
+    SyncCommit, "sync_commit", SyncCommitArgs, (), small
 );
-sync_function!(
+function!(
     /// Drops a rebuild: its temp file is unlinked.
-    SyncAbort, "sync_abort", u32, (), SMALL_REPLY
+    SyncAbort, "sync_abort", u32, (), small
 );
-sync_function!(
+function!(
     /// Tree changes other than file contents, in order; replies how many
     /// were done (all, or it fails at the first that failed).
-    SyncApply, "sync_apply", SyncApplyArgs, u32, SMALL_REPLY
+    SyncApply, "sync_apply", SyncApplyArgs, u32, small
 );
 
 /// The most a [`SyncSignature`] reply may inflate to: the master asks
