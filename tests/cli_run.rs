@@ -7,15 +7,46 @@ mod common;
 mod tty;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 const MITO: &str = env!("CARGO_BIN_EXE_mito");
 
+/// `mito` with SIGINT and SIGQUIT at their defaults, whatever this test
+/// inherited (a test run started as a background job of a script has them
+/// ignored, and a program started with a signal ignored keeps ignoring it,
+/// as a shell does): these tests send them on purpose.
 fn mito() -> Command {
     let mut c = Command::new(MITO);
     c.current_dir("/");
+    // SAFETY: signal(2) is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     c
+}
+
+/// A command gets every signal at its default action even when mito (and
+/// so a local agent) was started with SIGINT ignored, as a background job
+/// of a script is: its `trap` works, as it would over ssh.
+#[test]
+fn commands_get_default_signal_actions_whatever_mito_inherited() {
+    let mut c = Command::new(MITO);
+    c.current_dir("/").args(["run", "local", "--", "sh", "-c", "trap 'echo trapped' INT; kill -INT $$; echo after"]);
+    // SAFETY: signal(2) is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = c.output().expect("mito");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "trapped\nafter\n", "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Waits up to `limit` for `child`; kills it and panics after that.

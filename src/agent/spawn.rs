@@ -166,7 +166,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, Errno> {
 }
 
 /// posix_spawnp with the child in its own process group (or, with
-/// `session`, its own session), default SIGPIPE, an empty signal mask, the
+/// `session`, its own session), every signal's default action, an empty signal mask, the
 /// fd actions `fds` adds, and `cmd`'s cwd; then a pidfd for it. (`fds` is
 /// a `dyn`: one copy of this function instead of one per caller.)
 fn spawn_with(
@@ -193,9 +193,13 @@ fn spawn_with(
         let mut a = Attrs { attr: core::mem::zeroed(), actions: core::mem::zeroed() };
         check(libc::posix_spawnattr_init(&mut a.attr))?;
         check(libc::posix_spawn_file_actions_init(&mut a.actions))?;
+        // Every signal back to its default, not only SIGPIPE (which the
+        // agent ignores): an agent started from a background job inherits
+        // SIGINT and SIGQUIT ignored, and a shell cannot trap a signal
+        // ignored on entry, so its commands would shrug off ^C where the
+        // same command over ssh would not.
         let mut sigs: libc::sigset_t = core::mem::zeroed();
-        libc::sigemptyset(&mut sigs);
-        libc::sigaddset(&mut sigs, libc::SIGPIPE);
+        libc::sigfillset(&mut sigs);
         check(libc::posix_spawnattr_setsigdefault(&mut a.attr, &sigs))?;
         libc::sigemptyset(&mut sigs);
         check(libc::posix_spawnattr_setsigmask(&mut a.attr, &sigs))?;
