@@ -1190,7 +1190,7 @@ mod tests {
             entry(0, b"b", FileKind::Dir),
             entry(2, b"\xffc", FileKind::Symlink),
         ];
-        let p: Vec<Vec<u8>> = check_listing(&l, 10).unwrap().into_iter().map(|(p, _)| p).collect();
+        let p: Vec<Vec<u8>> = check_listing(&l, 10).expect("a good listing").into_iter().map(|(p, _)| p).collect();
         assert_eq!(p, vec![b"a".to_vec(), b"f".to_vec(), b"a/b".to_vec(), b"a/b/\xffc".to_vec()]);
     }
 

@@ -246,23 +246,39 @@ pub struct PingArgs {
     pub fleet: FleetArgs,
 }
 
+/// What `put` and `get` share: whether to compare first, compress, and
+/// which digest (one target or a pattern alike).
 #[derive(Args, Debug)]
-pub struct PutArgs {
-    /// Copy directories recursively (DEST becomes the copy of SRC, as `cp -rT`).
-    #[arg(short = 'r', long)]
-    pub recursive: bool,
-    /// Send even a file the destination already holds (by default one of
+pub struct CopyFlags {
+    /// Copy even a file the destination already holds (by default one of
     /// the same size, mtime, mode and digest is left alone and reported
     /// `unchanged`, as Ansible's copy says `changed: false`).
     #[arg(long)]
     pub force: bool,
-    /// Deflate each chunk that shrinks (for slow links and compressible
-    /// files; a chunk that does not shrink goes as it is).
+    /// Deflate each chunk that shrinks on its way (slow links,
+    /// compressible files; a chunk that does not shrink goes as it is,
+    /// and the receiver inflates no more than a chunk).
     #[arg(long)]
     pub compress: bool,
     /// The digest both ends compute and compare (and the unchanged check).
     #[arg(long, value_enum, default_value_t)]
     pub checksum: super::copy::Checksum,
+}
+
+impl CopyFlags {
+    /// The library's options for these flags.
+    pub fn options(&self) -> mito::CopyOptions {
+        mito::CopyOptions { force: self.force, compress: self.compress, checksum: self.checksum.into() }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    /// Copy directories recursively (DEST becomes the copy of SRC, as `cp -rT`).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub copy: CopyFlags,
     /// Local file or directory.
     pub src: PathBuf,
     /// `TARGET:/absolute/path`, e.g. `ssh://web1:/etc/motd`, `ssh://web1,sudo:root:/etc/x`;
@@ -318,16 +334,8 @@ pub struct GetArgs {
     /// when mito runs as root), as `rsync -a` as root does.
     #[arg(long)]
     pub preserve_owner: bool,
-    /// Fetch even a file the destination already holds (see `put --force`).
-    #[arg(long)]
-    pub force: bool,
-    /// Ask the target to deflate each chunk that shrinks (slow links,
-    /// compressible files; the master inflates no more than a chunk).
-    #[arg(long)]
-    pub compress: bool,
-    /// The digest both ends compute and compare (see `put --checksum`).
-    #[arg(long, value_enum, default_value_t)]
-    pub checksum: super::copy::Checksum,
+    #[command(flatten)]
+    pub copy: CopyFlags,
     /// `TARGET:/absolute/path`, or `PATTERN:/absolute/path`: from every
     /// host of the inventory it matches, each into `DEST/<host>/`.
     pub src: String,

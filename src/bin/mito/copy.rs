@@ -52,7 +52,7 @@ pub fn put(a: &PutArgs, targets: &mut Targets<'_>) -> Result<ExitCode, String> {
         let (target, path) = split_remote(d)?;
         to.push((targets.connect(target)?, path));
     }
-    let force = CopyOptions { force: a.force, compress: a.compress, checksum: a.checksum.into() };
+    let force = a.copy.options();
     match &to[..] {
         [(ctx, path)] => copy(ctx, Direction::Put, &a.src, path, a.recursive, &GetOptions::default(), &force)?,
         [(_, first), ..] if !a.recursive && to.iter().all(|(_, p)| p == first) => {
@@ -74,15 +74,7 @@ pub fn get(a: &GetArgs, targets: &mut Targets<'_>) -> Result<ExitCode, String> {
     let (target, path) = split_remote(&a.src)?;
     let ctx = targets.connect(target)?;
     let opts = GetOptions { preserve_owner: a.preserve_owner };
-    copy(
-        &ctx,
-        Direction::Get,
-        &a.dest,
-        path,
-        a.recursive,
-        &opts,
-        &CopyOptions { force: a.force, compress: a.compress, checksum: a.checksum.into() },
-    )?;
+    copy(&ctx, Direction::Get, &a.dest, path, a.recursive, &opts, &a.copy.options())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -120,14 +120,14 @@ pub fn job<'a>(cli: &Cli, inv: &'a Inventory) -> Result<Option<Job<'a>>, String>
             remote: split_remote(&a.dest[0])?.1.to_string(),
             recursive: a.recursive,
             preserve_owner: false,
-            opts: CopyOptions { force: a.force, compress: a.compress, checksum: a.checksum.into() },
+            opts: a.copy.options(),
         })),
         Command::Get(a) => Verb::Get(Box::new(Copy {
             local: a.dest.clone(),
             remote: split_remote(&a.src)?.1.to_string(),
             recursive: a.recursive,
             preserve_owner: a.preserve_owner,
-            opts: CopyOptions { force: a.force, compress: a.compress, checksum: a.checksum.into() },
+            opts: a.copy.options(),
         })),
         _ => Verb::Ping,
     };
