@@ -126,7 +126,11 @@ impl Dispatcher {
                 let serial = self.serial;
                 call!(f::WriteFile, |a| builtins::write_file(a, serial))
             }
-            f::FileOpenRead::NAME => call!(f::FileOpenRead, |a| self.files.open_read(&a.path, a.hash)),
+            f::FileOpenRead::NAME => {
+                // Chunks will queue behind each other: reuse their buffers.
+                out.keep_spares(crate::core::stream::MAX_SPARES);
+                call!(f::FileOpenRead, |a| self.files.open_read(&a.path, a.hash))
+            }
             f::FileOpenWrite::NAME => call!(f::FileOpenWrite, |a| self.files.open_write(&a.path, a.id, a.hash)),
             f::FileWrite::NAME => {
                 let r = postcard::from_bytes::<f::FileWriteRef<'_>>(args)
@@ -139,7 +143,10 @@ impl Dispatcher {
                     inbox.recycle(m.data);
                 }
             }
-            f::FileClose::NAME => call!(f::FileClose, |a| self.files.close(a.id, a.commit)),
+            f::FileClose::NAME => {
+                out.keep_spares(1);
+                call!(f::FileClose, |a| self.files.close(a.id, a.commit))
+            }
             f::Sha256::NAME => call!(f::Sha256, |a| files::sha256_file(&a.path).map(|d| ByteBuf::from(&d[..]))),
             f::FileHash::NAME => {
                 call!(f::FileHash, |a| files::hash_file(&a.path, a.hash).map(|d| ByteBuf::from(d.as_bytes())))

@@ -98,6 +98,13 @@ impl Outbox {
         self.queue.take_spare()
     }
 
+    /// How many written large frames to keep for reuse (see
+    /// [`TxBuffer::keep_spares`]): a window while a file is read out, one
+    /// otherwise, so an idle agent does not hold a window of chunks.
+    pub fn keep_spares(&mut self, n: usize) {
+        self.queue.keep_spares(n);
+    }
+
     /// Queues `value` from this agent to `dst`'s `handle`; a value too
     /// large for a frame becomes a `TooLarge` error to the same handle.
     ///

@@ -167,6 +167,12 @@ impl Decoder {
         }
     }
 
+    /// Whether a spare body buffer is held (else the master's streams
+    /// offer one from the router's pool before reading).
+    pub fn has_spare(&self) -> bool {
+        self.spare.is_some()
+    }
+
     /// Bytes received but not yet returned as messages (for diagnostics).
     pub fn buffered(&self) -> usize {
         self.end - self.start + self.body.as_ref().map_or(0, |(_, _, f)| *f)
@@ -178,10 +184,14 @@ impl Decoder {
 ///
 /// A queue of segments: small messages are appended to the last segment,
 /// a large frame built in place ([`TxBuffer::push_frame`]) is queued as its
-/// own segment without a copy, and once written it is kept as the spare for
+/// own segment without a copy, and once written it is kept as a spare for
 /// the next large frame ([`TxBuffer::take_spare`]). Copying large frames
 /// into one growing buffer, and mapping a fresh one per chunk, was a tenth
 /// of the agent's time in `get` (musl maps every large allocation anew).
+/// One is kept, or while the owner streams a file up to [`MAX_SPARES`], a
+/// window of chunks ([`TxBuffer::keep_spares`]): with one, every chunk
+/// queued behind another still page-faulted a fresh buffer (240,000 faults
+/// per GiB of a local `get`).
 #[derive(Debug, Default)]
 pub struct TxBuffer {
     segs: alloc::collections::VecDeque<Vec<u8>>,
@@ -189,7 +199,9 @@ pub struct TxBuffer {
     pos: usize,
     /// Bytes queued in all segments (including the written prefix).
     total: usize,
-    spare: Option<Vec<u8>>,
+    spares: Vec<Vec<u8>>,
+    /// Spares kept beyond the first ([`TxBuffer::keep_spares`]).
+    extra_spares: usize,
 }
 
 /// The reading end of a stream is gone (a write failed).
@@ -198,6 +210,9 @@ pub struct PeerGone;
 
 /// Largest written buffer kept as a spare (bounds what an idle stream holds).
 const SPARE_MAX: usize = 2 << 20;
+
+/// Written large frames kept for reuse at most (a transfer's window).
+pub const MAX_SPARES: usize = 8;
 
 impl TxBuffer {
     /// The segment small appends go to (a new one after a large frame).
@@ -268,8 +283,10 @@ impl TxBuffer {
         self.pos = 0;
         if let Some(mut done) = self.segs.pop_front() {
             if done.capacity() > 4 * READ_CHUNK && done.capacity() <= SPARE_MAX {
-                done.clear();
-                self.spare = Some(done);
+                if self.spares.len() <= self.extra_spares {
+                    done.clear();
+                    self.spares.push(done);
+                }
             } else if self.segs.is_empty() && done.capacity() <= 4 * READ_CHUNK {
                 // Keep a small buffer for the next small messages.
                 done.clear();
@@ -295,7 +312,16 @@ impl TxBuffer {
 
     /// An empty buffer with room for a large frame, if one was kept.
     pub fn take_spare(&mut self) -> Vec<u8> {
-        self.spare.take().unwrap_or_default()
+        self.spares.pop().unwrap_or_default()
+    }
+
+    /// Keeps up to `n` (1 to [`MAX_SPARES`]) written large frames for
+    /// reuse, freeing any beyond that: more while a file streams out, one
+    /// when idle (a hop's stream to each child keeps one).
+    pub fn keep_spares(&mut self, n: usize) {
+        let n = n.clamp(1, MAX_SPARES);
+        self.extra_spares = n - 1;
+        self.spares.truncate(n);
     }
 }
 
@@ -349,6 +375,46 @@ mod tests {
         let mut d = Decoder::new(1000);
         let r = d.feed(b"SSH-2.0-OpenSSH_9.2 garbage garbage garbage\n");
         assert!(matches!(r[0], Err(FrameError::Header(HeaderError::BadMagic(m))) if m != MAGIC));
+    }
+
+    #[test]
+    fn tx_buffer_keeps_a_window_of_spares_only_while_asked() {
+        // Eight 1 MiB frames queued behind each other, then written.
+        let queue_and_write = |tx: &mut TxBuffer| {
+            for _ in 0..8 {
+                let mut f = tx.take_spare();
+                f.resize(1 << 20, 1);
+                tx.push_frame(f, 0);
+            }
+            while !tx.is_empty() {
+                let n = tx.pending().len();
+                tx.consume(n);
+            }
+        };
+        let mut tx = TxBuffer::default();
+        queue_and_write(&mut tx);
+        assert_eq!(tx.spares.len(), 1, "one spare by default");
+        tx.keep_spares(MAX_SPARES);
+        queue_and_write(&mut tx);
+        assert_eq!(tx.spares.len(), MAX_SPARES, "a window while a file streams out");
+        // Reused, not allocated: every frame of the next window comes
+        // from a kept buffer.
+        let kept: Vec<*const u8> = tx.spares.iter().map(|v| v.as_ptr()).collect();
+        let mut frames = Vec::new();
+        for _ in 0..MAX_SPARES {
+            frames.push(tx.take_spare());
+        }
+        assert!(frames.iter().all(|f| f.capacity() >= 1 << 20 && kept.contains(&f.as_ptr())));
+        for mut f in frames {
+            f.resize(1 << 20, 2);
+            tx.push_frame(f, 0);
+        }
+        while !tx.is_empty() {
+            let n = tx.pending().len();
+            tx.consume(n);
+        }
+        tx.keep_spares(1);
+        assert_eq!(tx.spares.len(), 1, "back to one once the transfer ends");
     }
 
     #[test]

@@ -131,6 +131,11 @@ impl StreamIn {
     /// `Drained` (it cost every chunk of a `get` a 10 ms wait).
     pub fn pump(r: &mut Reader, table: &RouterTable, ctx: u32, name: &str) -> Pump {
         let mut read = false;
+        if !r.decoder.has_spare() {
+            if let Some(v) = table.spares.take() {
+                r.decoder.recycle(v);
+            }
+        }
         for _ in 0..16 {
             let rfd = r.fd.as_fd();
             match r.decoder.read_with(|b| side::read(rfd, b)) {

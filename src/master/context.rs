@@ -170,6 +170,15 @@ impl Pending<ByteBuf> {
     /// Waits for a bytes reply and returns it without a copy: the postcard
     /// length prefix is cut off the received buffer in place.
     pub fn wait_bytes(self) -> Result<Vec<u8>, CallError> {
+        let (mut data, start) = self.wait_bytes_in_place()?;
+        data.drain(..start);
+        Ok(data)
+    }
+
+    /// [`Pending::wait_bytes`] without moving the bytes to the front: the
+    /// message buffer and where the bytes start in it (a 1 MiB `memmove`
+    /// per chunk saved; the buffer can go back to the router's pool).
+    pub(super) fn wait_bytes_in_place(self) -> Result<(Vec<u8>, usize), CallError> {
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let msg = self.wait_message(deadline)?;
         let bad = |detail: String| CallError::Decode {
@@ -179,16 +188,14 @@ impl Pending<ByteBuf> {
         };
         if msg.header.flags & crate::proto::FLAG_COMPRESSED != 0 {
             let b: ByteBuf = decode_reply(&self.shared, self.function, &msg, self.max_reply)?;
-            return Ok(b.into_vec());
+            return Ok((b.into_vec(), 0));
         }
         let (len, rest) = postcard::take_from_bytes::<u64>(&msg.data).map_err(|e| bad(e.to_string()))?;
         if len != rest.len() as u64 {
             return Err(bad(format!("length prefix {len} but {} bytes", rest.len())));
         }
         let prefix = msg.data.len() - rest.len();
-        let mut data = msg.data;
-        data.drain(..prefix);
-        Ok(data)
+        Ok((msg.data, prefix))
     }
 }
 

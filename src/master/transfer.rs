@@ -507,11 +507,14 @@ impl Context {
         // for chunks and writes them: hashing inline was a third of this
         // thread's time (perf), serial with the writes.
         let result = std::thread::scope(|s| {
-            let (to_hash, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(WINDOW);
+            let (to_hash, chunks) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(WINDOW);
+            let spares = &self.state.table.spares;
             let hasher = s.spawn(move || {
                 let mut hash = Hasher::new(kind);
-                for c in chunks {
-                    hash.update(&c);
+                for (c, start) in chunks {
+                    hash.update(&c[start..]);
+                    // Back to the stream for a later chunk to arrive in.
+                    spares.put(c);
                 }
                 hash.digest()
             });
@@ -536,7 +539,8 @@ impl Context {
                     }
                 }
                 let Some(p) = inflight.pop_front() else { break };
-                let chunk = p.wait_bytes()?;
+                let (buf, start) = p.wait_bytes_in_place()?;
+                let chunk = &buf[start..];
                 if chunk.len() > CHUNK {
                     return Err(TransferError::Remote(CallError::Decode {
                         context: self.name().into(),
@@ -553,10 +557,10 @@ impl Context {
                 if bytes > opened.size {
                     return Err(changed(bytes));
                 }
-                write_chunk(&mut out, &chunk).map_err(local(dest))?;
+                write_chunk(&mut out, chunk).map_err(local(dest))?;
                 progress(chunk.len() as u64);
                 // The hasher only ends early by panicking, which join reports.
-                let _ = to_hash.send(chunk);
+                let _ = to_hash.send((buf, start));
             }
             drop(to_hash);
             if bytes != opened.size {
@@ -583,6 +587,9 @@ impl Context {
             temp.keep = true;
             Ok(TransferStats { bytes, checksum: digest, elapsed: t0.elapsed(), changed: true })
         });
+        // An idle master keeps no window of chunks (the streams' decoders
+        // keep one spare each).
+        self.state.table.spares.trim(0);
         if result.is_err() {
             self.discard(opened.id);
         }
