@@ -82,6 +82,23 @@
 //! - `garbage-reply`: answers every call with three bytes that decode as
 //!   no reply type (`0xff 0xff 0xff`, a varint that never ends).
 //! - `silent`: reads every call and never answers one (nor exits).
+//! - `get-*` ([`Lie`], `tests/hostile_get.rs`): `/t/f` is a file of
+//!   [`GET_LEN`] bytes of [`get_content`] (mode 0640, mtime 1600000000)
+//!   and `file_hash` is unknown, unless the lie says otherwise. `get-honest`
+//!   serves it as it is. While serving it: `get-flip` hashes the true
+//!   bytes but flips a bit of the second chunk; `get-digest` flips a bit
+//!   of the digest at close, `get-digest-empty` sends an empty one,
+//!   `get-close-size` claims one byte more; `get-oversize` answers the
+//!   first read with a byte more than asked, `get-oversize-huge` every
+//!   read with 100 MiB (uncompressed, within the frame limit);
+//!   `get-garbage-read`, `get-wrong-type-read` (a `FileOpened`),
+//!   `get-error-read` (EIO) and `get-silent-read` (no reply) are the
+//!   second read's answer; `get-garbage-open` and `get-garbage-close`
+//!   answer the open or the close with garbage, `get-silent-close` never
+//!   answers a close. `get-special`: `/t/f` is mode 07777 with mtime
+//!   `i64::MIN` (and `u32::MAX` ns), `/t/g` mode `u32::MAX` with mtime
+//!   `i64::MAX`. `get-hash-lie`: `file_hash` answers
+//!   `$MITO_HOSTILE_DIGEST` (hex) whatever is asked.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -102,6 +119,15 @@ use serde_bytes::ByteBuf;
 
 /// The root every scenario's tree hangs from.
 const ROOT: &str = "/t";
+
+/// The size of `get-*`'s `/t/f`: three chunks and a part.
+const GET_LEN: usize = (3 << 20) + 12345;
+
+/// The bytes of `get-*`'s `/t/f` (no chunk all zeros, so none becomes a
+/// hole; `tests/hostile_get.rs` makes the same).
+fn get_content() -> Vec<u8> {
+    (0..GET_LEN).map(|i| ((i * 7 + i / 4096) % 251) as u8 + 1).collect()
+}
 
 /// What a path holds.
 enum Body {
@@ -420,6 +446,21 @@ fn sizes() -> Fs {
     fs
 }
 
+/// `get-*`'s file system: `/t/f` ([`get_content`]), and with `special`
+/// the odd modes and mtimes of `get-special` on `/t/f` and `/t/g`.
+fn get_fs(special: bool) -> Fs {
+    let mut fs = Fs::default();
+    if special {
+        let f = StatReply { mtime: i64::MIN, mtime_nsec: u32::MAX, ..stat(FileKind::File, 0o7777, 0) };
+        let g = StatReply { mtime: i64::MAX, ..stat(FileKind::File, u32::MAX, 0) };
+        fs.small(b"/t/f", f, &get_content());
+        fs.small(b"/t/g", g, b"all bits\n");
+    } else {
+        fs.small(b"/t/f", stat(FileKind::File, 0o640, 0), &get_content());
+    }
+    fs
+}
+
 /// The frames that go in the same write as the hello: a DEL_ROUTE for the
 /// sibling (as the sibling, and as ourselves), and exec replies "from" the
 /// sibling to the first 500 dynamic handles.
@@ -490,7 +531,62 @@ struct Open {
     content: Content,
     pos: u64,
     hash: Hasher,
+    /// `file_read` calls answered so far.
+    reads: u32,
 }
+
+/// `get-*`: the lie told while serving `/t/f` (see the module docs).
+#[derive(Clone, PartialEq, Eq)]
+enum Lie {
+    None,
+    Flip,
+    Digest,
+    DigestEmpty,
+    CloseSize,
+    Oversize,
+    OversizeHuge,
+    GarbageRead,
+    WrongTypeRead,
+    ErrorRead,
+    SilentRead,
+    GarbageOpen,
+    GarbageClose,
+    SilentClose,
+    /// `file_hash` answers these bytes.
+    ClaimedHash(Vec<u8>),
+}
+
+impl Lie {
+    /// The lie of scenario `get-<name>`, with its file system.
+    fn get(name: &str) -> Option<(Lie, Fs)> {
+        let lie = match name {
+            "honest" | "special" => Lie::None,
+            "flip" => Lie::Flip,
+            "digest" => Lie::Digest,
+            "digest-empty" => Lie::DigestEmpty,
+            "close-size" => Lie::CloseSize,
+            "oversize" => Lie::Oversize,
+            "oversize-huge" => Lie::OversizeHuge,
+            "garbage-read" => Lie::GarbageRead,
+            "wrong-type-read" => Lie::WrongTypeRead,
+            "error-read" => Lie::ErrorRead,
+            "silent-read" => Lie::SilentRead,
+            "garbage-open" => Lie::GarbageOpen,
+            "garbage-close" => Lie::GarbageClose,
+            "silent-close" => Lie::SilentClose,
+            "hash-lie" => {
+                let hex = std::env::var("MITO_HOSTILE_DIGEST").unwrap_or_default();
+                let bytes = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok());
+                Lie::ClaimedHash(bytes.collect())
+            }
+            _ => return None,
+        };
+        Some((lie, get_fs(name == "special")))
+    }
+}
+
+/// Three bytes that decode as no reply type (a varint that never ends).
+const GARBAGE: [u8; 3] = [0xff, 0xff, 0xff];
 
 /// What an exec call gets: refused (unknown function), or a flood of
 /// output or of stdin acknowledgements.
@@ -591,6 +687,7 @@ struct Agent {
     thief: Option<Thief>,
     open: HashMap<u32, Open>,
     next_open: u32,
+    lie: Lie,
     out: std::io::Stdout,
 }
 
@@ -616,6 +713,12 @@ impl Agent {
         let data = data.expect("encode reply");
         let h = Header { flags, dst: to.src, src: self.id, auth: self.id, handle: to.reply_to, ..Header::default() };
         self.send(&h, &data);
+    }
+
+    /// Answers `h` with `payload` as it is: no reply type need decode from it.
+    fn reply_raw(&mut self, h: &Header, payload: &[u8]) {
+        let r = Header { dst: h.src, src: self.id, auth: self.id, handle: h.reply_to, ..Header::default() };
+        self.send(&r, payload);
     }
 
     fn lookup(&self, path: &[u8]) -> Result<&(StatReply, Body), RemoteError> {
@@ -712,6 +815,12 @@ impl Agent {
                 });
                 self.reply(h, r);
             }
+            f::FileOpenRead::NAME if self.lie == Lie::GarbageOpen => self.reply_raw(h, &GARBAGE),
+            f::FileHash::NAME if matches!(self.lie, Lie::ClaimedHash(_)) => {
+                let Lie::ClaimedHash(d) = &self.lie else { return };
+                let d = ByteBuf::from(d.clone());
+                self.reply(h, Ok(d));
+            }
             f::FileOpenRead::NAME => {
                 let r = postcard::from_bytes::<f::OpenReadArgs>(args).map_err(|_| bad()).and_then(|a| {
                     let (st, opened_size, content) = match self.lookup(&a.path)? {
@@ -721,7 +830,7 @@ impl Agent {
                     };
                     self.next_open += 1;
                     let id = self.next_open;
-                    self.open.insert(id, Open { content, pos: 0, hash: Hasher::new(a.hash) });
+                    self.open.insert(id, Open { content, pos: 0, hash: Hasher::new(a.hash), reads: 0 });
                     Ok(FileOpened {
                         id,
                         size: opened_size,
@@ -738,19 +847,54 @@ impl Agent {
                 self.reply_bomb(h, &postcard::to_allocvec(&ByteBuf::from(vec![0u8; 64 << 20])).expect("encodes"));
             }
             f::FileRead::NAME => {
+                let mut read = 0;
                 let r = postcard::from_bytes::<FileReadArgs>(args).map_err(|_| bad()).and_then(|a| {
                     let o = self.open.get_mut(&a.id).ok_or_else(|| os_error(libc::EBADF, b"file_read"))?;
                     let chunk = o.content.chunk(o.pos, u64::from(a.len));
                     o.pos += chunk.len() as u64;
                     o.hash.update(&chunk);
-                    Ok(ByteBuf::from(chunk))
+                    read = o.reads;
+                    o.reads += 1;
+                    Ok(chunk)
                 });
-                self.reply(h, r);
+                let second = read == 1;
+                match (&self.lie, r) {
+                    (_, Err(e)) => self.reply::<()>(h, Err(e)),
+                    (Lie::Flip, Ok(mut chunk)) if second && !chunk.is_empty() => {
+                        // Hashed as it was, sent otherwise.
+                        chunk[0] ^= 1;
+                        self.reply(h, Ok(ByteBuf::from(chunk)));
+                    }
+                    (Lie::Oversize, Ok(mut chunk)) if read == 0 => {
+                        chunk.push(b'!');
+                        self.reply(h, Ok(ByteBuf::from(chunk)));
+                    }
+                    (Lie::OversizeHuge, Ok(_)) => self.reply(h, Ok(ByteBuf::from(vec![b'x'; 100 << 20]))),
+                    (Lie::GarbageRead, Ok(_)) if second => self.reply_raw(h, &GARBAGE),
+                    (Lie::WrongTypeRead, Ok(_)) if second => {
+                        let other =
+                            FileOpened { id: 7, size: 1 << 40, mode: 0o4755, mtime: 0, mtime_nsec: 0, owner: (0, 0) };
+                        self.reply(h, Ok(other));
+                    }
+                    (Lie::ErrorRead, Ok(_)) if second => self.reply::<()>(h, Err(os_error(libc::EIO, b"/t/f"))),
+                    (Lie::SilentRead, Ok(_)) if second => {}
+                    (_, Ok(chunk)) => self.reply(h, Ok(ByteBuf::from(chunk))),
+                }
             }
+            f::FileClose::NAME if self.lie == Lie::GarbageClose => self.reply_raw(h, &GARBAGE),
+            f::FileClose::NAME if self.lie == Lie::SilentClose => {}
             f::FileClose::NAME => {
+                let lie = self.lie.clone();
                 let r = postcard::from_bytes::<FileCloseArgs>(args).map_err(|_| bad()).and_then(|a| {
                     let o = self.open.remove(&a.id).ok_or_else(|| os_error(libc::EBADF, b"file_close"))?;
-                    Ok(FileClosed { size: o.pos, digest: ByteBuf::from(o.hash.digest().as_bytes()) })
+                    let mut closed = FileClosed { size: o.pos, digest: ByteBuf::from(o.hash.digest().as_bytes()) };
+                    match lie {
+                        Lie::Digest => closed.digest[0] ^= 1,
+                        Lie::DigestEmpty => closed.digest.clear(),
+                        Lie::CloseSize => closed.size += 1,
+                        _ => {}
+                    }
+                    Ok(closed)
                 });
                 self.reply(h, r);
             }
@@ -856,6 +1000,7 @@ fn main() {
     let sibling: u32 = std::env::var("MITO_HOSTILE_SIBLING").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let mut forge = None;
     let mut thief = None;
+    let mut lie = Lie::None;
     let fs = match scenario.as_str() {
         s if s.starts_with("name-") => bad_name(&s["name-".len()..]),
         "link-then-dir" => link_then_dir(),
@@ -902,6 +1047,11 @@ fn main() {
             Fs::default()
         }
         "garbage-reply" | "silent" => Fs::default(),
+        s if s.starts_with("get-") && Lie::get(&s["get-".len()..]).is_some() => {
+            let (l, fs) = Lie::get(&s["get-".len()..]).expect("checked");
+            lie = l;
+            fs
+        }
         other => {
             eprintln!("hostile_agent: unknown scenario MITO_HOSTILE={other:?}");
             std::process::exit(64);
@@ -915,7 +1065,7 @@ fn main() {
             return;
         }
     }
-    let mut agent = Agent { id, fs, flood, thief, open: HashMap::new(), next_open: 0, out };
+    let mut agent = Agent { id, fs, flood, thief, open: HashMap::new(), next_open: 0, lie, out };
     let mut decoder = Decoder::new(MAX_MESSAGE_SIZE);
     let mut input = std::io::stdin().lock();
     let mut buf = vec![0u8; 1 << 16];
@@ -937,9 +1087,7 @@ fn main() {
                     match scenario.as_str() {
                         "silent" => continue,
                         "garbage-reply" => {
-                            let h = &m.header;
-                            let r = Header { dst: h.src, src: id, auth: id, handle: h.reply_to, ..Header::default() };
-                            agent.send(&r, &[0xff, 0xff, 0xff]);
+                            agent.reply_raw(&m.header, &GARBAGE);
                             continue;
                         }
                         _ => {}
