@@ -383,3 +383,82 @@ fn a_cold_start_behind_a_hop_gets_the_agent_from_the_hop() {
     let warm = hop.local(local_in(&dir.path().join("cold-cache"))).expect("warm child");
     assert_eq!(warm.connect_info().upload, mito::connect::bootstrap::Upload::Cached);
 }
+
+/// Processes below `pid` (children, grandchildren…) named `comm`.
+fn descendants_named(pid: u32, comm: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let name = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        if name.trim() != comm {
+            continue;
+        }
+        let mut up = p;
+        for _ in 0..8 {
+            match common::parent_of(up) {
+                Some(pp) if pp == pid => {
+                    found.push(p);
+                    break;
+                }
+                Some(pp) if pp > 1 => up = pp,
+                _ => break,
+            }
+        }
+    }
+    found
+}
+
+/// The capacity of the pipe behind `/proc/PID/fd/FD`.
+fn pipe_size(pid: u32, fd: u32) -> usize {
+    use rustix::fs::{Mode, OFlags};
+    let path = format!("/proc/{pid}/fd/{fd}");
+    // Read-only and non-blocking: opening a pipe that way never waits
+    // for a writer (and the size is the pipe's, whichever end).
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let f = rustix::fs::open(path.as_str(), flags, Mode::empty()).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    rustix::pipe::fcntl_getpipe_size(&f).unwrap_or_else(|e| panic!("F_GETPIPE_SZ {path}: {e}"))
+}
+
+#[test]
+fn a_hop_grows_its_pipes_to_an_ssh_child() {
+    // The master grows its pipes to ssh to a chunk (1 MiB); a hop must do
+    // the same for its own ssh children, or every chunk of a put behind
+    // it is sixteen 64 KiB writes and wake-ups. (A child agent grows its
+    // own stdin/stdout, so the case that needs the hop is a transport in
+    // between: the ssh client.)
+    let Some(sshd) = common::sshd::Sshd::start("a_hop_grows_its_pipes_to_an_ssh_child") else { return };
+    let dir = TempDir::new("via-pipes");
+    let router = Router::new().expect("router");
+    let hop = router.local(local_in(&dir.path().join("cache"))).expect("hop");
+    let child = hop.ssh(sshd.opts("mito-user")).expect("ssh through the hop");
+    assert_eq!(child.info().expect("child info").uid, uid_of("mito-user"));
+    let hop_pid = hop.info().expect("hop info").pid;
+    let ssh = descendants_named(hop_pid, "ssh");
+    assert_eq!(ssh.len(), 1, "one ssh client below the hop: {ssh:?}");
+    assert_eq!(pipe_size(ssh[0], 0), 1 << 20, "the hop's pipe into ssh");
+    // ssh dups its stdin and stdout and puts /dev/null on fd 1: check
+    // every pipe it holds but its stderr's (the hop reads that one for
+    // messages only).
+    let link = |fd: &str| std::fs::read_link(format!("/proc/{}/fd/{fd}", ssh[0])).ok();
+    let stderr = link("2");
+    let mut pipes = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(format!("/proc/{}/fd", ssh[0])).expect("fds").flatten() {
+        let fd = e.file_name().to_string_lossy().into_owned();
+        if let Some(l) = link(&fd).filter(|l| l.to_string_lossy().starts_with("pipe:") && Some(l) != stderr.as_ref()) {
+            pipes.entry(l).or_insert(fd.parse::<u32>().expect("fd number"));
+        }
+    }
+    assert_eq!(pipes.len(), 2, "the two pipes of the stream: {pipes:?}");
+    for (l, fd) in &pipes {
+        assert_eq!(pipe_size(ssh[0], *fd), 1 << 20, "ssh's fd {fd} ({l:?}): the stream between the hop and ssh");
+    }
+    // And a file still crosses both links intact.
+    let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let src = dir.path().join("src");
+    std::fs::write(&src, &data).expect("write");
+    let remote = format!("/tmp/mito-via-pipes-{}", std::process::id());
+    let st = child.put(&src, &remote).expect("put");
+    assert_eq!(st.bytes, data.len() as u64);
+    assert_eq!(child.read_file(&remote).expect("read back"), data);
+    child.remove(&remote).expect("remove");
+}
