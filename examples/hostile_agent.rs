@@ -89,8 +89,10 @@
 //!   bytes but flips a bit of the second chunk; `get-digest` flips a bit
 //!   of the digest at close, `get-digest-empty` sends an empty one,
 //!   `get-close-size` claims one byte more; `get-oversize` answers the
-//!   first read with a byte more than asked, `get-oversize-huge` every
-//!   read with 100 MiB (uncompressed, within the frame limit);
+//!   first read with a byte more than asked (`get-oversize-deflated`: a
+//!   compressed reply that inflates to that, within `MAX_FILE_READ`),
+//!   `get-oversize-huge` every read with 100 MiB (uncompressed, within the
+//!   frame limit);
 //!   `get-garbage-read`, `get-wrong-type-read` (a `FileOpened`),
 //!   `get-error-read` (EIO) and `get-silent-read` (no reply) are the
 //!   second read's answer; `get-garbage-open` and `get-garbage-close`
@@ -544,6 +546,7 @@ enum Lie {
     DigestEmpty,
     CloseSize,
     Oversize,
+    OversizeDeflated,
     OversizeHuge,
     GarbageRead,
     WrongTypeRead,
@@ -566,6 +569,7 @@ impl Lie {
             "digest-empty" => Lie::DigestEmpty,
             "close-size" => Lie::CloseSize,
             "oversize" => Lie::Oversize,
+            "oversize-deflated" => Lie::OversizeDeflated,
             "oversize-huge" => Lie::OversizeHuge,
             "garbage-read" => Lie::GarbageRead,
             "wrong-type-read" => Lie::WrongTypeRead,
@@ -868,6 +872,10 @@ impl Agent {
                     (Lie::Oversize, Ok(mut chunk)) if read == 0 => {
                         chunk.push(b'!');
                         self.reply(h, Ok(ByteBuf::from(chunk)));
+                    }
+                    (Lie::OversizeDeflated, Ok(chunk)) if read == 0 => {
+                        let more = ByteBuf::from(vec![b'x'; chunk.len() + 1]);
+                        self.reply_bomb(h, &postcard::to_allocvec(&more).expect("encodes"));
                     }
                     (Lie::OversizeHuge, Ok(_)) => self.reply(h, Ok(ByteBuf::from(vec![b'x'; 100 << 20]))),
                     (Lie::GarbageRead, Ok(_)) if second => self.reply_raw(h, &GARBAGE),

@@ -143,18 +143,21 @@ fn differences(before: &BTreeMap<PathBuf, Seen>, after: &BTreeMap<PathBuf, Seen>
     v
 }
 
-/// A context whose "agent" is the harness playing `scenario`.
-fn hostile(router: &Router, scenario: &str, env: &[(&str, String)]) -> Context {
+/// How to start the harness playing `scenario`, with `env` beside.
+fn harness_options(scenario: &str, env: &[(&str, String)]) -> LocalOptions {
     let mut vars = vec![("MITO_HOSTILE".into(), scenario.into())];
     vars.extend(env.iter().map(|(k, v)| ((*k).into(), v.into())));
-    router
-        .local(LocalOptions {
-            name: Some(format!("hostile-{scenario}")),
-            sh: harness(),
-            env: vars,
-            connect_timeout: Duration::from_secs(10),
-        })
-        .expect("the harness says hello")
+    LocalOptions {
+        name: Some(format!("hostile-{scenario}")),
+        sh: harness(),
+        env: vars,
+        connect_timeout: Duration::from_secs(10),
+    }
+}
+
+/// A context whose "agent" is the harness playing `scenario`.
+fn hostile(router: &Router, scenario: &str, env: &[(&str, String)]) -> Context {
+    router.local(harness_options(scenario, env)).expect("the harness says hello")
 }
 
 /// `ctx.get_with_options(remote, dest, copy)` on a thread of its own,
@@ -298,22 +301,30 @@ fn sizes_that_lie_leave_an_existing_destination_as_it_was() {
     master_still_works(&router, &ctx, &site);
 }
 
-/// A `file_read` reply one byte longer than the chunk asked for
-/// (`get-oversize`): a typed decode error for `file_read` saying so, and
-/// the site as it was.
+/// A `file_read` reply one byte longer than the chunk asked for, as it is
+/// (`get-oversize`) or deflated to a frame that inflates to that, within
+/// what a `file_read` may inflate to (`get-oversize-deflated`, with
+/// `compress`): a typed decode error for `file_read` saying so, and the
+/// site as it was.
 #[test]
 fn a_read_reply_longer_than_asked_is_refused() {
     let router = Router::new().expect("router");
     let site = Site::new("get-oversize");
-    let ctx = hostile(&router, "get-oversize", &[]);
-    refused_everywhere(&ctx, &site, CopyOptions::default(), "get-oversize", &|_, e| match e {
-        TransferError::Remote(CallError::Decode { context, function, detail }) => {
-            assert_eq!((context.as_str(), function.as_str()), (ctx.name(), "file_read"));
-            assert!(detail.contains(&format!("{} bytes, more than the {CHUNK}", CHUNK + 1)), "{detail}");
-        }
-        other => panic!("wanted a decode error, got {other:?}"),
-    });
-    master_still_works(&router, &ctx, &site);
+    for (scenario, compress) in [("get-oversize", false), ("get-oversize-deflated", true)] {
+        let ctx = hostile(&router, scenario, &[]);
+        let copy = CopyOptions { compress, ..CopyOptions::default() };
+        refused_everywhere(&ctx, &site, copy, scenario, &|_, e| match e {
+            TransferError::Remote(CallError::Decode { context, function, detail }) => {
+                assert_eq!((context.as_str(), function.as_str()), (ctx.name(), "file_read"), "{scenario}");
+                assert!(
+                    detail.contains(&format!("{} bytes, more than the {CHUNK}", CHUNK + 1)),
+                    "{scenario}: {detail}"
+                );
+            }
+            other => panic!("{scenario}: wanted a decode error, got {other:?}"),
+        });
+        master_still_works(&router, &ctx, &site);
+    }
 }
 
 /// VmHWM (peak RSS) of this process, KiB.
@@ -534,4 +545,66 @@ fn a_claimed_digest_never_makes_a_symlink_destination_count_as_ours() {
     let d = differences(&outside, &snapshot(&site.root().join("outside")));
     assert!(d.is_empty(), "outside changed:\n{}", d.join("\n"));
     master_still_works(&router, &ctx, &site);
+}
+
+/// The same lies told by a context behind a real hop (the hop's agent
+/// relays the frames as they are): a flipped bit, a reply one byte too
+/// long, garbage for a read. The same typed errors, the site as it was,
+/// and the hop and the liar both still answer.
+#[test]
+fn lies_told_behind_a_hop_are_refused_the_same_way() {
+    let router = Router::new().expect("router");
+    let site = Site::new("get-hop");
+    let hop = router.local(LocalOptions { name: Some("hop".into()), ..LocalOptions::default() }).expect("hop");
+    for scenario in ["get-flip", "get-oversize", "get-garbage-read"] {
+        let ctx = hop.local(harness_options(scenario, &[])).expect("the harness says hello behind the hop");
+        refused_everywhere(&ctx, &site, CopyOptions::default(), scenario, &|dest, e| match (scenario, e) {
+            ("get-flip", TransferError::Checksum { context, path }) => {
+                assert_eq!((context.as_str(), path.as_path()), (ctx.name(), dest));
+            }
+            (
+                "get-oversize" | "get-garbage-read",
+                TransferError::Remote(CallError::Decode { context, function, .. }),
+            ) => {
+                assert_eq!((context.as_str(), function.as_str()), (ctx.name(), "file_read"), "{scenario}");
+            }
+            (_, other) => panic!("{scenario}: got {other:?}"),
+        });
+        hop.ping().expect("the hop still answers");
+        master_still_works(&router, &ctx, &site);
+    }
+}
+
+/// The CLI against the harness as an `ssh://` target (the harness is
+/// `ssh` first on `PATH`): `mito get` of a file whose digest lies fails
+/// with the context and "checksum mismatch" in its message, and an
+/// existing destination keeps its bytes; with `--checksum sha256` alike.
+#[test]
+fn cli_get_from_a_lying_target_fails_and_keeps_the_destination() {
+    let site = Site::new("get-cli");
+    let bin = site.root().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir bin");
+    std::os::unix::fs::symlink(harness(), bin.join("ssh")).expect("symlink ssh");
+    let mut path = bin.into_os_string();
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let dest = prepare(&site, "f", Dest::Existing);
+    for extra in [&[][..], &["--checksum", "sha256"][..]] {
+        let before = snapshot(site.root());
+        let mut args = vec!["get"];
+        args.extend_from_slice(extra);
+        args.extend(["ssh://hostile:/t/f", dest.to_str().expect("utf8")]);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mito"))
+            .current_dir(site.work())
+            .env("PATH", &path)
+            .env("MITO_HOSTILE", "get-digest")
+            .args(&args)
+            .output()
+            .expect("run mito");
+        let (out, err) = common::output_text(&o);
+        assert_eq!(o.status.code(), Some(255), "{args:?}\nstdout: {out}\nstderr: {err}");
+        assert!(err.contains("hostile") && err.contains("checksum mismatch"), "{args:?}: {err}");
+        let d = differences(&before, &snapshot(site.root()));
+        assert!(d.is_empty(), "{args:?}: the site changed:\n{}", d.join("\n"));
+    }
 }
