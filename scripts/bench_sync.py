@@ -32,6 +32,9 @@ process start, the ssh connect and the agent's start.
 
 mito and rsync alternate (A, B, A, B); medians. Standalone:
     BENCH_SSH="PORT DIR USER" python3 scripts/bench_sync.py --mito-cli target/release/mito [--rounds N]
+        [--only tree|big] [--warm-only] [--mito-cli-b OTHER]
+(--mito-cli-b: a second mito binary timed in the same rounds, A/B/rsync
+alternating, to compare two builds on a shared machine.)
 """
 import argparse
 import os
@@ -60,7 +63,7 @@ CIPHER = "aes128-gcm@openssh.com"
 
 
 class Sync:
-    def __init__(self, env, mito_cli):
+    def __init__(self, env, mito_cli, mito_cli_b=None):
         port, sshd_dir, _ = env["BENCH_SSH"].split()
         user = sync_user(env)
         key = os.path.join(sshd_dir, "id_ed25519")
@@ -78,12 +81,13 @@ class Sync:
         self.host = "127.0.0.1"
         self.user = user
         self.port = port
+        self.cli = {"mito": mito_cli, "mito_b": mito_cli_b}
         self.mito_base = [mito_cli, "-F", "/dev/null", "--private-key", key, "-o", "UserKnownHostsFile=" + kh,
                           "-o", "IdentitiesOnly=yes", "-o", "Compression=no", "-o", "Ciphers=" + CIPHER]
         self.cp_dir = os.path.join(self.dir, "cp")
         os.mkdir(self.cp_dir, 0o700)
         self.warm = False
-        self.split = []
+        self.split = {}
         self.target = "ssh://%s@%s:%s" % (user, self.host, port)
         ssh = "ssh -F /dev/null -p %s -i %s -o UserKnownHostsFile=%s -o IdentitiesOnly=yes -o Compression=no -o BatchMode=yes -c %s" % (
             port, key, kh, CIPHER)
@@ -119,14 +123,14 @@ class Sync:
                                                     (out.stderr or out.stdout).decode(errors="replace")[-400:]))
         return dt, out.stdout.decode(errors="replace") + out.stderr.decode(errors="replace")
 
-    def mito_sync(self, src, dst, recursive):
-        cmd = self.mito + ["sync", "-q"] + (["-r"] if recursive else []) + [src, "%s:%s" % (self.target, dst)]
+    def mito_sync(self, src, dst, recursive, tool="mito"):
+        cmd = [self.cli[tool]] + self.mito[1:] + ["sync", "-q"] + (["-r"] if recursive else []) + [src, "%s:%s" % (self.target, dst)]
         dt, text = self.run(cmd)
         m = re.search(r"(\d+) bytes sent on the wire", text)
         # The library's share: the sync in the connected context, and of it the listing.
         lib = re.search(r"literal\), ([\d.]+) s", text)
         listed = re.search(r"listing ([\d.]+) s", text)
-        self.split.append((dt, float(lib.group(1)) if lib else None, float(listed.group(1)) if listed else None))
+        self.split.setdefault(tool, []).append((dt, float(lib.group(1)) if lib else None, float(listed.group(1)) if listed else None))
         return dt, int(m.group(1)) if m else None
 
     def rsync_sync(self, src, dst, recursive):
@@ -162,17 +166,17 @@ def make_tree(d):
     return src
 
 
-def run(env, mito_cli, rounds, out=None):
+def run(env, mito_cli, rounds, out=None, only=None, warm_only=False, mito_cli_b=None):
     """Runs both rows; prints them; returns the failures (a list)."""
     if not env.get("BENCH_SSH") or not shutil.which("rsync"):
         print("sync rows: need the test sshd (BENCH_SSH) and rsync (apt-get install -y rsync)", file=sys.stderr)
         return ["sync: no sshd or rsync"]
-    s = Sync(env, mito_cli)
+    s = Sync(env, mito_cli, mito_cli_b)
     failures = []
     try:
-        for warm in (False, True):
+        for warm in (True,) if warm_only else (False, True):
             s.warm = warm
-            failures += rows(s, rounds, out)
+            failures += rows(s, rounds, out, only)
     except Exception as e:  # a failed tool is a failed row, reported, not a crash
         failures.append("sync: %s" % e)
         print("sync rows failed: %s" % e, file=sys.stderr)
@@ -182,67 +186,78 @@ def run(env, mito_cli, rounds, out=None):
     return failures
 
 
-def rows(s, rounds, out):
+def rows(s, rounds, out, only=None):
     failures = []
     suffix = ", warm" if s.warm else ""
     tag = "_warm" if s.warm else ""
-    if True:
+    tools = ["mito", "rsync"] + (["mito_b"] if s.cli["mito_b"] else [])
+    if only in (None, "big"):
         old, new = make_big(s.dir)
-        dst = {"mito": os.path.join(s.dst, "big.mito"), "rsync": os.path.join(s.dst, "big.rsync")}
+        dst = {t: os.path.join(s.dst, "big." + t) for t in tools}
         # First runs (not timed): the agent reaches the target's cache, rsync's dest exists.
         for tool in dst:
             shutil.copy2(old, dst[tool])
-        s.mito_sync(old, dst["mito"], False)
-        s.rsync_sync(old, dst["rsync"], False)
-        times = {"mito": [], "rsync": []}
-        sent = {"mito": [], "rsync": []}
-        s.split = []
+        for tool in tools:
+            sync_with(s, tool)(old, dst[tool], False)
+        times = {t: [] for t in tools}
+        sent = {t: [] for t in tools}
+        s.split = {}
         for _ in range(rounds):
-            for tool in ("mito", "rsync"):
+            for tool in tools:
                 shutil.copy2(old, dst[tool])
                 subprocess.run(["sync"])
-                f = s.mito_sync if tool == "mito" else s.rsync_sync
-                dt, b = f(new, dst[tool], False)
+                dt, b = sync_with(s, tool)(new, dst[tool], False)
                 if open(dst[tool], "rb").read() != open(new, "rb").read():
                     failures.append("sync_1block: %s left a different file" % tool)
                 times[tool].append(dt)
                 sent[tool].append(b)
         row("sync_1block" + tag, "sync 100 MiB, one 4 KiB block changed (ssh%s)" % suffix, times, sent, out)
         split(s.split)
-
+        for p in list(dst.values()) + [old, new]:
+            os.unlink(p)
+    if only in (None, "tree"):
         tree = make_tree(s.dir)
-        tdst = {"mito": os.path.join(s.dst, "tree.mito"), "rsync": os.path.join(s.dst, "tree.rsync")}
-        s.mito_sync(tree, tdst["mito"], True)
-        s.rsync_sync(tree, tdst["rsync"], True)
-        times = {"mito": [], "rsync": []}
-        sent = {"mito": [], "rsync": []}
-        s.split = []
+        tdst = {t: os.path.join(s.dst, "tree." + t) for t in tools}
+        for tool in tools:
+            sync_with(s, tool)(tree, tdst[tool], True)
+        times = {t: [] for t in tools}
+        sent = {t: [] for t in tools}
+        s.split = {}
         for _ in range(rounds):
-            for tool in ("mito", "rsync"):
-                f = s.mito_sync if tool == "mito" else s.rsync_sync
-                dt, b = f(tree, tdst[tool], True)
+            for tool in tools:
+                dt, b = sync_with(s, tool)(tree, tdst[tool], True)
                 times[tool].append(dt)
                 sent[tool].append(b)
         row("sync_tree_same" + tag, "sync unchanged tree, 10,000 files (ssh%s)" % suffix, times, sent, out)
         split(s.split)
         shutil.rmtree(tree)
-        for p in list(dst.values()) + [old, new]:
-            os.unlink(p)
         for p in tdst.values():
             shutil.rmtree(p)
     return failures
 
 
-def split(runs):
-    """mito's medians: whole command, the sync in a connected context
-    (the library's cost), of it the listing; command minus sync is process
-    start + ssh connect + agent start."""
+def sync_with(s, tool):
+    """The timed sync of one tool: rsync, mito or the second mito build."""
+    if tool == "rsync":
+        return s.rsync_sync
+    return lambda src, dst, recursive: s.mito_sync(src, dst, recursive, tool)
+
+
+def split(by_tool):
+    """mito's medians (each mito build's): whole command, the sync in a
+    connected context (the library's cost), of it the listing; command
+    minus sync is process start + ssh connect + agent start."""
+    for tool, runs in sorted(by_tool.items()):
+        split_one(tool, runs)
+
+
+def split_one(tool, runs):
     med = lambda xs: statistics.median(xs) if xs else float("nan")
     total = med([t for t, _, _ in runs])
     lib = med([x for _, x, _ in runs if x is not None])
     listed = med([x for _, _, x in runs if x is not None])
-    print("    mito split: command %.3f s = start+connect %.3f s + sync in a connected context %.3f s (listing %.3f s, "
-          "compare+changes %.3f s)" % (total, total - lib, lib, listed, lib - listed))
+    print("    %s split: command %.3f s = start+connect %.3f s + sync in a connected context %.3f s (listing %.3f s, "
+          "compare+changes %.3f s)" % (tool, total, total - lib, lib, listed, lib - listed))
 
 
 def row(name, label, times, sent, out):
@@ -252,6 +267,10 @@ def row(name, label, times, sent, out):
     print("%-48s mito %7.3f s (%d bytes sent)   rsync -a %7.3f s (%d bytes sent)   %.2fx rsync's time   runs: mito %s rsync %s"
           % (label, m["mito"], b["mito"], m["rsync"], b["rsync"], ratio,
              " ".join("%.3f" % x for x in times["mito"]), " ".join("%.3f" % x for x in times["rsync"])))
+    if "mito_b" in m:
+        print("%-48s mito B %7.3f s   %.2fx rsync's time, %.2fx mito A's   runs: %s"
+              % ("", m["mito_b"], m["mito_b"] / m["rsync"], m["mito_b"] / m["mito"],
+                 " ".join("%.3f" % x for x in times["mito_b"])))
     if out:
         import json
         out.write(json.dumps({"workload": name, "label": label, "unit": "s", "time": int(time.time()),
@@ -263,8 +282,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mito-cli", required=True)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--only", choices=["tree", "big"], help="one workload only")
+    p.add_argument("--warm-only", action="store_true", help="only the shared-connection rows")
+    p.add_argument("--mito-cli-b", help="a second mito build timed in the same rounds (A/B)")
     a = p.parse_args()
-    return 1 if run(dict(os.environ), a.mito_cli, a.rounds) else 0
+    return 1 if run(dict(os.environ), a.mito_cli, a.rounds, only=a.only, warm_only=a.warm_only,
+                    mito_cli_b=a.mito_cli_b) else 0
 
 
 if __name__ == "__main__":

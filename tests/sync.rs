@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use common::sshd::Sshd;
 use common::TempDir;
-use mito::master::sync::{SyncError, SyncOptions, SyncStats};
+use mito::master::sync::{FailReason, SyncError, SyncOptions, SyncStats};
 use mito::{Context, LocalOptions, Router};
 
 fn random(n: usize, seed: u64) -> Vec<u8> {
@@ -389,4 +389,113 @@ fn edge_sizes_round_trip() {
         assert!(std::fs::read(&dst).expect("read") == new_data, "case {i} ({old} -> {new} bytes): {s:?}");
         assert!(tmp_files(d.path()).is_empty(), "case {i}: temp files left");
     }
+}
+
+fn failed_paths(s: &SyncStats) -> Vec<String> {
+    let mut v: Vec<String> = s.failed.iter().map(|f| f.path.display().to_string()).collect();
+    v.sort();
+    v
+}
+
+/// A non-empty directory where the source has a file is kept without
+/// `--delete` (rsync's rule): that file fails, typed, and every other
+/// file is synced; with `--delete` the directory is replaced. Fails for
+/// root too, so it runs everywhere.
+#[test]
+fn a_directory_in_the_way_fails_that_file_only() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("sync-in-the-way");
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    for name in ["a", "b", "c", "sub/d"] {
+        write(&src.join(name), name.as_bytes(), 1_500_000_000);
+    }
+    write(&dst.join("b/keep"), b"keep", 1);
+    let s = ctx.sync(&src, &dst, &tree()).expect("a sync with one failed file is not an error");
+    eprintln!("{s:?}");
+    assert_eq!(failed_paths(&s), ["b"], "{s:?}");
+    assert_eq!(s.failed[0].reason, FailReason::DirectoryInTheWay);
+    assert_eq!((s.files, s.changed), (3, 3), "{s:?}");
+    for name in ["a", "c", "sub/d"] {
+        assert_eq!(std::fs::read(dst.join(name)).expect("synced"), name.as_bytes(), "{name}");
+    }
+    assert_eq!(std::fs::read(dst.join("b/keep")).expect("kept"), b"keep");
+
+    let s = ctx.sync(&src, &dst, &SyncOptions { recursive: true, delete: true }).expect("with --delete");
+    assert!(s.failed.is_empty(), "{s:?}");
+    assert_same_tree(&src, &dst);
+}
+
+/// A source file that cannot be read (here /proc/self/mem: EIO at
+/// offset 0, even for root) fails with its reason, nothing is put in
+/// place and no temp file is left; the sync itself returns its stats.
+#[test]
+fn an_unreadable_source_file_is_a_failure_not_an_error() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("sync-unreadable");
+    let dst = d.path().join("mem");
+    let s = ctx.sync("/proc/self/mem", &dst, &SyncOptions::default()).expect("stats, not an error");
+    eprintln!("{s:?}");
+    assert_eq!(failed_paths(&s), ["mem"], "{s:?}");
+    assert!(
+        matches!(s.failed[0].reason, FailReason::Source { errno: Some(5), .. }),
+        "EIO expected: {:?}",
+        s.failed[0].reason
+    );
+    assert_eq!(s.changed, 0, "{s:?}");
+    assert!(!dst.exists(), "a file was put in place");
+    assert!(tmp_files(d.path()).is_empty(), "temp files left: {:?}", tmp_files(d.path()));
+}
+
+/// Over ssh as a user who may not write one destination directory: the
+/// files in it fail with the target's reason (permission denied), the
+/// others are synced, and the temp files of the failed ones are gone.
+#[test]
+fn an_unwritable_destination_directory_fails_its_files_only_over_ssh() {
+    let Some(sshd) = Sshd::start("an_unwritable_destination_directory_fails_its_files_only_over_ssh") else { return };
+    let router = Router::new().expect("router");
+    let ctx = router.ssh(sshd.opts("mito-user")).expect("connect");
+    let d = shared_dir("sync-eacces");
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    for name in ["a", "locked/f1", "locked/f2", "open/g", "z"] {
+        write(&src.join(name), name.as_bytes(), 1_500_000_000);
+    }
+    // The destination is mito-user's, but for `locked` (root's, 0755).
+    std::fs::create_dir_all(dst.join("locked")).expect("mkdir");
+    assert!(Command::new("chown").arg("mito-user").arg(&dst).status().expect("chown").success());
+    let s = ctx.sync(&src, &dst, &tree()).expect("a sync with failed files is not an error");
+    eprintln!("{s:?}");
+    let failed = failed_paths(&s);
+    assert!(failed.contains(&"locked/f1".to_string()) && failed.contains(&"locked/f2".to_string()), "{s:?}");
+    assert!(failed.iter().all(|p| p.starts_with("locked")), "only locked/ fails: {failed:?}");
+    for f in s.failed.iter().filter(|f| f.path != Path::new("locked")) {
+        assert!(matches!(&f.reason, FailReason::Target(e) if e.errno == 13), "EACCES expected: {f:?}");
+    }
+    assert_eq!(s.changed, 3, "{s:?}");
+    for name in ["a", "open/g", "z"] {
+        assert_eq!(std::fs::read(dst.join(name)).expect("synced"), name.as_bytes(), "{name}");
+    }
+    assert!(tmp_files(&dst).is_empty(), "temp files left");
+}
+
+/// The CLI: each failed file on stderr as `failed PATH: reason`, the
+/// others synced, exit status 23 (rsync's partial transfer).
+#[test]
+fn the_cli_prints_failed_files_and_exits_23() {
+    let d = TempDir::new("sync-cli-partial");
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    write(&src.join("a"), b"a", 1_500_000_000);
+    write(&src.join("b"), b"b", 1_500_000_000);
+    write(&dst.join("b/keep"), b"keep", 1);
+    let o = Command::new(env!("CARGO_BIN_EXE_mito"))
+        .args(["sync", "-r", src.to_str().expect("utf-8"), &format!("local:{}", dst.display())])
+        .output()
+        .expect("mito");
+    let (out, err) = common::output_text(&o);
+    assert_eq!(o.status.code(), Some(23), "{out}{err}");
+    assert!(err.contains("failed b: a non-empty directory is in the way"), "{err}");
+    assert!(err.contains("1 failed"), "{err}");
+    assert!(out.contains("changed a"), "{out}");
+    assert_eq!(std::fs::read(dst.join("a")).expect("a"), b"a");
 }

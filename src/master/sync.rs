@@ -43,6 +43,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -58,7 +59,7 @@ use super::tree::{MAX_TREE_DEPTH, MAX_TREE_ENTRIES};
 use crate::core::xxh3::{xxh3_128, Xxh3};
 use crate::proto::functions::{self as f, FileKind};
 use crate::proto::sync::{
-    bad_name, DeltaOp, Rolling, SyncAbort, SyncApply, SyncApplyArgs, SyncBegin, SyncBeginArgs, SyncCommit,
+    bad_name, DeltaOp, Rolling, SyncAbort, SyncApplied, SyncApply, SyncApplyArgs, SyncBegin, SyncBeginArgs, SyncCommit,
     SyncCommitArgs, SyncDelta, SyncDeltaArgs, SyncEntry, SyncList, SyncListArgs, SyncListing, SyncSignature,
     SyncSignatureArgs, TreeOp, ROOT_PARENT, STRONG_LEN,
 };
@@ -124,9 +125,59 @@ pub struct SyncStats {
     /// Wall time.
     pub elapsed: Duration,
     /// Of it, until the destination's listing had arrived (a tree sync:
-    /// the `sync_list` call, overlapped with the walk of the source);
-    /// the rest is the comparison and the changes.
+    /// the `sync_list` call, overlapped with reading the source's top
+    /// directory); the rest is the comparison and the changes.
     pub listed: Duration,
+    /// What failed, each with why; the rest of the sync was done (as
+    /// rsync carries on past a file it cannot write). Empty when all went.
+    pub failed: Vec<SyncFailure>,
+}
+
+/// A file, directory or symlink the sync could not bring over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncFailure {
+    /// Relative to the destination (a single-file sync: its file name).
+    pub path: PathBuf,
+    /// Why.
+    pub reason: FailReason,
+}
+
+/// Why one entry of a sync failed.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum FailReason {
+    /// The context refused or failed the change: permission denied, no
+    /// space, something in the way of a rename, a failed checksum.
+    #[error("{0}")]
+    Target(crate::proto::RemoteError),
+    /// The source could not be read (permission denied, an I/O error).
+    #[error("reading the source: {message}")]
+    Source {
+        /// Its kind.
+        kind: std::io::ErrorKind,
+        /// The OS error number, if any.
+        errno: Option<i32>,
+        /// The error as the OS words it.
+        message: String,
+    },
+    /// The source changed size while it was read: nothing was put in place.
+    #[error("changed during the sync: {expected} bytes at the start, {read} read")]
+    SourceChanged {
+        /// Size when compared.
+        expected: u64,
+        /// Bytes read.
+        read: u64,
+    },
+    /// A non-empty directory of the destination stands where the source
+    /// has a file or symlink: replaced only with `--delete` (rsync's rule,
+    /// without its `--force`).
+    #[error("a non-empty directory is in the way (--delete replaces it)")]
+    DirectoryInTheWay,
+}
+
+impl FailReason {
+    fn source(e: &std::io::Error) -> FailReason {
+        FailReason::Source { kind: e.kind(), errno: e.raw_os_error(), message: e.to_string() }
+    }
 }
 
 /// One thing a sync did, for a report as it goes (paths relative to the
@@ -215,108 +266,259 @@ fn local(path: &Path) -> impl Fn(std::io::Error) -> SyncError + '_ {
     move |source| SyncError::Local { path: path.to_path_buf(), source }
 }
 
-/// An entry of the destination, by its path relative to the root.
-#[derive(Debug)]
+/// What the sync needs of a destination entry (from the listing).
+#[derive(Clone, Copy, Debug)]
 struct Remote {
     kind: FileKind,
     mode: u32,
     size: u64,
     mtime: (i64, u32),
-    link: Vec<u8>,
+}
+
+impl Remote {
+    fn of(e: &SyncEntry) -> Remote {
+        Remote { kind: e.kind, mode: e.mode, size: e.size, mtime: (e.mtime, e.mtime_nsec) }
+    }
+}
+
+/// What the sync needs of a source entry's `lstat` (or, for the source
+/// root, its `stat`).
+#[derive(Clone, Copy, Debug)]
+struct Meta {
+    kind: FileKind,
+    /// Permission bits (with setuid, setgid, sticky).
+    mode: u32,
+    size: u64,
+    mtime: (i64, u32),
+    owner: (u32, u32),
+}
+
+impl Meta {
+    fn of_std(m: &fs::Metadata) -> Meta {
+        let ft = m.file_type();
+        let kind = if ft.is_file() {
+            FileKind::File
+        } else if ft.is_dir() {
+            FileKind::Dir
+        } else if ft.is_symlink() {
+            FileKind::Symlink
+        } else {
+            FileKind::Other
+        };
+        Meta {
+            kind,
+            mode: m.mode() & 0o7777,
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec() as u32),
+            owner: (m.uid(), m.gid()),
+        }
+    }
+
+    fn of_stat(st: &rustix::fs::Stat) -> Meta {
+        use rustix::fs::FileType as T;
+        let kind = match T::from_raw_mode(st.st_mode) {
+            T::RegularFile => FileKind::File,
+            T::Directory => FileKind::Dir,
+            T::Symlink => FileKind::Symlink,
+            _ => FileKind::Other,
+        };
+        Meta {
+            kind,
+            mode: st.st_mode & 0o7777,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+            owner: (st.st_uid, st.st_gid),
+        }
+    }
 }
 
 /// A refused entry of a listing: its name and what is wrong with it.
 pub type BadEntry = (Vec<u8>, &'static str);
 
-/// The destination's listing as paths relative to the root (and each
-/// one's depth), after
-/// checking it: every name a single file name ([`bad_name`]), every
-/// parent a directory listed before its child, no path twice, at most
-/// `max` entries and [`MAX_TREE_DEPTH`] levels. The `Err` is the name and
-/// what is wrong with it.
-pub fn check_listing(entries: &[SyncEntry], max: usize) -> Result<Vec<(Vec<u8>, usize)>, BadEntry> {
-    if entries.len() > max {
+/// A checked listing of the destination: its entries, and each
+/// directory's children sorted by name (so the comparison with the
+/// source is a merge of two sorted lists, without a path built or hashed
+/// per entry).
+#[derive(Debug)]
+pub struct RemoteTree {
+    entries: Vec<SyncEntry>,
+    /// The children of directory `d` (the root is `entries.len()`) are
+    /// `order[start[d]..start[d + 1]]`.
+    start: Vec<u32>,
+    order: Vec<u32>,
+}
+
+impl RemoteTree {
+    /// The entries of directory `dir` (`None`: the root), by name.
+    fn children(&self, dir: Option<u32>) -> &[u32] {
+        let d = dir.map_or(self.entries.len(), |d| d as usize);
+        match (self.start.get(d), self.start.get(d + 1)) {
+            (Some(&a), Some(&b)) => self.order.get(a as usize..b as usize).unwrap_or_default(),
+            _ => &[],
+        }
+    }
+
+    /// Every entry's path below the root, in the listing's order.
+    pub fn paths(&self) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = Vec::with_capacity(self.entries.len());
+        for e in &self.entries {
+            let mut p = if e.parent == ROOT_PARENT { Vec::new() } else { out[e.parent as usize].clone() };
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(&e.name);
+            out.push(p);
+        }
+        out
+    }
+}
+
+/// The destination's listing checked and indexed: every name a single
+/// file name ([`bad_name`]), every parent a directory listed before its
+/// child, no name twice in a directory, at most `max` entries and
+/// [`MAX_TREE_DEPTH`] levels. The `Err` is the name and what is wrong
+/// with it.
+pub fn check_listing(entries: Vec<SyncEntry>, max: usize) -> Result<RemoteTree, BadEntry> {
+    let n = entries.len();
+    if n > max || n >= u32::MAX as usize {
         return Err((Vec::new(), "more entries than asked for"));
     }
-    let mut paths: Vec<(Vec<u8>, usize)> = Vec::with_capacity(entries.len());
-    let mut seen: HashSet<&[u8]> = HashSet::with_capacity(entries.len());
+    let mut depth: Vec<u16> = Vec::with_capacity(n);
+    // count[d + 1]: children of directory d (the root is n).
+    let mut start = vec![0u32; n + 2];
     for (i, e) in entries.iter().enumerate() {
         if let Some(why) = bad_name(&e.name) {
             return Err((e.name.to_vec(), why));
         }
-        let (mut path, depth) = if e.parent == ROOT_PARENT {
-            (Vec::new(), 1)
+        let (d, slot) = if e.parent == ROOT_PARENT {
+            (1, n)
         } else {
             let p = e.parent as usize;
             if p >= i || entries[p].kind != FileKind::Dir {
                 return Err((e.name.to_vec(), "its parent is not a directory listed before it"));
             }
-            let mut path = paths[p].0.clone();
-            path.push(b'/');
-            (path, paths[p].1 + 1)
+            (depth[p] + 1, p)
         };
-        if depth > MAX_TREE_DEPTH {
+        if usize::from(d) > MAX_TREE_DEPTH {
             return Err((e.name.to_vec(), "deeper than 256 levels"));
         }
-        path.extend_from_slice(&e.name);
-        paths.push((path, depth));
+        depth.push(d);
+        start[slot + 1] += 1;
     }
-    for (p, _) in &paths {
-        if !seen.insert(p) {
-            return Err((p.clone(), "listed twice"));
+    for d in 1..start.len() {
+        start[d] += start[d - 1];
+    }
+    let mut next = start.clone();
+    let mut order = vec![0u32; n];
+    for (i, e) in entries.iter().enumerate() {
+        let slot = if e.parent == ROOT_PARENT { n } else { e.parent as usize };
+        order[next[slot] as usize] = i as u32;
+        next[slot] += 1;
+    }
+    for d in 0..=n {
+        let kids = &mut order[start[d] as usize..start[d + 1] as usize];
+        kids.sort_unstable_by(|&a, &b| entries[a as usize].name.cmp(&entries[b as usize].name));
+        if let Some(w) = kids.windows(2).find(|w| entries[w[0] as usize].name == entries[w[1] as usize].name) {
+            return Err((entries[w[0] as usize].name.to_vec(), "listed twice"));
         }
     }
-    Ok(paths)
+    Ok(RemoteTree { entries, start, order })
 }
 
-/// A source entry, by its path relative to the source root.
-struct Local {
-    rel: Vec<u8>,
-    path: PathBuf,
-    meta: fs::Metadata,
+/// A source entry: its name in its directory, its `lstat`, a symlink's
+/// target, a directory's read (its index in the walk's list).
+struct LocalEntry {
+    name: Vec<u8>,
+    meta: Meta,
+    link: Vec<u8>,
+    dir: Option<usize>,
 }
 
-/// The source tree below `root`, depth first, each directory's entries
-/// by name; `lstat` only.
-fn walk_local(root: &Path) -> Result<Vec<Local>, SyncError> {
-    let mut out = Vec::new();
-    let mut stack = vec![(root.to_path_buf(), Vec::new(), 0usize)];
-    while let Some((dir, rel, depth)) = stack.pop() {
-        // `DirEntry::metadata` is an lstat relative to the open directory.
-        let mut entries: Vec<(std::ffi::OsString, fs::Metadata)> = fs::read_dir(&dir)
-            .map_err(local(&dir))?
-            .map(|e| e.and_then(|e| Ok((e.file_name(), e.metadata()?))))
-            .collect::<Result<_, _>>()
-            .map_err(local(&dir))?;
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut subdirs = Vec::new();
-        for (n, meta) in entries {
-            let path = dir.join(&n);
-            let mut r = rel.clone();
-            if !r.is_empty() {
-                r.push(b'/');
+/// A source directory read: its entries by name and those whose `lstat`
+/// failed; `Err` when it could not be opened or listed.
+type DirRead = std::io::Result<(Vec<LocalEntry>, Vec<(Vec<u8>, std::io::Error)>)>;
+
+/// The source tree below `dir` read into `dirs` (it is `dirs[returned]`),
+/// depth first, one directory fd open per level, `lstat` relative to it
+/// (the master's share of the listing time: it runs while the target
+/// lists, and the comparison after is a merge in memory).
+fn read_source_tree(
+    dir: &OwnedFd,
+    src: &Path,
+    depth: usize,
+    dirs: &mut Vec<DirRead>,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+) -> Result<usize, SyncError> {
+    let me = dirs.len();
+    dirs.push(Ok((Vec::new(), Vec::new())));
+    let mut read = read_source_dir(dir, buf);
+    if let Ok((entries, _)) = &mut read {
+        for e in entries.iter_mut().filter(|e| e.meta.kind == FileKind::Dir) {
+            if depth + 1 >= MAX_TREE_DEPTH {
+                return Err(local(src)(std::io::Error::other("deeper than 256 levels")));
             }
-            r.extend_from_slice(n.as_bytes());
-            if meta.is_dir() {
-                if depth + 1 >= MAX_TREE_DEPTH {
-                    return Err(local(&path)(std::io::Error::other("deeper than 256 levels")));
+            e.dir = Some(match open_source_dir(dir, &e.name) {
+                Ok(fd) => read_source_tree(&fd, src, depth + 1, dirs, buf)?,
+                Err(err) => {
+                    dirs.push(Err(err));
+                    dirs.len() - 1
                 }
-                subdirs.push((path.clone(), r.clone(), depth + 1));
-            }
-            out.push(Local { rel: r, path, meta });
+            });
         }
-        // Depth first, in name order.
-        stack.extend(subdirs.into_iter().rev());
     }
-    Ok(out)
+    dirs[me] = read;
+    Ok(me)
+}
+
+/// The entries of a source directory, sorted by name, each `lstat`ed
+/// relative to the directory's fd (no path built per entry). An entry
+/// gone between the listing and its `lstat` is left out, as if the
+/// listing had not seen it; another error of an entry is its own.
+fn read_source_dir(dir: &OwnedFd, buf: &mut [std::mem::MaybeUninit<u8>]) -> DirRead {
+    use rustix::fs::{AtFlags, FileType};
+    let mut out = Vec::new();
+    let mut bad = Vec::new();
+    let mut names = rustix::fs::RawDir::new(dir, buf);
+    while let Some(e) = names.next() {
+        let e = e?;
+        let name = e.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => {
+                bad.push((name.to_vec(), e.into()));
+                continue;
+            }
+        };
+        let link = if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+            match rustix::fs::readlinkat(dir, name, Vec::new()) {
+                Ok(l) => l.into_bytes(),
+                Err(e) => {
+                    bad.push((name.to_vec(), e.into()));
+                    continue;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        out.push(LocalEntry { name: name.to_vec(), meta: Meta::of_stat(&st), link, dir: None });
+    }
+    out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    Ok((out, bad))
+}
+
+/// A source directory opened below another, not through a symlink.
+fn open_source_dir(parent: &OwnedFd, name: &[u8]) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(parent, name, flags, Mode::empty())?)
 }
 
 fn rel_path(rel: &[u8]) -> PathBuf {
     PathBuf::from(std::ffi::OsStr::from_bytes(rel))
-}
-
-fn mtime_of(m: &fs::Metadata) -> (i64, u32) {
-    (m.mtime(), m.mtime_nsec() as u32)
 }
 
 /// The block size for an old file of `size` bytes: about its square root
@@ -351,51 +553,98 @@ fn next_id() -> u32 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed).max(1)
 }
 
-/// Calls sent and not yet answered, oldest first, with the rebuild ids
-/// begun and not yet committed (aborted if the sync fails).
+/// Calls sent and not yet answered, oldest first, each for one file (its
+/// rebuild id); the rebuilds begun and not yet committed (aborted if the
+/// sync fails); and the files that failed. A call the agent answers with
+/// an error fails its file only; anything else (the link lost, a reply
+/// that does not decode) fails the sync.
 struct Flight {
-    calls: VecDeque<(Waiter, usize)>,
+    calls: VecDeque<(Waiter, usize, u32)>,
     bytes: usize,
     open: Vec<u32>,
+    /// Each file's shown path and bytes counted in the stats, by id.
+    files: HashMap<u32, (PathBuf, u64, u64)>,
+    failed: Vec<SyncFailure>,
+    failed_ids: HashSet<u32>,
 }
 
 type Waiter = Box<dyn FnOnce() -> Result<(), CallError>>;
 
 impl Flight {
     fn new() -> Flight {
-        Flight { calls: VecDeque::new(), bytes: 0, open: Vec::new() }
+        Flight {
+            calls: VecDeque::new(),
+            bytes: 0,
+            open: Vec::new(),
+            files: HashMap::new(),
+            failed: Vec::new(),
+            failed_ids: HashSet::new(),
+        }
     }
 
-    /// Adds a call.
-    fn push<T: serde::de::DeserializeOwned + 'static>(&mut self, p: Pending<T>) -> Result<(), CallError> {
-        self.push_sized(p, 0)
+    /// Adds a call for file `id`.
+    fn push<T: serde::de::DeserializeOwned + 'static>(&mut self, p: Pending<T>, id: u32) -> Result<(), CallError> {
+        self.push_sized(p, 0, id)
     }
 
-    /// Adds a call carrying `bytes` of data; waits for the oldest while
-    /// more than [`WINDOW`] calls or [`WINDOW_BYTES`] are out.
+    /// Adds a `sync_apply` call for file `id`: an op it reports failed
+    /// fails the file.
+    fn push_apply(&mut self, p: Pending<SyncApplied>, id: u32) -> Result<(), CallError> {
+        let w: Waiter = Box::new(move || match p.wait()?.failed.into_iter().next() {
+            Some((_, e)) => Err(CallError::Remote(e)),
+            None => Ok(()),
+        });
+        self.push_waiter(w, 0, id)
+    }
+
+    /// Adds a call for file `id` carrying `bytes` of data; waits for the
+    /// oldest while more than [`WINDOW`] calls or [`WINDOW_BYTES`] are out.
     fn push_sized<T: serde::de::DeserializeOwned + 'static>(
         &mut self,
         p: Pending<T>,
         bytes: usize,
+        id: u32,
     ) -> Result<(), CallError> {
-        let w: Waiter = Box::new(move || p.wait().map(drop));
-        self.calls.push_back((w, bytes));
+        self.push_waiter(Box::new(move || p.wait().map(drop)), bytes, id)
+    }
+
+    fn push_waiter(&mut self, w: Waiter, bytes: usize, id: u32) -> Result<(), CallError> {
+        self.calls.push_back((w, bytes, id));
         self.bytes += bytes;
         while self.calls.len() > WINDOW || self.bytes > WINDOW_BYTES {
-            if let Some((p, n)) = self.calls.pop_front() {
-                self.bytes -= n;
-                p()?;
-            }
+            self.settle_oldest()?;
         }
         Ok(())
     }
 
+    /// Waits for the oldest call; an error reply fails its file.
+    fn settle_oldest(&mut self) -> Result<(), CallError> {
+        let Some((w, n, id)) = self.calls.pop_front() else { return Ok(()) };
+        self.bytes -= n;
+        match w() {
+            Ok(()) => Ok(()),
+            Err(CallError::Remote(e)) => {
+                self.fail(id, FailReason::Target(e));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn drain(&mut self) -> Result<(), CallError> {
-        while let Some((p, n)) = self.calls.pop_front() {
-            self.bytes -= n;
-            p()?;
+        while !self.calls.is_empty() {
+            self.settle_oldest()?;
         }
         Ok(())
+    }
+
+    /// Notes file `id`'s failure (its first only: a failed begin fails
+    /// the calls after it too).
+    fn fail(&mut self, id: u32, reason: FailReason) {
+        if self.failed_ids.insert(id) {
+            let path = self.files.get(&id).map(|f| f.0.clone()).unwrap_or_default();
+            self.failed.push(SyncFailure { path, reason });
+        }
     }
 }
 
@@ -403,6 +652,29 @@ impl Flight {
 struct Dest<'a> {
     root: &'a [u8],
     rel: &'a [u8],
+}
+
+/// A file of the source to compare (and maybe send).
+struct FileJob {
+    rel: Vec<u8>,
+    meta: Meta,
+    old: Option<Remote>,
+}
+
+/// The plan of a tree sync, built by one merge of the source's and the
+/// destination's sorted directories.
+#[derive(Default)]
+struct Plan {
+    /// Removals (kind changes, `--delete`) and new directories.
+    ops: Vec<TreeOp>,
+    links: Vec<TreeOp>,
+    files: Vec<FileJob>,
+    /// Directory metadata, parents before children, and whether each is
+    /// already the source's.
+    dirs_meta: Vec<(TreeOp, bool)>,
+    deleted: Vec<Vec<u8>>,
+    /// Entries of the source that failed before anything was sent.
+    failed: Vec<SyncFailure>,
 }
 
 impl Context {
@@ -419,6 +691,10 @@ impl Context {
     }
 
     /// [`Context::sync`], telling `report` about each file as it goes.
+    /// A file that fails (the destination refuses it, the source cannot
+    /// be read) is listed in [`SyncStats::failed`] and the sync goes on;
+    /// `Err` is for a sync that could not go on (the context lost, the
+    /// destination root unusable, a hostile reply).
     pub fn sync_with_report(
         &self,
         src: impl AsRef<Path>,
@@ -430,9 +706,9 @@ impl Context {
         let t0 = Instant::now();
         let sent0 = self.bytes_sent();
         let mut stats = SyncStats::default();
-        let meta = fs::metadata(src).map_err(local(src))?;
+        let meta = Meta::of_std(&fs::metadata(src).map_err(local(src))?);
         let mut flight = Flight::new();
-        let r = if meta.is_dir() {
+        let r = if meta.kind == FileKind::Dir {
             if !opts.recursive {
                 return Err(SyncError::SourceIsDir(src.into()));
             }
@@ -448,6 +724,15 @@ impl Context {
             }
         }
         r?;
+        // A file counted as sent whose commit then failed is not changed.
+        for id in &flight.failed_ids {
+            if let Some(&(_, size, literal)) = flight.files.get(id) {
+                stats.changed = stats.changed.saturating_sub(1);
+                stats.file_bytes = stats.file_bytes.saturating_sub(size);
+                stats.literal_bytes = stats.literal_bytes.saturating_sub(literal);
+            }
+        }
+        stats.failed.append(&mut flight.failed);
         stats.wire_bytes = self.bytes_sent().saturating_sub(sent0);
         stats.elapsed = t0.elapsed();
         Ok(stats)
@@ -461,7 +746,7 @@ impl Context {
     fn sync_one(
         &self,
         src: &Path,
-        meta: &fs::Metadata,
+        meta: &Meta,
         dst: &Path,
         stats: &mut SyncStats,
         flight: &mut Flight,
@@ -488,61 +773,82 @@ impl Context {
                     what: "a directory (name the file itself)",
                 })
             }
-            Some(st) if st.kind == FileKind::File => Some(Remote {
-                kind: st.kind,
-                mode: st.mode,
-                size: st.size,
-                mtime: (st.mtime, st.mtime_nsec),
-                link: vec![],
-            }),
+            Some(st) if st.kind == FileKind::File => {
+                Some(Remote { kind: st.kind, mode: st.mode, size: st.size, mtime: (st.mtime, st.mtime_nsec) })
+            }
             _ => None,
         };
         let root = path_bytes(parent);
         let d = Dest { root: &root, rel: name.as_bytes() };
-        self.file(src, meta, &d, old.as_ref(), Path::new(name), stats, flight, report)?;
+        self.file(src, meta, &d, old, Path::new(name), stats, flight, report)?;
         flight.drain()?;
         Ok(())
     }
 
     /// Compares one source file with what the destination has (`old`) and
-    /// sends it whole, as a delta, or not at all.
+    /// sends it whole, as a delta, or not at all. A failure of this file
+    /// alone is noted in `flight`; `Err` fails the sync.
     #[allow(clippy::too_many_arguments)]
     fn file(
         &self,
         src: &Path,
-        meta: &fs::Metadata,
+        meta: &Meta,
         d: &Dest<'_>,
-        old: Option<&Remote>,
+        old: Option<Remote>,
         shown: &Path,
         stats: &mut SyncStats,
         flight: &mut Flight,
         report: &mut dyn FnMut(&SyncEvent),
     ) -> Result<(), SyncError> {
         stats.files += 1;
-        let mode = meta.mode() & 0o7777;
-        if let Some(o) = old.filter(|o| o.kind == FileKind::File) {
-            if o.size == meta.len() && o.mtime == mtime_of(meta) {
-                if o.mode != mode {
-                    let op = TreeOp::SetMeta { rel: ByteBuf::from(d.rel.to_vec()), mode, mtime: None };
+        let old = old.filter(|o| o.kind == FileKind::File);
+        if let Some(o) = old {
+            if o.size == meta.size && o.mtime == meta.mtime {
+                if o.mode != meta.mode {
+                    let id = next_id();
+                    flight.files.insert(id, (shown.into(), 0, 0));
+                    let op = TreeOp::SetMeta { rel: ByteBuf::from(d.rel.to_vec()), mode: meta.mode, mtime: None };
                     let args = SyncApplyArgs { root: ByteBuf::from(d.root.to_vec()), create_root: None, ops: vec![op] };
-                    flight.push(self.call_async::<SyncApply>(&args)?)?;
+                    flight.push_apply(self.call_async::<SyncApply>(&args)?, id)?;
                 }
-                report(&SyncEvent::File { path: shown.into(), changed: false, size: meta.len(), literal: 0 });
+                report(&SyncEvent::File { path: shown.into(), changed: false, size: meta.size, literal: 0 });
                 return Ok(());
             }
         }
-        let old_size = old.filter(|o| o.kind == FileKind::File).map(|o| o.size);
-        let delta = old_size.is_some_and(|s| s >= DELTA_MIN) && meta.len() >= DELTA_MIN;
-        let literal = if delta {
-            stats.deltas += 1;
-            self.send_delta(src, meta, d, old_size.unwrap_or(0), stats, flight)?
+        let id = next_id();
+        flight.files.insert(id, (shown.into(), 0, 0));
+        let delta = old.is_some_and(|o| o.size >= DELTA_MIN) && meta.size >= DELTA_MIN;
+        let r = if delta {
+            self.send_delta(src, meta, d, id, old.map_or(0, |o| o.size), stats, flight)
         } else {
-            self.send_whole(src, meta, d, flight)?
+            self.send_whole(src, meta, d, id, flight)
         };
+        let literal = match r {
+            Ok(literal) => literal,
+            Err(e) => {
+                let reason = match e {
+                    SyncError::Local { source, .. } => FailReason::source(&source),
+                    SyncError::SourceChanged { expected, read, .. } => FailReason::SourceChanged { expected, read },
+                    SyncError::Remote(CallError::Remote(e)) => FailReason::Target(e),
+                    e => return Err(e),
+                };
+                // Begun and not committed: its temp file goes.
+                if flight.open.contains(&id) {
+                    flight.open.retain(|&i| i != id);
+                    flight.push(self.call_async::<SyncAbort>(&id)?, id)?;
+                }
+                flight.fail(id, reason);
+                return Ok(());
+            }
+        };
+        if delta {
+            stats.deltas += 1;
+        }
+        flight.files.insert(id, (shown.into(), meta.size, literal));
         stats.changed += 1;
-        stats.file_bytes += meta.len();
+        stats.file_bytes += meta.size;
         stats.literal_bytes += literal;
-        report(&SyncEvent::File { path: shown.into(), changed: true, size: meta.len(), literal });
+        report(&SyncEvent::File { path: shown.into(), changed: true, size: meta.size, literal });
         Ok(())
     }
 
@@ -557,29 +863,35 @@ impl Context {
         self.call_async::<SyncBegin>(&args)
     }
 
-    fn commit(&self, id: u32, meta: &fs::Metadata, size: u64, digest: [u8; 16]) -> Result<Pending<()>, CallError> {
+    fn commit(&self, id: u32, meta: &Meta, size: u64, digest: [u8; 16]) -> Result<Pending<()>, CallError> {
         let args = SyncCommitArgs {
             id,
             size,
             xxh3: ByteBuf::from(&digest[..]),
-            mode: meta.mode() & 0o7777,
-            mtime: mtime_of(meta),
-            owner: (meta.uid(), meta.gid()),
+            mode: meta.mode,
+            mtime: meta.mtime,
+            owner: meta.owner,
         };
         self.call_async::<SyncCommit>(&args)
     }
 
     /// A whole file, pipelined: nothing is awaited here but the window.
-    fn send_whole(&self, src: &Path, meta: &fs::Metadata, d: &Dest<'_>, flight: &mut Flight) -> Result<u64, SyncError> {
+    fn send_whole(
+        &self,
+        src: &Path,
+        meta: &Meta,
+        d: &Dest<'_>,
+        id: u32,
+        flight: &mut Flight,
+    ) -> Result<u64, SyncError> {
         let mut input = fs::File::open(src).map_err(local(src))?;
-        let id = next_id();
-        flight.push(self.begin(d, id, false, 4096)?)?;
+        flight.push(self.begin(d, id, false, 4096)?, id)?;
         flight.open.push(id);
         let mut hash = Xxh3::new();
         let mut size = 0u64;
         // Sized to the file (one byte more shows its end): a 1 MiB buffer
         // per small file was most of a 10,000-file sync's time.
-        let mut buf = vec![0u8; usize::try_from(meta.len()).unwrap_or(CHUNK).saturating_add(1).min(CHUNK)];
+        let mut buf = vec![0u8; usize::try_from(meta.size).unwrap_or(CHUNK).saturating_add(1).min(CHUNK)];
         loop {
             let n = read_full(&mut input, &mut buf).map_err(local(src))?;
             if n == 0 {
@@ -588,25 +900,27 @@ impl Context {
             hash.update(&buf[..n]);
             size += n as u64;
             let args = SyncDeltaArgs { id, ops: vec![DeltaOp::Data(ByteBuf::from(&buf[..n]))] };
-            flight.push_sized(self.call_async::<SyncDelta>(&args)?, n)?;
+            flight.push_sized(self.call_async::<SyncDelta>(&args)?, n, id)?;
             if n < buf.len() {
                 break;
             }
         }
-        if size != meta.len() {
-            return Err(SyncError::SourceChanged { path: src.into(), expected: meta.len(), read: size });
+        if size != meta.size {
+            return Err(SyncError::SourceChanged { path: src.into(), expected: meta.size, read: size });
         }
-        flight.push(self.commit(id, meta, size, hash.finish())?)?;
+        flight.push(self.commit(id, meta, size, hash.finish())?, id)?;
         flight.open.retain(|&i| i != id);
         Ok(size)
     }
 
     /// A changed file as a delta against the old one; the literal bytes.
+    #[allow(clippy::too_many_arguments)]
     fn send_delta(
         &self,
         src: &Path,
-        meta: &fs::Metadata,
+        meta: &Meta,
         d: &Dest<'_>,
+        id: u32,
         listed_size: u64,
         stats: &mut SyncStats,
         flight: &mut Flight,
@@ -618,14 +932,14 @@ impl Context {
         // third of the master's time, serial).
         std::thread::scope(|s| {
             let hasher = s.spawn(move || hash_file(whole));
-            let r = self.delta_body(src, d, listed_size, input, stats, flight);
+            let r = self.delta_body(src, d, id, listed_size, input, stats, flight);
             let digest = hasher.join().map_err(|_| local(src)(std::io::Error::other("the hashing thread panicked")))?;
-            let (literal, id, size) = r?;
+            let (literal, size) = r?;
             let (hashed, digest) = digest.map_err(local(src))?;
-            if size != meta.len() || hashed != size {
-                return Err(SyncError::SourceChanged { path: src.into(), expected: meta.len(), read: size });
+            if size != meta.size || hashed != size {
+                return Err(SyncError::SourceChanged { path: src.into(), expected: meta.size, read: size });
             }
-            flight.push(self.commit(id, meta, size, digest)?)?;
+            flight.push(self.commit(id, meta, size, digest)?, id)?;
             flight.open.retain(|&i| i != id);
             flight.drain()?;
             log::debug!("[{}] sync {}: committed", self.name(), src.display());
@@ -634,20 +948,21 @@ impl Context {
     }
 
     /// [`Context::send_delta`] but the digest: signatures, matching, ops;
-    /// the literal bytes, the rebuild's id and the bytes read.
+    /// the literal bytes and the bytes read.
+    #[allow(clippy::too_many_arguments)]
     fn delta_body(
         &self,
         src: &Path,
         d: &Dest<'_>,
+        id: u32,
         listed_size: u64,
         input: fs::File,
         stats: &mut SyncStats,
         flight: &mut Flight,
-    ) -> Result<(u64, u32, u64), SyncError> {
+    ) -> Result<(u64, u64), SyncError> {
         let dest = rel_path(d.rel);
         let t0 = Instant::now();
         let bs = block_size(listed_size);
-        let id = next_id();
         let old_size = self.begin(d, id, true, bs)?.wait()?;
         flight.open.push(id);
         // Signatures, a few slices in flight.
@@ -701,7 +1016,7 @@ impl Context {
             t_sig,
             t0.elapsed()
         );
-        Ok((literal, id, size))
+        Ok((literal, size))
     }
 
     /// A tree: list, plan, apply, files, directory metadata.
@@ -709,7 +1024,7 @@ impl Context {
     fn sync_tree(
         &self,
         src: &Path,
-        meta: &fs::Metadata,
+        meta: &Meta,
         dst: &Path,
         opts: &SyncOptions,
         stats: &mut SyncStats,
@@ -717,18 +1032,31 @@ impl Context {
         report: &mut dyn FnMut(&SyncEvent),
     ) -> Result<(), SyncError> {
         let root = path_bytes(dst).to_vec();
-        // The target lists while this side walks the source.
+        // The target lists while this side opens the source.
         let t0 = Instant::now();
         let listing = self.call_async::<SyncList>(&SyncListArgs {
             root: ByteBuf::from(root.clone()),
             max_entries: MAX_TREE_ENTRIES as u32,
         })?;
-        let locals = walk_local(src)?;
+        let src_dir = rustix::fs::open(
+            src,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| local(src)(e.into()))?;
+        // The source read meanwhile, then merged with the listing in memory.
+        let mut dirs = Vec::new();
+        let mut buf = Vec::with_capacity(64 * 1024);
+        read_source_tree(&src_dir, src, 0, &mut dirs, buf.spare_capacity_mut())?;
+        if let Some(Err(e)) = dirs.first() {
+            return Err(local(src)(std::io::Error::new(e.kind(), e.to_string())));
+        }
+        let tr = t0.elapsed();
         let listing: SyncListing = listing.wait()?;
         stats.listed = t0.elapsed();
         let root_meta = listing.root.as_ref().map(|r| (r.kind, r.mode, (r.mtime, r.mtime_nsec)));
         let create_root = match root_meta {
-            None => Some(meta.mode() & 0o7777 | 0o700),
+            None => Some(meta.mode | 0o700),
             Some((FileKind::Dir, ..)) => None,
             Some(_) => {
                 return Err(SyncError::Destination {
@@ -738,96 +1066,29 @@ impl Context {
                 })
             }
         };
-        let paths =
-            check_listing(&listing.entries, MAX_TREE_ENTRIES).map_err(|(name, why)| self.bad_reply(dst, name, why))?;
-        let mut remote: HashMap<Vec<u8>, Remote> = HashMap::with_capacity(paths.len());
-        for ((p, _), e) in paths.iter().zip(listing.entries) {
-            let r = Remote {
-                kind: e.kind,
-                mode: e.mode,
-                size: e.size,
-                mtime: (e.mtime, e.mtime_nsec),
-                link: e.link.into_vec(),
-            };
-            remote.insert(p.clone(), r);
-        }
+        let tl = Instant::now();
+        let tree =
+            check_listing(listing.entries, MAX_TREE_ENTRIES).map_err(|(name, why)| self.bad_reply(dst, name, why))?;
         stats.dirs += 1;
-        // Plan the tree changes.
-        let mut ops = Vec::new();
-        let mut links = Vec::new();
-        let mut files = Vec::new();
-        let root_same = root_meta.is_some_and(|(_, mode, t)| mode == meta.mode() & 0o7777 && t == mtime_of(meta));
+        let mut plan = Plan::default();
+        let root_same = root_meta.is_some_and(|(_, mode, t)| mode == meta.mode && t == meta.mtime);
         // The root's own goes last (first here: the rest is reversed below).
-        let mut dirs_meta =
-            vec![TreeOp::SetMeta { rel: ByteBuf::new(), mode: meta.mode() & 0o7777, mtime: Some(mtime_of(meta)) }];
-        let mut dirs_same = vec![root_same];
-        let mut local_dirs: HashSet<&[u8]> = HashSet::new();
-        let mut local_all: HashSet<&[u8]> = HashSet::new();
-        for l in &locals {
-            local_all.insert(&l.rel);
-            let there = remote.get(&l.rel);
-            let rel = || ByteBuf::from(l.rel.clone());
-            let ft = l.meta.file_type();
-            let mode = l.meta.mode() & 0o7777;
-            if ft.is_dir() {
-                stats.dirs += 1;
-                local_dirs.insert(&l.rel);
-                match there {
-                    Some(r) if r.kind == FileKind::Dir => {}
-                    Some(_) => {
-                        ops.push(TreeOp::Remove { rel: rel() });
-                        stats.deleted += 1;
-                        ops.push(TreeOp::Mkdir { rel: rel(), mode: mode | 0o700 });
-                    }
-                    None => ops.push(TreeOp::Mkdir { rel: rel(), mode: mode | 0o700 }),
-                }
-                let same = there.is_some_and(|r| r.mode == mode && r.mtime == mtime_of(&l.meta));
-                dirs_same.push(same);
-                dirs_meta.push(TreeOp::SetMeta { rel: rel(), mode, mtime: Some(mtime_of(&l.meta)) });
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&l.path).map_err(local(&l.path))?;
-                let target = target.as_os_str().as_bytes();
-                match there {
-                    Some(r) if r.kind == FileKind::Symlink && r.link == target => {}
-                    Some(r) => {
-                        if r.kind == FileKind::Dir {
-                            ops.push(TreeOp::Remove { rel: rel() });
-                            stats.deleted += 1;
-                        }
-                        links.push(TreeOp::Symlink { rel: rel(), target: ByteBuf::from(target.to_vec()) });
-                    }
-                    None => links.push(TreeOp::Symlink { rel: rel(), target: ByteBuf::from(target.to_vec()) }),
-                }
-            } else if ft.is_file() {
-                if there.is_some_and(|r| r.kind == FileKind::Dir) {
-                    ops.push(TreeOp::Remove { rel: rel() });
-                    stats.deleted += 1;
-                }
-                files.push(l);
-            } else {
-                stats.skipped += 1;
-            }
-        }
-        let mut deleted = Vec::new();
-        if opts.delete {
-            // The topmost entries the source lacks (what is inside goes with them).
-            for (p, _) in &paths {
-                let parent = p.iter().rposition(|&c| c == b'/').map(|i| &p[..i]);
-                let parent_is_dir = parent.is_none_or(|q| local_dirs.contains(q));
-                if parent_is_dir && !local_all.contains(&p[..]) {
-                    ops.push(TreeOp::Remove { rel: ByteBuf::from(p.clone()) });
-                    deleted.push(p.clone());
-                }
-            }
-            stats.deleted += deleted.len() as u64;
-        }
-        stats.symlinks += links.len() as u64;
+        plan.dirs_meta
+            .push((TreeOp::SetMeta { rel: ByteBuf::new(), mode: meta.mode, mtime: Some(meta.mtime) }, root_same));
+        let mut walk = Walk { tree: &tree, dirs, opts, plan: &mut plan, stats, rel: Vec::new() };
+        let tc = tl.elapsed();
+        walk.dir(0, None, 0);
+        let tm = tl.elapsed();
+        stats.symlinks += plan.links.len() as u64;
+        stats.failed.append(&mut plan.failed);
         // Removals first (kind changes, --delete), then directories, then links.
-        let mut first = true;
-        let mut all: Vec<TreeOp> = ops.into_iter().chain(links.iter().cloned()).collect();
+        let mut all: Vec<TreeOp> = std::mem::take(&mut plan.ops);
+        all.extend(plan.links.iter().cloned());
         // Removals must precede the mkdirs they make room for.
         all.sort_by_key(|op| !matches!(op, TreeOp::Remove { .. }));
         let touched = !all.is_empty() || create_root.is_some();
+        let mut failed_ops: HashSet<Vec<u8>> = HashSet::new();
+        let mut first = true;
         while first || !all.is_empty() {
             let rest = all.split_off(all.len().min(APPLY_BATCH));
             let args = SyncApplyArgs {
@@ -836,35 +1097,240 @@ impl Context {
                 ops: std::mem::replace(&mut all, rest),
             };
             if !args.ops.is_empty() || args.create_root.is_some() {
-                self.call::<SyncApply>(&args)?;
+                let done = self.call::<SyncApply>(&args)?;
+                failed_ops.extend(self.op_failures(&args.ops, done, stats));
             }
             first = false;
         }
-        for p in deleted {
-            report(&SyncEvent::Deleted { path: rel_path(&p) });
-        }
-        for l in &links {
-            if let TreeOp::Symlink { rel, .. } = l {
-                report(&SyncEvent::Symlink { path: rel_path(rel) });
+        for p in &plan.deleted {
+            if !failed_ops.contains(&p[..]) {
+                report(&SyncEvent::Deleted { path: rel_path(p) });
             }
         }
-        for l in files {
-            let d = Dest { root: &root, rel: &l.rel };
-            self.file(&l.path, &l.meta, &d, remote.get(&l.rel), &rel_path(&l.rel), stats, flight, report)?;
+        for l in &plan.links {
+            if let TreeOp::Symlink { rel, .. } = l {
+                if !failed_ops.contains(&rel[..]) {
+                    report(&SyncEvent::Symlink { path: rel_path(rel) });
+                }
+            }
+        }
+        for job in &plan.files {
+            if failed_ops.contains(&job.rel[..]) {
+                continue; // its kind change failed: reported once
+            }
+            let d = Dest { root: &root, rel: &job.rel };
+            let shown = rel_path(&job.rel);
+            self.file(&src.join(&shown), &job.meta, &d, job.old, &shown, stats, flight, report)?;
         }
         flight.drain()?;
+        log::debug!(
+            "[{}] sync {}: source read by {tr:?}, listing by {:?}, then checked in {tc:?}, merged by {tm:?}, files \
+             done by {:?}",
+            self.name(),
+            dst.display(),
+            stats.listed,
+            tl.elapsed()
+        );
         // Directory modes and mtimes once their contents are in, children
         // first; all of them when anything changed (a new name in a
         // directory changes its mtime), else those that differ.
         let touched = touched || stats.changed > 0;
         let mut dirs_meta: Vec<TreeOp> =
-            dirs_meta.into_iter().zip(dirs_same).filter(|(_, same)| touched || !same).map(|(op, _)| op).collect();
+            plan.dirs_meta.into_iter().filter(|(_, same)| touched || !same).map(|(op, _)| op).collect();
         dirs_meta.reverse();
         for batch in dirs_meta.chunks(APPLY_BATCH) {
             let args = SyncApplyArgs { root: ByteBuf::from(root.clone()), create_root: None, ops: batch.to_vec() };
-            self.call::<SyncApply>(&args)?;
+            let done = self.call::<SyncApply>(&args)?;
+            self.op_failures(&args.ops, done, stats);
         }
         Ok(())
+    }
+
+    /// The ops a `sync_apply` reports failed, noted in the stats (a path
+    /// once); their paths. A reply naming an op that was not sent is
+    /// hostile.
+    fn op_failures(&self, ops: &[TreeOp], done: SyncApplied, stats: &mut SyncStats) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (i, mut e) in done.failed {
+            let Some(op) = ops.get(i as usize) else { continue };
+            if e.context.is_empty() {
+                e.context = self.name().into();
+            }
+            let rel = match op {
+                TreeOp::Mkdir { rel, .. }
+                | TreeOp::Remove { rel }
+                | TreeOp::Symlink { rel, .. }
+                | TreeOp::SetMeta { rel, .. } => &rel[..],
+            };
+            if out.last().is_none_or(|l: &Vec<u8>| l[..] != *rel) {
+                stats.failed.push(SyncFailure { path: rel_path(rel), reason: FailReason::Target(e) });
+                out.push(rel.to_vec());
+            }
+        }
+        out
+    }
+}
+
+/// The merge of the source's directories with the destination's listing,
+/// one directory at a time, both sorted by name.
+struct Walk<'a> {
+    tree: &'a RemoteTree,
+    /// The source's directories, as read.
+    dirs: Vec<DirRead>,
+    opts: &'a SyncOptions,
+    plan: &'a mut Plan,
+    stats: &'a mut SyncStats,
+    /// The directory being merged, relative to the root (`/`-separated).
+    rel: Vec<u8>,
+}
+
+impl Walk<'_> {
+    /// `rel` with `name` appended.
+    fn join(&self, name: &[u8]) -> Vec<u8> {
+        let mut p = Vec::with_capacity(self.rel.len() + 1 + name.len());
+        p.extend_from_slice(&self.rel);
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name);
+        p
+    }
+
+    fn fail(&mut self, rel: &[u8], reason: FailReason) {
+        self.plan.failed.push(SyncFailure { path: rel_path(rel), reason });
+    }
+
+    /// Merges source directory `self.dirs[dir]` with the destination's
+    /// directory `remote` (`None`: the root at depth 0, else a directory
+    /// the destination lacks).
+    fn dir(&mut self, dir: usize, remote: Option<u32>, depth: usize) {
+        let read = match self.dirs.get_mut(dir) {
+            Some(r) => std::mem::replace(r, Ok((Vec::new(), Vec::new()))),
+            None => return,
+        };
+        let (locals, bad) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                // Unreadable: its destination is left as it is (no
+                // deletions in it: what the source has is unknown).
+                let rel = self.rel.clone();
+                self.fail(&rel, FailReason::source(&e));
+                return;
+            }
+        };
+        for (name, e) in &bad {
+            let rel = self.join(name);
+            self.fail(&rel, FailReason::source(e));
+        }
+        let tree = self.tree;
+        let kids = if remote.is_none() && depth > 0 { &[][..] } else { tree.children(remote) };
+        let mut k = 0;
+        let mut subdirs = Vec::new();
+        for l in &locals {
+            while k < kids.len() && tree.entries[kids[k] as usize].name[..] < l.name[..] {
+                self.lacks(kids[k], &bad);
+                k += 1;
+            }
+            let there = match kids.get(k) {
+                Some(&i) if tree.entries[i as usize].name[..] == l.name[..] => {
+                    k += 1;
+                    Some(i)
+                }
+                _ => None,
+            };
+            if let Some(sub) = self.entry(l, there) {
+                subdirs.push(sub);
+            }
+        }
+        for &i in &kids[k..] {
+            self.lacks(i, &bad);
+        }
+        for (name, sub, there) in subdirs {
+            let len = self.rel.len();
+            self.rel = self.join(&name);
+            self.dir(sub, there, depth + 1);
+            self.rel.truncate(len);
+        }
+    }
+
+    /// Destination entry `i` has no source entry: removed with `--delete`
+    /// (unless its source entry failed to be read).
+    fn lacks(&mut self, i: u32, bad: &[(Vec<u8>, std::io::Error)]) {
+        let name = &self.tree.entries[i as usize].name[..];
+        if !self.opts.delete || bad.iter().any(|(n, _)| n[..] == *name) {
+            return;
+        }
+        let rel = self.join(name);
+        self.plan.ops.push(TreeOp::Remove { rel: ByteBuf::from(rel.clone()) });
+        self.plan.deleted.push(rel);
+        self.stats.deleted += 1;
+    }
+
+    /// Plans one source entry against what the destination has there;
+    /// a directory to merge next: its name, its read and the
+    /// destination's directory, if it has one.
+    fn entry(&mut self, l: &LocalEntry, there: Option<u32>) -> Option<(Vec<u8>, usize, Option<u32>)> {
+        let tree = self.tree;
+        let r = there.map(|i| &tree.entries[i as usize]);
+        let rel = self.join(&l.name);
+        let m = &l.meta;
+        // A non-empty directory where the source has a file or symlink:
+        // replaced with --delete only (rsync's rule without --force).
+        let dir_in_way = r.is_some_and(|r| r.kind == FileKind::Dir)
+            && matches!(m.kind, FileKind::File | FileKind::Symlink)
+            && !self.opts.delete
+            && !tree.children(there).is_empty();
+        if dir_in_way {
+            self.fail(&rel, FailReason::DirectoryInTheWay);
+            return None;
+        }
+        match m.kind {
+            FileKind::Dir => {
+                self.stats.dirs += 1;
+                let mkdir = TreeOp::Mkdir { rel: ByteBuf::from(rel.clone()), mode: m.mode | 0o700 };
+                let same = match r {
+                    Some(r) if r.kind == FileKind::Dir => r.mode == m.mode && (r.mtime, r.mtime_nsec) == m.mtime,
+                    Some(_) => {
+                        self.plan.ops.push(TreeOp::Remove { rel: ByteBuf::from(rel.clone()) });
+                        self.stats.deleted += 1;
+                        self.plan.ops.push(mkdir);
+                        false
+                    }
+                    None => {
+                        self.plan.ops.push(mkdir);
+                        false
+                    }
+                };
+                let op = TreeOp::SetMeta { rel: ByteBuf::from(rel), mode: m.mode, mtime: Some(m.mtime) };
+                self.plan.dirs_meta.push((op, same));
+                let remote_dir = there.filter(|_| r.is_some_and(|r| r.kind == FileKind::Dir));
+                return l.dir.map(|d| (l.name.clone(), d, remote_dir));
+            }
+            FileKind::Symlink => {
+                let link =
+                    || TreeOp::Symlink { rel: ByteBuf::from(rel.clone()), target: ByteBuf::from(l.link.clone()) };
+                match r {
+                    Some(r) if r.kind == FileKind::Symlink && r.link[..] == l.link[..] => {}
+                    Some(r) => {
+                        if r.kind == FileKind::Dir {
+                            self.plan.ops.push(TreeOp::Remove { rel: ByteBuf::from(rel.clone()) });
+                            self.stats.deleted += 1;
+                        }
+                        self.plan.links.push(link());
+                    }
+                    None => self.plan.links.push(link()),
+                }
+            }
+            FileKind::File => {
+                if r.is_some_and(|r| r.kind == FileKind::Dir) {
+                    self.plan.ops.push(TreeOp::Remove { rel: ByteBuf::from(rel.clone()) });
+                    self.stats.deleted += 1;
+                }
+                self.plan.files.push(FileJob { rel, meta: *m, old: r.map(Remote::of) });
+            }
+            FileKind::Other => self.stats.skipped += 1,
+        }
+        None
     }
 }
 
@@ -1159,7 +1625,7 @@ impl<'a> Matcher<'a> {
         let args = SyncDeltaArgs { id: self.id, ops: std::mem::take(&mut self.ops) };
         let bytes = std::mem::take(&mut self.op_bytes);
         if !args.ops.is_empty() {
-            self.flight.push_sized(self.ctx.call_async::<SyncDelta>(&args)?, bytes)?;
+            self.flight.push_sized(self.ctx.call_async::<SyncDelta>(&args)?, bytes, self.id)?;
         }
         Ok(())
     }
@@ -1190,7 +1656,7 @@ mod tests {
             entry(0, b"b", FileKind::Dir),
             entry(2, b"\xffc", FileKind::Symlink),
         ];
-        let p: Vec<Vec<u8>> = check_listing(&l, 10).expect("a good listing").into_iter().map(|(p, _)| p).collect();
+        let p = check_listing(l.to_vec(), 10).expect("a good listing").paths();
         assert_eq!(p, vec![b"a".to_vec(), b"f".to_vec(), b"a/b".to_vec(), b"a/b/\xffc".to_vec()]);
     }
 
@@ -1207,16 +1673,16 @@ mod tests {
             (vec![entry(ROOT_PARENT, b"x", FileKind::File), entry(ROOT_PARENT, b"x", FileKind::Dir)], "twice"),
         ];
         for (l, what) in cases {
-            assert!(check_listing(&l, 100).is_err(), "{what} accepted");
+            assert!(check_listing(l, 100).is_err(), "{what} accepted");
         }
         let many = vec![entry(ROOT_PARENT, b"x", FileKind::File); 3];
-        assert!(check_listing(&many, 2).is_err(), "more entries than asked for accepted");
+        assert!(check_listing(many, 2).is_err(), "more entries than asked for accepted");
         // An endless chain of directories stops at the depth limit.
         let mut deep = vec![entry(ROOT_PARENT, b"d", FileKind::Dir)];
         for i in 0..300u32 {
             deep.push(entry(i, b"d", FileKind::Dir));
         }
-        assert!(check_listing(&deep, 1000).is_err(), "301 levels accepted");
+        assert!(check_listing(deep, 1000).is_err(), "301 levels accepted");
     }
 
     #[test]

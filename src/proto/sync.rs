@@ -21,7 +21,9 @@
 //! destination, which it could write anyway), and the whole-file check
 //! catches a block collision or a corrupted copy.
 //! - [`SyncApply`] — the tree's other changes in one call: mkdir, remove
-//!   (never following a symlink), symlink, chmod, directory mtime.
+//!   (never following a symlink), symlink, chmod, directory mtime; an op
+//!   that fails is reported in [`SyncApplied`] and the others still run
+//!   (one unwritable directory does not stop a sync, as in rsync).
 //!
 //! Every path an agent gets here is a trusted root (the destination the
 //! user named) plus a relative path the agent walks component by
@@ -60,9 +62,10 @@ function!(
     SyncAbort, "sync_abort", u32, (), small
 );
 function!(
-    /// Tree changes other than file contents, in order; replies how many
-    /// were done (all, or it fails at the first that failed).
-    SyncApply, "sync_apply", SyncApplyArgs, u32, small
+    /// Tree changes other than file contents, in order; replies which
+    /// failed (the others are done). Fails as a whole only when the root
+    /// cannot be created or opened.
+    SyncApply, "sync_apply", SyncApplyArgs, SyncApplied, max = crate::proto::MAX_MESSAGE_SIZE
 );
 
 /// The most a [`SyncSignature`] reply may inflate to: the master asks
@@ -241,6 +244,15 @@ pub struct SyncApplyArgs {
     pub create_root: Option<u32>,
     /// The changes, in order.
     pub ops: Vec<TreeOp>,
+}
+
+/// Reply of [`SyncApply`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncApplied {
+    /// Ops done.
+    pub done: u32,
+    /// The ops that failed: their index in [`SyncApplyArgs::ops`] and why.
+    pub failed: Vec<(u32, crate::proto::RemoteError)>,
 }
 
 /// rsync's rolling weak checksum of a window: `a` is the sum of the

@@ -3,6 +3,11 @@
 //! file on stdout (`changed PATH` / `unchanged PATH`, `deleted PATH`,
 //! `symlink PATH`), a summary on stderr: files checked, changed, bytes
 //! sent on the wire against the bytes of the changed files.
+//!
+//! A file that fails (`failed PATH: reason` on stderr) does not stop the
+//! others, as with rsync: the exit status is then [`PARTIAL`] (rsync's
+//! 23, "partial transfer due to error"); a sync that could not go on
+//! (the target lost, a bad source or destination root) is 255.
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -13,6 +18,10 @@ use mito::master::sync::{SyncEvent, SyncOptions, SyncStats};
 
 use super::cli::SyncArgs;
 use super::target::{split_remote, Targets};
+
+/// Exit status of a sync where some files failed and the rest was done
+/// (rsync's code for a partial transfer).
+pub const PARTIAL: u8 = 23;
 
 /// `mito sync`.
 pub fn command(a: &SyncArgs, targets: &mut Targets<'_>) -> Result<ExitCode, String> {
@@ -38,8 +47,15 @@ pub fn command(a: &SyncArgs, targets: &mut Targets<'_>) -> Result<ExitCode, Stri
         .sync_with_report(&a.src, path, &opts, &mut report)
         .map_err(|e| format!("sync {} to {}: {e}", a.src.display(), a.dest))?;
     let _ = out.flush();
+    for f in &stats.failed {
+        eprintln!(
+            "failed {}: {}",
+            printable(f.path.as_os_str().as_bytes(), 4096),
+            printable(f.reason.to_string().as_bytes(), 4096)
+        );
+    }
     eprintln!("{}: {}", a.dest, summary(&stats));
-    Ok(ExitCode::SUCCESS)
+    Ok(if stats.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(PARTIAL) })
 }
 
 /// The summary line.
@@ -66,6 +82,9 @@ fn summary(s: &SyncStats) -> String {
     }
     if s.skipped > 0 {
         line += &format!(", {} special files skipped", s.skipped);
+    }
+    if !s.failed.is_empty() {
+        line += &format!(", {} failed", s.failed.len());
     }
     line
 }
