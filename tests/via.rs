@@ -462,3 +462,51 @@ fn a_hop_grows_its_pipes_to_an_ssh_child() {
     assert_eq!(child.read_file(&remote).expect("read back"), data);
     child.remove(&remote).expect("remove");
 }
+
+/// Bytes this process has read so far (`rchar`: every read and pread,
+/// files and sockets alike).
+fn bytes_read_here() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").expect("/proc/self/io");
+    io.lines().find_map(|l| l.strip_prefix("rchar: ")).and_then(|v| v.trim().parse().ok()).expect("rchar")
+}
+
+#[test]
+fn a_file_put_behind_a_hop_again_is_not_read_again_until_it_changes() {
+    let dir = TempDir::new("via-rehash");
+    let router = Router::new().expect("router");
+    let hop = router.local(local_in(&dir.path().join("cache"))).expect("hop");
+    let children: Vec<mito::Context> =
+        (0..2).map(|_| hop.local(local_in(&dir.path().join("cache"))).expect("child")).collect();
+    let size = 16usize << 20;
+    let src = dir.path().join("src.bin");
+    let data: Vec<u8> = (0..size).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&src, &data).expect("write src");
+    let dest = |i: usize| dir.path().join(format!("dest-{i}.bin"));
+    children[0].put(&src, dest(0)).expect("first put");
+    // The second put to another context behind the same hop: the hop has
+    // the content cached and the master knows its digest, so the master
+    // reads (almost) nothing: no hash of the file again.
+    let before = bytes_read_here();
+    children[1].put(&src, dest(1)).expect("second put");
+    let read = bytes_read_here() - before;
+    assert!(read < size as u64 / 4, "the second put read {read} bytes here for a {size}-byte file");
+    assert!(std::fs::read(dest(1)).expect("read") == data);
+    // Rewritten in place with the same size and its old mtime: the ctime
+    // moved, so the file is hashed again and its new content goes.
+    let mtime = std::fs::metadata(&src).expect("stat").modified().expect("mtime");
+    let new: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
+    std::fs::write(&src, &new).expect("rewrite");
+    std::fs::File::options().write(true).open(&src).expect("open").set_modified(mtime).expect("restore mtime");
+    let before = bytes_read_here();
+    let st = mito::Context::put_with_options(
+        &children[1],
+        &src,
+        dest(1),
+        &mito::CopyOptions { force: true, ..Default::default() },
+        &|_| {},
+    )
+    .expect("third put");
+    assert!(bytes_read_here() - before >= size as u64, "a changed file is read again");
+    assert_eq!(st.bytes, size as u64);
+    assert!(std::fs::read(dest(1)).expect("read") == new, "the new content arrived, not the cached one");
+}

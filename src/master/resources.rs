@@ -109,7 +109,36 @@ pub(crate) struct Store {
     requests: AtomicU64,
     refused: AtomicU64,
     bytes_served: AtomicU64,
+    /// SHA-256 of files put behind hops, by what `stat` says of them.
+    digests: Mutex<HashMap<FileKey, [u8; 32]>>,
 }
+
+/// What identifies a file's content without reading it, as git's index
+/// does: device, inode, size, mtime and ctime (to the nanosecond). A write
+/// changes ctime, which no user can set back, so a file rewritten with its
+/// size and mtime restored gets a new key. And should a key ever match
+/// content it was not computed from, the hops check every chunk they
+/// fetch against the digest and fail the put: never a wrong file.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct FileKey([i64; 7]);
+
+impl FileKey {
+    fn of(meta: &std::fs::Metadata) -> FileKey {
+        use std::os::unix::fs::MetadataExt;
+        FileKey([
+            meta.dev() as i64,
+            meta.ino() as i64,
+            meta.size() as i64,
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+        ])
+    }
+}
+
+/// Digests remembered at most (then forgotten all at once: a simple bound).
+const MAX_DIGESTS: usize = 4096;
 
 impl Store {
     /// Registers `body` as `resource` (for the router's life); starts the
@@ -430,13 +459,31 @@ impl Context {
     ) -> Result<TransferStats, TransferError> {
         use std::os::unix::fs::MetadataExt;
         let t0 = Instant::now();
-        let (sha256, size) = hash_file(&input).map_err(local(src))?;
-        if size != meta.len() {
-            let (context, path) = (self.name().into(), src.into());
-            return Err(TransferError::SourceChanged { context, path, expected: meta.len(), read: size });
-        }
-        let resource = Resource { name: src.to_string_lossy().into_owned(), sha256, size };
         let store = &self.state.resources;
+        // The same file put to many contexts behind hops, one after
+        // another, is hashed once, not once per context.
+        let key = FileKey::of(meta);
+        let known = store.digests.lock().unwrap_or_else(PoisonError::into_inner).get(&key).copied();
+        let (sha256, size) = match known {
+            Some(d) => (d, meta.len()),
+            None => {
+                let (sha256, size) = hash_file(&input).map_err(local(src))?;
+                if size != meta.len() {
+                    let (context, path) = (self.name().into(), src.into());
+                    return Err(TransferError::SourceChanged { context, path, expected: meta.len(), read: size });
+                }
+                // Kept only if the file did not change while it was read.
+                if input.metadata().is_ok_and(|m| FileKey::of(&m) == key) {
+                    let mut digests = store.digests.lock().unwrap_or_else(PoisonError::into_inner);
+                    if digests.len() >= MAX_DIGESTS {
+                        digests.clear();
+                    }
+                    digests.insert(key, sha256);
+                }
+                (sha256, size)
+            }
+        };
+        let resource = Resource { name: src.to_string_lossy().into_owned(), sha256, size };
         let _entry = store.lease(&self.state.table, &resource, Body::File(Arc::new(input))).map_err(local(src))?;
         let _grant = self.lease_grant(&resource)?;
         let commit = Commit {
