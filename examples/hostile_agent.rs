@@ -94,7 +94,8 @@
 //!   `get-oversize-huge` every read with 100 MiB (uncompressed, within the
 //!   frame limit);
 //!   `get-garbage-read`, `get-wrong-type-read` (a `FileOpened`),
-//!   `get-error-read` (EIO) and `get-silent-read` (no reply) are the
+//!   `get-error-read` (EIO, its message and cause laced with terminal
+//!   escapes) and `get-silent-read` (no reply) are the
 //!   second read's answer; `get-garbage-open` and `get-garbage-close`
 //!   answer the open or the close with garbage, `get-silent-close` never
 //!   answers a close. `get-special`: `/t/f` is mode 07777 with mtime
@@ -884,7 +885,12 @@ impl Agent {
                             FileOpened { id: 7, size: 1 << 40, mode: 0o4755, mtime: 0, mtime_nsec: 0, owner: (0, 0) };
                         self.reply(h, Ok(other));
                     }
-                    (Lie::ErrorRead, Ok(_)) if second => self.reply::<()>(h, Err(os_error(libc::EIO, b"/t/f"))),
+                    (Lie::ErrorRead, Ok(_)) if second => {
+                        // Text meant for the terminal that prints the error.
+                        let mut e = os_error(libc::EIO, b"/t/f\x1b]0;owned\x07\x1b[2J\rforged line");
+                        e.causes.push("cause\x1b[31m red\n".into());
+                        self.reply::<()>(h, Err(e));
+                    }
                     (Lie::SilentRead, Ok(_)) if second => {}
                     (_, Ok(chunk)) => self.reply(h, Ok(ByteBuf::from(chunk))),
                 }

@@ -575,36 +575,84 @@ fn lies_told_behind_a_hop_are_refused_the_same_way() {
     }
 }
 
-/// The CLI against the harness as an `ssh://` target (the harness is
-/// `ssh` first on `PATH`): `mito get` of a file whose digest lies fails
-/// with the context and "checksum mismatch" in its message, and an
-/// existing destination keeps its bytes; with `--checksum sha256` alike.
-#[test]
-fn cli_get_from_a_lying_target_fails_and_keeps_the_destination() {
-    let site = Site::new("get-cli");
+/// A directory whose `bin/ssh` is the harness, and a `PATH` that finds
+/// it first: the CLI's `ssh://` targets are then the harness.
+fn harness_as_ssh(site: &Site) -> std::ffi::OsString {
     let bin = site.root().join("bin");
-    std::fs::create_dir(&bin).expect("mkdir bin");
-    std::os::unix::fs::symlink(harness(), bin.join("ssh")).expect("symlink ssh");
+    std::fs::create_dir_all(&bin).expect("mkdir bin");
+    let _ = std::os::unix::fs::symlink(harness(), bin.join("ssh"));
     let mut path = bin.into_os_string();
     path.push(":");
     path.push(std::env::var_os("PATH").unwrap_or_default());
+    path
+}
+
+/// `mito get [extra] ssh://hostile:/t/f dest` with the harness playing
+/// `scenario`.
+fn cli_get(site: &Site, scenario: &str, extra: &[&str], dest: &Path) -> std::process::Output {
+    let mut args = vec!["get"];
+    args.extend_from_slice(extra);
+    args.extend(["ssh://hostile:/t/f", dest.to_str().expect("utf8")]);
+    std::process::Command::new(env!("CARGO_BIN_EXE_mito"))
+        .current_dir(site.work())
+        .env("PATH", harness_as_ssh(site))
+        .env("MITO_HOSTILE", scenario)
+        .args(&args)
+        .output()
+        .expect("run mito")
+}
+
+/// The CLI against the harness as an `ssh://` target: `mito get` of a
+/// file whose digest lies (`get-digest`, with the default digest and
+/// `--checksum sha256`) exits 255 with the context and "checksum
+/// mismatch" in its message, and an existing destination keeps its bytes.
+#[test]
+fn cli_get_from_a_lying_target_fails_and_keeps_the_destination() {
+    let site = Site::new("get-cli");
+    harness_as_ssh(&site);
     let dest = prepare(&site, "f", Dest::Existing);
     for extra in [&[][..], &["--checksum", "sha256"][..]] {
         let before = snapshot(site.root());
-        let mut args = vec!["get"];
-        args.extend_from_slice(extra);
-        args.extend(["ssh://hostile:/t/f", dest.to_str().expect("utf8")]);
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mito"))
-            .current_dir(site.work())
-            .env("PATH", &path)
-            .env("MITO_HOSTILE", "get-digest")
-            .args(&args)
-            .output()
-            .expect("run mito");
+        let o = cli_get(&site, "get-digest", extra, &dest);
         let (out, err) = common::output_text(&o);
-        assert_eq!(o.status.code(), Some(255), "{args:?}\nstdout: {out}\nstderr: {err}");
-        assert!(err.contains("hostile") && err.contains("checksum mismatch"), "{args:?}: {err}");
+        assert_eq!(o.status.code(), Some(255), "{extra:?}\nstdout: {out}\nstderr: {err}");
+        assert!(err.contains("hostile") && err.contains("checksum mismatch"), "{extra:?}: {err}");
         let d = differences(&before, &snapshot(site.root()));
-        assert!(d.is_empty(), "{args:?}: the site changed:\n{}", d.join("\n"));
+        assert!(d.is_empty(), "{extra:?}: the site changed:\n{}", d.join("\n"));
     }
+}
+
+/// Bytes that would act on a terminal (escapes, BEL, carriage return,
+/// newline) in `text`.
+fn control_bytes(text: &[u8]) -> Vec<u8> {
+    text.iter().copied().filter(|&b| b == 0x1b || b == 0x07 || b == b'\r' || b == b'\n').collect()
+}
+
+/// A read answered with an error whose message and cause carry terminal
+/// escapes (a window title, clear screen), a carriage return, and a
+/// newline (`get-error-read`): the error as a library user prints it
+/// (`Display`) and as the CLI prints it keep the target's words with those
+/// bytes escaped, as every other target text is (ARCHITECTURE.md,
+/// "Security": "remote text reaching a terminal has its control
+/// characters escaped"). Exit 255, the destination kept.
+#[test]
+fn a_targets_error_text_is_printed_escaped() {
+    let router = Router::new().expect("router");
+    let site = Site::new("get-escapes");
+    let ctx = hostile(&router, "get-error-read", &[]);
+    harness_as_ssh(&site);
+    let dest = prepare(&site, "f", Dest::Existing);
+    let e = bounded_get(&ctx, "/t/f", &dest, CopyOptions::default()).expect_err("an error reply");
+    let shown = e.to_string();
+    assert!(shown.contains("forged line") && shown.contains("red"), "the target's words: {shown:?}");
+    assert_eq!(control_bytes(shown.as_bytes()), b"", "TransferError's Display: {shown:?}");
+    let before = snapshot(site.root());
+    let o = cli_get(&site, "get-error-read", &[], &dest);
+    let (out, err) = common::output_text(&o);
+    assert_eq!(o.status.code(), Some(255), "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("hostile") && err.contains("forged line"), "{err}");
+    let printed = [&o.stdout[..], err.trim_end().as_bytes()].concat();
+    assert_eq!(control_bytes(&printed), b"", "the CLI printed: {err:?}");
+    let d = differences(&before, &snapshot(site.root()));
+    assert!(d.is_empty(), "the site changed:\n{}", d.join("\n"));
 }
