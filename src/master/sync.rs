@@ -1661,6 +1661,26 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_is_indexed_by_directory_in_name_order() {
+        let l = vec![
+            entry(ROOT_PARENT, b"z", FileKind::Dir),
+            entry(ROOT_PARENT, b"a", FileKind::Dir),
+            entry(0, b"x", FileKind::File),
+            entry(1, b"x", FileKind::File),
+            entry(1, b"b", FileKind::File),
+            entry(ROOT_PARENT, b"m", FileKind::File),
+        ];
+        let t = check_listing(l, 10).expect("one name in two directories is fine");
+        let names =
+            |d: Option<u32>| -> Vec<&[u8]> { t.children(d).iter().map(|&i| &t.entries[i as usize].name[..]).collect() };
+        assert_eq!(names(None), [&b"a"[..], b"m", b"z"]);
+        assert_eq!(names(Some(1)), [&b"b"[..], b"x"]);
+        assert_eq!(names(Some(0)), [&b"x"[..]]);
+        assert!(names(Some(5)).is_empty(), "a file has no children");
+        assert!(names(Some(99)).is_empty(), "out of range");
+    }
+
+    #[test]
     fn hostile_listings_are_refused() {
         let cases: Vec<(Vec<SyncEntry>, &str)> = vec![
             (vec![entry(ROOT_PARENT, b"..", FileKind::Dir)], "dot"),
