@@ -7,8 +7,11 @@
 //!    tree (names as bytes, kinds, sizes, mtimes, modes, link targets;
 //!    `lstat` only). Its names are checked here ([`check_listing`]: single
 //!    file names, each parent a directory listed before it, no name twice
-//!    in a directory, at most [`MAX_TREE_ENTRIES`]); the source is walked
-//!    locally (`lstat`, symlinks not followed). A file whose size and mtime
+//!    in a directory, at most [`MAX_TREE_ENTRIES`]) and indexed by
+//!    directory, children sorted by name ([`RemoteTree`]); the source is
+//!    read meanwhile (`fstatat` relative to directory fds, symlinks not
+//!    followed), and the two are compared by a merge of sorted
+//!    directories: no path is built or hashed per unchanged entry. A file whose size and mtime
 //!    (to the nanosecond) are the destination's is **skipped unread**, as
 //!    rsync's quick check does: a file rewritten in place with its size and
 //!    mtime restored is not seen (use `put`, which hashes both ends).
@@ -30,6 +33,13 @@
 //!    mtime, and renames it into place: every final name holds the old
 //!    file or the new one.
 //! 4. **Metadata** of directories (mode, mtime) last, children first.
+//!
+//! **Failures.** A call the agent answers with an error fails only its
+//! file ([`SyncStats::failed`], a [`FailReason`]; its temp file aborted);
+//! `sync_apply` reports each op that failed and runs the others; a source
+//! entry that cannot be read fails alone (and nothing below it is
+//! deleted). A lost link, a timeout, a reply that does not decode or a
+//! hostile listing or signature still fail the whole sync.
 //!
 //! The target is not trusted: its listing only decides what is compared
 //! and removed below the destination; the master reads only the files of
@@ -125,8 +135,8 @@ pub struct SyncStats {
     /// Wall time.
     pub elapsed: Duration,
     /// Of it, until the destination's listing had arrived (a tree sync:
-    /// the `sync_list` call, overlapped with reading the source's top
-    /// directory); the rest is the comparison and the changes.
+    /// the `sync_list` call and, meanwhile, the read of the source
+    /// tree); the rest is the comparison and the changes.
     pub listed: Duration,
     /// What failed, each with why; the rest of the sync was done (as
     /// rsync carries on past a file it cannot write). Empty when all went.
