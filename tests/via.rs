@@ -510,3 +510,47 @@ fn a_file_put_behind_a_hop_again_is_not_read_again_until_it_changes() {
     assert_eq!(st.bytes, size as u64);
     assert!(std::fs::read(dest(1)).expect("read") == new, "the new content arrived, not the cached one");
 }
+
+#[test]
+fn put_many_compress_deflates_each_chunk_once_for_every_target() {
+    let dir = TempDir::new("via-compress");
+    let router = Router::new().expect("router");
+    let hop = router.local(local_in(&dir.path().join("cache"))).expect("hop");
+    let cwds: Vec<_> = (0..3).map(|i| dir.path().join(format!("child-{i}"))).collect();
+    let mut targets: Vec<mito::Context> =
+        cwds.iter().map(|cwd| hop.local(local_in_cwd(&dir.path().join("cache"), cwd)).expect("child")).collect();
+    // And one direct target: a plain deflated call, not a relay.
+    let direct_cwd = dir.path().join("direct");
+    targets.push(router.local(local_in_cwd(&dir.path().join("cache"), &direct_cwd)).expect("direct"));
+    // 6 MiB of log-like text: compresses well, in every chunk.
+    let mut data = Vec::new();
+    let mut i = 0u64;
+    while data.len() < 6 << 20 {
+        data.extend_from_slice(
+            format!(
+                "2026-11-28T13:{:02}:{:02} host{} sshd[{}]: session opened\n",
+                i % 60,
+                i % 59,
+                i % 7,
+                1000 + i % 97
+            )
+            .as_bytes(),
+        );
+        i += 1;
+    }
+    let src = dir.path().join("log.txt");
+    std::fs::write(&src, &data).expect("write");
+    let dest = "/proc/self/cwd/log.txt";
+    let copy = mito::CopyOptions { compress: true, ..Default::default() };
+    let (hop_before, direct_before) = (hop.bytes_sent(), targets[3].bytes_sent());
+    let results = mito::put_many_with_options(&targets, &src, dest, &copy, &|_| {});
+    let (via_hop, direct) = (hop.bytes_sent() - hop_before, targets[3].bytes_sent() - direct_before);
+    eprintln!("put_many --compress: {via_hop} bytes to the hop for 3 targets, {direct} direct, of {} each", data.len());
+    for (r, cwd) in results.iter().zip(cwds.iter().chain([&direct_cwd])) {
+        let st = r.as_ref().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(st.bytes, data.len() as u64);
+        assert!(std::fs::read(cwd.join("log.txt")).expect("read") == data, "{}: content", cwd.display());
+    }
+    assert!(via_hop < data.len() as u64 / 4, "{via_hop} bytes crossed the hop's link for 3 targets");
+    assert!(direct < data.len() as u64 / 4, "{direct} bytes went to the direct target");
+}

@@ -36,7 +36,7 @@ use super::transfer::{
 use crate::core::xxh3::Hasher;
 use crate::proto::functions::{self as f, Commit, FileCloseArgs, Function, OpenWriteArgs};
 use crate::proto::message::relay_front;
-use crate::proto::{handles, Header, MASTER_ID};
+use crate::proto::{handles, Header, FLAG_COMPRESSED, MASTER_ID};
 
 /// One chunk in flight: each target's acknowledgement to come, and its size.
 type InFlight = (Vec<(usize, Pending<()>)>, u64);
@@ -125,7 +125,7 @@ fn put_compared(
     let same = if copy.force { vec![None; targets.len()] } else { unchanged(targets, src, remote, kind) };
     let send: Vec<Context> = targets.iter().zip(&same).filter(|(_, s)| s.is_none()).map(|(c, _)| c.clone()).collect();
     let mut sent =
-        if send.is_empty() { Vec::new() } else { put_unique(&send, src, remote, kind, progress) }.into_iter();
+        if send.is_empty() { Vec::new() } else { put_unique(&send, src, remote, copy, progress) }.into_iter();
     if let (true, Some(Some((bytes, _)))) = (send.is_empty(), same.first()) {
         progress(*bytes);
     }
@@ -180,10 +180,11 @@ fn put_unique(
     targets: &[Context],
     src: &Path,
     remote: &Path,
-    kind: HashKind,
+    copy: &CopyOptions,
     progress: Progress<'_>,
 ) -> Vec<Result<TransferStats, TransferError>> {
     let t0 = Instant::now();
+    let kind = copy.checksum;
     let (mut input, meta) = match fs::File::open(src).and_then(|f| f.metadata().map(|m| (f, m))) {
         Ok(x) => x,
         Err(e) => return targets.iter().map(|_| Err(local(src)(std::io::Error::from(e.kind())))).collect(),
@@ -217,7 +218,7 @@ fn put_unique(
         hash.update(chunk.data());
         bytes += n as u64;
         let live: Vec<usize> = (0..targets.len()).filter(|&i| failed[i].is_none()).collect();
-        let sent = match send_chunk(targets, &live, id, &mut chunk, &mut failed) {
+        let sent = match send_chunk(targets, &live, id, &mut chunk, copy.compress, &mut failed) {
             Ok(sent) => sent,
             Err(e) => {
                 local_error = Some(std::io::Error::other(e.to_string()));
@@ -281,12 +282,15 @@ fn put_unique(
 
 /// Sends one chunk as a `file_write` call to the `live` targets: one relay
 /// per first hop shared by several, a plain call where a target is alone.
-/// Both are framed in the chunk's buffer, in front of the data.
+/// Both are framed in the chunk's buffer, in front of the data; or, with
+/// `compress` and a chunk that shrinks by an eighth, the call is deflated
+/// once for all of them (a relay carries the flag to every copy).
 fn send_chunk(
     targets: &[Context],
     live: &[usize],
     id: u32,
     chunk: &mut Chunk,
+    compress: bool,
     failed: &mut [Option<TransferError>],
 ) -> Result<Vec<(usize, Pending<()>)>, postcard::Error> {
     let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
@@ -298,12 +302,21 @@ fn send_chunk(
         }
     }
     let call = chunk.call_front(id)?;
+    let deflated = match compress {
+        true => crate::proto::compress::compress(chunk.payload(&call).ok_or(postcard::Error::SerializeBufferFull)?),
+        false => None,
+    };
     let mut sent = Vec::new();
     for (first, group) in groups {
         let lost = |failed: &mut [Option<TransferError>], i: usize, e: CallError| failed[i] = Some(e.into());
         if let [i] = group[..] {
-            let payload = chunk.payload(&call).ok_or(postcard::Error::SerializeBufferFull)?;
-            match targets[i].call_async_encoded::<f::FileWrite>(payload) {
+            let p = match &deflated {
+                Some(z) => targets[i].call_deflated::<f::FileWrite>(z),
+                None => targets[i].call_async_encoded::<f::FileWrite>(
+                    chunk.payload(&call).ok_or(postcard::Error::SerializeBufferFull)?,
+                ),
+            };
+            match p {
                 Ok(p) => sent.push((i, p)),
                 Err(e) => lost(failed, i, e),
             }
@@ -317,9 +330,20 @@ fn send_chunk(
             })
             .collect();
         let to: Vec<(u32, u32)> = replies.iter().map(|(i, h, _)| (targets[*i].shared.id, *h)).collect();
-        let mut front = relay_front(&to, handles::CALL_FUNCTION, 0, call.len() + chunk.data().len())?;
-        front.extend_from_slice(&call);
-        let payload = chunk.payload(&front).ok_or(postcard::Error::SerializeBufferFull)?;
+        let relay;
+        let payload = match &deflated {
+            Some(z) => {
+                let mut r = relay_front(&to, handles::CALL_FUNCTION, FLAG_COMPRESSED, z.len())?;
+                r.extend_from_slice(z);
+                relay = r;
+                &relay[..]
+            }
+            None => {
+                let mut front = relay_front(&to, handles::CALL_FUNCTION, 0, call.len() + chunk.data().len())?;
+                front.extend_from_slice(&call);
+                chunk.payload(&front).ok_or(postcard::Error::SerializeBufferFull)?
+            }
+        };
         let header =
             Header { dst: first, src: MASTER_ID, auth: MASTER_ID, handle: handles::RELAY, ..Header::default() };
         // The relay serves several targets, each with its own call

@@ -117,8 +117,9 @@ pub struct CopyOptions {
     /// the agent inflates (bounded by the frame limit); on a get the agent
     /// deflates and the master inflates no further than a chunk
     /// ([`f::MAX_FILE_READ`]: a hostile target's bomb is a typed
-    /// `CallError::Decode`). Not for puts through the importer (behind a
-    /// hop, up to the hop cache's size).
+    /// `CallError::Decode`). [`crate::put_many`] deflates each chunk once
+    /// for all its targets. Not for puts through the importer (one target
+    /// behind a hop, a file up to the hop cache's size).
     pub compress: bool,
     /// The digest both ends compute and compare, for the transfer and for
     /// the comparison before it (`--checksum`): XXH3-128 by default (it
@@ -603,10 +604,16 @@ impl Context {
     /// until the stream stalls for `SEND_TIMEOUT`; the reply, for the call
     /// timeout.
     fn write_compressed(&self, payload: &[u8]) -> Result<Pending<()>, CallError> {
-        let Some(z) = crate::proto::compress::compress(payload) else {
-            return self.call_async_encoded::<f::FileWrite>(payload);
-        };
-        let (handle, p) = self.expect_reply::<f::FileWrite>();
+        match crate::proto::compress::compress(payload) {
+            Some(z) => self.call_deflated::<f::FileWrite>(&z),
+            None => self.call_async_encoded::<f::FileWrite>(payload),
+        }
+    }
+
+    /// Starts the call `F` whose encoded payload is `z`, deflated: the
+    /// frame says so and the agent inflates it (within its frame limit).
+    pub(super) fn call_deflated<F: Function>(&self, z: &[u8]) -> Result<Pending<F::Reply>, CallError> {
+        let (handle, p) = self.expect_reply::<F>();
         let h = crate::proto::Header {
             dst: self.shared.id,
             src: crate::proto::MASTER_ID,
@@ -616,11 +623,11 @@ impl Context {
             flags: crate::proto::FLAG_COMPRESSED,
             ..crate::proto::Header::default()
         };
-        match self.state.table.send_parts(&h, &z, None) {
+        match self.state.table.send_parts(&h, z, None) {
             Ok(()) => Ok(p),
             Err(d) => {
                 self.state.table.close_mailbox(handle);
-                let (context, function) = (self.name().into(), f::FileWrite::NAME.into());
+                let (context, function) = (self.name().into(), F::NAME.into());
                 Err(CallError::Disconnected { context, function, reason: d.reason })
             }
         }
