@@ -449,8 +449,10 @@ fn an_unreadable_source_file_is_a_failure_not_an_error() {
 }
 
 /// Over ssh as a user who may not write one destination directory: the
-/// files in it fail with the target's reason (permission denied), the
-/// others are synced, and the temp files of the failed ones are gone.
+/// files in it fail with the target's reason (permission denied), each
+/// once, though their calls were pipelined among the others' (100 files
+/// each side, dozens of calls in flight); the others are synced, and no
+/// temp file is left.
 #[test]
 fn an_unwritable_destination_directory_fails_its_files_only_over_ssh() {
     let Some(sshd) = Sshd::start("an_unwritable_destination_directory_fails_its_files_only_over_ssh") else { return };
@@ -461,6 +463,12 @@ fn an_unwritable_destination_directory_fails_its_files_only_over_ssh() {
     for name in ["a", "locked/f1", "locked/f2", "open/g", "z"] {
         write(&src.join(name), name.as_bytes(), 1_500_000_000);
     }
+    for i in 0..100 {
+        for dir in ["locked", "open"] {
+            let name = format!("{dir}/n{i:03}");
+            write(&src.join(&name), name.as_bytes(), 1_500_000_000);
+        }
+    }
     // The destination is mito-user's, but for `locked` (root's, 0755).
     std::fs::create_dir_all(dst.join("locked")).expect("mkdir");
     assert!(Command::new("chown").arg("mito-user").arg(&dst).status().expect("chown").success());
@@ -469,10 +477,16 @@ fn an_unwritable_destination_directory_fails_its_files_only_over_ssh() {
     let failed = failed_paths(&s);
     assert!(failed.contains(&"locked/f1".to_string()) && failed.contains(&"locked/f2".to_string()), "{s:?}");
     assert!(failed.iter().all(|p| p.starts_with("locked")), "only locked/ fails: {failed:?}");
+    let files_failed = s.failed.iter().filter(|f| f.path != Path::new("locked")).count();
+    assert_eq!(files_failed, 102, "each of locked/'s files once: {failed:?}");
     for f in s.failed.iter().filter(|f| f.path != Path::new("locked")) {
         assert!(matches!(&f.reason, FailReason::Target(e) if e.errno == 13), "EACCES expected: {f:?}");
     }
-    assert_eq!(s.changed, 3, "{s:?}");
+    assert_eq!((s.files, s.changed), (205, 103), "{s:?}");
+    for i in 0..100 {
+        let name = format!("open/n{i:03}");
+        assert_eq!(std::fs::read(dst.join(&name)).expect("synced"), name.as_bytes());
+    }
     for name in ["a", "open/g", "z"] {
         assert_eq!(std::fs::read(dst.join(name)).expect("synced"), name.as_bytes(), "{name}");
     }
