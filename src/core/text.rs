@@ -15,21 +15,14 @@ use alloc::string::String;
 pub fn printable(bytes: &[u8], max_chars: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
     let mut out = String::with_capacity(text.len().min(max_chars + 32));
-    for (n, c) in text.chars().enumerate() {
-        if n == max_chars {
-            let rest = text.chars().count() - max_chars;
-            out.push_str(" … (");
-            let mut digits = alloc::vec::Vec::new();
-            crate::core::num::push_decimal(&mut digits, rest as u64);
-            out.push_str(core::str::from_utf8(&digits).unwrap_or("?"));
-            out.push_str(" more characters)");
-            break;
-        }
-        if c.is_control() && c != '\t' {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
+    // Writing to a String cannot fail.
+    let rest = crate::proto::error::write_escaped_text(&mut out, &text, max_chars).unwrap_or(0);
+    if rest > 0 {
+        out.push_str(" … (");
+        let mut digits = alloc::vec::Vec::new();
+        crate::core::num::push_decimal(&mut digits, rest as u64);
+        out.push_str(core::str::from_utf8(&digits).unwrap_or("?"));
+        out.push_str(" more characters)");
     }
     out
 }

@@ -125,7 +125,8 @@ impl core::fmt::Display for RemoteError {
         }
         write!(f, "{what}")?;
         if !self.message.is_empty() {
-            write!(f, ": {}", self.message)?;
+            f.write_str(": ")?;
+            write_escaped(f, &self.message)?;
         }
         #[cfg(feature = "std")]
         if self.errno != 0 {
@@ -136,10 +137,48 @@ impl core::fmt::Display for RemoteError {
             write!(f, ": errno {}", self.errno)?;
         }
         for c in &self.causes {
-            write!(f, ": {c}")?;
+            f.write_str(": ")?;
+            write_escaped(f, c)?;
         }
         Ok(())
     }
+}
+
+/// Most characters of a target's message or cause that are printed.
+const SHOWN_CHARS: usize = 4096;
+
+/// `s` (a target's words: an agent's error), escaped and cut at
+/// [`SHOWN_CHARS`] (see [`write_escaped_text`]).
+fn write_escaped(f: &mut core::fmt::Formatter<'_>, s: &str) -> core::fmt::Result {
+    if write_escaped_text(f, s, SHOWN_CHARS)? > 0 {
+        f.write_str(" …")?;
+    }
+    Ok(())
+}
+
+/// Writes `s` to `out` with control characters other than tab escaped
+/// (`\u{1b}`, `\n`), at most `max_chars` characters of it; returns how
+/// many were left out. Text from a target goes to terminals and logs,
+/// where an escape sequence would act and a newline forge a line: the one
+/// rule for all of it (`core::text::printable` too).
+pub fn write_escaped_text(
+    out: &mut impl core::fmt::Write,
+    s: &str,
+    max_chars: usize,
+) -> Result<usize, core::fmt::Error> {
+    for (n, c) in s.chars().enumerate() {
+        if n == max_chars {
+            return Ok(s.chars().count() - max_chars);
+        }
+        if c.is_control() && c != '\t' {
+            for e in c.escape_default() {
+                out.write_char(e)?;
+            }
+        } else {
+            out.write_char(c)?;
+        }
+    }
+    Ok(0)
 }
 
 impl core::error::Error for RemoteError {}
