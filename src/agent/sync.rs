@@ -30,12 +30,12 @@ use rustix::fs::{self, AtFlags, Mode, OFlags, CWD};
 use rustix::io::Errno;
 use serde_bytes::ByteBuf;
 
-use super::fs::{kind_of, open_dir, remove_at, stat_reply};
+use super::fs::{kind_of, open_dir, remove_at};
 use super::util::{os_error, push_decimal};
 use crate::core::xxh3::{xxh3_128, Xxh3};
 use crate::proto::functions::FileKind;
 use crate::proto::sync::{
-    DeltaOp, Rolling, SyncApplied, SyncBeginArgs, SyncCommitArgs, SyncEntry, SyncListing, SyncSignatures, TreeOp,
+    DeltaOp, EntryRef, ListingBuilder, Rolling, SyncApplied, SyncBeginArgs, SyncCommitArgs, SyncSignatures, TreeOp,
     ROOT_PARENT,
 };
 use crate::proto::{ErrorKind, RemoteError};
@@ -86,28 +86,30 @@ fn walk<'a>(root: &OwnedFd, rel: &'a [u8], path: &[u8]) -> Result<(OwnedFd, &'a 
     Ok((dir, last))
 }
 
-/// `sync_list`.
+/// `sync_list`: the listing's encoding (see [`ListingBuilder`]).
 #[inline(never)] // cold beside the dispatcher: one copy, not inlined into it
-pub fn list(root: &[u8], max_entries: u32) -> Result<SyncListing, RemoteError> {
+pub fn list(root: &[u8], max_entries: u32) -> Result<ByteBuf, RemoteError> {
+    let done = |b: ListingBuilder, root: Option<&EntryRef<'_>>| {
+        b.finish(root).map(ByteBuf::from).map_err(|_| RemoteError::new(ErrorKind::TooLarge, "listing"))
+    };
     let st = match fs::statat(CWD, root, AtFlags::empty()) {
         Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(SyncListing::default()),
+        Err(Errno::NOENT) => return done(ListingBuilder::default(), None),
         Err(e) => return Err(os_error(e, "stat", root)),
     };
-    let kind = kind_of(st.st_mode);
-    let root_entry = entry(ROOT_PARENT, Vec::new(), &st, Vec::new());
-    let mut out = SyncListing { root: Some(root_entry), entries: Vec::new() };
-    if kind == FileKind::Dir {
+    let mut out = ListingBuilder::default();
+    if kind_of(st.st_mode) == FileKind::Dir {
         let dir = open_root(root)?;
-        // One getdents buffer for the whole walk, entries pushed straight
-        // into the reply: a per-directory Vec of (name, stat) and the
-        // growing buffer of `fs::Dir` were ~8 mmap/munmap pairs and 4
-        // getdents per directory in musl's allocator (strace, 10,000 files).
+        // One getdents buffer for the whole walk, and each entry encoded
+        // as it is read: a per-directory Vec of (name, stat), the growing
+        // buffer of `fs::Dir` and a `SyncEntry` per entry were ~8
+        // mmap/munmap pairs and 4 getdents per directory in musl's
+        // allocator and most of the agent's own time (10,000 files).
         let mut buf = Vec::with_capacity(LIST_BUF);
-        let l = Lister { max: max_entries as usize, path: root };
-        l.list_into(&dir, ROOT_PARENT, 0, &mut out.entries, buf.spare_capacity_mut())?;
+        let l = Lister { max: u64::from(max_entries), path: root };
+        l.list_into(&dir, ROOT_PARENT, 0, &mut out, buf.spare_capacity_mut())?;
     }
-    Ok(out)
+    done(out, Some(&entry(ROOT_PARENT, b"", &st, b"")))
 }
 
 /// getdents buffer of a listing.
@@ -115,7 +117,7 @@ const LIST_BUF: usize = 32 * 1024;
 
 /// What a listing's walk keeps for every level.
 struct Lister<'a> {
-    max: usize,
+    max: u64,
     path: &'a [u8],
 }
 
@@ -125,14 +127,15 @@ impl Lister<'_> {
         dir: &OwnedFd,
         parent: u32,
         depth: usize,
-        out: &mut Vec<SyncEntry>,
+        out: &mut ListingBuilder,
         buf: &mut [core::mem::MaybeUninit<u8>],
     ) -> Result<(), RemoteError> {
         let path = self.path;
         if depth >= MAX_DEPTH {
             return Err(RemoteError::new(ErrorKind::TooLarge, "tree deeper than 256 levels"));
         }
-        let first = out.len();
+        // This directory's subdirectories: their index and name.
+        let mut subdirs: Vec<(u32, Vec<u8>)> = Vec::new();
         let mut names = fs::RawDir::new(dir, buf);
         while let Some(e) = names.next() {
             let e = e.map_err(|e| os_error(e, "list", path))?;
@@ -149,38 +152,37 @@ impl Lister<'_> {
                 Err(Errno::NOENT) => continue,
                 Err(e) => return Err(os_error(e, "stat", path)),
             };
-            let link = if kind_of(st.st_mode) == FileKind::Symlink {
+            let kind = kind_of(st.st_mode);
+            let link = if kind == FileKind::Symlink {
                 fs::readlinkat(dir, name, Vec::new()).map_err(|e| os_error(e, "readlink", path))?.into_bytes()
             } else {
                 Vec::new()
             };
-            out.push(entry(parent, name.to_vec(), &st, link));
-        }
-        let end = out.len();
-        for i in first..end {
-            if out[i].kind != FileKind::Dir {
-                continue;
+            if kind == FileKind::Dir {
+                subdirs.push((out.len() as u32, name.to_vec()));
             }
+            out.push(&entry(parent, name, &st, &link)).map_err(|_| RemoteError::new(ErrorKind::TooLarge, "listing"))?;
+        }
+        for (i, name) in subdirs {
             // Replaced by something else since the stat: skip it, the master
             // sees a directory it will find out about when it writes there.
-            let Ok(sub) = open_dir(dir.as_fd(), &out[i].name, path) else { continue };
-            self.list_into(&sub, i as u32, depth + 1, out, buf)?;
+            let Ok(sub) = open_dir(dir.as_fd(), &name, path) else { continue };
+            self.list_into(&sub, i, depth + 1, out, buf)?;
         }
         Ok(())
     }
 }
 
-fn entry(parent: u32, name: Vec<u8>, st: &fs::Stat, link: Vec<u8>) -> SyncEntry {
-    let s = stat_reply(st);
-    SyncEntry {
+fn entry<'a>(parent: u32, name: &'a [u8], st: &fs::Stat, link: &'a [u8]) -> EntryRef<'a> {
+    EntryRef {
         parent,
-        name: ByteBuf::from(name),
-        kind: s.kind,
-        mode: s.mode,
-        size: s.size,
-        mtime: s.mtime,
-        mtime_nsec: s.mtime_nsec,
-        link: ByteBuf::from(link),
+        name,
+        kind: kind_of(st.st_mode),
+        mode: st.st_mode & 0o7777,
+        size: st.st_size as u64,
+        mtime: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec as u32,
+        link,
     }
 }
 

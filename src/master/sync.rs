@@ -1062,7 +1062,8 @@ impl Context {
             return Err(local(src)(std::io::Error::new(e.kind(), e.to_string())));
         }
         let tr = t0.elapsed();
-        let listing: SyncListing = listing.wait()?;
+        let listing: SyncListing = postcard::from_bytes(&listing.wait_bytes()?)
+            .map_err(|_| self.bad_reply(dst, Vec::new(), "a listing that does not decode"))?;
         stats.listed = t0.elapsed();
         let root_meta = listing.root.as_ref().map(|r| (r.kind, r.mode, (r.mtime, r.mtime_nsec)));
         let create_root = match root_meta {

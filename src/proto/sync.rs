@@ -37,8 +37,11 @@ use serde_bytes::ByteBuf;
 use super::functions::{function, FileKind, Function, SMALL_REPLY};
 
 function!(
-    /// The destination tree, in one reply.
-    SyncList, "sync_list", SyncListArgs, SyncListing, max = crate::proto::MAX_MESSAGE_SIZE
+    /// The destination tree, in one reply: a [`SyncListing`] in postcard's
+    /// encoding, as bytes (the agent encodes each entry as it walks, with
+    /// [`ListingBuilder`], instead of building a `SyncEntry` per entry;
+    /// the master decodes the bytes as a `SyncListing`).
+    SyncList, "sync_list", SyncListArgs, ByteBuf, max = crate::proto::MAX_MESSAGE_SIZE
 );
 function!(
     /// Starts rebuilding one file: old file opened, temp file created.
@@ -116,6 +119,69 @@ pub struct SyncEntry {
     pub mtime_nsec: u32,
     /// A symlink's target (empty otherwise).
     pub link: ByteBuf,
+}
+
+/// A [`SyncEntry`] borrowed: the same fields in the same order, so its
+/// postcard encoding is a `SyncEntry`'s.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct EntryRef<'a> {
+    /// [`SyncEntry::parent`].
+    pub parent: u32,
+    /// [`SyncEntry::name`].
+    #[serde(with = "serde_bytes")]
+    pub name: &'a [u8],
+    /// [`SyncEntry::kind`].
+    pub kind: FileKind,
+    /// [`SyncEntry::mode`].
+    pub mode: u32,
+    /// [`SyncEntry::size`].
+    pub size: u64,
+    /// [`SyncEntry::mtime`].
+    pub mtime: i64,
+    /// [`SyncEntry::mtime_nsec`].
+    pub mtime_nsec: u32,
+    /// [`SyncEntry::link`].
+    #[serde(with = "serde_bytes")]
+    pub link: &'a [u8],
+}
+
+/// A [`SyncListing`]'s encoding built one entry at a time: entries are
+/// appended as postcard bytes, and [`ListingBuilder::finish`] puts the
+/// root and the entry count in front. The bytes decode as a
+/// `SyncListing`.
+#[derive(Default)]
+pub struct ListingBuilder {
+    body: Vec<u8>,
+    count: u64,
+}
+
+impl ListingBuilder {
+    /// Entries pushed so far.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether none was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Appends an entry.
+    pub fn push(&mut self, e: &EntryRef<'_>) -> postcard::Result<()> {
+        self.body = postcard::to_extend(e, core::mem::take(&mut self.body))?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The listing's encoding: `root`, then the entries.
+    pub fn finish(self, root: Option<&EntryRef<'_>>) -> postcard::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.body.len() + 80);
+        out = postcard::to_extend(&root, out)?;
+        // A sequence's length is a varint, as a u64's.
+        out = postcard::to_extend(&self.count, out)?;
+        out.extend_from_slice(&self.body);
+        Ok(out)
+    }
 }
 
 /// Arguments of [`SyncBegin`]; the reply is the old file's size (0 when
@@ -324,6 +390,50 @@ mod tests {
             assert_eq!(r.sum(), Rolling::new(&data[i..i + w]).sum(), "offset {i}");
             r.roll(data[i], data[i + w]);
         }
+    }
+
+    #[test]
+    fn a_built_listing_decodes_as_a_sync_listing() {
+        let e = |parent: u32, name: &'static [u8], kind, link: &'static [u8]| SyncEntry {
+            parent,
+            name: ByteBuf::from(name.to_vec()),
+            kind,
+            mode: 0o4755,
+            size: u64::MAX - 1,
+            mtime: -1_234_567_890_123,
+            mtime_nsec: 999_999_999,
+            link: ByteBuf::from(link.to_vec()),
+        };
+        let r = |x: &'static SyncEntry| EntryRef {
+            parent: x.parent,
+            name: &x.name,
+            kind: x.kind,
+            mode: x.mode,
+            size: x.size,
+            mtime: x.mtime,
+            mtime_nsec: x.mtime_nsec,
+            link: &x.link,
+        };
+        let entries: &'static [SyncEntry] = alloc::vec![
+            e(ROOT_PARENT, b"d", FileKind::Dir, b""),
+            e(0, b"\xff link", FileKind::Symlink, b"../x"),
+            e(ROOT_PARENT, b"f", FileKind::File, b""),
+        ]
+        .leak();
+        let root: &'static SyncEntry =
+            alloc::boxed::Box::leak(alloc::boxed::Box::new(e(ROOT_PARENT, b"", FileKind::Dir, b"")));
+        for n in [0, 3, 300] {
+            let mut b = ListingBuilder::default();
+            let want: Vec<SyncEntry> = entries.iter().cycle().take(n).cloned().collect();
+            for x in entries.iter().cycle().take(n) {
+                b.push(&r(x)).expect("push");
+            }
+            let bytes = b.finish(Some(&r(root))).expect("finish");
+            let got: SyncListing = postcard::from_bytes(&bytes).expect("decodes");
+            assert_eq!(got, SyncListing { root: Some(root.clone()), entries: want }, "{n} entries");
+        }
+        let bytes = ListingBuilder::default().finish(None).expect("finish");
+        assert_eq!(postcard::from_bytes::<SyncListing>(&bytes).expect("decodes"), SyncListing::default());
     }
 
     #[test]
