@@ -335,12 +335,12 @@ fn cli_put_get_recursive_and_into_directories() {
     assert_eq!(std::fs::read(d.path().join("f")).expect("read"), b"content");
 }
 
-#[test]
-fn sparse_file_over_4_gib_round_trips_and_stays_sparse() {
-    let router = Router::new().expect("router");
-    let ctx = router.local(LocalOptions::default()).expect("connect");
-    let d = TempDir::new("sparse");
-    let src = d.path().join("big.sparse");
+/// A file of `size` bytes, sparse but for data at the start, across the
+/// 4 GiB line and in its last bytes, put to `ctx` and fetched back: same
+/// length, the holes kept on both ends, the same digest both ways. False
+/// (after a loud skip) where the file system does not make holes.
+fn sparse_round_trip(ctx: &Context, dir: &Path, test: &str) -> bool {
+    let src = dir.join("big.sparse");
     let size: u64 = (4 << 30) + (3 << 20) + 4097;
     {
         use std::os::unix::fs::FileExt;
@@ -353,17 +353,18 @@ fn sparse_file_over_4_gib_round_trips_and_stays_sparse() {
     }
     let allocated = |p: &Path| std::fs::metadata(p).expect("meta").blocks() * 512;
     if allocated(&src) > 64 << 20 {
-        skip_loudly("sparse_file_over_4_gib_round_trips_and_stays_sparse", "this file system does not make holes");
-        return;
+        skip_loudly(test, "this file system does not make holes");
+        return false;
     }
-    let remote = d.path().join("remote.sparse");
+    let remote = dir.join("remote.sparse");
     let put = ctx.put(&src, &remote).expect("put");
     assert_eq!(put.bytes, size);
     assert_eq!(std::fs::metadata(&remote).expect("meta").len(), size);
     assert!(allocated(&remote) < 64 << 20, "put wrote the holes: {} bytes allocated", allocated(&remote));
-    let back = d.path().join("back.sparse");
+    let back = dir.join("back.sparse");
     let got = ctx.get(&remote, &back).expect("get");
     assert_eq!(got.checksum, put.checksum, "same bytes both ways (hashed on both ends of each transfer)");
+    assert_eq!(got.checksum, file_xxh3(&src), "and they are the source's");
     assert_eq!(std::fs::metadata(&back).expect("meta").len(), size);
     assert!(allocated(&back) < 64 << 20, "get wrote the holes: {} bytes allocated", allocated(&back));
     let tail = |p: &Path| {
@@ -373,6 +374,98 @@ fn sparse_file_over_4_gib_round_trips_and_stays_sparse() {
         b
     };
     assert_eq!(&tail(&back), b"end");
+    for f in [src, remote, back] {
+        std::fs::remove_file(f).expect("remove");
+    }
+    true
+}
+
+/// The XXH3-128 digest of a file, read here in 1 MiB pieces.
+fn file_xxh3(path: &Path) -> Digest {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).expect("open");
+    let mut h = mito::core::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            return Digest::Xxh3_128(h.finish());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+#[test]
+fn sparse_file_over_4_gib_round_trips_and_stays_sparse() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("sparse");
+    sparse_round_trip(&ctx, d.path(), "sparse_file_over_4_gib_round_trips_and_stays_sparse");
+}
+
+#[test]
+fn sparse_file_over_4_gib_round_trips_over_ssh() {
+    let test = "sparse_file_over_4_gib_round_trips_over_ssh";
+    let Some(sshd) = common::sshd::Sshd::start(test) else { return };
+    let router = Router::new().expect("router");
+    let ctx = router.ssh(sshd.opts("mito-user")).expect("connect");
+    let d = TempDir::new("sparse-ssh");
+    // The agent runs as mito-user: it writes here too.
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    sparse_round_trip(&ctx, d.path(), test);
+}
+
+#[test]
+fn one_gib_round_trips_locally_and_over_ssh() {
+    use std::io::Write;
+    let test = "one_gib_round_trips_locally_and_over_ssh";
+    let Some(sshd) = common::sshd::Sshd::start(test) else { return };
+    let d = TempDir::new("gib");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    // 1 GiB that nothing compresses, with its digest computed as it is
+    // written (xorshift: fast enough that making it is not the test).
+    let src = d.path().join("gib.src");
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&src).expect("create"));
+    let mut h = mito::core::xxh3::Xxh3::new();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        for w in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        h.update(&block);
+        out.write_all(&block).expect("write");
+    }
+    drop(out);
+    let want = Digest::Xxh3_128(h.finish());
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let mtime = std::time::SystemTime::UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
+    std::fs::File::options().write(true).open(&src).expect("open").set_modified(mtime).expect("mtime");
+    let router = Router::new().expect("router");
+    let contexts =
+        [router.local(LocalOptions::default()).expect("local"), router.ssh(sshd.opts("mito-user")).expect("ssh")];
+    for ctx in &contexts {
+        let remote = d.path().join("gib.remote");
+        let put = ctx.put(&src, &remote).expect("put");
+        assert_eq!((put.bytes, put.checksum, put.changed), (1 << 30, want, true), "{}: put", ctx.name());
+        let m = std::fs::metadata(&remote).expect("meta");
+        assert_eq!(
+            (m.len(), m.mode() & 0o777, m.mtime(), m.mtime_nsec()),
+            (1 << 30, 0o640, 1_600_000_000, 123_456_789)
+        );
+        let back = d.path().join("gib.back");
+        let got = ctx.get(&remote, &back).expect("get");
+        assert_eq!((got.bytes, got.checksum), (1 << 30, want), "{}: get", ctx.name());
+        assert_eq!(file_xxh3(&back), want, "{}: the fetched file, hashed here", ctx.name());
+        assert_eq!(file_xxh3(&remote), want, "{}: the put file, hashed here", ctx.name());
+        let m = std::fs::metadata(&back).expect("meta");
+        assert_eq!((m.len(), m.mtime(), m.mtime_nsec()), (1 << 30, 1_600_000_000, 123_456_789));
+        std::fs::remove_file(&remote).expect("remove");
+        std::fs::remove_file(&back).expect("remove");
+    }
 }
 
 #[test]
