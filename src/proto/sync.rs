@@ -84,9 +84,9 @@ pub struct SyncListArgs {
     pub max_entries: u32,
 }
 
-/// Reply of [`SyncList`]: the tree below the root, each directory's
-/// entries after the directory's own entry (so a parent index is always
-/// smaller than its child's). `root` is `None` when the root does not
+/// What [`SyncList`]'s reply bytes decode as: the tree below the root,
+/// each directory's entries after the directory's own entry (so a parent
+/// index is always smaller than its child's). `root` is `None` when the root does not
 /// exist (then `entries` is empty); its name is empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncListing {
