@@ -6,7 +6,8 @@ The link: two network namespaces of this run's own (mitoz-c-PID, the
 master's side, and mitoz-s-PID, the target's), one veth pair between them
 on 10.203.18.0/30, and a token bucket (`tc qdisc ... tbf`) on both ends'
 egress at each rate of BENCH_COMPRESS_RATES (Mbit/s; 0 = the veth unshaped;
-default "0,1000,100,20"). No delay is added: this kernel has no netem, so
+default "0,1000,100,20"). BENCH_COMPRESS_TOOLS and BENCH_COMPRESS_DATA
+narrow a run (see `run`). No delay is added: this kernel has no netem, so
 the link is slow by rate, not by latency. The target's sshd is the test
 sshd of scripts/test-sshd (its host key, authorized key and config, made by
 `test-sshd start` run inside the target's namespace, then stopped) started
@@ -353,6 +354,12 @@ def run(a):
         b = Bench(a, work, link)
         b.start_sshd(root)
         tools = b.tools()
+        # BENCH_COMPRESS_TOOLS: only the tools whose names start with one of these (e.g. "mito ,ssh host").
+        if os.environ.get("BENCH_COMPRESS_TOOLS"):
+            keep = os.environ["BENCH_COMPRESS_TOOLS"].split(",")
+            tools = [t for t in tools if any(t[0].startswith(k) for k in keep)]
+        # BENCH_COMPRESS_DATA: "text", "random" or both (the default).
+        wanted = os.environ.get("BENCH_COMPRESS_DATA", "text,random").split(",")
         print("rsync -z negotiates: %s; login user %s; machine: %s" % (
             b.rsync_choice(files["text"]), b.user, os.getloadavg()), file=sys.stderr)
         # First runs, not timed: the agent reaches the target's cache.
@@ -363,7 +370,7 @@ def run(a):
         for rate in rates:
             link.rate(rate)
             for workload, src in files.items():
-                if workload == "random" and rate and rate < 100:
+                if workload not in wanted or (workload == "random" and rate and rate < 100):
                     continue
                 res = results.setdefault((rate, workload), {(t[0], t[1]): [] for t in tools})
                 for r in range(a.rounds):
