@@ -37,9 +37,20 @@
 //! second, read included, against 1.5 for SHA-256) the user CPU of master
 //! and agent together fell from 1.3 s to 0.3 s per GiB (put and get alike;
 //! `/usr/bin/time`, medians of 3); the hash is now ~3% of the samples on
-//! each end. What is left is the kernel: ~1.2-1.6 s of system time per
-//! GiB, the page-cache read, the pipe write and read, and the tmpfs write
-//! (four copies of every byte), which only splice/vmsplice would remove.
+//! each end (SSE2 on x86_64 halved it again). A get then took a page fault
+//! per 4 KiB received (240,000 per GiB, each with the kernel's zeroing):
+//! buffers were freed and mapped anew per chunk on both ends; the agent
+//! now keeps a window of written frames while a file streams out and the
+//! master's decoders read into buffers the consumer hands back
+//! (`core::router::BufferPool`): 13,000 faults for 3 GiB. What is left is
+//! the kernel: the page-cache read, the socket (or pipe) write and read,
+//! and the destination's write, four copies of every byte; on tmpfs the
+//! write alone is 0.37 s of system time per GiB (`dd` here: 0.47 s to copy
+//! 1 GiB from the page cache to /dev/shm). `sendfile`/`splice` would not
+//! remove a copy while both ends hash what they move (the sender would read
+//! the bytes anyway), and a local context's link is a socketpair, which
+//! `splice` cannot feed without a pipe; `mmap` would, but a file truncated
+//! under the mapping kills the reader with SIGBUS.
 //! Over ssh, ssh and sshd's crypto take most of the two cores. The master
 //! hashes on a thread of its own, overlapped with its reads, writes and
 //! sends; no copy between the read and the frame on either end (`Chunk`,
