@@ -469,8 +469,10 @@ fn an_unwritable_destination_directory_fails_its_files_only_over_ssh() {
             write(&src.join(&name), name.as_bytes(), 1_500_000_000);
         }
     }
+    // A changed big file there too: a delta, whose begin fails at once.
+    write(&src.join("locked/big"), &random(100_000, 1), 1_500_000_000);
     // The destination is mito-user's, but for `locked` (root's, 0755).
-    std::fs::create_dir_all(dst.join("locked")).expect("mkdir");
+    write(&dst.join("locked/big"), &random(100_000, 2), 1);
     assert!(Command::new("chown").arg("mito-user").arg(&dst).status().expect("chown").success());
     let s = ctx.sync(&src, &dst, &tree()).expect("a sync with failed files is not an error");
     eprintln!("{s:?}");
@@ -478,11 +480,11 @@ fn an_unwritable_destination_directory_fails_its_files_only_over_ssh() {
     assert!(failed.contains(&"locked/f1".to_string()) && failed.contains(&"locked/f2".to_string()), "{s:?}");
     assert!(failed.iter().all(|p| p.starts_with("locked")), "only locked/ fails: {failed:?}");
     let files_failed = s.failed.iter().filter(|f| f.path != Path::new("locked")).count();
-    assert_eq!(files_failed, 102, "each of locked/'s files once: {failed:?}");
+    assert_eq!(files_failed, 103, "each of locked/'s files once: {failed:?}");
     for f in s.failed.iter().filter(|f| f.path != Path::new("locked")) {
         assert!(matches!(&f.reason, FailReason::Target(e) if e.errno == 13), "EACCES expected: {f:?}");
     }
-    assert_eq!((s.files, s.changed), (205, 103), "{s:?}");
+    assert_eq!((s.files, s.changed, s.deltas), (206, 103, 0), "{s:?}");
     for i in 0..100 {
         let name = format!("open/n{i:03}");
         assert_eq!(std::fs::read(dst.join(&name)).expect("synced"), name.as_bytes());

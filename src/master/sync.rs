@@ -572,8 +572,9 @@ struct Flight {
     calls: VecDeque<(Waiter, usize, u32)>,
     bytes: usize,
     open: Vec<u32>,
-    /// Each file's shown path and bytes counted in the stats, by id.
-    files: HashMap<u32, (PathBuf, u64, u64)>,
+    /// Each file's shown path and, once the stats count it as changed,
+    /// what they count (its size, literal bytes, whether a delta), by id.
+    files: HashMap<u32, (PathBuf, Option<(u64, u64, bool)>)>,
     failed: Vec<SyncFailure>,
     failed_ids: HashSet<u32>,
 }
@@ -736,8 +737,9 @@ impl Context {
         r?;
         // A file counted as sent whose commit then failed is not changed.
         for id in &flight.failed_ids {
-            if let Some(&(_, size, literal)) = flight.files.get(id) {
+            if let Some(&(_, Some((size, literal, delta)))) = flight.files.get(id) {
                 stats.changed = stats.changed.saturating_sub(1);
+                stats.deltas = stats.deltas.saturating_sub(u64::from(delta));
                 stats.file_bytes = stats.file_bytes.saturating_sub(size);
                 stats.literal_bytes = stats.literal_bytes.saturating_sub(literal);
             }
@@ -816,7 +818,7 @@ impl Context {
             if o.size == meta.size && o.mtime == meta.mtime {
                 if o.mode != meta.mode {
                     let id = next_id();
-                    flight.files.insert(id, (shown.into(), 0, 0));
+                    flight.files.insert(id, (shown.into(), None));
                     let op = TreeOp::SetMeta { rel: ByteBuf::from(d.rel.to_vec()), mode: meta.mode, mtime: None };
                     let args = SyncApplyArgs { root: ByteBuf::from(d.root.to_vec()), create_root: None, ops: vec![op] };
                     flight.push_apply(self.call_async::<SyncApply>(&args)?, id)?;
@@ -826,7 +828,7 @@ impl Context {
             }
         }
         let id = next_id();
-        flight.files.insert(id, (shown.into(), 0, 0));
+        flight.files.insert(id, (shown.into(), None));
         let delta = old.is_some_and(|o| o.size >= DELTA_MIN) && meta.size >= DELTA_MIN;
         let r = if delta {
             self.send_delta(src, meta, d, id, old.map_or(0, |o| o.size), stats, flight)
@@ -851,10 +853,13 @@ impl Context {
                 return Ok(());
             }
         };
+        if flight.failed_ids.contains(&id) {
+            return Ok(()); // a delta's calls are all answered: it failed there
+        }
         if delta {
             stats.deltas += 1;
         }
-        flight.files.insert(id, (shown.into(), meta.size, literal));
+        flight.files.insert(id, (shown.into(), Some((meta.size, literal, delta))));
         stats.changed += 1;
         stats.file_bytes += meta.size;
         stats.literal_bytes += literal;
