@@ -573,13 +573,17 @@ struct Flight {
     bytes: usize,
     open: Vec<u32>,
     /// Each file's shown path and, once the stats count it as changed,
-    /// what they count (its size, literal bytes, whether a delta), by id.
-    files: HashMap<u32, (PathBuf, Option<(u64, u64, bool)>)>,
+    /// what they count, by id.
+    files: HashMap<u32, (PathBuf, Option<Counted>)>,
     failed: Vec<SyncFailure>,
     failed_ids: HashSet<u32>,
 }
 
 type Waiter = Box<dyn FnOnce() -> Result<(), CallError>>;
+
+/// What the stats counted for a file sent: its size, its literal bytes,
+/// whether it went as a delta.
+type Counted = (u64, u64, bool);
 
 impl Flight {
     fn new() -> Flight {
