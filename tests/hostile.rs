@@ -8,47 +8,18 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{is_root, output_text, skip_loudly, TempDir};
+use common::{is_root, output_text, skip_loudly, Site};
 use mito::functions::{Exec, ExecArgs};
 use mito::master::transfer::CHUNK;
 use mito::{Context, GetOptions, LocalOptions, Router, TransferError};
 use serde_bytes::ByteBuf;
 
 use common::hostile_harness as harness;
-
-/// A place for one test: `outside/` (a victim directory with a file in
-/// it) and `work/`, where the destination `work/dest` goes.
-struct Site {
-    dir: TempDir,
-}
-
-impl Site {
-    fn new(tag: &str) -> Site {
-        let dir = TempDir::new(tag);
-        std::fs::create_dir(dir.path().join("outside")).expect("mkdir outside");
-        std::fs::set_permissions(dir.path().join("outside"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        std::fs::write(dir.path().join("outside/keep"), b"keep\n").expect("write");
-        std::fs::create_dir(dir.path().join("work")).expect("mkdir work");
-        Site { dir }
-    }
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-    fn outside(&self) -> PathBuf {
-        self.root().join("outside")
-    }
-    fn work(&self) -> PathBuf {
-        self.root().join("work")
-    }
-    fn dest(&self) -> PathBuf {
-        self.work().join("dest")
-    }
-}
 
 /// What lstat says about one path: mode, owner, size, link target.
 type Seen = (u32, u32, u64, Option<PathBuf>);

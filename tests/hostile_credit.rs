@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::TempDir;
+use common::{peak_kib, reset_peak, TempDir};
 use mito::functions::ExecArgs;
 use mito::{CallError, Context, LocalOptions, ProcessEvent, Router};
 use serde_bytes::ByteBuf;
@@ -27,24 +27,6 @@ use common::hostile_harness as harness;
 fn serial() -> MutexGuard<'static, ()> {
     static TURN: Mutex<()> = Mutex::new(());
     TURN.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// VmHWM (peak RSS) of this process, KiB.
-fn peak_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").expect("status");
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
-/// Resets the high-water mark to the current RSS (after handing memory an
-/// earlier test freed back to the kernel) and returns it.
-fn reset_peak() -> u64 {
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe { libc::malloc_trim(0) };
-    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
-    peak_kib()
 }
 
 /// A context whose "agent" is the harness playing `scenario`; `dir` gets

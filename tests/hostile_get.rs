@@ -25,7 +25,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::TempDir;
+use common::{peak_kib, reset_peak, Site};
 use mito::core::xxh3::Hasher;
 use mito::master::transfer::CHUNK;
 use mito::{
@@ -56,31 +56,6 @@ fn hex(b: &[u8]) -> String {
 /// The longest any get here may take: the slowest waits a 3 s call
 /// timeout and the 5 s close of a failed transfer.
 const BOUND: Duration = Duration::from_secs(60);
-
-/// A place for one test: `outside/keep` (a victim beside the work
-/// directory) and `work/`, where destinations go.
-struct Site {
-    dir: TempDir,
-}
-
-impl Site {
-    fn new(tag: &str) -> Site {
-        let dir = TempDir::new(tag);
-        std::fs::create_dir(dir.path().join("outside")).expect("mkdir outside");
-        std::fs::write(dir.path().join("outside/keep"), b"keep\n").expect("write");
-        std::fs::create_dir(dir.path().join("work")).expect("mkdir work");
-        Site { dir }
-    }
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-    fn work(&self) -> PathBuf {
-        self.root().join("work")
-    }
-    fn victim(&self) -> PathBuf {
-        self.root().join("outside/keep")
-    }
-}
 
 /// What lstat and the content say about one path.
 #[derive(Debug, PartialEq, Eq)]
@@ -325,23 +300,6 @@ fn a_read_reply_longer_than_asked_is_refused() {
         });
         master_still_works(&router, &ctx, &site);
     }
-}
-
-/// VmHWM (peak RSS) of this process, KiB.
-fn peak_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").expect("status");
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
-/// Resets the high-water mark to the current RSS and returns it.
-fn reset_peak() -> u64 {
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe { libc::malloc_trim(0) };
-    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
-    peak_kib()
 }
 
 /// Every `file_read` answered with 100 MiB, uncompressed, within the frame

@@ -378,3 +378,55 @@ pub fn spawn_agent_by_hand(exe: &str, hash: &str) -> (std::os::unix::net::UnixSt
         .expect("agent runs");
     (ours, child)
 }
+
+/// A place for one hostile-target test: `outside/` (a victim directory
+/// holding `keep`) and `work/`, where destinations go (`work/dest`).
+pub struct Site {
+    dir: TempDir,
+}
+
+impl Site {
+    pub fn new(tag: &str) -> Site {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new(tag);
+        std::fs::create_dir(dir.path().join("outside")).expect("mkdir outside");
+        std::fs::set_permissions(dir.path().join("outside"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::write(dir.path().join("outside/keep"), b"keep\n").expect("write");
+        std::fs::create_dir(dir.path().join("work")).expect("mkdir work");
+        Site { dir }
+    }
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn outside(&self) -> PathBuf {
+        self.root().join("outside")
+    }
+    /// The file a target would love to overwrite.
+    pub fn victim(&self) -> PathBuf {
+        self.outside().join("keep")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.root().join("work")
+    }
+    pub fn dest(&self) -> PathBuf {
+        self.work().join("dest")
+    }
+}
+
+/// VmHWM (peak RSS) of this process, KiB.
+pub fn peak_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").expect("status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// Resets the high-water mark to the current RSS (after handing memory an
+/// earlier test freed back to the kernel) and returns it.
+pub fn reset_peak() -> u64 {
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
+    peak_kib()
+}
