@@ -146,6 +146,10 @@ impl Lister<'_> {
             if out.len() >= self.max {
                 return Err(RemoteError::new(ErrorKind::TooLarge, "more entries than the caller accepts"));
             }
+            // Past a message already: stop now, not after encoding the rest.
+            if out.encoded_len() > crate::proto::MAX_MESSAGE_SIZE as usize {
+                return Err(RemoteError::new(ErrorKind::TooLarge, "a listing larger than a message"));
+            }
             let st = match fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
                 // Gone since getdents: not there, as if listed a moment later.

@@ -166,6 +166,11 @@ impl ListingBuilder {
         self.count == 0
     }
 
+    /// Bytes of the entries so far.
+    pub fn encoded_len(&self) -> usize {
+        self.body.len()
+    }
+
     /// Appends an entry.
     pub fn push(&mut self, e: &EntryRef<'_>) -> postcard::Result<()> {
         self.body = postcard::to_extend(e, core::mem::take(&mut self.body))?;
