@@ -4,8 +4,9 @@
 //! `symlink PATH`), a summary on stderr: files checked, changed, bytes
 //! sent on the wire against the bytes of the changed files.
 //!
-//! A file that fails (`failed PATH: reason` on stderr) does not stop the
-//! others, as with rsync: the exit status is then [`PARTIAL`] (rsync's
+//! A file that fails (`failed PATH: reason` on stderr, after the
+//! per-file lines: its `changed` line was printed when it was sent) does
+//! not stop the others, as with rsync: the exit status is then [`PARTIAL`] (rsync's
 //! 23, "partial transfer due to error"); a sync that could not go on
 //! (the target lost, a bad source or destination root) is 255.
 
