@@ -89,9 +89,7 @@ fn walk<'a>(root: &OwnedFd, rel: &'a [u8], path: &[u8]) -> Result<(OwnedFd, &'a 
 /// `sync_list`: the listing's encoding (see [`ListingBuilder`]).
 #[inline(never)] // cold beside the dispatcher: one copy, not inlined into it
 pub fn list(root: &[u8], max_entries: u32) -> Result<ByteBuf, RemoteError> {
-    let done = |b: ListingBuilder, root: Option<&EntryRef<'_>>| {
-        b.finish(root).map(ByteBuf::from).map_err(|_| RemoteError::new(ErrorKind::TooLarge, "listing"))
-    };
+    let done = |b: ListingBuilder, root: Option<&EntryRef<'_>>| Ok(ByteBuf::from(b.finish(root)));
     let st = match fs::statat(CWD, root, AtFlags::empty()) {
         Ok(st) => st,
         Err(Errno::NOENT) => return done(ListingBuilder::default(), None),
@@ -165,7 +163,7 @@ impl Lister<'_> {
             if kind == FileKind::Dir {
                 subdirs.push((out.len() as u32, name.to_vec()));
             }
-            out.push(&entry(parent, name, &st, &link)).map_err(|_| RemoteError::new(ErrorKind::TooLarge, "listing"))?;
+            out.push(&entry(parent, name, &st, &link));
         }
         for (i, name) in subdirs {
             // Replaced by something else since the stat: skip it, the master

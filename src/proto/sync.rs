@@ -121,14 +121,13 @@ pub struct SyncEntry {
     pub link: ByteBuf,
 }
 
-/// A [`SyncEntry`] borrowed: the same fields in the same order, so its
-/// postcard encoding is a `SyncEntry`'s.
-#[derive(Clone, Copy, Debug, Serialize)]
+/// A [`SyncEntry`] borrowed, encoded by hand as postcard encodes a
+/// `SyncEntry` (see [`ListingBuilder`]).
+#[derive(Clone, Copy, Debug)]
 pub struct EntryRef<'a> {
     /// [`SyncEntry::parent`].
     pub parent: u32,
     /// [`SyncEntry::name`].
-    #[serde(with = "serde_bytes")]
     pub name: &'a [u8],
     /// [`SyncEntry::kind`].
     pub kind: FileKind,
@@ -141,8 +140,39 @@ pub struct EntryRef<'a> {
     /// [`SyncEntry::mtime_nsec`].
     pub mtime_nsec: u32,
     /// [`SyncEntry::link`].
-    #[serde(with = "serde_bytes")]
     pub link: &'a [u8],
+}
+
+impl EntryRef<'_> {
+    /// Appends postcard's encoding of the `SyncEntry` this is: its fields
+    /// in order, integers as varints (the signed mtime zigzagged), the
+    /// kind as its variant's index, byte strings length first. By hand,
+    /// so the agent links no serde serializer for it (the unit test holds
+    /// it to postcard's).
+    fn encode(&self, out: &mut Vec<u8>) {
+        varint(out, u64::from(self.parent));
+        byte_string(out, self.name);
+        varint(out, self.kind as u64);
+        varint(out, u64::from(self.mode));
+        varint(out, self.size);
+        varint(out, ((self.mtime << 1) ^ (self.mtime >> 63)) as u64);
+        varint(out, u64::from(self.mtime_nsec));
+        byte_string(out, self.link);
+    }
+}
+
+/// postcard's varint (LEB128) of `v`.
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn byte_string(out: &mut Vec<u8>, b: &[u8]) {
+    varint(out, b.len() as u64);
+    out.extend_from_slice(b);
 }
 
 /// A [`SyncListing`]'s encoding built one entry at a time: entries are
@@ -172,20 +202,25 @@ impl ListingBuilder {
     }
 
     /// Appends an entry.
-    pub fn push(&mut self, e: &EntryRef<'_>) -> postcard::Result<()> {
-        self.body = postcard::to_extend(e, core::mem::take(&mut self.body))?;
+    pub fn push(&mut self, e: &EntryRef<'_>) {
+        e.encode(&mut self.body);
         self.count += 1;
-        Ok(())
     }
 
-    /// The listing's encoding: `root`, then the entries.
-    pub fn finish(self, root: Option<&EntryRef<'_>>) -> postcard::Result<Vec<u8>> {
+    /// The listing's encoding: `root` (an option: 0, or 1 and the
+    /// entry), the number of entries, the entries.
+    pub fn finish(self, root: Option<&EntryRef<'_>>) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.body.len() + 80);
-        out = postcard::to_extend(&root, out)?;
-        // A sequence's length is a varint, as a u64's.
-        out = postcard::to_extend(&self.count, out)?;
+        match root {
+            None => out.push(0),
+            Some(r) => {
+                out.push(1);
+                r.encode(&mut out);
+            }
+        }
+        varint(&mut out, self.count);
         out.extend_from_slice(&self.body);
-        Ok(out)
+        out
     }
 }
 
@@ -431,13 +466,13 @@ mod tests {
             let mut b = ListingBuilder::default();
             let want: Vec<SyncEntry> = entries.iter().cycle().take(n).cloned().collect();
             for x in entries.iter().cycle().take(n) {
-                b.push(&r(x)).expect("push");
+                b.push(&r(x));
             }
-            let bytes = b.finish(Some(&r(root))).expect("finish");
+            let bytes = b.finish(Some(&r(root)));
             let got: SyncListing = postcard::from_bytes(&bytes).expect("decodes");
             assert_eq!(got, SyncListing { root: Some(root.clone()), entries: want }, "{n} entries");
         }
-        let bytes = ListingBuilder::default().finish(None).expect("finish");
+        let bytes = ListingBuilder::default().finish(None);
         assert_eq!(postcard::from_bytes::<SyncListing>(&bytes).expect("decodes"), SyncListing::default());
     }
 
