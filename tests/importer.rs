@@ -395,3 +395,48 @@ fn a_file_put_again_behind_the_same_hop_does_not_cross_the_first_link_again() {
     assert!(left.is_empty(), "temp files left: {left:?}");
     b.ping().expect("b keeps working");
 }
+
+/// `put --compress` behind a hop: the master deflates each chunk it
+/// serves (where that saves an eighth), the hop inflates it, checks it
+/// and caches it as it is; the copy is byte for byte the source, and a
+/// second put served from the hop's cache still carries nothing.
+#[test]
+fn a_compressed_put_behind_a_hop_crosses_the_first_link_deflated() {
+    let dir = TempDir::new("importer-compress");
+    let router = Router::new().expect("router");
+    let hop = router.local(local_in(&dir.path().join("cache-hop"))).expect("hop");
+    let (a, b) = (child(&hop, &dir, "a"), child(&hop, &dir, "b"));
+    let mut text = Vec::new();
+    let mut i = 0u64;
+    while text.len() < 5 * MIB as usize {
+        text.extend_from_slice(
+            format!(
+                "Nov 28 14:{:02}:{:02} web{} nginx[{}]: GET /index.html 200\n",
+                i % 60,
+                i % 53,
+                i % 5,
+                100 + i % 89
+            )
+            .as_bytes(),
+        );
+        i += 1;
+    }
+    // And a tail nothing compresses: that chunk goes as it is.
+    text.extend(random_bytes(MIB as usize));
+    let src = dir.path().join("log.txt");
+    std::fs::write(&src, &text).expect("write");
+    let copy = mito::CopyOptions { compress: true, ..Default::default() };
+    let (dest_a, dest_b) = (dir.path().join("dest-a"), dir.path().join("dest-b"));
+    let before = hop.bytes_sent();
+    let st = a.put_with_options(&src, &dest_a, &copy, &|_| {}).expect("put --compress");
+    let crossed = hop.bytes_sent() - before;
+    eprintln!("put --compress behind a hop: {crossed} bytes on the first link for {} bytes", text.len());
+    assert_eq!(st.bytes, text.len() as u64);
+    assert!(std::fs::read(&dest_a).expect("read") == text, "the copy is the source");
+    assert!(crossed < 2 * MIB, "{crossed} bytes crossed the first link: the log text went deflated");
+    assert!(crossed > MIB, "the random chunk went as it is");
+    let before = hop.bytes_sent();
+    b.put_with_options(&src, &dest_b, &copy, &|_| {}).expect("second put");
+    assert!(hop.bytes_sent() - before < 8 * 1024, "served from the hop's cache");
+    assert!(std::fs::read(&dest_b).expect("read") == text);
+}

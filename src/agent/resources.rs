@@ -46,7 +46,7 @@ use crate::core::poller::Poller;
 use crate::core::sha256::Sha256;
 use crate::proto::functions::Commit;
 use crate::proto::resource::{chunk_len, chunks, FetchArgs, GetResource, Grant, CHUNK};
-use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR};
+use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_COMPRESSED, FLAG_ERROR};
 
 /// The most bytes of chunks a hop keeps (each entry counts 64 bytes more,
 /// so empty chunks are bounded too).
@@ -259,11 +259,25 @@ impl Resources {
         // An error goes on as it came (encoded): the agent needs no
         // decoder for it.
         let error;
+        // A chunk the master deflated (a put with `--compress`): inflated
+        // no further than the chunk and its length prefix could be.
+        let inflated;
+        let data = match m.header.flags {
+            FLAG_COMPRESSED => match crate::proto::compress::decompress(&m.data, ask.len + 10) {
+                Some(d) => {
+                    inflated = d;
+                    &inflated[..]
+                }
+                None => &[][..],
+            },
+            _ => &m.data[..],
+        };
+        let plain_or_deflated = matches!(m.header.flags, 0 | FLAG_COMPRESSED);
         let r = if m.header.flags == FLAG_ERROR {
             Err(&m.data[..])
         } else {
-            match postcard::take_from_bytes::<u64>(&m.data) {
-                Ok((n, rest)) if m.header.flags == 0 && n == ask.len as u64 && rest.len() == ask.len => Ok(rest),
+            match postcard::take_from_bytes::<u64>(data) {
+                Ok((n, rest)) if plain_or_deflated && n == ask.len as u64 && rest.len() == ask.len => Ok(rest),
                 _ => {
                     error = encode(&RemoteError::new(ErrorKind::Protocol, "resource chunk of the wrong size"));
                     Err(&error[..])

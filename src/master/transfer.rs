@@ -129,8 +129,9 @@ pub struct CopyOptions {
     /// deflates and the master inflates no further than a chunk
     /// ([`f::MAX_FILE_READ`]: a hostile target's bomb is a typed
     /// `CallError::Decode`). [`crate::put_many`] deflates each chunk once
-    /// for all its targets. Not for puts through the importer (one target
-    /// behind a hop, a file up to the hop cache's size).
+    /// for all its targets; a put through the importer (one target behind
+    /// a hop) has the master deflate each chunk it serves and the first hop
+    /// inflate it, no further than a chunk, before checking and caching it.
     pub compress: bool,
     /// The digest both ends compute and compare, for the transfer and for
     /// the comparison before it (`--checksum`): XXH3-128 by default (it
@@ -775,7 +776,7 @@ impl Context {
         // importer: put again to another context behind that hop, it comes
         // from the hop's cache instead of crossing the first link again.
         if self.shared.parent.is_some() && meta.is_file() && meta.len() <= CACHE_BYTES as u64 {
-            return self.put_through_hops(src, input, &meta, remote, progress);
+            return self.put_through_hops(src, input, &meta, remote, copy.compress, progress);
         }
         // Read once front to back: the kernel may read further ahead.
         let _ = rustix::fs::fadvise(&input, 0, None, rustix::fs::Advice::Sequential);
