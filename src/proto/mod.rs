@@ -39,8 +39,11 @@ pub use message::Message;
 /// agent of version 6 would drop as malformed. 8: transfers hash with
 /// XXH3-128 by default (`HashKind` in `OpenReadArgs`, `OpenWriteArgs`;
 /// `Commit::digest`, `FileClosed::digest`; the `file_hash` function;
-/// `FileReadArgs::compress`, for `get --compress`).
-pub const PROTOCOL_VERSION: u16 = 8;
+/// `FileReadArgs::compress`, for `get --compress`). 9: `sync_list`
+/// replies the listing's encoded bytes, `sync_apply` a `SyncApplied` (per
+/// op failures), and a resource chunk from the master may come deflated
+/// (`FLAG_COMPRESSED`: a put with `--compress` through the importer).
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// Largest payload a stream accepts by default (checked before allocating).
 pub const MAX_MESSAGE_SIZE: u32 = 128 * 1024 * 1024;

@@ -304,7 +304,9 @@ Modes and mtimes are kept; symlinks are copied as symlinks; devices,
 fifos and sockets are skipped. --delete removes only below DST, a
 symlink there as a link. Prints `changed`/`unchanged` per file and a
 summary (files checked, changed, bytes sent vs file bytes).
-Exit status: 0 done, 255 failed.";
+Exit status: 0 done; 23 when some files failed (each printed as
+`failed PATH: reason` on stderr) and the rest was synced; 255 when the
+sync could not go on (the target lost, a hostile listing).";
 
 #[derive(Args, Debug)]
 pub struct SyncArgs {
