@@ -190,14 +190,10 @@ class Bench:
 
     @staticmethod
     def default_user():
-        if os.getuid() == 0:
-            import pwd
-            try:
-                pwd.getpwnam("mito-user")
-                return "mito-user"
-            except KeyError:
-                pass
-        return "root"
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from bench_fleet import mito_user_if_root
+
+        return mito_user_if_root("root")
 
     def start_sshd(self, root):
         # test-sshd makes the keys and the config (and starts an sshd on the

@@ -58,15 +58,20 @@ def fleet_user(env, override="BENCH_FLEET_USER"):
     picks its own the same way, with its own override variable."""
     if env.get(override):
         return env[override]
+    return mito_user_if_root(env["BENCH_SSH"].split()[2])
+
+
+def mito_user_if_root(otherwise):
+    """mito-user when running as root and scripts/test-become made that user
+    (its shell is /bin/sh: no ~/.bashrc work per login), else `otherwise`."""
     import pwd
-    user = env["BENCH_SSH"].split()[2]
     if os.getuid() == 0:
         try:
             pwd.getpwnam("mito-user")
             return "mito-user"
         except KeyError:
             pass
-    return user
+    return otherwise
 
 
 class Fleet:

@@ -26,19 +26,10 @@ type Seen = (u32, u32, u64, Option<PathBuf>);
 
 /// Every path under `root` (symlinks not followed).
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Seen> {
-    fn walk(p: &Path, out: &mut BTreeMap<PathBuf, Seen>) {
-        let Ok(m) = std::fs::symlink_metadata(p) else { return };
+    common::snapshot_tree(root, &|p, m| {
         let link = m.file_type().is_symlink().then(|| std::fs::read_link(p).ok()).flatten();
-        out.insert(p.to_path_buf(), (m.mode(), m.uid(), m.len(), link));
-        if m.is_dir() {
-            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-                walk(&e.path(), out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, &mut out);
-    out
+        (m.mode(), m.uid(), m.len(), link)
+    })
 }
 
 /// What changed outside `dest` between two snapshots (empty: nothing).

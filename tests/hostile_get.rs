@@ -70,8 +70,7 @@ struct Seen {
 
 /// Every path under `root`, symlinks not followed, file contents read.
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Seen> {
-    fn walk(p: &Path, out: &mut BTreeMap<PathBuf, Seen>) {
-        let Ok(m) = std::fs::symlink_metadata(p) else { return };
+    common::snapshot_tree(root, &|p, m| {
         let body = if m.file_type().is_symlink() {
             std::fs::read_link(p).map(|t| t.into_os_string().into_encoded_bytes()).unwrap_or_default()
         } else if m.is_file() {
@@ -82,17 +81,8 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Seen> {
         // A directory's mtime moves when a temp file comes and goes: its
         // entries are what counts, and they are walked.
         let mtime = if m.is_dir() { (0, 0) } else { (m.mtime(), m.mtime_nsec()) };
-        let seen = Seen { mode: m.mode(), uid: m.uid(), mtime, len: m.len(), body };
-        out.insert(p.to_path_buf(), seen);
-        if m.is_dir() {
-            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-                walk(&e.path(), out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, &mut out);
-    out
+        Seen { mode: m.mode(), uid: m.uid(), mtime, len: m.len(), body }
+    })
 }
 
 /// The paths that differ between two snapshots (empty: none).

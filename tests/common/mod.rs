@@ -430,3 +430,27 @@ pub fn reset_peak() -> u64 {
     std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
     peak_kib()
 }
+
+/// Every path under `root` (itself included), symlinks not followed, each
+/// turned into what a test compares by `seen` (given its `lstat`).
+pub fn snapshot_tree<T>(
+    root: &Path,
+    seen: &dyn Fn(&Path, &std::fs::Metadata) -> T,
+) -> std::collections::BTreeMap<PathBuf, T> {
+    fn walk<T>(
+        p: &Path,
+        seen: &dyn Fn(&Path, &std::fs::Metadata) -> T,
+        out: &mut std::collections::BTreeMap<PathBuf, T>,
+    ) {
+        let Ok(m) = std::fs::symlink_metadata(p) else { return };
+        out.insert(p.to_path_buf(), seen(p, &m));
+        if m.is_dir() {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                walk(&e.path(), seen, out);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, seen, &mut out);
+    out
+}
