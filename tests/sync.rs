@@ -320,6 +320,12 @@ fn the_cli_reports_changed_and_unchanged_files() {
     let (out, err) = common::output_text(&o);
     assert_eq!(out, "changed a\nunchanged b/c\n", "{err}");
     assert!(err.contains("2 files checked, 1 changed"), "{err}");
+    // One file: "1 file checked".
+    let one = d.path().join("one");
+    let o = run(&["sync", src.join("a").to_str().expect("utf-8"), &format!("local:{}", one.display())]);
+    let (out, err) = common::output_text(&o);
+    assert_eq!(out, "changed one\n", "{err}");
+    assert!(err.contains(": 1 file checked, 1 changed"), "{err}");
 
     let o = run(&["sync", "-r", "/nonexistent/src", &dest]);
     assert_eq!(o.status.code(), Some(255), "{o:?}");

@@ -62,9 +62,10 @@ pub fn command(a: &SyncArgs, targets: &mut Targets<'_>) -> Result<ExitCode, Stri
 /// The summary line.
 fn summary(s: &SyncStats) -> String {
     let mut line = format!(
-        "{} files checked, {} changed ({} as deltas), {} bytes sent on the wire for {} bytes of changed files \
+        "{} file{} checked, {} changed ({} as deltas), {} bytes sent on the wire for {} bytes of changed files \
          ({} literal), {:.3} s",
         s.files,
+        if s.files == 1 { "" } else { "s" },
         s.changed,
         s.deltas,
         s.wire_bytes,
