@@ -761,3 +761,32 @@ fn a_compressed_chunk_bomb_is_refused() {
     assert!(!dest.exists());
     assert_eq!(names(d.path()), Vec::<String>::new());
 }
+
+/// A directory larger than one `getdents` buffer of the agent's (32 KiB:
+/// 3,000 entries of ~40 bytes each take several reads): `list_dir` names
+/// every entry once, and `remove_tree` removes them all.
+#[test]
+fn list_dir_and_remove_tree_read_a_directory_of_many_reads() {
+    let router = Router::new().expect("router");
+    let ctx = router.local(LocalOptions::default()).expect("connect");
+    let d = TempDir::new("bigdir");
+    let big = d.path().join("big");
+    std::fs::create_dir(&big).expect("mkdir");
+    let mut want: Vec<String> = (0..3000).map(|i| format!("entry-number-{i:06}")).collect();
+    for n in &want {
+        std::fs::write(big.join(n), b"x").expect("write");
+    }
+    std::fs::create_dir(big.join("sub")).expect("mkdir sub");
+    std::fs::write(big.join("sub/inner"), b"y").expect("write");
+    want.push("sub".into());
+    want.sort();
+    let got: Vec<String> = ctx
+        .list_dir(&big)
+        .expect("list_dir")
+        .into_iter()
+        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+        .collect();
+    assert_eq!(got, want, "every entry once, sorted by name");
+    ctx.remove_tree(&big).expect("remove_tree");
+    assert!(!big.exists(), "removed with everything in it");
+}

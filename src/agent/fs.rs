@@ -52,17 +52,26 @@ pub(super) fn open_dir(at: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<O
 }
 
 /// Entries of a directory (without `.` and `..`), each with its lstat.
+///
+/// One `getdents` buffer of 32 KiB, read from the fd's position (a fresh
+/// `open`: the start), as the sync listing reads: `fs::Dir`'s growing
+/// buffer was mmap/munmap churn in musl's allocator. An entry gone between
+/// `getdents` and its `lstat` is skipped, as if listed a moment later.
 pub(super) fn entries(dir: &OwnedFd, path: &[u8]) -> Result<Vec<(Vec<u8>, fs::Stat)>, RemoteError> {
     let mut out = Vec::new();
-    let d = fs::Dir::read_from(dir).map_err(|e| os_error(e, "list", path))?;
-    for e in d {
+    let mut buf = Vec::with_capacity(32 * 1024);
+    let mut names = fs::RawDir::new(dir, buf.spare_capacity_mut());
+    while let Some(e) = names.next() {
         let e = e.map_err(|e| os_error(e, "list", path))?;
         let name = e.file_name().to_bytes();
         if name == b"." || name == b".." {
             continue;
         }
-        let st = fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| os_error(e, "stat", path))?;
-        out.push((name.to_vec(), st));
+        match fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => out.push((name.to_vec(), st)),
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(os_error(e, "stat", path)),
+        }
     }
     Ok(out)
 }
