@@ -167,10 +167,10 @@ impl Decoder {
         }
     }
 
-    /// Whether a spare body buffer is held (else the master's streams
-    /// offer one from the router's pool before reading).
-    pub fn has_spare(&self) -> bool {
-        self.spare.is_some()
+    /// The spare body buffer, if one is held (the master's streams hand
+    /// it back to the router's pool after each pump).
+    pub fn take_spare(&mut self) -> Option<Vec<u8>> {
+        self.spare.take()
     }
 
     /// Bytes received but not yet returned as messages (for diagnostics).

@@ -130,12 +130,22 @@ impl StreamIn {
     /// by a read that then found the pipe empty must not read as
     /// `Drained` (it cost every chunk of a `get` a 10 ms wait).
     pub fn pump(r: &mut Reader, table: &RouterTable, ctx: u32, name: &str) -> Pump {
-        let mut read = false;
-        if !r.decoder.has_spare() {
-            if let Some(v) = table.spares.take() {
-                r.decoder.recycle(v);
-            }
+        // A large body that starts in this pump is read into a buffer a
+        // consumer handed back (`RouterTable::spares`); one not used goes
+        // back, so no idle stream holds one (1,000 contexts must not keep
+        // a chunk each).
+        if let Some(v) = table.spares.take() {
+            r.decoder.recycle(v);
         }
+        let p = Self::pump_reads(r, table, ctx, name);
+        if let Some(v) = r.decoder.take_spare() {
+            table.spares.put(v);
+        }
+        p
+    }
+
+    fn pump_reads(r: &mut Reader, table: &RouterTable, ctx: u32, name: &str) -> Pump {
+        let mut read = false;
         for _ in 0..16 {
             let rfd = r.fd.as_fd();
             match r.decoder.read_with(|b| side::read(rfd, b)) {
@@ -186,5 +196,49 @@ impl StreamIn {
 impl Drop for StreamIn {
     fn drop(&mut self) {
         let _ = self.reader.get_mut().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::stream::encode;
+    use crate::proto::Header;
+
+    /// A stream that reads only small messages hands the pool's buffer
+    /// back after each pump: with a context per host, an idle stream
+    /// holding a chunk each would be a chunk per host.
+    #[test]
+    fn a_pump_keeps_no_pool_buffer_it_did_not_use() {
+        let table = RouterTable::new(1 << 20);
+        let (r, w) = rustix::pipe::pipe().expect("pipe");
+        // Non-blocking to read, as the broker's streams are.
+        rustix::io::ioctl_fionbio(&r, true).expect("FIONBIO");
+        let mut reader = Reader { fd: r, decoder: Decoder::new(1 << 20) };
+        table.spares.put(vec![0u8; 1 << 20]);
+        let small = encode(&Header { dst: 0, handle: 12345, ..Header::default() }, b"hello");
+        rustix::io::write(&w, &small).expect("write");
+        let _ = StreamIn::pump(&mut reader, &table, 1, "test");
+        assert!(table.spares.take().is_some_and(|v| v.capacity() >= 1 << 20), "the buffer is back in the pool");
+        // A large body does use it, and the consumer hands it back itself.
+        table.spares.put(vec![7u8; 1 << 20]);
+        let big = encode(&Header { dst: 0, handle: 12345, ..Header::default() }, &vec![1u8; 300_000]);
+        let written = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                rustix::io::write(&w, &big).expect("write");
+                written.store(true, Ordering::SeqCst);
+            });
+            // Until everything written was read and delivered.
+            loop {
+                let done = written.load(Ordering::SeqCst);
+                match StreamIn::pump(&mut reader, &table, 1, "test") {
+                    Pump::Closed(e) => panic!("closed: {e:?}"),
+                    Pump::Drained if done && reader.decoder.buffered() == 0 => break,
+                    _ => std::thread::sleep(std::time::Duration::from_millis(1)),
+                }
+            }
+        });
+        assert!(table.spares.take().is_none(), "the large body took the pool's buffer");
     }
 }
