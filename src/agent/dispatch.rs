@@ -144,8 +144,11 @@ impl Dispatcher {
                 }
             }
             f::FileClose::NAME => {
-                out.keep_spares(1);
-                call!(f::FileClose, |a| self.files.close(a.id, a.commit))
+                call!(f::FileClose, |a| self.files.close(a.id, a.commit));
+                // The last get ended: an idle agent holds no window.
+                if !self.files.reading() {
+                    out.keep_spares(1);
+                }
             }
             f::Sha256::NAME => call!(f::Sha256, |a| files::sha256_file(&a.path).map(|d| ByteBuf::from(&d[..]))),
             f::FileHash::NAME => {

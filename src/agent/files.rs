@@ -60,6 +60,11 @@ impl FileTable {
         self.files.iter_mut().find(|(i, _)| *i == id).map(|(_, f)| f)
     }
 
+    /// Whether a file is open for reading (a `get` streams out).
+    pub fn reading(&self) -> bool {
+        self.files.iter().any(|(_, f)| f.write.is_none())
+    }
+
     fn take(&mut self, id: u32) -> Option<OpenFile> {
         let i = self.files.iter().position(|(i, _)| *i == id)?;
         Some(self.files.swap_remove(i).1)
