@@ -219,7 +219,12 @@ impl TxBuffer {
     fn tail(&mut self) -> &mut Vec<u8> {
         let open = self.segs.back().is_some_and(|b| b.capacity() <= 4 * READ_CHUNK || b.len() < b.capacity());
         if !open || (self.segs.len() == 1 && self.pos > 0) {
-            self.segs.push_back(Vec::new());
+            // A written large frame's buffer, if one was kept: the rest of
+            // a 1 MiB chunk the socket did not take at once is copied here,
+            // and a fresh buffer page-faulted on every byte of it (perf: the
+            // master's faults in a local put).
+            let seg = self.spares.pop().unwrap_or_default();
+            self.segs.push_back(seg);
         }
         self.segs.back_mut().expect("pushed above")
     }
@@ -415,6 +420,21 @@ mod tests {
         }
         tx.keep_spares(1);
         assert_eq!(tx.spares.len(), 1, "back to one once the transfer ends");
+    }
+
+    #[test]
+    fn the_rest_of_a_large_frame_is_queued_in_a_kept_buffer() {
+        let mut tx = TxBuffer::default();
+        let mut f = tx.take_spare();
+        f.resize(1 << 20, 1);
+        tx.push_frame(f, 0);
+        let n = tx.pending().len();
+        tx.consume(n);
+        let kept = tx.spares.first().map(|v| v.as_ptr()).expect("a written large frame is kept");
+        // What a socket did not take of the next chunk: no fresh buffer.
+        tx.push_raw(&[2u8; 700_000]);
+        assert_eq!(tx.pending().as_ptr(), kept, "queued in the kept buffer");
+        assert_eq!(tx.len(), 700_000);
     }
 
     #[test]
