@@ -31,7 +31,7 @@ use serde_bytes::ByteBuf;
 use super::context::{Context, Pending};
 use super::error::CallError;
 use super::transfer::{
-    hash_file, local, Chunk, CopyOptions, Digest, HashKind, Progress, TransferError, TransferStats, WINDOW,
+    agrees, hash_file, local, Chunk, CopyOptions, Digest, HashKind, Progress, TransferError, TransferStats, WINDOW,
 };
 use crate::core::xxh3::Hasher;
 use crate::proto::functions::{self as f, Commit, FileCloseArgs, Function, OpenWriteArgs};
@@ -169,11 +169,8 @@ fn unchanged(targets: &[Context], src: &Path, remote: &Path, kind: HashKind) -> 
     if digests.iter().all(Option::is_none) {
         return none();
     }
-    let Ok(ours) = hash_file(&input, kind) else { return none() };
-    digests
-        .into_iter()
-        .map(|d| d?.wait().ok().filter(|d| d[..] == *ours.as_bytes()).map(|_| (meta.len(), ours)))
-        .collect()
+    let Ok((ours, _)) = hash_file(&input, kind) else { return none() };
+    digests.into_iter().map(|d| agrees(d?, ours).map(|d| (meta.len(), d))).collect()
 }
 
 fn put_unique(

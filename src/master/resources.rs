@@ -42,10 +42,9 @@ use serde_bytes::ByteBuf;
 
 use super::context::{disconnected, path_bytes, Context};
 use super::error::CallError;
-use super::transfer::{local, Progress, TransferError, TransferStats};
+use super::transfer::{local, Digest, HashKind, Progress, TransferError, TransferStats};
 use super::Router;
 use crate::core::router::RouterTable;
-use crate::core::sha256::Sha256;
 use crate::proto::functions::Commit;
 use crate::proto::resource::{chunk_len, chunks, FetchArgs, FetchResource, GetResource, Grant, PutTo, Resource, CHUNK};
 use crate::proto::{handles, ErrorKind, Header, Message, RemoteError, FLAG_ERROR, MASTER_ID};
@@ -278,21 +277,12 @@ impl Drop for GrantLease<'_> {
     }
 }
 
-/// SHA-256 and length of everything `file` holds now (read with `pread`).
-fn hash_file(file: &std::fs::File) -> std::io::Result<([u8; 32], u64)> {
-    let mut h = Sha256::new();
-    let (mut buf, mut at) = (vec![0u8; 1 << 20], 0u64);
-    loop {
-        let n = match file.read_at(&mut buf, at) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            return Ok((h.finish(), at));
-        }
-        h.update(&buf[..n]);
-        at += n as u64;
+/// SHA-256 (the importer's resource id) and length of everything `file`
+/// holds now.
+fn sha256_file(file: &std::fs::File) -> std::io::Result<([u8; 32], u64)> {
+    match super::transfer::hash_file(file, HashKind::Sha256)? {
+        (Digest::Sha256(d), size) => Ok((d, size)),
+        (Digest::Xxh3_128(_), _) => Err(std::io::Error::other("not a SHA-256 digest")),
     }
 }
 
@@ -370,7 +360,7 @@ impl Router {
     /// this fails the fetch with a hash mismatch at the receiver.
     pub fn register_resource_path(&self, name: &str, path: impl AsRef<Path>) -> std::io::Result<Resource> {
         let file = std::fs::File::open(path)?;
-        let (sha256, size) = hash_file(&file)?;
+        let (sha256, size) = sha256_file(&file)?;
         let r = Resource { name: name.into(), sha256, size };
         self.state.resources.add(&self.state.table, r, Body::File(Arc::new(file)))
     }
@@ -489,7 +479,7 @@ impl Context {
         let (sha256, size) = match known {
             Some(d) => (d, meta.len()),
             None => {
-                let (sha256, size) = hash_file(&input).map_err(local(src))?;
+                let (sha256, size) = sha256_file(&input).map_err(local(src))?;
                 if size != meta.len() {
                     let (context, path) = (self.name().into(), src.into());
                     return Err(TransferError::SourceChanged { context, path, expected: meta.len(), read: size });

@@ -52,7 +52,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -65,6 +64,7 @@ use thiserror::Error;
 
 use super::context::{path_bytes, Context, Pending};
 use super::error::CallError;
+use super::transfer::{hash_file, read_full, HashKind};
 use super::tree::{MAX_TREE_DEPTH, MAX_TREE_ENTRIES};
 use crate::core::xxh3::{xxh3_128, Xxh3};
 use crate::proto::functions::{self as f, FileKind};
@@ -882,11 +882,11 @@ impl Context {
         self.call_async::<SyncBegin>(&args)
     }
 
-    fn commit(&self, id: u32, meta: &Meta, size: u64, digest: [u8; 16]) -> Result<Pending<()>, CallError> {
+    fn commit(&self, id: u32, meta: &Meta, size: u64, digest: &[u8]) -> Result<Pending<()>, CallError> {
         let args = SyncCommitArgs {
             id,
             size,
-            xxh3: ByteBuf::from(&digest[..]),
+            xxh3: ByteBuf::from(digest),
             mode: meta.mode,
             mtime: meta.mtime,
             owner: meta.owner,
@@ -927,7 +927,7 @@ impl Context {
         if size != meta.size {
             return Err(SyncError::SourceChanged { path: src.into(), expected: meta.size, read: size });
         }
-        flight.push(self.commit(id, meta, size, hash.finish())?, id)?;
+        flight.push(self.commit(id, meta, size, &hash.finish())?, id)?;
         flight.open.retain(|&i| i != id);
         Ok(size)
     }
@@ -950,15 +950,15 @@ impl Context {
         // agent computes signatures and this thread matches (it was a
         // third of the master's time, serial).
         std::thread::scope(|s| {
-            let hasher = s.spawn(move || hash_file(whole));
+            let hasher = s.spawn(move || hash_file(&whole, HashKind::Xxh3_128));
             let r = self.delta_body(src, d, id, listed_size, input, stats, flight);
             let digest = hasher.join().map_err(|_| local(src)(std::io::Error::other("the hashing thread panicked")))?;
             let (literal, size) = r?;
-            let (hashed, digest) = digest.map_err(local(src))?;
+            let (digest, hashed) = digest.map_err(local(src))?;
             if size != meta.size || hashed != size {
                 return Err(SyncError::SourceChanged { path: src.into(), expected: meta.size, read: size });
             }
-            flight.push(self.commit(id, meta, size, digest)?, id)?;
+            flight.push(self.commit(id, meta, size, digest.as_bytes())?, id)?;
             flight.open.retain(|&i| i != id);
             flight.drain()?;
             log::debug!("[{}] sync {}: committed", self.name(), src.display());
@@ -1357,34 +1357,6 @@ impl Walk<'_> {
 /// A block's strong hash as on the wire: XXH3-128, big-endian.
 fn strong(data: &[u8]) -> [u8; STRONG_LEN] {
     xxh3_128(data).to_be_bytes()
-}
-
-/// The size and XXH3-128 of a file, read to its end.
-fn hash_file(mut f: fs::File) -> std::io::Result<(u64, [u8; 16])> {
-    let mut hash = Xxh3::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut size = 0u64;
-    loop {
-        let n = read_full(&mut f, &mut buf)?;
-        if n == 0 {
-            return Ok((size, hash.finish()));
-        }
-        hash.update(&buf[..n]);
-        size += n as u64;
-    }
-}
-
-fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match input.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// The old file's blocks by weak sum: a bitmap of the sums seen (most

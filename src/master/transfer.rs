@@ -371,18 +371,8 @@ impl Chunk {
 
     /// Fills the data part from `input` (short only at end of file).
     pub fn read_from(&mut self, input: &mut impl Read) -> std::io::Result<usize> {
-        let data = &mut self.buf[self.room..];
-        let mut n = 0;
-        while n < data.len() {
-            match input.read(&mut data[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.len = n;
-        Ok(n)
+        self.len = read_full(input, &mut self.buf[self.room..])?;
+        Ok(self.len)
     }
 
     /// The bytes read.
@@ -423,9 +413,25 @@ fn write_chunk(out: &mut fs::File, chunk: &[u8]) -> std::io::Result<()> {
     }
 }
 
-/// The `kind` digest of a local file read with `pread` (the file's offset
-/// is left alone for the transfer that may follow).
-pub(super) fn hash_file(file: &fs::File, kind: HashKind) -> std::io::Result<Digest> {
+/// Reads into all of `buf` unless the input ends first; the bytes read.
+pub(super) fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The `kind` digest of a local file and the bytes read, with `pread` (the
+/// file's offset is left alone for the transfer that may follow). Every
+/// whole-file hash of the master's: idempotent copies, importer resources,
+/// sync's whole-file check.
+pub(super) fn hash_file(file: &fs::File, kind: HashKind) -> std::io::Result<(Digest, u64)> {
     use std::os::unix::fs::FileExt;
     let mut hash = Hasher::new(kind);
     // Small enough to stay in L2 between the read and the hash.
@@ -433,7 +439,7 @@ pub(super) fn hash_file(file: &fs::File, kind: HashKind) -> std::io::Result<Dige
     let mut at = 0u64;
     loop {
         match file.read_at(&mut buf, at) {
-            Ok(0) => return Ok(hash.digest()),
+            Ok(0) => return Ok((hash.digest(), at)),
             Ok(n) => {
                 hash.update(&buf[..n]);
                 at += n as u64;
@@ -442,6 +448,12 @@ pub(super) fn hash_file(file: &fs::File, kind: HashKind) -> std::io::Result<Dige
             Err(e) => return Err(e),
         }
     }
+}
+
+/// `ours` when the context's digest (asked before ours was computed, so
+/// both ends hashed at once) is the same; `None` if it differs or failed.
+pub(super) fn agrees(theirs: Pending<ByteBuf>, ours: Digest) -> Option<Digest> {
+    theirs.wait().ok().filter(|d| d[..] == *ours.as_bytes()).map(|_| ours)
 }
 
 /// Whether this (master) process may give files to other owners.
@@ -686,8 +698,8 @@ impl Context {
             return Ok(None);
         }
         let Some(theirs) = self.remote_digest(remote, kind) else { return Ok(None) };
-        let ours = hash_file(input, kind).map_err(local(src))?;
-        Ok(theirs.wait().ok().filter(|d| d[..] == *ours.as_bytes()).map(|_| ours))
+        let (ours, _) = hash_file(input, kind).map_err(local(src))?;
+        Ok(agrees(theirs, ours))
     }
 
     /// A get's comparison ([`CopyOptions`]): the digest when `name` in
@@ -728,8 +740,8 @@ impl Context {
             return Ok(None);
         }
         let Some(theirs) = self.remote_digest(remote, kind) else { return Ok(None) };
-        let ours = hash_file(&fs::File::from(fd), kind).map_err(local(dest))?;
-        Ok(theirs.wait().ok().filter(|d| d[..] == *ours.as_bytes()).map(|_| (st.size, ours)))
+        let (ours, _) = hash_file(&fs::File::from(fd), kind).map_err(local(dest))?;
+        Ok(agrees(theirs, ours).map(|d| (st.size, d)))
     }
 
     /// Ends a failed transfer on the agent (its temp file goes), waiting a
