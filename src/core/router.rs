@@ -8,7 +8,7 @@
 //! fails every mailbox waiting on that context at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -360,9 +360,14 @@ pub struct RouterTable {
 /// kernel (perf: 240,000 page faults per GiB fetched, and the get ran
 /// at 0.95-1.0 GB/s). The decoders take from here when they have no
 /// spare of their own; the consumer puts a buffer back once it is done
-/// with it ([`BufferPool::put`]). Bounded by count and by size.
+/// with it ([`BufferPool::put`]). Bounded by count and by size. Every
+/// stream asks at every read, so an empty pool answers without its lock.
 #[derive(Debug, Default)]
-pub struct BufferPool(Mutex<Vec<Vec<u8>>>);
+pub struct BufferPool {
+    kept: Mutex<Vec<Vec<u8>>>,
+    /// How many are kept (read without the lock).
+    count: AtomicUsize,
+}
 
 impl BufferPool {
     /// Buffers kept at most (a transfer's window of chunks).
@@ -378,22 +383,31 @@ impl BufferPool {
         if !(Self::MIN_CAPACITY..=Self::MAX_CAPACITY).contains(&v.capacity()) {
             return;
         }
-        let mut pool = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pool = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         if pool.len() < Self::MAX_BUFFERS {
             pool.push(v);
+            self.count.store(pool.len(), Ordering::Relaxed);
         }
     }
 
     /// A kept buffer, if any (its length is whatever it held: a decoder
     /// truncates it, which costs nothing, instead of zeroing it again).
     pub fn take(&self) -> Option<Vec<u8>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).pop()
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut pool = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let v = pool.pop();
+        self.count.store(pool.len(), Ordering::Relaxed);
+        v
     }
 
     /// Frees all but `keep` buffers (a transfer ended: an idle master
     /// does not hold its window of chunks).
     pub fn trim(&self, keep: usize) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).truncate(keep);
+        let mut pool = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.truncate(keep);
+        self.count.store(pool.len(), Ordering::Relaxed);
     }
 }
 
