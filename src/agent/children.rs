@@ -63,6 +63,7 @@ use super::spawn;
 use super::token::Token;
 use super::util::now_ns;
 use crate::core::poller::{Interest, Poller};
+use crate::core::side::{MAX_GROWN_PIPES, PIPE_SIZE};
 use crate::core::stream::TxBuffer;
 use crate::proto::message::{DelRoute, LinkEnd, LogLevel, LogSource, Relay};
 use crate::proto::ExitStatus;
@@ -132,21 +133,9 @@ pub struct Children {
     /// Some child's queue is above its mark: reads from the parent are
     /// stopped (downstream back-pressure, see the module docs).
     full: bool,
-    /// Child pipes grown so far ([`MAX_GROWN`]).
+    /// Child pipes grown so far (at most [`MAX_GROWN_PIPES`]).
     grown: usize,
 }
-
-/// What a pipe to a child is grown to (`F_SETPIPE_SZ`): a whole transfer
-/// chunk per write and wake-up, as the master grows its own
-/// (`connect::child::PIPE_SIZE`, where it took puts and gets over ssh from
-/// 0.72-0.86x `ssh cat` to 0.9-1.06x). Within the system's maximum for
-/// users (1 MiB by default); a pipe that stays small only costs speed.
-const PIPE_SIZE: usize = 1 << 20;
-
-/// Pipes a hop grows at most: a user's pipes share a soft limit
-/// (`pipe-user-pages-soft`, 64 MiB) past which every new pipe of that
-/// user gets 8 KiB; 16 (the first 8 children) take 16 MiB of it.
-const MAX_GROWN: usize = 16;
 
 impl Children {
     // ---- the table and its routes -------------------------------------
@@ -244,7 +233,7 @@ impl Children {
         poller.delete(rx.as_fd());
         poller.delete(tx.as_fd());
         for fd in [&rx, &tx] {
-            if self.grown < MAX_GROWN {
+            if self.grown < MAX_GROWN_PIPES {
                 self.grown += 1;
                 let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
             }

@@ -26,8 +26,8 @@ pub fn take_over_stdio() -> Result<(OwnedFd, OwnedFd, Loggers), Errno> {
     // Pipes from sshd (or a hop) hold 64 KiB by default, 16 writes and
     // wake-ups per 1 MiB chunk: 1 MiB if the system allows it (best
     // effort: a socket, or a limit, leaves them as they are).
-    let _ = rustix::pipe::fcntl_setpipe_size(&rx, 1 << 20);
-    let _ = rustix::pipe::fcntl_setpipe_size(&tx, 1 << 20);
+    let _ = rustix::pipe::fcntl_setpipe_size(&rx, crate::core::side::PIPE_SIZE);
+    let _ = rustix::pipe::fcntl_setpipe_size(&tx, crate::core::side::PIPE_SIZE);
     // A container or chroot may have no /dev (setns, chroot): then an
     // empty pipe, whose reads end at once as /dev/null's do.
     let null = match rustix::fs::open("/dev/null", rustix::fs::OFlags::RDWR, rustix::fs::Mode::empty()) {

@@ -13,6 +13,8 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
+use crate::core::side::{MAX_GROWN_PIPES, PIPE_SIZE};
+
 /// What to start for a context: a program, its arguments and environment.
 #[derive(Clone, Debug, Default)]
 pub struct ChildCommand {
@@ -87,28 +89,13 @@ pub struct Spawned {
     pub stderr: OwnedFd,
 }
 
-/// What a pipe to a child is grown to (`F_SETPIPE_SZ`), within
-/// `/proc/sys/fs/pipe-max-size`: 1 MiB, a whole transfer chunk, where the
-/// kernel's default of 64 KiB makes each chunk 16 writes and wake-ups
-/// (over the loopback sshd, put and get went from 0.72-0.86x `ssh cat` to
-/// 0.9-1.06x with this and the agent's own pipes grown: ARCHITECTURE.md).
-pub const PIPE_SIZE: usize = 1 << 20;
-
-/// How many pipes this process grows at most. A user's pipes share a soft
-/// limit (`/proc/sys/fs/pipe-user-pages-soft`, 64 MiB by default); past
-/// it every new pipe of that user, ours or a shell's, gets 8 KiB. 16
-/// pipes (the first 8 piped contexts this process starts, ever: a simple
-/// bound, not a count of live ones) take 16 MiB of it; later contexts
-/// keep 64 KiB. Root is not limited, but is bounded the same.
-const MAX_GROWN: usize = 16;
-
 /// Grows `fd`'s pipe to [`PIPE_SIZE`] (or the system's maximum, if
-/// lower), for the first [`MAX_GROWN`] pipes; best effort: a pipe that
+/// lower), for the first [`MAX_GROWN_PIPES`] pipes; best effort: a pipe that
 /// stays small only costs speed.
 fn grow_pipe(fd: &OwnedFd) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static GROWN: AtomicUsize = AtomicUsize::new(0);
-    if GROWN.fetch_add(1, Ordering::Relaxed) >= MAX_GROWN {
+    if GROWN.fetch_add(1, Ordering::Relaxed) >= MAX_GROWN_PIPES {
         return;
     }
     let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size").ok().and_then(|s| s.trim().parse().ok());

@@ -449,16 +449,11 @@ pub enum HashKind {
     Sha256,
 }
 
-/// Arguments of [`FileOpenRead`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpenReadArgs {
-    /// The file.
-    pub path: ByteBuf,
-    /// What the reads hash ([`FileClosed::digest`]).
-    pub hash: HashKind,
-}
+/// Arguments of [`FileOpenRead`]: the file, and what its reads hash
+/// ([`FileClosed::digest`]); the same as [`FileHash`]'s.
+pub type OpenReadArgs = HashArgs;
 
-/// Arguments of [`FileHash`].
+/// Arguments of [`FileHash`] and [`FileOpenRead`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HashArgs {
     /// The file.
